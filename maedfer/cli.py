@@ -1,0 +1,242 @@
+"""The `maedfer` command line (DESIGN.md §2).
+
+Each command declares its options and calls one library function, which behaves the same from
+Python and from tests. Library code raises `MaedferError` with a one-line message: it is printed
+to stderr here, in one place, and the command exits 1. A command whose library part is not built
+yet exits 2 saying so.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from maedfer.errors import MaedferError, NotAvailableYet
+
+app = typer.Typer(
+    name="maedfer",
+    help="Self-supervised dynamic facial expression recognition (MAE-DFER), end to end.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+class Dataset(str, enum.Enum):
+    voxceleb2 = "voxceleb2"
+    dfew = "dfew"
+    ferv39k = "ferv39k"
+    mafw = "mafw"
+    crema_d = "crema-d"
+    ravdess = "ravdess"
+    enterface05 = "enterface05"
+
+
+class Stage(str, enum.Enum):
+    data = "data"
+    faces = "faces"
+    model = "model"
+    train = "train"
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Codec(str, enum.Enum):
+    h264 = "h264"
+    vp9 = "vp9"
+
+
+class Backend(str, enum.Enum):
+    auto = "auto"
+    dali = "dali"
+    pyav = "pyav"
+
+
+def _call(module: str, function: str, /, **kwargs: Any) -> Any:
+    """Import `module` and call `function(**kwargs)`, turning project errors into exit codes."""
+    try:
+        try:
+            target = getattr(importlib.import_module(module), function)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and module.startswith(exc.name):
+                raise NotAvailableYet(f"{module} is not available yet") from exc
+            raise
+        return target(**kwargs)
+    except NotAvailableYet as exc:
+        typer.echo(f"maedfer: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    except MaedferError as exc:
+        typer.echo(f"maedfer: error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+
+
+def _opt_device(device: Device | None) -> str | None:
+    return None if device is None or device is Device.auto else device.value
+
+
+@app.command()
+def prepare(
+    dataset: Annotated[Dataset, typer.Argument(help="Which dataset's raw layout to read.")],
+    raw: Annotated[Path, typer.Option(help="The dataset as downloaded (its root folder).")],
+    out: Annotated[Path, typer.Option(help="Where manifest.parquet and clips/ go.")],
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    size: Annotated[int, typer.Option(min=16, help="Side of the square face clips.")] = 160,
+    index_only: Annotated[
+        bool, typer.Option(help="Write the manifest from the layout alone, touch no pixels.")
+    ] = False,
+    codec: Annotated[Codec, typer.Option(help="Clip codec: H.264 MP4 or VP9 WebM.")] = Codec.h264,
+    from_video: Annotated[
+        bool, typer.Option(help="DFEW/FERV39k/MAFW: detect faces in the original clips.")
+    ] = False,
+    reencode: Annotated[
+        bool, typer.Option(help="VoxCeleb2: write cropped clips instead of reading in place.")
+    ] = False,
+    shard: Annotated[
+        str | None, typer.Option(help="i/N: prepare the i-th of N shards (1-based).")
+    ] = None,
+    merge: Annotated[bool, typer.Option(help="Combine the shard manifests in --out.")] = False,
+    device: Annotated[Device, typer.Option(help="Face detection device.")] = Device.auto,
+) -> None:
+    """Index a raw dataset, detect and align faces, encode clips, write the manifest."""
+    _call(
+        "maedfer.preprocess.driver", "run",
+        dataset=dataset.value, raw=raw, out=out, workers=workers, size=size,
+        index_only=index_only, codec=codec.value, from_video=from_video, reencode=reencode,
+        shard=shard, merge=merge, device=_opt_device(device),
+    )  # fmt: skip
+
+
+@app.command()
+def pretrain(
+    data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="manifest.parquet")],
+    out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/pretrain"),
+    model: Annotated[str, typer.Option(help="Pre-training model name.")] = "mae_lgi_former_base",
+    epochs: Annotated[int | None, typer.Option(help="Default: MODEL.md §5.1.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Per-device batch.")] = None,
+    accum_steps: Annotated[int, typer.Option(min=1, help="Gradient accumulation.")] = 1,
+    lr: Annotated[float | None, typer.Option(help="Absolute lr (overrides --blr).")] = None,
+    blr: Annotated[float | None, typer.Option(help="Base lr per 256 clips.")] = None,
+    mask_ratio: Annotated[float | None, typer.Option(help="Tube mask ratio.")] = None,
+    device: Annotated[Device, typer.Option()] = Device.auto,
+    backend: Annotated[Backend, typer.Option(help="Clip decoding backend.")] = Backend.auto,
+    workers: Annotated[int | None, typer.Option(help="Loader workers.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from out/checkpoints/last.pt.")] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """MAE pre-training of LGI-Former on a manifest (MODEL.md §5.1)."""
+    _call(
+        "maedfer.train.pretrain", "run",
+        data=data, out=out, model=model, epochs=epochs, batch_size=batch_size,
+        accum_steps=accum_steps, lr=lr, blr=blr, mask_ratio=mask_ratio,
+        device=_opt_device(device), backend=backend.value, workers=workers, resume=resume,
+        seed=seed,
+    )  # fmt: skip
+
+
+@app.command()
+def finetune(
+    data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="manifest.parquet")],
+    fold: Annotated[int | None, typer.Option(help="Test fold (k-fold datasets).")] = None,
+    init: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="Pre-trained checkpoint.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
+    model: Annotated[str, typer.Option(help="Classifier name.")] = "lgi_former_base",
+    epochs: Annotated[int | None, typer.Option(help="Default: MODEL.md §5.2.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Per-device batch.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Absolute lr (overrides --blr).")] = None,
+    blr: Annotated[float | None, typer.Option(help="Base lr per 256 clips.")] = None,
+    device: Annotated[Device, typer.Option()] = Device.auto,
+    backend: Annotated[Backend, typer.Option(help="Clip decoding backend.")] = Backend.auto,
+    workers: Annotated[int | None, typer.Option(help="Loader workers.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from out/checkpoints/last.pt.")] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Fine-tune a classifier on one fold and test it (MODEL.md §5.2)."""
+    _call(
+        "maedfer.train.finetune", "run",
+        data=data, fold=fold, init=init, out=out, model=model, epochs=epochs,
+        batch_size=batch_size, lr=lr, blr=blr, device=_opt_device(device),
+        backend=backend.value, workers=workers, resume=resume, seed=seed,
+    )  # fmt: skip
+
+
+@app.command()
+def evaluate(
+    runs: Annotated[list[Path], typer.Argument(exists=True, help="Run folder(s).")],
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Metrics of one run, or the cross-fold summary of several."""
+    _call("maedfer.train.evaluate", "run", runs=runs, as_json=json_)
+
+
+@app.command()
+def predict(
+    video: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A video file.")],
+    checkpoint: Annotated[Path, typer.Option(exists=True, dir_okay=False)],
+    out: Annotated[Path | None, typer.Option(help="CSV or JSON file for the windows.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Timeline PNG of probabilities.")] = None,
+    device: Annotated[Device, typer.Option()] = Device.auto,
+) -> None:
+    """Per-window class probabilities for the face in VIDEO, and a summary."""
+    _call(
+        "maedfer.train.predict", "run",
+        video=video, checkpoint=checkpoint, out=out, plot=plot, device=_opt_device(device),
+    )  # fmt: skip
+
+
+@app.command()
+def profile(
+    stage: Annotated[Stage, typer.Argument(help="Which stage to measure.")],
+    name: Annotated[str | None, typer.Option(help="model/train: model name.")] = None,
+    batch: Annotated[int | None, typer.Option(min=1, help="Clips per batch.")] = None,
+    batches: Annotated[int | None, typer.Option(min=1, help="Batches to time.")] = None,
+    data: Annotated[Path | None, typer.Option(help="data: manifest.parquet to read.")] = None,
+    backend: Annotated[Backend, typer.Option(help="data: decoding backend.")] = Backend.auto,
+    workers: Annotated[int | None, typer.Option(help="data: loader workers.")] = None,
+    device: Annotated[Device, typer.Option()] = Device.auto,
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Throughput of one stage on this machine (table, or JSON with --json)."""
+    common: dict[str, Any] = dict(device=_opt_device(device), as_json=json_)
+    if stage is Stage.model:
+        _call("maedfer.model.profile", "run", name=name, batch=batch, batches=batches, **common)
+    elif stage is Stage.train:
+        _call("maedfer.train.profile", "run", name=name, batch=batch, batches=batches, **common)
+    elif stage is Stage.faces:
+        _call("maedfer.preprocess.profile", "run", batch=batch, batches=batches, **common)
+    else:
+        _call(
+            "maedfer.pipelines.profile", "run",
+            data=data, backend=backend.value, batch=batch, batches=batches, workers=workers,
+            **common,
+        )  # fmt: skip
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the demo writes everything.")] = Path(
+        "runs/demo"
+    ),
+    device: Annotated[Device, typer.Option()] = Device.auto,
+    quick: Annotated[bool, typer.Option(help="A shortened run (what the tests use).")] = False,
+) -> None:
+    """The whole pipeline on built-in demo data, on CPU in minutes."""
+    _call("maedfer.demo", "run", out=out, device=_opt_device(device), quick=quick)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
