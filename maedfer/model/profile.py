@@ -1,0 +1,161 @@
+"""``maedfer profile model``: size, MACs and speed of a model beside the ViT-B baseline.
+
+Figures per clip: parameters, GMACs (batch 1, :mod:`maedfer.model.flops`), forward and
+forward+backward seconds (median over ``batches`` timed batches after one warm-up), and peak
+memory on CUDA. The chosen model and ``vit_base`` run on the same device in the same call, so
+their ratios are the figures to quote (DESIGN.md §9).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from maedfer.errors import MaedferError
+from maedfer.model.flops import clip_shape, count_gmacs, count_params
+from maedfer.model.registry import create_model, list_models
+
+BASELINE = "vit_base"
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``None`` picks CUDA when present; asking for CUDA without it is a user error."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MaedferError("--device cuda asked for, but torch sees no CUDA device here")
+    return torch.device(device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device, repeats: int) -> list[float]:
+    fn()  # warm-up: allocator, kernels, autotuning
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure(name: str, *, batch: int, batches: int, device: torch.device) -> dict[str, Any]:
+    """Profile one registered classifier; returns the figures of one table row."""
+    if name not in list_models() or name.startswith("mae_"):
+        raise MaedferError(
+            f"unknown classifier {name!r}; choose one of "
+            f"{', '.join(n for n in list_models() if not n.startswith('mae_'))}"
+        )
+    model = create_model(name).to(device)
+    params = count_params(model)
+    gmacs = count_gmacs(model)
+    video = torch.randn(batch, *clip_shape(model), device=device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def forward() -> None:
+        with torch.no_grad(), autocast:
+            model(video)
+
+    def forward_backward() -> None:
+        with autocast:
+            loss = model(video).float().logsumexp(-1).mean()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    model.eval()
+    fwd = _timed(forward, device, batches)
+    model.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    fwd_bwd = _timed(forward_backward, device, batches)
+    row: dict[str, Any] = {
+        "name": name,
+        "params": params,
+        "gmacs": round(gmacs, 3),
+        "fwd_s_per_clip": statistics.median(fwd) / batch,
+        "fwd_bwd_s_per_clip": statistics.median(fwd_bwd) / batch,
+    }
+    if device.type == "cuda":
+        row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return row
+
+
+def run(
+    *,
+    name: str | None = None,
+    batch: int | None = None,
+    batches: int | None = None,
+    device: str | None = None,
+    as_json: bool = False,
+) -> dict[str, Any]:
+    """Measure ``name`` (default ``lgi_former_base``) and ``vit_base``; print a table or JSON."""
+    dev = resolve_device(device)
+    name = name or "lgi_former_base"
+    batch = batch or (8 if dev.type == "cuda" else 1)
+    batches = batches or (10 if dev.type == "cuda" else 2)
+    ours = measure(name, batch=batch, batches=batches, device=dev)
+    base = ours if name == BASELINE else measure(BASELINE, batch=batch, batches=batches, device=dev)
+    ratios = {
+        "params": ours["params"] / base["params"],
+        "gmacs": ours["gmacs"] / base["gmacs"],
+        "fwd_speedup": base["fwd_s_per_clip"] / ours["fwd_s_per_clip"],
+        "fwd_bwd_speedup": base["fwd_bwd_s_per_clip"] / ours["fwd_bwd_s_per_clip"],
+    }
+    result = {
+        "stage": "model",
+        "device": str(dev),
+        "precision": "bf16 autocast" if dev.type == "cuda" else "fp32",
+        "batch": batch,
+        **{k: v for k, v in ours.items()},
+        "baseline": base,
+        "ratio_to_baseline": ratios,
+    }
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print(format_table(result))
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    ours, base, ratios = result, result["baseline"], result["ratio_to_baseline"]
+    rows = [
+        ("parameters", f"{ours['params']:,}", f"{base['params']:,}", f"{ratios['params']:.3f}x"),
+        ("GMACs / clip", f"{ours['gmacs']:.2f}", f"{base['gmacs']:.2f}", f"{ratios['gmacs']:.3f}x"),
+        (
+            "forward s / clip",
+            f"{ours['fwd_s_per_clip']:.4f}",
+            f"{base['fwd_s_per_clip']:.4f}",
+            f"{ratios['fwd_speedup']:.2f}x faster",
+        ),
+        (
+            "fwd+bwd s / clip",
+            f"{ours['fwd_bwd_s_per_clip']:.4f}",
+            f"{base['fwd_bwd_s_per_clip']:.4f}",
+            f"{ratios['fwd_bwd_speedup']:.2f}x faster",
+        ),
+    ]
+    if "peak_mem_gib" in ours:
+        rows.append(
+            ("peak memory GiB", f"{ours['peak_mem_gib']:.2f}", f"{base['peak_mem_gib']:.2f}", "")
+        )
+    header = (
+        f"model profile on {result['device']} ({result['precision']}, batch {result['batch']})"
+    )
+    widths = [18, 14, 14, 16]
+    lines = [header, _row(("", ours["name"], base["name"], "ratio"), widths)]
+    lines += [_row(r, widths) for r in rows]
+    return "\n".join(lines)
+
+
+def _row(cells: tuple[str, ...], widths: list[int]) -> str:
+    return "".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
