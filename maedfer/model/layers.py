@@ -118,7 +118,9 @@ class Attention(nn.Module):
             kv_bias = torch.cat((torch.zeros_like(self.v_bias), self.v_bias))
         q = _heads(F.linear(x, self.q.weight, self.q_bias), self.num_heads)
         k, v = F.linear(context, self.kv.weight, kv_bias).chunk(2, dim=-1)
-        out = F.scaled_dot_product_attention(q, _heads(k, self.num_heads), _heads(v, self.num_heads))
+        out = F.scaled_dot_product_attention(
+            q, _heads(k, self.num_heads), _heads(v, self.num_heads)
+        )
         return self.proj(_merge_heads(out))
 
 
@@ -142,7 +144,9 @@ class FusedSelfAttention(nn.Module):
         bias = None
         if self.q_bias is not None:
             bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
-        q, k, v = (_heads(t, self.num_heads) for t in F.linear(x, self.qkv.weight, bias).chunk(3, -1))
+        q, k, v = (
+            _heads(t, self.num_heads) for t in F.linear(x, self.qkv.weight, bias).chunk(3, -1)
+        )
         return self.proj(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
 
 

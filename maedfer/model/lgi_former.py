@@ -126,12 +126,12 @@ class LGIFormerEncoder(nn.Module):
         )
         grid = self.patch_embed.grid
         region_size = tuple(int(r) for r in region_size)
-        if len(region_size) != 3 or any(g % r for g, r in zip(grid, region_size)):
+        if len(region_size) != 3 or any(g % r for g, r in zip(grid, region_size, strict=False)):
             raise ValueError(
                 f"region_size {region_size} must divide the token grid {grid} in (t, h, w)"
             )
         self.region_size = region_size
-        self.region_grid = tuple(g // r for g, r in zip(grid, region_size))
+        self.region_grid = tuple(g // r for g, r in zip(grid, region_size, strict=True))
         self.num_regions = self.region_grid[0] * self.region_grid[1] * self.region_grid[2]
         self.tokens_per_region = region_size[0] * region_size[1] * region_size[2]
 
@@ -146,9 +146,7 @@ class LGIFormerEncoder(nn.Module):
         rank[order] = torch.arange(num_tokens)
         self.register_buffer("region_order", order, persistent=False)
         self.register_buffer("region_rank", rank, persistent=False)
-        self.register_buffer(
-            "region_of_token", rank // self.tokens_per_region, persistent=False
-        )
+        self.register_buffer("region_of_token", rank // self.tokens_per_region, persistent=False)
 
         self.region_tokens = nn.Parameter(torch.zeros(self.num_regions, embed_dim))
         self.blocks = nn.ModuleList(
@@ -161,7 +159,9 @@ class LGIFormerEncoder(nn.Module):
         tokens = self.patch_embed(video)
         return tokens + self.pos_embed.to(tokens.dtype)
 
-    def forward_regions(self, tokens: torch.Tensor, *, reps_only_last: bool = False) -> torch.Tensor:
+    def forward_regions(
+        self, tokens: torch.Tensor, *, reps_only_last: bool = False
+    ) -> torch.Tensor:
         """Run the blocks on region-major tokens.
 
         Args:

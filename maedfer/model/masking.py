@@ -31,7 +31,9 @@ class TubeWindowMasking:
         frames, height, width = token_grid
         win_h, win_w = window
         if height % win_h or width % win_w:
-            raise ValueError(f"window {tuple(window)} must tile the token frame ({height}, {width})")
+            raise ValueError(
+                f"window {tuple(window)} must tile the token frame ({height}, {width})"
+            )
         area = win_h * win_w
         self.num_masked_per_window = int(mask_ratio * area)
         if not 0 <= self.num_masked_per_window < area:

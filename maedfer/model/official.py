@@ -89,13 +89,15 @@ class LoadReport:
     fresh: list[str] = field(default_factory=list)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compile(table_items: tuple[tuple[str, str | None], ...]) -> list:
     compiled = []
     for pattern, target in table_items:
         regex = re.escape(pattern).replace(r"\{\}", r"(\d+)")
         is_prefix = pattern.endswith(".")
-        compiled.append((re.compile("^" + regex + ("(.+)$" if is_prefix else "$")), is_prefix, target))
+        compiled.append(
+            (re.compile("^" + regex + ("(.+)$" if is_prefix else "$")), is_prefix, target)
+        )
     return compiled
 
 
@@ -145,9 +147,7 @@ def _listing(label: str, items: list[str], limit: int = 20) -> str:
     return f"{label} ({len(items)}): {shown}{more}"
 
 
-def load_official(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor | Mapping]
-) -> LoadReport:
+def load_official(model: nn.Module, state_dict: Mapping[str, torch.Tensor | Mapping]) -> LoadReport:
     """Load an official MAE-DFER (or VideoMAE ViT) state dict into ``model`` in place.
 
     Args:
@@ -180,9 +180,7 @@ def load_official(
             )
             continue
         converted[target] = tensor
-    missing = [
-        k for k in ours if k not in converted and not k.startswith(fresh_prefixes)
-    ]
+    missing = [k for k in ours if k not in converted and not k.startswith(fresh_prefixes)]
     # Keys whose tensor was mis-shaped are reported once, as mis-shaped.
     shaped_targets = {convert_key(m.split(" ")[0], table)[1] for m in mis_shaped}
     missing = [k for k in missing if k not in shaped_targets]

@@ -1,4 +1,6 @@
-"""MAE-DFER pre-training model: LGI-Former on visible tokens, ViT decoder, joint targets (MODEL.md §3).
+"""MAE-DFER pre-training model: LGI-Former on visible tokens, ViT decoder, joint targets.
+
+MODEL.md §3.
 
 ``forward(video, mask) -> pred``: the encoder sees only the visible tokens (equal counts per
 region, region-major order); the decoder sees them plus a mask token for every masked position,
@@ -44,7 +46,9 @@ class MAEDecoder(nn.Module):
 
     def __init__(self, *, dim: int, depth: int, num_heads: int, mlp_ratio: float, out_dim: int):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio=mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            Block(dim, num_heads, mlp_ratio=mlp_ratio) for _ in range(depth)
+        )
         self.norm = LayerNorm(dim)
         self.head = nn.Linear(dim, out_dim)
 
@@ -173,8 +177,9 @@ class MaskedLGIFormer(nn.Module):
         """
         batch, num_tokens = mask.shape if mask.dim() == 2 else (None, None)
         if num_tokens != self.num_tokens or mask.dtype != torch.bool:
-            raise ValueError(f"mask must be bool (B, {self.num_tokens}), got {mask.dtype} "
-                             f"{tuple(mask.shape)}")
+            raise ValueError(
+                f"mask must be bool (B, {self.num_tokens}), got {mask.dtype} {tuple(mask.shape)}"
+            )
         visible = ~mask
         per_region = torch.zeros(
             batch, self.encoder.num_regions, dtype=torch.long, device=mask.device

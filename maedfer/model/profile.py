@@ -148,9 +148,7 @@ def format_table(result: dict[str, Any]) -> str:
         rows.append(
             ("peak memory GiB", f"{ours['peak_mem_gib']:.2f}", f"{base['peak_mem_gib']:.2f}", "")
         )
-    header = (
-        f"model profile on {result['device']} ({result['precision']}, batch {result['batch']})"
-    )
+    header = f"model profile on {result['device']} ({result['precision']}, batch {result['batch']})"
     widths = [18, 14, 14, 16]
     lines = [header, _row(("", ours["name"], base["name"], "ratio"), widths)]
     lines += [_row(r, widths) for r in rows]
@@ -158,4 +156,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def _row(cells: tuple[str, ...], widths: list[int]) -> str:
-    return "".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "".join(
+        c.ljust(w) if i == 0 else c.rjust(w)
+        for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+    )

@@ -1,4 +1,4 @@
-"""Model registry in the timm manner: builders recorded by name, ``create_model(name, **overrides)``.
+"""Model registry in the timm manner: builders recorded by name, ``create_model(name, **kw)``.
 
 A builder states only what its variant changes; the caller's overrides win. ``None`` overrides
 mean "the default" and are dropped. Every created model carries ``model_name`` and ``config``

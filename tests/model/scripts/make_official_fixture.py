@@ -46,7 +46,9 @@ def official_targets(video: torch.Tensor, mask: torch.Tensor, grid: tuple[int, i
     mean = torch.as_tensor(IMAGENET_DEFAULT_MEAN)[None, :, None, None, None]
     std = torch.as_tensor(IMAGENET_DEFAULT_STD)[None, :, None, None, None]
     raw = video * std + mean
-    squeeze = rearrange(raw, "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c", p0=2, p1=16, p2=16)
+    squeeze = rearrange(
+        raw, "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c", p0=2, p1=16, p2=16
+    )
     norm = (squeeze - squeeze.mean(dim=-2, keepdim=True)) / (
         squeeze.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6
     )
@@ -57,7 +59,9 @@ def official_targets(video: torch.Tensor, mask: torch.Tensor, grid: tuple[int, i
     )  # fmt: skip
     diff = frames - frames[:, :, ::2].repeat_interleave(2, dim=2)
     diff[:, :, ::2] = frames[:, :, ::2]
-    tokens = rearrange(diff, "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2 c)", p0=2, p1=16, p2=16)
+    tokens = rearrange(
+        diff, "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2 c)", p0=2, p1=16, p2=16
+    )
     return tokens[mask].reshape(video.shape[0], -1, tokens.shape[-1])
 
 
@@ -77,8 +81,17 @@ def main() -> None:
     video = torch.randn(BATCH, 3, 4, 160, 160, generator=torch.Generator().manual_seed(1))
     norm = partial(nn.LayerNorm, eps=1e-6)
     lg = dict(attn_type="local_global", lg_region_size=(2, 5, 10))
-    fixture: dict = {"video_seed": 1, "video_shape": list(video.shape), "config": {
-        "embed_dim": DIM, "depth": DEPTH, "num_heads": HEADS, "num_frames": 4, "img_size": 160}}
+    fixture: dict = {
+        "video_seed": 1,
+        "video_shape": list(video.shape),
+        "config": {
+            "embed_dim": DIM,
+            "depth": DEPTH,
+            "num_heads": HEADS,
+            "num_frames": 4,
+            "img_size": 160,
+        },
+    }
     for pooling in ("region", "org", "all"):
         model = modeling_finetune.VisionTransformer(
             num_classes=7, embed_dim=DIM, depth=DEPTH, num_heads=HEADS, norm_layer=norm,
