@@ -36,7 +36,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn, device: torch.device, repeats: int) -> list[float]:
+def time_calls(fn, device: torch.device, repeats: int) -> list[float]:
     fn()  # warm-up: allocator, kernels, autotuning
     times = []
     for _ in range(repeats):
@@ -72,11 +72,11 @@ def measure(name: str, *, batch: int, batches: int, device: torch.device) -> dic
         model.zero_grad(set_to_none=True)
 
     model.eval()
-    fwd = _timed(forward, device, batches)
+    fwd = time_calls(forward, device, batches)
     model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    fwd_bwd = _timed(forward_backward, device, batches)
+    fwd_bwd = time_calls(forward_backward, device, batches)
     row: dict[str, Any] = {
         "name": name,
         "params": params,
