@@ -105,13 +105,20 @@ def prepare(
     ] = None,
     merge: Annotated[bool, typer.Option(help="Combine the shard manifests in --out.")] = False,
     device: Annotated[Device, typer.Option(help="Face detection device.")] = Device.auto,
+    detect_every: Annotated[
+        int, typer.Option(min=1, help="Detect faces on every k-th frame, track in between.")
+    ] = 4,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Prepare only the first N clips (a trial run).")
+    ] = None,
 ) -> None:
     """Index a raw dataset, detect and align faces, encode clips, write the manifest."""
     _call(
         "maedfer.preprocess.driver", "run",
         dataset=dataset.value, raw=raw, out=out, workers=workers, size=size,
         index_only=index_only, codec=codec.value, from_video=from_video, reencode=reencode,
-        shard=shard, merge=merge, device=_opt_device(device),
+        shard=shard, merge=merge, device=_opt_device(device), detect_every=detect_every,
+        limit=limit,
     )  # fmt: skip
 
 
@@ -131,6 +138,24 @@ def pretrain(
     workers: Annotated[int | None, typer.Option(help="Loader workers.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from out/checkpoints/last.pt.")] = False,
     seed: Annotated[int, typer.Option()] = 0,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Model override key=value (JSON value), repeatable."),
+    ] = None,
+    clip_grad: Annotated[float | None, typer.Option(help="Clip gradients to this norm.")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="auto | bf16 | fp16 | fp32 (auto: bf16 on GPU).")
+    ] = None,
+    num_frames: Annotated[int | None, typer.Option(help="Frames per clip (model input).")] = None,
+    size: Annotated[int | None, typer.Option(help="Clip side in pixels (model input).")] = None,
+    subtract_mean: Annotated[
+        bool, typer.Option(help="Feed each clip minus its mean frame (DESIGN.md §8).")
+    ] = False,
+    warmup_epochs: Annotated[float | None, typer.Option(help="Linear lr warmup.")] = None,
+    log_every: Annotated[int | None, typer.Option(min=1, help="Steps per metrics line.")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(min=1, help="Stop after N optimiser steps (a trial run).")
+    ] = None,
 ) -> None:
     """MAE pre-training of LGI-Former on a manifest (MODEL.md §5.1)."""
     _call(
@@ -138,7 +163,9 @@ def pretrain(
         data=data, out=out, model=model, epochs=epochs, batch_size=batch_size,
         accum_steps=accum_steps, lr=lr, blr=blr, mask_ratio=mask_ratio,
         device=_opt_device(device), backend=backend.value, workers=workers, resume=resume,
-        seed=seed,
+        seed=seed, model_overrides=set_, clip_grad=clip_grad, precision=precision,
+        num_frames=num_frames, size=size, subtract_mean=subtract_mean,
+        warmup_epochs=warmup_epochs, log_every=log_every, max_steps=max_steps,
     )  # fmt: skip
 
 
@@ -160,6 +187,33 @@ def finetune(
     workers: Annotated[int | None, typer.Option(help="Loader workers.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from out/checkpoints/last.pt.")] = False,
     seed: Annotated[int, typer.Option()] = 0,
+    accum_steps: Annotated[int, typer.Option(min=1, help="Gradient accumulation.")] = 1,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Model override key=value (JSON value), repeatable."),
+    ] = None,
+    clip_grad: Annotated[float | None, typer.Option(help="Clip gradients to this norm.")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="auto | bf16 | fp16 | fp32 (auto: bf16 on GPU).")
+    ] = None,
+    num_frames: Annotated[int | None, typer.Option(help="Frames per clip (model input).")] = None,
+    size: Annotated[int | None, typer.Option(help="Clip side in pixels (model input).")] = None,
+    subtract_mean: Annotated[
+        bool, typer.Option(help="Feed each clip minus its mean frame (DESIGN.md §8).")
+    ] = False,
+    warmup_epochs: Annotated[float | None, typer.Option(help="Linear lr warmup.")] = None,
+    log_every: Annotated[int | None, typer.Option(min=1, help="Steps per metrics line.")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(min=1, help="Stop after N optimiser steps (a trial run).")
+    ] = None,
+    eval_every: Annotated[
+        int | None, typer.Option(min=1, help="Also test every N epochs (logged).")
+    ] = None,
+    drop_path: Annotated[float | None, typer.Option(help="Stochastic depth rate.")] = None,
+    mixup: Annotated[float | None, typer.Option(help="Mixup alpha (0: off).")] = None,
+    cutmix: Annotated[float | None, typer.Option(help="CutMix alpha (0: off).")] = None,
+    smoothing: Annotated[float | None, typer.Option(help="Label smoothing.")] = None,
+    layer_decay: Annotated[float | None, typer.Option(help="Layer-wise lr decay.")] = None,
 ) -> None:
     """Fine-tune a classifier on one fold and test it (MODEL.md §5.2)."""
     _call(
@@ -167,6 +221,11 @@ def finetune(
         data=data, fold=fold, init=init, out=out, model=model, epochs=epochs,
         batch_size=batch_size, lr=lr, blr=blr, device=_opt_device(device),
         backend=backend.value, workers=workers, resume=resume, seed=seed,
+        accum_steps=accum_steps, model_overrides=set_, clip_grad=clip_grad,
+        precision=precision, num_frames=num_frames, size=size, subtract_mean=subtract_mean,
+        warmup_epochs=warmup_epochs, log_every=log_every, max_steps=max_steps,
+        eval_every=eval_every, drop_path=drop_path, mixup=mixup, cutmix=cutmix,
+        smoothing=smoothing, layer_decay=layer_decay,
     )  # fmt: skip
 
 
@@ -174,9 +233,17 @@ def finetune(
 def evaluate(
     runs: Annotated[list[Path], typer.Argument(exists=True, help="Run folder(s).")],
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            file_okay=False,
+            help="Several runs: folder for evaluation.json and confusion_pooled.png "
+            "(default: the folder holding all runs).",
+        ),
+    ] = None,
 ) -> None:
-    """Metrics of one run, or the cross-fold summary of several."""
-    _call("maedfer.train.evaluate", "run", runs=runs, as_json=json_)
+    """Metrics of one run, or the cross-fold summary of several (per-fold mean and pooled)."""
+    _call("maedfer.train.evaluate", "run", runs=runs, as_json=json_, out=out)
 
 
 @app.command()
@@ -186,11 +253,16 @@ def predict(
     out: Annotated[Path | None, typer.Option(help="CSV or JSON file for the windows.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Timeline PNG of probabilities.")] = None,
     device: Annotated[Device, typer.Option()] = Device.auto,
+    hop: Annotated[
+        int | None,
+        typer.Option(min=1, help="Window hop in sampled frames (default: half a window)."),
+    ] = None,
 ) -> None:
     """Per-window class probabilities for the face in VIDEO, and a summary."""
     _call(
         "maedfer.train.predict", "run",
         video=video, checkpoint=checkpoint, out=out, plot=plot, device=_opt_device(device),
+        hop=hop,
     )  # fmt: skip
 
 

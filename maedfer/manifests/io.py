@@ -1,0 +1,309 @@
+"""Parquet IO of manifests and rejects, with the metadata of DESIGN.md §3.
+
+``write_manifest`` casts to the exact Arrow schema, checks the rows against the protocol (unique
+keys, labels in range, folds in 1..K), computes the fold fingerprints (DATASETS.md §9) and writes
+atomically. ``read_manifest`` accepts any Parquet file with the required columns and metadata keys
+(another tool's included) and returns the rows plus the decoded metadata.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from maedfer.errors import MaedferError
+from maedfer.manifests.fingerprints import fold_fingerprints
+from maedfer.manifests.schema import (
+    MANIFEST_COLUMNS,
+    MANIFEST_SCHEMA,
+    META_JSON_KEYS,
+    META_PREFIX,
+    REJECT_COLUMNS,
+    REJECTS_SCHEMA,
+    REQUIRED_COLUMNS,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _atomic_write_table(table: pa.Table, path: Path) -> None:
+    """Write to a temp file in the same folder, then ``os.replace`` (no half-written files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _crop_array(values: pd.Series, ids: pd.Series) -> pa.Array:
+    """``crop`` (x, y, w, h or None per row) as a fixed-size list of 4 int16, vectorised."""
+    typ = MANIFEST_SCHEMA.field("crop").type
+    valid = ~pd.isna(values).to_numpy(dtype=bool)
+    if not valid.any():
+        return pa.nulls(len(values), type=typ)
+    boxes = values[valid].tolist()
+    try:
+        given = np.asarray(boxes, dtype=np.int64)
+    except (ValueError, TypeError):
+        given = None
+    if given is None or given.ndim != 2 or given.shape[1] != 4:
+        i = next((i for i, b in enumerate(boxes) if len(np.atleast_1d(b)) != 4), 0)
+        raise MaedferError(
+            f"crop of clip {ids[valid].iloc[i]} is {boxes[i]!r}; expected 4 integers x, y, w, h"
+        )
+    if given.min() < -(2**15) or given.max() >= 2**15:
+        raise MaedferError("crop values must fit int16 (pixels); got one out of range")
+    flat = np.zeros((len(values), 4), dtype=np.int16)
+    flat[valid] = given
+    child = pa.array(flat.ravel(), type=pa.int16())
+    return pa.FixedSizeListArray.from_arrays(child, 4, mask=pa.array(~valid))
+
+
+def _crop_tuples(column: pa.ChunkedArray) -> list[tuple[int, ...] | None]:
+    """The ``crop`` column back as (x, y, w, h) tuples or None, without a per-value loop."""
+    arr = column.combine_chunks()
+    if len(arr) == 0 or arr.null_count == len(arr):
+        return [None] * len(arr)
+    if not pa.types.is_fixed_size_list(arr.type):  # another tool's variable-length list
+        return [None if v is None else tuple(int(x) for x in v) for v in arr.to_pylist()]
+    child = arr.values.slice(arr.offset * 4, len(arr) * 4).fill_null(0)
+    boxes = list(map(tuple, np.asarray(child).reshape(-1, 4).tolist()))
+    valid = np.asarray(arr.is_valid())
+    return [box if ok else None for box, ok in zip(boxes, valid, strict=True)]
+
+
+def _column(df: pd.DataFrame, name: str, n: int) -> pa.Array:
+    """One column cast to its schema type; absent optional columns become nulls."""
+    typ = MANIFEST_SCHEMA.field(name).type
+    if name not in df.columns:
+        return pa.nulls(n, type=typ)
+    values = df[name]
+    if name == "crop":
+        return _crop_array(values, df["clip_id"].astype(str))
+    try:
+        return pa.array(values, type=typ, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+        raise MaedferError(f"manifest column {name!r} does not fit {typ}: {exc}") from None
+
+
+def _check_rows(df: pd.DataFrame, *, classes: Sequence[str], num_folds: int, dataset: str) -> None:
+    """Protocol invariants the pipelines rely on; a violation names the first offending clip."""
+    ids = df["clip_id"].astype(str)
+    keys = ids.tolist()
+    if len(set(keys)) != len(keys):
+        dup = ids[ids.duplicated()]
+        raise MaedferError(f"{dataset}: clip_id {dup.iloc[0]!r} appears more than once")
+    labels = pd.to_numeric(df["label"], errors="coerce")
+    bad = ~labels.between(-1, len(classes) - 1) | labels.isna()
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise MaedferError(
+            f"{dataset}: clip {ids.iloc[i]} has label {df['label'].iloc[i]}; "
+            f"expected -1..{len(classes) - 1} ({len(classes)} classes)"
+        )
+    if num_folds > 0:
+        folds = pd.to_numeric(df["fold"], errors="coerce") if "fold" in df else None
+        bad = folds.isna() | ~folds.between(1, num_folds) if folds is not None else None
+        if bad is None or bad.any():
+            i = 0 if bad is None else int(np.flatnonzero(bad.to_numpy())[0])
+            got = "no fold column" if folds is None else f"fold {df['fold'].iloc[i]}"
+            raise MaedferError(
+                f"{dataset}: clip {ids.iloc[i]} has {got}; expected a fold in 1..{num_folds}"
+            )
+
+
+def write_manifest(
+    df: pd.DataFrame,
+    path: Path,
+    *,
+    dataset: str,
+    protocol: str,
+    classes: Sequence[str],
+    num_folds: int,
+    raw_root: Path | str,
+) -> dict[str, str]:
+    """Write ``manifest.parquet`` with the exact schema and metadata of DESIGN.md §3, atomically.
+
+    Args:
+        df: rows with ``MANIFEST_COLUMNS`` (absent optional columns are written as nulls; a null
+            ``dataset`` is filled in; extra columns are dropped).
+        path: the file to write (its folder is created).
+        dataset, protocol, classes, num_folds, raw_root: the metadata (``raw_root`` is stored
+            absolute).
+
+    Returns:
+        The fingerprints stored as ``maedfer.fingerprints`` (fold or split -> sha16 of its keys).
+
+    Raises:
+        MaedferError: a required column is missing, a clip_id repeats, a label or fold is out of
+            range, or a value does not fit its column type.
+    """
+    from maedfer import __version__
+
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if num_folds > 0 and "fold" not in df.columns:
+        missing.append("fold")
+    if missing:
+        raise MaedferError(
+            f"manifest rows lack column(s) {', '.join(missing)}; need them for {path}"
+        )
+    df = df.reset_index(drop=True)
+    _check_rows(df, classes=classes, num_folds=num_folds, dataset=dataset)
+    df = df.copy()
+    if "dataset" not in df.columns:
+        df["dataset"] = dataset
+    else:
+        df["dataset"] = df["dataset"].where(df["dataset"].notna(), dataset)
+    n = len(df)
+    table = pa.Table.from_arrays(
+        [_column(df, c, n) for c in MANIFEST_COLUMNS], schema=MANIFEST_SCHEMA
+    )
+    fingerprints = fold_fingerprints(df, num_folds=num_folds)
+    meta = {
+        "version": __version__,
+        "dataset": dataset,
+        "protocol": protocol,
+        "classes": json.dumps(list(classes)),
+        "num_folds": str(int(num_folds)),
+        "raw_root": str(Path(raw_root).expanduser().resolve()),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "fingerprints": json.dumps(fingerprints),
+    }
+    table = table.replace_schema_metadata({META_PREFIX + k: v for k, v in meta.items()})
+    _atomic_write_table(table, Path(path))
+    log.info("wrote %s (%d clips)", path, n)
+    return fingerprints
+
+
+def _decode_metadata(raw: dict[bytes, bytes] | None, path: Path) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for k, v in (raw or {}).items():
+        key = k.decode("utf-8", "replace")
+        if not key.startswith(META_PREFIX):
+            continue
+        name, text = key[len(META_PREFIX) :], v.decode("utf-8", "replace")
+        if name in META_JSON_KEYS:
+            try:
+                meta[name] = json.loads(text)
+            except json.JSONDecodeError:
+                raise MaedferError(
+                    f"{path}: metadata {key} is not valid JSON: {text[:60]!r}"
+                ) from None
+        elif name == "num_folds":
+            try:
+                meta[name] = int(text)
+            except ValueError:
+                raise MaedferError(f"{path}: metadata {key}={text!r} is not an integer") from None
+        else:
+            meta[name] = text
+    return meta
+
+
+def _to_pandas(table: pa.Table) -> pd.DataFrame:
+    """Schema columns to stable pandas types: ints stay numpy ints, ints with nulls become Int*."""
+    crop = _crop_tuples(table.column("crop")) if "crop" in table.column_names else None
+    if crop is not None:
+        table = table.drop_columns(["crop"])
+    df = table.to_pandas()
+    if crop is not None:
+        df.insert(min(MANIFEST_COLUMNS.index("crop"), len(df.columns)), "crop", crop)
+    for name in MANIFEST_COLUMNS:
+        if name not in df.columns:
+            continue
+        typ = MANIFEST_SCHEMA.field(name).type
+        col = df[name]
+        if pa.types.is_integer(typ):
+            numeric = pd.to_numeric(col, errors="coerce")
+            np_type = typ.to_pandas_dtype()
+            df[name] = (
+                numeric.astype(np_type)
+                if numeric.notna().all()
+                else numeric.astype(pd.api.types.pandas_dtype(np.dtype(np_type).name.capitalize()))
+            )
+        elif pa.types.is_floating(typ):
+            df[name] = pd.to_numeric(col, errors="coerce").astype(np.float32)
+    return df
+
+
+def read_manifest(path: Path | str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Read a manifest (ours or another tool's with the same columns and keys).
+
+    Returns:
+        ``(df, meta)``: the rows (integer columns as numpy ints, or pandas nullable ints where
+        nulls occur; ``crop`` as tuples or None) and the metadata without the ``maedfer.``
+        prefix, decoded: ``classes`` list, ``num_folds`` int, ``fingerprints`` dict, the rest
+        strings. Metadata keys the file lacks are absent from ``meta``; ``num_folds`` and
+        ``dataset`` are then inferred from the rows where possible.
+
+    Raises:
+        MaedferError: not a readable Parquet file, or a required column is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MaedferError(f"manifest {path} does not exist; expected a manifest.parquet file")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise MaedferError(f"{path} is not a readable Parquet manifest: {exc}") from None
+    names = set(table.column_names)
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if "fold" not in names and "split" not in names:
+        missing.append("fold or split")
+    if missing:
+        raise MaedferError(
+            f"{path} lacks manifest column(s) {', '.join(missing)}; "
+            f"expected the columns of DESIGN.md §3 ({', '.join(MANIFEST_COLUMNS)})"
+        )
+    meta = _decode_metadata(table.schema.metadata, path)
+    df = _to_pandas(table)
+    if "num_folds" not in meta:
+        has_folds = "fold" in df.columns and df["fold"].notna().any()
+        meta["num_folds"] = int(df["fold"].max()) if has_folds else 0
+    if "dataset" not in meta and "dataset" in df.columns and df["dataset"].notna().any():
+        meta["dataset"] = str(df["dataset"].dropna().iloc[0])
+    return df, meta
+
+
+def write_rejects(rows: Sequence[tuple[str, str, str]] | pd.DataFrame, path: Path | str) -> None:
+    """Write ``rejects.parquet`` (``clip_id``, ``source``, ``reason``), atomically."""
+    if isinstance(rows, pd.DataFrame):
+        missing = [c for c in REJECT_COLUMNS if c not in rows.columns]
+        if missing:
+            raise MaedferError(f"reject rows lack column(s) {', '.join(missing)}")
+        rows = list(rows[list(REJECT_COLUMNS)].itertuples(index=False, name=None))
+    cols = list(zip(*rows, strict=True)) if rows else [(), (), ()]
+    if len(cols) != 3:
+        raise MaedferError("reject rows must be (clip_id, source, reason) tuples")
+    arrays = [
+        pa.array([None if v is None else str(v) for v in col], type=pa.string()) for col in cols
+    ]
+    _atomic_write_table(pa.Table.from_arrays(arrays, schema=REJECTS_SCHEMA), Path(path))
+
+
+def read_rejects(path: Path | str) -> pd.DataFrame:
+    """Read ``rejects.parquet``; a missing column is a MaedferError naming it."""
+    path = Path(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise MaedferError(f"{path} is not a readable rejects Parquet file: {exc}") from None
+    missing = [c for c in REJECT_COLUMNS if c not in table.column_names]
+    if missing:
+        raise MaedferError(f"{path} lacks rejects column(s) {', '.join(missing)}")
+    return table.select(list(REJECT_COLUMNS)).to_pandas()

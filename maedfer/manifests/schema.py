@@ -1,0 +1,82 @@
+"""The manifest's columns, its exact Arrow schema and its metadata keys (DESIGN.md §3).
+
+One table per prepared dataset. The schema is the contract between ``manifests/`` (which writes
+it), ``preprocess/`` (which fills the pixel fields) and ``pipelines/`` (which reads it); a manifest
+written by another tool with these columns and metadata keys is read the same way.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+#: Column order of a manifest, as in the table of DESIGN.md §3.
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "clip_id",
+    "dataset",
+    "path",
+    "source",
+    "subject",
+    "label",
+    "label_name",
+    "fold",
+    "split",
+    "num_frames",
+    "fps",
+    "width",
+    "height",
+    "crop",
+    "face_ratio",
+)
+
+#: The exact Arrow schema; ``crop`` is x, y, w, h applied when decoding (VoxCeleb2's box).
+MANIFEST_SCHEMA: pa.Schema = pa.schema(
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("source", pa.string()),
+        pa.field("subject", pa.string()),
+        pa.field("label", pa.int16(), nullable=False),
+        pa.field("label_name", pa.string()),
+        pa.field("fold", pa.int8()),
+        pa.field("split", pa.string()),
+        pa.field("num_frames", pa.int32()),
+        pa.field("fps", pa.float32()),
+        pa.field("width", pa.int16()),
+        pa.field("height", pa.int16()),
+        pa.field("crop", pa.list_(pa.int16(), 4)),
+        pa.field("face_ratio", pa.float32()),
+    ]
+)
+
+#: What the pipelines need; ``fold`` or ``split`` is required as well (one of the two).
+REQUIRED_COLUMNS: tuple[str, ...] = ("clip_id", "path", "label")
+#: Filled by the preprocess driver; null in an ``--index-only`` manifest.
+PIXEL_COLUMNS: tuple[str, ...] = ("num_frames", "fps", "width", "height", "crop", "face_ratio")
+
+#: Rejected clips (DESIGN.md §3): files that cannot be used, and those the protocol leaves out.
+REJECT_COLUMNS: tuple[str, ...] = ("clip_id", "source", "reason")
+REJECTS_SCHEMA: pa.Schema = pa.schema(
+    [
+        pa.field("clip_id", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("reason", pa.string()),
+    ]
+)
+#: Reason prefix of files the protocol itself leaves out (e.g. eNTERFACE05 subject 6).
+PROTOCOL_REASON = "protocol:"
+
+#: Parquet key-value metadata keys (values are UTF-8 strings, JSON where structured).
+META_PREFIX = "maedfer."
+META_KEYS: tuple[str, ...] = (
+    "version",
+    "dataset",
+    "protocol",
+    "classes",
+    "num_folds",
+    "raw_root",
+    "created",
+    "fingerprints",
+)
+#: Metadata values stored as JSON.
+META_JSON_KEYS: frozenset[str] = frozenset({"classes", "fingerprints"})

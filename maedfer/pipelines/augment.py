@@ -1,0 +1,348 @@
+"""Spatial augmentation and normalisation of clips (MODEL.md §4.1, §4.2, §5.2).
+
+Random parameters (crop boxes, flips, erasing boxes, seeds) are drawn on the CPU from a numpy
+``Generator`` by pure functions, so the DALI pipeline and the PyAV loader apply the same
+augmentation to the same sample; the pixels are then changed by whichever backend runs.
+
+- :func:`random_resized_crop_box` — fine-tuning crop (area 0.08–1, aspect 3/4–4/3), the
+  torchvision ``RandomResizedCrop`` rule; the same box for every frame.
+- :func:`multi_scale_crop_box` — pre-training crop: TSN ``GroupMultiScaleCrop`` with scales
+  (1, .875, .75, .66), ``max_distort`` 1 and the 13 fixed offsets ("more_fix_crop").
+- :class:`VideoRandAugment` — timm RandAugment ``rand-m7-n4-mstd0.5-inc1`` (bicubic, translate
+  72 px at 160), with the same ops and magnitudes on every frame (PyAV path only).
+- :func:`finish_clip` — after ImageNet normalisation: the optional clip-mean subtraction
+  (DESIGN.md §8) and random erasing (p 0.25, pixel mode, one box, the same box on every frame).
+- :func:`make_mixup` — timm Mixup/CutMix with the §5.2 defaults, for 5-D video batches; the
+  train loop applies it (the loader does not).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from maedfer.errors import MaedferError
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"
+MULTI_SCALES: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
+ERASE_PROB = 0.25
+FLIP_PROB = 0.5
+
+
+class Box(NamedTuple):
+    """An axis-aligned box in pixels: left ``x``, top ``y``, width ``w``, height ``h``."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+def random_resized_crop_box(
+    height: int,
+    width: int,
+    *,
+    generator: np.random.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Box:
+    """A random crop covering ``scale`` of the area with aspect in ``ratio`` (log-uniform).
+
+    Ten tries at a box that fits; failing that, the largest centred box whose aspect is clamped
+    into ``ratio`` (the rule of torchvision's ``RandomResizedCrop.get_params``).
+    """
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * generator.uniform(scale[0], scale[1])
+        aspect = math.exp(generator.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            y = int(generator.integers(0, height - h + 1))
+            x = int(generator.integers(0, width - w + 1))
+            return Box(x, y, w, h)
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    return Box((width - w) // 2, (height - h) // 2, w, h)
+
+
+def _fixed_offsets(width: int, height: int, crop_w: int, crop_h: int) -> list[tuple[int, int]]:
+    """The 13 offsets of TSN's "more_fix_crop": corners, centre, edge centres, quarter points."""
+    ws, hs = (width - crop_w) // 4, (height - crop_h) // 4
+    grid = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0)]
+    grid += [(1, 1), (3, 1), (1, 3), (3, 3)]
+    return [(i * ws, j * hs) for i, j in grid]
+
+
+def multi_scale_crop_box(
+    height: int,
+    width: int,
+    *,
+    out_size: int,
+    generator: np.random.Generator,
+    scales: Sequence[float] = MULTI_SCALES,
+    max_distort: int = 1,
+) -> Box:
+    """TSN multi-scale crop (MODEL.md §4.1): a (w, h) pair of scaled sides, then a fixed offset.
+
+    Sides are ``int(min(height, width) * s)`` for each scale, snapped to ``out_size`` when within
+    2 px; (w, h) pairs whose scale ranks differ by at most ``max_distort`` are equally likely.
+    At 160 px the sides are 160, 140, 120, 105 (10 pairs); the offset is one of 13 fixed points.
+    """
+    base = min(height, width)
+    sides = [int(base * s) for s in scales]
+    sides = [out_size if abs(s - out_size) < 3 else s for s in sides]
+    pairs = [
+        (sides[j], sides[i])
+        for i in range(len(sides))
+        for j in range(len(sides))
+        if abs(i - j) <= max_distort
+    ]
+    crop_w, crop_h = pairs[int(generator.integers(len(pairs)))]
+    crop_w, crop_h = min(crop_w, width), min(crop_h, height)
+    offsets = _fixed_offsets(width, height, crop_w, crop_h)
+    x, y = offsets[int(generator.integers(len(offsets)))]
+    return Box(x, y, crop_w, crop_h)
+
+
+def random_erasing_box(
+    height: int,
+    width: int,
+    *,
+    generator: np.random.Generator,
+    area: tuple[float, float] = (0.02, 1 / 3),
+    ratio: tuple[float, float] = (0.3, 1 / 0.3),
+) -> Box | None:
+    """The box of timm-style random erasing (one box, ten tries; ``None`` if none fits)."""
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = height * width * generator.uniform(*area)
+        aspect = math.exp(generator.uniform(*log_ratio))
+        h = int(round(math.sqrt(target * aspect)))
+        w = int(round(math.sqrt(target / aspect)))
+        if w < width and h < height:
+            y = int(generator.integers(0, height - h + 1))
+            x = int(generator.integers(0, width - w + 1))
+            return Box(x, y, w, h)
+    return None
+
+
+#: timm's geometric RandAugment ops: run as one affine warp per frame with OpenCV (below)
+_GEOMETRIC_OPS = frozenset(
+    {"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "TranslateXRel", "TranslateYRel"}
+)
+
+
+class _AffineRecorder:
+    """Stands in for a PIL image in timm's geometric ops and records the affine they ask for.
+
+    timm's shear/translate ops call ``img.transform(size, AFFINE, data, ...)`` and its rotate
+    calls ``img.rotate(degrees, ...)``; PIL's rotate is an affine about the image centre,
+    written out here (no expand, as timm calls it).
+    """
+
+    def __init__(self, width: int, height: int) -> None:
+        self.size = (width, height)
+        self.matrix: tuple[float, ...] | None = None
+        self.fill: tuple[int, ...] | None = None
+
+    def transform(self, size, method, data, resample=None, fillcolor=None):  # noqa: ANN001
+        self.matrix, self.fill = tuple(float(v) for v in data[:6]), fillcolor
+        return self
+
+    def rotate(self, angle, resample=None, fillcolor=None, **_):  # noqa: ANN001
+        cx, cy = self.size[0] / 2, self.size[1] / 2
+        rad = -math.radians(angle)
+        a, b, d, e = math.cos(rad), math.sin(rad), -math.sin(rad), math.cos(rad)
+        data = (a, b, cx - a * cx - b * cy, d, e, cy - d * cx - e * cy)
+        return self.transform(self.size, None, data, resample, fillcolor)
+
+
+def _warp(frames: list[np.ndarray], recorder: _AffineRecorder) -> list[np.ndarray]:
+    """Apply a recorded PIL-style affine (output → input map, pixel centres at +0.5) to frames.
+
+    OpenCV's bicubic warp (kernel a = -0.75 where PIL's is -0.5): measured mean difference
+    0.5/255 from PIL's result on smooth images, at a third of PIL's time per frame.
+    """
+    import cv2
+
+    a, b, c, d, e, f = recorder.matrix
+    matrix = np.array([[a, b, c + 0.5 * (a + b) - 0.5], [d, e, f + 0.5 * (d + e) - 0.5]])
+    fill = tuple(recorder.fill) if recorder.fill is not None else (0, 0, 0)
+    flags = cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP
+    return [cv2.warpAffine(frame, matrix, recorder.size, flags=flags,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+            for frame in frames]  # fmt: skip
+
+
+class VideoRandAugment:
+    """timm RandAugment applied with the same ops and magnitudes to every frame of a clip.
+
+    timm draws the ops from numpy's global generator and each op's probability and magnitude
+    from Python's ``random``; both are seeded per clip. Colour ops run per frame with
+    ``random`` rewound before each frame, so every frame sees the same draws (the reference's
+    video RandAugment does the same, MODEL.md §4.2). Geometric ops (rotate, shear, translate)
+    are drawn once and applied to all frames as one affine warp with OpenCV: PIL's bicubic
+    affine was 90 % of RandAugment's time.
+    """
+
+    def __init__(self, config: str = RAND_AUGMENT, *, size: int = 160) -> None:
+        from PIL import Image
+        from timm.data.auto_augment import rand_augment_transform
+
+        hparams = {
+            "translate_const": int(size * 0.45),
+            "img_mean": tuple(min(255, round(255 * m)) for m in IMAGENET_MEAN),
+            "interpolation": Image.Resampling.BICUBIC,
+        }
+        self.config = config
+        self.transform = rand_augment_transform(config, hparams)
+
+    def __call__(self, frames: np.ndarray, seed: int) -> np.ndarray:
+        """``frames`` (T, H, W, 3) uint8 RGB → the augmented frames, same shape and dtype."""
+        from PIL import Image
+
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            ra = self.transform  # timm's RandAugment: its op choice, then each op in turn
+            ops = np.random.choice(ra.ops, ra.num_layers, replace=ra.choice_weights is None,
+                                   p=ra.choice_weights)
+            images = list(frames)
+            height, width = frames.shape[1:3]
+            for op in ops:
+                if op.name in _GEOMETRIC_OPS:
+                    recorder = op(_AffineRecorder(width, height))
+                    if recorder.matrix is not None:  # None: the op's coin said skip
+                        images = _warp(images, recorder)
+                    continue
+                state = random.getstate()
+                out = []
+                for image in images:
+                    random.setstate(state)
+                    out.append(np.asarray(op(Image.fromarray(image))))
+                images = out
+            return np.stack(images)
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def resize_frames(frames: torch.Tensor, box: Box | None, size: int) -> torch.Tensor:
+    """Crop ``box`` from float frames ``(T, 3, H, W)`` and resize to ``size`` (bilinear).
+
+    Bilinear without antialiasing, half-pixel centres (``align_corners=False``): the resize
+    the reference's video transforms use, and DALI's ``INTERP_LINEAR`` with ``antialias=False``.
+    """
+    if box is not None:
+        frames = frames[:, :, box.y : box.y + box.h, box.x : box.x + box.w]
+    if frames.shape[-2:] != (size, size):
+        frames = F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False)
+    return frames
+
+
+def normalise(frames: torch.Tensor) -> torch.Tensor:
+    """ImageNet normalisation of frames ``(T, 3, H, W)`` with values in [0, 255] → float32."""
+    mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=frames.device).view(1, 3, 1, 1) * 255
+    return (frames.float() - mean) / std
+
+
+def finish_clip(
+    video: torch.Tensor,
+    *,
+    subtract_mean: bool,
+    erase: Box | None = None,
+    erase_seed: int = 0,
+) -> torch.Tensor:
+    """The last steps on a normalised clip ``(3, T, H, W)``, the same on every backend.
+
+    ``subtract_mean`` removes the clip's mean frame (over T) from every frame (DESIGN.md §8):
+    the result is ``(x - mean_t x) / (255 · std)``, i.e. ImageNet scaling with the clip's own
+    mean in place of the ImageNet mean. ``erase`` fills that box with standard-normal noise in
+    every frame (timm "pixel" mode, the same box in all frames); the noise comes from a CPU
+    generator seeded with ``erase_seed``, so both backends erase with the same values.
+    """
+    if subtract_mean:
+        video = video - video.mean(dim=1, keepdim=True)
+    if erase is not None:
+        noise = torch.randn(
+            (3, video.shape[1], erase.h, erase.w),
+            generator=torch.Generator().manual_seed(erase_seed),
+        )
+        video = video.clone()
+        video[:, :, erase.y : erase.y + erase.h, erase.x : erase.x + erase.w] = noise.to(
+            video.device, video.dtype
+        )
+    return video
+
+
+class VideoMixup:
+    """timm ``Mixup`` for video batches ``(B, C, T, H, W)``: one box for all frames.
+
+    timm's batch mode cuts ``x[:, :, y0:y1, x0:x1]``, which on a 5-D tensor would cut time and
+    height; folding T into C (``(B, C·T, H, W)``) makes the box apply to height and width of
+    every frame. Mixing uses numpy's global generator (timm's choice): seed it in the train loop.
+    """
+
+    def __init__(self, mixup) -> None:  # noqa: ANN001 (a timm Mixup)
+        self.mixup = mixup
+
+    def __call__(
+        self, video: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the mixed video (same shape) and soft targets ``(B, num_classes)``."""
+        if video.ndim != 5:
+            raise MaedferError(f"mixup expects video (B, C, T, H, W), got shape {video.shape}")
+        b, c, t, h, w = video.shape
+        if b % 2:
+            raise MaedferError(f"mixup needs an even batch size, got {b} (use drop_last)")
+        mixed, soft = self.mixup(video.reshape(b, c * t, h, w).contiguous(), target)
+        return mixed.reshape(b, c, t, h, w), soft
+
+
+def make_mixup(
+    num_classes: int,
+    *,
+    mixup_alpha: float = 0.8,
+    cutmix_alpha: float = 1.0,
+    prob: float = 1.0,
+    switch_prob: float = 0.5,
+    mode: str = "batch",
+    label_smoothing: float = 0.1,
+) -> VideoMixup | None:
+    """Mixup/CutMix with MODEL.md §5.2's defaults (α 0.8 / 1.0, prob 1, switch 0.5, batch mode,
+    label smoothing 0.1 folded into the soft targets); use with ``SoftTargetCrossEntropy``.
+
+    Returns ``None`` when both alphas are 0 (no mixing: use plain label-smoothed cross-entropy).
+    """
+    if mixup_alpha <= 0 and cutmix_alpha <= 0:
+        return None
+    from timm.data import Mixup
+
+    return VideoMixup(
+        Mixup(
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+            prob=prob,
+            switch_prob=switch_prob,
+            mode=mode,
+            label_smoothing=label_smoothing,
+            num_classes=num_classes,
+        )
+    )

@@ -1,0 +1,163 @@
+"""One epoch's samples for one rank: order, sharding, and every random choice of each sample.
+
+A :class:`SampleSpec` says all a backend needs to produce one sample — the file, the frame
+indices, the manifest crop, the augmentation box, the flip, the RandAugment and erasing seeds —
+and it is a pure function of (seed, epoch, position, attempt). DALI and PyAV both turn specs into
+pixels, so they give the same clips for the same indices whatever the worker count or timing.
+
+Order and sharding (the rule of torch's ``DistributedSampler``): train/pretrain rows are permuted
+by ``(seed, epoch)``, padded by wrapping to a multiple of ``world_size``, and rank ``r`` takes
+positions ``r, r + W, r + 2W, …``; test rows are kept in manifest order, split the same way
+without padding (ranks may differ by one clip), and each gives ``test_views`` consecutive samples.
+The plan is built lazily: one permutation per epoch, nothing per row, so a million-row manifest
+costs milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from maedfer.errors import MaedferError
+from maedfer.pipelines import augment, sampling
+from maedfer.pipelines.augment import Box
+from maedfer.pipelines.select import ClipTable
+
+MODES: tuple[str, ...] = ("pretrain", "train", "test")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """What every sample of a loader shares (the resolved ``build_loader`` options)."""
+
+    mode: str
+    num_frames: int = 16
+    stride: int = 4
+    size: int = 160
+    augment: bool = False
+    rand_augment: bool = False
+    temporal_rule: sampling.TemporalRule = "stride"
+    test_views: int = 2
+    subtract_mean: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise MaedferError(f"mode {self.mode!r} is unknown; expected one of {MODES}")
+        if self.size < 8 or self.num_frames < 1 or self.stride < 1 or self.test_views < 1:
+            raise MaedferError(
+                f"size ({self.size}) >= 8, num_frames ({self.num_frames}) >= 1, stride "
+                f"({self.stride}) >= 1 and test_views ({self.test_views}) >= 1 are required"
+            )
+        if self.temporal_rule not in sampling.TEMPORAL_RULES:
+            raise MaedferError(
+                f"temporal rule {self.temporal_rule!r} is unknown; expected one of "
+                f"{sampling.TEMPORAL_RULES}"
+            )
+
+
+@dataclass
+class SampleSpec:
+    """Everything one sample needs; boxes are in pixels of the decoded frame (``crop``) and of
+    the ``size``×``size`` frame after it (``box``, ``erase``)."""
+
+    position: int
+    row: int
+    view: int
+    clip_id: str
+    path: str
+    label: int
+    frame_indices: np.ndarray
+    crop: Box | None
+    box: Box | None
+    flip: bool
+    rand_augment_seed: int | None
+    erase: Box | None
+    erase_seed: int
+
+
+class EpochPlan:
+    """The samples of one epoch on one rank; ``spec(i)`` is sample ``i`` (``0 <= i < len``)."""
+
+    def __init__(
+        self,
+        table: ClipTable,
+        config: SampleConfig,
+        *,
+        epoch: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise MaedferError(f"rank ({rank}) must be in 0..{world_size - 1}")
+        self.table, self.config, self.epoch = table, config, int(epoch)
+        self.rank, self.world_size = rank, world_size
+        n = len(table)
+        self.views = config.test_views if config.mode == "test" else 1
+        if config.mode == "test":
+            self.rows = np.arange(rank, n, world_size, dtype=np.int64)
+        else:
+            order = np.random.default_rng([config.seed, self.epoch]).permutation(n)
+            padded = -(-n // world_size) * world_size
+            order = np.resize(order, padded)  # wraps around, as DistributedSampler pads
+            self.rows = order[rank::world_size]
+
+    def __len__(self) -> int:
+        return len(self.rows) * self.views
+
+    def _global_position(self, i: int) -> int:
+        return (i // self.views) * self.world_size + self.rank
+
+    def spec(self, i: int, *, attempt: int = 0,
+             probe: Callable[[str], int] | None = None) -> SampleSpec:
+        """Sample ``i``; ``attempt > 0`` is the ``attempt``-th replacement for a faulty one.
+
+        ``probe(path) -> frame count`` is called when the manifest does not know the count.
+        """
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample {i} is outside this epoch's {len(self)} samples")
+        row, view = int(self.rows[i // self.views]), i % self.views
+        key = [self.config.seed, self.epoch, self._global_position(i), view]
+        if attempt:
+            # a replacement: another row, drawn from its own stream so the others do not move
+            row = int(np.random.default_rng([*key, attempt, 1]).integers(len(self.table)))
+            key = [*key, attempt]
+        return self._make(i, row, view, np.random.default_rng(key), probe)
+
+    def _make(self, i: int, row: int, view: int, rng: np.random.Generator,
+              probe: Callable[[str], int] | None) -> SampleSpec:
+        cfg, table = self.config, self.table
+        path = table.clip_path(row)
+        count = int(table.num_frames[row])
+        if count < 1:
+            if probe is None:
+                raise MaedferError(f"the manifest has no frame count for {path}")
+            count = probe(path)
+        t_kw = {"num_frames": cfg.num_frames, "stride": cfg.stride}
+        if cfg.mode == "test":
+            indices = sampling.test_window(count, view=view, views=cfg.test_views, **t_kw)
+        elif cfg.mode == "pretrain":
+            indices = sampling.stride_window(count, generator=rng, **t_kw)
+        else:
+            indices = sampling.train_window(count, rule=cfg.temporal_rule, generator=rng, **t_kw)
+        crop = Box(*map(int, table.crop[row])) if table.crop[row][0] >= 0 else None
+        box, flip, ra_seed, erase, erase_seed = None, False, None, None, 0
+        if cfg.augment and cfg.mode == "pretrain":
+            box = augment.multi_scale_crop_box(cfg.size, cfg.size, out_size=cfg.size,
+                                               generator=rng)
+        elif cfg.augment:
+            box = augment.random_resized_crop_box(cfg.size, cfg.size, generator=rng)
+            flip = bool(rng.random() < augment.FLIP_PROB)
+            # drawn even when unused, so the erasing draws do not depend on the backend
+            ra_seed = int(rng.integers(2**31))
+            ra_seed = ra_seed if cfg.rand_augment else None
+            if rng.random() < augment.ERASE_PROB:
+                erase = augment.random_erasing_box(cfg.size, cfg.size, generator=rng)
+                erase_seed = int(rng.integers(2**31))
+        return SampleSpec(
+            position=i, row=row, view=view, clip_id=table.row_clip_id(row), path=path,
+            label=int(table.label[row]), frame_indices=indices, crop=crop, box=box, flip=flip,
+            rand_augment_seed=ra_seed, erase=erase, erase_seed=erase_seed,
+        )  # fmt: skip

@@ -1,0 +1,142 @@
+"""Which frames a clip gives: temporal sampling shared by every backend (MODEL.md §4).
+
+Pure, keyword-only functions from (frame count, frames per clip, stride, generator) to frame
+indices, arguments checked first, no decoder inside: the DALI pipeline and the PyAV loader call
+the same function, so both pick the same frames for the same seed.
+
+Rules:
+
+- :func:`stride_window` — 16 frames at stride exactly 4, random start uniform in
+  ``[0, n - num_frames * stride]``; a clip shorter than the span starts at 0 and repeats the last
+  frame the stride reaches. This is the pre-training rule of MODEL.md §4.1 and maedfer's default
+  training window.
+- :func:`reference_train_window` — the fine-tuning rule of the reference code (MODEL.md §4.2,
+  quirk 5): 16 indices spread by ``linspace`` over a 64-frame window (effective stride 64/15).
+- :func:`test_window` — the test views of MODEL.md §4.2: every ``stride``-th frame of the whole
+  clip, padded with the last to ``num_frames``, view ``k`` of ``V`` starts at
+  ``int(k * (len - num_frames) / (V - 1))`` (2 views = the first and the last window).
+
+Worked example (``num_frames=16, stride=4``): a 30-frame clip in :func:`stride_window` gives
+``0, 4, …, 28`` (8 frames) then ``28`` eight more times; in :func:`test_window` the subsampled list
+is ``0, 4, …, 28`` padded with ``28`` to 16, so both views are that list.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from maedfer.errors import MaedferError
+
+TemporalRule = Literal["stride", "reference"]
+TEMPORAL_RULES: tuple[str, ...] = ("stride", "reference")
+
+
+def _check(num_video_frames: int, num_frames: int, stride: int) -> None:
+    if int(num_video_frames) < 1:
+        raise MaedferError(f"a clip needs at least 1 frame to sample from, got {num_video_frames}")
+    if int(num_frames) < 1:
+        raise MaedferError(f"num_frames ({num_frames}) must be >= 1")
+    if int(stride) < 1:
+        raise MaedferError(f"stride ({stride}) must be >= 1")
+
+
+def stride_window(
+    num_video_frames: int,
+    *,
+    num_frames: int = 16,
+    stride: int = 4,
+    generator: np.random.Generator,
+) -> np.ndarray:
+    """A window of ``num_frames`` frames at exactly ``stride`` apart, at a random start.
+
+    The start is uniform in ``[0, n - num_frames * stride]`` (MODEL.md §4.1: the reference draws
+    from ``n - 64 + 1`` starts). When ``n < num_frames * stride`` the window starts at 0 and the
+    frames past the end are replaced by the last frame the stride reaches (``n=30`` → ``0..28``
+    then ``28`` repeated), as the reference's pre-training loader does.
+
+    Returns:
+        ``int64`` array of shape ``(num_frames,)``, non-decreasing, all in ``[0, n - 1]``.
+    """
+    _check(num_video_frames, num_frames, stride)
+    n = int(num_video_frames)
+    span = num_frames * stride
+    start = int(generator.integers(0, n - span + 1)) if n >= span else 0
+    indices = start + stride * np.arange(num_frames, dtype=np.int64)
+    last_reachable = start + stride * ((n - 1 - start) // stride)
+    return np.minimum(indices, last_reachable)
+
+
+def reference_train_window(
+    num_video_frames: int,
+    *,
+    num_frames: int = 16,
+    stride: int = 4,
+    generator: np.random.Generator,
+) -> np.ndarray:
+    """The reference fine-tuning window (MODEL.md §4.2; effective stride 64/15, not 4).
+
+    With ``span = num_frames * stride``: if ``n > span``, ``end`` is uniform in ``[span, n - 1]``,
+    ``start = end - span`` and the indices are ``int(linspace(start, end, num_frames))`` clipped
+    to ``end - 1``. Otherwise ``int(linspace(0, n, n // stride))`` padded with ``n`` to
+    ``num_frames`` entries and clipped to ``n - 1`` (the tail repeats the last frame).
+    Example: ``n=100`` and ``end=80`` gives ``16, 20, 24, …, 75, 79``.
+    """
+    _check(num_video_frames, num_frames, stride)
+    n = int(num_video_frames)
+    span = num_frames * stride
+    if n > span:
+        end = int(generator.integers(span, n))
+        start = end - span
+        index = np.linspace(start, end, num=num_frames)
+        return np.clip(index, start, end - 1).astype(np.int64)
+    head = np.linspace(0, n, num=n // stride)
+    index = np.concatenate([head, np.full(num_frames - len(head), float(n))])
+    return np.clip(index, 0, n - 1).astype(np.int64)
+
+
+def test_window(
+    num_video_frames: int,
+    *,
+    view: int,
+    views: int = 2,
+    num_frames: int = 16,
+    stride: int = 4,
+) -> np.ndarray:
+    """View ``view`` of ``views`` deterministic test windows (MODEL.md §4.2).
+
+    Every ``stride``-th frame of the clip (``0, 4, 8, …``), padded with the last of those to
+    ``num_frames``; view ``k`` starts at ``int(k * (len - num_frames) / (views - 1))`` in that
+    list. With one view (where the reference divides by zero, quirk 3) the middle window is used.
+    Example: ``n=100`` subsamples to 25 frames; view 0 = ``0..60``, view 1 = ``36..96``.
+    """
+    _check(num_video_frames, num_frames, stride)
+    if views < 1 or not 0 <= view < views:
+        raise MaedferError(f"test view {view} must be in 0..{views - 1} (views={views} >= 1)")
+    every = np.arange(0, int(num_video_frames), stride, dtype=np.int64)
+    if len(every) < num_frames:
+        every = np.concatenate([every, np.full(num_frames - len(every), every[-1])])
+    room = len(every) - num_frames
+    start = int(view * room / (views - 1)) if views > 1 else room // 2
+    return every[start : start + num_frames]
+
+
+def train_window(
+    num_video_frames: int,
+    *,
+    num_frames: int = 16,
+    stride: int = 4,
+    rule: TemporalRule = "stride",
+    generator: np.random.Generator,
+) -> np.ndarray:
+    """The training window by ``rule``: ``"stride"`` (default) or ``"reference"`` (§4.2)."""
+    if rule == "stride":
+        return stride_window(
+            num_video_frames, num_frames=num_frames, stride=stride, generator=generator
+        )
+    if rule == "reference":
+        return reference_train_window(
+            num_video_frames, num_frames=num_frames, stride=stride, generator=generator
+        )
+    raise MaedferError(f"temporal rule {rule!r} is unknown; expected one of {TEMPORAL_RULES}")

@@ -1,0 +1,220 @@
+"""Manifest rows a loader reads: the columns the pipelines need, the fold or split, the root.
+
+Reads only ``clip_id``, ``path``, ``label``, ``fold``, ``split``, ``num_frames`` and ``crop``
+(DESIGN.md §3) of a Parquet manifest, or takes a DataFrame with those columns, and keeps them as
+compact arrays: a million rows load in about a second and are shared by forked workers without
+per-row Python objects. Selection rules (contract of ``build_loader``):
+
+- ``fold=K``: train/pretrain = the rows whose fold is not K, test = the rows whose fold is K;
+- ``split=S``: the rows whose split is S;
+- neither: every row.
+
+Paths are relative to the manifest's folder (prepared clips) or, when the rows are read in place
+(VoxCeleb2), to the ``maedfer.raw_root`` metadata; an explicit ``root`` overrides both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from maedfer.errors import MaedferError
+
+log = logging.getLogger(__name__)
+
+NEEDED_COLUMNS: tuple[str, ...] = ("clip_id", "path", "label")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("fold", "split", "num_frames", "crop")
+
+
+@dataclass
+class ClipTable:
+    """The selected rows as arrays (row ``i`` of each is the same clip).
+
+    ``num_frames`` is -1 where unknown; ``crop`` is ``(N, 4)`` x, y, w, h with -1 where the row has
+    no crop. ``clip_id`` and ``path`` stay Arrow string arrays (no per-row Python objects).
+    """
+
+    clip_id: pa.Array
+    path: pa.Array
+    label: np.ndarray
+    num_frames: np.ndarray
+    crop: np.ndarray
+    root: Path
+    classes: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def clip_path(self, row: int) -> str:
+        """Absolute path of row ``row``'s clip (absolute manifest paths are kept as they are)."""
+        path = Path(self.path[row].as_py())
+        return str(path if path.is_absolute() else self.root / path)
+
+    def row_clip_id(self, row: int) -> str:
+        return str(self.clip_id[row].as_py())
+
+
+def _read_parquet(path: Path) -> tuple[pa.Table, dict[str, str]]:
+    if not path.is_file():
+        raise MaedferError(f"manifest {path} does not exist; expected a manifest.parquet file")
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise MaedferError(f"manifest {path} is not a readable Parquet file: {exc}") from None
+    names = set(schema.names)
+    missing = [c for c in NEEDED_COLUMNS if c not in names]
+    if missing:
+        raise MaedferError(
+            f"manifest {path} lacks column(s) {', '.join(missing)}; "
+            f"the pipelines need {', '.join(NEEDED_COLUMNS)} (DESIGN.md §3)"
+        )
+    columns = [c for c in (*NEEDED_COLUMNS, *OPTIONAL_COLUMNS) if c in names]
+    table = pq.read_table(path, columns=columns)
+    raw = schema.metadata or {}
+    meta = {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"maedfer.")}
+    return table, meta
+
+
+def _from_frame(df: pd.DataFrame) -> pa.Table:
+    missing = [c for c in NEEDED_COLUMNS if c not in df.columns]
+    if missing:
+        raise MaedferError(
+            f"manifest DataFrame lacks column(s) {', '.join(missing)}; "
+            f"the pipelines need {', '.join(NEEDED_COLUMNS)} (DESIGN.md §3)"
+        )
+    arrays, names = [], []
+    for name in (*NEEDED_COLUMNS, *OPTIONAL_COLUMNS):
+        if name not in df.columns:
+            continue
+        values = df[name]
+        if name == "crop":
+            rows = [None if _is_null(v) else [int(x) for x in v] for v in values]
+            arrays.append(pa.array(rows, type=pa.list_(pa.int32())))
+        elif name in ("clip_id", "path", "split"):
+            arrays.append(pa.array(values.astype(object).where(values.notna(), None).tolist()))
+        else:
+            arrays.append(pa.array(pd.to_numeric(values), from_pandas=True))
+        names.append(name)
+    return pa.table(arrays, names=names)
+
+
+def _is_null(value: object) -> bool:
+    if value is None:
+        return True
+    return isinstance(value, float) and np.isnan(value)
+
+
+def _int_column(table: pa.Table, name: str, fill: int) -> np.ndarray:
+    if name not in table.column_names:
+        return np.full(table.num_rows, fill, dtype=np.int64)
+    col = table.column(name).combine_chunks()
+    return np.asarray(col.fill_null(fill).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _crop_column(table: pa.Table) -> np.ndarray:
+    """``(N, 4)`` int boxes, -1 where null; accepts fixed-size or variable lists of 4."""
+    out = np.full((table.num_rows, 4), -1, dtype=np.int64)
+    if "crop" not in table.column_names:
+        return out
+    col = table.column("crop").combine_chunks()
+    valid = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    if not valid.any():
+        return out
+    kept = col.filter(pa.array(valid))
+    lengths = np.asarray(kept.value_lengths().to_numpy(zero_copy_only=False))
+    if (lengths != 4).any():
+        raise MaedferError(f"manifest column crop holds a list of {lengths[lengths != 4][0]} "
+                           "values; expected x, y, w, h")
+    values = np.asarray(kept.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
+    out[valid] = values.reshape(-1, 4)
+    return out
+
+
+def _select_mask(table: pa.Table, *, mode: str, fold: int | None, split: str | None,
+                 source: str) -> np.ndarray:
+    n = table.num_rows
+    if fold is not None and split is not None:
+        raise MaedferError(f"give a fold or a split, not both (fold={fold}, split={split!r})")
+    if fold is not None:
+        folds = _int_column(table, "fold", -1)
+        present = sorted({int(f) for f in np.unique(folds) if f >= 0})
+        if not present:
+            raise MaedferError(f"fold {fold} asked for, but {source} has no folds "
+                               "(a fixed-split dataset: select a split instead)")
+        if int(fold) not in present:
+            raise MaedferError(f"fold ({fold}) must be one of {present} for {source}")
+        return folds == int(fold) if mode == "test" else folds != int(fold)
+    if split is not None:
+        if "split" not in table.column_names:
+            raise MaedferError(f"split {split!r} asked for, but {source} has no split column")
+        splits = table.column("split").combine_chunks().fill_null("").to_numpy(
+            zero_copy_only=False)
+        mask = splits == split
+        if not mask.any():
+            names = sorted({s for s in np.unique(splits) if s})
+            raise MaedferError(f"split {split!r} not in {source}; it has {names}")
+        return mask
+    return np.ones(n, dtype=bool)
+
+
+def _resolve_root(table: pa.Table, meta: dict[str, str], manifest_dir: Path | None) -> Path:
+    """Manifest folder, or ``maedfer.raw_root`` when the first clip is found there instead."""
+    base = manifest_dir if manifest_dir is not None else Path.cwd()
+    raw_root = meta.get("maedfer.raw_root")
+    if raw_root and table.num_rows:
+        first = Path(table.column("path")[0].as_py())
+        if not first.is_absolute() and not (base / first).exists() and (
+            Path(raw_root) / first
+        ).exists():
+            log.info("clips are read in place under raw_root %s", raw_root)
+            return Path(raw_root)
+    return base
+
+
+def load_clip_table(
+    manifest: Path | str | pd.DataFrame,
+    *,
+    mode: str,
+    fold: int | None = None,
+    split: str | None = None,
+    root: Path | None = None,
+) -> ClipTable:
+    """Read a manifest (file or DataFrame) and keep the rows selected by ``fold`` / ``split``.
+
+    Raises:
+        MaedferError: missing file or columns, a fold or split the manifest does not have, both
+            given, an empty selection, or unlabelled rows (label -1) selected for training or test.
+    """
+    if isinstance(manifest, pd.DataFrame):
+        table, meta, source, manifest_dir = _from_frame(manifest), {}, "the manifest", None
+    else:
+        path = Path(manifest)
+        table, meta = _read_parquet(path)
+        source, manifest_dir = str(path), path.resolve().parent
+    mask = _select_mask(table, mode=mode, fold=fold, split=split, source=source)
+    if not mask.any():
+        raise MaedferError(f"no rows of {source} are selected (mode={mode}, fold={fold}, "
+                           f"split={split!r}); it has {table.num_rows} rows")
+    table = table.filter(pa.array(mask))
+    label = _int_column(table, "label", -1)
+    if mode != "pretrain" and (label < 0).any():
+        bad = table.column("clip_id")[int(np.flatnonzero(label < 0)[0])].as_py()
+        raise MaedferError(f"{mode} mode needs labelled clips, but {bad} in {source} has label -1"
+                           " (use mode pretrain for unlabelled data)")
+    classes = json.loads(meta["maedfer.classes"]) if "maedfer.classes" in meta else None
+    return ClipTable(
+        clip_id=table.column("clip_id").combine_chunks(),
+        path=table.column("path").combine_chunks(),
+        label=label,
+        num_frames=_int_column(table, "num_frames", -1),
+        crop=_crop_column(table),
+        root=Path(root) if root is not None else _resolve_root(table, meta, manifest_dir),
+        classes=classes,
+    )

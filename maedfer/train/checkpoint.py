@@ -1,0 +1,252 @@
+"""Run checkpoints: atomic ``last.pt``, exact resume, model initialisation (DESIGN.md §6).
+
+A checkpoint is a plain dict that ``torch.load(weights_only=True)`` reads back:
+
+==================  =====================================================================
+``format``          ``"maedfer-checkpoint"`` (how :func:`load_init` tells ours from official)
+``version``         1
+``model_name``      registry name, e.g. ``lgi_former_base``
+``model_config``    the model's full keyword set (``model.config``, tuples as lists)
+``model``           the model's state dict (unwrapped from DDP)
+``optimizer``       AdamW state dict (groups carry ``lr_scale`` and ``group``)
+``scheduler``       :class:`maedfer.train.schedule.WarmupCosine` state (plain numbers)
+``scaler``          GradScaler state (empty when disabled)
+``epoch``           epochs completed; ``step`` optimiser steps completed in total;
+                    ``epoch_step`` optimiser steps completed inside the current epoch
+``rng``             RNG states as tensors (torch, CUDA, numpy, Python ``random``)
+``config``          the recipe's options as plain types; ``classes`` the label names (or [])
+==================  =====================================================================
+
+Every value is a tensor, a number, a string, ``None`` or a list/dict of those, which is what the
+``weights_only`` unpickler allows. Initialising a classifier (``--init``) accepts our
+pre-training or fine-tuning checkpoints (the encoder is taken, module names are identical:
+both models hold a :class:`maedfer.model.LGIFormerEncoder` as ``encoder``) and the official
+MAE-DFER ones (through :func:`maedfer.model.load_official`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from maedfer.errors import MaedferError
+from maedfer.model import create_model, load_official
+from maedfer.train.optim import unwrap
+
+log = logging.getLogger(__name__)
+
+FORMAT = "maedfer-checkpoint"
+VERSION = 1
+LAST = "last.pt"
+# Fields that fix the encoder's tensors and token grid: an init must agree on all of them.
+ENCODER_FIELDS = (
+    "embed_dim", "depth", "num_heads", "mlp_ratio", "img_size", "patch_size", "tubelet_size",
+    "num_frames", "region_size", "qkv_bias",
+)  # fmt: skip
+
+
+def plain(value: Any) -> Any:
+    """``value`` with tuples as lists and paths as strings (JSON types), recursively."""
+    return json.loads(json.dumps(value, default=str))
+
+
+# ---------------------------------------------------------------- RNG states as tensors
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    """Every global generator's state, as tensors (``weights_only`` cannot load numpy/tuples)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "numpy_pos": torch.tensor([pos, has_gauss], dtype=torch.int64),
+        "numpy_gauss": torch.tensor(gauss, dtype=torch.float64),
+        "python": torch.tensor([version, *internal], dtype=torch.int64),
+        "python_gauss": torch.tensor(
+            [gauss_next is not None, gauss_next or 0.0], dtype=torch.float64
+        ),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    return state
+
+
+def set_rng_state(state: Mapping[str, torch.Tensor]) -> None:
+    """Restore what :func:`rng_state` saved (CUDA states only where the device count matches)."""
+    torch.set_rng_state(state["torch"].cpu())
+    pos, has_gauss = (int(v) for v in state["numpy_pos"])
+    np.random.set_state(
+        ("MT19937", state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss,
+         float(state["numpy_gauss"]))
+    )  # fmt: skip
+    version, *internal = (int(v) for v in state["python"])
+    has_next, value = state["python_gauss"].tolist()
+    random.setstate((version, tuple(internal), value if has_next else None))
+    if "cuda" in state and torch.cuda.is_available():
+        saved = list(state["cuda"].unbind(0))
+        if len(saved) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(saved)
+
+
+# ---------------------------------------------------------------- save / load
+
+
+def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync, rename),
+    so a crash mid-write leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(dict(state), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _torch_load(path: Path) -> Any:
+    # Official MAE-DFER checkpoints also hold the run's argparse.Namespace: harmless, allowed.
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise MaedferError(f"checkpoint {path} does not exist") from None
+    except Exception as exc:  # noqa: BLE001 (unpickling raises many types; all mean "unreadable")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MaedferError(
+            f"cannot read checkpoint {path} with torch.load(weights_only=True): {first}"
+        ) from None
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read one of our checkpoints (``weights_only=True``).
+
+    Raises:
+        MaedferError: unreadable, or not a maedfer checkpoint.
+    """
+    obj = _torch_load(Path(path))
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise MaedferError(
+            f"{path} is not a maedfer checkpoint (no format={FORMAT!r} key); official MAE-DFER "
+            "checkpoints are accepted by finetune --init only"
+        )
+    return obj
+
+
+def _describe(name: str, config: Mapping[str, Any], keys: list[str]) -> str:
+    return name + (" with " + ", ".join(f"{k} {config.get(k)!r}" for k in keys) if keys else "")
+
+
+def config_mismatch(
+    saved_name: str, saved: Mapping[str, Any], name: str, config: Mapping[str, Any],
+    fields: tuple[str, ...] | None = None,
+) -> str | None:
+    """One phrase naming how two model configs differ, or ``None`` when they agree.
+
+    With ``fields``, only those are compared (the names may differ: an encoder comparison).
+    """
+    saved, config = plain(dict(saved)), plain(dict(config))
+    keys = sorted(set(saved) | set(config)) if fields is None else list(fields)
+    differ = [k for k in keys if saved.get(k) != config.get(k)]
+    if (saved_name == name or fields is not None) and not differ:
+        return None
+    theirs, ours = _describe(saved_name, saved, differ), _describe(name, config, differ)
+    return f"{theirs}, but this run builds {ours}"
+
+
+def check_model_matches(ckpt: Mapping[str, Any], model: nn.Module, *, path: Path) -> None:
+    """Refuse a checkpoint written for another architecture or class count, in one line.
+
+    Raises:
+        MaedferError: e.g. ``checkpoint runs/x/checkpoints/last.pt holds lgi_former_tiny with
+            num_classes 7, but this run builds lgi_former_tiny with num_classes 5``.
+    """
+    model = unwrap(model)
+    problem = config_mismatch(
+        ckpt["model_name"], ckpt["model_config"], model.model_name, model.config
+    )
+    if problem:
+        raise MaedferError(f"checkpoint {path} holds {problem}")
+
+
+def model_from_checkpoint(ckpt: Mapping[str, Any], **overrides: Any) -> nn.Module:
+    """Rebuild the model a checkpoint was written for and load its weights (strictly)."""
+    config = {**ckpt["model_config"], **overrides}
+    model = create_model(ckpt["model_name"], **config)
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+# ---------------------------------------------------------------- initialisation (--init)
+
+
+def encoder_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``encoder.*`` tensors of a pre-training or classifier state dict (ours).
+
+    Our pre-training model's ``encoder_norm``, ``encoder_to_decoder``, ``mask_token`` and
+    ``decoder`` are left behind, as are a classifier's ``fc_norm`` and ``head``: the fine-tuning
+    start of MODEL.md §5.2 (``fc_norm`` and head fresh).
+    """
+    return {k: v for k, v in state_dict.items() if k.startswith("encoder.")}
+
+
+def _load_own_encoder(model: nn.Module, ckpt: Mapping[str, Any], path: Path) -> str:
+    problem = config_mismatch(
+        ckpt["model_name"], ckpt["model_config"], model.model_name, model.config, ENCODER_FIELDS
+    )
+    if problem:
+        raise MaedferError(f"--init {path} holds {problem}; their encoders differ")
+    source = encoder_state(ckpt["model"])
+    ours = {k: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
+    missing = sorted(set(ours) - set(source))
+    if missing:
+        raise MaedferError(f"--init {path} lacks encoder tensors: {', '.join(missing[:5])}")
+    with torch.no_grad():
+        for key, tensor in ours.items():
+            tensor.copy_(source[key])
+    return f"encoder of {ckpt['model_name']} (epoch {ckpt.get('epoch')}) from {path}"
+
+
+def load_init(model: nn.Module, path: Path) -> str:
+    """Initialise a classifier from ``path``: ours (pre-training or fine-tuning) or official.
+
+    Returns:
+        A one-line description of what was loaded, for the log.
+    Raises:
+        MaedferError: unreadable file, another encoder architecture, or an official state dict
+            that does not fit (the message names the keys).
+    """
+    path = Path(path)
+    obj = _torch_load(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return _load_own_encoder(model, obj, path)
+    state = obj
+    for key in ("model", "module", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), Mapping):
+            state = state[key]
+            break
+    tensors = isinstance(state, Mapping) and all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    )
+    if not tensors:
+        raise MaedferError(f"--init {path} holds no state dict (expected a dict of tensors)")
+    report = load_official(model, state)
+    return (
+        f"official {report.source_layout} weights from {path}: {len(report.loaded)} tensors, "
+        f"{len(report.dropped)} dropped, {len(report.fresh)} fresh"
+    )

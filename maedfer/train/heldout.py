@@ -1,0 +1,80 @@
+"""The held-out test phase of fine-tuning (MODEL.md §4.2; DESIGN.md §6).
+
+Each test clip is seen in ``test_views`` temporal views; each view's logits go through a
+softmax and a clip's probabilities are the mean over its distinct views (the reference's
+``merge``, without its view-id ambiguity, MODEL.md §7.9). The manifest's metadata names the
+classes and says whether the protocol is k-fold or a fixed split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from maedfer.errors import MaedferError
+from maedfer.train.precision import autocast
+
+
+def manifest_info(path: Path) -> tuple[str, list[str], int]:
+    """``(dataset, classes, num_folds)`` from a manifest's metadata (DESIGN.md §3).
+
+    Raises:
+        MaedferError: unreadable file, or no ``maedfer.classes`` key (a fine-tuning manifest
+            must name its classes in label order).
+    """
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, ValueError) as exc:
+        raise MaedferError(f"cannot read manifest {path}: {exc}") from None
+    if b"maedfer.classes" not in meta:
+        raise MaedferError(f"manifest {path} has no maedfer.classes metadata (class names)")
+    classes = json.loads(meta[b"maedfer.classes"])
+    num_folds = int(meta.get(b"maedfer.num_folds", b"0"))
+    dataset = meta.get(b"maedfer.dataset", path.parent.name.encode()).decode()
+    return dataset, list(classes), num_folds
+
+
+def merge_views(
+    rows: list[tuple[list[str], list[int], list[int], np.ndarray]],
+) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+    """Average each clip's view probabilities (MODEL.md §4.2: softmax, then mean over distinct
+    views). ``rows`` are batches ``(clip_ids, views, labels, probs (B, C))``; a view seen twice
+    counts once. Returns clip ids (sorted), labels, probabilities ``(N, C)``, views per clip."""
+    clips: dict[str, tuple[int, dict[int, np.ndarray]]] = {}
+    for clip_ids, views, labels, probs in rows:
+        for clip_id, view, label, prob in zip(clip_ids, views, labels, probs, strict=True):
+            clips.setdefault(clip_id, (int(label), {}))[1].setdefault(int(view), prob)
+    ids = sorted(clips)
+    labels = np.array([clips[c][0] for c in ids], dtype=np.int64)
+    probs = np.stack([np.mean(list(clips[c][1].values()), axis=0) for c in ids])
+    views = max(len(clips[c][1]) for c in ids)
+    return ids, labels, probs.astype(np.float32), views
+
+
+@torch.no_grad()
+def view_probabilities(
+    model: torch.nn.Module,
+    loader,  # noqa: ANN001 (a maedfer.pipelines.ClipLoader in test mode)
+    *,
+    device: torch.device,
+    precision: str,
+    progress: bool = True,
+) -> list[tuple[list[str], list[int], list[int], np.ndarray]]:
+    """Softmax probabilities of every view this process holds, as :func:`merge_views` rows."""
+    was_training = model.training
+    model.eval()
+    rows = []
+    for batch in tqdm(loader, desc="test", unit="batch", leave=False, disable=not progress):
+        video = batch["video"].to(device, non_blocking=True)
+        with autocast(device, precision):
+            logits = model(video)
+        probs = logits.float().softmax(-1).cpu().numpy()
+        rows.append((list(batch["clip_id"]), batch["view"].tolist(), batch["label"].tolist(),
+                     probs))
+    model.train(was_training)
+    return rows

@@ -1,0 +1,82 @@
+"""PyAV decoding: exact frames by index in every codec, seeking, colour, faulty files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from maedfer.pipelines import pyav
+from tests.pipelines.media import marker_frames, read_markers, write_clip
+
+CODECS = [("h264", "mp4"), ("vp9", "webm"), ("mpeg4", "avi"), ("flv1", "flv")]
+
+
+@pytest.fixture(scope="module")
+def long_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 130-frame clip per codec (long enough to seek into)."""
+    folder = tmp_path_factory.mktemp("long")
+    frames = marker_frames(130, 48)
+    return {codec: write_clip(folder / f"c.{ext}", frames, codec=codec) for codec, ext in CODECS}
+
+
+@pytest.mark.parametrize("codec", [c for c, _ in CODECS])
+def test_decode_gives_the_frames_asked_for(long_clips: dict[str, Path], codec: str) -> None:
+    path = str(long_clips[codec])
+    assert pyav.probe_num_frames(path) == 130
+    for indices in ([0, 4, 8, 12], [5, 3, 3, 100], [60, 64, 68, 72, 120, 129],  # 60+: seeks
+                    [128, 129, 130, 140]):  # past the end: the last frame, as DALI pads
+        got = read_markers(pyav.decode_frames(path, np.array(indices)))
+        assert got.tolist() == np.minimum(indices, 129).tolist()
+
+
+def test_seeking_matches_decoding_from_the_start(long_clips: dict[str, Path],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    indices = np.arange(70, 130, 4)
+    for codec, _ in CODECS:
+        path = str(long_clips[codec])
+        sought = pyav.decode_frames(path, indices)
+        monkeypatch.setattr(pyav, "SEEK_MIN_FRAME", 10**9)
+        assert np.array_equal(pyav.decode_frames(path, indices), sought), codec
+        monkeypatch.undo()
+
+
+def test_colour_conversion_is_close_to_the_source(long_clips: dict[str, Path]) -> None:
+    # BT.601 limited range with bilinear chroma: flat areas within 2/255 of what was encoded,
+    # and no farther from the source than swscale's conversion overall
+    source = marker_frames(130, 48)[:3]
+    path = str(long_clips["vp9"])
+    got = pyav.decode_frames(path, np.array([0, 1, 2])).astype(int)
+    flat = np.s_[:, 5:11, 5:11]  # the middle of the first marker block
+    assert np.abs(got[flat] - source[flat]).max() <= 2
+    with av.open(path) as container:
+        decoded = container.decode(video=0)
+        swscale = np.stack([next(decoded).to_ndarray(format="rgb24") for _ in range(3)])
+    swscale = swscale.astype(int)
+    assert np.abs(got - source).mean() <= np.abs(swscale - source).mean()
+
+
+def test_hevc_and_real_videos(media_dir: Path) -> None:
+    for name in ("face_noface.mov", "single_face.mp4"):  # HEVC, H.264
+        path = str(media_dir / name)
+        frames = pyav.decode_frames(path, np.array([0, 1, 10]))
+        assert frames.shape[0] == 3 and frames.shape[-1] == 3 and frames.dtype == np.uint8
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            decoded = container.decode(stream)
+            reference = [next(decoded).to_ndarray(format="rgb24") for _ in range(11)]
+        # swscale's conversion differs from ours by chroma siting/rounding only
+        assert np.abs(frames[2].astype(int) - reference[10]).mean() < 4
+
+
+def test_bad_files_raise(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00garbage" * 100)
+    for path in (junk, tmp_path / "missing.mp4"):
+        with pytest.raises(pyav.BadClipError) as info:
+            pyav.decode_frames(str(path), np.array([0]))
+        assert info.value.path == str(path)
+        with pytest.raises(pyav.BadClipError):
+            pyav.probe_num_frames(str(path))
