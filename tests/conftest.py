@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 PORTRAITS = REPO / "maedfer" / "assets" / "portraits"
 MEDIA_FILES = ("single_face.mp4", "no_face.mp4", "face_noface.mov", "WolfgangLanger_Pexels.mp4")
 
-# Two cores on CI: under pytest-xdist each worker gets one thread, alone two at most.
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
+# Two shared cores on CI and two xdist workers: one torch thread each avoids oversubscription.
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
