@@ -1,1 +1,15 @@
-"""preprocess"""
+"""Faces and clips: from a raw dataset to prepared clips and a manifest (DESIGN.md §3, §4).
+
+Small steps on arrays and paths, one driver:
+
+- `detect`: MTCNN (facenet-pytorch's networks) with batched crops and bounded face sizes;
+- `align`: the 5-point template, similarity fit, temporal smoothing, warping;
+- `faces`: `FaceAligner.align_frames(frames) -> AlignedClip`, `NoFaceError`;
+- `video`: `read_video_frames(path) -> (frames, fps)`, probing, frame folders, `VideoError`;
+- `encode`: `write_clip(frames, path, fps=..., codec="h264"|"vp9")`, atomic;
+- `clip`: one raw clip -> one manifest row or one reject;
+- `driver`: ``maedfer prepare`` (resumable, workers, shards, merge);
+- `profile`: ``maedfer profile faces``.
+
+Submodules are imported where used, so ``import maedfer.preprocess`` stays light.
+"""

@@ -1,0 +1,443 @@
+"""``maedfer prepare``: the resumable driver (DESIGN.md §2-§4).
+
+It only loops, keeps state and shows progress; the work per clip is `maedfer.preprocess.clip`.
+
+- **Resumable**: each finished clip (written or rejected) is appended as one JSON line to
+  ``<out>/.prepare/<tag>.jsonl`` after its file was renamed into place, so a re-run after a kill
+  skips it; clip files are written under a temporary name and renamed (`encode.write_clip`), and
+  stale temporary files of a killed run are removed. The manifest and rejects are written
+  atomically at the end, from the journal, sorted by key: a killed-and-resumed run gives the
+  same manifest as an uninterrupted one.
+- **Parallel**: ``--workers N`` processes (from a fork server), one `FaceAligner` each; a
+  single process decodes the next clip in a thread while it aligns the current one.
+- **Shards**: ``--shard i/N`` prepares every N-th clip of the sorted index (starting at the i-th)
+  and writes ``manifest.shard-i-of-N.parquet``; ``--merge`` combines all N into
+  ``manifest.parquet`` -- a cluster array job over VoxCeleb2's 1.09M clips.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from maedfer.errors import MaedferError
+from maedfer.manifests import (
+    MANIFEST_COLUMNS,
+    ClipEntry,
+    RawIndex,
+    format_fingerprints,
+    get_protocol,
+    read_manifest,
+    read_rejects,
+    write_manifest,
+    write_rejects,
+)
+from maedfer.preprocess.clip import (
+    ClipResult,
+    LoadedClip,
+    PrepareOptions,
+    finish_clip,
+    load_clip,
+    planned_path,
+)
+from maedfer.preprocess.encode import CODECS, PARTIAL_MARK
+from maedfer.preprocess.faces import resolve_device
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = ".prepare"
+_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+_SHARD_FILE = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.parquet$")
+
+
+def parse_shard(shard: str | None) -> tuple[int, int] | None:
+    """``"i/N"`` -> (i, N) with 1 <= i <= N; None stays None."""
+    if shard is None:
+        return None
+    m = _SHARD.match(shard)
+    if not m or not 1 <= int(m[1]) <= int(m[2]):
+        raise MaedferError(f"--shard {shard!r} must be i/N with 1 <= i <= N, e.g. 3/8")
+    return int(m[1]), int(m[2])
+
+
+def shard_entries(entries: list[ClipEntry], shard: tuple[int, int] | None) -> list[ClipEntry]:
+    """Every N-th entry from the i-th (round robin: shards get similar mixes of clips)."""
+    if shard is None:
+        return entries
+    i, n = shard
+    return entries[i - 1 :: n]
+
+
+def output_names(shard: tuple[int, int] | None) -> tuple[str, str, str]:
+    """(manifest, rejects, journal tag) file names for a run or one shard."""
+    if shard is None:
+        return "manifest.parquet", "rejects.parquet", "all"
+    tag = f"shard-{shard[0]}-of-{shard[1]}"
+    return f"manifest.{tag}.parquet", f"rejects.{tag}.parquet", tag
+
+
+class Journal:
+    """Append-only record of finished clips, one JSON object per line (the resume state).
+
+    The first line holds the options that decide the output; resuming with different ones is
+    refused rather than mixing two preparations in one folder.
+    """
+
+    def __init__(self, path: Path, config: dict[str, Any]) -> None:
+        self.path = path
+        self.results: dict[str, ClipResult] = {}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = None
+        if path.exists():
+            with path.open(encoding="utf-8") as fh:
+                for line in fh:
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # the torn last line of a killed run
+                    if "config" in record:
+                        header = header or record["config"]
+                    elif "clip_id" in record:
+                        self.results[record["clip_id"]] = ClipResult.from_json(record)
+        if header is not None:
+            for key, value in config.items():
+                if header.get(key) != value:
+                    raise MaedferError(
+                        f"{path.parent.parent} holds a preparation with {key}={header.get(key)!r}"
+                        f"; this run has {key}={value!r}: use another --out, or the same options "
+                        "to resume"
+                    )
+        self._fh = path.open("a", encoding="utf-8")
+        if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+            self._fh.write("\n")  # end a torn line so the next record starts clean
+        if header is None:
+            self._write({"config": config})
+
+    def _write(self, record: dict) -> None:
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+
+    def add(self, result: ClipResult) -> None:
+        self.results[result.clip_id] = result
+        self._write(result.to_json())
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+# --------------------------------------------------------------------------- workers
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(options: PrepareOptions, aligner_kwargs: dict, threads: int | None) -> None:
+    """Per process: options, thread limits, and a FaceAligner made on first need."""
+    if threads is not None:
+        import cv2
+        import torch
+
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+    _WORKER.clear()
+    _WORKER.update(options=options, aligner_kwargs=aligner_kwargs, aligner=None)
+
+
+def _work(entry: ClipEntry) -> ClipResult:
+    return _finish(load_clip(entry, _WORKER["options"]))
+
+
+def _prefetched(todo: list[ClipEntry], options: PrepareOptions) -> Iterator[ClipResult]:
+    """One process: decode clip i+1 in a thread while clip i is aligned and encoded.
+
+    FFmpeg decodes without holding the GIL, so on two cores the decode of the next clip costs
+    almost nothing next to the alignment of this one.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+        pending = pool.submit(load_clip, todo[0], options) if todo else None
+        for i in range(len(todo)):
+            loaded = pending.result()
+            pending = pool.submit(load_clip, todo[i + 1], options) if i + 1 < len(todo) else None
+            yield _finish(loaded)
+
+
+def _finish(loaded: LoadedClip) -> ClipResult:
+    options: PrepareOptions = _WORKER["options"]
+    if loaded.align and _WORKER["aligner"] is None:
+        from maedfer.preprocess.faces import FaceAligner
+
+        _WORKER["aligner"] = FaceAligner(**_WORKER["aligner_kwargs"])
+    return finish_clip(loaded, options, _WORKER["aligner"])
+
+
+def _remove_partials(out: Path, todo: list[ClipEntry], options: PrepareOptions) -> int:
+    """Delete temporary files a killed run left for clips this run will (re)write.
+
+    Only those of this run's clips: other shards may be writing into the same folders.
+    """
+    finals: dict[Path, set[str]] = {}
+    for e in todo:
+        final = out / planned_path(e, options)
+        finals.setdefault(final.parent, set()).add(final.name)
+    removed = 0
+    for folder, names in sorted(finals.items()):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if PARTIAL_MARK in p.name and p.name.split(PARTIAL_MARK)[0] in names:
+                p.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def _pool_context() -> mp.context.BaseContext:
+    """A fork server where there is one (Linux): torch is imported once, workers fork from it.
+
+    Spawned workers would each import torch and torchvision first (5-10 s apiece on a busy
+    2-core machine); forking this process instead is unsafe once OpenCV's or FFmpeg's thread
+    pools exist in it (the children hang on their locks), and CUDA does not survive a fork.
+    """
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["maedfer.preprocess.driver", "maedfer.preprocess.faces"])
+    return ctx
+
+
+def _process(todo: list[ClipEntry], journal: Journal, options, aligner_kwargs, workers, done):
+    bar = tqdm(
+        total=len(todo) + done, initial=done, unit="clip", desc=f"prepare {options.dataset}",
+        file=sys.stderr, dynamic_ncols=True, smoothing=0.05,
+    )  # fmt: skip
+    rejected, pool = 0, None
+    try:
+        if workers <= 1:
+            _init_worker(options, aligner_kwargs, None)
+            results = _prefetched(todo, options)
+        else:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            pool = _pool_context().Pool(
+                workers, initializer=_init_worker, initargs=(options, aligner_kwargs, threads)
+            )
+            results = pool.imap_unordered(_work, todo, chunksize=1)
+        for result in results:
+            journal.add(result)
+            rejected += not result.ok
+            bar.set_postfix(rejected=rejected, refresh=False)
+            bar.update()
+        if pool is not None:
+            pool.close()
+            pool.join()
+            pool = None
+    finally:
+        if pool is not None:  # interrupted: stop the workers rather than orphan them
+            pool.terminate()
+        bar.close()
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _frame(results: list[ClipResult], entries: list[ClipEntry], index: RawIndex) -> pd.DataFrame:
+    by_id = {r.clip_id: r for r in results}
+    kept = [e for e in entries if e.clip_id in by_id and by_id[e.clip_id].ok]
+    sub = RawIndex(index.dataset, index.protocol, index.raw_root, index.classes, index.num_folds,
+                   entries=kept)  # fmt: skip
+    df = sub.to_frame(lambda e: by_id[e.clip_id].path)
+    for col in ("num_frames", "fps", "width", "height", "crop", "face_ratio"):
+        df[col] = [getattr(by_id[e.clip_id], col) for e in kept]
+    return df
+
+
+def _write_outputs(df, rejects, index: RawIndex, out: Path, shard) -> dict[str, str]:
+    manifest_name, rejects_name, _ = output_names(shard)
+    fingerprints = write_manifest(
+        df, out / manifest_name, dataset=index.dataset, protocol=index.protocol,
+        classes=index.classes, num_folds=index.num_folds, raw_root=index.raw_root,
+    )  # fmt: skip
+    write_rejects(sorted(rejects), out / rejects_name)
+    return fingerprints
+
+
+def _reason_counts(rejects: list[tuple[str, str, str]]) -> Counter:
+    return Counter(r[2].split(":", 1)[0] for r in rejects)
+
+
+def _summary(dataset, ok, rejects, seconds, out, shard, fingerprints, warnings) -> str:
+    manifest_name, rejects_name, _ = output_names(shard)
+    counts = _reason_counts(rejects)
+    reasons = ", ".join(f"{k}: {n}" for k, n in sorted(counts.items()))
+    rate = f" ({ok / seconds:.2f} clips/s)" if seconds > 0 and ok else ""
+    lines = [
+        f"prepare {dataset}{'' if shard is None else f' shard {shard[0]}/{shard[1]}'}: "
+        f"{ok} clips ok, {len(rejects)} rejected ({reasons or 'none'}) in {seconds:.1f} s{rate}",
+        f"manifest: {out / manifest_name}",
+        f"rejects:  {out / rejects_name}",
+    ]
+    lines += [f"warning: {w}" for w in warnings]
+    lines += ["fingerprints:", format_fingerprints(fingerprints, published=dataset)]
+    return "\n".join(lines)
+
+
+def _merge(index: RawIndex, out: Path) -> dict[str, Any]:
+    """Combine ``manifest.shard-i-of-N.parquet`` (all N of them) into ``manifest.parquet``."""
+    found: dict[int, set[int]] = {}
+    for p in out.glob("manifest.shard-*-of-*.parquet") if out.is_dir() else []:
+        m = _SHARD_FILE.match(p.name)
+        if m:
+            found.setdefault(int(m[2]), set()).add(int(m[1]))
+    if len(found) != 1:
+        what = "none" if not found else f"shards of {sorted(found)} different sizes"
+        raise MaedferError(
+            f"--merge needs {out}/manifest.shard-i-of-N.parquet for i = 1..N of one N; found {what}"
+        )
+    n, have = next(iter(found.items()))
+    missing = sorted(set(range(1, n + 1)) - have)
+    if missing:
+        raise MaedferError(
+            f"--merge: shard(s) {', '.join(map(str, missing))} of {n} missing in {out}; "
+            "run them first (--shard i/N)"
+        )
+    frames, rejects = [], set()
+    for i in range(1, n + 1):
+        manifest_name, rejects_name, _ = output_names((i, n))
+        df, meta = read_manifest(out / manifest_name)
+        if meta.get("dataset") != index.dataset:
+            raise MaedferError(
+                f"{out / manifest_name} is {meta.get('dataset')}, not {index.dataset}"
+            )
+        frames.append(df)
+        if (out / rejects_name).exists():
+            rejects |= set(read_rejects(out / rejects_name).itertuples(index=False, name=None))
+    df = pd.concat(frames, ignore_index=True).sort_values("clip_id", ignore_index=True)
+    covered = set(df["clip_id"]) | {r[0] for r in rejects}
+    absent = [e.clip_id for e in index.entries if e.clip_id not in covered]
+    warnings = [f"{len(absent)} indexed clip(s) in no shard, e.g. {absent[0]}"] if absent else []
+    start = time.perf_counter()
+    fingerprints = _write_outputs(df[list(MANIFEST_COLUMNS)], sorted(rejects), index, out, None)
+    text = _summary(index.dataset, len(df), sorted(rejects), time.perf_counter() - start, out,
+                    None, fingerprints, warnings)  # fmt: skip
+    print(f"merged {n} shards\n{text}")
+    return {"ok": len(df), "rejected": len(rejects), "fingerprints": fingerprints}
+
+
+def run(
+    *,
+    dataset: str,
+    raw: Path,
+    out: Path,
+    workers: int = 1,
+    size: int = 160,
+    index_only: bool = False,
+    codec: str = "h264",
+    from_video: bool = False,
+    reencode: bool = False,
+    shard: str | None = None,
+    merge: bool = False,
+    device: str | None = None,
+    detect_every: int = 4,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Index a raw dataset, prepare its clips, write manifest and rejects (DESIGN.md §2-§4).
+
+    Args:
+        dataset: a name in `maedfer.manifests.DATASET_NAMES`.
+        raw: the dataset's folder as downloaded; out: where manifest, rejects and clips go.
+        workers: processes; size: side of the square clips (even); codec: "h264" or "vp9".
+        index_only: write the manifest from the layout alone (planned paths, null pixel fields).
+        from_video: DFEW/FERV39k/MAFW: detect faces in the original clips instead of using the
+            official face frames. reencode: VoxCeleb2: write cropped clips.
+        shard: "i/N" to prepare one shard; merge: combine the N shard manifests in `out`.
+        device: face detection device (None = CUDA when present); detect_every: detect on
+            every k-th frame, track in between; limit: prepare only the first N clips.
+
+    Returns:
+        A summary: ``ok``, ``rejected``, ``reasons`` (prefix -> count), ``seconds``,
+        ``fingerprints``.
+
+    Raises:
+        MaedferError: bad options, unknown dataset, or a raw tree without the dataset's layout.
+    """
+    start = time.perf_counter()
+    if size % 2:
+        raise MaedferError(f"--size {size} must be even (H.264/VP9 4:2:0 needs even sides)")
+    if codec not in CODECS:
+        raise MaedferError(f"--codec {codec!r} must be one of {', '.join(CODECS)}")
+    if merge and shard is not None:
+        raise MaedferError("--merge combines the shards: run it without --shard")
+    if limit is not None and limit < 1:
+        raise MaedferError(f"--limit {limit} must be >= 1")
+    part = parse_shard(shard)
+    if not index_only and not merge:
+        resolve_device(device)  # a CUDA request without CUDA fails here, not once per clip
+    out = Path(out).expanduser().resolve()
+    protocol = get_protocol(dataset)
+    index = protocol.index(Path(raw), from_video=from_video)
+    for warning in index.warnings:
+        logger.warning(warning)
+    if merge:
+        return _merge(index, out)
+    options = PrepareOptions(dataset=index.dataset, raw_root=index.raw_root, out=out, size=size,
+                             codec=codec, reencode=reencode)  # fmt: skip
+    entries = shard_entries(index.entries, part)[:limit]
+    # Files the protocol leaves out are listed once: by the unsharded run or by shard 1.
+    rejects = list(index.rejects) if part is None or part[0] == 1 else []
+    if index_only:
+        df = index.to_frame(lambda e: planned_path(e, options))
+        df = df[df["clip_id"].isin({e.clip_id for e in entries})].reset_index(drop=True)
+        fingerprints = _write_outputs(df, rejects, index, out, part)
+        ok = len(df)
+    else:
+        results = _prepare(entries, options, out, part, workers=workers, device=device,
+                           detect_every=detect_every, from_video=from_video)  # fmt: skip
+        rejects += [(r.clip_id, r.source, r.reason) for r in results if not r.ok]
+        df = _frame(results, entries, index)
+        fingerprints = _write_outputs(df, rejects, index, out, part)
+        ok = len(df)
+    seconds = time.perf_counter() - start
+    print(_summary(index.dataset, ok, rejects, seconds, out, part, fingerprints, index.warnings))
+    return {
+        "ok": ok,
+        "rejected": len(rejects),
+        "reasons": dict(_reason_counts(rejects)),
+        "seconds": seconds,
+        "fingerprints": fingerprints,
+    }
+
+
+def _prepare(entries, options: PrepareOptions, out: Path, part, *, workers, device,
+             detect_every, from_video) -> list[ClipResult]:  # fmt: skip
+    """Process the entries not finished yet; the results of all of them, from the journal."""
+    config = {k: str(v) for k, v in asdict(options).items() if k != "out"}
+    config["from_video"] = str(from_video)
+    journal = Journal(out / STATE_DIR / f"{output_names(part)[2]}.jsonl", config)
+    try:
+        todo = []
+        for e in entries:
+            r = journal.results.get(e.clip_id)
+            if r is None or (r.ok and not options.in_place and not (out / r.path).is_file()):
+                todo.append(e)
+        removed = _remove_partials(out, todo, options)
+        if removed:
+            logger.info("removed %d temporary file(s) of an interrupted run", removed)
+        if len(todo) < len(entries):
+            logger.info("resuming: %d of %d clips already done", len(entries) - len(todo),
+                        len(entries))  # fmt: skip
+        aligner_kwargs = dict(size=options.size, device=device, detect_every=detect_every)
+        _process(todo, journal, options, aligner_kwargs, workers, len(entries) - len(todo))
+    finally:
+        journal.close()
+    return [journal.results[e.clip_id] for e in entries if e.clip_id in journal.results]

@@ -1,0 +1,131 @@
+"""Reading (every bad file is a reason, never a crash) and encoding (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from maedfer.errors import MaedferError
+from maedfer.preprocess.encode import KEYFRAME_INTERVAL, as_rate, clip_suffix, write_clip
+from maedfer.preprocess.video import (
+    VideoError,
+    list_frame_files,
+    probe_video,
+    read_frame_folder,
+    read_video_frames,
+)
+from tests.preprocess.media import MediaWriter, encode_video, load_rgb, portrait_clip
+
+
+def _frames(n: int = 40, size: int = 64) -> np.ndarray:
+    """Flat frames whose grey level encodes the index (survives lossy coding)."""
+    frames = np.zeros((n, size, size, 3), np.uint8)
+    for t in range(n):
+        frames[t] = 20 + 5 * t
+    return frames
+
+
+@pytest.mark.parametrize("codec", ["h264", "vp9"])
+def test_encode_roundtrip_constant_rate_and_keyframes(codec: str, tmp_path: Path) -> None:
+    path = tmp_path / "sub" / f"clip{clip_suffix(codec)}"
+    frames = _frames()
+    write_clip(frames, path, fps=Fraction(30000, 1001), codec=codec)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+    back, fps = read_video_frames(path)
+    assert back.shape == frames.shape and fps == pytest.approx(29.97, abs=1e-3)
+    # Same frames in the same order: every grey level within a couple of steps of quantisation.
+    assert np.abs(back.mean(axis=(1, 2, 3)) - frames.mean(axis=(1, 2, 3))).max() < 2.5
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        assert stream.codec_context.name == codec
+        packets = [p for p in c.demux(stream) if p.size]
+        keys = [i for i, p in enumerate(packets) if p.is_keyframe]
+        times = sorted(float(p.pts * p.time_base) for p in packets)
+    assert keys[0] == 0 and max(np.diff(keys + [len(packets)])) <= KEYFRAME_INTERVAL
+    np.testing.assert_allclose(np.diff(times), 1001 / 30000, atol=2e-3)  # constant rate
+    info = probe_video(path)
+    assert (info.num_frames, info.width, info.height) == (40, 64, 64)
+
+
+def test_encoding_is_deterministic(tmp_path: Path) -> None:
+    frames = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    write_clip(frames, tmp_path / "a.mp4", fps=25)
+    write_clip(frames, tmp_path / "b.mp4", fps=25)
+    assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
+
+
+def test_a_failed_encode_leaves_no_file(tmp_path: Path) -> None:
+    with pytest.raises(MaedferError, match="even"):
+        write_clip(np.zeros((3, 33, 32, 3), np.uint8), tmp_path / "x.mp4", fps=25)
+    with pytest.raises(MaedferError, match="codec"):
+        write_clip(np.zeros((3, 32, 32, 3), np.uint8), tmp_path / "x.mp4", fps=25, codec="av1")
+    assert list(tmp_path.iterdir()) == []
+    assert as_rate(25.0) == 25 and as_rate(29.97) == Fraction(2997, 100)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".flv", ".avi"])
+def test_reads_the_datasets_containers(suffix: str, tmp_path: Path, portraits) -> None:
+    clip = portrait_clip(load_rgb(portraits["astronaut"]), "astronaut", frames=10)
+    encode_video(clip, tmp_path / f"v{suffix}")
+    frames, fps = read_video_frames(tmp_path / f"v{suffix}")
+    assert frames.shape == clip.shape and fps == 25
+    assert np.abs(frames.astype(int) - clip).mean() < 12  # lossy, but the same pictures
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [("empty", "empty file"), ("corrupt", "unreadable: "), ("truncated", "truncated: ")],
+)
+def test_bad_files_become_reasons(kind: str, reason: str, tmp_path: Path, portraits) -> None:
+    writer = MediaWriter(tmp_path / "work", portraits, bad={"x": kind})
+    writer(tmp_path / "x.mp4", "video")
+    with pytest.raises(VideoError) as err:
+        read_video_frames(tmp_path / "x.mp4")
+    message = str(err.value)
+    assert message.startswith(reason) and "\n" not in message and str(tmp_path) not in message
+
+
+def test_garbage_and_a_missing_stream(tmp_path: Path) -> None:
+    (tmp_path / "g.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(VideoError, match="^unreadable: "):
+        probe_video(tmp_path / "g.mp4")
+    with av.open(str(tmp_path / "a.m4a"), "w") as c:  # audio only
+        s = c.add_stream("aac", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
+        )
+        frame.sample_rate, frame.pts = 16000, 0
+        c.mux(s.encode(frame))
+        c.mux(s.encode(None))
+    with pytest.raises(VideoError, match="^no video stream$"):
+        read_video_frames(tmp_path / "a.m4a")
+
+
+def test_large_clips_are_scaled_to_the_memory_budget(tmp_path: Path) -> None:
+    encode_video(np.zeros((10, 120, 160, 3), np.uint8), tmp_path / "v.mp4")
+    frames, _ = read_video_frames(tmp_path / "v.mp4", max_bytes=10 * 60 * 80 * 3)
+    assert frames.shape == (10, 60, 80, 3)
+
+
+def test_frame_folders_read_in_name_order_and_resized(tmp_path: Path) -> None:
+    import cv2
+
+    for i in (3, 1, 2, 10):  # zero-padded names: lexical order is time order
+        cv2.imwrite(str(tmp_path / f"00001_{i:05d}.jpg"), np.full((50, 40, 3), 20 * i, np.uint8))
+    (tmp_path / "Thumbs.db").write_bytes(b"x")
+    names = [p.name for p in list_frame_files(tmp_path)]
+    assert names == [f"00001_{i:05d}.jpg" for i in (1, 2, 3, 10)]
+    frames = read_frame_folder(tmp_path, size=32)
+    assert frames.shape == (4, 32, 32, 3)
+    assert np.abs(frames.mean(axis=(1, 2, 3)) - [20, 40, 60, 200]).max() < 3
+    (tmp_path / "00001_00004.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(VideoError, match="^unreadable image: 00001_00004.jpg$"):
+        read_frame_folder(tmp_path, size=32)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(VideoError, match="too short: 0 frames"):
+        read_frame_folder(empty)
