@@ -268,7 +268,9 @@ def predict(
 
 @app.command()
 def profile(
-    stage: Annotated[Stage, typer.Argument(help="Which stage to measure.")],
+    stage: Annotated[
+        Stage | None, typer.Argument(help="Which stage to measure; all of them when absent.")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="model/train: model name.")] = None,
     batch: Annotated[int | None, typer.Option(min=1, help="Clips per batch.")] = None,
     batches: Annotated[int | None, typer.Option(min=1, help="Batches to time.")] = None,
@@ -280,7 +282,9 @@ def profile(
 ) -> None:
     """Throughput of one stage on this machine (table, or JSON with --json)."""
     common: dict[str, Any] = dict(device=_opt_device(device), as_json=json_)
-    if stage is Stage.model:
+    if stage is None:
+        _call("maedfer.profile_all", "run", **common)
+    elif stage is Stage.model:
         _call("maedfer.model.profile", "run", name=name, batch=batch, batches=batches, **common)
     elif stage is Stage.train:
         _call("maedfer.train.profile", "run", name=name, batch=batch, batches=batches, **common)
