@@ -148,6 +148,9 @@ def pretrain(
     ] = None,
     num_frames: Annotated[int | None, typer.Option(help="Frames per clip (model input).")] = None,
     size: Annotated[int | None, typer.Option(help="Clip side in pixels (model input).")] = None,
+    stride: Annotated[
+        int | None, typer.Option(min=1, help="Frame step of the sampled window (default 4).")
+    ] = None,
     subtract_mean: Annotated[
         bool, typer.Option(help="Feed each clip minus its mean frame (DESIGN.md §8).")
     ] = False,
@@ -164,7 +167,8 @@ def pretrain(
         accum_steps=accum_steps, lr=lr, blr=blr, mask_ratio=mask_ratio,
         device=_opt_device(device), backend=backend.value, workers=workers, resume=resume,
         seed=seed, model_overrides=set_, clip_grad=clip_grad, precision=precision,
-        num_frames=num_frames, size=size, subtract_mean=subtract_mean,
+        num_frames=num_frames, size=size, stride=stride,
+        subtract_mean=subtract_mean,
         warmup_epochs=warmup_epochs, log_every=log_every, max_steps=max_steps,
     )  # fmt: skip
 
@@ -198,6 +202,9 @@ def finetune(
     ] = None,
     num_frames: Annotated[int | None, typer.Option(help="Frames per clip (model input).")] = None,
     size: Annotated[int | None, typer.Option(help="Clip side in pixels (model input).")] = None,
+    stride: Annotated[
+        int | None, typer.Option(min=1, help="Frame step of the sampled window (default 4).")
+    ] = None,
     subtract_mean: Annotated[
         bool, typer.Option(help="Feed each clip minus its mean frame (DESIGN.md §8).")
     ] = False,
@@ -214,6 +221,15 @@ def finetune(
     cutmix: Annotated[float | None, typer.Option(help="CutMix alpha (0: off).")] = None,
     smoothing: Annotated[float | None, typer.Option(help="Label smoothing.")] = None,
     layer_decay: Annotated[float | None, typer.Option(help="Layer-wise lr decay.")] = None,
+    augment: Annotated[
+        bool | None, typer.Option(help="Reference train augmentation (default on).")
+    ] = None,
+    flip_only: Annotated[
+        bool, typer.Option(help="With --no-augment: still flip half the clips.")
+    ] = False,
+    random_sign: Annotated[
+        bool, typer.Option(help="Negate half the training clips (with --subtract-mean).")
+    ] = False,
 ) -> None:
     """Fine-tune a classifier on one fold and test it (MODEL.md §5.2)."""
     _call(
@@ -222,10 +238,12 @@ def finetune(
         batch_size=batch_size, lr=lr, blr=blr, device=_opt_device(device),
         backend=backend.value, workers=workers, resume=resume, seed=seed,
         accum_steps=accum_steps, model_overrides=set_, clip_grad=clip_grad,
-        precision=precision, num_frames=num_frames, size=size, subtract_mean=subtract_mean,
+        precision=precision, num_frames=num_frames, size=size, stride=stride,
+        subtract_mean=subtract_mean,
         warmup_epochs=warmup_epochs, log_every=log_every, max_steps=max_steps,
         eval_every=eval_every, drop_path=drop_path, mixup=mixup, cutmix=cutmix,
-        smoothing=smoothing, layer_decay=layer_decay,
+        smoothing=smoothing, layer_decay=layer_decay, augment=augment, flip_only=flip_only,
+        random_sign=random_sign,
     )  # fmt: skip
 
 

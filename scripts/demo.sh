@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh
-exec .venv/bin/maedfer profile model "$@"
+exec .venv/bin/maedfer demo "$@"

@@ -269,6 +269,7 @@ def finish_clip(
     subtract_mean: bool,
     erase: Box | None = None,
     erase_seed: int = 0,
+    negate: bool = False,
 ) -> torch.Tensor:
     """The last steps on a normalised clip ``(3, T, H, W)``, the same on every backend.
 
@@ -277,9 +278,13 @@ def finish_clip(
     mean in place of the ImageNet mean. ``erase`` fills that box with standard-normal noise in
     every frame (timm "pixel" mode, the same box in all frames); the noise comes from a CPU
     generator seeded with ``erase_seed``, so both backends erase with the same values.
+    ``negate`` flips the sign of the clip (the ``random_sign`` augmentation: on a clip minus its
+    mean frame, the sign of a change depends on the face's colours, not on the movement).
     """
     if subtract_mean:
         video = video - video.mean(dim=1, keepdim=True)
+    if negate:
+        video = -video
     if erase is not None:
         noise = torch.randn(
             (3, video.shape[1], erase.h, erase.w),

@@ -267,10 +267,10 @@ class DaliEpoch:
 
     def _finish(self, video: torch.Tensor, specs: list[SampleSpec]) -> dict[str, Any]:
         config = self.plan.config
-        if config.subtract_mean or any(s.erase is not None for s in specs):
+        if config.subtract_mean or any(s.erase is not None or s.negate for s in specs):
             video = torch.stack([
                 augment.finish_clip(v, subtract_mean=config.subtract_mean, erase=s.erase,
-                                    erase_seed=s.erase_seed)
+                                    erase_seed=s.erase_seed, negate=s.negate)
                 for v, s in zip(video, specs, strict=True)
             ])  # fmt: skip
         return {

@@ -203,6 +203,8 @@ def build_loader(
     root: Path | None = None,
     temporal_rule: TemporalRule = "stride",
     rand_augment: bool | None = None,
+    flip_only: bool = False,
+    random_sign: bool = False,
 ) -> ClipLoader:
     """A loader of clip batches from a manifest (DESIGN.md §1, §3; MODEL.md §4).
 
@@ -234,6 +236,9 @@ def build_loader(
             or its ``maedfer.raw_root`` for clips read in place).
         temporal_rule: ``stride`` (exact stride) or ``reference`` (MODEL.md §4.2's linspace).
         rand_augment: RandAugment in train mode; default on with PyAV (DALI has none).
+        flip_only: with ``augment`` off, train mode still flips half the clips horizontally.
+        random_sign: train mode negates half the clips (with ``subtract_mean``, the sign of a
+            change depends on the face's colours, not on the movement).
 
     Raises:
         MaedferError: bad option values, a missing manifest or column, a fold or split the
@@ -256,7 +261,7 @@ def build_loader(
         mode=mode, num_frames=num_frames, stride=stride, size=size, augment=augment,
         rand_augment=bool(rand_augment) and augment and mode == "train",
         temporal_rule=temporal_rule, test_views=test_views, subtract_mean=subtract_mean,
-        seed=seed,
+        flip_only=flip_only, random_sign=random_sign, seed=seed,
     )  # fmt: skip
     table = load_clip_table(manifest, mode=mode, fold=fold, split=split, root=root)
     workers = default_workers(backend_name) if workers is None else workers

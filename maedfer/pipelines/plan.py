@@ -41,6 +41,8 @@ class SampleConfig:
     temporal_rule: sampling.TemporalRule = "stride"
     test_views: int = 2
     subtract_mean: bool = False
+    flip_only: bool = False
+    random_sign: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -76,6 +78,7 @@ class SampleSpec:
     rand_augment_seed: int | None
     erase: Box | None
     erase_seed: int
+    negate: bool = False
 
 
 class EpochPlan:
@@ -156,8 +159,12 @@ class EpochPlan:
             if rng.random() < augment.ERASE_PROB:
                 erase = augment.random_erasing_box(cfg.size, cfg.size, generator=rng)
                 erase_seed = int(rng.integers(2**31))
+        elif cfg.flip_only and cfg.mode == "train":
+            flip = bool(rng.random() < augment.FLIP_PROB)
+        # drawn last so that the draws above do not depend on the option
+        negate = cfg.random_sign and cfg.mode == "train" and bool(rng.random() < 0.5)
         return SampleSpec(
             position=i, row=row, view=view, clip_id=table.row_clip_id(row), path=path,
             label=int(table.label[row]), frame_indices=indices, crop=crop, box=box, flip=flip,
-            rand_augment_seed=ra_seed, erase=erase, erase_seed=erase_seed,
+            rand_augment_seed=ra_seed, erase=erase, erase_seed=erase_seed, negate=negate,
         )  # fmt: skip

@@ -247,7 +247,7 @@ def load_sample(spec: SampleSpec, config: SampleConfig,
                                               strict=True)):
         clip[channel].sub_(mean * 255).div_(std * 255)
     return augment.finish_clip(clip, subtract_mean=config.subtract_mean, erase=spec.erase,
-                               erase_seed=spec.erase_seed)
+                               erase_seed=spec.erase_seed, negate=spec.negate)
 
 
 class ClipDataset(Dataset):

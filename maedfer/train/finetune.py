@@ -88,6 +88,8 @@ class FinetuneConfig:
     stride: int = 4
     subtract_mean: bool = False
     augment: bool | None = None
+    flip_only: bool = False
+    random_sign: bool = False
     test_views: int = 2
     test_batch_size: int | None = None
     eval_every: int | None = None
@@ -276,7 +278,9 @@ class FinetuneRecipe:
         if cfg.workers is not None:
             common["workers"] = cfg.workers
         train = build_loader(cfg.data, mode="train", batch_size=cfg.batch_size,
-                             augment=cfg.augment, **self._selection["train"], **common)
+                             augment=cfg.augment, flip_only=cfg.flip_only,
+                             random_sign=cfg.random_sign, **self._selection["train"],
+                             **common)  # fmt: skip
         test = build_loader(cfg.data, mode="test", batch_size=cfg.test_batch_size
                             or cfg.batch_size, test_views=cfg.test_views,
                             **self._selection["test"], **common)  # fmt: skip
@@ -584,6 +588,7 @@ def run(
     clip_grad: float | None = None,
     precision: str | None = None,
     num_frames: int | None = None,
+    stride: int | None = None,
     size: int | None = None,
     subtract_mean: bool = False,
     eval_every: int | None = None,
@@ -596,6 +601,8 @@ def run(
     smoothing: float | None = None,
     layer_decay: float | None = None,
     augment: bool | None = None,
+    flip_only: bool = False,
+    random_sign: bool = False,
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune and test (``maedfer finetune``); ``None`` means MODEL.md §5.2's default.
@@ -607,7 +614,8 @@ def run(
     """
     given = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "blr": blr, "workers": workers,
-        "clip_grad": clip_grad, "precision": precision, "num_frames": num_frames, "size": size,
+        "clip_grad": clip_grad, "precision": precision, "num_frames": num_frames, "stride": stride,
+        "size": size,
         "eval_every": eval_every, "log_every": log_every, "max_steps": max_steps,
         "warmup_epochs": warmup_epochs, "drop_path": drop_path, "mixup": mixup,
         "cutmix": cutmix, "smoothing": smoothing, "layer_decay": layer_decay,
@@ -616,8 +624,8 @@ def run(
     cfg = FinetuneConfig(
         data=Path(data), fold=fold, init=Path(init) if init else None,
         out=Path(out) if out else None, model=model, accum_steps=accum_steps, backend=backend,
-        resume=resume, seed=seed, subtract_mean=subtract_mean,
-        **{k: v for k, v in given.items() if v is not None},
+        resume=resume, seed=seed, subtract_mean=subtract_mean, flip_only=flip_only,
+        random_sign=random_sign, **{k: v for k, v in given.items() if v is not None},
     )  # fmt: skip
     recipe = FinetuneRecipe(cfg)
     completed = False

@@ -464,6 +464,7 @@ def run(
     clip_grad: float | None = None,
     precision: str | None = None,
     num_frames: int | None = None,
+    stride: int | None = None,
     size: int | None = None,
     subtract_mean: bool = False,
     log_every: int | None = None,
@@ -480,7 +481,8 @@ def run(
     given = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "blr": blr,
         "mask_ratio": mask_ratio, "workers": workers, "clip_grad": clip_grad,
-        "precision": precision, "num_frames": num_frames, "size": size,
+        "precision": precision, "num_frames": num_frames, "stride": stride,
+        "size": size,
         "log_every": log_every, "max_steps": max_steps, "warmup_epochs": warmup_epochs,
         "model_overrides": model_overrides, "device": device,
     }  # fmt: skip

@@ -178,3 +178,26 @@ def test_workers_start_after_parallel_opencv(h264_clips: tuple[Path, pd.DataFram
     except subprocess.TimeoutExpired:
         pytest.fail("a loader worker hung after a parallel OpenCV call in the parent")
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-500:]
+
+
+def test_flip_only_and_random_sign(h264_clips: tuple[Path, pd.DataFrame]) -> None:
+    folder, rows = h264_clips
+    kw = dict(mode="train", fold=1, batch_size=len(rows[rows.fold != 1]), size=32,
+              backend="pyav", workers=0, root=folder, augment=False,
+              subtract_mean=True)  # fmt: skip
+    plain = next(iter(build_loader(rows, **kw)))["video"]
+    flipped = next(iter(build_loader(rows, flip_only=True, **kw)))["video"]
+    signed = next(iter(build_loader(rows, flip_only=True, random_sign=True, **kw)))["video"]
+    same = [torch.allclose(f, p, atol=1e-6) for f, p in zip(flipped, plain, strict=True)]
+    mirrored = [torch.allclose(f, p.flip(-1), atol=1e-6)
+                for f, p in zip(flipped, plain, strict=True)]  # fmt: skip
+    assert all(s or m for s, m in zip(same, mirrored, strict=True)) and not all(same)
+    negated = [torch.allclose(s, -f, atol=1e-6) and f.abs().max() > 0
+               for s, f in zip(signed, flipped, strict=True)]  # fmt: skip
+    kept = [torch.equal(s, f) for s, f in zip(signed, flipped, strict=True)]
+    assert all(n or k for n, k in zip(negated, kept, strict=True)) and any(negated)
+    # test batches are never flipped nor negated
+    test_kw = {**kw, "mode": "test", "batch_size": 2}
+    assert torch.equal(next(iter(build_loader(rows, **test_kw)))["video"],
+                       next(iter(build_loader(rows, flip_only=True, random_sign=True,
+                                              **test_kw)))["video"])  # fmt: skip

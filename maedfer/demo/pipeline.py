@@ -1,0 +1,265 @@
+"""``maedfer demo``: the whole pipeline on a dataset rendered from the committed portraits.
+
+Stages, each the real command a user would run (DESIGN.md §8, issue 6):
+
+1. render   — :mod:`maedfer.demo.render` writes RAVDESS-layout videos under ``OUT/raw``;
+2. prepare  — ``maedfer prepare ravdess`` on them: real MTCNN, alignment, H.264 clips, manifest;
+3. pretrain — MAE pre-training of a tiny LGI-Former on every prepared clip (no labels);
+4. finetune — one run per fold (leave one portrait out), initialised from the pre-training;
+5. evaluate — UAR/WAR per fold, their mean (as MAE-DFER reports) and pooled, against chance.
+
+Every stage is timed and its throughput recorded (``OUT/profile.json``); ``OUT/summary.json``
+holds the figures and where everything went. A re-run reuses rendered videos and prepared
+clips (both stages are resumable) and trains again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from maedfer.demo import render
+from maedfer.errors import MaedferError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes and schedules of the demo; the defaults fit 10 minutes on a 2-core CPU."""
+
+    actors_per_portrait: int = 4
+    clips_per_class: int = 8
+    num_frames: int = 16
+    frame_size: int = 192
+    clip_size: int = 64  # side of the prepared face clips and of the model input
+    folds: tuple[int, ...] | None = None  # None: one per portrait
+    pretrain_epochs: int = 4
+    finetune_epochs: int = 12
+    batch_size: int = 16
+    pretrain_lr: float = 1.5e-3
+    finetune_lr: float = 2e-3
+    # A tiny LGI-Former: 64-wide, 2 blocks, 16x16 tubelets (4x4x8 tokens), 2x2x2 regions.
+    model: dict[str, Any] = field(
+        default_factory=lambda: {
+            "embed_dim": 64, "depth": 2, "num_heads": 2, "region_size": [2, 2, 2],
+        }
+    )  # fmt: skip
+    decoder: dict[str, Any] = field(
+        default_factory=lambda: {
+            "decoder_embed_dim": 64, "decoder_depth": 1, "decoder_num_heads": 2,
+        }
+    )  # fmt: skip
+    seed: int = 0
+
+
+QUICK = DemoConfig(
+    actors_per_portrait=1, clips_per_class=2, folds=(1, 2), pretrain_epochs=1, finetune_epochs=2,
+    batch_size=8,
+)  # fmt: skip
+
+
+@dataclass
+class Stage:
+    name: str
+    seconds: float
+    amount: float
+    unit: str
+
+    @property
+    def rate(self) -> float:
+        return self.amount / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _timed(stages: list[Stage], name: str, unit: str, work: Callable[[], tuple[Any, float]]) -> Any:
+    """Run ``work`` (returning its result and the amount it processed) and record the stage."""
+    print(f"\n== {name} ==", flush=True)
+    start = time.perf_counter()
+    result, amount = work()
+    stages.append(Stage(name, time.perf_counter() - start, float(amount), unit))
+    return result
+
+
+def run(
+    *, out: Path = Path("runs/demo"), device: str | None = None, quick: bool = False
+) -> dict[str, Any]:
+    """Render, prepare, pre-train, fine-tune per fold, evaluate and profile; print a summary.
+
+    Args:
+        out: everything goes under this folder (created; reused by a re-run).
+        device: "cpu" or "cuda" (None: CUDA when present).
+        quick: a shortened run (2 folds, 2 clips per class, 1 + 2 epochs) for the tests.
+
+    Returns:
+        The summary written to ``out/summary.json``.
+
+    Raises:
+        MaedferError: unwritable ``out``, or a stage's own error.
+    """
+    cfg = QUICK if quick else DemoConfig()
+    return run_config(cfg, out=Path(out), device=device)
+
+
+def run_config(cfg: DemoConfig, *, out: Path, device: str | None = None) -> dict[str, Any]:
+    """:func:`run` with an explicit :class:`DemoConfig`."""
+    from maedfer.preprocess import driver
+    from maedfer.train import evaluate, finetune, pretrain
+
+    started = time.perf_counter()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MaedferError(f"demo: cannot create {out}: {exc.strerror}") from None
+    portraits = render.default_portraits()
+    folds = cfg.folds or tuple(range(1, len(portraits) + 1))
+    stages: list[Stage] = []
+    paths = {
+        "raw": out / "raw", "prepared": out / "prepared", "pretrain": out / "pretrain",
+        "finetune": out / "finetune",
+    }  # fmt: skip
+    frames = cfg.num_frames
+
+    def do_render() -> tuple[list[render.RenderedClip], float]:
+        clips = render.render_dataset(
+            paths["raw"], portraits=portraits, actors_per_portrait=cfg.actors_per_portrait,
+            clips_per_class=cfg.clips_per_class, num_frames=frames, frame_size=cfg.frame_size,
+            seed=cfg.seed, workers=min(2, os.cpu_count() or 1),
+        )  # fmt: skip
+        return clips, len(clips)
+
+    clips = _timed(stages, "render", "clips", do_render)
+
+    def do_prepare() -> tuple[dict[str, Any], float]:
+        summary = driver.run(
+            dataset="ravdess", raw=paths["raw"], out=paths["prepared"], size=cfg.clip_size,
+            workers=min(2, os.cpu_count() or 1), device=device,
+        )  # fmt: skip
+        return summary, summary["ok"] * frames
+
+    prepared = _timed(stages, "prepare (faces)", "frames", do_prepare)
+    if prepared["rejected"]:
+        log.warning("demo: %d clips rejected by prepare: %s", prepared["rejected"],
+                    prepared["reasons"])  # fmt: skip
+    manifest = paths["prepared"] / "manifest.parquet"
+    common = {
+        "data": manifest, "num_frames": frames, "stride": 1, "size": cfg.clip_size,
+        "subtract_mean": True, "batch_size": cfg.batch_size, "device": device,
+        "backend": "pyav", "seed": cfg.seed, "quiet": True,
+    }  # fmt: skip
+    train_clips = prepared["ok"]
+
+    def do_pretrain() -> tuple[dict[str, Any], float]:
+        result = pretrain.run(
+            out=paths["pretrain"], model="mae_lgi_former_tiny",
+            model_overrides={**cfg.model, **cfg.decoder}, epochs=cfg.pretrain_epochs,
+            lr=cfg.pretrain_lr, warmup_epochs=min(1, cfg.pretrain_epochs - 1) or None,
+            **common,
+        )  # fmt: skip
+        return result, train_clips * result["epochs"]
+
+    pre = _timed(stages, "pretrain", "clips", do_pretrain)
+    runs = []
+    for fold in folds:
+        def do_finetune(fold: int = fold) -> tuple[dict[str, Any], float]:
+            result = finetune.run(
+                fold=fold, init=Path(pre["checkpoint"]), out=paths["finetune"] / f"fold_{fold}",
+                model="lgi_former_tiny", model_overrides=dict(cfg.model),
+                epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, warmup_epochs=1, mixup=0.0,
+                cutmix=0.0, augment=False, flip_only=True, random_sign=True, **common,
+            )  # fmt: skip
+            seen = result["steps"] * cfg.batch_size
+            return result, seen
+
+        runs.append(_timed(stages, f"finetune fold {fold}", "clips", do_finetune))
+
+    def do_evaluate() -> tuple[dict[str, Any], float]:
+        result = evaluate.run([Path(r["out"]) for r in runs], out=out)
+        return result, len(runs)
+
+    evaluation = _timed(stages, "evaluate", "runs", do_evaluate)
+    summary = _summary(cfg, out, paths, clips, prepared, pre, runs, evaluation, stages, started)
+    _write_json(out / "profile.json", {"stages": [asdict(s) | {"rate": s.rate} for s in stages]})
+    _write_json(out / "summary.json", summary)
+    print(format_summary(summary))
+    return summary
+
+
+def _summary(cfg, out, paths, clips, prepared, pre, runs, evaluation, stages, started) -> dict:
+    classes = [c for c in render.CLASSES]
+    chance = 1 / len(classes)
+    mean = evaluation["mean_over_folds"]
+    return {
+        "classes": {c.name: _label_name(c) for c in classes},
+        "subjects": sorted({c.subject for c in clips}),
+        "clips": {"rendered": len(clips), "prepared": prepared["ok"],
+                  "rejected": prepared["rejected"]},
+        "chance": chance,
+        "uar": mean["uar"],
+        "war": mean["war"],
+        "uar_over_chance": mean["uar"] / chance,
+        "folds": [
+            {"fold": r["report"]["fold"], "uar": r["report"]["uar"], "war": r["report"]["war"],
+             "report": str(Path(r["out"]) / "report.json")}
+            for r in runs
+        ],
+        "pooled": {"uar": evaluation["pooled"]["uar"], "war": evaluation["pooled"]["war"]},
+        "stages": [asdict(s) | {"rate": s.rate} for s in stages],
+        "seconds": time.perf_counter() - started,
+        "paths": {
+            "raw videos": str(paths["raw"]),
+            "manifest": str(paths["prepared"] / "manifest.parquet"),
+            "clips": str(paths["prepared"] / "clips"),
+            "pretrained checkpoint": pre["checkpoint"],
+            "fine-tuned checkpoints": str(paths["finetune"] / "fold_*" / "checkpoints"),
+            "reports": str(paths["finetune"] / "fold_*" / "report.json"),
+            "evaluation": evaluation.get("summary_json"),
+            "confusion plot": evaluation.get("pooled_confusion_png"),
+            "profile": str(out / "profile.json"),
+            "summary": str(out / "summary.json"),
+        },
+        "config": asdict(cfg),
+    }
+
+
+def _label_name(demo_class: render.DemoClass) -> str:
+    from maedfer.manifests.ravdess import CLASSES
+
+    return CLASSES[demo_class.emotion - 1]
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The one-screen summary printed at the end of the demo."""
+    lines = ["", "maedfer demo: done in {:.0f} s".format(summary["seconds"]), ""]
+    lines.append("classes (demo movement -> RAVDESS label it is filed under): " + ", ".join(
+        f"{k} -> {v}" for k, v in summary["classes"].items()))
+    lines.append(f"subjects (one per fold): {', '.join(summary['subjects'])}")
+    lines.append("")
+    lines.append(f"{'stage':20s}{'seconds':>9s}  throughput")
+    for s in summary["stages"]:
+        lines.append(f"{s['name']:20s}{s['seconds']:9.1f}  {s['rate']:.1f} {s['unit']}/s")
+    lines.append("")
+    for f in summary["folds"]:
+        lines.append(f"fold {f['fold']}: UAR {f['uar']:.3f}  WAR {f['war']:.3f}")
+    lines.append(
+        f"mean over folds: UAR {summary['uar']:.3f}  WAR {summary['war']:.3f}  "
+        f"(chance {summary['chance']:.3f}; UAR = {summary['uar_over_chance']:.1f}x chance)"
+    )
+    lines.append("")
+    width = max(len(k) for k in summary["paths"])
+    lines += [f"{k:{width}s}  {v}" for k, v in summary["paths"].items() if v]
+    return "\n".join(lines)
+
+
+__all__ = ["DemoConfig", "QUICK", "format_summary", "run", "run_config", "replace"]
