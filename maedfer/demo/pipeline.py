@@ -269,8 +269,8 @@ def _write_json(path: Path, data: dict) -> None:
 def format_summary(summary: dict[str, Any]) -> str:
     """The one-screen summary printed at the end of the demo."""
     lines = ["", "maedfer demo: done in {:.0f} s".format(summary["seconds"]), ""]
-    lines.append("classes (demo movement -> RAVDESS label it is filed under): " + ", ".join(
-        f"{k} -> {v}" for k, v in summary["classes"].items()))
+    lines.append("classes (movement = RAVDESS label it is filed under): " + ", ".join(
+        f"{k}={v}" for k, v in summary["classes"].items()))
     lines.append(f"subjects (one per fold): {', '.join(summary['subjects'])}")
     lines.append("")
     lines.append(f"{'stage':20s}{'seconds':>9s}  throughput")
