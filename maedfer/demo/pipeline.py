@@ -15,13 +15,12 @@ clips (both stages are resumable) and trains again.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +109,7 @@ def run(
 def run_config(cfg: DemoConfig, *, out: Path, device: str | None = None) -> dict[str, Any]:
     """:func:`run` with an explicit :class:`DemoConfig`."""
     from maedfer.preprocess import driver
-    from maedfer.train import evaluate
+    from maedfer.train import evaluate, metrics
 
     started = time.perf_counter()
     try:
@@ -167,13 +166,16 @@ def run_config(cfg: DemoConfig, *, out: Path, device: str | None = None) -> dict
 
     evaluation = _timed(stages, "evaluate", "runs", do_evaluate)
     summary = _summary(cfg, out, paths, clips, prepared, pre, runs, evaluation, stages, started)
-    _write_json(out / "profile.json", {"stages": [asdict(s) | {"rate": s.rate} for s in stages]})
-    _write_json(out / "summary.json", summary)
+    metrics.write_report(out / "profile.json", {"stages": summary["stages"]})
+    metrics.write_report(out / "summary.json", summary)
     print(format_summary(summary))
     return summary
 
 
-def _train(stages, cfg, paths, common, folds, train_clips):
+def _train(
+    stages: list[Stage], cfg: DemoConfig, paths: dict[str, Path], common: dict[str, Any],
+    folds: tuple[int, ...], train_clips: int,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
     """Pre-train once, then fine-tune and test each fold from the pre-trained weights."""
     from maedfer.train import finetune, pretrain
 
@@ -218,7 +220,7 @@ def _torch_threads(count: int) -> Iterator[None]:
 
 
 def _summary(cfg, out, paths, clips, prepared, pre, runs, evaluation, stages, started) -> dict:
-    classes = [c for c in render.CLASSES]
+    classes = render.CLASSES
     chance = 1 / len(classes)
     mean = evaluation["mean_over_folds"]
     return {
@@ -260,12 +262,6 @@ def _label_name(demo_class: render.DemoClass) -> str:
     return CLASSES[demo_class.emotion - 1]
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def format_summary(summary: dict[str, Any]) -> str:
     """The one-screen summary printed at the end of the demo."""
     lines = ["", "maedfer demo: done in {:.0f} s".format(summary["seconds"]), ""]
@@ -289,4 +285,4 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DemoConfig", "QUICK", "format_summary", "run", "run_config", "replace"]
+__all__ = ["DemoConfig", "QUICK", "format_summary", "run", "run_config"]
