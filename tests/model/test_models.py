@@ -51,7 +51,10 @@ def test_overrides_win_and_none_means_default() -> None:
 def test_classifier_shapes_and_gradients(name: str, pooling: str) -> None:
     if name == "vit_base" and pooling != "region":
         pytest.skip("vit_base averages all tokens; pooling applies to lgi_former_* only")
-    model = tiny(name, **({"pooling": pooling} if name.startswith("lgi_") else {}))
+    # Stochastic depth off: with 2 clips it drops a whole branch for both about 1% of the time,
+    # which zeroes that branch's gradients and made this check depend on the global RNG state.
+    options = {"pooling": pooling} if name.startswith("lgi_") else {}
+    model = tiny(name, drop_path_rate=0.0, **options)
     logits = model(_video())
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()
     logits.square().sum().backward()
