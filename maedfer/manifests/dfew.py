@@ -18,17 +18,16 @@ import re
 from pathlib import Path
 
 from maedfer.errors import MaedferError
-from maedfer.manifests.base import ClipEntry, Protocol, RawIndex
+from maedfer.manifests.base import Protocol, RawIndex
 from maedfer.manifests.layout import (
-    IMAGE_EXTS,
     VIDEO_EXTS,
     check_root,
     find_dirs,
-    first_file,
     is_digits,
     list_dir,
     no_clips_error,
     norm,
+    numbered_fold_entries,
     rel,
     summarize,
     walk_files,
@@ -163,21 +162,9 @@ class Dfew(Protocol):
                     "clip_224x224_16f is the 16-frame variant; MAE-DFER uses variable-length frames"
                 )
             raise no_clips_error(self.name, root, _EXPECTED_FRAMES, hint)
-        entries, rejects, missing = [], [], []
-        for vid in sorted(labels):
-            label, fold = labels[vid]
-            key = f"{vid:05d}"
-            if vid not in media:
-                missing.append(key)
-                continue
-            source = rel(media[vid], root)
-            if not from_video and first_file(media[vid], IMAGE_EXTS) is None:
-                rejects.append((key, source, "no frames: the frame folder holds no images"))
-                continue
-            entries.append(ClipEntry(
-                clip_id=key, source=source, kind="video" if from_video else "frames",
-                subject=None, label=label, label_name=CLASSES[label], fold=fold, split=None,
-            ))  # fmt: skip
+        entries, rejects, missing = numbered_fold_entries(
+            labels, media, root, CLASSES, from_video=from_video
+        )
         if not entries:
             raise no_clips_error(self.name, root, _EXPECTED_FRAMES, "no split clip has media")
         if missing:

@@ -206,3 +206,35 @@ def no_clips_error(dataset: str, root: Path, expected: str, hint: str = "") -> M
         f"{dataset}: {root} does not look like {dataset}: expected {expected}; "
         f"found {describe(root)}{tail}"
     )
+
+
+def numbered_fold_entries(
+    labels: dict[int, tuple[int, int]],
+    media: dict[int, Path],
+    root: Path,
+    classes: list[str],
+    *,
+    from_video: bool,
+) -> tuple[list[ClipEntry], list[tuple[str, str, str]], list[str]]:
+    """Join split-file labels ``{clip number: (label, fold)}`` with the clips found on disk.
+
+    For the datasets whose clips are numbered folders or files (DFEW, MAFW). Returns the
+    entries (clip id = the number, 5 digits), the rejects (a frame folder without images) and
+    the ids of split clips with no media (a partial download).
+    """
+    entries, rejects, missing = [], [], []
+    for vid in sorted(labels):
+        label, fold = labels[vid]
+        key = f"{vid:05d}"
+        if vid not in media:
+            missing.append(key)
+            continue
+        source = rel(media[vid], root)
+        if not from_video and first_file(media[vid], IMAGE_EXTS) is None:
+            rejects.append((key, source, "no frames: the frame folder holds no images"))
+            continue
+        entries.append(ClipEntry(
+            clip_id=key, source=source, kind="video" if from_video else "frames",
+            subject=None, label=label, label_name=classes[label], fold=fold, split=None,
+        ))  # fmt: skip
+    return entries, rejects, missing

@@ -16,18 +16,16 @@ import re
 from pathlib import Path
 
 from maedfer.errors import MaedferError
-from maedfer.manifests.base import ClipEntry, Protocol, RawIndex
+from maedfer.manifests.base import Protocol, RawIndex
 from maedfer.manifests.layout import (
-    IMAGE_EXTS,
     VIDEO_EXTS,
     check_root,
     find_dirs,
-    first_file,
     is_digits,
     list_dir,
     no_clips_error,
     norm,
-    rel,
+    numbered_fold_entries,
     summarize,
     walk_files,
 )
@@ -150,21 +148,9 @@ class Mafw(Protocol):
         expected = "the clips data/clips/<id>.mp4" if from_video else _EXPECTED_FRAMES
         if not media:
             raise no_clips_error(self.name, root, expected)
-        entries, rejects, missing = [], [], []
-        for vid in sorted(labels):
-            label, fold = labels[vid]
-            key = f"{vid:05d}"
-            if vid not in media:
-                missing.append(key)
-                continue
-            source = rel(media[vid], root)
-            if not from_video and first_file(media[vid], IMAGE_EXTS) is None:
-                rejects.append((key, source, "no frames: the frame folder holds no images"))
-                continue
-            entries.append(ClipEntry(
-                clip_id=key, source=source, kind="video" if from_video else "frames",
-                subject=None, label=label, label_name=CLASSES[label], fold=fold, split=None,
-            ))  # fmt: skip
+        entries, rejects, missing = numbered_fold_entries(
+            labels, media, root, CLASSES, from_video=from_video
+        )
         if not entries:
             raise no_clips_error(self.name, root, expected, "no split clip has media")
         if missing:
