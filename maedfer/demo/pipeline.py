@@ -18,8 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +108,7 @@ def run(
 def run_config(cfg: DemoConfig, *, out: Path, device: str | None = None) -> dict[str, Any]:
     """:func:`run` with an explicit :class:`DemoConfig`."""
     from maedfer.preprocess import driver
+    from maedfer.preprocess.faces import cpu_threads
     from maedfer.train import evaluate, metrics
 
     started = time.perf_counter()
@@ -157,7 +157,7 @@ def run_config(cfg: DemoConfig, *, out: Path, device: str | None = None) -> dict
 
     # Decoding the small clips is the bottleneck of a tiny model on CPU: the loader's workers
     # take the cores and torch one thread (measured 1.65x faster than torch's default on 2 cores).
-    with _torch_threads(max(1, cores - common["workers"])):
+    with cpu_threads(max(1, cores - common["workers"])):
         pre, runs = _train(stages, cfg, paths, common, folds, train_clips)
 
     def do_evaluate() -> tuple[dict[str, Any], float]:
@@ -205,18 +205,6 @@ def _train(
         runs.append(_timed(stages, f"finetune fold {fold}", "clips", do_finetune))
 
     return pre, runs
-
-
-@contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _summary(cfg, out, paths, clips, prepared, pre, runs, evaluation, stages, started) -> dict:
