@@ -25,19 +25,17 @@ protocol's folds are subject-independent (leave one portrait out).
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from maedfer.errors import MaedferError
+from maedfer.preprocess.encode import write_clip
 
 log = logging.getLogger(__name__)
 
@@ -444,23 +442,9 @@ def render_clip(
 
 
 def write_video(frames: np.ndarray, path: Path, *, fps: int) -> None:
-    """H.264 MP4 (yuv420p, CRF 16), written next to ``path`` and renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=path.parent, prefix=".tmp-")
-    os.close(fd)
-    try:
-        with av.open(tmp, "w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=fps)
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": "16", "preset": "veryfast"}
-            for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            container.mux(stream.encode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """H.264 MP4 (yuv420p, CRF 16), written next to ``path`` and renamed into place; the same
+    frames give the same bytes (`maedfer.preprocess.encode.write_clip`)."""
+    write_clip(frames, path, fps=fps, quality={"crf": "16", "preset": "veryfast"})
 
 
 @dataclass(frozen=True)

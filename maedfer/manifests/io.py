@@ -11,8 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from maedfer.atomic import atomic_path
 from maedfer.errors import MaedferError
 from maedfer.manifests.fingerprints import fold_fingerprints
 from maedfer.manifests.schema import (
@@ -39,16 +38,8 @@ log = logging.getLogger(__name__)
 
 def _atomic_write_table(table: pa.Table, path: Path) -> None:
     """Write to a temp file in the same folder, then ``os.replace`` (no half-written files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _crop_array(values: pd.Series, ids: pd.Series) -> pa.Array:

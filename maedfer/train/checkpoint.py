@@ -27,11 +27,10 @@ MAE-DFER ones (through :func:`maedfer.model.load_official`).
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import logging
-import os
 import random
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from maedfer.atomic import atomic_path
 from maedfer.errors import MaedferError
 from maedfer.model import create_model, load_official
 from maedfer.train.optim import unwrap
@@ -106,17 +106,10 @@ def set_rng_state(state: Mapping[str, torch.Tensor]) -> None:
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync, rename),
     so a crash mid-write leaves the previous checkpoint intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(dict(state), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(dict(state), handle)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _torch_load(path: Path) -> Any:

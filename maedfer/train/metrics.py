@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from maedfer.atomic import atomic_path, write_text
 from maedfer.errors import MaedferError
 
 logger = logging.getLogger(__name__)
@@ -165,21 +164,6 @@ def cross_fold_summary(
     return {"folds": reports, "mean_over_folds": mean, "pooled": pooled}
 
 
-def _atomic_target(path: Path) -> tuple[Path, Path]:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return path, Path(tmp)
-
-
-def _replace(tmp: Path, path: Path) -> None:
-    try:
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_predictions(
     path: Path,
     clip_ids: Sequence[str],
@@ -218,9 +202,8 @@ def write_predictions(
             "prediction": pa.array(probs.argmax(axis=1).astype(np.int16)),
         }
     ).replace_schema_metadata({CLASSES_KEY: json.dumps(list(class_names)).encode()})
-    path, tmp = _atomic_target(path)
-    pq.write_table(table, tmp)
-    _replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def read_predictions(path: Path) -> tuple[dict[str, np.ndarray], list[str] | None]:
@@ -254,9 +237,7 @@ def read_predictions(path: Path) -> tuple[dict[str, np.ndarray], list[str] | Non
 
 def write_report(path: Path, report: dict) -> None:
     """Write ``report.json`` atomically (indented, UTF-8)."""
-    path, tmp = _atomic_target(path)
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    _replace(tmp, path)
+    write_text(path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
 
 def plot_confusion(report: dict, path: Path, *, title: str | None = None) -> None:
@@ -289,8 +270,7 @@ def plot_confusion(report: dict, path: Path, *, title: str | None = None) -> Non
         heading = f"UAR {report['uar']:.2%}  WAR {report['war']:.2%}  ({int(matrix.sum())} clips)"
         ax.set_title(heading if title is None else f"{title}\n{heading}", fontsize=10)
         fig.tight_layout()
-        path, tmp = _atomic_target(Path(path))
-        fig.savefig(tmp, format="png", dpi=100)
-        _replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
         plt.close(fig)

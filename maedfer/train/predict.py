@@ -30,8 +30,6 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ import typer
 from torch import nn
 from tqdm import tqdm
 
+from maedfer.atomic import atomic_path, write_text
 from maedfer.errors import MaedferError
 from maedfer.pipelines.augment import IMAGENET_MEAN, IMAGENET_STD, finish_clip
 from maedfer.preprocess.faces import FaceAligner, NoFaceError
@@ -240,17 +239,6 @@ def _csv_text(rows: list[dict[str, Any]], class_names: list[str]) -> str:
     return buffer.getvalue()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def plot_timeline(result: dict[str, Any], path: Path) -> None:
     """Save a PNG of each class's probability over time (window centres), atomically."""
     import matplotlib
@@ -271,14 +259,8 @@ def plot_timeline(result: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{Path(result['video']).name}: {result['summary']['top_class']}")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
     finally:
         plt.close(fig)
 
@@ -383,7 +365,7 @@ def run(
             if out.suffix.lower() == ".json"
             else _csv_text(result["windows"], names)
         )
-        _write_atomic(out, text)
+        write_text(out, text)
         typer.echo(f"wrote {out}")
     if plot is not None:
         plot_timeline(result, Path(plot))

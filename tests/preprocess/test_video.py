@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from maedfer.errors import MaedferError
-from maedfer.preprocess.encode import KEYFRAME_INTERVAL, as_rate, clip_suffix, write_clip
+from maedfer.preprocess.encode import (
+    KEYFRAME_INTERVAL,
+    as_rate,
+    clip_suffix,
+    rgb_to_yuv420p,
+    write_clip,
+)
 from maedfer.preprocess.video import (
     VideoError,
     list_frame_files,
@@ -51,11 +57,50 @@ def test_encode_roundtrip_constant_rate_and_keyframes(codec: str, tmp_path: Path
     assert (info.num_frames, info.width, info.height) == (40, 64, 64)
 
 
-def test_encoding_is_deterministic(tmp_path: Path) -> None:
-    frames = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
-    write_clip(frames, tmp_path / "a.mp4", fps=25)
-    write_clip(frames, tmp_path / "b.mp4", fps=25)
-    assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
+@pytest.mark.parametrize("codec", ["h264", "vp9"])
+def test_encoding_is_deterministic(codec: str, tmp_path: Path) -> None:
+    """The same frames give the same bytes, whatever FFmpeg did before in this process.
+
+    Other encodes and decodes in between leave the heap in another state each time: an encoder
+    that reads memory it never wrote (x264 with B-frames and mb-tree did) gives other bytes.
+    """
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    other = rng.integers(0, 256, (30, 240, 320, 3), dtype=np.uint8)
+    suffix = clip_suffix(codec)
+    outputs = set()
+    for attempt in range(6):  # x264's defaults (B-frames, mb-tree) on other frames in between
+        encode_video(other[attempt % 3 :: 3], tmp_path / "other.mp4")
+        read_video_frames(tmp_path / "other.mp4")
+        write_clip(frames, tmp_path / f"a{suffix}", fps=25, codec=codec)
+        outputs.add((tmp_path / f"a{suffix}").read_bytes())
+    assert len(outputs) == 1
+
+
+def test_frames_stream_into_the_encoder(tmp_path: Path) -> None:
+    """An iterator of frames encodes to the same bytes as the stacked array."""
+    frames = np.random.default_rng(1).integers(0, 256, (10, 32, 48, 3), dtype=np.uint8)
+    assert write_clip(iter(frames), tmp_path / "it.mp4", fps=25) == 10
+    write_clip(frames, tmp_path / "arr.mp4", fps=25)
+    assert (tmp_path / "it.mp4").read_bytes() == (tmp_path / "arr.mp4").read_bytes()
+    with pytest.raises(MaedferError, match="frame 1 is"):
+        write_clip(iter([frames[0], frames[1][:16]]), tmp_path / "bad.mp4", fps=25)
+    with pytest.raises(MaedferError, match="at least one frame"):
+        write_clip(iter([]), tmp_path / "none.mp4", fps=25)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arr.mp4", "it.mp4"]
+
+
+def test_colour_conversion_is_bt601_studio_range() -> None:
+    """Known colours -> the BT.601 studio-range codes every decoder inverts (black 16, white 235,
+    grey chroma 128; pure red Y 81, Cb 90, Cr 240)."""
+    image = np.zeros((2, 6, 3), np.uint8)
+    image[:, 2:4] = 255
+    image[:, 4:6] = (255, 0, 0)
+    yuv = rgb_to_yuv420p(image)
+    assert yuv.shape == (3, 6)
+    assert yuv[:2].tolist() == [[16, 16, 235, 235, 81, 81]] * 2
+    u, v = yuv[2, :3], yuv[2, 3:]
+    assert u.tolist() == [128, 128, 90] and v.tolist() == [128, 128, 240]
 
 
 def test_a_failed_encode_leaves_no_file(tmp_path: Path) -> None:
