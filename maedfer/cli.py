@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from maedfer.errors import MaedferError, NotAvailableYet
+from maedfer.errors import MaedferError, NotAvailableYet, os_error_line
 
 app = typer.Typer(
     name="maedfer",
@@ -76,6 +76,13 @@ def _call(module: str, function: str, /, **kwargs: Any) -> Any:
         raise typer.Exit(code=2) from None
     except MaedferError as exc:
         typer.echo(f"maedfer: error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    except KeyboardInterrupt:
+        # What was finished is kept (prepare's journal, the last checkpoint): say how to go on.
+        typer.echo("maedfer: interrupted; run the same command again to resume", err=True)
+        raise typer.Exit(code=130) from None
+    except OSError as exc:  # the environment said no (read-only folder, full disk, ...)
+        typer.echo(f"maedfer: error: {os_error_line(exc)}", err=True)
         raise typer.Exit(code=1) from None
 
 

@@ -155,12 +155,11 @@ def format_fingerprints(
     compared = [v for v in verdicts.values() if v is not None]
     if compared:
         good = sum(compared)
-        verdict = (
-            "all match the published protocol"
-            if good == len(compared)
-            else (
-                "differ from the published protocol (expected for a partial or modified download)"
+        if good == len(compared):
+            lines.append(f"fingerprints: {good}/{len(compared)} all match the published protocol")
+        else:  # count what the verdict says: the ones that differ
+            lines.append(
+                f"fingerprints: {len(compared) - good}/{len(compared)} differ from the published "
+                "protocol (expected for a partial or modified download)"
             )
-        )
-        lines.append(f"fingerprints: {good}/{len(compared)} {verdict}")
     return "\n".join(lines)

@@ -18,13 +18,21 @@ work per clip, and why it is fast enough for a million clips:
    template (`maedfer.preprocess.align`), frames without a face reuse the nearest good
    transform, and each frame is warped from a version reduced just enough that the warp
    shrinks it by less than 2x (no aliasing, no needless blur).
+
+**Streaming**: a clip is located in chunks of frames whose boundaries depend on the clip alone
+(a multiple of `detect_every` frames, fewer for large frames: `chunk_frames`), each chunk ending
+on a keyframe that the next one starts from, so the keyframes are those of the whole clip and
+the result does not depend on how the frames arrive. Only the landmarks of the whole clip are
+kept; the frames are then read a second time and warped chunk by chunk
+(`FaceAligner.locate_stream`, `FaceAligner.warp_stream`). Memory is bounded by a chunk of
+frames, not by the clip's length or resolution.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -43,6 +51,11 @@ logger = logging.getLogger(__name__)
 TRACK_FACE_SIZE = 64.0
 # R-Net candidates per keyframe passed to O-Net: the face and its near duplicates rank first.
 KEYFRAME_TOP = 3
+# Frames located per chunk, and the most bytes of decoded frames a chunk may hold (a 4K chunk
+# is then 8 frames, 200 MB; a 720p one 32 frames, 88 MB).
+CHUNK_FRAMES = 32
+CHUNK_BYTES = 256 << 20
+_NOT_CARRIED = object()  # the first frame of a chunk that no earlier chunk located
 
 
 class NoFaceError(MaedferError):
@@ -94,6 +107,15 @@ def keyframe_indices(num_frames: int, every: int) -> np.ndarray:
     if keys[-1] != num_frames - 1:
         keys.append(num_frames - 1)
     return np.array(keys)
+
+
+def chunk_frames(frame_shape: tuple[int, ...], detect_every: int) -> int:
+    """Frames per streaming chunk for frames of this shape: a multiple of `detect_every`, at
+    most `CHUNK_FRAMES`, fewer when the frames are large (`CHUNK_BYTES`). A function of the
+    clip alone, so a clip is cut at the same frames on every run."""
+    fit = CHUNK_BYTES // max(1, int(np.prod(frame_shape)))
+    frames = max(1, min(CHUNK_FRAMES, fit))
+    return max(detect_every, frames // detect_every * detect_every)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -176,14 +198,18 @@ class _Frames:
             return self.frames[index]
         return np.stack([resize_image(self.frames[i], w, h) for i in index])
 
-    def warp(self, transforms: np.ndarray, size: int, batch: int = 32) -> np.ndarray:
+    def warp(
+        self, transforms: np.ndarray, size: int, batch: int = 32, scale: float | None = None
+    ) -> np.ndarray:
         """All frames warped by their input-resolution transforms into `size` crops.
 
         Bilinear warping aliases when it shrinks much, so each frame is first reduced to a level
         where the warp shrinks by less than 2x: on CPU by exact halvings (cv2 INTER_AREA's fast
-        path), on CUDA by an antialiased resize to the transforms' own scale.
+        path), on CUDA by an antialiased resize to the transforms' own scale. `scale` is the
+        clip's (`warp_scale`); None = these transforms'.
         """
-        scale = float(np.median(np.sqrt(np.abs(np.linalg.det(transforms[:, :, :2])))))
+        if scale is None:
+            scale = warp_scale(transforms)
         out = []
         for start in range(0, len(self.frames), batch):
             index = np.arange(start, min(start + batch, len(self.frames)))
@@ -213,6 +239,22 @@ class _Frames:
         if not isinstance(images, torch.Tensor):
             images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
         return images.float().contiguous()
+
+
+def warp_scale(transforms: np.ndarray) -> float:
+    """The clip's typical shrink factor: the median scale of its (T, 2, 3) transforms."""
+    return float(np.median(np.sqrt(np.abs(np.linalg.det(transforms[:, :, :2])))))
+
+
+@dataclass
+class _Chunk:
+    """What locating one chunk gives: per-frame results in input coordinates, and the faces
+    of its keyframes (the last one starts the next chunk)."""
+
+    probs: np.ndarray
+    landmarks: np.ndarray
+    key_faces: dict[int, tuple[np.ndarray, float, np.ndarray]]  # input coordinates
+    sides: list[float]
 
 
 class FaceAligner:
@@ -262,7 +304,7 @@ class FaceAligner:
         self.min_prob = THRESHOLDS[2]
 
     def align_frames(self, frames: np.ndarray) -> AlignedClip:
-        """Aligned face crops of a clip.
+        """Aligned face crops of a clip held in memory (`locate_stream` + `warp_stream`).
 
         Args:
             frames: (T, H, W, 3) uint8 RGB.
@@ -274,22 +316,65 @@ class FaceAligner:
             NoFaceError: no frame has a face.
             MaedferError: `frames` is not a (T, H, W, 3) uint8 array with T >= 1.
         """
-        src = self._frames(frames)
-        with cpu_threads(self.threads):
-            track = self._locate(src)
-            transforms = clip_transforms(
-                track.landmarks, track.valid, self.size, sigma=self.smooth_sigma
-            )
-            crops = src.warp(transforms, self.size, self.batch_size)
+        self._check_clip(frames)
+        track = self.locate_stream(frames)
+        transforms = self.transforms(track)
+        crops = np.stack(list(self.warp_stream(frames, transforms)))
         return AlignedClip(crops, track.face_ratio, track, transforms)
 
     def locate(self, frames: np.ndarray) -> FaceTrack:
         """The face of every frame (steps 1-3 of the module docstring), without warping."""
-        src = self._frames(frames)
-        with cpu_threads(self.threads):
-            return self._locate(src)
+        self._check_clip(frames)
+        return self.locate_stream(frames)
 
-    def _frames(self, frames: np.ndarray) -> _Frames:
+    def transforms(self, track: FaceTrack) -> np.ndarray:
+        """(T, 2, 3) warps of every frame onto the template (step 4), from a clip's track."""
+        return clip_transforms(track.landmarks, track.valid, self.size, sigma=self.smooth_sigma)
+
+    def locate_stream(self, frames: Iterable[np.ndarray]) -> FaceTrack:
+        """The face of every frame of a clip whose (H, W, 3) uint8 RGB frames arrive one by one.
+
+        Holds one chunk of frames at a time (module docstring); gives the same track as the
+        clip located whole.
+
+        Raises:
+            NoFaceError: no frame has a face.
+            MaedferError: a frame is not (H, W, 3) uint8, differs in size from the first, or
+                there are none.
+        """
+        with cpu_threads(self.threads):
+            return self._locate_stream(iter(frames))
+
+    def warp_stream(
+        self, frames: Iterable[np.ndarray], transforms: np.ndarray
+    ) -> Iterator[np.ndarray]:
+        """The clip's frames (arriving one by one, the same ones `locate_stream` saw) warped by
+        `transforms` into (size, size, 3) uint8 crops, yielded as they are made."""
+        scale = warp_scale(transforms)
+        chunk: list[np.ndarray] = []
+        done = 0
+        for frame in frames:
+            chunk.append(self._check_frame(frame, chunk[0] if chunk else None))
+            if len(chunk) == chunk_frames(frame.shape, 1):
+                yield from self._warp_chunk(chunk, transforms[done : done + len(chunk)], scale)
+                done += len(chunk)
+                chunk = []
+        if chunk:
+            yield from self._warp_chunk(chunk, transforms[done : done + len(chunk)], scale)
+            done += len(chunk)
+        if done != len(transforms):
+            raise MaedferError(f"{done} frames to warp, but {len(transforms)} transforms")
+
+    def _warp_chunk(self, chunk, transforms, scale) -> Iterator[np.ndarray]:
+        if len(chunk) > len(transforms):
+            raise MaedferError(f"more frames to warp than the {len(transforms)} located")
+        src = _Frames(np.stack(chunk), self.device, self._torch_frames)
+        with cpu_threads(self.threads):
+            crops = src.warp(transforms, self.size, self.batch_size, scale=scale)
+        yield from crops
+
+    @staticmethod
+    def _check_clip(frames) -> None:
         if not (
             isinstance(frames, np.ndarray)
             and frames.dtype == np.uint8
@@ -299,28 +384,93 @@ class FaceAligner:
         ):
             got = getattr(frames, "shape", type(frames).__name__)
             raise MaedferError(f"frames must be a (T, H, W, 3) uint8 RGB array, T >= 1; got {got}")
-        return _Frames(np.ascontiguousarray(frames), self.device, self._torch_frames)
 
-    def _locate(self, src: _Frames) -> FaceTrack:
-        n = len(src.frames)
-        keys = keyframe_indices(n, self.detect_every)
-        face_size = self._seed(src, keys)
+    @staticmethod
+    def _check_frame(frame, first: np.ndarray | None) -> np.ndarray:
+        if not (
+            isinstance(frame, np.ndarray)
+            and frame.dtype == np.uint8
+            and frame.ndim == 3
+            and frame.shape[-1] == 3
+        ):
+            got = getattr(frame, "shape", type(frame).__name__)
+            raise MaedferError(f"a frame must be an (H, W, 3) uint8 RGB array; got {got}")
+        if first is not None and frame.shape != first.shape:
+            raise MaedferError(f"frame sizes differ in one clip: {first.shape} then {frame.shape}")
+        return frame
+
+    def _locate_stream(self, frames: Iterator[np.ndarray]) -> FaceTrack:
+        buffer: list[np.ndarray] = []
+        carried: object = _NOT_CARRIED  # the face of buffer[0], located by the previous chunk
+        face_size: float | None = None
+        probs, landmarks, keys, sides = [], [], [], []
+        start, exhausted, size = 0, False, None
+        while True:
+            while not exhausted and (size is None or len(buffer) <= size):
+                frame = next(frames, None)
+                if frame is None:
+                    exhausted = True
+                else:
+                    buffer.append(self._check_frame(frame, buffer[0] if buffer else None))
+                    size = size or chunk_frames(frame.shape, self.detect_every)
+            if not buffer:
+                raise MaedferError("a clip needs at least one frame; got none")
+            n = len(buffer) if exhausted else size + 1
+            chunk_keys = keyframe_indices(n, self.detect_every)
+            chunk, face_size = self._locate_chunk(buffer[:n], chunk_keys, carried, face_size)
+            kept = n if exhausted else n - 1  # the chunk's last keyframe opens the next chunk
+            probs.append(chunk.probs[:kept])
+            landmarks.append(chunk.landmarks[:kept])
+            keys.append(start + chunk_keys[chunk_keys < kept])
+            sides += chunk.sides
+            if exhausted:
+                break
+            carried = chunk.key_faces.get(n - 1)
+            buffer, start = buffer[n - 1 :], start + n - 1
+        if face_size is None:
+            raise NoFaceError("no face")
+        all_probs = np.concatenate(probs)
+        valid = all_probs >= self.min_prob
+        all_landmarks = np.concatenate(landmarks)
+        all_landmarks[~valid] = np.nan
+        side = float(np.median(sides)) if sides else face_size
+        return FaceTrack(all_landmarks, all_probs, valid, side, np.concatenate(keys))
+
+    def _locate_chunk(self, frames, keys, carried, face_size) -> tuple[_Chunk, float | None]:
+        """Steps 1-3 on one chunk; `carried` is the face of its first frame, if located."""
+        src = _Frames(np.stack(frames), self.device, self._torch_frames)
+        n = len(frames)
+        search = keys if carried is _NOT_CARRIED else keys[1:]
+        empty = _Chunk(np.zeros(n, np.float32), np.full((n, 5, 2), np.nan, np.float32), {}, [])
+        if face_size is None:
+            if not len(search):
+                return empty, None
+            try:
+                face_size = self._seed(src, search)
+            except NoFaceError:
+                return empty, None  # no face yet: the next chunk seeds again
         work_scale = min(1.0, TRACK_FACE_SIZE / face_size)
         work = src.resized(np.arange(n), work_scale)
         h, w = src.shape_at(work_scale)
         sx, sy = w / src.width, h / src.height
-        key_faces = self._detect_keyframes(src, work, keys, face_size * work_scale, (sx, sy))
+        to_work = np.array([sx, sy], np.float32)
+        found = self._detect_keyframes(src, work, search, face_size * work_scale, (sx, sy))
+        sides = [float((b[2] - b[0]) / sx) for b, _, _ in found.values()]
+        key_faces = dict(found)
+        if carried is not _NOT_CARRIED and carried is not None:
+            box, prob, points = carried
+            key_faces[0] = (box * np.tile(to_work, 2), prob, points * to_work)
         probs = np.zeros(n, np.float32)
         landmarks = np.full((n, 5, 2), np.nan, np.float32)
         for k, (_, prob, points) in key_faces.items():
             probs[k], landmarks[k] = prob, points
         self._track(src, work, keys, key_faces, probs, landmarks)
-        valid = probs >= self.min_prob
-        landmarks[~valid] = np.nan
-        landmarks[..., 0] /= sx  # work -> input coordinates
-        landmarks[..., 1] /= sy
-        sides = [(b[2] - b[0]) / sx for b, _, _ in key_faces.values()]
-        return FaceTrack(landmarks, probs, valid, float(np.median(sides)), keys)
+        landmarks /= to_work  # work -> input coordinates
+        in_input = {
+            k: (box / np.tile(to_work, 2), prob, points / to_work)
+            for k, (box, prob, points) in key_faces.items()
+        }
+        return _Chunk(probs, landmarks, in_input, sides), face_size
 
     def _full_search(self, src: _Frames, index: np.ndarray) -> tuple[list[Faces], float, float]:
         """Full pyramid on frames `index` at the detection resolution; returns faces and scale."""

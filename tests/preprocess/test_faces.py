@@ -118,3 +118,34 @@ def test_cuda_matches_cpu(media_dir: Path) -> None:
     # Different resizers and float kernels: landmarks agree to a pixel, pixels on average.
     assert np.nanmax(np.abs(cpu.track.landmarks - gpu.track.landmarks)) < 1.5
     assert np.abs(cpu.frames.astype(int) - gpu.frames).mean() < 4
+
+
+def test_a_long_clip_streams_in_chunks_with_the_clips_keyframes(portraits) -> None:
+    """70 frames (more than two chunks), the face gone for a stretch across a chunk boundary:
+    streamed one frame at a time = located whole, keyframes those of the whole clip."""
+    frames = portrait_clip(load_rgb(portraits["astronaut"]), "astronaut", frames=70)
+    frames[30:41] = 127
+    aligner = FaceAligner(64, "cpu", detect_every=4)
+    whole = aligner.align_frames(frames)
+    track = aligner.locate_stream(f for f in frames)  # a generator: frames arrive one by one
+    assert track.keyframes.tolist() == keyframe_indices(70, 4).tolist()
+    assert track.valid.tolist() == [True] * 30 + [False] * 11 + [True] * 29
+    np.testing.assert_array_equal(track.landmarks, whole.track.landmarks)
+    crops = np.stack(list(aligner.warp_stream(iter(frames), aligner.transforms(track))))
+    np.testing.assert_array_equal(crops, whole.frames)
+
+
+def test_a_face_that_appears_late_is_found(portraits) -> None:
+    """No face in the whole first chunk: the next chunk seeds the face size."""
+    frames = portrait_clip(load_rgb(portraits["obama"]), "obama", frames=48)
+    frames[:36] = 127
+    track = FaceAligner(64, "cpu", detect_every=4).locate_stream(iter(frames))
+    assert track.valid.tolist() == [False] * 36 + [True] * 12
+
+
+def test_streamed_frames_are_checked() -> None:
+    aligner = FaceAligner(64, "cpu")
+    with pytest.raises(MaedferError, match="frame sizes differ"):
+        aligner.locate_stream([np.zeros((32, 32, 3), np.uint8), np.zeros((32, 30, 3), np.uint8)])
+    with pytest.raises(MaedferError, match="at least one frame"):
+        aligner.locate_stream([])
