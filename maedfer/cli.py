@@ -118,6 +118,19 @@ def prepare(
     limit: Annotated[
         int | None, typer.Option(min=1, help="Prepare only the first N clips (a trial run).")
     ] = None,
+    min_frames: Annotated[
+        int,
+        typer.Option(min=1, help="Reject videos with fewer frames ('too short'); official "
+                     "face-frame folders are exempt."),
+    ] = 8,
+    min_face_ratio: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Reject face-detected clips with a face in fewer "
+                     "of their frames ('face_ratio')."),
+    ] = 0.5,
+    retry_rejects: Annotated[
+        bool, typer.Option(help="Judge every reject of an earlier run in --out again.")
+    ] = False,
 ) -> None:
     """Index a raw dataset, detect and align faces, encode clips, write the manifest."""
     _call(
@@ -125,7 +138,8 @@ def prepare(
         dataset=dataset.value, raw=raw, out=out, workers=workers, size=size,
         index_only=index_only, codec=codec.value, from_video=from_video, reencode=reencode,
         shard=shard, merge=merge, device=_opt_device(device), detect_every=detect_every,
-        limit=limit,
+        limit=limit, min_frames=min_frames, min_face_ratio=min_face_ratio,
+        retry_rejects=retry_rejects,
     )  # fmt: skip
 
 

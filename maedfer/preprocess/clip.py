@@ -9,12 +9,21 @@
 - VoxCeleb2: probe the file and record the upper-centre crop, reading it in place; with
   ``--reencode``, decode, crop and encode instead.
 
-Every way a clip can fail becomes a `ClipResult` with a short reason, never an exception.
+Every way a clip can fail becomes a `ClipResult` with a short reason, never an exception: a
+verdict on the file (``reason``: corrupt, no face, too short, ...), or a failure of the machine
+(``failure``: no space left, permission denied, I/O error), which is no verdict: the driver
+retries it and never records it as done. Each result carries the ``stamp`` of the source it
+judged (size and modification time), so a file replaced after a run is prepared again.
+
+Videos stream (`FaceAligner.locate_stream`, then a second decode into `warp_stream` and the
+encoder): memory is bounded by a chunk of frames whatever the clip's length and resolution.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -22,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from maedfer.errors import MaedferError
+from maedfer.errors import MaedferError, is_environmental, os_error_line
 from maedfer.manifests import ClipEntry
 from maedfer.manifests.voxceleb2 import crop_box
 from maedfer.preprocess.encode import Codec, clip_suffix, write_clip
@@ -31,17 +40,21 @@ from maedfer.preprocess.video import (
     FRAME_FOLDER_FPS,
     VideoError,
     iter_video_frames,
+    list_frame_files,
+    prefetched,
     probe_video,
     read_frame_folder,
-    read_video_frames,
 )
 
 logger = logging.getLogger(__name__)
 
 IN_PLACE_DATASETS = ("voxceleb2",)
-# Decoded frames of one clip are kept in memory for alignment; past this they are scaled down
-# (a 100-s 720x576 eNTERFACE file would take 3 GB). Per worker process.
-MAX_CLIP_BYTES = 1 << 30
+# A clip shorter than this cannot hold a 16-frame window's worth of motion (a JPEG renamed
+# .mp4 is one frame); frame folders of the official faces are exempt (the reference pads them).
+MIN_FRAMES = 8
+# Face-detected clips with a face in fewer of their frames than this are rejected: the rest
+# would be background crops. The lab datasets have a face in every frame.
+MIN_FACE_RATIO = 0.5
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,8 @@ class PrepareOptions:
     size: int = 160
     codec: Codec = "h264"
     reencode: bool = False
+    min_frames: int = MIN_FRAMES
+    min_face_ratio: float = MIN_FACE_RATIO
 
     @property
     def in_place(self) -> bool:
@@ -75,10 +90,17 @@ class ClipResult:
     height: int | None = None
     crop: tuple[int, int, int, int] | None = None
     face_ratio: float | None = None
+    stamp: str | None = None
+    failure: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.reason is None
+        return self.reason is None and self.failure is None
+
+    @property
+    def failed(self) -> bool:
+        """An environmental failure: no verdict on the clip, to be retried."""
+        return self.failure is not None
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -115,7 +137,29 @@ class LoadedClip:
     align: bool = False
 
 
-def _rejected(entry: ClipEntry, exc: Exception) -> ClipResult:
+def source_stamp(path: Path) -> str:
+    """What a source looked like when judged: ``size:mtime_ns`` of a file; for a frame folder
+    the count, total size and newest mtime of its images; ``missing`` if absent."""
+    try:
+        if path.is_dir():
+            stats = [f.stat() for f in list_frame_files(path)]
+            newest = max((st.st_mtime_ns for st in stats), default=0)
+            return f"dir:{len(stats)}:{sum(st.st_size for st in stats)}:{newest}"
+        st = path.stat()
+    except FileNotFoundError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _rejected(entry: ClipEntry, exc: BaseException, stamp: str | None = None) -> ClipResult:
+    """The result of a failure: a reason for the file, or an environmental failure."""
+    if is_environmental(exc):
+        failure = os_error_line(exc) if isinstance(exc, OSError) else type(exc).__name__
+        return ClipResult(entry.clip_id, entry.source, stamp=stamp, failure=failure)
+    return dataclasses.replace(_verdict(entry, exc), stamp=stamp)
+
+
+def _verdict(entry: ClipEntry, exc: BaseException) -> ClipResult:
     """The reject row of a failure: known failures by their reason, anything else logged."""
     if isinstance(exc, (VideoError, NoFaceError)):
         reason = str(exc)
@@ -128,28 +172,28 @@ def _rejected(entry: ClipEntry, exc: Exception) -> ClipResult:
 
 
 def load_clip(entry: ClipEntry, options: PrepareOptions) -> LoadedClip:
-    """The input stage: decode the video, read the frame folder, or probe in place.
+    """The input stage: read the frame folder, or probe the video (in place: all there is).
 
-    Separate from `finish_clip` so the driver can decode the next clip while this one is
+    Separate from `finish_clip` so the driver can read the next clip while this one is
     aligned (decoding runs in FFmpeg without the GIL). Never raises.
     """
-    result = ClipResult(entry.clip_id, entry.source, path=planned_path(entry, options))
     source = options.raw_root / entry.source
+    stamp = source_stamp(source)
+    result = ClipResult(entry.clip_id, entry.source, path=planned_path(entry, options), stamp=stamp)
     try:
-        if options.in_place:
-            _probe_in_place(source, options, result)
-            return LoadedClip(entry, result)
-        if entry.kind == "frames":
+        if entry.kind == "frames" and not options.in_place:
             return LoadedClip(
                 entry, result, read_frame_folder(source, options.size), FRAME_FOLDER_FPS
             )
-        if options.dataset in IN_PLACE_DATASETS:
-            frames, fps = _read_crop(source, options)
-            return LoadedClip(entry, result, frames, fps)
-        frames, fps = read_video_frames(source, max_bytes=MAX_CLIP_BYTES)
-        return LoadedClip(entry, result, frames, fps, align=True)
+        info = probe_video(source)
+        _check_length(info.num_frames, options)
+        if options.in_place:
+            _record_in_place(info, options, result)
+            return LoadedClip(entry, result)
+        align = options.dataset not in IN_PLACE_DATASETS  # VoxCeleb2 --reencode: crop only
+        return LoadedClip(entry, result, None, info.fps, align=align)
     except Exception as exc:
-        return LoadedClip(entry, _rejected(entry, exc))
+        return LoadedClip(entry, _rejected(entry, exc, stamp))
 
 
 def finish_clip(
@@ -157,19 +201,43 @@ def finish_clip(
 ) -> ClipResult:
     """The output stage: align the faces where the clip needs it, encode. Never raises."""
     result = loaded.result
-    if not result.ok or loaded.frames is None:
+    if not result.ok or (loaded.frames is None and options.in_place):
         return result
+    source = options.raw_root / loaded.entry.source
     try:
-        frames = loaded.frames
-        if loaded.align:
+        if loaded.frames is not None:
+            _write(loaded.frames, loaded.fps, options, result)
+        elif loaded.align:
             if aligner is None:
                 raise RuntimeError("a FaceAligner is needed for videos")
-            aligned = aligner.align_frames(frames)
-            frames, result.face_ratio = aligned.frames, aligned.face_ratio
-        _write(frames, loaded.fps, options, result)
+            _align_and_write(source, loaded.fps, options, aligner, result)
+        else:
+            _write(_crops(source, options), loaded.fps, options, result)
     except Exception as exc:
-        return _rejected(loaded.entry, exc)
+        return _rejected(loaded.entry, exc, result.stamp)
     return result
+
+
+def _check_length(num_frames: int, options: PrepareOptions) -> None:
+    if num_frames < options.min_frames:
+        raise VideoError(f"too short: {num_frames} frames (--min-frames {options.min_frames})")
+
+
+def _align_and_write(source: Path, fps, options: PrepareOptions, aligner: FaceAligner,
+                     result: ClipResult) -> None:  # fmt: skip
+    """Two decodes: locate the face in every frame, then warp and encode frame by frame."""
+    track = aligner.locate_stream(prefetched(iter_video_frames(source)))
+    _check_length(len(track.valid), options)
+    if track.face_ratio < options.min_face_ratio:
+        raise VideoError(
+            f"face_ratio: a face in {track.face_ratio:.0%} of {len(track.valid)} frames "
+            f"(--min-face-ratio {options.min_face_ratio:g})"
+        )
+    crops = aligner.warp_stream(prefetched(iter_video_frames(source)), aligner.transforms(track))
+    _write(crops, fps, options, result)
+    if result.num_frames != len(track.valid):
+        raise VideoError(f"changed while read: {len(track.valid)} then {result.num_frames} frames")
+    result.face_ratio = track.face_ratio
 
 
 def process_clip(
@@ -185,11 +253,11 @@ def process_clip(
     return finish_clip(load_clip(entry, options), options, aligner)
 
 
-def _write(frames: np.ndarray, fps, options: PrepareOptions, result: ClipResult) -> None:
-    write_clip(frames, options.out / result.path, fps=fps, codec=options.codec)
-    result.num_frames = len(frames)
+def _write(frames, fps, options: PrepareOptions, result: ClipResult) -> None:
+    """Encode (an array or a stream of frames) and record the pixel fields."""
+    result.num_frames = write_clip(frames, options.out / result.path, fps=fps, codec=options.codec)
     result.fps = float(fps)
-    result.height, result.width = frames.shape[1:3]
+    result.height = result.width = options.size
 
 
 def _vox_crop(width: int, height: int, size: int) -> tuple[int, int, int, int]:
@@ -197,21 +265,20 @@ def _vox_crop(width: int, height: int, size: int) -> tuple[int, int, int, int]:
     return crop_box(min(size, width, height), width)
 
 
-def _probe_in_place(source: Path, options: PrepareOptions, result: ClipResult) -> None:
-    info = probe_video(source)
+def _record_in_place(info, options: PrepareOptions, result: ClipResult) -> None:
     result.num_frames, result.fps = info.num_frames, float(info.fps)
     result.width, result.height = info.width, info.height
     result.crop = _vox_crop(info.width, info.height, options.size)
 
 
-def _read_crop(source: Path, options: PrepareOptions) -> tuple[np.ndarray, Fraction]:
-    """VoxCeleb2 ``--reencode``: the frames cut to the upper-centre box, at `size`."""
-    info = probe_video(source)
-    x, y, w, h = _vox_crop(info.width, info.height, options.size)
-    frames = []
-    for frame in iter_video_frames(source):
+def _crops(source: Path, options: PrepareOptions) -> Iterator[np.ndarray]:
+    """VoxCeleb2 ``--reencode``: the frames cut to the upper-centre box, at `size`, streamed."""
+    box = None
+    for frame in prefetched(iter_video_frames(source)):
+        if box is None:
+            box = _vox_crop(frame.shape[1], frame.shape[0], options.size)
+        x, y, w, h = box
         crop = frame[y : y + h, x : x + w]
         if crop.shape[:2] != (options.size, options.size):
             crop = cv2.resize(crop, (options.size, options.size), interpolation=cv2.INTER_LINEAR)
-        frames.append(crop)
-    return np.stack(frames), info.fps
+        yield crop

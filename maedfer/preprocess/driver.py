@@ -8,8 +8,14 @@ It only loops, keeps state and shows progress; the work per clip is `maedfer.pre
   stale temporary files of a killed run are removed. The manifest and rejects are written
   atomically at the end, from the journal, sorted by key: a killed-and-resumed run gives the
   same manifest as an uninterrupted one.
+- **Judged files only**: a reject is tied to the source it judged (its ``stamp``: size and
+  mtime); a source that changed since is prepared again, and ``--retry-rejects`` re-judges
+  every reject. An environmental failure (full disk, permission, I/O error, a worker killed)
+  is no verdict: it is retried once at the end of the run, and if it persists the run ends
+  non-zero naming the clips, writes no manifest, and a plain re-run retries them.
 - **Parallel**: ``--workers N`` processes (from a fork server), one `FaceAligner` each; a
-  single process decodes the next clip in a thread while it aligns the current one.
+  single process decodes the next clip in a thread while it aligns the current one. Every
+  clip's result depends on the clip alone, so any worker count gives the same bytes.
 - **Shards**: ``--shard i/N`` prepares every N-th clip of the sorted index (starting at the i-th)
   and writes ``manifest.shard-i-of-N.parquet``; ``--merge`` combines all N into
   ``manifest.parquet`` -- a cluster array job over VoxCeleb2's 1.09M clips.
@@ -26,7 +32,8 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -47,12 +54,15 @@ from maedfer.manifests import (
     write_rejects,
 )
 from maedfer.preprocess.clip import (
+    MIN_FACE_RATIO,
+    MIN_FRAMES,
     ClipResult,
     LoadedClip,
     PrepareOptions,
     finish_clip,
     load_clip,
     planned_path,
+    source_stamp,
 )
 from maedfer.preprocess.encode import CODECS, PARTIAL_MARK
 from maedfer.preprocess.faces import resolve_device
@@ -132,6 +142,9 @@ class Journal:
         self._fh.flush()
 
     def add(self, result: ClipResult) -> None:
+        """Record a verdict; an environmental failure is not one and is never recorded."""
+        if result.failed:
+            return
         self.results[result.clip_id] = result
         self._write(result.to_json())
 
@@ -217,35 +230,92 @@ def _pool_context() -> mp.context.BaseContext:
     return ctx
 
 
-def _process(todo: list[ClipEntry], journal: Journal, options, aligner_kwargs, workers, done):
+# A worker that dies (killed, out of memory) takes the clips it held with it: they are tried
+# again in a new pool, and after this many deaths with a clip in hand it counts as a failure.
+MAX_WORKER_DEATHS = 2
+
+
+def _process(todo: list[ClipEntry], journal: Journal, options, aligner_kwargs, workers, done
+             ) -> list[ClipResult]:  # fmt: skip
+    """Prepare `todo`; the environmental failures that remain after one retry each."""
     bar = tqdm(
         total=len(todo) + done, initial=done, unit="clip", desc=f"prepare {options.dataset}",
         file=sys.stderr, dynamic_ncols=True, smoothing=0.05,
     )  # fmt: skip
-    rejected, pool = 0, None
-    try:
-        if workers <= 1:
-            _init_worker(options, aligner_kwargs, None)
-            results = _prefetched(todo, options)
+    counts = Counter()
+    failures: dict[str, ClipResult] = {}
+
+    def record(result: ClipResult) -> None:
+        journal.add(result)
+        if result.failed:
+            failures[result.clip_id] = result
         else:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            pool = _pool_context().Pool(
-                workers, initializer=_init_worker, initargs=(options, aligner_kwargs, threads)
-            )
-            results = pool.imap_unordered(_work, todo, chunksize=1)
-        for result in results:
-            journal.add(result)
-            rejected += not result.ok
-            bar.set_postfix(rejected=rejected, refresh=False)
+            counts["rejected"] += not result.ok
             bar.update()
-        if pool is not None:
-            pool.close()
-            pool.join()
-            pool = None
+        bar.set_postfix(rejected=counts["rejected"], failed=len(failures), refresh=False)
+
+    try:
+        for attempt in (1, 2):
+            if attempt == 2:
+                retry = [e for e in todo if e.clip_id in failures]
+                if not retry:
+                    break
+                logger.warning("retrying %d clip(s) that failed for environmental reasons",
+                               len(retry))  # fmt: skip
+                failures.clear()
+                todo = retry
+            if workers <= 1:
+                _init_worker(options, aligner_kwargs, None)
+                for result in _prefetched(todo, options):
+                    record(result)
+            else:
+                _in_pool(todo, options, aligner_kwargs, workers, record)
     finally:
-        if pool is not None:  # interrupted: stop the workers rather than orphan them
-            pool.terminate()
         bar.close()
+    return list(failures.values())
+
+
+def _in_pool(todo, options, aligner_kwargs, workers, record) -> None:
+    """Run `todo` on `workers` processes, at most two clips in flight per worker."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    deaths: Counter = Counter()
+    pending = list(reversed(todo))
+    while pending:
+        pool = ProcessPoolExecutor(
+            workers, mp_context=_pool_context(), initializer=_init_worker,
+            initargs=(options, aligner_kwargs, threads),
+        )  # fmt: skip
+        in_flight: dict = {}
+        try:
+            while pending or in_flight:
+                while pending and len(in_flight) < 2 * workers:
+                    entry = pending.pop()
+                    in_flight[pool.submit(_work, entry)] = entry
+                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    result = future.result()  # a dead worker raises here, for all it held
+                    del in_flight[future]
+                    record(result)
+        except BrokenProcessPool:
+            for entry in in_flight.values():
+                deaths[entry.clip_id] += 1
+                if deaths[entry.clip_id] >= MAX_WORKER_DEATHS:
+                    record(ClipResult(entry.clip_id, entry.source,
+                                      failure="worker died (killed or out of memory)"))  # fmt: skip
+                else:
+                    pending.append(entry)
+            logger.warning("a prepare worker died; %d clip(s) it held go to a new worker",
+                           len(in_flight))  # fmt: skip
+        except BaseException:  # interrupted: stop the workers rather than orphan them
+            _kill(pool)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.kill()
 
 
 # --------------------------------------------------------------------------- outputs
@@ -350,6 +420,9 @@ def run(
     device: str | None = None,
     detect_every: int = 4,
     limit: int | None = None,
+    min_frames: int = MIN_FRAMES,
+    min_face_ratio: float = MIN_FACE_RATIO,
+    retry_rejects: bool = False,
 ) -> dict[str, Any]:
     """Index a raw dataset, prepare its clips, write manifest and rejects (DESIGN.md §2-§4).
 
@@ -363,15 +436,23 @@ def run(
         shard: "i/N" to prepare one shard; merge: combine the N shard manifests in `out`.
         device: face detection device (None = CUDA when present); detect_every: detect on
             every k-th frame, track in between; limit: prepare only the first N clips.
+        min_frames: videos with fewer frames are rejected ("too short"); min_face_ratio:
+            face-detected clips with a face in fewer of their frames are rejected
+            ("face_ratio"); retry_rejects: judge the rejects of an earlier run again.
 
     Returns:
         A summary: ``ok``, ``rejected``, ``reasons`` (prefix -> count), ``seconds``,
         ``fingerprints``.
 
     Raises:
-        MaedferError: bad options, unknown dataset, or a raw tree without the dataset's layout.
+        MaedferError: bad options, unknown dataset, a raw tree without the dataset's layout,
+            or clips that failed for environmental reasons (after the summary is printed).
     """
     start = time.perf_counter()
+    if min_frames < 1:
+        raise MaedferError(f"--min-frames {min_frames} must be >= 1")
+    if not 0.0 <= min_face_ratio <= 1.0:
+        raise MaedferError(f"--min-face-ratio {min_face_ratio} must be between 0 and 1")
     if size % 2:
         raise MaedferError(f"--size {size} must be even (H.264/VP9 4:2:0 needs even sides)")
     if codec not in CODECS:
@@ -391,7 +472,8 @@ def run(
     if merge:
         return _merge(index, out)
     options = PrepareOptions(dataset=index.dataset, raw_root=index.raw_root, out=out, size=size,
-                             codec=codec, reencode=reencode)  # fmt: skip
+                             codec=codec, reencode=reencode, min_frames=min_frames,
+                             min_face_ratio=min_face_ratio)  # fmt: skip
     entries = shard_entries(index.entries, part)[:limit]
     # Files the protocol leaves out are listed once: by the unsharded run or by shard 1.
     rejects = list(index.rejects) if part is None or part[0] == 1 else []
@@ -401,8 +483,12 @@ def run(
         fingerprints = _write_outputs(df, rejects, index, out, part)
         ok = len(df)
     else:
-        results = _prepare(entries, options, out, part, workers=workers, device=device,
-                           detect_every=detect_every, from_video=from_video)  # fmt: skip
+        results, failures = _prepare(
+            entries, options, out, part, workers=workers, device=device,
+            detect_every=detect_every, from_video=from_video, retry_rejects=retry_rejects,
+        )  # fmt: skip
+        if failures:
+            _report_failures(index.dataset, failures, len(results), out)
         rejects += [(r.clip_id, r.source, r.reason) for r in results if not r.ok]
         df = _frame(results, entries, index)
         fingerprints = _write_outputs(df, rejects, index, out, part)
@@ -418,18 +504,48 @@ def run(
     }
 
 
+def _report_failures(dataset: str, failures: list[ClipResult], done: int, out: Path) -> None:
+    """Print the clips that failed for environmental reasons and end the run non-zero."""
+    print(f"prepare {dataset}: {done} clips done, {len(failures)} failed for environmental "
+          f"reasons (not rejected; the manifest in {out} is not written):")  # fmt: skip
+    reasons = Counter(f.failure for f in failures)
+    for reason, count in reasons.most_common():
+        ids = sorted(f.clip_id for f in failures if f.failure == reason)
+        more = f" (+{len(ids) - 3} more)" if len(ids) > 3 else ""
+        print(f"  {count} x {reason}: {', '.join(ids[:3])}{more}")
+    first = min(failures, key=lambda f: f.clip_id)
+    raise MaedferError(
+        f"{len(failures)} clip(s) failed for environmental reasons (e.g. {first.clip_id}: "
+        f"{first.failure}); fix the cause and run the same command again to retry them"
+    )
+
+
+def _needs_work(entry: ClipEntry, result: ClipResult | None, options: PrepareOptions,
+                retry_rejects: bool) -> bool:  # fmt: skip
+    """A clip to (re)do: never done, its clip file gone, its source changed since it was
+    judged, or a reject to judge again."""
+    if result is None:
+        return True
+    if not result.ok and retry_rejects:
+        return True
+    if result.ok and not options.in_place and not (options.out / result.path).is_file():
+        return True
+    if result.stamp is None:  # a journal from before stamps: trust it
+        return False
+    return source_stamp(options.raw_root / entry.source) != result.stamp
+
+
 def _prepare(entries, options: PrepareOptions, out: Path, part, *, workers, device,
-             detect_every, from_video) -> list[ClipResult]:  # fmt: skip
-    """Process the entries not finished yet; the results of all of them, from the journal."""
+             detect_every, from_video, retry_rejects=False
+             ) -> tuple[list[ClipResult], list[ClipResult]]:  # fmt: skip
+    """Process the entries not finished yet; the results of all of them, from the journal,
+    and the environmental failures that remain."""
     config = {k: str(v) for k, v in asdict(options).items() if k != "out"}
     config["from_video"] = str(from_video)
     journal = Journal(out / STATE_DIR / f"{output_names(part)[2]}.jsonl", config)
     try:
-        todo = []
-        for e in entries:
-            r = journal.results.get(e.clip_id)
-            if r is None or (r.ok and not options.in_place and not (out / r.path).is_file()):
-                todo.append(e)
+        done = journal.results
+        todo = [e for e in entries if _needs_work(e, done.get(e.clip_id), options, retry_rejects)]
         removed = _remove_partials(out, todo, options)
         if removed:
             logger.info("removed %d temporary file(s) of an interrupted run", removed)
@@ -437,7 +553,11 @@ def _prepare(entries, options: PrepareOptions, out: Path, part, *, workers, devi
             logger.info("resuming: %d of %d clips already done", len(entries) - len(todo),
                         len(entries))  # fmt: skip
         aligner_kwargs = dict(size=options.size, device=device, detect_every=detect_every)
-        _process(todo, journal, options, aligner_kwargs, workers, len(entries) - len(todo))
+        failures = _process(todo, journal, options, aligner_kwargs, workers,
+                            len(entries) - len(todo))  # fmt: skip
     finally:
         journal.close()
-    return [journal.results[e.clip_id] for e in entries if e.clip_id in journal.results]
+    failed = {f.clip_id for f in failures}
+    done = [journal.results[e.clip_id] for e in entries
+            if e.clip_id in journal.results and e.clip_id not in failed]  # fmt: skip
+    return done, failures

@@ -5,14 +5,21 @@ error part-way (a truncated or corrupt file), no frames at all -- raises `VideoE
 message is the short, stable reject reason the driver writes to ``rejects.parquet``:
 ``empty file``, ``unreadable: ...``, ``no video stream``, ``corrupt: ...``,
 ``truncated: N of M frames``, ``too short: 0 frames``, ``unreadable image: NAME``.
+A failure of the machine rather than of the file (no permission, an I/O error, no memory:
+`maedfer.errors.is_environmental`) is raised as it is, never turned into a reason: the file
+may be fine, and the driver retries it.
+
+Frames come upright: a video's display rotation (the matrix phone videos carry) is applied.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import queue
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -21,7 +28,7 @@ import av
 import cv2
 import numpy as np
 
-from maedfer.errors import MaedferError
+from maedfer.errors import MaedferError, is_environmental
 
 # Frame-folder datasets (DFEW, FERV39k, MAFW official faces) carry no frame rate; sampling is by
 # frame index (16 frames, stride 4), so this only fills the container's rate and the manifest.
@@ -39,13 +46,26 @@ class VideoError(MaedferError):
 
 @dataclass
 class VideoInfo:
-    """What a video's container says about its picture stream."""
+    """What a video's container says about its picture stream (width and height upright, after
+    the display rotation `rotation`, in degrees counter-clockwise as FFmpeg reports it)."""
 
     num_frames: int
     fps: Fraction
     width: int
     height: int
     codec: str
+    rotation: int = 0
+
+
+def _quarter_turns(rotation: float | None) -> int:
+    """np.rot90's k that shows a frame upright, from FFmpeg's display rotation in degrees."""
+    return int(round((rotation or 0) / 90)) % 4
+
+
+def upright(image: np.ndarray, rotation: float | None) -> np.ndarray:
+    """An (H, W, 3) frame turned by its display rotation (a multiple of 90 degrees)."""
+    k = _quarter_turns(rotation)
+    return np.ascontiguousarray(np.rot90(image, k)) if k else image
 
 
 def _one_line(exc: BaseException, limit: int = 100) -> str:
@@ -65,8 +85,11 @@ def _packets_in_file(path: Path) -> int:
         return -1
 
 
-def _decode_failure(path: Path, count: int, declared: int, exc: BaseException) -> VideoError:
-    """A decode error part-way: "truncated" when packets are missing, else "corrupt"."""
+def _decode_failure(path: Path, count: int, declared: int, exc: BaseException) -> Exception:
+    """A decode error part-way: "truncated" when packets are missing, else "corrupt"; an
+    environmental error comes back as it is."""
+    if is_environmental(exc):
+        return exc
     present = _packets_in_file(path)
     if declared and 0 <= present < TRUNCATED_FRACTION * declared:
         return VideoError(f"truncated: {present} of {declared} frames in the file")
@@ -81,6 +104,8 @@ def _open(path: Path) -> av.container.InputContainer:
     except VideoError:
         raise
     except Exception as exc:  # any failure to open is a reject, never a crash
+        if is_environmental(exc):
+            raise
         raise VideoError(f"unreadable: {_one_line(exc)}") from exc
 
 
@@ -118,7 +143,10 @@ def probe_video(path: str | Path) -> VideoInfo:
             raise _decode_failure(path, 0, info.num_frames, exc) from exc
         if first is None:
             raise VideoError("too short: 0 frames")
+        info.rotation = int(round(first.rotation or 0))
         info.width, info.height = first.width, first.height
+        if _quarter_turns(info.rotation) % 2:
+            info.width, info.height = info.height, info.width
         if info.num_frames <= 0:
             container.seek(0)
             info.num_frames = sum(1 for p in container.demux(stream) if p.size)
@@ -128,10 +156,11 @@ def probe_video(path: str | Path) -> VideoInfo:
 def iter_video_frames(
     path: str | Path, *, size: tuple[int, int] | None = None, threads: int = 0
 ) -> Iterator[np.ndarray]:
-    """Decode a video frame by frame as (H, W, 3) uint8 RGB.
+    """Decode a video frame by frame as (H, W, 3) uint8 RGB, upright (display rotation applied).
 
     Args:
-        size: (width, height) to scale to while converting (swscale, area filter); None = as is.
+        size: (width, height) of the upright frames to scale to while converting (swscale,
+            area filter); None = as is.
         threads: decoder threads, 0 = FFmpeg's choice.
 
     Raises:
@@ -154,18 +183,66 @@ def iter_video_frames(
                 break
             except Exception as exc:  # corrupt data is a reject, not a crash
                 raise _decode_failure(path, count, declared, exc) from exc
+            rotation = frame.rotation
             if size is None:
-                yield frame.to_ndarray(format="rgb24")
+                image = frame.to_ndarray(format="rgb24")
             else:
-                w, h = size
-                yield frame.reformat(
+                w, h = size if _quarter_turns(rotation) % 2 == 0 else size[::-1]
+                image = frame.reformat(
                     width=w, height=h, format="rgb24", interpolation="AREA"
                 ).to_ndarray()
+            yield upright(image, rotation)
             count += 1
     if count == 0:
         raise VideoError("too short: 0 frames")
     if declared and count < TRUNCATED_FRACTION * declared:
         raise VideoError(f"truncated: {count} of {declared} frames")
+
+
+def prefetched(items: Iterable, depth: int = 4) -> Iterator:
+    """`items` produced in a background thread, at most `depth` ahead of the consumer.
+
+    Decoding runs in FFmpeg without the GIL, so the next frames decode while the current ones
+    are aligned or encoded; memory stays at `depth` items. An exception in the producer is
+    raised in the consumer; a consumer that stops early stops the producer.
+    """
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((done, None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            slots.put((done, exc))
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = slots.get()
+            if item is done:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                slots.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
 
 
 def read_video_frames(

@@ -27,9 +27,9 @@ MAE-DFER ones (through :func:`maedfer.model.load_official`).
 from __future__ import annotations
 
 import argparse
-import os
 import json
 import logging
+import os
 import random
 from collections.abc import Mapping
 from pathlib import Path
