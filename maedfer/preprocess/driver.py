@@ -275,8 +275,10 @@ def _process(todo: list[ClipEntry], journal: Journal, options, aligner_kwargs, w
     return list(failures.values())
 
 
-def _in_pool(todo, options, aligner_kwargs, workers, record) -> None:
-    """Run `todo` on `workers` processes, at most two clips in flight per worker."""
+def _in_pool(todo, options, aligner_kwargs, workers, record, work=None) -> None:
+    """Run `todo` on `workers` processes, at most two clips in flight per worker; `work` is
+    the per-clip function (a module-level one; default: prepare the clip)."""
+    work = work or _work
     threads = max(1, (os.cpu_count() or 1) // workers)
     deaths: Counter = Counter()
     pending = list(reversed(todo))
@@ -290,7 +292,7 @@ def _in_pool(todo, options, aligner_kwargs, workers, record) -> None:
             while pending or in_flight:
                 while pending and len(in_flight) < 2 * workers:
                     entry = pending.pop()
-                    in_flight[pool.submit(_work, entry)] = entry
+                    in_flight[pool.submit(work, entry)] = entry
                 finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in finished:
                     result = future.result()  # a dead worker raises here, for all it held
@@ -508,12 +510,12 @@ def _report_failures(dataset: str, failures: list[ClipResult], done: int, out: P
     """Print the clips that failed for environmental reasons and end the run non-zero."""
     print(f"prepare {dataset}: {done} clips done, {len(failures)} failed for environmental "
           f"reasons (not rejected; the manifest in {out} is not written):")  # fmt: skip
-    reasons = Counter(f.failure for f in failures)
-    for reason, count in reasons.most_common():
-        ids = sorted(f.clip_id for f in failures if f.failure == reason)
-        more = f" (+{len(ids) - 3} more)" if len(ids) > 3 else ""
-        print(f"  {count} x {reason}: {', '.join(ids[:3])}{more}")
-    first = min(failures, key=lambda f: f.clip_id)
+    failures = sorted(failures, key=lambda f: f.clip_id)
+    for f in failures[:10]:
+        print(f"  {f.clip_id}: {f.failure}")
+    if len(failures) > 10:
+        print(f"  ... (+{len(failures) - 10} more)")
+    first = failures[0]
     raise MaedferError(
         f"{len(failures)} clip(s) failed for environmental reasons (e.g. {first.clip_id}: "
         f"{first.failure}); fix the cause and run the same command again to retry them"

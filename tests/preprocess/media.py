@@ -180,3 +180,22 @@ class MediaWriter:
             self.written[path] = stem
         else:
             path.write_bytes(b"")
+
+
+def set_display_rotation(path: Path, degrees: int) -> None:
+    """Give an MP4 a display rotation, as a phone writes it: the track header's matrix
+    (ISO 14496-12 ``tkhd``), rotating the picture `degrees` clockwise for display."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    at = data.find(b"tkhd")
+    version = data[at + 4]
+    # version+flags, times, track id, reserved, duration (v0: 20 bytes, v1: 32), reserved,
+    # layer, alternate group, volume, reserved: then the 3x3 matrix of 16.16 / 2.30 numbers.
+    offset = at + 4 + 4 + (20 if version == 0 else 32) + 8 + 8
+    turn = np.deg2rad(degrees)
+    cos, sin = round(np.cos(turn)), round(np.sin(turn))
+    one = 1 << 16
+    matrix = [cos * one, sin * one, 0, -sin * one, cos * one, 0, 0, 0, 1 << 30]
+    data[offset : offset + 36] = struct.pack(">9i", *matrix)
+    path.write_bytes(bytes(data))
