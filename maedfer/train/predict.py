@@ -14,9 +14,11 @@ and ``8..68``, exactly the two test views. A window's ``start_s``/``end_s`` are 
 from its first frame's start to its last frame's end, ``start_frame / fps`` and
 ``(end_frame + 1) / fps``.
 
-Every frame up to the last one a window uses is aligned, with ``prepare``'s aligner and its
-defaults (detection on keyframes, O-Net tracking and landmark smoothing between them), so a
-window sees crops made exactly as the training clips' frames were.
+Every frame is located and aligned with ``prepare``'s aligner and its defaults (detection on
+keyframes, O-Net tracking and landmark smoothing between them), so a window sees crops made
+exactly as the training clips' frames were. The video is streamed twice, as ``prepare`` does:
+once to locate the face (only landmarks are kept), once to warp the frames and classify each
+window as soon as its last frame is aligned; memory is bounded by a window, not the video.
 
 The checkpoint is a fine-tuning run's ``checkpoints/last.pt`` (DESIGN.md §6, written by
 :mod:`maedfer.train.checkpoint`), loaded with ``weights_only=True``: it names the model, its
@@ -30,7 +32,7 @@ import io
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +46,13 @@ from maedfer.atomic import atomic_path, write_text
 from maedfer.errors import MaedferError
 from maedfer.pipelines.augment import IMAGENET_MEAN, IMAGENET_STD, finish_clip
 from maedfer.preprocess.faces import FaceAligner, NoFaceError
-from maedfer.preprocess.video import VideoError, read_video_frames
+from maedfer.preprocess.video import VideoError, iter_video_frames, prefetched, probe_video
 from maedfer.train.checkpoint import load_checkpoint, model_from_checkpoint
 
 logger = logging.getLogger(__name__)
 
 BATCH_WINDOWS = 4  # windows per forward pass: memory stays small on CPU, GPUs are busy enough
 DEFAULT_STRIDE = 4  # MODEL.md §4: sampling rate 4, when a checkpoint does not say
-# Decoded frames beyond this are scaled down while decoding (aspect kept): a long 1080p video
-# would otherwise take tens of GiB. 4 GiB keeps 25 min of 360p or ~2.5 min of 1080p at full size.
-MAX_DECODED_BYTES = 4 << 30
 OUT_SUFFIXES = (".csv", ".json")
 
 
@@ -144,57 +143,103 @@ def _settings(checkpoint: Path, ckpt: Mapping[str, Any], model: nn.Module) -> di
 def _read_and_align(
     video: Path, settings: dict[str, Any], hop: int | None, device: str
 ) -> dict[str, Any]:
-    """Read ``video``, cut the windows, align the frames they use (``prepare``'s aligner)."""
+    """Locate the face in every frame of ``video`` and cut the windows (first decode).
+
+    Only the landmarks are kept (a few bytes a frame), so memory does not grow with the
+    video's length; the frames are decoded again, aligned and classified by `_classify`.
+    """
+    aligner = FaceAligner(size=settings["size"], device=device)
     try:
-        frames, fps = read_video_frames(video, max_bytes=MAX_DECODED_BYTES)
+        fps = float(probe_video(video).fps)
+        track = aligner.locate_stream(prefetched(iter_video_frames(video)))
     except VideoError as exc:  # its message is a bare reason: say which file
         raise MaedferError(f"cannot read video {video}: {exc}") from None
-    if not fps or not math.isfinite(fps) or fps <= 0:
-        raise MaedferError(f"{video} reports no usable frame rate ({fps})")
-    windows = window_indices(
-        len(frames), num_frames=settings["num_frames"], stride=settings["stride"], hop=hop
-    )
-    used = int(windows.max()) + 1  # frames past the last window's are never looked at
-    try:
-        aligned = FaceAligner(size=settings["size"], device=device).align_frames(frames[:used])
     except NoFaceError:
         raise MaedferError(
-            f"no face found in {video} (searched {used} frames): predict needs a visible face"
+            f"no face found in {video}: predict needs a visible face"
         ) from None
+    if not fps or not math.isfinite(fps) or fps <= 0:
+        raise MaedferError(f"{video} reports no usable frame rate ({fps})")
+    num_frames = len(track.valid)
+    windows = window_indices(
+        num_frames, num_frames=settings["num_frames"], stride=settings["stride"], hop=hop
+    )
+    transforms = aligner.transforms(track)
     return {
-        "faces": aligned.frames,
+        # the second decode: every frame aligned, yielded as it is made
+        "crops": lambda: aligner.warp_stream(prefetched(iter_video_frames(video)), transforms),
         "windows": windows,
-        "fps": float(fps),
-        "num_frames": len(frames),
-        "face_ratio": float(aligned.face_ratio),
+        "fps": fps,
+        "num_frames": num_frames,
+        "face_ratio": float(track.face_ratio),
     }
 
 
-def _window_batch(faces: np.ndarray, windows: np.ndarray, subtract_mean: bool) -> torch.Tensor:
-    """``(W, 3, T, S, S)`` float32 inputs from aligned faces, normalised as the pipelines do."""
+def _window_batch(clips: list[np.ndarray], subtract_mean: bool) -> torch.Tensor:
+    """``(W, 3, T, S, S)`` float32 inputs from (T, S, S, 3) aligned windows, normalised as the
+    pipelines do."""
     # The PyAV loader's order (maedfer.pipelines.pyav.load_sample): ImageNet mean/std on the
     # 0..255 values, then finish_clip's optional mean-frame subtraction on (3, T, H, W).
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1) * 255
-    clips = []
-    for window in windows:
-        clip = torch.from_numpy(faces[window]).permute(3, 0, 1, 2).float()  # (3, T, S, S)
-        clips.append(finish_clip((clip - mean) / std, subtract_mean=subtract_mean))
-    return torch.stack(clips)
+    out = []
+    for window in clips:
+        clip = torch.from_numpy(window).permute(3, 0, 1, 2).float()  # (3, T, S, S)
+        out.append(finish_clip((clip - mean) / std, subtract_mean=subtract_mean))
+    return torch.stack(out)
+
+
+def _windows_of(crops: Iterator[np.ndarray], windows: np.ndarray) -> Iterator[np.ndarray]:
+    """Each window's (T, S, S, 3) crops, as soon as its last frame has been aligned.
+
+    Only the crops a pending window still needs are kept (a window's span, not the video);
+    decoding stops after the last window's last frame.
+    """
+    needed = set(np.unique(windows).tolist())
+    kept: dict[int, np.ndarray] = {}
+    w = 0
+    for t, crop in enumerate(crops):
+        if t in needed:
+            kept[t] = crop
+        while w < len(windows) and int(windows[w].max()) <= t:
+            yield np.stack([kept[int(i)] for i in windows[w]])
+            w += 1
+            first = int(windows[w].min()) if w < len(windows) else t + 1
+            for k in [k for k in kept if k < first]:
+                del kept[k]
+        if w == len(windows):
+            return
 
 
 @torch.inference_mode()
-def _probabilities(
-    model: nn.Module, faces: np.ndarray, windows: np.ndarray, subtract_mean: bool, device: str
-) -> np.ndarray:
-    """``(W, C)`` softmax probabilities; inputs are built a batch at a time (long videos)."""
-    out = []
-    batches = range(0, len(windows), BATCH_WINDOWS)
-    for start in tqdm(batches, desc="windows", unit="batch", leave=False, disable=None):
-        inputs = _window_batch(faces, windows[start : start + BATCH_WINDOWS], subtract_mean)
-        logits = model(inputs.to(device))
-        out.append(torch.softmax(logits.float(), dim=1).cpu())
+def _classify(model: nn.Module, video: Path, clip: dict[str, Any], subtract_mean: bool,
+              device: str) -> np.ndarray:  # fmt: skip
+    """``(W, C)`` softmax probabilities; the second decode streams through the aligner and the
+    model a batch of windows at a time."""
+    windows = clip["windows"]
+    crops = clip["crops"]()
+    out, batch = [], []
+    bar = tqdm(total=len(windows), desc="windows", unit="window", leave=False, disable=None)
+    try:
+        for window in _windows_of(crops, windows):
+            batch.append(window)
+            if len(batch) == BATCH_WINDOWS:
+                out.append(_batch_probabilities(model, batch, subtract_mean, device))
+                bar.update(len(batch))
+                batch = []
+        if batch:
+            out.append(_batch_probabilities(model, batch, subtract_mean, device))
+            bar.update(len(batch))
+    except VideoError as exc:
+        raise MaedferError(f"cannot read video {video}: {exc}") from None
+    finally:
+        bar.close()
     return torch.cat(out).numpy()
+
+
+def _batch_probabilities(model, batch, subtract_mean: bool, device: str) -> torch.Tensor:
+    logits = model(_window_batch(batch, subtract_mean).to(device))
+    return torch.softmax(logits.float(), dim=1).cpu()
 
 
 def _rows(
@@ -335,7 +380,7 @@ def run(
     device = _pick_device(device)
     model, settings = load_classifier(checkpoint, device)
     clip = _read_and_align(video, settings, hop, device)
-    probs = _probabilities(model, clip["faces"], clip["windows"], settings["subtract_mean"], device)
+    probs = _classify(model, video, clip, settings["subtract_mean"], device)
     names = settings["class_names"]
     result = {
         "video": str(video),

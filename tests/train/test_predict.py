@@ -115,7 +115,8 @@ def test_json_output_and_summary(tmp_path: Path, monkeypatch) -> None:
 
     def fake_align(video, settings, hop, device):
         windows = predict.window_indices(100, num_frames=16, stride=4, hop=hop)
-        return dict(faces=faces, windows=windows, fps=25.0, num_frames=100, face_ratio=1.0)
+        return dict(crops=lambda: iter(faces), windows=windows, fps=25.0, num_frames=100,
+                    face_ratio=1.0)  # fmt: skip
 
     monkeypatch.setattr(predict, "_read_and_align", fake_align)
     out = tmp_path / "w.json"
@@ -166,13 +167,32 @@ def test_window_inputs_are_normalised_like_the_pipelines() -> None:
     values = np.arange(100, 100 + 8 * 20, 8)[:20]
     faces = np.broadcast_to(values[:, None, None, None], (20, 4, 4, 3)).astype(np.uint8)
     windows = predict.window_indices(20, num_frames=4, stride=2)  # frames 0,2,4,6 ... 12..18
-    plain = predict._window_batch(faces, windows, subtract_mean=False)
+    plain = predict._window_batch([faces[w] for w in windows], subtract_mean=False)
     assert plain.shape == (len(windows), 3, 4, 4, 4)
     mean, std = np.array(IMAGENET_MEAN) * 255, np.array(IMAGENET_STD) * 255
     expected = (values[windows[0]][None, :] - mean[:, None]) / std[:, None]  # (3, T)
     np.testing.assert_allclose(plain[0, :, :, 0, 0].numpy(), expected, rtol=1e-5)
-    centred = predict._window_batch(faces, windows, subtract_mean=True)
+    centred = predict._window_batch([faces[w] for w in windows], subtract_mean=True)
     steps = values[windows[0]] - values[windows[0]].mean()
     np.testing.assert_allclose(
         centred[0, :, :, 2, 3].numpy(), steps[None, :] / std[:, None], rtol=1e-5, atol=1e-6
     )
+
+
+def test_windows_stream_from_the_aligned_frames() -> None:
+    """Each window is cut as soon as its last frame arrives, equals the frames it names, and
+    frames after the last window's last frame are never asked for."""
+    faces = np.random.default_rng(1).integers(0, 256, (103, 4, 4, 3), dtype=np.uint8)
+    windows = predict.window_indices(103, num_frames=16, stride=4)
+    asked = []
+
+    def crops():
+        for t, face in enumerate(faces):
+            asked.append(t)
+            yield face
+
+    got = list(predict._windows_of(crops(), windows))
+    assert len(got) == len(windows)
+    for window, clip in zip(windows, got, strict=True):
+        np.testing.assert_array_equal(clip, faces[window])
+    assert asked[-1] == windows.max()
