@@ -83,3 +83,16 @@ def test_bad_portraits_are_one_line_errors(tmp_path) -> None:
         render.render_dataset(tmp_path / "raw", portraits=[blank], clips_per_class=1)
     with pytest.raises(MaedferError, match="at most 6 portraits"):
         render.actors_of(6, 1)
+
+
+def test_rendering_is_byte_identical_for_a_seed(tmp_path, portraits) -> None:
+    """Two renders with one seed, one and two processes: the same files, byte for byte."""
+    stems = sorted(portraits)[:2]
+    kwargs = dict(portraits=[portraits[s] for s in stems], actors_per_portrait=1,
+                  clips_per_class=1, num_frames=8, frame_size=64)  # fmt: skip
+    render.render_dataset(tmp_path / "a", workers=1, **kwargs)
+    render.render_dataset(tmp_path / "b", workers=2, **kwargs)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.mp4"))
+    assert len(files) == 2 * len(render.CLASSES)
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f

@@ -254,6 +254,8 @@ def test_shards_merge_to_the_unsharded_manifest(tmp_path: Path, portraits) -> No
     pd.testing.assert_frame_equal(one, merged)
     assert meta_one["fingerprints"] == meta_merged["fingerprints"]
     assert _rejects(tmp_path / "one") == _rejects(sharded)
+    for path in one["path"]:  # the same clips, byte for byte
+        assert (tmp_path / "one" / path).read_bytes() == (sharded / path).read_bytes()
     (sharded / "manifest.shard-2-of-3.parquet").unlink()
     failed = runner.invoke(app, ["prepare", *base, "--out", str(sharded), "--merge"])
     assert failed.exit_code == 1 and "shard(s) 2 of 3 missing" in failed.output
