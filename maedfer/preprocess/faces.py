@@ -52,9 +52,9 @@ TRACK_FACE_SIZE = 64.0
 # R-Net candidates per keyframe passed to O-Net: the face and its near duplicates rank first.
 KEYFRAME_TOP = 3
 # Frames located per chunk, and the most bytes of decoded frames a chunk may hold (a 4K chunk
-# is then 8 frames, 200 MB; a 720p one 32 frames, 88 MB).
+# is then 4 frames, 100 MB; a 720p one 32 frames, 88 MB).
 CHUNK_FRAMES = 32
-CHUNK_BYTES = 256 << 20
+CHUNK_BYTES = 128 << 20
 _NOT_CARRIED = object()  # the first frame of a chunk that no earlier chunk located
 
 
@@ -246,6 +246,39 @@ def warp_scale(transforms: np.ndarray) -> float:
     return float(np.median(np.sqrt(np.abs(np.linalg.det(transforms[:, :, :2])))))
 
 
+class _ChunkBuffer:
+    """Frames of one chunk in one preallocated array (no list of frames stacked again)."""
+
+    def __init__(self, extra: int = 0) -> None:
+        self.array: np.ndarray | None = None
+        self.count = 0
+        self.extra = extra
+
+    @property
+    def first(self) -> np.ndarray | None:
+        return self.array[0] if self.array is not None else None
+
+    @property
+    def full(self) -> bool:
+        return self.array is not None and self.count == len(self.array)
+
+    @property
+    def frames(self) -> np.ndarray:
+        return self.array[: self.count]
+
+    def add(self, frame: np.ndarray, multiple: int) -> None:
+        if self.array is None:
+            size = chunk_frames(frame.shape, multiple) + self.extra
+            self.array = np.empty((size, *frame.shape), np.uint8)
+        self.array[self.count] = frame
+        self.count += 1
+
+    def keep_last(self) -> None:
+        """Start the next chunk from this one's last frame."""
+        self.array[0] = self.array[self.count - 1]
+        self.count = 1
+
+
 @dataclass
 class _Chunk:
     """What locating one chunk gives: per-frame results in input coordinates, and the faces
@@ -351,24 +384,25 @@ class FaceAligner:
         """The clip's frames (arriving one by one, the same ones `locate_stream` saw) warped by
         `transforms` into (size, size, 3) uint8 crops, yielded as they are made."""
         scale = warp_scale(transforms)
-        chunk: list[np.ndarray] = []
+        chunk = _ChunkBuffer()
         done = 0
         for frame in frames:
-            chunk.append(self._check_frame(frame, chunk[0] if chunk else None))
-            if len(chunk) == chunk_frames(frame.shape, 1):
-                yield from self._warp_chunk(chunk, transforms[done : done + len(chunk)], scale)
-                done += len(chunk)
-                chunk = []
-        if chunk:
-            yield from self._warp_chunk(chunk, transforms[done : done + len(chunk)], scale)
-            done += len(chunk)
+            chunk.add(self._check_frame(frame, chunk.first), 1)
+            if chunk.full:
+                yield from self._warp_chunk(chunk.frames, transforms[done : done + chunk.count],
+                                            scale)  # fmt: skip
+                done += chunk.count
+                chunk.count = 0
+        if chunk.count:
+            yield from self._warp_chunk(chunk.frames, transforms[done : done + chunk.count], scale)
+            done += chunk.count
         if done != len(transforms):
             raise MaedferError(f"{done} frames to warp, but {len(transforms)} transforms")
 
     def _warp_chunk(self, chunk, transforms, scale) -> Iterator[np.ndarray]:
         if len(chunk) > len(transforms):
             raise MaedferError(f"more frames to warp than the {len(transforms)} located")
-        src = _Frames(np.stack(chunk), self.device, self._torch_frames)
+        src = _Frames(chunk, self.device, self._torch_frames)
         with cpu_threads(self.threads):
             crops = src.warp(transforms, self.size, self.batch_size, scale=scale)
         yield from crops
@@ -400,24 +434,23 @@ class FaceAligner:
         return frame
 
     def _locate_stream(self, frames: Iterator[np.ndarray]) -> FaceTrack:
-        buffer: list[np.ndarray] = []
-        carried: object = _NOT_CARRIED  # the face of buffer[0], located by the previous chunk
+        buffer = _ChunkBuffer(extra=1)  # a chunk and the keyframe that ends it
+        carried: object = _NOT_CARRIED  # the face of the chunk's first frame, if located
         face_size: float | None = None
         probs, landmarks, keys, sides = [], [], [], []
-        start, exhausted, size = 0, False, None
+        start, exhausted = 0, False
         while True:
-            while not exhausted and (size is None or len(buffer) <= size):
+            while not exhausted and not buffer.full:
                 frame = next(frames, None)
                 if frame is None:
                     exhausted = True
                 else:
-                    buffer.append(self._check_frame(frame, buffer[0] if buffer else None))
-                    size = size or chunk_frames(frame.shape, self.detect_every)
-            if not buffer:
+                    buffer.add(self._check_frame(frame, buffer.first), self.detect_every)
+            if not buffer.count:
                 raise MaedferError("a clip needs at least one frame; got none")
-            n = len(buffer) if exhausted else size + 1
+            n = buffer.count
             chunk_keys = keyframe_indices(n, self.detect_every)
-            chunk, face_size = self._locate_chunk(buffer[:n], chunk_keys, carried, face_size)
+            chunk, face_size = self._locate_chunk(buffer.frames, chunk_keys, carried, face_size)
             kept = n if exhausted else n - 1  # the chunk's last keyframe opens the next chunk
             probs.append(chunk.probs[:kept])
             landmarks.append(chunk.landmarks[:kept])
@@ -426,7 +459,8 @@ class FaceAligner:
             if exhausted:
                 break
             carried = chunk.key_faces.get(n - 1)
-            buffer, start = buffer[n - 1 :], start + n - 1
+            buffer.keep_last()
+            start += n - 1
         if face_size is None:
             raise NoFaceError("no face")
         all_probs = np.concatenate(probs)
@@ -438,7 +472,7 @@ class FaceAligner:
 
     def _locate_chunk(self, frames, keys, carried, face_size) -> tuple[_Chunk, float | None]:
         """Steps 1-3 on one chunk; `carried` is the face of its first frame, if located."""
-        src = _Frames(np.stack(frames), self.device, self._torch_frames)
+        src = _Frames(frames, self.device, self._torch_frames)
         n = len(frames)
         search = keys if carried is _NOT_CARRIED else keys[1:]
         empty = _Chunk(np.zeros(n, np.float32), np.full((n, 5, 2), np.nan, np.float32), {}, [])

@@ -199,7 +199,7 @@ def iter_video_frames(
         raise VideoError(f"truncated: {count} of {declared} frames")
 
 
-def prefetched(items: Iterable, depth: int = 4) -> Iterator:
+def prefetched(items: Iterable, depth: int = 2) -> Iterator:
     """`items` produced in a background thread, at most `depth` ahead of the consumer.
 
     Decoding runs in FFmpeg without the GIL, so the next frames decode while the current ones
