@@ -1,0 +1,103 @@
+"""Bad input to the training commands ends in one line, never a traceback (DESIGN.md §2).
+
+Each case runs through the real CLI on a tiny real manifest and real clips: exit code 1, and
+what the terminal shows is exactly one line starting ``maedfer: error:`` that names the file and
+what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner, Result
+
+from maedfer.cli import app
+from tests.train.clipdata import TINY_CLASSIFIER, TINY_MAE, make_dataset, one_thread
+
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+runner = CliRunner()
+
+
+def _sets(overrides: dict) -> list[str]:
+    return [a for k, v in overrides.items()
+            for a in ("--set", f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}")]
+
+
+def finetune(data: Path, out: Path, *extra: str) -> Result:
+    return runner.invoke(app, [
+        "finetune", "--data", str(data), "--fold", "1", "--out", str(out),
+        "--model", "lgi_former_tiny", "--epochs", "2", "--batch-size", "2", "--workers", "0",
+        "--mixup", "0", "--cutmix", "0", *_sets(TINY_CLASSIFIER), *extra,
+    ])  # fmt: skip
+
+
+def pretrain(data: Path, out: Path, *extra: str) -> Result:
+    return runner.invoke(app, [
+        "pretrain", "--data", str(data), "--out", str(out), "--model", "mae_lgi_former_tiny",
+        "--epochs", "1", "--batch-size", "2", "--workers", "0", *_sets(TINY_MAE), *extra,
+    ])  # fmt: skip
+
+
+def error_line(result: Result) -> str:
+    """The one line the user sees, checked to be a ``maedfer: error:`` line.
+
+    A progress bar redraws its line with carriage returns; the terminal keeps what follows the
+    last one, so that is what counts as the line's text.
+    """
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )  # an uncaught exception would print a traceback
+    assert "Traceback" not in result.output
+    shown = [line.split("\r")[-1] for line in result.output.split("\n")]
+    shown = [line for line in shown if line.strip()]
+    assert len(shown) == 1 and shown[0].startswith("maedfer: error: "), shown
+    return shown[0]
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("bad-input"), clips_per_class=4)  # 12 clips
+
+
+def _rewrite(manifest: Path, target: Path, column: str, values: pa.Array) -> Path:
+    """A copy of ``manifest`` (same folder, so the clips resolve) with one column replaced."""
+    table = pq.read_table(manifest)
+    table = table.set_column(table.column_names.index(column), column, values)
+    pq.write_table(table.replace_schema_metadata(pq.read_schema(manifest).metadata), target)
+    return target
+
+
+def test_string_labels(manifest: Path, tmp_path: Path) -> None:
+    labels = pq.read_table(manifest).column("label").to_pylist()
+    bad = _rewrite(manifest, manifest.parent / "strings.parquet", "label",
+                   pa.array([f"class{v}" for v in labels]))  # fmt: skip
+    line = error_line(finetune(bad, tmp_path / "run"))
+    assert str(bad) in line and "column 'label' holds string values; expected integers" in line
+
+
+def test_label_past_the_classes(manifest: Path, tmp_path: Path) -> None:
+    labels = pq.read_table(manifest).column("label").to_pylist()
+    labels[1] = 7  # c0_01 is in fold 2: a training clip of fold 1
+    bad = _rewrite(manifest, manifest.parent / "label7.parquet", "label",
+                   pa.array(labels, pa.int16()))  # fmt: skip
+    line = error_line(finetune(bad, tmp_path / "run"))
+    assert str(bad) in line and "clip c0_01 has label 7" in line
+    assert "names 3 classes (labels 0..2)" in line
+
+
+def test_all_clip_files_missing(tmp_path: Path) -> None:
+    gone = make_dataset(tmp_path / "gone", clips_per_class=2)  # 6 clips, 3 per fold
+    shutil.rmtree(tmp_path / "gone" / "clips")
+    # a worker process, as by default: its failure used to come back as a worker traceback
+    line = error_line(finetune(gone, tmp_path / "run", "--workers", "1"))
+    first = tmp_path / "gone" / "clips" / "c0_01.mp4"
+    assert f"manifest {gone}: all 3 clip files of the train rows (folds other than 1) are " \
+           f"missing, e.g. {first}" in line  # fmt: skip
+    line = error_line(pretrain(gone, tmp_path / "pt"))
+    assert "all 6 clip files of the pretrain rows are missing" in line
