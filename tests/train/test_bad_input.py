@@ -8,12 +8,14 @@ what is wrong with it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from typer.testing import CliRunner, Result
 
 from maedfer.cli import app
@@ -101,3 +103,20 @@ def test_all_clip_files_missing(tmp_path: Path) -> None:
            f"missing, e.g. {first}" in line  # fmt: skip
     line = error_line(pretrain(gone, tmp_path / "pt"))
     assert "all 6 clip files of the pretrain rows are missing" in line
+
+
+def test_random_file_as_init_or_resume_checkpoint(manifest: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(os.urandom(4096))
+    line = error_line(finetune(manifest, tmp_path / "ft", "--init", str(junk)))
+    assert line == f"maedfer: error: {junk} is not a PyTorch checkpoint (torch.load cannot read it)"
+    last = tmp_path / "pt" / "checkpoints" / "last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(os.urandom(4096))
+    line = error_line(pretrain(manifest, tmp_path / "pt", "--resume"))
+    assert f"{last} is not a PyTorch checkpoint" in line
+    # a real torch file holding an object the safe loader refuses: named, never "weights_only=False"
+    torch.save({"model": {}, "why": Path("x")}, junk)
+    line = error_line(finetune(manifest, tmp_path / "ft", "--init", str(junk)))
+    assert f"checkpoint {junk} cannot be read safely: it holds a pathlib." in line
+    assert "weights_only" not in line
