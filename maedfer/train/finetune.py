@@ -46,7 +46,13 @@ from maedfer.train.distributed import (
 from maedfer.train.heldout import manifest_info, merge_views, view_probabilities
 from maedfer.train.optim import create_optimizer, scaled_lr
 from maedfer.train.precision import PRECISIONS, autocast, grad_scaler, resolve_precision
-from maedfer.train.runtime import MetricsLog, StopSignals, parse_overrides, step_seed
+from maedfer.train.runtime import (
+    MetricsLog,
+    StopSignals,
+    nonfinite_stop,
+    parse_overrides,
+    step_seed,
+)
 from maedfer.train.schedule import WarmupCosine
 
 log = logging.getLogger(__name__)
@@ -150,6 +156,7 @@ class FinetuneRecipe:
         suffix = f"_fold{cfg.fold}" if cfg.fold is not None else ""
         self.out = Path(cfg.out) if cfg.out else Path("runs/finetune") / f"{self.dataset}{suffix}"
         self.checkpoint_path = self.out / "checkpoints" / ckpt_io.LAST
+        self._good_checkpoint: Path | None = None  # saved or resumed by this run
         self.epochs_run = self.global_step = self.epoch_step = 0
         self.nonfinite_steps = self._nonfinite_run = 0
         self._epoch_stats = [0.0, 0.0]  # loss sum and count of the current epoch (all ranks)
@@ -226,7 +233,9 @@ class FinetuneRecipe:
             return None
         if not self.checkpoint_path.is_file():
             raise MaedferError(f"--resume: no checkpoint at {self.checkpoint_path}")
-        return ckpt_io.load_checkpoint(self.checkpoint_path)
+        state = ckpt_io.load_checkpoint(self.checkpoint_path)
+        self._good_checkpoint = self.checkpoint_path
+        return state
 
     def _model_overrides(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -374,11 +383,8 @@ class FinetuneRecipe:
         log.warning("non-finite loss at epoch %d, step %d: step skipped (%d so far)",
                     epoch + 1, self.global_step + 1, self.nonfinite_steps)
         if self._nonfinite_run >= self.cfg.max_nonfinite:
-            raise MaedferError(
-                f"the loss was not finite for {self._nonfinite_run} optimiser steps in a row "
-                f"(epoch {epoch + 1}, step {self.global_step + 1}); the last good checkpoint is "
-                f"{self.checkpoint_path}; try a lower --lr, --clip-grad or --precision fp32"
-            )
+            raise nonfinite_stop(self._nonfinite_run, epoch=epoch + 1, step=self.global_step + 1,
+                                 checkpoint=self._good_checkpoint)
 
     def _train_epoch(self, epoch: int, stop: StopSignals) -> str:
         """One epoch from ``self.epoch_step``; returns ``done``, ``stopped`` or ``max_steps``.
@@ -525,6 +531,7 @@ class FinetuneRecipe:
 
     def save_checkpoint(self) -> None:
         """Write ``last.pt`` (rank 0; atomic) with everything an exact resume needs."""
+        self._good_checkpoint = self.checkpoint_path  # every rank: rank 0 writes it now
         if not self._env.is_main:
             return
         ckpt_io.save_checkpoint(self.checkpoint_path, {

@@ -19,6 +19,7 @@ import torch
 from typer.testing import CliRunner, Result
 
 from maedfer.cli import app
+from maedfer.train.finetune import FinetuneRecipe
 from tests.train.clipdata import TINY_CLASSIFIER, TINY_MAE, make_dataset, one_thread
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
@@ -120,3 +121,40 @@ def test_random_file_as_init_or_resume_checkpoint(manifest: Path, tmp_path: Path
     line = error_line(finetune(manifest, tmp_path / "ft", "--init", str(junk)))
     assert f"checkpoint {junk} cannot be read safely: it holds a pathlib." in line
     assert "weights_only" not in line
+
+
+def _nan_from(first_epoch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the training loss NaN from epoch ``first_epoch`` (0-based) on, keeping its graph."""
+    original = FinetuneRecipe._loss_step
+
+    def loss_step(self, batch, epoch, micro):  # noqa: ANN001, ANN202
+        loss = original(self, batch, epoch, micro)
+        return loss * float("nan") if epoch >= first_epoch else loss
+
+    monkeypatch.setattr(FinetuneRecipe, "_loss_step", loss_step)
+
+
+@pytest.fixture(scope="module")
+def manifest24(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # 12 training clips in fold 1, batch 2: 6 steps per epoch, more than the 5 non-finite
+    # steps in a row that stop a run, so the stop can come before the first checkpoint
+    return make_dataset(tmp_path_factory.mktemp("nan-data"), clips_per_class=8)
+
+
+def test_nonfinite_stop_before_any_checkpoint(manifest24, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "run"
+    stale = out / "checkpoints" / "last.pt"  # an earlier run's: not this run's last good state
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"earlier run")
+    _nan_from(0, monkeypatch)
+    line = error_line(finetune(manifest24, out))
+    assert "the loss was not finite for 5 optimiser steps in a row (epoch 1, step 5)" in line
+    assert "no checkpoint of this run was saved yet" in line and "last.pt" not in line
+
+
+def test_nonfinite_stop_names_the_saved_checkpoint(manifest24, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "run"
+    _nan_from(1, monkeypatch)
+    line = error_line(finetune(manifest24, out, "--epochs", "3"))
+    last = out / "checkpoints" / "last.pt"
+    assert f"the last good checkpoint is {last};" in line and last.is_file()
