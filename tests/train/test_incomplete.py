@@ -1,7 +1,8 @@
 """A test set that shrank is never scored as if complete (maedfer.train.coverage).
 
 Fine-tuning on a fold whose clip files are partly deleted or undecodable: report.json and the
-printed summary say how many test clips were expected, scored and which are missing.
+printed summary say how many test clips were expected, scored and which are missing; ``maedfer
+evaluate`` warns about such a run and marks it in the table and the JSON.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from maedfer.cli import app
 from maedfer.train import metrics
 from maedfer.train.coverage import coverage_keys, run_coverage
 from tests.train.clipdata import TINY_CLASSIFIER, make_dataset, one_thread
+from tests.train.test_evaluate import make_run
+from tests.train.test_metrics import FOLD_A, FOLD_B
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 runner = CliRunner()
@@ -58,6 +61,51 @@ def test_finetune_reports_missing_test_clips(tmp_path: Path) -> None:
     assert (report["clips_expected"], report["clips_scored"]) == (12, 12)
     assert report["missing_clips"] == [] and report["complete"] is True
     assert "on 12 of 12 clips" in result.stdout and "INCOMPLETE" not in result.stdout
+
+
+def _with_coverage(run: Path, expected: int, missing: list[str]) -> Path:
+    path = run / "report.json"
+    report = json.loads(path.read_text())
+    scored = report["num_clips"]
+    report.update(clips_expected=expected, clips_scored=scored, missing_clips=missing,
+                  complete=not missing)  # fmt: skip
+    metrics.write_report(path, report)
+    return run
+
+
+def test_evaluate_flags_an_incomplete_run(tmp_path: Path) -> None:
+    # FOLD_A has 8 clips: as if 3 more had been expected; FOLD_B's 6 clips are complete
+    short = _with_coverage(make_run(tmp_path / "fold1", *FOLD_A), 11, ["x1", "x2", "x3"])
+    whole = _with_coverage(make_run(tmp_path / "fold2", *FOLD_B), 6, [])
+    result = runner.invoke(app, ["evaluate", str(short), str(whole)])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warnings == [
+        f"maedfer: warning: run {short} is incomplete: 3 of 11 test clips were not scored "
+        "(files missing or undecodable); its figures cover only the 8 clips scored"
+    ]
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()
+            if line.startswith(str(tmp_path))}  # fmt: skip
+    assert rows[str(short)][:3] == ["8", "3", "*"] and rows[str(whole)][:2] == ["6", "0"]
+    assert "*" not in rows[str(whole)]
+    assert any(line.startswith("* incomplete: ") for line in result.stdout.splitlines())
+    result = runner.invoke(app, ["evaluate", str(short), str(whole), "--json"])
+    payload = json.loads(result.stdout)
+    fold1, fold2 = payload["runs"]
+    assert (fold1["complete"], fold1["clips_expected"], fold1["clips_scored"]) == (False, 11, 8)
+    assert fold1["missing_clips"] == ["x1", "x2", "x3"] and fold2["complete"] is True
+    assert payload["mean_over_folds"]["complete"] is False
+    assert payload["pooled"]["complete"] is False
+    saved = json.loads((tmp_path / "evaluation.json").read_text())
+    assert [r["complete"] for r in saved["runs"]] == [False, True]
+
+
+def test_evaluate_without_coverage_keys_says_unknown(tmp_path: Path) -> None:
+    runs = [make_run(tmp_path / "fold1", *FOLD_A), make_run(tmp_path / "fold2", *FOLD_B)]
+    result = runner.invoke(app, ["evaluate", *map(str, runs), "--json"])
+    payload = json.loads(result.stdout)
+    assert [r["complete"] for r in payload["runs"]] == [None, None]
+    assert payload["mean_over_folds"]["complete"] is None and "warning" not in result.stderr
 
 
 def test_coverage_counts() -> None:
