@@ -31,6 +31,7 @@ from maedfer.manifests.schema import (
     REJECT_COLUMNS,
     REJECTS_SCHEMA,
     REQUIRED_COLUMNS,
+    check_column_types,
 )
 
 log = logging.getLogger(__name__)
@@ -243,7 +244,8 @@ def read_manifest(path: Path | str) -> tuple[pd.DataFrame, dict[str, Any]]:
         ``dataset`` are then inferred from the rows where possible.
 
     Raises:
-        MaedferError: not a readable Parquet file, or a required column is missing.
+        MaedferError: not a readable Parquet file, a required column is missing, or a column
+            has the wrong kind of type (string labels, say).
     """
     path = Path(path)
     if not path.is_file():
@@ -261,6 +263,8 @@ def read_manifest(path: Path | str) -> tuple[pd.DataFrame, dict[str, Any]]:
             f"{path} lacks manifest column(s) {', '.join(missing)}; "
             f"expected the columns of DESIGN.md §3 ({', '.join(MANIFEST_COLUMNS)})"
         )
+    # else a string label would be coerced to a null below, silently
+    check_column_types(table.schema, str(path))
     meta = _decode_metadata(table.schema.metadata, path)
     df = _to_pandas(table)
     if "num_folds" not in meta:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from maedfer.errors import MaedferError
+
 #: Column order of a manifest, as in the table of DESIGN.md §3.
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "clip_id",
@@ -80,3 +82,48 @@ META_KEYS: tuple[str, ...] = (
 )
 #: Metadata values stored as JSON.
 META_JSON_KEYS: frozenset[str] = frozenset({"classes", "fingerprints"})
+
+
+def _kind(typ: pa.DataType) -> str:
+    """The broad kind of an Arrow type: what a reader of the column can rely on."""
+    if pa.types.is_integer(typ):
+        return "integer"
+    if pa.types.is_floating(typ):
+        return "floating"
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        return "string"
+    if pa.types.is_list(typ) or pa.types.is_fixed_size_list(typ) or pa.types.is_large_list(typ):
+        return "list"
+    return str(typ)
+
+
+#: Kinds accepted per expected kind: another tool may store numbers in any numeric type (pandas
+#: turns an int column with gaps into floats). String columns are not checked: their values are
+#: read with ``str()``, so an integer ``subject`` is fine.
+_NUMERIC = {"integer", "floating"}
+_ACCEPTED = {"integer": _NUMERIC, "floating": _NUMERIC, "list": {"list"}}
+_PLURAL = {"integer": "integers", "floating": "numbers", "list": "lists"}
+
+
+def check_column_types(schema: pa.Schema, source: str) -> None:
+    """Refuse a numeric or list manifest column whose type cannot hold what the contract puts in it.
+
+    Another tool's manifest may use wider types (int64 labels) and an all-null column may have
+    Arrow's null type; a different kind (string labels, say) would otherwise surface as a
+    pyarrow type error deep in a loader, or as labels silently read as nulls.
+
+    Raises:
+        MaedferError: e.g. ``manifest m.parquet: column 'label' holds string values; expected
+            integers (int16)``.
+    """
+    for field in MANIFEST_SCHEMA:
+        want = _kind(field.type)
+        if field.name not in schema.names or want not in _ACCEPTED:
+            continue
+        got = schema.field(field.name).type
+        if pa.types.is_null(got) or _kind(got) in _ACCEPTED[want]:
+            continue
+        raise MaedferError(
+            f"manifest {source}: column {field.name!r} holds {got} values; expected "
+            f"{_PLURAL[want]} ({field.type})"
+        )

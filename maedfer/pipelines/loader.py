@@ -23,7 +23,7 @@ import torch
 from maedfer.errors import MaedferError
 from maedfer.pipelines.plan import EpochPlan, SampleConfig
 from maedfer.pipelines.sampling import TemporalRule
-from maedfer.pipelines.select import ClipTable, load_clip_table
+from maedfer.pipelines.select import ClipTable, check_some_clip_exists, load_clip_table
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,15 @@ def default_workers(backend: str) -> int:
     return min(8, cores) if backend == "dali" else max(1, min(8, cores - 1))
 
 
+def _selection_text(mode: str, fold: int | None, split: str | None) -> str:
+    """The selected rows in words, e.g. ``the train rows (folds other than 1)``."""
+    if fold is not None and mode == "test":
+        return f"test fold {fold}"
+    if fold is not None:
+        return f"the {mode} rows (folds other than {fold})"
+    return f"split {split!r}" if split is not None else f"the {mode} rows"
+
+
 def build_loader(
     manifest: Path | str | pd.DataFrame,
     *,
@@ -242,8 +251,8 @@ def build_loader(
 
     Raises:
         MaedferError: bad option values, a missing manifest or column, a fold or split the
-            manifest lacks, an empty selection, no DALI/CUDA where asked for, or too few samples
-            for one batch with ``drop_last``.
+            manifest lacks, an empty selection, a selection whose clip files are all missing, no
+            DALI/CUDA where asked for, or too few samples for one batch with ``drop_last``.
     """
     if batch_size < 1:
         raise MaedferError(f"batch_size ({batch_size}) must be >= 1")
@@ -264,6 +273,7 @@ def build_loader(
         flip_only=flip_only, random_sign=random_sign, seed=seed,
     )  # fmt: skip
     table = load_clip_table(manifest, mode=mode, fold=fold, split=split, root=root)
+    check_some_clip_exists(table, what=_selection_text(mode, fold, split))
     workers = default_workers(backend_name) if workers is None else workers
     if backend_name == "dali":
         workers = max(1, workers)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maedfer.errors import MaedferError
+from maedfer.manifests.schema import check_column_types
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class ClipTable:
     crop: np.ndarray
     root: Path
     classes: list[str] | None = None
+    source: str = "the manifest"  # what error messages call it (the file, or a DataFrame)
 
     def __len__(self) -> int:
         return len(self.label)
@@ -59,6 +62,30 @@ class ClipTable:
 
     def row_clip_id(self, row: int) -> str:
         return str(self.clip_id[row].as_py())
+
+    def clip_ids(self) -> list[str]:
+        """Every selected clip id, in manifest order."""
+        return [str(c) for c in self.clip_id.to_pylist()]
+
+
+def check_some_clip_exists(table: ClipTable, *, what: str) -> None:
+    """Fail early, in one line, when none of the selected clip files exists.
+
+    A clips folder that was moved or never copied would otherwise surface as a decode failure
+    inside a loader worker. The scan stops at the first file found, so a healthy manifest costs
+    one ``stat``. Some missing files are left to the loaders, which replace and count them (and
+    a test set that shrank is reported as incomplete).
+
+    Raises:
+        MaedferError: naming the manifest, the selection ``what``, the first path and the count.
+    """
+    for row in range(len(table)):
+        if os.path.exists(table.clip_path(row)):
+            return
+    raise MaedferError(
+        f"manifest {table.source}: all {len(table)} clip files of {what} are missing, e.g. "
+        f"{table.clip_path(0)}; clip paths are read relative to {table.root}"
+    )
 
 
 def _read_parquet(path: Path) -> tuple[pa.Table, dict[str, str]]:
@@ -75,6 +102,7 @@ def _read_parquet(path: Path) -> tuple[pa.Table, dict[str, str]]:
             f"manifest {path} lacks column(s) {', '.join(missing)}; "
             f"the pipelines need {', '.join(NEEDED_COLUMNS)} (DESIGN.md §3)"
         )
+    check_column_types(schema, str(path))
     columns = [c for c in (*NEEDED_COLUMNS, *OPTIONAL_COLUMNS) if c in names]
     table = pq.read_table(path, columns=columns)
     raw = schema.metadata or {}
@@ -100,7 +128,13 @@ def _from_frame(df: pd.DataFrame) -> pa.Table:
         elif name in ("clip_id", "path", "split"):
             arrays.append(pa.array(values.astype(object).where(values.notna(), None).tolist()))
         else:
-            arrays.append(pa.array(pd.to_numeric(values), from_pandas=True))
+            try:
+                arrays.append(pa.array(pd.to_numeric(values), from_pandas=True))
+            except (ValueError, TypeError):
+                raise MaedferError(
+                    f"manifest DataFrame column {name!r} holds non-numeric values "
+                    f"(e.g. {values.iloc[0]!r}); expected integers"
+                ) from None
         names.append(name)
     return pa.table(arrays, names=names)
 
@@ -178,6 +212,18 @@ def _resolve_root(table: pa.Table, meta: dict[str, str], manifest_dir: Path | No
     return base
 
 
+def _check_label_range(table: pa.Table, label: np.ndarray, num_classes: int, source: str) -> None:
+    # a label past the class list would fail later as an IndexError inside the loss
+    beyond = np.flatnonzero(label >= num_classes)
+    if beyond.size:
+        clip = table.column("clip_id")[int(beyond[0])].as_py()
+        raise MaedferError(
+            f"manifest {source}: clip {clip} has label {int(label[beyond[0]])}, but its "
+            f"maedfer.classes metadata names {num_classes} classes (labels 0..{num_classes - 1})"
+            f"; {beyond.size} clip(s) are out of range"
+        )
+
+
 def load_clip_table(
     manifest: Path | str | pd.DataFrame,
     *,
@@ -189,8 +235,10 @@ def load_clip_table(
     """Read a manifest (file or DataFrame) and keep the rows selected by ``fold`` / ``split``.
 
     Raises:
-        MaedferError: missing file or columns, a fold or split the manifest does not have, both
-            given, an empty selection, or unlabelled rows (label -1) selected for training or test.
+        MaedferError: missing file or columns, a column of the wrong type (string labels), a
+            fold or split the manifest does not have, both given, an empty selection, unlabelled
+            rows (label -1) selected for training or test, or a label past the manifest's
+            ``maedfer.classes``.
     """
     if isinstance(manifest, pd.DataFrame):
         table, meta, source, manifest_dir = _from_frame(manifest), {}, "the manifest", None
@@ -209,6 +257,8 @@ def load_clip_table(
         raise MaedferError(f"{mode} mode needs labelled clips, but {bad} in {source} has label -1"
                            " (use mode pretrain for unlabelled data)")
     classes = json.loads(meta["maedfer.classes"]) if "maedfer.classes" in meta else None
+    if mode != "pretrain" and classes is not None:
+        _check_label_range(table, label, len(classes), source)
     return ClipTable(
         clip_id=table.column("clip_id").combine_chunks(),
         path=table.column("path").combine_chunks(),
@@ -217,4 +267,5 @@ def load_clip_table(
         crop=_crop_column(table),
         root=Path(root) if root is not None else _resolve_root(table, meta, manifest_dir),
         classes=classes,
+        source=source,
     )

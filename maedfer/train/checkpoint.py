@@ -31,6 +31,8 @@ import json
 import logging
 import os
 import random
+import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -112,6 +114,22 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
+def _unreadable(path: Path, exc: Exception) -> MaedferError:
+    """One line on why ``torch.load(weights_only=True)`` refused ``path``.
+
+    Torch's own text is not passed on: it suggests ``weights_only=False``, which would run any
+    code the file holds, and maedfer never loads a checkpoint that way.
+    """
+    with open(path, "rb") as handle:
+        legacy = handle.read(1) == b"\x80"  # a pickle: torch.save before torch 1.6
+    if not (legacy or zipfile.is_zipfile(path)):  # torch.save writes zip archives
+        return MaedferError(f"{path} is not a PyTorch checkpoint (torch.load cannot read it)")
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    why = (f"it holds a {found.group(1)}, which is neither a tensor nor a plain value" if found
+           else "it is damaged or holds objects other than tensors and plain values")
+    return MaedferError(f"checkpoint {path} cannot be read safely: {why}")
+
+
 def _torch_load(path: Path) -> Any:
     # Official MAE-DFER checkpoints also hold the run's argparse.Namespace: harmless, allowed.
     try:
@@ -119,11 +137,12 @@ def _torch_load(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise MaedferError(f"checkpoint {path} does not exist") from None
+    except IsADirectoryError:
+        raise MaedferError(f"checkpoint {path} is a folder; expected a .pt file") from None
+    except OSError as exc:  # permissions and the like: the file, not its content
+        raise MaedferError(f"cannot open checkpoint {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # noqa: BLE001 (unpickling raises many types; all mean "unreadable")
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MaedferError(
-            f"cannot read checkpoint {path} with torch.load(weights_only=True): {first}"
-        ) from None
+        raise _unreadable(path, exc) from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -12,6 +12,10 @@ aggregations, each labelled as what it is:
   figure the MAE-DFER README tables publish (DATASETS.md §1.2);
 - *pooled over N clips*: UAR and WAR of all predictions together.
 
+A run whose ``report.json`` says test clips were not scored (files missing or undecodable) is
+flagged: a warning line on stderr, a ``*`` in the table's ``missing`` column with a footnote, and
+``complete: false`` in the JSON (per run and on both aggregations).
+
 With several runs ``evaluation.json`` and ``confusion_pooled.png`` are written to ``out``
 (default: the deepest folder holding every run, e.g. ``runs/dfew`` for ``runs/dfew/fold1..5``).
 """
@@ -29,6 +33,7 @@ import typer
 
 from maedfer.errors import MaedferError
 from maedfer.train import metrics
+from maedfer.train.coverage import describe_missing, run_coverage
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +56,7 @@ class RunPredictions:
     class_names: list[str]
     views: int | None
     dataset: str | None = None
+    coverage: dict | None = None  # coverage.run_coverage: test clips expected, scored, missing
 
 
 def _report_json(folder: Path) -> dict:
@@ -113,6 +119,7 @@ def load_run(run: Path) -> RunPredictions:
         class_names=list(classes),
         views=int(views) if views is not None else None,
         dataset=report.get("dataset"),
+        coverage=run_coverage(report, len(columns["clip_id"])),
     )
 
 
@@ -181,15 +188,35 @@ def _matrix_lines(report: dict, heading: str) -> list[str]:
     return lines
 
 
+def _missing_cell(coverage: dict) -> str:
+    """``40 *`` for an incomplete run, ``0`` for a complete one, ``?`` when unknown."""
+    if coverage["complete"] is None:
+        return "?  "
+    return f"{coverage['num_missing']} *" if not coverage["complete"] else "0  "
+
+
+def _footnotes(results: list[RunPredictions]) -> list[str]:
+    states = {r.coverage["complete"] for r in results}
+    lines = []
+    if False in states:
+        lines.append("* incomplete: test clips whose files were missing or undecodable were not "
+                     "scored; UAR/WAR (and the summaries below) cover only the clips scored "
+                     "(report.json lists them under missing_clips)")  # fmt: skip
+    if None in states:
+        lines.append("? unknown: report.json does not say how many test clips were expected")
+    return lines
+
+
 def _format(results: list[RunPredictions], reports: list[dict], summary: dict | None) -> str:
     names = [str(r.run) for r in results]
     width = max(30, *(len(n) for n in names))
-    lines = [f"{'run':<{width}} {'clips':>7} {'UAR %':>7} {'WAR %':>7}"]
-    for name, report in zip(names, reports, strict=True):
+    lines = [f"{'run':<{width}} {'clips':>7} {'missing':>9} {'UAR %':>7} {'WAR %':>7}"]
+    for name, report, result in zip(names, reports, results, strict=True):
         lines.append(
-            f"{name:<{width}} {report['num_clips']:>7} {_pct(report['uar']):>7} "
-            f"{_pct(report['war']):>7}"
+            f"{name:<{width}} {report['num_clips']:>7} {_missing_cell(result.coverage):>9} "
+            f"{_pct(report['uar']):>7} {_pct(report['war']):>7}"
         )
+    lines += _footnotes(results)
     class_names = reports[0]["class_names"]
     partial = [r for r in [*reports, *([summary["pooled"]] if summary else [])]
                if None in r["per_class_recall"].values()]  # fmt: skip
@@ -221,6 +248,25 @@ def _format(results: list[RunPredictions], reports: list[dict], summary: dict | 
     return "\n".join(lines)
 
 
+def _warn_incomplete(results: list[RunPredictions]) -> None:
+    """One stderr line per incomplete run (stdout stays the table or the JSON)."""
+    for result in results:
+        coverage = result.coverage
+        if coverage["complete"] is False:
+            typer.echo(
+                f"maedfer: warning: run {result.run} is incomplete: "
+                f"{describe_missing(coverage['num_missing'], coverage['clips_expected'])}; "
+                f"its figures cover only the {coverage['clips_scored']} clips scored",
+                err=True,
+            )
+
+
+def _all_complete(results: list[RunPredictions]) -> bool | None:
+    """False if any run is incomplete, None if any is unknown (and none incomplete), else True."""
+    states = [r.coverage["complete"] for r in results]
+    return False if False in states else None if None in states else True
+
+
 def _default_out(results: list[RunPredictions]) -> Path:
     return Path(os.path.commonpath([r.folder.resolve() for r in results]))
 
@@ -236,8 +282,11 @@ def run(runs: list[Path], as_json: bool = False, out: Path | None = None) -> dic
             runs only); default the deepest folder holding every run.
 
     Returns:
-        ``{"runs": [{"run", "report", "confusion_png"}...]}`` plus, for several runs,
-        ``mean_over_folds``, ``pooled``, ``pooled_confusion_png`` and ``summary_json``.
+        ``{"runs": [{"run", "report", "confusion_png", "complete", "clips_expected",
+        "clips_scored", "missing_clips"}...]}`` plus, for several runs, ``mean_over_folds`` and
+        ``pooled`` (each with ``complete``: False when any run missed test clips, None when a
+        run does not say), ``pooled_confusion_png`` and ``summary_json``. ``complete`` is None
+        for a run whose report.json lacks ``clips_expected``.
 
     Raises:
         MaedferError: no runs, a run folder without readable predictions, the same run twice,
@@ -257,20 +306,23 @@ def run(runs: list[Path], as_json: bool = False, out: Path | None = None) -> dic
     else:
         reports = [metrics.classification_report(results[0].labels, results[0].preds,
                                                  class_names, views)]  # fmt: skip
+    _warn_incomplete(results)
     payload: dict = {"runs": []}
     for result, report in zip(results, reports, strict=True):
         png = result.folder / CONFUSION_PNG
         metrics.plot_confusion(report, png, title=str(result.run))
+        coverage = {k: v for k, v in result.coverage.items() if k != "num_missing"}
         payload["runs"].append(
-            {"run": str(result.run), "report": report, "confusion_png": str(png)}
+            {"run": str(result.run), "report": report, "confusion_png": str(png), **coverage}
         )
     if summary is not None:
         out = Path(out) if out is not None else _default_out(results)
         png, summary_json = out / POOLED_PNG, out / SUMMARY_JSON
         metrics.plot_confusion(summary["pooled"], png, title=summary["pooled"]["label"])
+        complete = _all_complete(results)
         payload.update(
-            mean_over_folds=summary["mean_over_folds"],
-            pooled=summary["pooled"],
+            mean_over_folds={**summary["mean_over_folds"], "complete": complete},
+            pooled={**summary["pooled"], "complete": complete},
             pooled_confusion_png=str(png),
             summary_json=str(summary_json),
         )

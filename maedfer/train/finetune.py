@@ -9,7 +9,9 @@ encoder), one of our fine-tuning checkpoints (its encoder), or an official MAE-D
 and ``SoftTargetCrossEntropy``, the loader's train augmentations. Testing: the fold's (or the
 fixed split's) test clips, ``test_views`` temporal views each, softmax probabilities averaged
 per clip; at the end (and every ``eval_every`` epochs) ``predictions.parquet`` and
-``report.json`` (UAR over the classes present in the test set) are written by rank 0.
+``report.json`` (UAR over the classes present in the test set; the test clips expected, scored
+and missing, since a clip whose file is missing or undecodable cannot be scored) are written by
+rank 0.
 
 With region pooling the last block's cross-attention cannot reach the logits (MODEL.md §7.13):
 the recipe builds the classifier with ``skip_unused_tail=True`` (same logits, less compute) and
@@ -35,6 +37,7 @@ from maedfer.errors import MaedferError
 from maedfer.model import LGIFormer, create_model
 from maedfer.train import checkpoint as ckpt_io
 from maedfer.train import metrics
+from maedfer.train.coverage import coverage_keys, describe_missing
 from maedfer.train.distributed import (
     DistEnv,
     all_reduce_sum,
@@ -46,7 +49,13 @@ from maedfer.train.distributed import (
 from maedfer.train.heldout import manifest_info, merge_views, view_probabilities
 from maedfer.train.optim import create_optimizer, scaled_lr
 from maedfer.train.precision import PRECISIONS, autocast, grad_scaler, resolve_precision
-from maedfer.train.runtime import MetricsLog, StopSignals, parse_overrides, step_seed
+from maedfer.train.runtime import (
+    MetricsLog,
+    StopSignals,
+    nonfinite_stop,
+    parse_overrides,
+    step_seed,
+)
 from maedfer.train.schedule import WarmupCosine
 
 log = logging.getLogger(__name__)
@@ -150,6 +159,7 @@ class FinetuneRecipe:
         suffix = f"_fold{cfg.fold}" if cfg.fold is not None else ""
         self.out = Path(cfg.out) if cfg.out else Path("runs/finetune") / f"{self.dataset}{suffix}"
         self.checkpoint_path = self.out / "checkpoints" / ckpt_io.LAST
+        self._good_checkpoint: Path | None = None  # saved or resumed by this run
         self.epochs_run = self.global_step = self.epoch_step = 0
         self.nonfinite_steps = self._nonfinite_run = 0
         self._epoch_stats = [0.0, 0.0]  # loss sum and count of the current epoch (all ranks)
@@ -226,7 +236,9 @@ class FinetuneRecipe:
             return None
         if not self.checkpoint_path.is_file():
             raise MaedferError(f"--resume: no checkpoint at {self.checkpoint_path}")
-        return ckpt_io.load_checkpoint(self.checkpoint_path)
+        state = ckpt_io.load_checkpoint(self.checkpoint_path)
+        self._good_checkpoint = self.checkpoint_path
+        return state
 
     def _model_overrides(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -374,11 +386,8 @@ class FinetuneRecipe:
         log.warning("non-finite loss at epoch %d, step %d: step skipped (%d so far)",
                     epoch + 1, self.global_step + 1, self.nonfinite_steps)
         if self._nonfinite_run >= self.cfg.max_nonfinite:
-            raise MaedferError(
-                f"the loss was not finite for {self._nonfinite_run} optimiser steps in a row "
-                f"(epoch {epoch + 1}, step {self.global_step + 1}); the last good checkpoint is "
-                f"{self.checkpoint_path}; try a lower --lr, --clip-grad or --precision fp32"
-            )
+            raise nonfinite_stop(self._nonfinite_run, epoch=epoch + 1, step=self.global_step + 1,
+                                 checkpoint=self._good_checkpoint)
 
     def _train_epoch(self, epoch: int, stop: StopSignals) -> str:
         """One epoch from ``self.epoch_step``; returns ``done``, ``stopped`` or ``max_steps``.
@@ -488,10 +497,18 @@ class FinetuneRecipe:
             return None
         ids, labels, probs, views = merge_views([r for part in gathered for r in part])
         report = metrics.classification_report(labels, probs.argmax(1), self.classes, views)
+        # test clips that failed to decode were replaced, so they are absent from ids: say so
+        coverage = coverage_keys(self._test_loader.table.clip_ids(), ids)
         report.update({"dataset": self.dataset, "fold": self.cfg.fold,
-                       "epoch": self.epochs_run, "step": self.global_step})
+                       "epoch": self.epochs_run, "step": self.global_step, **coverage})
         self._metrics.write({"kind": "test", "epoch": self.epochs_run, "step": self.global_step,
-                             "uar": report["uar"], "war": report["war"], "final": write})
+                             "uar": report["uar"], "war": report["war"], "final": write,
+                             "clips_expected": coverage["clips_expected"],
+                             "clips_scored": coverage["clips_scored"]})  # fmt: skip
+        if write and not coverage["complete"]:
+            log.warning("incomplete test set: %s", describe_missing(
+                len(coverage["missing_clips"]), coverage["clips_expected"],
+                coverage["missing_clips"]))  # fmt: skip
         if write:
             metrics.write_predictions(self.out / "predictions.parquet", ids, labels, probs,
                                       self.classes)
@@ -525,6 +542,7 @@ class FinetuneRecipe:
 
     def save_checkpoint(self) -> None:
         """Write ``last.pt`` (rank 0; atomic) with everything an exact resume needs."""
+        self._good_checkpoint = self.checkpoint_path  # every rank: rank 0 writes it now
         if not self._env.is_main:
             return
         ckpt_io.save_checkpoint(self.checkpoint_path, {
@@ -556,10 +574,15 @@ def _summary(result: dict[str, Any], classes: list[str]) -> str:
     report = result["report"]
     if report is not None:
         present = sum(r is not None for r in report["per_class_recall"].values())
+        scored, expected = report["clips_scored"], report["clips_expected"]
         lines.append(
-            f"  test: UAR {report['uar']:.4f}  WAR {report['war']:.4f}  on {report['num_clips']} "
+            f"  test: UAR {report['uar']:.4f}  WAR {report['war']:.4f}  on {scored} of {expected} "
             f"clips, {report['views']} views (chance UAR {1 / max(present, 1):.4f})"
         )
+        if not report["complete"]:
+            missing = report["missing_clips"]
+            lines.append(f"  INCOMPLETE: {describe_missing(len(missing), expected, missing)} "
+                         "(all listed in report.json under missing_clips)")
         lines.append(f"  report: {Path(result['out']) / 'report.json'}")
     lines.append(f"  checkpoint: {result['checkpoint']}")
     if result["nonfinite_steps"]:

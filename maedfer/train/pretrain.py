@@ -36,7 +36,13 @@ from maedfer.train import checkpoint as ckpt_io
 from maedfer.train.distributed import DistEnv, all_reduce_sum, cleanup, init_distributed, wrap_ddp
 from maedfer.train.optim import create_optimizer, scaled_lr
 from maedfer.train.precision import PRECISIONS, autocast, grad_scaler, resolve_precision
-from maedfer.train.runtime import MetricsLog, StopSignals, parse_overrides, step_seed
+from maedfer.train.runtime import (
+    MetricsLog,
+    StopSignals,
+    nonfinite_stop,
+    parse_overrides,
+    step_seed,
+)
 from maedfer.train.schedule import WarmupCosine
 
 log = logging.getLogger(__name__)
@@ -112,6 +118,7 @@ class PretrainRecipe:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.checkpoint_path = self.out / "checkpoints" / ckpt_io.LAST
+        self._good_checkpoint: Path | None = None  # saved or resumed by this run
         self.epochs_run = 0  # epochs completed
         self.global_step = 0  # optimiser steps completed
         self.epoch_step = 0  # optimiser steps completed inside the current epoch
@@ -173,7 +180,9 @@ class PretrainRecipe:
             return None
         if not self.checkpoint_path.is_file():
             raise MaedferError(f"--resume: no checkpoint at {self.checkpoint_path}")
-        return ckpt_io.load_checkpoint(self.checkpoint_path)
+        state = ckpt_io.load_checkpoint(self.checkpoint_path)
+        self._good_checkpoint = self.checkpoint_path
+        return state
 
     def _model_overrides(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -282,11 +291,8 @@ class PretrainRecipe:
         log.warning("non-finite loss at epoch %d, step %d: step skipped (%d so far)",
                     epoch + 1, self.global_step + 1, self.nonfinite_steps)
         if self._nonfinite_run >= self.cfg.max_nonfinite:
-            raise MaedferError(
-                f"the loss was not finite for {self._nonfinite_run} optimiser steps in a row "
-                f"(epoch {epoch + 1}, step {self.global_step + 1}); the last good checkpoint is "
-                f"{self.checkpoint_path}; try a lower --lr, --clip-grad or --precision fp32"
-            )
+            raise nonfinite_stop(self._nonfinite_run, epoch=epoch + 1, step=self.global_step + 1,
+                                 checkpoint=self._good_checkpoint)
 
     def _train_epoch(self, epoch: int, stop: StopSignals) -> str:
         """One epoch from ``self.epoch_step``; returns ``done``, ``stopped`` or ``max_steps``.
@@ -406,6 +412,7 @@ class PretrainRecipe:
 
     def save_checkpoint(self) -> None:
         """Write ``last.pt`` (rank 0; atomic) with everything an exact resume needs."""
+        self._good_checkpoint = self.checkpoint_path  # every rank: rank 0 writes it now
         if not self._env.is_main:
             return
         ckpt_io.save_checkpoint(self.checkpoint_path, {

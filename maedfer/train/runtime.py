@@ -6,6 +6,7 @@
 - :class:`StopSignals`: SIGINT/SIGTERM set a flag instead of killing the process; the loop checks
   it after each optimiser step, writes a checkpoint and stops (issue 5 §6). A second signal while
   stopping restores the default handler, so a third one kills at once.
+- :func:`nonfinite_stop`: the one-line error of a run whose loss stayed non-finite.
 - :func:`step_seed`: the seed of one micro-step's random draws (masks, mixup, drop path) as a
   pure function of (seed, epoch, micro-batch, rank), so a resumed run draws exactly what an
   uninterrupted one would, whatever happened to the global generators in between.
@@ -64,6 +65,23 @@ def parse_overrides(value: Mapping[str, Any] | list[str] | None) -> dict[str, An
             except ValueError:
                 parsed[key.strip()] = text
     return parsed
+
+
+def nonfinite_stop(steps: int, *, epoch: int, step: int, checkpoint: Path | None) -> MaedferError:
+    """The error that ends a run whose loss stayed non-finite for ``steps`` steps in a row.
+
+    ``checkpoint`` is the one this run saved (or resumed from), ``None`` before any: it is named
+    only while it is on disk, so the message never sends anyone to a file that is not there (a
+    stale ``last.pt`` of an earlier run is not this run's last good state either).
+    """
+    if checkpoint is not None and Path(checkpoint).is_file():
+        where = f"the last good checkpoint is {checkpoint}"
+    else:
+        where = "no checkpoint of this run was saved yet"
+    return MaedferError(
+        f"the loss was not finite for {steps} optimiser steps in a row (epoch {epoch}, step "
+        f"{step}); {where}; try a lower --lr, --clip-grad or --precision fp32"
+    )
 
 
 def _finite_or_none(value: Any) -> Any:

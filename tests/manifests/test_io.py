@@ -166,6 +166,15 @@ def test_read_refuses_non_manifests(tmp_path: Path) -> None:
         read_manifest(tmp_path / "j.parquet")
 
 
+def test_read_refuses_a_column_of_the_wrong_kind(tmp_path: Path) -> None:
+    # string labels used to come back as nulls (read_manifest) or a pyarrow type error (loaders)
+    table = pa.table({"clip_id": ["a"], "path": ["a"], "label": ["angry"], "fold": [1]})
+    pq.write_table(table, tmp_path / "m.parquet")
+    with pytest.raises(MaedferError, match="column 'label' holds string values; expected "
+                                           r"integers \(int16\)"):  # fmt: skip
+        read_manifest(tmp_path / "m.parquet")
+
+
 def test_rejects_round_trip(tmp_path: Path) -> None:
     rows = [("s6_an", "subject 6/anger/s6_an.avi", "protocol: subject 6 is excluded"),
             ("x", "x.mp4", "no face")]  # fmt: skip

@@ -146,7 +146,7 @@ def test_bad_checkpoints_and_outputs_are_refused(tmp_path: Path) -> None:
     size = save_tiny_checkpoint(tmp_path / "size.pt", size=96)
     good = save_tiny_checkpoint(tmp_path / "last.pt")
     cases = [
-        (junk, [], "cannot read checkpoint"),
+        (junk, [], "is not a PyTorch checkpoint"),
         (mae, [], "pre-training checkpoint"),
         (wrong, [], "the model has 3 outputs but the checkpoint names 2 classes"),
         (size, [], "config size=96 but the model expects img_size=64"),
