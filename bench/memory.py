@@ -169,8 +169,9 @@ def bench_predict(work: Path, minutes: list[float]) -> dict:
         count = int(length * 60 * 25)
         video = work / f"predict-{length:g}min.mp4"
         _encode(lambda i: loop[i % 50], count, video, 640, 360)
-        run = _peak([sys.executable, "-m", "maedfer.cli", "predict", str(video), "--checkpoint",
-                     str(ckpt), "--out", str(work / f"p{length:g}.json"), "--device", "cpu"])  # fmt: skip
+        run = _peak([sys.executable, "-m", "maedfer.cli", "predict", str(video),
+                     "--checkpoint", str(ckpt), "--out", str(work / f"p{length:g}.json"),
+                     "--device", "cpu"])  # fmt: skip
         run.pop("output")
         run["frames"] = count
         run["frames_per_s"] = round(2 * count / run["seconds"], 1)  # two decodes per frame

@@ -96,7 +96,7 @@ def test_a_transient_failure_is_retried_in_the_run(tmp_path: Path, portraits, mo
         return real(frames, path, **kwargs)
 
     monkeypatch.setattr(clip_module, "write_clip", full_once)
-    result = _prepare(tmp_path / "RAVDESS", tmp_path / "out")
+    result = _prepare(raw, tmp_path / "out")
     assert "3 clips ok, 0 rejected" in result.stdout
     assert len(calls) == 4  # the failed clip was written again at the end of the run
     assert not (tmp_path / "out" / "rejects.parquet").exists() or not _reasons(tmp_path / "out")
