@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from maedfer.errors import MaedferError, NotAvailableYet, os_error_line
+from maedfer.preprocess import MIN_FACE_RATIO, MIN_FRAMES
 
 app = typer.Typer(
     name="maedfer",
@@ -122,12 +123,12 @@ def prepare(
         int,
         typer.Option(min=1, help="Reject videos with fewer frames ('too short'); official "
                      "face-frame folders are exempt."),
-    ] = 8,
+    ] = MIN_FRAMES,
     min_face_ratio: Annotated[
         float,
         typer.Option(min=0.0, max=1.0, help="Reject face-detected clips with a face in fewer "
                      "of their frames ('face_ratio')."),
-    ] = 0.5,
+    ] = MIN_FACE_RATIO,
     retry_rejects: Annotated[
         bool, typer.Option(help="Judge every reject of an earlier run in --out again.")
     ] = False,

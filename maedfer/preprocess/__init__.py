@@ -13,3 +13,11 @@ Small steps on arrays and paths, one driver:
 
 Submodules are imported where used, so ``import maedfer.preprocess`` stays light.
 """
+
+# The judging thresholds of `prepare` (declared here, light, so the CLI shows the same defaults):
+# a clip shorter than MIN_FRAMES cannot hold a 16-frame window's worth of motion (a JPEG
+# renamed .mp4 is one frame); frame folders of the official faces are exempt (the reference
+# pads them). A face-detected clip with a face in fewer than MIN_FACE_RATIO of its frames is
+# rejected: the rest would be background crops. The lab datasets have a face in every frame.
+MIN_FRAMES = 8
+MIN_FACE_RATIO = 0.5

@@ -34,6 +34,7 @@ import numpy as np
 from maedfer.errors import MaedferError, is_environmental, os_error_line
 from maedfer.manifests import ClipEntry
 from maedfer.manifests.voxceleb2 import crop_box
+from maedfer.preprocess import MIN_FACE_RATIO, MIN_FRAMES
 from maedfer.preprocess.encode import Codec, clip_suffix, write_clip
 from maedfer.preprocess.faces import FaceAligner, NoFaceError
 from maedfer.preprocess.video import (
@@ -49,12 +50,6 @@ from maedfer.preprocess.video import (
 logger = logging.getLogger(__name__)
 
 IN_PLACE_DATASETS = ("voxceleb2",)
-# A clip shorter than this cannot hold a 16-frame window's worth of motion (a JPEG renamed
-# .mp4 is one frame); frame folders of the official faces are exempt (the reference pads them).
-MIN_FRAMES = 8
-# Face-detected clips with a face in fewer of their frames than this are rejected: the rest
-# would be background crops. The lab datasets have a face in every frame.
-MIN_FACE_RATIO = 0.5
 
 
 @dataclass(frozen=True)

@@ -53,9 +53,8 @@ from maedfer.manifests import (
     write_manifest,
     write_rejects,
 )
+from maedfer.preprocess import MIN_FACE_RATIO, MIN_FRAMES
 from maedfer.preprocess.clip import (
-    MIN_FACE_RATIO,
-    MIN_FRAMES,
     ClipResult,
     LoadedClip,
     PrepareOptions,
