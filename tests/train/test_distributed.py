@@ -244,3 +244,18 @@ def test_two_slurm_tasks_join_one_group(tmp_path: Path, clean_environ) -> None:
     mp.spawn(_slurm_worker, args=(_free_ports()[0], tmp_path), nprocs=2, join=True)
     got = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in (0, 1)]
     assert [(g["rank"], g["world"], g["sum"]) for g in got] == [(0, 2, [3.0]), (1, 2, [3.0])]
+
+
+@pytest.mark.parametrize(("count", "local_rank", "index"), [(8, 3, 3), (1, 3, 0), (4, 0, 0)])
+def test_cuda_device_of_a_local_rank(monkeypatch, count: int, local_rank: int, index: int):
+    # srun --gpus-per-task=1 shows each task one GPU, whatever its local rank
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    assert distributed.resolve_device("cuda", local_rank) == torch.device("cuda", index)
+
+
+def test_more_local_ranks_than_gpus_is_refused(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with pytest.raises(MaedferError, match="local rank 5 needs a CUDA device .* sees 4"):
+        distributed.resolve_device("cuda", 5)
