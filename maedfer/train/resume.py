@@ -285,7 +285,7 @@ def decide_resume(
     if finished:
         epoch = (run_state or ckpt or {}).get("epoch")
         return ResumeDecision("finished", run_dir, f"{run_dir} holds a finished run ({epoch} "
-                              "epochs): nothing to do (--overwrite starts it over)")  # fmt: skip
+                              "epoch(s)): nothing to do (--overwrite starts it over)")  # fmt: skip
     if ckpt is not None:
         return ResumeDecision(
             "resume", run_dir, f"resuming {run_dir} from {last} (epoch {ckpt['epoch']}, step "

@@ -96,7 +96,7 @@ def test_finished_run_is_left_untouched(tmp_path: Path) -> None:
     mark_finished(tmp_path, epoch=3, step=12)
     before = _files(tmp_path)
     decision = decide_resume(tmp_path, CONFIG)
-    assert decision.action == "finished" and "finished run (3 epochs)" in decision.message
+    assert decision.action == "finished" and "finished run (3 epoch(s))" in decision.message
     prepare_run_dir(decision)
     assert _files(tmp_path) == before
     (tmp_path / "checkpoints" / ckpt_io.LAST).unlink()  # a user freed the space of last.pt
