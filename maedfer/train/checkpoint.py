@@ -17,6 +17,14 @@ A checkpoint is a plain dict that ``torch.load(weights_only=True)`` reads back:
 ``config``          the recipe's options as plain types; ``classes`` the label names (or [])
 ==================  =====================================================================
 
+Besides ``checkpoints/last.pt`` a run keeps numbered copies, ``checkpoints/epoch-0010.pt``
+(:func:`save_numbered`, the newest ``keep``), and its final model as ``final.pt``
+(:func:`export_weights`): ``kind`` ``"weights"``, with ``model_name``, ``model_config``,
+``model``, ``classes``, ``config``, ``epoch`` and ``step`` only (no optimiser, scheduler or RNG
+state), about a third of ``last.pt``'s size. :func:`load_checkpoint`, :func:`model_from_checkpoint`,
+``predict`` and ``--init`` read it wherever they read a full checkpoint; only resuming needs
+the full one.
+
 Every value is a tensor, a number, a string, ``None`` or a list/dict of those, which is what the
 ``weights_only`` unpickler allows. Initialising a classifier (``--init``) accepts our
 pre-training or fine-tuning checkpoints (the encoder is taken, module names are identical:
@@ -32,6 +40,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,6 +60,10 @@ log = logging.getLogger(__name__)
 FORMAT = "maedfer-checkpoint"
 VERSION = 1
 LAST = "last.pt"
+FINAL = "final.pt"  # the weights-only export, in the run folder
+NUMBERED = re.compile(r"epoch-(\d+)\.pt")
+# What a weights-only file keeps of a full checkpoint.
+WEIGHTS_KEYS = ("model_name", "model_config", "model", "classes", "config", "epoch", "step")
 # Fields that fix the encoder's tensors and token grid: an init must agree on all of them.
 ENCODER_FIELDS = (
     "embed_dim", "depth", "num_heads", "mlp_ratio", "img_size", "patch_size", "tubelet_size",
@@ -112,6 +125,78 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
         torch.save(dict(state), handle)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def numbered_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's ``checkpoints/epoch-NNNN.pt``, oldest epoch first."""
+    folder = Path(run_dir) / "checkpoints"
+    found = [p for p in folder.glob("epoch-*.pt") if NUMBERED.fullmatch(p.name)]
+    return sorted(found, key=lambda p: int(NUMBERED.fullmatch(p.name).group(1)))
+
+
+def save_numbered(
+    run_dir: Path, state: Mapping[str, Any] | Path, epoch: int, *, keep: int | None
+) -> Path:
+    """Write ``RUN/checkpoints/epoch-NNNN.pt`` (atomic) and keep the newest ``keep`` of them.
+
+    Args:
+        run_dir: the run folder.
+        state: the checkpoint dict, or the path of one just saved (``last.pt``): it is then
+            hard-linked (copied where links are impossible), which costs no second write; a
+            later ``last.pt`` replaces its own name only, so the numbered one keeps this epoch.
+        epoch: epochs completed (the number in the name, 4 digits or more).
+        keep: how many numbered checkpoints stay (older ones are deleted); ``None`` keeps all.
+    Returns:
+        The path written.
+    Raises:
+        MaedferError: ``keep`` below 1.
+    """
+    if keep is not None and keep < 1:
+        raise MaedferError(f"keep ({keep}) must be at least 1, or None to keep every checkpoint")
+    path = Path(run_dir) / "checkpoints" / f"epoch-{int(epoch):04d}.pt"
+    if isinstance(state, Mapping):
+        save_checkpoint(path, state)
+    else:
+        with atomic_path(path, fsync=True) as tmp:
+            tmp.unlink()
+            try:
+                os.link(state, tmp)
+            except OSError:  # another file system, or one without hard links
+                shutil.copyfile(state, tmp)
+    if keep is not None:
+        for old in numbered_checkpoints(run_dir)[:-keep]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def is_weights_only(ckpt: Mapping[str, Any]) -> bool:
+    """True for a :func:`export_weights` file (no optimiser state: it cannot be resumed)."""
+    return ckpt.get("kind") == "weights" or "optimizer" not in ckpt
+
+
+def export_weights(source: Path, out_path: Path | None = None) -> Path:
+    """Write the weights-only file of a run's model (``final.pt``): for inference and ``--init``.
+
+    Args:
+        source: a run folder (its ``checkpoints/last.pt`` is read) or a checkpoint file.
+        out_path: where to write; default ``final.pt`` in the run folder (for a checkpoint
+            file: in the run folder it belongs to, the parent of ``checkpoints/``).
+    Returns:
+        The path written (atomically).
+    Raises:
+        MaedferError: an unreadable source or one that is not a maedfer checkpoint.
+    """
+    source = Path(source)
+    path = source / "checkpoints" / LAST if source.is_dir() else source
+    ckpt = load_checkpoint(path)
+    if out_path is None:
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        out_path = run_dir / FINAL
+    weights = {"format": FORMAT, "version": VERSION, "kind": "weights",
+               **{k: ckpt[k] for k in WEIGHTS_KEYS if k in ckpt}}  # fmt: skip
+    weights.setdefault("classes", [])
+    save_checkpoint(Path(out_path), weights)
+    return Path(out_path)
 
 
 def _unreadable(path: Path, exc: Exception) -> MaedferError:

@@ -1,10 +1,13 @@
-"""torch.distributed set-up for ``torchrun`` launches (DESIGN.md §2; issue 5 §5).
+"""torch.distributed set-up for ``torchrun`` and Slurm launches (DESIGN.md §2; docs/cluster.md).
 
 ``torchrun --nproc-per-node N -m maedfer.cli finetune ...`` sets ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_distributed` reads them and joins
-the process group (NCCL on CUDA, gloo on CPU). Without them the run is one process and every
-helper here is a no-op. Gradients are averaged by DDP; loaders shard by ``rank``; metrics are
-reduced or gathered here; rank 0 alone writes files and shows progress.
+the process group (NCCL on CUDA, gloo on CPU). Where they are absent, Slurm's are read instead
+(``srun`` starting one task per GPU, no torchrun; :func:`slurm_launch`): ``SLURM_PROCID`` is the
+rank, ``SLURM_STEP_NUM_TASKS`` the world size, ``SLURM_LOCALID`` the local rank, the first host
+of the step's node list the master. Without either the run is one
+process and every helper here is a no-op. Gradients are averaged by DDP; loaders shard by
+``rank``; metrics are reduced or gathered here; rank 0 alone writes files and shows progress.
 """
 
 from __future__ import annotations
@@ -12,6 +15,10 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +30,8 @@ from torch.nn.parallel import DistributedDataParallel
 from maedfer.errors import MaedferError
 
 log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 29500  # torchrun's
 
 
 @dataclass(frozen=True)
@@ -54,18 +63,123 @@ def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise MaedferError("--device cuda asked for, but torch sees no CUDA device here")
-        return torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
+        if device != "cuda":
+            return torch.device(device)
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            if count == 1:  # one GPU per task (srun --gpus-per-task=1): it is this task's
+                return torch.device("cuda", 0)
+            raise MaedferError(
+                f"local rank {local_rank} needs a CUDA device of its own, but this process sees "
+                f"{count}: start at most {count} processes per node"
+            )
+        return torch.device("cuda", local_rank)
     if device != "cpu":
         raise MaedferError(f"device {device!r} is unknown; use cpu or cuda")
     return torch.device("cpu")
 
 
-def init_distributed(device: str | None = None) -> DistEnv:
-    """Join the torchrun process group when the environment says so; return this process's place.
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list, without ``scontrol``.
+
+    Handles the forms Slurm writes: ``node07``, ``a,b``, ``gpu[01-04,07]`` -> ``gpu01``,
+    ``rack[1-2]-n[3,5]`` -> ``rack1-n3`` (the first entry of every bracket; zero padding kept).
 
     Raises:
-        MaedferError: a torchrun environment that is incomplete.
+        MaedferError: an empty list or unbalanced brackets.
     """
+    depth, end = 0, len(nodelist)
+    for i, char in enumerate(nodelist):  # the first comma outside brackets ends the first item
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            end = i
+            break
+    item = nodelist[:end].strip()
+    if not item or item.count("[") != item.count("]"):
+        raise MaedferError(f"cannot read the Slurm node list {nodelist!r}")
+    return re.sub(r"\[([^\]]*)\]", lambda m: re.split(r"[-,]", m.group(1))[0], item)
+
+
+def _master_host(nodelist: str) -> str:
+    """The first host of ``nodelist``: ``scontrol show hostnames`` where it exists (any form
+    Slurm can write), else :func:`first_host`."""
+    if shutil.which("scontrol"):
+        try:
+            done = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                                  text=True, timeout=30, check=False)  # fmt: skip
+            hosts = done.stdout.split() if done.returncode == 0 else []
+            if hosts:
+                return hosts[0]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return first_host(nodelist)
+
+
+def slurm_launch(environ: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """torchrun's variables from Slurm's, for tasks started by ``srun`` without torchrun.
+
+    Returns ``None`` when torchrun's ``WORLD_SIZE`` is set (torchrun inside an allocation wins)
+    or when this process is not a task of an ``srun`` step of several tasks. Otherwise
+    ``RANK`` (``SLURM_PROCID``), ``WORLD_SIZE`` (``SLURM_STEP_NUM_TASKS``), ``LOCAL_RANK``
+    (``SLURM_LOCALID``), ``MASTER_ADDR`` (given, else the first host of ``SLURM_STEP_NODELIST``,
+    ``SLURM_JOB_NODELIST`` or ``SLURM_NODELIST``) and ``MASTER_PORT`` (given, else 29500 plus
+    the job id modulo 1000, so that two jobs sharing a node rarely collide).
+
+    Only ``srun`` sets ``SLURM_STEP_NUM_TASKS``. The batch script of ``sbatch --ntasks=4`` (and
+    an ``salloc`` shell) has ``SLURM_NTASKS=4`` and ``SLURM_PROCID=0`` too, but no other task
+    will ever join it: read as a launch, it would wait for them until the rendezvous times out.
+    It runs as one process instead (said in the log).
+
+    Raises:
+        MaedferError: an ``srun`` step of several tasks whose variables are unreadable.
+    """
+    env = os.environ if environ is None else environ
+    if "WORLD_SIZE" in env or "SLURM_PROCID" not in env:
+        return None
+    size = env.get("SLURM_STEP_NUM_TASKS")
+    if size is None:
+        if env.get("SLURM_NTASKS", "1") not in ("", "0", "1"):
+            log.info("SLURM_NTASKS is %s but this process was not started by srun: one "
+                     "process (start maedfer with srun for one task per GPU)",
+                     env["SLURM_NTASKS"])  # fmt: skip
+        return None
+    try:
+        world_size, rank = int(size), int(env["SLURM_PROCID"])
+        local_rank = int(env.get("SLURM_LOCALID", "0"))
+        job = int(env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID") or 0)
+    except ValueError:
+        raise MaedferError(f"cannot read Slurm's task numbers (SLURM_PROCID "
+                           f"{env['SLURM_PROCID']!r}, tasks {size!r})") from None  # fmt: skip
+    if world_size <= 1:
+        return None
+    addr = env.get("MASTER_ADDR")
+    if not addr:
+        nodelist = next((env[k] for k in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST",
+                                          "SLURM_NODELIST") if env.get(k)), None)  # fmt: skip
+        if nodelist is None:
+            raise MaedferError("an srun step of several tasks without SLURM_STEP_NODELIST: set "
+                               "MASTER_ADDR to the first node's host name")  # fmt: skip
+        addr = _master_host(nodelist)
+    port = env.get("MASTER_PORT") or str(DEFAULT_PORT + job % 1000)
+    return {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(local_rank),
+            "MASTER_ADDR": addr, "MASTER_PORT": port}  # fmt: skip
+
+
+def init_distributed(device: str | None = None) -> DistEnv:
+    """Join the process group when torchrun's or Slurm's variables say so; return this process's
+    place.
+
+    Under Slurm (no torchrun), the variables :func:`slurm_launch` derives are put into
+    ``os.environ`` (``setdefault``: what is set stays) before joining, so that everything that
+    reads torchrun's variables sees them.
+
+    Raises:
+        MaedferError: a torchrun or Slurm environment that is incomplete.
+    """
+    slurm = slurm_launch()
+    if slurm is not None:
+        for key, value in slurm.items():
+            os.environ.setdefault(key, value)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistEnv(device=resolve_device(device))
@@ -81,7 +195,8 @@ def init_distributed(device: str | None = None) -> DistEnv:
             backend="nccl" if dev.type == "cuda" else "gloo", device_id=dev if dev.type == "cuda"
             else None,
         )  # fmt: skip
-    log.info("process %d of %d on %s", rank, world_size, dev)
+    launcher = "slurm" if slurm is not None else "torchrun"
+    log.info("process %d of %d on %s (%s)", rank, world_size, dev, launcher)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 

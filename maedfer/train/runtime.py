@@ -2,10 +2,14 @@
 
 - :class:`MetricsLog`: ``<run>/metrics.jsonl``, one JSON object per line (DESIGN.md §6), written
   by rank 0 only; on resume, lines past the checkpoint's step are dropped so the file reads as
-  one uninterrupted run.
-- :class:`StopSignals`: SIGINT/SIGTERM set a flag instead of killing the process; the loop checks
-  it after each optimiser step, writes a checkpoint and stops (issue 5 §6). A second signal while
-  stopping restores the default handler, so a third one kills at once.
+  one uninterrupted run. Each record also goes to its ``mirrors`` (TensorBoard:
+  :class:`maedfer.train.records.TensorBoardLog`).
+- :class:`StopSignals`: SIGINT, SIGTERM and SIGUSR1 set a flag instead of killing the process;
+  the loop checks it after each optimiser step, writes a checkpoint and stops (issue 5 §6).
+  SIGUSR1 is what ``sbatch --signal=USR1@120`` sends before a job's time runs out: the run
+  stops like on SIGTERM and exits 143 (:func:`stop_exit_code`), and a requeued job resumes it
+  (docs/cluster.md). A second signal while stopping restores the default handler, so a third
+  one kills at once.
 - :func:`nonfinite_stop`: the one-line error of a run whose loss stayed non-finite.
 - :func:`step_seed`: the seed of one micro-step's random draws (masks, mixup, drop path) as a
   pure function of (seed, epoch, micro-batch, rank), so a resumed run draws exactly what an
@@ -20,10 +24,10 @@ import math
 import os
 import signal
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -90,12 +94,27 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-class MetricsLog:
-    """Appends records to ``metrics.jsonl`` (a no-op on ranks other than 0)."""
+class RecordMirror(Protocol):
+    """Something that also takes every metrics record (a TensorBoard writer)."""
 
-    def __init__(self, path: Path, *, enabled: bool = True) -> None:
+    def write(self, record: Mapping[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class MetricsLog:
+    """Appends records to ``metrics.jsonl`` (a no-op on ranks other than 0).
+
+    Every record written is passed on to each of ``mirrors`` (non-finite values as ``None``);
+    :meth:`close` closes them.
+    """
+
+    def __init__(
+        self, path: Path, *, enabled: bool = True, mirrors: Sequence[RecordMirror] = ()
+    ) -> None:
         self.path = Path(path)
         self.enabled = enabled
+        self.mirrors = list(mirrors) if enabled else []
 
     def truncate_after(self, step: int) -> None:
         """Drop records with ``step`` greater than ``step`` (written after the checkpoint)."""
@@ -118,9 +137,16 @@ class MetricsLog:
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({k: _finite_or_none(v) for k, v in record.items()})
+        record = {k: _finite_or_none(v) for k, v in record.items()}
         with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+            handle.write(json.dumps(record) + "\n")
+        for mirror in self.mirrors:
+            mirror.write(record)
+
+    def close(self) -> None:
+        """Close the mirrors (flushes TensorBoard's events)."""
+        for mirror in self.mirrors:
+            mirror.close()
 
     def records(self) -> Iterator[dict[str, Any]]:
         """The records written so far (for tests and summaries)."""
@@ -130,14 +156,26 @@ class MetricsLog:
                     yield json.loads(line)
 
 
+def stop_exit_code(signal_name: str) -> int:
+    """The exit status of a run stopped by ``signal_name``: 130 for SIGINT, else 143.
+
+    143 (128 + SIGTERM) also for SIGUSR1: a Slurm job stopped before its time limit ends as if
+    terminated, and ``--requeue`` starts it again (docs/cluster.md).
+    """
+    return 130 if signal_name == "SIGINT" else 143
+
+
 class StopSignals:
-    """Context manager: SIGINT and SIGTERM set :attr:`signum` instead of raising.
+    """Context manager: SIGINT, SIGTERM and SIGUSR1 set :attr:`signum` instead of raising.
 
     Only the main thread can install handlers; elsewhere (a recipe run from a worker thread)
     signals keep their default behaviour.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = tuple(
+        sig for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None))
+        if sig is not None  # no SIGUSR1 on Windows
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.signum: int | None = None

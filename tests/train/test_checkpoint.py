@@ -147,3 +147,62 @@ def test_init_from_an_official_checkpoint(tmp_path: Path) -> None:
     wrong = create_model("lgi_former_tiny", num_classes=7, **{**cfg, "embed_dim": 32})
     with pytest.raises(MaedferError, match="shape mismatch"):
         ckpt_io.load_init(wrong, path)
+
+
+# ---------------------------------------------------------------- numbered and weights-only
+
+
+def test_numbered_checkpoints_keep_the_newest(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    for epoch in (1, 2, 3, 10):
+        path = ckpt_io.save_numbered(run, {"format": ckpt_io.FORMAT, "epoch": epoch}, epoch,
+                                     keep=2)  # fmt: skip
+        assert path.name == f"epoch-{epoch:04d}.pt"
+    assert [p.name for p in ckpt_io.numbered_checkpoints(run)] == ["epoch-0003.pt",
+                                                                   "epoch-0010.pt"]
+    assert ckpt_io.load_checkpoint(run / "checkpoints" / "epoch-0010.pt")["epoch"] == 10
+    ckpt_io.save_numbered(run, {"format": ckpt_io.FORMAT, "epoch": 11}, 11, keep=None)
+    assert len(ckpt_io.numbered_checkpoints(run)) == 3  # keep=None deletes nothing
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+    with pytest.raises(MaedferError, match=r"keep \(0\) must be at least 1"):
+        ckpt_io.save_numbered(run, {}, 12, keep=0)
+
+
+def test_numbered_checkpoint_from_last_pt_survives_the_next_last(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    last = run / "checkpoints" / ckpt_io.LAST
+    ckpt_io.save_checkpoint(last, {"format": ckpt_io.FORMAT, "epoch": 5})
+    numbered = ckpt_io.save_numbered(run, last, 5, keep=3)  # a link: no second write
+    ckpt_io.save_checkpoint(last, {"format": ckpt_io.FORMAT, "epoch": 6})  # replaces the name
+    assert ckpt_io.load_checkpoint(numbered)["epoch"] == 5
+    assert ckpt_io.load_checkpoint(last)["epoch"] == 6
+
+
+def test_weights_only_export_loads_where_a_checkpoint_does(tmp_path: Path, classifier) -> None:
+    from maedfer.train import predict
+
+    run = tmp_path / "run"
+    state = _state(classifier)
+    state["config"] = {"num_frames": None, "size": None, "stride": 4, "subtract_mean": False}
+    ckpt_io.save_checkpoint(run / "checkpoints" / ckpt_io.LAST, state)
+    final = ckpt_io.export_weights(run)
+    assert final == run / ckpt_io.FINAL
+    assert final.stat().st_size < (run / "checkpoints" / ckpt_io.LAST).stat().st_size / 2
+    weights = torch.load(final, weights_only=True)
+    assert weights["kind"] == "weights" and "optimizer" not in weights and "rng" not in weights
+    assert weights["classes"] == ["a", "b", "c"] and weights["epoch"] == 1
+    loaded = ckpt_io.load_checkpoint(final)
+    assert ckpt_io.is_weights_only(loaded) and not ckpt_io.is_weights_only(state)
+    rebuilt = ckpt_io.model_from_checkpoint(loaded)
+    for key, tensor in classifier.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], tensor), key
+    model, settings = predict.load_classifier(final, "cpu")  # inference
+    assert settings["class_names"] == ["a", "b", "c"] and settings["stride"] == 4
+    torch.manual_seed(5)
+    fresh = create_model("lgi_former_tiny", num_classes=3, **TINY_CLASSIFIER)
+    assert "encoder of lgi_former_tiny" in ckpt_io.load_init(fresh, final)  # --init
+    assert torch.equal(fresh.state_dict()["encoder.patch_embed.proj.weight"],
+                       classifier.state_dict()["encoder.patch_embed.proj.weight"])  # fmt: skip
+    # from a checkpoint file: beside its run's checkpoints/ folder, or where asked
+    assert ckpt_io.export_weights(run / "checkpoints" / ckpt_io.LAST) == final
+    assert ckpt_io.export_weights(final, tmp_path / "x.pt") == tmp_path / "x.pt"

@@ -11,13 +11,15 @@ AdamW's first steps are nearly sign(g)·lr, so weights agree to a few 1e-6 at lr
 import json
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from maedfer.train import finetune, pretrain
+from maedfer.errors import MaedferError
+from maedfer.train import distributed, finetune, pretrain
 from maedfer.train.distributed import all_reduce_sum, gather_objects, init_distributed
 from maedfer.train.pretrain import PretrainConfig, PretrainRecipe
 from tests.train.clipdata import TINY_CLASSIFIER, TINY_MAE, make_dataset, one_thread
@@ -115,3 +117,145 @@ def test_two_process_test_phase_gathers_every_clip(runs: Path) -> None:
     single = json.loads((runs / "single" / "finetune" / "report.json").read_text())
     assert ddp["num_clips"] == single["num_clips"] == 12
     assert ddp["confusion_matrix"] == single["confusion_matrix"]
+
+
+# ---------------------------------------------------------------- Slurm (srun without torchrun)
+
+LAUNCH_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture()
+def clean_environ():
+    """os.environ without torchrun's or Slurm's variables, restored whole afterwards."""
+    saved = dict(os.environ)
+    for key in list(os.environ):
+        if key in LAUNCH_KEYS or key.startswith("SLURM_"):
+            del os.environ[key]
+    yield os.environ
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.mark.parametrize(
+    ("nodelist", "first"),
+    [
+        ("node07", "node07"),
+        ("node07,node09", "node07"),
+        ("gpu[01-04,07]", "gpu01"),
+        ("gpu[07,01-04]", "gpu07"),  # Slurm's order, not sorted
+        ("gpu[3-4],cpu[1-2]", "gpu3"),
+        ("rack[1-2]-n[003,005]", "rack1-n003"),
+        ("a-[10-11].cluster", "a-10.cluster"),
+    ],
+)
+def test_first_host_of_a_slurm_node_list(nodelist: str, first: str) -> None:
+    assert distributed.first_host(nodelist) == first
+
+
+def test_unreadable_node_list_is_refused() -> None:
+    with pytest.raises(MaedferError, match="cannot read the Slurm node list"):
+        distributed.first_host("gpu[01-04")
+
+
+SLURM_STEP = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "8",
+              "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123456",
+              "SLURM_STEP_NODELIST": "gpu[03-06]", "SLURM_JOB_NODELIST": "gpu[01-06]"}
+
+
+def test_slurm_variables_become_torchrun_ones(monkeypatch) -> None:
+    monkeypatch.setattr(distributed.shutil, "which", lambda name: None)  # no scontrol here
+    assert distributed.slurm_launch(SLURM_STEP) == {
+        "RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu03",
+        "MASTER_PORT": str(29500 + 456),
+    }  # fmt: skip
+    given = {**SLURM_STEP, "MASTER_ADDR": "head", "MASTER_PORT": "4000"}
+    assert distributed.slurm_launch(given)["MASTER_ADDR"] == "head"
+    assert distributed.slurm_launch(given)["MASTER_PORT"] == "4000"
+    no_step_list = {k: v for k, v in SLURM_STEP.items() if k != "SLURM_STEP_NODELIST"}
+    assert distributed.slurm_launch(no_step_list)["MASTER_ADDR"] == "gpu01"  # the job's list
+
+
+def test_scontrol_names_the_master_where_it_exists(monkeypatch) -> None:
+    calls = []
+
+    def fake_run(args, **kwargs):
+        calls.append(args)
+        return subprocess.CompletedProcess(args, 0, stdout="gpu03\ngpu04\n", stderr="")
+
+    monkeypatch.setattr(distributed.shutil, "which", lambda name: "/usr/bin/scontrol")
+    monkeypatch.setattr(distributed.subprocess, "run", fake_run)
+    assert distributed.slurm_launch(SLURM_STEP)["MASTER_ADDR"] == "gpu03"
+    assert calls == [["scontrol", "show", "hostnames", "gpu[03-06]"]]
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {},  # not under Slurm
+        {**SLURM_STEP, "WORLD_SIZE": "4"},  # torchrun inside an allocation: torchrun's win
+        {**SLURM_STEP, "SLURM_STEP_NUM_TASKS": "1"},  # srun -n 1
+    ],
+)
+def test_no_slurm_launch(environ: dict) -> None:
+    assert distributed.slurm_launch(environ) is None
+
+
+def test_batch_script_of_several_tasks_runs_as_one_process(caplog) -> None:
+    # sbatch --ntasks=8 running maedfer in the script itself: no srun, no other task will come
+    batch = {k: v for k, v in SLURM_STEP.items() if not k.startswith("SLURM_STEP_")}
+    with caplog.at_level("INFO", logger="maedfer.train.distributed"):
+        assert distributed.slurm_launch({**batch, "SLURM_PROCID": "0"}) is None
+    assert "not started by srun" in caplog.text
+
+
+def test_incomplete_slurm_step_is_refused() -> None:
+    with pytest.raises(MaedferError, match="without SLURM_STEP_NODELIST"):
+        distributed.slurm_launch({"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2"})
+    with pytest.raises(MaedferError, match="cannot read Slurm's task numbers"):
+        distributed.slurm_launch({"SLURM_PROCID": "x", "SLURM_STEP_NUM_TASKS": "2"})
+
+
+def test_init_distributed_joins_from_slurm_variables(clean_environ, monkeypatch) -> None:
+    joined = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group",
+                        lambda **kw: joined.append({**kw, **{k: os.environ[k] for k in
+                                                             LAUNCH_KEYS}}))  # fmt: skip
+    monkeypatch.setattr(distributed.shutil, "which", lambda name: None)
+    clean_environ.update({**SLURM_STEP, "MASTER_PORT": "4001"})
+    env = init_distributed("cpu")
+    assert (env.rank, env.world_size, env.local_rank) == (5, 8, 1)
+    assert joined == [{"backend": "gloo", "device_id": None, "RANK": "5", "WORLD_SIZE": "8",
+                       "LOCAL_RANK": "1", "MASTER_ADDR": "gpu03",
+                       "MASTER_PORT": "4001"}]  # fmt: skip
+
+
+def _slurm_worker(rank: int, port: int, out: Path) -> None:
+    os.environ.update(SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NTASKS="2",
+                      SLURM_STEP_NUM_TASKS="2", SLURM_JOB_ID="1",
+                      SLURM_STEP_NODELIST="localhost", MASTER_PORT=str(port))  # fmt: skip
+    env = init_distributed("cpu")
+    total = all_reduce_sum([rank + 1.0], env)
+    torch.save({"rank": env.rank, "world": env.world_size, "sum": total}, out / f"{rank}.pt")
+    distributed.cleanup(env)
+
+
+def test_two_slurm_tasks_join_one_group(tmp_path: Path, clean_environ) -> None:
+    mp.spawn(_slurm_worker, args=(_free_ports()[0], tmp_path), nprocs=2, join=True)
+    got = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [(g["rank"], g["world"], g["sum"]) for g in got] == [(0, 2, [3.0]), (1, 2, [3.0])]
+
+
+@pytest.mark.parametrize(("count", "local_rank", "index"), [(8, 3, 3), (1, 3, 0), (4, 0, 0)])
+def test_cuda_device_of_a_local_rank(monkeypatch, count: int, local_rank: int, index: int):
+    # srun --gpus-per-task=1 shows each task one GPU, whatever its local rank
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    assert distributed.resolve_device("cuda", local_rank) == torch.device("cuda", index)
+
+
+def test_more_local_ranks_than_gpus_is_refused(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with pytest.raises(MaedferError, match="local rank 5 needs a CUDA device .* sees 4"):
+        distributed.resolve_device("cuda", 5)
