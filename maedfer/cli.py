@@ -346,6 +346,37 @@ def evaluate(
 
 
 @app.command()
+def protocol(
+    config: Annotated[str, typer.Argument(help="Fine-tuning recipe config for every fold.")],
+    data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="manifest.parquet")],
+    init: Annotated[Path, typer.Option(dir_okay=False, help="Pre-trained checkpoint.")],
+    out: Annotated[Path, typer.Option(file_okay=False, help="fold_K/ and summary.json go here.")],
+    folds: Annotated[
+        str | None, typer.Option(help="Only these folds, e.g. 1,3 (default: every fold).")
+    ] = None,
+    print_commands: Annotated[
+        bool, typer.Option(help="Print the per-fold commands instead of running them.")
+    ] = False,
+    sbatch: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, help="Write a SLURM array job (a task per fold) instead."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Recipe override key=value for every fold, repeatable."),
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print summary.json.")] = False,
+) -> None:
+    """Fine-tune and test every fold in turn (finished folds are kept), then the cross-fold
+    summary beside MAE-DFER's published figures."""
+    _call(
+        "maedfer.train.protocol", "run",
+        config=config, data=data, init=init, out=out, folds=folds,
+        print_commands=print_commands, sbatch=sbatch, overrides=set_, as_json=json_,
+    )  # fmt: skip
+
+
+@app.command()
 def predict(
     video: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A video file.")],
     checkpoint: Annotated[Path, typer.Option(exists=True, dir_okay=False)],
