@@ -205,8 +205,8 @@ def load_official(model: nn.Module, state_dict: Mapping[str, torch.Tensor | Mapp
 
 # ---------------------------------------------------------------- a fine-tuned checkpoint's model
 
-#: What an official fine-tuned MAE-DFER checkpoint was trained as (MODEL.md §5.2:
-#: ``vit_base_dim512_no_depth_patch16_160``); fields its tensors do not show come from here.
+#: What the official fine-tuning scripts train (``vit_base_dim512_no_depth_patch16_160``); the
+#: fields a checkpoint's tensors do not show come from here.
 OFFICIAL_CLASSIFIER = "lgi_former_base"
 _BASE_WIDTH, _BASE_HEADS = 512, 8
 # Run options the official checkpoint's saved ``args`` may hold -> our model field.

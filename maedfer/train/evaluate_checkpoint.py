@@ -1,12 +1,12 @@
 """``maedfer evaluate --checkpoint CKPT --data M.parquet``: test any fine-tuned checkpoint.
 
-The reference test protocol (MODEL.md §4.2: every clip of the fold or split in ``test_views``
-temporal views, softmax per view, probabilities averaged per clip) on one fold, without
-training: the official code's ``--eval``. The same functions as a fine-tuning run's final test
-score it (:func:`maedfer.train.heldout.view_probabilities`, :func:`~maedfer.train.heldout.
-score_views`, :func:`~maedfer.train.heldout.write_results`), so ``report.json`` and
-``predictions.parquet`` have the same keys and columns, and a run's own checkpoint gives its
-own report back.
+The reference test protocol (the official fine-tuning test: every clip of the fold or split
+in ``test_views`` temporal views, softmax per view, probabilities averaged per clip) on one
+fold, without training: the official code's ``--eval``. The same functions as a fine-tuning
+run's final test score it (:func:`maedfer.train.heldout.view_probabilities`,
+:func:`~maedfer.train.heldout.score_views`, :func:`~maedfer.train.heldout.write_results`), so
+``report.json`` and ``predictions.parquet`` have the same keys and columns, and a run's own
+checkpoint gives its own report back.
 
 Two kinds of checkpoint are told apart by their content:
 
@@ -50,8 +50,8 @@ from maedfer.train.runtime import parse_overrides
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STRIDE = 4  # MODEL.md §4.2: every 4th frame, when a checkpoint does not say
-DEFAULT_VIEWS = 2  # MODEL.md §4.2: 2 temporal views (the 2 "crops" are identical)
+DEFAULT_STRIDE = 4  # the official test takes every 4th frame, when a checkpoint does not say
+DEFAULT_VIEWS = 2  # the official test: 2 temporal views (its 2 "crops" are identical)
 DEFAULT_BATCH = 32
 
 
