@@ -347,7 +347,8 @@ def evaluate(
 
 @app.command()
 def protocol(
-    config: Annotated[str, typer.Argument(help="Fine-tuning recipe config for every fold.")],
+    config: Annotated[str, typer.Argument(help="Fine-tuning config for every fold: a YAML file of "
+                                      "finetune options (epochs: 100, ...).")],
     data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="manifest.parquet")],
     init: Annotated[Path, typer.Option(dir_okay=False, help="Pre-trained checkpoint.")],
     out: Annotated[Path, typer.Option(file_okay=False, help="fold_K/ and summary.json go here.")],

@@ -5,6 +5,7 @@ Real tiny models, real Parquet manifests and real H.264 clips (``tests.train.cli
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -121,6 +122,26 @@ def test_own_checkpoint_reproduces_the_runs_report(manifest, tmp_path) -> None:
     again = runner.invoke(app, ["evaluate", str(out), "--json"])  # the folder reads as a run
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["runs"][0]["complete"] is True
+
+
+def test_official_run_args_give_the_input(manifest, official_pth, tmp_path) -> None:
+    """The official checkpoints hold their run's argparse.Namespace: input size, frames, regions
+    and frame stride are read from it (only the head count stays to be given here)."""
+    path, state = official_pth
+    args = argparse.Namespace(input_size=32, num_frames=8, lg_region_size=[2, 2, 2],
+                              sampling_rate=4, test_num_segment=2, nb_classes=3)  # fmt: skip
+    with_args = tmp_path / "with-args.pth"
+    torch.save({"model": state, "args": args, "epoch": 7}, with_args)
+    result = runner.invoke(app, ["evaluate", "--checkpoint", str(with_args), "--data",
+                                 str(manifest), "--fold", "1", "--out", str(tmp_path / "a"),
+                                 "--workers", "0", "--set", "num_heads=2", "--dataset",
+                                 "ravdess"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["epoch"] == 7 and report["stride"] == 4 and report["num_clips"] == 12
+    line = _error(["--checkpoint", str(with_args), "--data", str(manifest), "--fold", "1",
+                   "--out", str(tmp_path / "b"), "--set", "num_heads=2", "--dataset", "dfew"])
+    assert "--dataset dfew, but" in line and "ravdess manifest" in line
 
 
 def _error(args: list[str]) -> str:
