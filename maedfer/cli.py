@@ -269,21 +269,113 @@ def finetune(
     )  # fmt: skip
 
 
+def _usage(message: str) -> None:
+    """A command-line mistake that no library function sees: one line, exit 1."""
+    typer.echo(f"maedfer: error: {message}", err=True)
+    raise typer.Exit(code=1)
+
+
 @app.command()
 def evaluate(
-    runs: Annotated[list[Path], typer.Argument(exists=True, help="Run folder(s).")],
+    runs: Annotated[
+        list[Path] | None,
+        typer.Argument(exists=True, help="Run folder(s); or none, with --checkpoint."),
+    ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     out: Annotated[
         Path | None,
         typer.Option(
             file_okay=False,
             help="Several runs: folder for evaluation.json and confusion_pooled.png "
-            "(default: the folder holding all runs).",
+            "(default: the folder holding all runs). --checkpoint: folder for report.json "
+            "and predictions.parquet (required).",
         ),
     ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="Test this fine-tuned checkpoint "
+                     "(a finetune run's last.pt, or an official MAE-DFER .pth) instead."),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="--checkpoint: manifest.")
+    ] = None,
+    fold: Annotated[int | None, typer.Option(help="--checkpoint: test fold (k-fold).")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="--checkpoint: test split (fixed split; default test).")
+    ] = None,
+    dataset: Annotated[
+        Dataset | None, typer.Option(help="--checkpoint: refuse a manifest of another dataset.")
+    ] = None,
+    device: Annotated[Device, typer.Option(help="--checkpoint: where to run.")] = Device.auto,
+    backend: Annotated[Backend, typer.Option(help="--checkpoint: decoding.")] = Backend.auto,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="--checkpoint: clips per batch.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="--checkpoint: loader workers.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="--checkpoint, official: model field key=value the weights "
+                     "do not show (num_heads, img_size, num_frames), repeatable."),
+    ] = None,
 ) -> None:
-    """Metrics of one run, or the cross-fold summary of several (per-fold mean and pooled)."""
-    _call("maedfer.train.evaluate", "run", runs=runs, as_json=json_, out=out)
+    """Metrics of one run, or the cross-fold summary of several (per-fold mean and pooled); or,
+    with --checkpoint, the reference test of a checkpoint on one fold (2 views, softmax mean)."""
+    if checkpoint is None:
+        given = [f"--{name.replace('_', '-')}" for name, value in (
+            ("data", data), ("fold", fold), ("split", split), ("dataset", dataset),
+            ("batch_size", batch_size), ("workers", workers), ("set", set_),
+        ) if value is not None]  # fmt: skip
+        if not runs:
+            _usage("give run folder(s), or --checkpoint CKPT --data M.parquet --out DIR")
+        if given:
+            _usage(f"{', '.join(given)} go with --checkpoint only, not with run folders")
+        _call("maedfer.train.evaluate", "run", runs=runs, as_json=json_, out=out)
+        return
+    if runs:
+        _usage("give run folders or --checkpoint, not both")
+    if data is None or out is None:
+        _usage("--checkpoint needs --data M.parquet and --out DIR")
+    _call(
+        "maedfer.train.evaluate_checkpoint", "run",
+        checkpoint=checkpoint, data=data, out=out, fold=fold, split=split,
+        dataset=dataset.value if dataset else None, device=_opt_device(device),
+        backend=backend.value, batch_size=batch_size, workers=workers, model_overrides=set_,
+        as_json=json_,
+    )  # fmt: skip
+
+
+@app.command()
+def protocol(
+    config: Annotated[str, typer.Argument(help="Fine-tuning config for every fold: a YAML file of "
+                                      "finetune options (epochs: 100, ...).")],
+    data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="manifest.parquet")],
+    init: Annotated[Path, typer.Option(dir_okay=False, help="Pre-trained checkpoint.")],
+    out: Annotated[Path, typer.Option(file_okay=False, help="fold_K/ and summary.json go here.")],
+    folds: Annotated[
+        str | None, typer.Option(help="Only these folds, e.g. 1,3 (default: every fold).")
+    ] = None,
+    print_commands: Annotated[
+        bool, typer.Option(help="Print the per-fold commands instead of running them.")
+    ] = False,
+    sbatch: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, help="Write a SLURM array job (a task per fold) instead."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Recipe override key=value for every fold, repeatable."),
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print summary.json.")] = False,
+) -> None:
+    """Fine-tune and test every fold in turn (finished folds are kept), then the cross-fold
+    summary beside MAE-DFER's published figures."""
+    _call(
+        "maedfer.train.protocol", "run",
+        config=config, data=data, init=init, out=out, folds=folds,
+        print_commands=print_commands, sbatch=sbatch, overrides=set_, as_json=json_,
+    )  # fmt: skip
 
 
 @app.command()

@@ -60,6 +60,22 @@ def get_protocol(name: str) -> Protocol:
     return module.PROTOCOL
 
 
+def published_results(name: str) -> dict | None:
+    """MAE-DFER's published test figures for dataset ``name``, or None where it published none.
+
+    Returns:
+        ``{"uar", "war"}`` in percent, with ``aggregation`` (e.g. ``mean over 5 folds``) and
+        ``source``; each dataset module keeps its own as ``PUBLISHED_RESULTS``.
+
+    Raises:
+        MaedferError: unknown name.
+    """
+    protocol = get_protocol(name)
+    module = importlib.import_module(type(protocol).__module__)
+    found = getattr(module, "PUBLISHED_RESULTS", None)
+    return dict(found) if found is not None else None
+
+
 __all__ = [
     "DATASET_NAMES",
     "MANIFEST_COLUMNS",
@@ -77,6 +93,7 @@ __all__ = [
     "fold_fingerprints",
     "format_fingerprints",
     "get_protocol",
+    "published_results",
     "read_manifest",
     "read_rejects",
     "sha16",

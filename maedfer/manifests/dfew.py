@@ -36,6 +36,15 @@ from maedfer.manifests.splitfiles import clip_number, read_rows
 
 log = logging.getLogger(__name__)
 
+#: MAE-DFER's published DFEW figures (percent): the mean of the per-fold UAR and WAR over the
+#: 5 folds, which the MAE-DFER README's per-fold rows reproduce (mean 63.408, 74.428).
+PUBLISHED_RESULTS = {
+    "uar": 63.41,
+    "war": 74.43,
+    "aggregation": "mean over 5 folds",
+    "source": "MAE-DFER (Sun et al., ACM MM 2023), DFEW table",
+}
+
 CLASSES = ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear"]
 NUM_FOLDS = 5
 FRAME_DIRS = ("clip_224x224", "jpg_256")

@@ -35,6 +35,14 @@ from maedfer.manifests.splitfiles import read_rows
 
 log = logging.getLogger(__name__)
 
+#: MAE-DFER's published FERV39k figures (percent) on the fixed test split.
+PUBLISHED_RESULTS = {
+    "uar": 43.12,
+    "war": 52.07,
+    "aggregation": "fixed test split",
+    "source": "MAE-DFER (Sun et al., ACM MM 2023), FERV39k table",
+}
+
 CLASSES = ["Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear"]
 SPLITS = ("train", "test")
 _LOWER = [c.lower() for c in CLASSES]

@@ -33,6 +33,15 @@ from maedfer.manifests.splitfiles import clip_number, read_rows
 
 log = logging.getLogger(__name__)
 
+#: MAE-DFER's published MAFW figures (percent, 11 classes), the paper's. The MAE-DFER README's
+#: per-fold rows for MAFW average to 42.36 / 55.03 instead (a later run).
+PUBLISHED_RESULTS = {
+    "uar": 41.62,
+    "war": 54.31,
+    "aggregation": "mean over 5 folds",
+    "source": "MAE-DFER (Sun et al., ACM MM 2023), MAFW table",
+}
+
 CLASSES = [
     "anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise",
     "contempt", "anxiety", "helplessness", "disappointment",

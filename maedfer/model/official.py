@@ -14,6 +14,7 @@ fine-tuning state dict into ``vit_base``.
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -200,3 +201,91 @@ def load_official(model: nn.Module, state_dict: Mapping[str, torch.Tensor | Mapp
     report.loaded = sorted(converted)
     report.fresh = sorted(k for k in ours if k not in converted)
     return report
+
+
+# ---------------------------------------------------------------- a fine-tuned checkpoint's model
+
+#: What the official fine-tuning scripts train (``vit_base_dim512_no_depth_patch16_160``); the
+#: fields a checkpoint's tensors do not show come from here.
+OFFICIAL_CLASSIFIER = "lgi_former_base"
+_BASE_WIDTH, _BASE_HEADS = 512, 8
+# Run options the official checkpoint's saved ``args`` may hold -> our model field.
+_ARGS_FIELDS = {"input_size": "img_size", "num_frames": "num_frames",
+                "lg_region_size": "region_size"}  # fmt: skip
+
+
+def official_classifier_config(
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    args: Mapping[str, object] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> tuple[str, dict[str, object]]:
+    """The classifier an official fine-tuning state dict belongs to: ``(model name, overrides)``.
+
+    The tensors give the width, depth, MLP ratio, patch and tubelet sizes, the q/v biases and
+    ``num_classes`` (the head's rows). ``img_size``, ``num_frames`` and ``region_size`` leave no
+    trace but the number of region tokens: they come from the checkpoint's saved run ``args``
+    (``input_size``, ``num_frames``, ``lg_region_size``) where present, else from
+    ``lgi_former_base``, and must give as many regions as the checkpoint holds. The head count
+    leaves none at all: the official width 512 means 8 heads; another width needs ``num_heads``
+    in ``overrides``. ``overrides`` win over everything inferred.
+
+    Example: ``lg_region_tokens`` ``[8, 512]``, ``patch_embed.proj.weight`` ``[512, 3, 2, 16,
+    16]``, 16 blocks, ``head.weight`` ``[7, 512]``: ``lgi_former_base`` with 7 classes; its
+    160 px, 16 frames give a token grid (8, 10, 10), cut by regions (2, 5, 10) into
+    4 × 2 × 1 = 8 regions, as held.
+
+    Raises:
+        OfficialCheckpointError: not a fine-tuned LGI-Former state dict, a head count that
+            cannot be told, or a region count the input size and frames do not give.
+    """
+    given = dict(overrides or {})
+    if any(k.startswith(("encoder.", "decoder.")) for k in state_dict):
+        raise OfficialCheckpointError(
+            "this is an official pre-training state dict (encoder./decoder. keys); a fine-tuned "
+            "classifier is needed (or fine-tune from it with finetune --init)"
+        )
+    needed = ("lg_region_tokens", "patch_embed.proj.weight", "head.weight",
+              "blocks.0.mlp.fc1.weight")  # fmt: skip
+    absent = [k for k in needed if k not in state_dict]
+    if absent:
+        raise OfficialCheckpointError(
+            f"not an official MAE-DFER fine-tuned state dict: no {', '.join(absent)} "
+            "(expected the layout of the released fine-tuned checkpoints)"
+        )
+    width, _, tubelet, patch, _ = state_dict["patch_embed.proj.weight"].shape
+    blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
+    config: dict[str, object] = {
+        "embed_dim": int(width), "depth": len(blocks), "patch_size": int(patch),
+        "tubelet_size": int(tubelet), "num_classes": int(state_dict["head.weight"].shape[0]),
+        "mlp_ratio": state_dict["blocks.0.mlp.fc1.weight"].shape[0] / width,
+        "qkv_bias": "blocks.0.first_attn.q_bias" in state_dict,
+    }  # fmt: skip
+    for arg, name in _ARGS_FIELDS.items():
+        if args and args.get(arg) is not None:
+            value = args[arg]
+            config[name] = tuple(int(v) for v in value) if name == "region_size" else int(value)
+    if width == _BASE_WIDTH:
+        config["num_heads"] = _BASE_HEADS
+    elif "num_heads" not in given:
+        raise OfficialCheckpointError(
+            f"the weights do not tell the number of attention heads for width {width} (the "
+            f"official width {_BASE_WIDTH} has {_BASE_HEADS}); give it, e.g. --set num_heads=N"
+        )
+    config.update(given)
+    defaults = inspect.signature(LGIFormer).parameters  # what lgi_former_base leaves as is
+    size, frames, region = (config.get(k, defaults[k].default)
+                            for k in ("img_size", "num_frames", "region_size"))  # fmt: skip
+    grid = (int(frames) // int(config["tubelet_size"]), int(size) // int(config["patch_size"]),
+            int(size) // int(config["patch_size"]))  # fmt: skip
+    regions = 1
+    for g, r in zip(grid, region, strict=True):
+        regions *= g // int(r)
+    held = int(state_dict["lg_region_tokens"].shape[0])
+    if held != regions:
+        raise OfficialCheckpointError(
+            f"the checkpoint holds {held} region tokens but img_size {size}, num_frames {frames} "
+            f"and region_size {tuple(region)} give {regions}; give the input it was trained on, "
+            "e.g. --set img_size=160 --set num_frames=16"
+        )
+    return OFFICIAL_CLASSIFIER, config

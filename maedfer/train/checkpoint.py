@@ -347,3 +347,14 @@ def load_init(model: nn.Module, path: Path) -> str:
         f"official {report.source_layout} weights from {path}: {len(report.loaded)} tensors, "
         f"{len(report.dropped)} dropped, {len(report.fresh)} fresh"
     )
+
+
+def read_any(path: Path) -> Any:
+    """Read any checkpoint file safely (``weights_only=True``): ours, or an official one (which
+    may hold the run's ``argparse.Namespace``). The caller tells which it is.
+
+    Raises:
+        MaedferError: missing, a folder, unreadable, or holding objects other than tensors and
+            plain values.
+    """
+    return _torch_load(Path(path))

@@ -271,7 +271,9 @@ def _default_out(results: list[RunPredictions]) -> Path:
     return Path(os.path.commonpath([r.folder.resolve() for r in results]))
 
 
-def run(runs: list[Path], as_json: bool = False, out: Path | None = None) -> dict:
+def run(
+    runs: list[Path], as_json: bool = False, out: Path | None = None, *, echo: bool = True
+) -> dict:
     """Evaluate run folders; print a table (or JSON with ``as_json``) and write the PNG(s).
 
     Args:
@@ -280,6 +282,8 @@ def run(runs: list[Path], as_json: bool = False, out: Path | None = None) -> dic
         as_json: print one JSON object instead of the table.
         out: where the cross-fold ``evaluation.json`` and ``confusion_pooled.png`` go (several
             runs only); default the deepest folder holding every run.
+        echo: print the table (or JSON) and the warnings; off for a caller that prints its own
+            (``maedfer protocol``).
 
     Returns:
         ``{"runs": [{"run", "report", "confusion_png", "complete", "clips_expected",
@@ -306,7 +310,8 @@ def run(runs: list[Path], as_json: bool = False, out: Path | None = None) -> dic
     else:
         reports = [metrics.classification_report(results[0].labels, results[0].preds,
                                                  class_names, views)]  # fmt: skip
-    _warn_incomplete(results)
+    if echo:
+        _warn_incomplete(results)
     payload: dict = {"runs": []}
     for result, report in zip(results, reports, strict=True):
         png = result.folder / CONFUSION_PNG
@@ -327,6 +332,8 @@ def run(runs: list[Path], as_json: bool = False, out: Path | None = None) -> dic
             summary_json=str(summary_json),
         )
         metrics.write_report(summary_json, payload)
+    if not echo:
+        return payload
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
     else:

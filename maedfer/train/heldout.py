@@ -4,11 +4,16 @@ Each test clip is seen in ``test_views`` temporal views; each view's logits go t
 softmax and a clip's probabilities are the mean over its distinct views (the reference's
 ``merge``, without its view-id ambiguity, MODEL.md §7.9). The manifest's metadata names the
 classes and says whether the protocol is k-fold or a fixed split.
+
+:func:`score_views` turns the views into the run's report (UAR, WAR, coverage) and
+:func:`write_results` writes ``predictions.parquet`` and ``report.json``: what a fine-tuning
+run's final test writes, and what ``maedfer evaluate --checkpoint`` writes for any checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +22,12 @@ import torch
 from tqdm import tqdm
 
 from maedfer.errors import MaedferError
+from maedfer.train import metrics
+from maedfer.train.coverage import coverage_keys
 from maedfer.train.precision import autocast
+
+PREDICTIONS = "predictions.parquet"
+REPORT = "report.json"
 
 
 def manifest_info(path: Path) -> tuple[str, list[str], int]:
@@ -78,3 +88,44 @@ def view_probabilities(
                      probs))
     model.train(was_training)
     return rows
+
+
+@dataclass
+class TestResult:
+    """A scored test set: the ``report.json`` dict and the merged per-clip predictions."""
+
+    report: dict
+    clip_ids: list[str]
+    labels: np.ndarray  # (N,) true class indices
+    probs: np.ndarray  # (N, C) view-averaged probabilities
+
+
+def score_views(
+    rows: list[tuple[list[str], list[int], list[int], np.ndarray]],
+    classes: list[str],
+    expected: list[str],
+) -> TestResult:
+    """Merge the views of every clip (:func:`merge_views`) and score them.
+
+    Args:
+        rows: :func:`view_probabilities` rows of every process.
+        classes: class names in label order.
+        expected: the test clip ids the fold or split selects (a clip whose file is missing or
+            undecodable was replaced by the loader and is absent from ``rows``).
+
+    Returns:
+        A :class:`TestResult` whose report is :func:`maedfer.train.metrics.classification_report`
+        plus ``clips_expected``, ``clips_scored``, ``missing_clips`` and ``complete``.
+    """
+    ids, labels, probs, views = merge_views(rows)
+    report = metrics.classification_report(labels, probs.argmax(1), classes, views)
+    report.update(coverage_keys(expected, ids))
+    return TestResult(report=report, clip_ids=ids, labels=labels, probs=probs)
+
+
+def write_results(out: Path, result: TestResult, classes: list[str]) -> None:
+    """Write ``out/predictions.parquet`` and ``out/report.json`` (atomically, in that order: a
+    report beside its predictions means both are whole)."""
+    metrics.write_predictions(Path(out) / PREDICTIONS, result.clip_ids, result.labels,
+                              result.probs, classes)  # fmt: skip
+    metrics.write_report(Path(out) / REPORT, result.report)

@@ -1,0 +1,377 @@
+"""``maedfer protocol CONFIG --data M.parquet --init CKPT --out DIR``: a dataset's whole protocol.
+
+Fine-tunes and tests every fold of the manifest in turn, each in ``DIR/fold_K`` (a fixed-split
+dataset: one run in ``DIR/test``), then evaluates across folds (:func:`maedfer.train.evaluate.run`)
+and writes ``DIR/summary.json``: per-fold UAR and WAR, their mean over folds (the figure MAE-DFER
+publishes), the pooled figures, each labelled, beside MAE-DFER's published numbers where the
+dataset protocol has them (:func:`maedfer.manifests.published_results`).
+
+Resumable: a fold whose ``report.json`` exists is finished (the fine-tuning recipe writes it
+only after the final test that ends training) and is kept untouched; a fold killed mid-training
+continues from its ``checkpoints/last.pt``. Running the same command again after a kill
+therefore continues at the first unfinished fold.
+
+Instead of running, ``print_commands`` prints the per-fold ``maedfer finetune`` commands and
+``sbatch`` writes a SLURM array job (one task per fold; the last task to finish runs
+``maedfer evaluate`` on all folds).
+
+Fine-tuning one fold goes through one function, :func:`_finetune_fold`. ``CONFIG`` is, for
+now, a YAML file of :func:`maedfer.train.finetune.run` keyword arguments (``epochs: 100``,
+``model_overrides: {...}``); ``overrides`` (``--set key=value``, dotted keys into nested
+values) are applied on top. The printed and SLURM commands use the ``--config`` form of
+``maedfer finetune``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from maedfer.atomic import write_text
+from maedfer.errors import MaedferError
+from maedfer.manifests import DATASET_NAMES, published_results
+from maedfer.train import evaluate, metrics
+from maedfer.train.heldout import REPORT, manifest_info
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "summary.json"
+PUBLISHED_LABEL = "published MAE-DFER"
+# Options the protocol sets per fold; a config may not set them.
+PER_FOLD = ("data", "fold", "init", "out", "resume")
+
+
+# ---------------------------------------------------------------- the one recipe joint
+# Everything that knows the fine-tuning recipe's API is in this section: _finetune_fold runs a
+# fold, _recipe_kwargs reads CONFIG (also called once up front, so a bad config fails before
+# any training).
+
+
+def _recipe_kwargs(config: str | Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """``finetune.run`` keyword arguments from a YAML file, with ``key=value`` overrides."""
+    import yaml
+
+    from maedfer.train import finetune
+
+    path = Path(config)
+    if not path.is_file():
+        raise MaedferError(
+            f"config {config} is not a file; give a YAML file of fine-tuning options "
+            "(e.g. epochs: 100)"
+        )
+    try:
+        kwargs = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise MaedferError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(kwargs, dict):
+        raise MaedferError(f"config {path} must hold a mapping of options, found "
+                           f"{type(kwargs).__name__}")  # fmt: skip
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise MaedferError(f"--set {item!r}: expected key=value, e.g. --set epochs=2")
+        *parents, leaf = key.strip().split(".")
+        target = kwargs
+        for part in parents:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise MaedferError(f"--set {item!r}: {part} is not a mapping in {path}")
+        target[leaf] = yaml.safe_load(text)
+    known = set(inspect.signature(finetune.run).parameters) - set(PER_FOLD)
+    fixed = sorted(set(kwargs) & set(PER_FOLD))
+    if fixed:
+        raise MaedferError(f"config {path} sets {', '.join(fixed)}: the protocol sets those per "
+                           "fold (--data, --init, --out)")  # fmt: skip
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise MaedferError(f"config {path}: unknown option(s) {', '.join(unknown)}; known: "
+                           f"{', '.join(sorted(known))}")  # fmt: skip
+    return kwargs
+
+
+def _finetune_fold(
+    config: str | Path, data: Path, fold: int | None, init: Path, out: Path,
+    overrides: Sequence[str],
+) -> None:  # fmt: skip
+    """Fine-tune and test one fold into ``out`` (continuing from its checkpoint if one exists).
+
+    The only function that knows the fine-tuning recipe's API: today
+    :func:`maedfer.train.finetune.run` with keyword arguments read from ``config``.
+    """
+    from maedfer.train import finetune
+
+    kwargs = _recipe_kwargs(config, overrides)
+    resume = (Path(out) / "checkpoints" / "last.pt").is_file()
+    finetune.run(data=data, fold=fold, init=init, out=out, resume=resume, **kwargs)
+
+
+# ---------------------------------------------------------------- folds, commands, scripts
+
+
+def parse_folds(folds: str | Sequence[int] | None, num_folds: int, dataset: str) -> list:
+    """The folds to run: ``[1..K]`` by default, or those asked for (``"1,3"``); ``[None]`` for
+    a fixed-split dataset (one run).
+
+    Raises:
+        MaedferError: a fold outside ``1..K``, a fold given twice, text that is not fold
+            numbers, or folds asked of a fixed-split dataset.
+    """
+    if num_folds == 0:
+        if folds:
+            raise MaedferError(f"{dataset} has a fixed train/test split: drop --folds ({folds})")
+        return [None]
+    if folds is None:
+        return list(range(1, num_folds + 1))
+    if isinstance(folds, str):
+        try:
+            folds = [int(f) for f in folds.split(",") if f.strip()]
+        except ValueError:
+            raise MaedferError(f"--folds {folds!r} must be fold numbers, e.g. 1,3") from None
+    chosen = list(folds)
+    bad = [f for f in chosen if not 1 <= f <= num_folds]
+    if not chosen or bad:
+        raise MaedferError(f"--folds ({', '.join(map(str, bad)) or 'none'}) must be in "
+                           f"1..{num_folds} for {dataset} ({num_folds}-fold protocol)")  # fmt: skip
+    if len(set(chosen)) != len(chosen):
+        raise MaedferError(f"--folds {','.join(map(str, chosen))} names a fold twice")
+    return sorted(chosen)
+
+
+def fold_dir(out: Path, fold: int | None) -> Path:
+    return Path(out) / (f"fold_{fold}" if fold is not None else "test")
+
+
+def fold_finished(folder: Path, fold: int | None) -> bool:
+    """Whether ``folder`` holds a finished run of ``fold``: its ``report.json`` exists.
+
+    Raises:
+        MaedferError: a report that cannot be read, or one of another fold.
+    """
+    path = Path(folder) / REPORT
+    if not path.is_file():
+        return False
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MaedferError(f"{path} is not readable JSON ({exc}); move it away to rerun the "
+                           "fold") from None  # fmt: skip
+    if not isinstance(report, dict) or report.get("fold") != fold:
+        found = report.get("fold") if isinstance(report, dict) else None
+        raise MaedferError(f"{path} is the report of fold {found}, not fold {fold}; give each "
+                           "fold its own folder")  # fmt: skip
+    return True
+
+
+def finetune_command(
+    config: str | Path, data: Path, fold: int | str | None, init: Path, out: Path | str,
+    overrides: Sequence[str],
+) -> str:  # fmt: skip
+    """The ``maedfer finetune --config ...`` command line of one fold (shell-quoted; a word
+    starting with ``"$`` is the shell's and left as it is)."""
+    words = ["maedfer", "finetune", "--config", str(config), "--data", str(data)]
+    if fold is not None:
+        words += ["--fold", str(fold)]
+    words += ["--init", str(init), "--out", str(out)]
+    for item in overrides:
+        words += ["--set", item]
+    return " ".join(w if w.startswith('"$') else shlex.quote(w) for w in words)
+
+
+def evaluate_command(folders: Sequence[Path], out: Path) -> str:
+    return shlex.join(["maedfer", "evaluate", *map(str, folders), "--out", str(out)])
+
+
+def _array_spec(folds: list[int]) -> str:
+    contiguous = folds == list(range(folds[0], folds[-1] + 1))
+    return f"{folds[0]}-{folds[-1]}" if contiguous and len(folds) > 1 else ",".join(map(str, folds))
+
+
+def sbatch_script(
+    config: str | Path, data: Path, folds: list, init: Path, out: Path, overrides: Sequence[str],
+    dataset: str,
+) -> str:  # fmt: skip
+    """A SLURM array job: one task per fold, then ``maedfer evaluate`` by the last to finish.
+
+    Paths are made absolute (tasks may start elsewhere); a config that is a file too.
+    """
+    config = Path(config).resolve() if Path(config).is_file() else config
+    data, init, out = Path(data).resolve(), Path(init).resolve(), Path(out).resolve()
+    k_fold = folds != [None]
+    tasks = [f for f in folds if f is not None] or [1]
+    folders = [fold_dir(out, f) for f in folds]
+    # $OUT and $FOLD are the shell's: "$OUT/fold_$FOLD" stays one word whatever OUT holds
+    fold_arg, fold_out = ('"$FOLD"', '"$OUT/fold_$FOLD"') if k_fold else (None, '"$OUT/test"')
+    command = finetune_command(config, data, fold_arg, init, fold_out, overrides)
+    checks = " ".join(shlex.quote(str(f / REPORT)) for f in folders)
+    return "\n".join([
+        "#!/bin/bash",
+        f"# maedfer protocol: {dataset}, " + (f"folds {','.join(map(str, tasks))}" if k_fold
+                                              else "the fixed test split") + ".",
+        "# Written by `maedfer protocol --sbatch`; submit with: sbatch THIS_FILE",
+        "# Add what your cluster needs (--partition, --gres=gpu:N, --time, --cpus-per-task).",
+        f"#SBATCH --job-name=maedfer-{dataset}",
+        f"#SBATCH --array={_array_spec(tasks)}",
+        f"#SBATCH --output={out}/slurm-%A_%a.out",
+        "set -euo pipefail",
+        'FOLD="${SLURM_ARRAY_TASK_ID:?submit this script with sbatch (an array job)}"',
+        f"OUT={shlex.quote(str(out))}",
+        "",
+        command,
+        "",
+        "# The task that finds every fold's report.json runs the cross-fold evaluation.",
+        f"for report in {checks}; do",
+        '    [[ -f "$report" ]] || exit 0',
+        "done",
+        evaluate_command(folders, out),
+        "",
+    ])  # fmt: skip
+
+
+# ---------------------------------------------------------------- summary
+
+
+def _figures(report: Mapping[str, Any]) -> dict[str, Any]:
+    return {"uar": report["uar"], "war": report["war"], "num_clips": report["num_clips"]}
+
+
+def summarize(out: Path, folds: list, dataset: str, config: str | Path) -> dict[str, Any]:
+    """Cross-fold evaluation of the finished folds; writes and returns ``summary.json``."""
+    folders = [fold_dir(out, f) for f in folds]
+    payload = evaluate.run(folders, out=Path(out), echo=False)
+    per_fold = []
+    for fold, folder, entry in zip(folds, folders, payload["runs"], strict=True):
+        per_fold.append({"fold": fold, "run": str(folder), **_figures(entry["report"]),
+                         "complete": entry["complete"]})  # fmt: skip
+    if "mean_over_folds" in payload:
+        mean = dict(payload["mean_over_folds"])
+        pooled = {"label": payload["pooled"]["label"], **_figures(payload["pooled"]),
+                  "complete": payload["pooled"]["complete"]}  # fmt: skip
+    else:  # one run: its own figures are both aggregations
+        only = per_fold[0]
+        mean = {"label": metrics.MEAN_OVER_FOLDS, "uar": only["uar"], "war": only["war"],
+                "uar_std": 0.0, "war_std": 0.0, "num_folds": 1, "complete": only["complete"]}
+        pooled = {"label": f"pooled over {only['num_clips']} clips", **_figures(only),
+                  "complete": only["complete"]}  # fmt: skip
+    published = published_results(dataset) if dataset in DATASET_NAMES else None
+    if published is not None:  # percent as published; fractions like every other figure here
+        published = {"label": PUBLISHED_LABEL, "uar": published["uar"] / 100,
+                     "war": published["war"] / 100, "as_published": f"UAR {published['uar']:.2f}"
+                     f" %, WAR {published['war']:.2f} %", "aggregation": published["aggregation"],
+                     "source": published["source"]}  # fmt: skip
+    summary = {
+        "dataset": dataset, "config": str(config), "folds": per_fold, "mean_over_folds": mean,
+        "pooled": pooled, "published": published, "evaluation_json": payload.get("summary_json"),
+    }  # fmt: skip
+    metrics.write_report(Path(out) / SUMMARY, summary)
+    return summary
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:7.2f}"
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """The printed table: per fold, mean over folds, pooled, published."""
+    mean, pooled, published = summary["mean_over_folds"], summary["pooled"], summary["published"]
+    width = max(len(mean["label"]), len(pooled["label"]), len(PUBLISHED_LABEL) + 30)
+    lines = [f"{'':<{width}} {'clips':>7} {'UAR %':>7} {'WAR %':>7}"]
+    for row in summary["folds"]:
+        name = f"fold {row['fold']}" if row["fold"] is not None else "test split"
+        mark = "" if row["complete"] is not False else " *"
+        lines.append(f"{name + mark:<{width}} {row['num_clips']:>7} {_pct(row['uar'])} "
+                     f"{_pct(row['war'])}")  # fmt: skip
+    lines.append(f"{mean['label']:<{width}} {'':>7} {_pct(mean['uar'])} {_pct(mean['war'])}")
+    lines.append(f"{pooled['label']:<{width}} {pooled['num_clips']:>7} {_pct(pooled['uar'])} "
+                 f"{_pct(pooled['war'])}")  # fmt: skip
+    if published is not None:
+        label = f"{PUBLISHED_LABEL} ({published['aggregation']})"
+        lines.append(f"{label:<{width}} {'':>7} {_pct(published['uar'])} "
+                     f"{_pct(published['war'])}")  # fmt: skip
+    else:
+        lines.append(f"{PUBLISHED_LABEL}: none for {summary['dataset']}")
+    if any(row["complete"] is False for row in summary["folds"]):
+        lines.append("* incomplete: some test clips were not scored (report.json lists them)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- run
+
+
+def run(
+    *,
+    config: str | Path,
+    data: Path,
+    init: Path,
+    out: Path,
+    folds: str | Sequence[int] | None = None,
+    print_commands: bool = False,
+    sbatch: Path | None = None,
+    overrides: Sequence[str] | None = None,
+    as_json: bool = False,
+) -> dict[str, Any]:
+    """Run (or write the commands of) every fold of ``data``, then the cross-fold summary.
+
+    Args:
+        config: the fine-tuning recipe config (see the module docstring).
+        data: the manifest; its metadata gives the dataset and its number of folds.
+        init: the pre-trained checkpoint every fold starts from.
+        out: the protocol folder (``fold_K/``, ``summary.json``).
+        folds: only these folds (``"1,3"`` or a list); default all.
+        print_commands: print the per-fold commands and the final evaluation, run nothing.
+        sbatch: write a SLURM array job script there instead of running.
+        overrides: ``key=value`` recipe overrides, passed to every fold.
+        as_json: print ``summary.json`` instead of the table.
+
+    Returns:
+        ``summary.json``'s dict; with ``print_commands`` ``{"commands": [...]}``, with
+        ``sbatch`` ``{"sbatch": path}``.
+
+    Raises:
+        MaedferError: both ``print_commands`` and ``sbatch``, bad folds (:func:`parse_folds`),
+            a bad config, a fold folder holding another fold's report, or a fold whose training
+            ended without its final test.
+    """
+    overrides = list(overrides or [])
+    if print_commands and sbatch is not None:
+        raise MaedferError("give --print-commands or --sbatch FILE, not both")
+    dataset, _, num_folds = manifest_info(Path(data))
+    chosen = parse_folds(folds, num_folds, dataset)
+    folders = [fold_dir(out, f) for f in chosen]
+    if print_commands:
+        commands = [finetune_command(config, data, f, init, d, overrides)
+                    for f, d in zip(chosen, folders, strict=True)]  # fmt: skip
+        commands.append(evaluate_command(folders, Path(out)))
+        typer.echo("\n".join(commands))
+        return {"commands": commands}
+    if sbatch is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)  # SLURM opens its --output files there
+        write_text(Path(sbatch), sbatch_script(config, data, chosen, init, out, overrides,
+                                               dataset))  # fmt: skip
+        typer.echo(f"wrote {sbatch}: {len(chosen)} array task(s); submit with: sbatch {sbatch}",
+                   err=True)  # fmt: skip
+        return {"sbatch": str(sbatch)}
+    _recipe_kwargs(config, overrides)  # a bad config fails now, not after a fold's training
+    for position, (fold, folder) in enumerate(zip(chosen, folders, strict=True), 1):
+        name = f"fold {fold}" if fold is not None else "the test split"
+        if fold_finished(folder, fold):
+            typer.echo(f"protocol: {name} finished earlier ({folder / REPORT}), kept", err=True)
+            continue
+        typer.echo(f"protocol: {name} ({position} of {len(chosen)}) -> {folder}", err=True)
+        _finetune_fold(config, Path(data), fold, Path(init), folder, overrides)
+        if not fold_finished(folder, fold):
+            raise MaedferError(f"{name} ended without {folder / REPORT} (training stopped "
+                               "early?); run the same command again to continue")  # fmt: skip
+    summary = summarize(Path(out), chosen, dataset, config)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        typer.echo(format_summary(summary))
+        typer.echo(f"\nwrote {Path(out) / SUMMARY}")
+    return summary
