@@ -191,7 +191,9 @@ def finetune(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     data: DataOpt = None,
-    fold: Annotated[int | None, typer.Option(help="Test fold, k-fold datasets (data.fold).")] = None,
+    fold: Annotated[
+        int | None, typer.Option(help="Test fold, k-fold datasets (data.fold).")
+    ] = None,
     init: Annotated[
         Path | None,
         typer.Option(exists=True, dir_okay=False, help="Pre-trained checkpoint (model.init)."),

@@ -266,7 +266,8 @@ def build_loader(
     backend_name, dev = resolve_backend(backend, device)
     augment = mode != "test" if augment is None else bool(augment)
     if rand_augment and backend_name == "dali":
-        raise MaedferError("RandAugment runs on the PyAV backend only; use --backend pyav")
+        raise MaedferError("RandAugment runs on the PyAV backend only; use backend pyav "
+                           "(training: --set data.backend=pyav)")
     if rand_augment is None:
         rand_augment = augment and mode == "train" and backend_name == "pyav"
     policy = rand_augment if isinstance(rand_augment, str) else RAND_AUGMENT

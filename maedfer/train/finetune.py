@@ -153,23 +153,24 @@ class FinetuneRecipe:
             )
         return {"train": {"split": "train"}, "test": {"split": "test"}}
 
-    def _model_overrides(self) -> dict[str, Any]:
+    def _own_model_args(self) -> dict[str, Any]:
+        """The constructor arguments the config declares as its own fields."""
         m = self.cfg.model
         if m.num_classes is not None and m.num_classes != len(self.classes):
             raise MaedferError(
                 f"model.num_classes ({m.num_classes}) differs from the manifest's "
                 f"{len(self.classes)} classes {self.classes}"
             )
-        overrides = {**m.overrides, "num_classes": len(self.classes),
-                     "num_frames": m.num_frames, "img_size": m.img_size,
-                     "drop_path_rate": m.drop_path}
-        region = overrides.get("pooling", "region") == "region"
+        own = {"num_classes": len(self.classes), "num_frames": m.num_frames,
+               "img_size": m.img_size, "drop_path_rate": m.drop_path}
+        region = m.overrides.get("pooling", "region") == "region"
         if m.skip_unused_tail and region and model_info(m.name)["unused_tail"]:
-            overrides.setdefault("skip_unused_tail", True)
-        return overrides
+            own["skip_unused_tail"] = True
+        return own
 
     def _setup_model(self) -> torch.nn.Module:
-        model = loop.build_model(self.cfg.model.name, self._model_overrides())
+        model = loop.build_model(self.cfg.model.name, dict(self.cfg.model.overrides),
+                                 self._own_model_args())
         if self._state is None and self.cfg.model.init is not None:
             log.info("init: %s", ckpt_io.load_init(model, Path(self.cfg.model.init)))
         elif self._state is None:
@@ -284,12 +285,14 @@ class FinetuneRecipe:
         report = metrics.classification_report(labels, probs.argmax(1), self.classes, views)
         # test clips that failed to decode were replaced, so they are absent from ids: say so
         coverage = coverage_keys(self._test_loader.table.clip_ids(), ids)
+        progress = self._loop.progress
         report.update({"dataset": self.dataset, "fold": self.cfg.data.fold,
-                       "epoch": self._loop.progress.epochs_run, "step": self._loop.progress.global_step, **coverage})
-        self._loop.metrics.write({"kind": "test", "epoch": self._loop.progress.epochs_run, "step": self._loop.progress.global_step,
-                             "uar": report["uar"], "war": report["war"], "final": write,
-                             "clips_expected": coverage["clips_expected"],
-                             "clips_scored": coverage["clips_scored"]})  # fmt: skip
+                       "epoch": progress.epochs_run, "step": progress.global_step, **coverage})
+        self._loop.metrics.write({"kind": "test", "epoch": progress.epochs_run,
+                                  "step": progress.global_step, "uar": report["uar"],
+                                  "war": report["war"], "final": write,
+                                  "clips_expected": coverage["clips_expected"],
+                                  "clips_scored": coverage["clips_scored"]})  # fmt: skip
         if write and not coverage["complete"]:
             log.warning("incomplete test set: %s", describe_missing(
                 len(coverage["missing_clips"]), coverage["clips_expected"],

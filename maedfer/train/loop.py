@@ -126,8 +126,20 @@ def lr_range(optim: Any, schedule: Any, total_batch: int) -> tuple[float, float]
     return peak, low
 
 
-def build_model(name: str, overrides: dict[str, Any]) -> torch.nn.Module:
-    """``create_model(name, **overrides)`` with its errors as one-line ``MaedferError``."""
+def build_model(name: str, overrides: dict[str, Any], own: dict[str, Any]) -> torch.nn.Module:
+    """``create_model(name, **overrides, **own)`` with its errors as one-line ``MaedferError``.
+
+    ``own`` are the constructor arguments the config declares as fields of its own
+    (``model.num_frames`` -> ``num_frames``); ``model.overrides`` may not set them too.
+    """
+    fields = {"num_frames": "num_frames", "img_size": "img_size", "drop_path_rate": "drop_path",
+              "mask_ratio": "mask_ratio", "num_classes": "num_classes",
+              "official_decoder_order": "official_decoder_order",
+              "skip_unused_tail": "skip_unused_tail"}
+    for key in overrides:
+        if key in fields:
+            raise MaedferError(f"model.overrides.{key}: set model.{fields[key]} instead")
+    overrides = {**overrides, **own}
     try:
         return create_model(name, **overrides)
     except (ValueError, TypeError) as exc:

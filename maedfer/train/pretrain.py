@@ -106,10 +106,9 @@ class PretrainRecipe:
 
     def _setup_model(self) -> torch.nn.Module:
         m = self.cfg.model
-        overrides = {**m.overrides, "num_frames": m.num_frames, "img_size": m.img_size,
-                     "drop_path_rate": m.drop_path, "mask_ratio": m.mask_ratio,
-                     "official_decoder_order": m.official_decoder_order}
-        return loop.build_model(m.name, overrides)
+        own = {"num_frames": m.num_frames, "img_size": m.img_size, "drop_path_rate": m.drop_path,
+               "mask_ratio": m.mask_ratio, "official_decoder_order": m.official_decoder_order}
+        return loop.build_model(m.name, dict(m.overrides), own)
 
     def _setup_data(self):  # noqa: ANN202 (a maedfer.pipelines.ClipLoader)
         from maedfer.pipelines import build_loader

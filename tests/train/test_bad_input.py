@@ -7,7 +7,6 @@ what is wrong with it.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path

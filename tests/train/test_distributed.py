@@ -17,9 +17,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from maedfer.train import config as config_io
 from maedfer.train import finetune, loop, pretrain
 from maedfer.train.distributed import all_reduce_sum, gather_objects, init_distributed
-from maedfer.train import config as config_io
 from maedfer.train.pretrain import PretrainRecipe
 from tests.train.clipdata import TINY_FINETUNE_KEYS, TINY_PRETRAIN_KEYS, make_dataset, one_thread
 

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from maedfer.cli import app
 from maedfer.errors import MaedferError
-from maedfer.train import finetune, metrics, pretrain
 from maedfer.train import config as config_io
+from maedfer.train import finetune, metrics, pretrain
 from maedfer.train.distributed import DistEnv
 from maedfer.train.finetune import FinetuneRecipe, merge_views
 from maedfer.train.loop import TrainLoop
