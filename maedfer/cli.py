@@ -144,128 +144,72 @@ def prepare(
     )  # fmt: skip
 
 
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option("--config", help="Shipped config name (maedfer config list) or a YAML file; "
+                 "default: the official recipe."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Dotted override KEY=VALUE (YAML value), repeatable, e.g. "
+                 "--set optim.lr=1e-3 --set model.overrides.depth=2."),
+]
+DryRunOpt = Annotated[
+    bool, typer.Option(help="Build the whole recipe, print what would run, train nothing.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="With --dry-run: print one JSON object.")]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(exists=True, dir_okay=False, help="manifest.parquet (data.manifest)."),
+]
+ResumeOpt = Annotated[
+    bool | None,
+    typer.Option(help="Continue from OUT/checkpoints/last.pt (run.resume)."),
+]
+
+
 @app.command()
 def pretrain(
-    data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="manifest.parquet")],
-    out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/pretrain"),
-    model: Annotated[str, typer.Option(help="Pre-training model name.")] = "mae_lgi_former_base",
-    epochs: Annotated[int | None, typer.Option(help="Default: MODEL.md §5.1.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Per-device batch.")] = None,
-    accum_steps: Annotated[int, typer.Option(min=1, help="Gradient accumulation.")] = 1,
-    lr: Annotated[float | None, typer.Option(help="Absolute lr (overrides --blr).")] = None,
-    blr: Annotated[float | None, typer.Option(help="Base lr per 256 clips.")] = None,
-    mask_ratio: Annotated[float | None, typer.Option(help="Tube mask ratio.")] = None,
-    device: Annotated[Device, typer.Option()] = Device.auto,
-    backend: Annotated[Backend, typer.Option(help="Clip decoding backend.")] = Backend.auto,
-    workers: Annotated[int | None, typer.Option(help="Loader workers.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from out/checkpoints/last.pt.")] = False,
-    seed: Annotated[int, typer.Option()] = 0,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Model override key=value (JSON value), repeatable."),
-    ] = None,
-    clip_grad: Annotated[float | None, typer.Option(help="Clip gradients to this norm.")] = None,
-    precision: Annotated[
-        str | None, typer.Option(help="auto | bf16 | fp16 | fp32 (auto: bf16 on GPU).")
-    ] = None,
-    num_frames: Annotated[int | None, typer.Option(help="Frames per clip (model input).")] = None,
-    size: Annotated[int | None, typer.Option(help="Clip side in pixels (model input).")] = None,
-    stride: Annotated[
-        int | None, typer.Option(min=1, help="Frame step of the sampled window (default 4).")
-    ] = None,
-    subtract_mean: Annotated[
-        bool, typer.Option(help="Feed each clip minus its mean frame (DESIGN.md §8).")
-    ] = False,
-    warmup_epochs: Annotated[float | None, typer.Option(help="Linear lr warmup.")] = None,
-    log_every: Annotated[int | None, typer.Option(min=1, help="Steps per metrics line.")] = None,
-    max_steps: Annotated[
-        int | None, typer.Option(min=1, help="Stop after N optimiser steps (a trial run).")
-    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (run.out).")] = None,
+    device: Annotated[Device, typer.Option(help="run.device")] = Device.auto,
+    resume: ResumeOpt = None,
+    dry_run: DryRunOpt = False,
+    json_: JsonOpt = False,
 ) -> None:
-    """MAE pre-training of LGI-Former on a manifest (MODEL.md §5.1)."""
+    """MAE pre-training of LGI-Former on a manifest (default config: pretrain-voxceleb2)."""
     _call(
         "maedfer.train.pretrain", "run",
-        data=data, out=out, model=model, epochs=epochs, batch_size=batch_size,
-        accum_steps=accum_steps, lr=lr, blr=blr, mask_ratio=mask_ratio,
-        device=_opt_device(device), backend=backend.value, workers=workers, resume=resume,
-        seed=seed, model_overrides=set_, clip_grad=clip_grad, precision=precision,
-        num_frames=num_frames, size=size, stride=stride,
-        subtract_mean=subtract_mean,
-        warmup_epochs=warmup_epochs, log_every=log_every, max_steps=max_steps,
+        config=config, overrides=set_, data=data, out=out, device=_opt_device(device),
+        resume=resume, dry_run=dry_run, as_json=json_,
     )  # fmt: skip
 
 
 @app.command()
 def finetune(
-    data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="manifest.parquet")],
-    fold: Annotated[int | None, typer.Option(help="Test fold (k-fold datasets).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    fold: Annotated[
+        int | None, typer.Option(help="Test fold, k-fold datasets (data.fold).")
+    ] = None,
     init: Annotated[
-        Path | None, typer.Option(exists=True, dir_okay=False, help="Pre-trained checkpoint.")
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="Pre-trained checkpoint (model.init)."),
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
-    model: Annotated[str, typer.Option(help="Classifier name.")] = "lgi_former_base",
-    epochs: Annotated[int | None, typer.Option(help="Default: MODEL.md §5.2.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Per-device batch.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Absolute lr (overrides --blr).")] = None,
-    blr: Annotated[float | None, typer.Option(help="Base lr per 256 clips.")] = None,
-    device: Annotated[Device, typer.Option()] = Device.auto,
-    backend: Annotated[Backend, typer.Option(help="Clip decoding backend.")] = Backend.auto,
-    workers: Annotated[int | None, typer.Option(help="Loader workers.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from out/checkpoints/last.pt.")] = False,
-    seed: Annotated[int, typer.Option()] = 0,
-    accum_steps: Annotated[int, typer.Option(min=1, help="Gradient accumulation.")] = 1,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Model override key=value (JSON value), repeatable."),
-    ] = None,
-    clip_grad: Annotated[float | None, typer.Option(help="Clip gradients to this norm.")] = None,
-    precision: Annotated[
-        str | None, typer.Option(help="auto | bf16 | fp16 | fp32 (auto: bf16 on GPU).")
-    ] = None,
-    num_frames: Annotated[int | None, typer.Option(help="Frames per clip (model input).")] = None,
-    size: Annotated[int | None, typer.Option(help="Clip side in pixels (model input).")] = None,
-    stride: Annotated[
-        int | None, typer.Option(min=1, help="Frame step of the sampled window (default 4).")
-    ] = None,
-    subtract_mean: Annotated[
-        bool, typer.Option(help="Feed each clip minus its mean frame (DESIGN.md §8).")
-    ] = False,
-    warmup_epochs: Annotated[float | None, typer.Option(help="Linear lr warmup.")] = None,
-    log_every: Annotated[int | None, typer.Option(min=1, help="Steps per metrics line.")] = None,
-    max_steps: Annotated[
-        int | None, typer.Option(min=1, help="Stop after N optimiser steps (a trial run).")
-    ] = None,
-    eval_every: Annotated[
-        int | None, typer.Option(min=1, help="Also test every N epochs (logged).")
-    ] = None,
-    drop_path: Annotated[float | None, typer.Option(help="Stochastic depth rate.")] = None,
-    mixup: Annotated[float | None, typer.Option(help="Mixup alpha (0: off).")] = None,
-    cutmix: Annotated[float | None, typer.Option(help="CutMix alpha (0: off).")] = None,
-    smoothing: Annotated[float | None, typer.Option(help="Label smoothing.")] = None,
-    layer_decay: Annotated[float | None, typer.Option(help="Layer-wise lr decay.")] = None,
-    augment: Annotated[
-        bool | None, typer.Option(help="Reference train augmentation (default on).")
-    ] = None,
-    flip_only: Annotated[
-        bool, typer.Option(help="With --no-augment: still flip half the clips.")
-    ] = False,
-    random_sign: Annotated[
-        bool, typer.Option(help="Negate half the training clips (with --subtract-mean).")
-    ] = False,
+    out: Annotated[Path | None, typer.Option(help="Run folder (run.out).")] = None,
+    device: Annotated[Device, typer.Option(help="run.device")] = Device.auto,
+    resume: ResumeOpt = None,
+    dry_run: DryRunOpt = False,
+    json_: JsonOpt = False,
 ) -> None:
-    """Fine-tune a classifier on one fold and test it (MODEL.md §5.2)."""
+    """Fine-tune a classifier on one fold and test it (default config: finetune-dfew)."""
     _call(
         "maedfer.train.finetune", "run",
-        data=data, fold=fold, init=init, out=out, model=model, epochs=epochs,
-        batch_size=batch_size, lr=lr, blr=blr, device=_opt_device(device),
-        backend=backend.value, workers=workers, resume=resume, seed=seed,
-        accum_steps=accum_steps, model_overrides=set_, clip_grad=clip_grad,
-        precision=precision, num_frames=num_frames, size=size, stride=stride,
-        subtract_mean=subtract_mean,
-        warmup_epochs=warmup_epochs, log_every=log_every, max_steps=max_steps,
-        eval_every=eval_every, drop_path=drop_path, mixup=mixup, cutmix=cutmix,
-        smoothing=smoothing, layer_decay=layer_decay, augment=augment, flip_only=flip_only,
-        random_sign=random_sign,
+        config=config, overrides=set_, data=data, fold=fold, init=init, out=out,
+        device=_opt_device(device), resume=resume, dry_run=dry_run, as_json=json_,
     )  # fmt: skip
 
 
@@ -273,6 +217,28 @@ def _usage(message: str) -> None:
     """A command-line mistake that no library function sees: one line, exit 1."""
     typer.echo(f"maedfer: error: {message}", err=True)
     raise typer.Exit(code=1)
+
+
+config_app = typer.Typer(
+    help="Recipe configs: the shipped ones, and any config resolved with overrides.",
+    no_args_is_help=True,
+)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("list")
+def config_list() -> None:
+    """Names of the shipped configs (use them with --config NAME)."""
+    _call("maedfer.train.config", "print_list")
+
+
+@config_app.command("show")
+def config_show(
+    name: Annotated[str, typer.Argument(help="Shipped config name or a YAML file.")],
+    set_: SetOpt = None,
+) -> None:
+    """Print a config resolved with its overrides, as YAML (copy it, edit it, run it)."""
+    _call("maedfer.train.config", "print_config", source=name, overrides=set_)
 
 
 @app.command()

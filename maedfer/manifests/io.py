@@ -261,7 +261,7 @@ def read_manifest(path: Path | str) -> tuple[pd.DataFrame, dict[str, Any]]:
     if missing:
         raise MaedferError(
             f"{path} lacks manifest column(s) {', '.join(missing)}; "
-            f"expected the columns of DESIGN.md §3 ({', '.join(MANIFEST_COLUMNS)})"
+            f"expected the manifest columns ({', '.join(MANIFEST_COLUMNS)})"
         )
     # else a string label would be coerced to a null below, silently
     check_column_types(table.schema, str(path))

@@ -8,7 +8,13 @@ from maedfer.model.lgi_former import LGIFormer, LGIFormerEncoder
 from maedfer.model.masking import TubeWindowMasking
 from maedfer.model.official import LoadReport, OfficialCheckpointError, load_official
 from maedfer.model.pretrain import MaskedLGIFormer
-from maedfer.model.registry import create_model, list_models, register_model
+from maedfer.model.registry import (
+    create_model,
+    list_models,
+    model_info,
+    models_of_kind,
+    register_model,
+)
 from maedfer.model.vit import VideoViT
 
 __all__ = [
@@ -22,5 +28,7 @@ __all__ = [
     "create_model",
     "list_models",
     "load_official",
+    "model_info",
+    "models_of_kind",
     "register_model",
 ]

@@ -270,6 +270,16 @@ class LGIFormer(nn.Module):
         if num_classes > 0:
             self.head.weight.data.mul_(init_scale)
             self.head.bias.data.mul_(init_scale)
+        if skip_unused_tail:
+            for module in self.unused_tail():
+                module.requires_grad_(False)
+
+    def unused_tail(self) -> list[nn.Module]:
+        """Modules that cannot reach the logits under ``region`` pooling (MODEL.md §7.13): the
+        last block's cross-attention and its norms. With ``skip_unused_tail`` they are skipped
+        and frozen, so DDP needs no ``find_unused_parameters``."""
+        last = self.encoder.blocks[-1]
+        return [last.cross_attn, last.cross_norm, last.cross_context_norm]
 
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
         """``(B, 3, T, H, W)`` -> pooled, normalised features ``(B, C)``."""
@@ -301,6 +311,24 @@ class LGIFormer(nn.Module):
         return _layer_id(param_name, "encoder.", len(self.encoder.blocks))
 
 
+#: Fields that fix the encoder's tensors and token grid: an init must agree on all of them.
+ENCODER_FIELDS: tuple[str, ...] = (
+    "embed_dim", "depth", "num_heads", "mlp_ratio", "img_size", "patch_size", "tubelet_size",
+    "num_frames", "region_size", "qkv_bias",
+)  # fmt: skip
+ENCODER_PREFIX = "encoder."
+
+
+def encoder_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The encoder's tensors (``encoder.*``) of a pre-training or classifier state dict (ours).
+
+    Both models hold a :class:`LGIFormerEncoder` as ``encoder``; the pre-training model's
+    ``encoder_norm``, ``encoder_to_decoder``, ``mask_token`` and decoder are left behind, as are
+    a classifier's ``fc_norm`` and head: the fine-tuning start of the reference.
+    """
+    return {k: v for k, v in state_dict.items() if k.startswith(ENCODER_PREFIX)}
+
+
 def _layer_id(param_name: str, prefix: str, depth: int) -> int:
     if param_name.startswith(prefix + "patch_embed"):
         return 0
@@ -313,16 +341,16 @@ def _lgi_former(overrides: dict, **variant) -> LGIFormer:
     return build(LGIFormer, variant, overrides)
 
 
-@register_model
+@register_model(unused_tail=True)
 def lgi_former_tiny(**overrides) -> LGIFormer:
     return _lgi_former(overrides, embed_dim=256, num_heads=4)
 
 
-@register_model
+@register_model(unused_tail=True)
 def lgi_former_small(**overrides) -> LGIFormer:
     return _lgi_former(overrides, embed_dim=384, num_heads=6)
 
 
-@register_model
+@register_model(unused_tail=True)
 def lgi_former_base(**overrides) -> LGIFormer:
     return _lgi_former(overrides, embed_dim=512, num_heads=8)

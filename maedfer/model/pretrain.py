@@ -285,16 +285,16 @@ def _mae(overrides: dict, **variant) -> MaskedLGIFormer:
     return build(MaskedLGIFormer, variant, overrides)
 
 
-@register_model
+@register_model(kind="pretrain")
 def mae_lgi_former_tiny(**overrides) -> MaskedLGIFormer:
     return _mae(overrides, embed_dim=256, num_heads=4)
 
 
-@register_model
+@register_model(kind="pretrain")
 def mae_lgi_former_small(**overrides) -> MaskedLGIFormer:
     return _mae(overrides, embed_dim=384, num_heads=6)
 
 
-@register_model
+@register_model(kind="pretrain")
 def mae_lgi_former_base(**overrides) -> MaskedLGIFormer:
     return _mae(overrides, embed_dim=512, num_heads=8)

@@ -16,12 +16,46 @@ from torch import nn
 from maedfer.errors import MaedferError
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+_INFO: dict[str, dict[str, Any]] = {}
+KINDS: tuple[str, ...] = ("classifier", "pretrain")
 
 
-def register_model(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: record ``builder`` under its function name."""
-    _BUILDERS[builder.__name__] = builder
-    return builder
+def register_model(
+    builder: Callable[..., nn.Module] | None = None, *, kind: str = "classifier",
+    unused_tail: bool = False,
+) -> Any:
+    """Decorator: record ``builder`` under its function name, with the model's facts.
+
+    ``@register_model`` or ``@register_model(kind="pretrain", unused_tail=True)``. ``kind``:
+    ``classifier`` (fine-tuning, ``(B, 3, T, H, W) -> logits``) or ``pretrain`` (MAE);
+    ``unused_tail``: the model accepts ``skip_unused_tail`` (region pooling leaves part of the
+    last block unreachable from the logits).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r} must be one of {KINDS}")
+
+    def record(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _BUILDERS[fn.__name__] = fn
+        _INFO[fn.__name__] = {"kind": kind, "unused_tail": unused_tail}
+        return fn
+
+    return record(builder) if builder is not None else record
+
+
+def model_info(name: str) -> dict[str, Any]:
+    """The registered facts of a model: ``kind`` and ``unused_tail`` (see :func:`register_model`).
+
+    Raises:
+        MaedferError: unknown name (the message lists the known ones).
+    """
+    if name not in _BUILDERS:
+        raise MaedferError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return dict(_INFO[name])
+
+
+def models_of_kind(kind: str) -> list[str]:
+    """Names of the registered models of one kind, sorted."""
+    return [n for n in list_models() if _INFO[n]["kind"] == kind]
 
 
 def list_models() -> list[str]:

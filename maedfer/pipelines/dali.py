@@ -43,7 +43,8 @@ try:  # DALI is the optional `gpu` extra: this module is imported only for backe
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise MaedferError(
-        "backend 'dali' needs NVIDIA DALI (pip install 'maedfer[gpu]'); use --backend pyav"
+        "backend 'dali' needs NVIDIA DALI (pip install 'maedfer[gpu]'); use backend pyav "
+        "(training: --set data.backend=pyav)"
     ) from exc
 
 _OUTPUTS = ("encoded", "frames", "crop_end", "crop_start", "full", "box_start", "box_end",
@@ -256,7 +257,8 @@ class DaliEpoch:
                     continue
                 where = " on the CPU (VP8, VP9, MJPEG only there)" if self.device_id is None else ""
                 raise MaedferError(
-                    f"DALI cannot decode {spec.path}{where} but PyAV can; use --backend pyav. "
+                    f"DALI cannot decode {spec.path}{where} but PyAV can; use backend pyav "
+                    f"(training: --set data.backend=pyav). "
                     f"DALI said: {_dali_reason(error)}"
                 ) from error
         if not failed:

@@ -21,7 +21,8 @@ import pandas as pd
 import torch
 
 from maedfer.errors import MaedferError
-from maedfer.pipelines.plan import EpochPlan, SampleConfig
+from maedfer.pipelines.augment import RAND_AUGMENT
+from maedfer.pipelines.plan import EpochPlan, SampleConfig, describe_augment
 from maedfer.pipelines.sampling import TemporalRule
 from maedfer.pipelines.select import ClipTable, check_some_clip_exists, load_clip_table
 
@@ -211,7 +212,7 @@ def build_loader(
     drop_last: bool | None = None,
     root: Path | None = None,
     temporal_rule: TemporalRule = "stride",
-    rand_augment: bool | None = None,
+    rand_augment: bool | str | None = None,
     flip_only: bool = False,
     random_sign: bool = False,
 ) -> ClipLoader:
@@ -244,7 +245,9 @@ def build_loader(
         root: folder the manifest's ``path`` is relative to (default: the manifest's folder,
             or its ``maedfer.raw_root`` for clips read in place).
         temporal_rule: ``stride`` (exact stride) or ``reference`` (MODEL.md §4.2's linspace).
-        rand_augment: RandAugment in train mode; default on with PyAV (DALI has none).
+        rand_augment: RandAugment in train mode: a timm policy string, ``True`` for the
+            reference's ``rand-m7-n4-mstd0.5-inc1``, ``False`` for none; default on with PyAV
+            (DALI has none).
         flip_only: with ``augment`` off, train mode still flips half the clips horizontally.
         random_sign: train mode negates half the clips (with ``subtract_mean``, the sign of a
             change depends on the face's colours, not on the movement).
@@ -263,12 +266,15 @@ def build_loader(
     backend_name, dev = resolve_backend(backend, device)
     augment = mode != "test" if augment is None else bool(augment)
     if rand_augment and backend_name == "dali":
-        raise MaedferError("RandAugment runs on the PyAV backend only; use --backend pyav")
+        raise MaedferError("RandAugment runs on the PyAV backend only; use backend pyav "
+                           "(training: --set data.backend=pyav)")
     if rand_augment is None:
         rand_augment = augment and mode == "train" and backend_name == "pyav"
+    policy = rand_augment if isinstance(rand_augment, str) else RAND_AUGMENT
     config = SampleConfig(
         mode=mode, num_frames=num_frames, stride=stride, size=size, augment=augment,
         rand_augment=bool(rand_augment) and augment and mode == "train",
+        rand_augment_policy=policy,
         temporal_rule=temporal_rule, test_views=test_views, subtract_mean=subtract_mean,
         flip_only=flip_only, random_sign=random_sign, seed=seed,
     )  # fmt: skip
@@ -294,4 +300,6 @@ def describe(loader: ClipLoader) -> dict[str, Any]:
         "clips": loader.dataset_size,
         "batch_size": loader.batch_size,
         "batches": len(loader),
+        "temporal_rule": loader.config.temporal_rule,
+        "augment": describe_augment(loader.config),
     }

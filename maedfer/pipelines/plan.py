@@ -22,7 +22,7 @@ import numpy as np
 
 from maedfer.errors import MaedferError
 from maedfer.pipelines import augment, sampling
-from maedfer.pipelines.augment import Box
+from maedfer.pipelines.augment import RAND_AUGMENT, Box
 from maedfer.pipelines.select import ClipTable
 
 MODES: tuple[str, ...] = ("pretrain", "train", "test")
@@ -38,6 +38,7 @@ class SampleConfig:
     size: int = 160
     augment: bool = False
     rand_augment: bool = False
+    rand_augment_policy: str = RAND_AUGMENT
     temporal_rule: sampling.TemporalRule = "stride"
     test_views: int = 2
     subtract_mean: bool = False
@@ -141,9 +142,7 @@ class EpochPlan:
         t_kw = {"num_frames": cfg.num_frames, "stride": cfg.stride}
         if cfg.mode == "test":
             indices = sampling.test_window(count, view=view, views=cfg.test_views, **t_kw)
-        elif cfg.mode == "pretrain":
-            indices = sampling.stride_window(count, generator=rng, **t_kw)
-        else:
+        else:  # pretrain and train: the configured training window (pretrain: stride)
             indices = sampling.train_window(count, rule=cfg.temporal_rule, generator=rng, **t_kw)
         crop = Box(*map(int, table.crop[row])) if table.crop[row][0] >= 0 else None
         box, flip, ra_seed, erase, erase_seed = None, False, None, None, 0
@@ -168,3 +167,28 @@ class EpochPlan:
             label=int(table.label[row]), frame_indices=indices, crop=crop, box=box, flip=flip,
             rand_augment_seed=ra_seed, erase=erase, erase_seed=erase_seed, negate=negate,
         )  # fmt: skip
+
+
+def describe_augment(config: SampleConfig) -> list[dict]:
+    """The augmentations a loader applies, in order, with their parameters (for ``describe``)."""
+    if config.mode == "test":
+        return []
+    steps: list[dict] = []
+    if config.augment and config.mode == "pretrain":
+        steps.append({"name": "multi_scale_crop", "scales": list(augment.MULTI_SCALES),
+                      "max_distort": 1, "fixed_offsets": 13, "size": config.size})
+    elif config.augment:
+        if config.rand_augment:
+            steps.append({"name": "rand_augment", "policy": config.rand_augment_policy,
+                          "interpolation": "bicubic", "same_for_all_frames": True})
+        steps += [
+            {"name": "random_resized_crop", "scale": [0.08, 1.0], "ratio": [3 / 4, 4 / 3],
+             "size": config.size},
+            {"name": "horizontal_flip", "p": augment.FLIP_PROB},
+            {"name": "random_erasing", "p": augment.ERASE_PROB, "mode": "pixel", "count": 1},
+        ]
+    elif config.flip_only and config.mode == "train":
+        steps.append({"name": "horizontal_flip", "p": augment.FLIP_PROB})
+    if config.random_sign and config.mode == "train":
+        steps.append({"name": "random_sign", "p": 0.5})
+    return steps

@@ -257,7 +257,8 @@ class ClipDataset(Dataset):
         self.plan = plan
         self.config = plan.config
         # built here, in the parent: forked workers inherit timm already imported (seconds)
-        self.rand_augment = (augment.VideoRandAugment(size=self.config.size)
+        self.rand_augment = (augment.VideoRandAugment(self.config.rand_augment_policy,
+                                                     size=self.config.size)
                              if self.config.rand_augment else None)
 
     def __len__(self) -> int:

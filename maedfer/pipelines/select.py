@@ -100,7 +100,7 @@ def _read_parquet(path: Path) -> tuple[pa.Table, dict[str, str]]:
     if missing:
         raise MaedferError(
             f"manifest {path} lacks column(s) {', '.join(missing)}; "
-            f"the pipelines need {', '.join(NEEDED_COLUMNS)} (DESIGN.md §3)"
+            f"the pipelines need {', '.join(NEEDED_COLUMNS)}"
         )
     check_column_types(schema, str(path))
     columns = [c for c in (*NEEDED_COLUMNS, *OPTIONAL_COLUMNS) if c in names]
@@ -115,7 +115,7 @@ def _from_frame(df: pd.DataFrame) -> pa.Table:
     if missing:
         raise MaedferError(
             f"manifest DataFrame lacks column(s) {', '.join(missing)}; "
-            f"the pipelines need {', '.join(NEEDED_COLUMNS)} (DESIGN.md §3)"
+            f"the pipelines need {', '.join(NEEDED_COLUMNS)}"
         )
     arrays, names = [], []
     for name in (*NEEDED_COLUMNS, *OPTIONAL_COLUMNS):

@@ -28,7 +28,8 @@ the full one.
 Every value is a tensor, a number, a string, ``None`` or a list/dict of those, which is what the
 ``weights_only`` unpickler allows. Initialising a classifier (``--init``) accepts our
 pre-training or fine-tuning checkpoints (the encoder is taken, module names are identical:
-both models hold a :class:`maedfer.model.LGIFormerEncoder` as ``encoder``) and the official
+both models hold a :class:`maedfer.model.LGIFormerEncoder` as ``encoder``: which keys are the
+encoder's is :func:`maedfer.model.lgi_former.encoder_state`) and the official
 MAE-DFER ones (through :func:`maedfer.model.load_official`).
 """
 
@@ -53,6 +54,7 @@ from torch import nn
 from maedfer.atomic import atomic_path
 from maedfer.errors import MaedferError
 from maedfer.model import create_model, load_official
+from maedfer.model.lgi_former import ENCODER_FIELDS, encoder_state
 from maedfer.train.optim import unwrap
 
 log = logging.getLogger(__name__)
@@ -64,11 +66,6 @@ FINAL = "final.pt"  # the weights-only export, in the run folder
 NUMBERED = re.compile(r"epoch-(\d+)\.pt")
 # What a weights-only file keeps of a full checkpoint.
 WEIGHTS_KEYS = ("model_name", "model_config", "model", "classes", "config", "epoch", "step")
-# Fields that fix the encoder's tensors and token grid: an init must agree on all of them.
-ENCODER_FIELDS = (
-    "embed_dim", "depth", "num_heads", "mlp_ratio", "img_size", "patch_size", "tubelet_size",
-    "num_frames", "region_size", "qkv_bias",
-)  # fmt: skip
 
 
 def plain(value: Any) -> Any:
@@ -292,16 +289,6 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], **overrides: Any) -> nn.Modul
 # ---------------------------------------------------------------- initialisation (--init)
 
 
-def encoder_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The ``encoder.*`` tensors of a pre-training or classifier state dict (ours).
-
-    Our pre-training model's ``encoder_norm``, ``encoder_to_decoder``, ``mask_token`` and
-    ``decoder`` are left behind, as are a classifier's ``fc_norm`` and ``head``: the fine-tuning
-    start of MODEL.md §5.2 (``fc_norm`` and head fresh).
-    """
-    return {k: v for k, v in state_dict.items() if k.startswith("encoder.")}
-
-
 def _load_own_encoder(model: nn.Module, ckpt: Mapping[str, Any], path: Path) -> str:
     problem = config_mismatch(
         ckpt["model_name"], ckpt["model_config"], model.model_name, model.config, ENCODER_FIELDS
@@ -309,7 +296,7 @@ def _load_own_encoder(model: nn.Module, ckpt: Mapping[str, Any], path: Path) -> 
     if problem:
         raise MaedferError(f"--init {path} holds {problem}; their encoders differ")
     source = encoder_state(ckpt["model"])
-    ours = {k: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
+    ours = encoder_state(model.state_dict())
     missing = sorted(set(ours) - set(source))
     if missing:
         raise MaedferError(f"--init {path} lacks encoder tensors: {', '.join(missing[:5])}")

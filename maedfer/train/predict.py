@@ -116,14 +116,20 @@ def load_classifier(checkpoint: Path, device: str) -> tuple[nn.Module, dict[str,
 def _settings(checkpoint: Path, ckpt: Mapping[str, Any], model: nn.Module) -> dict[str, Any]:
     # The fine-tuning recipe stores the label names beside its options (``classes``) and its
     # options under ``config``, where None means "the model's own value".
+    # Recipe configs are nested (``data.stride``, ``model.img_size``); checkpoints written
+    # before them hold one flat dict (``stride``, ``size``): both are read.
     config, built = ckpt.get("config") or {}, model.config
+    nested = isinstance(config.get("data"), Mapping)
+    data = config["data"] if nested else config
+    model_cfg = config.get("model") or {} if nested else config
+    size = model_cfg.get("img_size") if nested else config.get("size")
     settings = {
         "model": model.model_name,
         "class_names": list(ckpt.get("classes") or config.get("classes") or []),
-        "num_frames": int(config.get("num_frames") or built["num_frames"]),
-        "stride": int(config.get("stride") or DEFAULT_STRIDE),
-        "size": int(config.get("size") or built["img_size"]),
-        "subtract_mean": bool(config.get("subtract_mean", False)),
+        "num_frames": int(model_cfg.get("num_frames") or built["num_frames"]),
+        "stride": int(data.get("stride") or DEFAULT_STRIDE),
+        "size": int(size or built["img_size"]),
+        "subtract_mean": bool(data.get("subtract_mean", False)),
     }
     names = settings["class_names"]
     if len(names) != built["num_classes"]:

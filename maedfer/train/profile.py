@@ -26,7 +26,7 @@ from unittest import mock
 import torch
 
 from maedfer.errors import MaedferError
-from maedfer.model import LGIFormer, MaskedLGIFormer, create_model, list_models
+from maedfer.model import MaskedLGIFormer, create_model, list_models, model_info
 from maedfer.model import layers as model_layers
 from maedfer.train.distributed import resolve_device
 from maedfer.train.optim import create_optimizer
@@ -75,15 +75,13 @@ def build_step(
     if name not in list_models():
         raise MaedferError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     precision = resolve_precision(precision, device)
-    pretraining = name.startswith("mae_")
+    info = model_info(name)
+    pretraining = info["kind"] == "pretrain"
     overrides = dict(overrides or {})
-    if not pretraining and name.startswith("lgi_former") and not reference_style:
+    if not pretraining and info["unused_tail"] and not reference_style:
         overrides.setdefault("skip_unused_tail", overrides.get("pooling", "region") == "region")
     model = create_model(name, **overrides).to(device)
-    if isinstance(model, LGIFormer) and model.skip_unused_tail:
-        last = model.encoder.blocks[-1]
-        for module in (last.cross_attn, last.cross_norm, last.cross_context_norm):
-            module.requires_grad_(False)  # as the recipe does
+    # (a model built with skip_unused_tail freezes its dead tail itself, as in the recipe)
     cfg = model.config
     video = torch.randn(batch, 3, cfg["num_frames"], cfg["img_size"], cfg["img_size"],
                         device=device)
@@ -163,7 +161,7 @@ def measure(name: str, *, batch: int, batches: int, device: torch.device,
     spread = quartiles(times)
     row: dict[str, Any] = {
         "name": name, "batch": batch, "precision": precision,
-        "kind": "pretrain" if name.startswith("mae_") else "finetune",
+        "kind": "pretrain" if model_info(name)["kind"] == "pretrain" else "finetune",
         "clips_per_s": batch / spread["median"], "step_s": spread,
         "clips_per_s_p25_p75": [batch / spread["p75"], batch / spread["p25"]],
     }  # fmt: skip
@@ -189,7 +187,7 @@ def run(
     name = name or "lgi_former_base"
     batch = batch or (32 if dev.type == "cuda" else 2)
     batches = batches or (10 if dev.type == "cuda" else 2)
-    if batch % 2 and not name.startswith("mae_"):
+    if batch % 2 and name in list_models() and model_info(name)["kind"] != "pretrain":
         raise MaedferError(f"--batch ({batch}) must be even: the fine-tuning step mixes pairs")
     row = measure(name, batch=batch, batches=batches, device=dev, overrides=overrides)
     result = {"stage": "train", "device": str(dev), **row}

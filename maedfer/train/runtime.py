@@ -84,7 +84,8 @@ def nonfinite_stop(steps: int, *, epoch: int, step: int, checkpoint: Path | None
         where = "no checkpoint of this run was saved yet"
     return MaedferError(
         f"the loss was not finite for {steps} optimiser steps in a row (epoch {epoch}, step "
-        f"{step}); {where}; try a lower --lr, --clip-grad or --precision fp32"
+        f"{step}); {where}; try a lower optim.lr, optim.clip_grad or "
+        "run.precision=fp32 (--set KEY=VALUE)"
     )
 
 

@@ -86,7 +86,7 @@ def test_dali_cpu_refuses_h264_clearly(h264_clips: tuple[Path, pd.DataFrame]) ->
     folder, _ = h264_clips
     loader = build_loader(folder / "manifest.parquet", mode="test", batch_size=2, size=16,
                           backend="dali", device="cpu")
-    with pytest.raises(MaedferError, match="use --backend pyav"):
+    with pytest.raises(MaedferError, match="use backend pyav"):
         next(iter(loader))
 
 

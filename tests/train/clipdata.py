@@ -32,6 +32,33 @@ TINY_MAE = {
 }  # fmt: skip
 
 
+_OWN_FIELDS = {"num_frames": "model.num_frames", "img_size": "model.img_size",
+               "mask_ratio": "model.mask_ratio", "drop_path_rate": "model.drop_path"}
+
+
+def model_keys(name: str, arguments: dict) -> dict:
+    """Dotted config keys that build model ``name`` with constructor ``arguments``."""
+    keys: dict = {"model.name": name, "model.overrides": {}}
+    for key, value in arguments.items():
+        value = list(value) if isinstance(value, tuple) else value
+        if key in _OWN_FIELDS:
+            keys[_OWN_FIELDS[key]] = value
+        else:
+            keys["model.overrides"][key] = value
+    return keys
+
+
+TINY_FINETUNE_KEYS = model_keys("lgi_former_tiny", TINY_CLASSIFIER)
+TINY_PRETRAIN_KEYS = model_keys("mae_lgi_former_tiny", TINY_MAE)
+
+
+def cli_sets(keys: dict) -> list[str]:
+    """``--set key=value`` arguments for dotted ``keys`` (JSON values are YAML)."""
+    import json
+
+    return [a for k, v in keys.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+
+
 def clip_frames(label: int, rng: np.random.Generator) -> np.ndarray:
     """``(FRAMES, SIZE, SIZE, 3)`` uint8: the class tint, noise, and a drifting bright bar."""
     # Smooth (8×8 upsampled) noise: a masked patch is partly predictable from its neighbours.

@@ -7,7 +7,6 @@ what is wrong with it.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -20,29 +19,31 @@ from typer.testing import CliRunner, Result
 
 from maedfer.cli import app
 from maedfer.train.finetune import FinetuneRecipe
-from tests.train.clipdata import TINY_CLASSIFIER, TINY_MAE, make_dataset, one_thread
+from tests.train.clipdata import (
+    TINY_FINETUNE_KEYS,
+    TINY_PRETRAIN_KEYS,
+    cli_sets,
+    make_dataset,
+    one_thread,
+)
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 runner = CliRunner()
 
 
-def _sets(overrides: dict) -> list[str]:
-    return [a for k, v in overrides.items()
-            for a in ("--set", f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}")]
-
-
 def finetune(data: Path, out: Path, *extra: str) -> Result:
     return runner.invoke(app, [
         "finetune", "--data", str(data), "--fold", "1", "--out", str(out),
-        "--model", "lgi_former_tiny", "--epochs", "2", "--batch-size", "2", "--workers", "0",
-        "--mixup", "0", "--cutmix", "0", *_sets(TINY_CLASSIFIER), *extra,
+        *cli_sets({**TINY_FINETUNE_KEYS, "schedule.epochs": 2, "data.batch_size": 2,
+                   "data.workers": 0, "loss.mixup": 0, "loss.cutmix": 0}), *extra,
     ])  # fmt: skip
 
 
 def pretrain(data: Path, out: Path, *extra: str) -> Result:
     return runner.invoke(app, [
-        "pretrain", "--data", str(data), "--out", str(out), "--model", "mae_lgi_former_tiny",
-        "--epochs", "1", "--batch-size", "2", "--workers", "0", *_sets(TINY_MAE), *extra,
+        "pretrain", "--data", str(data), "--out", str(out),
+        *cli_sets({**TINY_PRETRAIN_KEYS, "schedule.epochs": 1, "data.batch_size": 2,
+                   "data.workers": 0}), *extra,
     ])  # fmt: skip
 
 
@@ -98,7 +99,7 @@ def test_all_clip_files_missing(tmp_path: Path) -> None:
     gone = make_dataset(tmp_path / "gone", clips_per_class=2)  # 6 clips, 3 per fold
     shutil.rmtree(tmp_path / "gone" / "clips")
     # a worker process, as by default: its failure used to come back as a worker traceback
-    line = error_line(finetune(gone, tmp_path / "run", "--workers", "1"))
+    line = error_line(finetune(gone, tmp_path / "run", "--set", "data.workers=1"))
     first = tmp_path / "gone" / "clips" / "c0_01.mp4"
     assert f"manifest {gone}: all 3 clip files of the train rows (folds other than 1) are " \
            f"missing, e.g. {first}" in line  # fmt: skip
@@ -155,6 +156,6 @@ def test_nonfinite_stop_before_any_checkpoint(manifest24, tmp_path, monkeypatch)
 def test_nonfinite_stop_names_the_saved_checkpoint(manifest24, tmp_path, monkeypatch) -> None:
     out = tmp_path / "run"
     _nan_from(1, monkeypatch)
-    line = error_line(finetune(manifest24, out, "--epochs", "3"))
+    line = error_line(finetune(manifest24, out, "--set", "schedule.epochs=3"))
     last = out / "checkpoints" / "last.pt"
     assert f"the last good checkpoint is {last};" in line and last.is_file()

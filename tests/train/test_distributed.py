@@ -19,18 +19,29 @@ import torch
 import torch.multiprocessing as mp
 
 from maedfer.errors import MaedferError
-from maedfer.train import distributed, finetune, pretrain
+from maedfer.train import config as config_io
+from maedfer.train import distributed, finetune, loop, pretrain
 from maedfer.train.distributed import all_reduce_sum, gather_objects, init_distributed
-from maedfer.train.pretrain import PretrainConfig, PretrainRecipe
-from tests.train.clipdata import TINY_CLASSIFIER, TINY_MAE, make_dataset, one_thread
+from maedfer.train.pretrain import PretrainRecipe
+from tests.train.clipdata import TINY_FINETUNE_KEYS, TINY_PRETRAIN_KEYS, make_dataset, one_thread
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
-PRETRAIN = dict(model="mae_lgi_former_tiny", model_overrides=TINY_MAE, epochs=1, workers=0,
-                log_every=1, lr=1e-3, warmup_epochs=0, quiet=True)
-FINETUNE = dict(fold=1, model="lgi_former_tiny", model_overrides={**TINY_CLASSIFIER,
-                "drop_path_rate": 0.0}, epochs=1, workers=0, log_every=1, lr=1e-3,
-                warmup_epochs=0, mixup=0.0, cutmix=0.0, quiet=True)
+COMMON = {"schedule.epochs": 1, "data.workers": 0, "run.log_every": 1, "optim.lr": 1e-3,
+          "schedule.warmup_epochs": 0}
+PRETRAIN = {**TINY_PRETRAIN_KEYS, **COMMON}
+FINETUNE = {**TINY_FINETUNE_KEYS, **COMMON, "model.drop_path": 0.0, "loss.mixup": 0.0,
+            "loss.cutmix": 0.0}
+
+
+def _pretrain(manifest: Path, out: Path, batch_size: int) -> None:
+    pretrain.run(overrides={**PRETRAIN, "data.batch_size": batch_size}, data=manifest, out=out,
+                 quiet=True)
+
+
+def _finetune(manifest: Path, out: Path, batch_size: int) -> None:
+    finetune.run(overrides={**FINETUNE, "data.batch_size": batch_size}, data=manifest, fold=1,
+                 out=out, quiet=True)
 
 
 def _free_ports() -> tuple[int, int]:
@@ -46,13 +57,15 @@ def _video() -> torch.Tensor:
 
 def _one_step_grads(manifest: Path, out: Path) -> dict[str, torch.Tensor]:
     """Gradients of one pre-training micro-step over this rank's share of a fixed batch."""
-    recipe = PretrainRecipe(PretrainConfig(data=manifest, out=out, model="mae_lgi_former_tiny",
-                                           model_overrides=TINY_MAE, precision="fp32"))
+    cfg = config_io.load(recipe="pretrain", overrides={
+        **TINY_PRETRAIN_KEYS, "data.manifest": str(manifest), "run.out": str(out),
+        "run.precision": "fp32"})
+    recipe = PretrainRecipe(cfg)
     recipe._env, recipe._precision = init_distributed("cpu"), "fp32"
     torch.manual_seed(0)
-    recipe._model = recipe._setup_model(None)
     env = recipe._env
-    recipe._loss_step(_video()[env.rank :: env.world_size], 0, 0).backward()
+    recipe._raw, recipe._model = loop.place_model(recipe._setup_model(), env, None, out)
+    recipe._loss_step({"video": _video()[env.rank :: env.world_size]}, 0, 0).backward()
     return {n: p.grad.clone() for n, p in recipe._raw.named_parameters()}
 
 
@@ -65,10 +78,10 @@ def _worker(rank: int, ports: tuple[int, int], manifest: Path, out: Path) -> Non
     helpers = (all_reduce_sum([rank + 1.0], env), gather_objects(f"r{rank}", env))
     if rank == 0:
         torch.save({"grads": grads, "sum": helpers[0], "gathered": helpers[1]}, out / "step.pt")
-    pretrain.run(data=manifest, out=out / "pretrain", batch_size=2, **PRETRAIN)
+    _pretrain(manifest, out / "pretrain", 2)
     # each run leaves its process group at the end (as a torchrun launch would): a new one
     os.environ["MASTER_PORT"] = str(ports[1])
-    finetune.run(data=manifest, out=out / "finetune", batch_size=2, **FINETUNE)
+    _finetune(manifest, out / "finetune", 2)
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +91,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "ddp").mkdir()
     mp.spawn(_worker, args=(_free_ports(), manifest, root / "ddp"), nprocs=2, join=True)
     os.environ.pop("WORLD_SIZE", None)
-    pretrain.run(data=manifest, out=root / "single" / "pretrain", batch_size=4, **PRETRAIN)
-    finetune.run(data=manifest, out=root / "single" / "finetune", batch_size=4, **FINETUNE)
+    _pretrain(manifest, root / "single" / "pretrain", 4)
+    _finetune(manifest, root / "single" / "finetune", 4)
     return root
 
 

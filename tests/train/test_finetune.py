@@ -11,10 +11,18 @@ from typer.testing import CliRunner
 
 from maedfer.cli import app
 from maedfer.errors import MaedferError
+from maedfer.train import config as config_io
 from maedfer.train import finetune, metrics, pretrain
 from maedfer.train.distributed import DistEnv
-from maedfer.train.finetune import FinetuneConfig, FinetuneRecipe, merge_views
-from tests.train.clipdata import TINY_CLASSIFIER, TINY_MAE, make_dataset, one_thread
+from maedfer.train.finetune import FinetuneRecipe, merge_views
+from maedfer.train.loop import TrainLoop
+from tests.train.clipdata import (
+    TINY_FINETUNE_KEYS,
+    TINY_PRETRAIN_KEYS,
+    cli_sets,
+    make_dataset,
+    one_thread,
+)
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
@@ -24,10 +32,13 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("finetune-data"))  # 3 classes x 8, 2 folds
 
 
-def _run(manifest: Path, out: Path, **kw) -> dict:
-    options = dict(fold=1, model="lgi_former_tiny", model_overrides=TINY_CLASSIFIER, epochs=2,
-                   batch_size=4, workers=0, log_every=1, lr=3e-3, warmup_epochs=1, quiet=True)
-    return finetune.run(data=manifest, out=out, **{**options, **kw})
+BASE = {**TINY_FINETUNE_KEYS, "schedule.epochs": 2, "data.batch_size": 4, "data.workers": 0,
+        "run.log_every": 1, "optim.lr": 3e-3, "schedule.warmup_epochs": 1}
+
+
+def _run(manifest: Path, out: Path, sets: dict | None = None, **flags) -> dict:
+    flags = {"fold": 1, "quiet": True, **flags}
+    return finetune.run(overrides={**BASE, **(sets or {})}, data=manifest, out=out, **flags)
 
 
 def _records(out: Path, kind: str) -> list[dict]:
@@ -45,11 +56,12 @@ def test_merge_views_averages_distinct_views() -> None:
 
 
 def test_learns_from_a_pretraining_init_and_writes_results(manifest, tmp_path) -> None:
-    pretrain.run(data=manifest, out=tmp_path / "pt", model="mae_lgi_former_tiny",
-                 model_overrides=TINY_MAE, epochs=2, batch_size=4, workers=0, lr=2e-3,
-                 warmup_epochs=1, quiet=True)
+    pretrain.run(overrides={**TINY_PRETRAIN_KEYS, "schedule.epochs": 2, "data.batch_size": 4,
+                            "data.workers": 0, "optim.lr": 2e-3, "schedule.warmup_epochs": 1},
+                 data=manifest, out=tmp_path / "pt", quiet=True)
     init = tmp_path / "pt" / "checkpoints" / "last.pt"
-    result = _run(manifest, tmp_path / "ft", init=init, epochs=20, eval_every=10, log_every=10)
+    result = _run(manifest, tmp_path / "ft", {"schedule.epochs": 20, "eval.eval_every": 10,
+                                              "run.log_every": 10}, init=init)
     report = result["report"]
     # 3 classes (chance 1/3); 20 epochs of 3 steps with mixup reached UAR 1.0 when measured
     assert report["uar"] >= 0.75 and report["war"] >= 0.75, report
@@ -69,7 +81,7 @@ def test_learns_from_a_pretraining_init_and_writes_results(manifest, tmp_path) -
 
 def test_interrupt_and_resume_equal_an_uninterrupted_run(manifest, tmp_path, monkeypatch):
     _run(manifest, tmp_path / "whole")  # 12 train clips, batch 4 -> 3 steps per epoch, mixup
-    original, calls = FinetuneRecipe._optimizer_step, []
+    original, calls = TrainLoop.optimizer_step, []
 
     def interrupted(self):
         calls.append(1)
@@ -77,12 +89,12 @@ def test_interrupt_and_resume_equal_an_uninterrupted_run(manifest, tmp_path, mon
             signal.raise_signal(signal.SIGINT)
         return original(self)
 
-    monkeypatch.setattr(FinetuneRecipe, "_optimizer_step", interrupted)
+    monkeypatch.setattr(TrainLoop, "optimizer_step", interrupted)
     with pytest.raises(SystemExit) as exit_:
-        _run(manifest, tmp_path / "parts", log_every=2)
+        _run(manifest, tmp_path / "parts", {"run.log_every": 2})
     assert exit_.value.code == 130 and not (tmp_path / "parts" / "report.json").exists()
     monkeypatch.undo()
-    _run(manifest, tmp_path / "parts", resume=True, log_every=2)
+    _run(manifest, tmp_path / "parts", {"run.log_every": 2}, resume=True)
     # log_every differs on purpose: the metrics window is part of the resumed state
     whole = [(r["step"], r["loss"]) for r in _records(tmp_path / "whole", "epoch")]
     parts = [(r["step"], r["loss"]) for r in _records(tmp_path / "parts", "epoch")]
@@ -96,10 +108,10 @@ def test_interrupt_and_resume_equal_an_uninterrupted_run(manifest, tmp_path, mon
 
 
 def test_resume_with_another_class_count_fails_in_one_line(manifest, tmp_path) -> None:
-    _run(manifest, tmp_path / "run", epochs=1, max_steps=1)
+    _run(manifest, tmp_path / "run", {"schedule.epochs": 1, "schedule.max_steps": 1})
     four = make_dataset(tmp_path / "four", num_classes=4, clips_per_class=4)
     with pytest.raises(MaedferError) as err:
-        _run(four, tmp_path / "run", epochs=1, resume=True)
+        _run(four, tmp_path / "run", {"schedule.epochs": 1}, resume=True)
     assert "num_classes 3, but this run builds lgi_former_tiny with num_classes 4" in str(
         err.value
     )
@@ -112,14 +124,15 @@ def test_fold_choice_is_checked(manifest, tmp_path) -> None:
     with pytest.raises(MaedferError, match=r"--fold \(3\) must be in 1..2"):
         _run(manifest, tmp_path, fold=3)
     with pytest.raises(MaedferError, match="batch_size .* must be even"):
-        _run(manifest, tmp_path, batch_size=3)
+        _run(manifest, tmp_path, {"data.batch_size": 3})
 
 
 def test_dead_tail_is_frozen_and_everything_else_learns(manifest) -> None:
-    recipe = FinetuneRecipe(FinetuneConfig(data=manifest, fold=1, model="lgi_former_tiny",
-                                           model_overrides=TINY_CLASSIFIER))
-    recipe._env = DistEnv()
-    model = recipe._setup_model(None)
+    cfg = config_io.load(recipe="finetune", overrides={
+        **TINY_FINETUNE_KEYS, "data.manifest": str(manifest), "data.fold": 1})
+    recipe = FinetuneRecipe(cfg)
+    recipe._env, recipe._state = DistEnv(), None
+    model = recipe._setup_model()
     model(torch.randn(2, 3, 8, 32, 32)).logsumexp(-1).sum().backward()
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert frozen and all(n.startswith("encoder.blocks.1.cross_") for n in frozen)
@@ -127,12 +140,10 @@ def test_dead_tail_is_frozen_and_everything_else_learns(manifest) -> None:
 
 
 def test_cli_finetune(manifest: Path, tmp_path: Path) -> None:
-    sets = [a for k, v in TINY_CLASSIFIER.items()
-            for a in ("--set", f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}")]
+    sets = cli_sets({**TINY_FINETUNE_KEYS, "schedule.epochs": 1, "data.batch_size": 4,
+                     "data.workers": 0, "loss.mixup": 0, "loss.cutmix": 0})
     result = CliRunner().invoke(app, [
-        "finetune", "--data", str(manifest), "--fold", "2", "--out", str(tmp_path),
-        "--model", "lgi_former_tiny", "--epochs", "1", "--batch-size", "4", "--workers", "0",
-        "--mixup", "0", "--cutmix", "0", *sets,
+        "finetune", "--data", str(manifest), "--fold", "2", "--out", str(tmp_path), *sets,
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "UAR" in result.output and (tmp_path / "predictions.parquet").is_file()
@@ -141,6 +152,6 @@ def test_cli_finetune(manifest: Path, tmp_path: Path) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_half_precision_on_cuda(manifest: Path, tmp_path: Path, precision: str) -> None:
-    result = _run(manifest, tmp_path, epochs=2, device="cuda", precision=precision,
-                  backend="pyav")
+    result = _run(manifest, tmp_path, {"run.precision": precision, "data.backend": "pyav"},
+                  device="cuda")
     assert result["nonfinite_steps"] == 0 and result["report"]["num_clips"] == 12

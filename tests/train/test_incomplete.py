@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from maedfer.cli import app
 from maedfer.train import metrics
 from maedfer.train.coverage import coverage_keys, run_coverage
-from tests.train.clipdata import TINY_CLASSIFIER, make_dataset, one_thread
+from tests.train.clipdata import TINY_FINETUNE_KEYS, cli_sets, make_dataset, one_thread
 from tests.train.test_evaluate import make_run
 from tests.train.test_metrics import FOLD_A, FOLD_B
 
@@ -28,12 +28,10 @@ BROKEN = "c1_00"
 
 
 def _finetune(data: Path, fold: int, out: Path):  # noqa: ANN202 (a click Result)
-    sets = [a for k, v in TINY_CLASSIFIER.items()
-            for a in ("--set", f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}")]
+    sets = cli_sets({**TINY_FINETUNE_KEYS, "schedule.epochs": 1, "data.batch_size": 4,
+                     "data.workers": 0, "loss.mixup": 0, "loss.cutmix": 0})
     return runner.invoke(app, [
-        "finetune", "--data", str(data), "--fold", str(fold), "--out", str(out),
-        "--model", "lgi_former_tiny", "--epochs", "1", "--batch-size", "4", "--workers", "0",
-        "--mixup", "0", "--cutmix", "0", *sets,
+        "finetune", "--data", str(data), "--fold", str(fold), "--out", str(out), *sets,
     ])  # fmt: skip
 
 

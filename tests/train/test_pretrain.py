@@ -12,8 +12,8 @@ from maedfer.cli import app
 from maedfer.errors import MaedferError
 from maedfer.model import MaskedLGIFormer
 from maedfer.train import pretrain
-from maedfer.train.pretrain import PretrainRecipe
-from tests.train.clipdata import TINY_MAE, make_dataset, one_thread
+from maedfer.train.loop import TrainLoop
+from tests.train.clipdata import TINY_PRETRAIN_KEYS, cli_sets, make_dataset, one_thread
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
@@ -23,10 +23,13 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("pretrain-data"))  # 24 clips
 
 
-def _run(manifest: Path, out: Path, **kw) -> dict:
-    options = dict(model="mae_lgi_former_tiny", model_overrides=TINY_MAE, epochs=2,
-                   batch_size=4, workers=0, log_every=1, lr=2e-3, warmup_epochs=1, quiet=True)
-    return pretrain.run(data=manifest, out=out, **{**options, **kw})
+BASE = {**TINY_PRETRAIN_KEYS, "schedule.epochs": 2, "data.batch_size": 4, "data.workers": 0,
+        "run.log_every": 1, "optim.lr": 2e-3, "schedule.warmup_epochs": 1}
+
+
+def _run(manifest: Path, out: Path, sets: dict | None = None, **flags) -> dict:
+    return pretrain.run(overrides={**BASE, **(sets or {})}, data=manifest, out=out,
+                        quiet=True, **flags)
 
 
 def _records(out: Path, kind: str) -> list[dict]:
@@ -35,7 +38,7 @@ def _records(out: Path, kind: str) -> list[dict]:
 
 
 def test_loss_falls(manifest: Path, tmp_path: Path) -> None:
-    result = _run(manifest, tmp_path, epochs=8)
+    result = _run(manifest, tmp_path, {"schedule.epochs": 8})
     losses = [r["loss"] for r in _records(tmp_path, "epoch")]
     assert len(losses) == 8 and result["steps"] == 8 * 6
     # measured 0.645 -> 0.608 for this seed; noise between epochs is about 0.005
@@ -47,11 +50,11 @@ def test_loss_falls(manifest: Path, tmp_path: Path) -> None:
 
 
 def test_interrupt_and_resume_equal_an_uninterrupted_run(manifest, tmp_path, monkeypatch):
-    common = dict(batch_size=2, accum_steps=2)  # 12 batches -> 6 optimiser steps per epoch
-    _run(manifest, tmp_path / "whole", **common)
+    common = {"data.batch_size": 2, "optim.accum_steps": 2}  # 12 batches -> 6 steps per epoch
+    _run(manifest, tmp_path / "whole", common)
     whole = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)
 
-    original, calls = PretrainRecipe._optimizer_step, []
+    original, calls = TrainLoop.optimizer_step, []
 
     def interrupted(self):
         calls.append(1)
@@ -59,15 +62,15 @@ def test_interrupt_and_resume_equal_an_uninterrupted_run(manifest, tmp_path, mon
             signal.raise_signal(signal.SIGTERM)
         return original(self)
 
-    monkeypatch.setattr(PretrainRecipe, "_optimizer_step", interrupted)
+    monkeypatch.setattr(TrainLoop, "optimizer_step", interrupted)
     with pytest.raises(SystemExit) as exit_:
-        _run(manifest, tmp_path / "parts", **common)
+        _run(manifest, tmp_path / "parts", common)
     assert exit_.value.code == 143
     monkeypatch.undo()
     partial = torch.load(tmp_path / "parts" / "checkpoints" / "last.pt", weights_only=True)
     assert (partial["epoch"], partial["step"], partial["epoch_step"]) == (0, 5, 5)
 
-    _run(manifest, tmp_path / "parts", resume=True, **common)
+    _run(manifest, tmp_path / "parts", common, resume=True)
     resumed = torch.load(tmp_path / "parts" / "checkpoints" / "last.pt", weights_only=True)
     for kind in ("train", "epoch"):
         a = [(r["step"], r["loss"]) for r in _records(tmp_path / "whole", kind)]
@@ -87,7 +90,7 @@ def test_non_finite_loss_skips_the_step_then_stops_the_run(manifest, tmp_path, m
         return loss * float("nan") if len(calls) == 3 else loss
 
     monkeypatch.setattr(MaskedLGIFormer, "loss", sometimes_nan)
-    result = _run(manifest, tmp_path / "once", epochs=1)
+    result = _run(manifest, tmp_path / "once", {"schedule.epochs": 1})
     assert result["nonfinite_steps"] == 1 and result["steps"] == 6
     ckpt = torch.load(tmp_path / "once" / "checkpoints" / "last.pt", weights_only=True)
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
@@ -96,16 +99,14 @@ def test_non_finite_loss_skips_the_step_then_stops_the_run(manifest, tmp_path, m
     monkeypatch.setattr(MaskedLGIFormer, "loss", lambda self, p, t, **kw: original(self, p, t)
                         * float("inf"))
     with pytest.raises(MaedferError, match="not finite for 5 optimiser steps in a row"):
-        _run(manifest, tmp_path / "always", epochs=1)
+        _run(manifest, tmp_path / "always", {"schedule.epochs": 1})
 
 
 def test_cli_pretrain_and_its_errors(manifest: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    sets = [a for k, v in TINY_MAE.items()
-            for a in ("--set", f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}")]
-    args = ["pretrain", "--data", str(manifest), "--out", str(tmp_path / "cli"),
-            "--model", "mae_lgi_former_tiny", "--epochs", "1", "--batch-size", "4",
-            "--workers", "0", "--max-steps", "2", "--clip-grad", "1.0", *sets]
+    sets = cli_sets({**TINY_PRETRAIN_KEYS, "schedule.epochs": 1, "data.batch_size": 4,
+                     "data.workers": 0, "schedule.max_steps": 2, "optim.clip_grad": 1.0})
+    args = ["pretrain", "--data", str(manifest), "--out", str(tmp_path / "cli"), *sets]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     ckpt = torch.load(tmp_path / "cli" / "checkpoints" / "last.pt", weights_only=True)
@@ -121,22 +122,22 @@ def test_cli_pretrain_and_its_errors(manifest: Path, tmp_path: Path) -> None:
 
 def test_refused_options_fail_before_any_work(manifest: Path, tmp_path: Path) -> None:
     with pytest.raises(MaedferError, match="needs a pre-training model"):
-        _run(manifest, tmp_path, model="lgi_former_tiny")
+        _run(manifest, tmp_path, {"model.name": "lgi_former_tiny"})
     with pytest.raises(MaedferError, match=r"mask_ratio \(1.5\) must be in \(0, 1\)"):
-        _run(manifest, tmp_path, mask_ratio=1.5)
+        _run(manifest, tmp_path, {"model.mask_ratio": 1.5})
     with pytest.raises(MaedferError, match="precision fp16 needs a CUDA device"):
-        _run(manifest, tmp_path, precision="fp16", device="cpu")
+        _run(manifest, tmp_path, {"run.precision": "fp16"}, device="cpu")
     with pytest.raises(MaedferError, match="region_size"):
-        _run(manifest, tmp_path, model_overrides={**TINY_MAE, "region_size": (2, 3, 2)})
+        _run(manifest, tmp_path, {"model.overrides.region_size": [2, 3, 2]})
     assert not (tmp_path / "checkpoints").exists()
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_half_precision_on_cuda(manifest: Path, tmp_path: Path, precision: str) -> None:
-    result = _run(manifest, tmp_path, epochs=1, device="cuda", precision=precision,
-                  backend="pyav")
+    result = _run(manifest, tmp_path, {"schedule.epochs": 1, "run.precision": precision,
+                                       "data.backend": "pyav"}, device="cuda")
     assert result["nonfinite_steps"] == 0 and result["loss"] is not None
     ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
-    assert ckpt["config"]["precision"] == precision
+    assert ckpt["config"]["run"]["precision"] == precision
     assert bool(ckpt["scaler"]) == (precision == "fp16")  # the scaler's state only for fp16

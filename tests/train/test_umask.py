@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from maedfer.train import finetune
-from tests.train.clipdata import TINY_CLASSIFIER, make_dataset, one_thread
+from tests.train.clipdata import TINY_FINETUNE_KEYS, make_dataset, one_thread
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
@@ -35,9 +35,9 @@ def _mode(path: Path) -> int:
 def test_outputs_get_the_umask_mode(umask: int, expected: int, tmp_path: Path) -> None:
     manifest = make_dataset(tmp_path / "data", clips_per_class=2)  # write_manifest
     out = tmp_path / "run"
-    finetune.run(data=manifest, fold=1, out=out, model="lgi_former_tiny",
-                 model_overrides=TINY_CLASSIFIER, epochs=1, batch_size=2, workers=0, mixup=0,
-                 cutmix=0, quiet=True)  # fmt: skip
+    finetune.run(overrides={**TINY_FINETUNE_KEYS, "schedule.epochs": 1, "data.batch_size": 2,
+                            "data.workers": 0, "loss.mixup": 0, "loss.cutmix": 0},
+                 data=manifest, fold=1, out=out, quiet=True)  # fmt: skip
     files = [manifest, out / "report.json", out / "predictions.parquet",
              out / "checkpoints" / "last.pt"]  # fmt: skip
     assert {str(p.relative_to(tmp_path)): oct(_mode(p)) for p in files} == {

@@ -1,0 +1,524 @@
+"""Recipe configs: the one declaration of every option of ``pretrain`` and ``finetune``.
+
+A recipe's options are a tree of dataclasses (sections ``data``, ``model``, ``optim``,
+``schedule``, ``loss``, ``eval``, ``run``); each field has its default and a ``help`` line in its
+metadata. The defaults are the official MAE-DFER recipe (pre-training on VoxCeleb2, fine-tuning
+on DFEW); where maedfer deliberately differs, the help line says so and names the one value that
+restores the official behaviour.
+
+Configs are YAML files (``recipe: finetune`` plus the sections); the shipped ones live in
+``maedfer/configs/`` and are found by name (``finetune-dfew``). Dotted overrides change one value
+(``optim.lr=1e-3``; the value is read as YAML, so ``[0.9, 0.95]`` is a list and ``null`` is
+``None``), as torchtune's and spaCy's command lines do. An unknown key is refused in one line
+that names it and the nearest valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from maedfer.errors import MaedferError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+RECIPES: tuple[str, ...] = ("pretrain", "finetune")
+RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"  # == maedfer.pipelines.augment.RAND_AUGMENT (tested)
+
+
+def opt(default: Any, help: str) -> Any:  # noqa: A002 (the word users read)
+    """A config field with its default and its help line."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def section(cls: type, help: str) -> Any:  # noqa: A002
+    return field(default_factory=cls, metadata={"help": help})
+
+
+# ---------------------------------------------------------------------------------- sections
+
+
+@dataclass
+class DataConfig:
+    """Which clips, how they are sampled and decoded (shared by both recipes)."""
+
+    manifest: str | None = opt(None, "manifest.parquet of a prepared dataset (--data)")
+    batch_size: int = opt(32, "clips per device and micro-batch (official: 32 per GPU)")
+    workers: int | None = opt(None, "PyAV worker processes or DALI threads (null: from the "
+                              "core count)")
+    backend: Literal["auto", "dali", "pyav"] = opt(
+        "auto", "clip decoder: dali (GPU), pyav (CPU) or auto (DALI when CUDA and DALI are "
+        "present)")
+    temporal_rule: Literal["stride", "reference"] = opt(
+        "stride", "training window: stride = num_frames frames exactly `stride` apart at a "
+        "random start (the official pre-training rule)")
+    stride: int = opt(4, "frame step of the windows (official sampling rate: 4; FERV39k 1)")
+    augment: bool = opt(True, "the official spatial augmentation of this recipe")
+    subtract_mean: bool = opt(False, "feed each clip minus its mean frame (not in the "
+                              "official recipe; the demo uses it)")
+
+
+@dataclass
+class FinetuneDataConfig(DataConfig):
+    fold: int | None = opt(None, "test fold of a k-fold protocol (--fold); null for a fixed "
+                           "train/test split")
+    temporal_rule: Literal["stride", "reference"] = opt(
+        "reference", "training window: reference = the official rule (int(linspace) over a "
+        "num_frames*stride window, effective stride 64/15; short clips spread over the whole "
+        "clip); stride = exactly `stride` apart, equal to the test views' stride (a maedfer "
+        "option)")
+    rand_augment: str | None = opt(RAND_AUGMENT, "timm RandAugment policy, same ops on every "
+                                   "frame (PyAV backend only: DALI runs without it, "
+                                   "warning; null: off)")
+    flip_only: bool = opt(False, "with augment false: still flip half the training clips")
+    random_sign: bool = opt(False, "negate half the training clips (with subtract_mean; not "
+                            "in the official recipe)")
+
+
+@dataclass
+class ModelConfig:
+    name: str = opt("lgi_former_base", "registered model name (maedfer.model.list_models())")
+    num_frames: int = opt(16, "frames per clip (model input)")
+    img_size: int = opt(160, "clip side in pixels (model input)")
+    drop_path: float = opt(0.1, "stochastic depth rate of the last block (linear ramp)")
+    overrides: dict[str, Any] = opt({}, "other constructor arguments of the model, e.g. "
+                                    "{embed_dim: 64, depth: 2}")
+
+
+@dataclass
+class PretrainModelConfig(ModelConfig):
+    name: str = opt("mae_lgi_former_base", "registered pre-training model name")
+    drop_path: float = opt(0.0, "encoder stochastic depth rate")
+    mask_ratio: float = opt(0.9, "fraction of tokens masked (part-window tube masking)")
+    official_decoder_order: bool = opt(
+        False, "false: maedfer gives the decoder the positions of the tokens it predicts; true: "
+        "the official code's mismatched decoder positions")
+
+
+@dataclass
+class FinetuneModelConfig(ModelConfig):
+    init: str | None = opt(None, "checkpoint to start from (--init): maedfer pre-training or "
+                           "fine-tuning, or an official MAE-DFER .pth; null: random weights")
+    num_classes: int | None = opt(None, "classes (null: from the manifest; set, it must "
+                                  "match the manifest)")
+    skip_unused_tail: bool = opt(
+        True, "LGI-Former with region pooling: skip and freeze the last block's cross-attention,"
+        " which cannot reach the logits (same logits, less compute; the official code "
+        "computes it: false)")
+
+
+@dataclass
+class OptimConfig:
+    lr: float | None = opt(None, "absolute peak lr (null: blr * total batch / 256)")
+    blr: float = opt(3e-4, "base lr per 256 clips of total batch")
+    weight_decay: float = opt(0.05, "AdamW weight decay (constant; 1-D tensors, biases and "
+                              "the model's no-decay list exempt)")
+    betas: tuple[float, float] = opt((0.9, 0.95), "AdamW betas")
+    eps: float = opt(1e-8, "AdamW eps")
+    layer_decay: float | None = opt(None, "layer-wise lr decay (null: none)")
+    clip_grad: float | None = opt(None, "clip the gradient norm to this (null: no clipping)")
+    accum_steps: int = opt(1, "micro-batches per optimiser step (total batch = batch_size * "
+                           "accum_steps * world size)")
+
+
+@dataclass
+class FinetuneOptimConfig(OptimConfig):
+    blr: float = opt(1e-3, "base lr per 256 clips of total batch (96 -> 3.75e-4)")
+    betas: tuple[float, float] = opt((0.9, 0.999), "AdamW betas")
+    layer_decay: float | None = opt(0.75, "layer-wise lr decay: scale decay**(L-1-layer id)")
+
+
+@dataclass
+class ScheduleConfig:
+    epochs: int = opt(100, "epochs scheduled (the released pre-training checkpoint is "
+                      "epoch 50 of 100)")
+    warmup_epochs: float = opt(5.0, "linear warmup from 0 (per optimiser step)")
+    min_blr: float = opt(1e-5, "cosine end per 256 clips (scaled like blr)")
+    max_steps: int | None = opt(None, "stop after this many optimiser steps (a trial run)")
+
+
+@dataclass
+class FinetuneScheduleConfig(ScheduleConfig):
+    epochs: int = opt(100, "epochs")
+    min_blr: float = opt(1e-6, "cosine end per 256 clips (scaled like blr)")
+
+
+@dataclass
+class LossConfig:
+    mixup: float = opt(0.8, "mixup alpha (0: off)")
+    cutmix: float = opt(1.0, "CutMix alpha (0: off)")
+    mix_prob: float = opt(1.0, "probability of mixing a batch")
+    switch_prob: float = opt(0.5, "probability of CutMix instead of mixup")
+    smoothing: float = opt(0.1, "label smoothing (folded into the mixed targets)")
+
+
+@dataclass
+class EvalConfig:
+    test_views: int = opt(2, "temporal test views per clip, softmax-averaged (the official "
+                          "2 segments x 2 identical crops)")
+    test_batch_size: int | None = opt(None, "test batch (null: data.batch_size)")
+    eval_every: int | None = opt(None, "also test every N epochs (logged only; null: at the "
+                                 "end only)")
+
+
+@dataclass
+class RunConfig:
+    out: str | None = opt(None, "run folder (--out; null: runs/<recipe>[/<dataset>_fold<k>])")
+    device: str | None = opt(None, "cpu, cuda or cuda:N (--device; null: CUDA when present)")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = opt(
+        "auto", "auto = bf16 where the GPU supports it, else fp16 with a gradient scaler, fp32 "
+        "on CPU (the official code: fp16 with a scaler: set fp16)")
+    seed: int = opt(0, "seed of shuffling, augmentation, masks and mixup")
+    resume: bool = opt(False, "continue from <out>/checkpoints/last.pt (--resume)")
+    log_every: int = opt(10, "optimiser steps per metrics line")
+    max_nonfinite: int = opt(5, "stop after this many non-finite losses in a row")
+
+
+@dataclass
+class PretrainConfig:
+    """MAE pre-training (official: VoxCeleb2, 100 epochs scheduled, 32 clips per GPU)."""
+
+    recipe: Literal["pretrain"] = opt("pretrain", "which recipe this config is for")
+    data: DataConfig = section(DataConfig, "clips and their sampling")
+    model: PretrainModelConfig = section(PretrainModelConfig, "the pre-training model")
+    optim: OptimConfig = section(OptimConfig, "AdamW")
+    schedule: ScheduleConfig = section(ScheduleConfig, "per-step warmup + cosine lr")
+    run: RunConfig = section(RunConfig, "where, how and how often")
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning and testing on one fold (official: DFEW fold 1 script)."""
+
+    recipe: Literal["finetune"] = opt("finetune", "which recipe this config is for")
+    data: FinetuneDataConfig = section(FinetuneDataConfig, "clips and their sampling")
+    model: FinetuneModelConfig = section(FinetuneModelConfig, "the classifier")
+    optim: FinetuneOptimConfig = section(FinetuneOptimConfig, "AdamW with layer decay")
+    schedule: FinetuneScheduleConfig = section(FinetuneScheduleConfig,
+                                               "per-step warmup + cosine lr")
+    loss: LossConfig = section(LossConfig, "mixup/CutMix and label smoothing")
+    eval: EvalConfig = section(EvalConfig, "the test protocol")
+    run: RunConfig = section(RunConfig, "where, how and how often")
+
+
+RecipeConfig = PretrainConfig | FinetuneConfig
+CONFIG_CLASSES: dict[str, type] = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
+
+
+# ---------------------------------------------------------------------------------- keys
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def keys(cfg_or_cls: Any) -> list[str]:
+    """Every dotted key of a config class (``data.stride``, ``optim.lr``, ...), in order."""
+    cls = cfg_or_cls if isinstance(cfg_or_cls, type) else type(cfg_or_cls)
+    out = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += [f"{f.name}.{k}" for k in keys(hints[f.name])]
+        else:
+            out.append(f.name)
+    return out
+
+
+def help_of(cls: type, key: str) -> str:
+    """The help line of a dotted key."""
+    *path, last = key.split(".")
+    for name in path:
+        cls = _hints(cls)[name]
+    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == last)
+
+
+def _unknown(key: str, valid: Iterable[str]) -> MaedferError:
+    valid = list(valid)
+    near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    if not near:
+        head = key.split(".")[0]
+        near = [k for k in valid if k.startswith(head + ".")][:6] or valid[:6]
+    return MaedferError(f"unknown config key {key!r}; nearest valid: {', '.join(near)}")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """``value`` as the type ``hint`` asks for (YAML reads ``1e-3`` as a string, say)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except MaedferError as exc:
+                errors.append(str(exc))
+        raise MaedferError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise MaedferError(f"{key} ({value!r}) must be one of {', '.join(map(str, args))}")
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise MaedferError(f"{key} ({value!r}) must be true or false")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise MaedferError(f"{key} ({value!r}) must be an integer")
+        try:
+            number = float(value)
+        except ValueError:
+            raise MaedferError(f"{key} ({value!r}) must be an integer") from None
+        if number != int(number):
+            raise MaedferError(f"{key} ({value!r}) must be an integer")
+        return int(number)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise MaedferError(f"{key} ({value!r}) must be a number")
+        try:
+            return float(value)
+        except ValueError:
+            raise MaedferError(f"{key} ({value!r}) must be a number") from None
+    if hint is str:
+        if not isinstance(value, str):
+            raise MaedferError(f"{key} ({value!r}) must be a string")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise MaedferError(f"{key} ({value!r}) must be a list of {len(args)} values")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise MaedferError(f"{key} ({value!r}) must be a mapping, e.g. {{depth: 2}}")
+        return dict(value)
+    return value
+
+
+def _set(cfg: Any, key: str, value: Any, *, root: Any) -> None:
+    """Set dotted ``key`` of ``cfg`` (a key inside a dict field, e.g. ``model.overrides.depth``,
+    sets that entry)."""
+    parts = key.split(".")
+    node = cfg
+    for i, name in enumerate(parts):
+        if not dataclasses.is_dataclass(node):
+            raise _unknown(key, keys(root))
+        names = {f.name for f in dataclasses.fields(node)}
+        if name not in names:
+            raise _unknown(key, keys(root))
+        hint = _hints(type(node))[name]
+        rest = parts[i + 1 :]
+        if dataclasses.is_dataclass(hint):
+            if not rest:
+                if not isinstance(value, Mapping):
+                    raise MaedferError(f"{key} is a section; set its keys, e.g. {key}.<key>=...")
+                for sub, v in value.items():
+                    _set(root, f"{key}.{sub}", v, root=root)
+                return
+            node = getattr(node, name)
+            continue
+        if rest:
+            if typing.get_origin(hint) is not dict:
+                raise _unknown(key, keys(root))
+            target = dict(getattr(node, name))
+            target[".".join(rest)] = value
+            setattr(node, name, target)
+            return
+        setattr(node, name, _coerce(value, hint, key))
+        return
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value read as YAML (``1e-3`` -> 0.001, ``[2, 5, 10]``, ``null``, ``true``)."""
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_overrides(items: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """``["optim.lr=1e-3", ...]`` (or a mapping) -> ``{"optim.lr": 0.001, ...}``.
+
+    Raises:
+        MaedferError: an item without ``=``.
+    """
+    if items is None:
+        return {}
+    if isinstance(items, Mapping):
+        return dict(items)
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise MaedferError(f"--set {item!r}: expected key=value, e.g. --set optim.lr=1e-3")
+        parsed[key.strip()] = parse_value(text)
+    return parsed
+
+
+def apply_overrides(cfg: Any, overrides: Sequence[str] | Mapping[str, Any] | None) -> Any:
+    """``cfg`` with dotted overrides applied (in place; returned for chaining)."""
+    for key, value in parse_overrides(overrides).items():
+        if key == "recipe":
+            if value != cfg.recipe:
+                raise MaedferError(f"this is a {cfg.recipe} config; recipe cannot be {value!r}")
+            continue
+        _set(cfg, key, value, root=cfg)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------- files
+
+
+def list_configs() -> list[str]:
+    """Names of the shipped configs (``maedfer config list``)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def config_path(source: str | Path) -> Path:
+    """The file of a shipped config name, or ``source`` itself when it is a file.
+
+    Raises:
+        MaedferError: neither a shipped name nor an existing file.
+    """
+    text = str(source)
+    if text in list_configs():
+        return CONFIG_DIR / f"{text}.yaml"
+    path = Path(text)
+    if path.is_file():
+        return path
+    near = difflib.get_close_matches(text, list_configs(), n=3, cutoff=0.4)
+    hint = f"; did you mean {', '.join(near)}?" if near else ""
+    raise MaedferError(
+        f"config {text!r} is neither a shipped config ({', '.join(list_configs())}) nor a "
+        f"file{hint}"
+    )
+
+
+def from_dict(data: Mapping[str, Any], *, recipe: str | None = None) -> RecipeConfig:
+    """A config from its (nested) dict; keys absent keep their defaults.
+
+    Raises:
+        MaedferError: a missing or unknown ``recipe``, one that differs from ``recipe``, or an
+            unknown key or bad value.
+    """
+    if not isinstance(data, Mapping):
+        raise MaedferError("a config must be a mapping with a 'recipe' key and its sections")
+    name = data.get("recipe", recipe)
+    if name not in CONFIG_CLASSES:
+        raise MaedferError(f"config recipe {name!r} is unknown; expected one of {RECIPES}")
+    if recipe is not None and name != recipe:
+        raise MaedferError(f"that is a {name} config; {recipe} needs a {recipe} config "
+                           f"(see maedfer config list)")
+    cfg = CONFIG_CLASSES[name]()
+    apply_overrides(cfg, {k: v for k, v in data.items() if k != "recipe"})
+    return cfg
+
+
+def load(source: str | Path | None = None, *, recipe: str | None = None,
+         overrides: Sequence[str] | Mapping[str, Any] | None = None) -> RecipeConfig:
+    """A shipped config by name, a YAML file, or (``None``) the recipe's defaults; then
+    ``overrides``.
+
+    Raises:
+        MaedferError: unknown name, unreadable YAML, wrong recipe, unknown key or bad value.
+    """
+    if source is None:
+        if recipe is None:
+            raise MaedferError("load() needs a config or a recipe name")
+        cfg = CONFIG_CLASSES[recipe]()
+    elif dataclasses.is_dataclass(source):
+        cfg = from_dict(to_dict(source), recipe=recipe)
+    else:
+        path = config_path(source)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            line = str(exc).splitlines()[0] if str(exc) else "bad YAML"
+            raise MaedferError(f"config {path} is not valid YAML: {line}") from None
+        except OSError as exc:
+            raise MaedferError(f"cannot read config {path}: {exc.strerror or exc}") from None
+        cfg = from_dict(data or {}, recipe=recipe)
+    return apply_overrides(cfg, overrides)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain YAML/JSON types (tuples as lists)."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return plain(cfg)
+
+
+def _flow(value: Any) -> str:
+    """One YAML value on one line (``[0.9, 0.999]``, ``{depth: 2}``, ``null``, ``1.0e-03``)."""
+    text = yaml.safe_dump([value], default_flow_style=True, width=10**6).strip()
+    return text[1:-1].strip()
+
+
+def to_yaml(cfg: Any) -> str:
+    """The config as YAML, each key with its help line as a comment (loads back equal)."""
+    lines = [f"# maedfer {cfg.recipe} recipe; every key, its value and what it does",
+             f"recipe: {cfg.recipe}"]
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not dataclasses.is_dataclass(value):
+            continue
+        lines.append(f"{f.name}:  # {f.metadata.get('help', '')}")
+        for sub in dataclasses.fields(value):
+            text = _flow(to_dict(getattr(value, sub.name)))
+            lines.append(f"  {sub.name}: {text}  # {sub.metadata.get('help', '')}")
+    return "\n".join(lines) + "\n"
+
+
+def resolve(config: Any, *, recipe: str,
+            overrides: Sequence[str] | Mapping[str, Any] | None = None,
+            flags: Mapping[str, Any] | None = None) -> RecipeConfig:
+    """:func:`load` then the CLI's common flags (dotted key -> value; ``None`` = not given),
+    which win over the config and the overrides."""
+    cfg = load(config, recipe=recipe, overrides=overrides)
+    given = {k: str(v) if isinstance(v, Path) else v for k, v in (flags or {}).items()
+             if v is not None}
+    return apply_overrides(cfg, given)
+
+
+def print_list() -> list[str]:
+    """``maedfer config list``: one shipped config per line, with its recipe and first line."""
+    names = list_configs()
+    for name in names:
+        text = (CONFIG_DIR / f"{name}.yaml").read_text(encoding="utf-8")
+        title = next((line.lstrip("# ").strip() for line in text.splitlines()
+                      if line.startswith("#")), "")
+        print(f"{name:24s} {title}")
+    return names
+
+
+def print_config(*, source: str, overrides: Sequence[str] | None = None) -> str:
+    """``maedfer config show``: the config resolved with ``overrides``, as YAML."""
+    text = to_yaml(load(source, overrides=overrides))
+    print(text, end="")
+    return text

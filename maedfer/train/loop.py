@@ -1,0 +1,540 @@
+"""The training loop both recipes share: progress, resume, non-finite guard, logging, checkpoints.
+
+A recipe (:mod:`maedfer.train.pretrain`, :mod:`maedfer.train.finetune`) builds its own model,
+data and loss step; everything that is bookkeeping lives here once (torchtune keeps the same
+pieces in ``torchtune/training/``):
+
+- :class:`TrainingProgress` — where the run is (epochs, steps, the current epoch's loss sums,
+  the metrics window, non-finite counts), one dataclass with ``state_dict()``;
+- :func:`decide_resume` — **the one place that decides whether a run resumes** (and from what);
+- :func:`start_records` — **the one place where a run writes its records at start**
+  (``metrics.jsonl`` reset for a fresh run, truncated to the checkpoint's step on resume);
+- :class:`TrainLoop` — the epoch skeleton (micro-batches, gradient accumulation, one reduction
+  per step, the non-finite guard, the schedule, metrics lines, the stop signals) and
+  :meth:`TrainLoop.save_checkpoint`, **the one place that writes a checkpoint**;
+- small builders shared by the recipes' ``setup()`` (process group and precision, the lr range,
+  the optimiser and schedule) and the parts of ``describe()`` that do not depend on the recipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from maedfer.errors import MaedferError
+from maedfer.model import create_model
+from maedfer.train import checkpoint as ckpt_io
+from maedfer.train.distributed import DistEnv, all_reduce_sum, cleanup, init_distributed, wrap_ddp
+from maedfer.train.optim import create_optimizer, scaled_lr
+from maedfer.train.precision import resolve_precision
+from maedfer.train.runtime import MetricsLog, StopSignals, nonfinite_stop, step_seed
+from maedfer.train.schedule import WarmupCosine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingProgress:
+    """Where a run is; saved in the checkpoint (keys of ``state_dict()``: ``epoch``, ``step``,
+    ``epoch_step``, ``epoch_stats``, ``log_window``, ``nonfinite_steps``)."""
+
+    epochs_run: int = 0  # epochs completed
+    global_step: int = 0  # optimiser steps completed
+    epoch_step: int = 0  # optimiser steps completed inside the current epoch
+    nonfinite_steps: int = 0  # steps skipped for a non-finite loss, in total
+    nonfinite_run: int = 0  # ... in a row, now (not saved: a resume starts a new row)
+    epoch_stats: list[float] = field(default_factory=lambda: [0.0, 0.0])  # loss sum, count
+    window: list[float] = field(default_factory=lambda: [0.0, 0.0, 0])  # since the last line
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epochs_run, "step": self.global_step, "epoch_step": self.epoch_step,
+            "epoch_stats": list(self.epoch_stats), "log_window": list(self.window),
+            "nonfinite_steps": self.nonfinite_steps,
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epochs_run, self.global_step = int(state["epoch"]), int(state["step"])
+        self.epoch_step = int(state["epoch_step"])
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        self.epoch_stats = [float(v) for v in state.get("epoch_stats", [0.0, 0.0])]
+        self.window = list(state.get("log_window", [0.0, 0.0, 0]))
+
+
+# ---------------------------------------------------------------------------- setup pieces
+
+
+def init_run(run_cfg: Any) -> tuple[DistEnv, str]:
+    """Process group, device and precision; non-zero ranks keep quiet; global seeds set."""
+    env = init_distributed(run_cfg.device)
+    if not env.is_main:
+        logging.getLogger("maedfer").setLevel(logging.ERROR)
+    precision = resolve_precision(run_cfg.precision, env.device)
+    torch.manual_seed(run_cfg.seed)
+    np.random.seed(run_cfg.seed % 2**32)
+    return env, precision
+
+
+def decide_resume(resume: bool, checkpoint_path: Path) -> dict[str, Any] | None:
+    """The checkpoint state to continue from, or ``None`` for a fresh run.
+
+    This is the one place where a recipe decides whether it resumes.
+
+    Raises:
+        MaedferError: ``resume`` without a checkpoint, or an unreadable one.
+    """
+    if not resume:
+        if checkpoint_path.exists():
+            log.warning("%s exists and --resume is off: starting afresh, it will be replaced",
+                        checkpoint_path)
+        return None
+    if not checkpoint_path.is_file():
+        raise MaedferError(f"--resume: no checkpoint at {checkpoint_path}")
+    return ckpt_io.load_checkpoint(checkpoint_path)
+
+
+def start_records(metrics: MetricsLog, state: dict[str, Any] | None) -> None:
+    """Write the run's records at its start: the one place for it (rank 0 only writes).
+
+    A fresh run starts ``metrics.jsonl`` afresh; a resumed one drops the lines written after
+    its checkpoint, so the file reads as one uninterrupted run.
+    """
+    if state is None:
+        metrics.reset()
+    else:
+        metrics.truncate_after(int(state["step"]))
+
+
+def lr_range(optim: Any, schedule: Any, total_batch: int) -> tuple[float, float]:
+    """(peak lr, cosine end): ``blr``/``min_blr`` × total batch / 256, or an absolute ``lr``
+    with the reference's min/peak ratio."""
+    peak = optim.lr or scaled_lr(optim.blr, total_batch)
+    low = scaled_lr(schedule.min_blr, total_batch)
+    if optim.lr is not None:
+        low = optim.lr * schedule.min_blr / optim.blr
+    return peak, low
+
+
+def build_model(name: str, overrides: dict[str, Any], own: dict[str, Any]) -> torch.nn.Module:
+    """``create_model(name, **overrides, **own)`` with its errors as one-line ``MaedferError``.
+
+    ``own`` are the constructor arguments the config declares as fields of its own
+    (``model.num_frames`` -> ``num_frames``); ``model.overrides`` may not set them too.
+    """
+    fields = {"num_frames": "num_frames", "img_size": "img_size", "drop_path_rate": "drop_path",
+              "mask_ratio": "mask_ratio", "num_classes": "num_classes",
+              "official_decoder_order": "official_decoder_order",
+              "skip_unused_tail": "skip_unused_tail"}
+    for key in overrides:
+        if key in fields:
+            raise MaedferError(f"model.overrides.{key}: set model.{fields[key]} instead")
+    overrides = {**overrides, **own}
+    try:
+        return create_model(name, **overrides)
+    except (ValueError, TypeError) as exc:
+        raise MaedferError(f"model {name} with {overrides}: {exc}") from None
+
+
+def place_model(model: torch.nn.Module, env: DistEnv, state: dict[str, Any] | None,
+                checkpoint_path: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Load the resumed weights (checked to fit), move to the device; (raw, DDP-wrapped)."""
+    if state is not None:
+        ckpt_io.check_model_matches(state, model, path=checkpoint_path)
+        model.load_state_dict(state["model"])
+    raw = model.to(env.device)
+    return raw, wrap_ddp(raw, env)
+
+
+def build_optimizer(raw: torch.nn.Module, optim: Any, peak_lr: float,
+                    state: dict[str, Any] | None) -> torch.optim.Optimizer:
+    optimizer = create_optimizer(raw, lr=peak_lr, weight_decay=optim.weight_decay,
+                                 betas=tuple(optim.betas), eps=optim.eps,
+                                 layer_decay=optim.layer_decay)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    return optimizer
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, *, optim: Any, schedule: Any,
+                   lr: tuple[float, float], steps_per_epoch: int,
+                   state: dict[str, Any] | None) -> WarmupCosine:
+    scheduler = WarmupCosine(
+        optimizer, lr=lr[0], min_lr=lr[1], epochs=schedule.epochs,
+        steps_per_epoch=steps_per_epoch, warmup_epochs=schedule.warmup_epochs,
+        weight_decay=optim.weight_decay,
+    )  # fmt: skip
+    if state is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    return scheduler
+
+
+def loader_options(data: Any, model_config: dict[str, Any], env: DistEnv,
+                   seed: int) -> dict[str, Any]:
+    """``build_loader`` keywords both recipes pass, from the ``data`` section and the model's
+    input size (the model decides frames and side; the config only asks for them)."""
+    options: dict[str, Any] = {
+        "num_frames": model_config["num_frames"], "stride": data.stride,
+        "size": model_config["img_size"], "backend": data.backend, "seed": seed,
+        "device": str(env.device) if env.device.type == "cuda" else None,
+        "rank": env.rank, "world_size": env.world_size, "subtract_mean": data.subtract_mean,
+        "temporal_rule": data.temporal_rule, "augment": data.augment,
+    }  # fmt: skip
+    if data.workers is not None:
+        options["workers"] = data.workers
+    return options
+
+
+def steps_per_epoch(loader: Any, accum_steps: int) -> int:
+    steps = len(loader) // accum_steps
+    if steps < 1:
+        raise MaedferError(
+            f"{len(loader)} batches per epoch make no optimiser step with accum_steps "
+            f"{accum_steps}; lower data.batch_size or optim.accum_steps"
+        )
+    return steps
+
+
+def describe_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """One entry per distinct (lr scale, weight decay): ``params`` (tensors) and ``numel``."""
+    merged: dict[tuple[float, float], dict[str, Any]] = {}
+    for group in optimizer.param_groups:
+        key = (float(group["lr_scale"]), float(group["weight_decay"]))
+        entry = merged.setdefault(key, {"lr_scale": key[0], "weight_decay": key[1],
+                                        "params": 0, "numel": 0})
+        entry["params"] += len(group["params"])
+        entry["numel"] += sum(p.numel() for p in group["params"])
+    first = optimizer.param_groups[0]
+    return {
+        "name": "adamw", "betas": list(first["betas"]), "eps": first["eps"],
+        "groups": sorted(merged.values(), key=lambda g: (g["lr_scale"], -g["weight_decay"])),
+    }
+
+
+def describe_schedule(scheduler: WarmupCosine, lr: tuple[float, float],
+                      steps_per_epoch: int, schedule: Any) -> dict[str, Any]:
+    total = schedule.epochs * steps_per_epoch
+    warmup = min(max(int(schedule.warmup_epochs * steps_per_epoch), 0), total)
+    return {
+        "steps": total, "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup,
+        "peak_lr": lr[0], "min_lr": lr[1], "max_steps": schedule.max_steps,
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+class TrainLoop:
+    """The epoch skeleton shared by the recipes; the recipe gives the loss of a micro-batch.
+
+    Args:
+        name: the bar's label (``pretrain``, ``finetune``).
+        loss_step: ``(batch, epoch, micro) -> loss`` of one micro-batch of this rank.
+        extra_state: what the recipe adds to the checkpoint (``config``, ``classes``).
+    """
+
+    def __init__(self, *, name: str, env: DistEnv, model: torch.nn.Module, raw: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, scheduler: WarmupCosine,
+                 scaler: torch.amp.GradScaler, loader: Any, metrics: MetricsLog, cfg: Any,
+                 steps_per_epoch: int, checkpoint_path: Path,
+                 loss_step: Callable[[Any, int, int], torch.Tensor],
+                 extra_state: dict[str, Any]) -> None:
+        self.name, self.env, self.model, self.raw = name, env, model, raw
+        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.loader, self.metrics, self.cfg = loader, metrics, cfg
+        self.steps_per_epoch, self.checkpoint_path = steps_per_epoch, checkpoint_path
+        self.loss_step, self.extra_state = loss_step, extra_state
+        self.progress = TrainingProgress()
+        self.good_checkpoint: Path | None = None  # saved or resumed by this run
+        self.stopped_by: str | None = None
+
+    @property
+    def total_batch(self) -> int:
+        return self.cfg.data.batch_size * self.cfg.optim.accum_steps * self.env.world_size
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's progress, scaler and RNG states."""
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.progress.load_state_dict(state)
+        ckpt_io.set_rng_state(state["rng"])
+        self.good_checkpoint = self.checkpoint_path
+        log.info("resumed %s at epoch %d, step %d", self.checkpoint_path,
+                 self.progress.epochs_run, self.progress.global_step)
+
+    def optimizer_step(self) -> float | None:
+        """Clip (optionally), step and zero; returns the gradient norm when clipping."""
+        grad_norm = None
+        clip = self.cfg.optim.clip_grad
+        if clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for p in self.raw.parameters() if p.requires_grad]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def count_nonfinite(self, bad: float, epoch: int) -> None:
+        """The non-finite guard: skip the step, count it, stop after too many in a row."""
+        p = self.progress
+        if not bad:
+            p.nonfinite_run = 0
+            return
+        p.nonfinite_steps += 1
+        p.nonfinite_run += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        log.warning("non-finite loss at epoch %d, step %d: step skipped (%d so far)",
+                    epoch + 1, p.global_step + 1, p.nonfinite_steps)
+        if p.nonfinite_run >= self.cfg.run.max_nonfinite:
+            raise nonfinite_stop(p.nonfinite_run, epoch=epoch + 1, step=p.global_step + 1,
+                                 checkpoint=self.good_checkpoint)
+
+    def train_epoch(self, epoch: int, stop: StopSignals) -> str:
+        """One epoch from ``progress.epoch_step``; returns ``done``, ``stopped`` or
+        ``max_steps``.
+
+        Resuming inside an epoch replays the loader and skips the batches already trained (the
+        loader's batches are a pure function of seed, epoch and position).
+        """
+        env, accum, seed = self.env, self.cfg.optim.accum_steps, self.cfg.run.seed
+        self.loader.set_epoch(epoch)
+        skip = self.progress.epoch_step * accum
+        if skip:
+            log.info("epoch %d: skipping the %d batches trained before the resume", epoch + 1, skip)
+        self._bar = tqdm(total=self.steps_per_epoch, initial=self.progress.epoch_step,
+                         disable=not env.is_main,
+                         desc=f"{self.name} {epoch + 1}/{self.cfg.schedule.epochs}",
+                         unit="step", leave=False)
+        self._window_started = time.perf_counter()
+        step_loss = step_bad = 0.0
+        with self._bar:
+            for micro, batch in enumerate(self.loader):
+                if micro < skip:
+                    continue
+                if micro % accum == 0:
+                    lr = self.scheduler.apply(self.progress.global_step)
+                    step_loss = step_bad = 0.0
+                last = micro % accum == accum - 1
+                torch.manual_seed(step_seed(seed, 2, epoch, micro, env.rank))
+                sync = last or not env.distributed
+                with contextlib.nullcontext() if sync else self.model.no_sync():
+                    loss = self.loss_step(batch, epoch, micro)
+                    value = loss.item()
+                    self.scaler.scale(loss / accum).backward()
+                if math.isfinite(value):
+                    step_loss += value
+                else:
+                    step_bad += 1
+                if not last:
+                    continue
+                # one reduction per step: loss, finite count, non-finite count, stop request
+                loss_sum, count, bad, stopping = all_reduce_sum(
+                    [step_loss, accum - step_bad, step_bad, float(stop.signum is not None)], env
+                )
+                self.count_nonfinite(bad, epoch)
+                grad_norm = None if bad else self.optimizer_step()
+                self.scheduler.step()
+                outcome = self.record_step(epoch, lr, loss_sum, count, bad, grad_norm, stopping)
+                if stopping:
+                    self.stopped_by = stop.name or "signal"
+                if outcome != "continue":
+                    return outcome
+        return "done"
+
+    def record_step(self, epoch: int, lr: float, loss_sum: float, count: float, bad: float,
+                    grad_norm: float | None, stopping: float) -> str:
+        """Count a finished optimiser step, update the bar and metrics; say what comes next."""
+        p, window = self.progress, self.progress.window
+        p.global_step += 1
+        p.epoch_step += 1
+        if not bad:
+            p.epoch_stats[0] += loss_sum
+            p.epoch_stats[1] += count
+            window[0] += loss_sum
+            window[1] += count
+        window[2] += 1
+        self._bar.update()
+        mean = f"{loss_sum / count:.4f}" if count else "nan"
+        self._bar.set_postfix(loss=mean, lr=f"{lr:.2e}", refresh=False)
+        end_of_epoch = p.epoch_step == self.steps_per_epoch
+        max_steps = self.cfg.schedule.max_steps
+        at_max = max_steps is not None and p.global_step >= max_steps
+        if p.global_step % self.cfg.run.log_every == 0 or end_of_epoch or at_max or stopping:
+            elapsed = time.perf_counter() - self._window_started
+            clips = window[2] * self.total_batch / max(elapsed, 1e-9)
+            self._bar.set_postfix(loss=mean, lr=f"{lr:.2e}", clips_s=f"{clips:.1f}")
+            self.metrics.write({
+                "kind": "train", "epoch": epoch + 1, "step": p.global_step,
+                "loss": window[0] / window[1] if window[1] else None, "lr": lr,
+                "clips_per_s": clips, "grad_norm": grad_norm,
+                "nonfinite_steps": p.nonfinite_steps,
+            })  # fmt: skip
+            window[:], self._window_started = [0.0, 0.0, 0], time.perf_counter()
+        if stopping:
+            return "stopped"
+        if at_max:
+            return "max_steps"
+        return "done" if end_of_epoch else "continue"
+
+    def end_epoch(self, epoch: int, seconds: float) -> None:
+        p = self.progress
+        total, count = p.epoch_stats
+        num_bad = all_reduce_sum([float(self.loader.num_bad)], self.env)[0]
+        p.epochs_run, p.epoch_step, p.epoch_stats = epoch + 1, 0, [0.0, 0.0]
+        self.metrics.write({
+            "kind": "epoch", "epoch": epoch + 1, "step": p.global_step,
+            "loss": total / count if count else None, "time_s": seconds,
+            "num_bad": int(num_bad), "nonfinite_steps": p.nonfinite_steps,
+        })  # fmt: skip
+
+    def run(self, after_epoch: Callable[[str], None] | None = None) -> str:
+        """The remaining epochs, a checkpoint after each (and on a stop); returns the last
+        outcome (``done``, ``stopped``, ``max_steps``). ``after_epoch(outcome)`` runs after
+        each completed epoch, before its checkpoint (the fine-tuning recipe tests there)."""
+        outcome = "done"
+        with StopSignals() as stop:
+            for epoch in range(self.progress.epochs_run, self.cfg.schedule.epochs):
+                epoch_started = time.perf_counter()
+                outcome = self.train_epoch(epoch, stop)
+                if self.progress.epoch_step == self.steps_per_epoch:
+                    self.end_epoch(epoch, time.perf_counter() - epoch_started)
+                    if after_epoch is not None:
+                        after_epoch(outcome)
+                self.save_checkpoint()
+                if outcome != "done":
+                    break
+        return outcome
+
+    def last_epoch_loss(self) -> float | None:
+        last = next((r for r in reversed(list(self.metrics.records()))
+                     if r.get("kind") == "epoch"), {})  # fmt: skip
+        return last.get("loss")
+
+    def save_checkpoint(self) -> None:
+        """Write ``last.pt`` (rank 0; atomic) with everything an exact resume needs.
+
+        This is the one place a run writes a checkpoint.
+        """
+        self.good_checkpoint = self.checkpoint_path  # every rank: rank 0 writes it now
+        if not self.env.is_main:
+            return
+        raw = self.raw
+        ckpt_io.save_checkpoint(self.checkpoint_path, {
+            "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION,
+            "model_name": raw.model_name, "model_config": ckpt_io.plain(raw.config),
+            "model": raw.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            **self.progress.state_dict(), "rng": ckpt_io.rng_state(),
+            **self.extra_state,
+        })  # fmt: skip
+
+
+def close(recipe: Any, *, completed: bool) -> None:
+    """Leave the process group; ``completed`` is False after an error (no barrier then:
+    another rank may never reach it)."""
+    env = getattr(recipe, "_env", None)
+    recipe._model = None  # the DDP wrapper holds the process group (see cleanup())
+    loop = getattr(recipe, "_loop", None)
+    if loop is not None:
+        loop.model = None
+    if env is not None:
+        cleanup(env, synchronize=completed)
+
+
+def check_common(cfg: Any) -> None:
+    """The checks of options both recipes share (in the constructor, before any work).
+
+    Raises:
+        MaedferError: ``schedule.epochs``, ``data.batch_size``, ``optim.accum_steps``,
+            ``run.log_every`` or ``run.max_nonfinite`` below 1, ``schedule.max_steps`` below 1,
+            an ``optim.lr``, ``optim.blr`` or ``optim.clip_grad`` that is not positive, a
+            negative ``schedule.warmup_epochs``, or ``data.stride`` below 1.
+    """
+    for key in ("schedule.epochs", "data.batch_size", "optim.accum_steps", "run.log_every",
+                "run.max_nonfinite", "data.stride"):
+        value = _get(cfg, key)
+        if value < 1:
+            raise MaedferError(f"{key} ({value}) must be at least 1")
+    for key in ("schedule.max_steps", "data.workers"):
+        value = _get(cfg, key)
+        if value is not None and value < (1 if key == "schedule.max_steps" else 0):
+            raise MaedferError(f"{key} ({value}) must be at least "
+                               f"{1 if key == 'schedule.max_steps' else 0}")
+    for key in ("optim.lr", "optim.blr", "optim.clip_grad", "schedule.min_blr"):
+        value = _get(cfg, key)
+        if value is not None and not value > 0:
+            raise MaedferError(f"{key} ({value}) must be positive")
+    if cfg.schedule.warmup_epochs < 0:
+        raise MaedferError(f"schedule.warmup_epochs ({cfg.schedule.warmup_epochs}) must be >= 0")
+    if cfg.optim.layer_decay is not None and not 0 < cfg.optim.layer_decay <= 1:
+        raise MaedferError(f"optim.layer_decay ({cfg.optim.layer_decay}) must be in (0, 1]")
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for name in key.split("."):
+        cfg = getattr(cfg, name)
+    return cfg
+
+
+def count_params(model: torch.nn.Module) -> dict[str, int]:
+    params = list(model.parameters())
+    return {"params": sum(p.numel() for p in params),
+            "trainable_params": sum(p.numel() for p in params if p.requires_grad),
+            "tensors": len(params)}
+
+
+def format_description(d: dict[str, Any]) -> str:
+    """The human-readable ``--dry-run`` text of a ``describe()`` dict."""
+    data, sched, opt = d["data"], d["schedule"], d["optimizer"]
+    aug = ", ".join(a["name"] + (f" {a['policy']}" if "policy" in a else "")
+                    for a in data["augment"]) or "none"
+    lines = [
+        f"{d['recipe']} (dry run: built, nothing trained or written)",
+        f"  model: {d['model']['name']}, {d['model']['params']:,} parameters "
+        f"({d['model']['trainable_params']:,} trainable)",
+        f"  data: {data['train_clips']} train clips"
+        + (f", {data['test_clips']} test clips" if data.get("test_clips") is not None else "")
+        + f", backend {data['backend']}, window {data['temporal_rule']} "
+        f"(stride {d['config']['data']['stride']})",
+        f"  augment: {aug}",
+        f"  optimizer: AdamW betas {tuple(opt['betas'])}, {len(opt['groups'])} groups of "
+        "(lr scale, weight decay)",
+        f"  schedule: {sched['steps']} steps ({sched['steps_per_epoch']}/epoch), warmup "
+        f"{sched['warmup_steps']}, peak lr {sched['peak_lr']:.4g}, min lr {sched['min_lr']:.4g}",
+        f"  precision {d['precision']}, world size {d['world_size']}, total batch "
+        f"{d['total_batch']}",
+        f"  run folder: {d['config']['run']['out']}",
+    ]
+    return "\n".join(lines)
+
+
+def execute(recipe: Any, *, dry_run: bool, as_json: bool, quiet: bool, summary: Any) -> dict:
+    """Set up, then describe (dry run) or train; always clean up (shared by both recipes)."""
+    completed = False
+    try:
+        recipe.setup()
+        result = recipe.describe() if dry_run else recipe.train()
+        completed = True
+    finally:
+        recipe.cleanup(completed=completed)
+    if not recipe._env.is_main:
+        return result
+    if dry_run:
+        print(json.dumps(result, indent=2) if as_json else format_description(result))
+        return result
+    if not quiet:
+        print(summary(result))
+    if result["stopped_by"]:
+        raise SystemExit(130 if result["stopped_by"] == "SIGINT" else 143)
+    return result
