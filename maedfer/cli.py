@@ -87,6 +87,10 @@ def _call(module: str, function: str, /, **kwargs: Any) -> Any:
         raise typer.Exit(code=1) from None
 
 
+def _opt_value(option: enum.Enum | None) -> str | None:
+    return None if option is None else option.value
+
+
 def _opt_device(device: Device | None) -> str | None:
     return None if device is None or device is Device.auto else device.value
 
@@ -162,9 +166,25 @@ DataOpt = Annotated[
     Path | None,
     typer.Option(exists=True, dir_okay=False, help="manifest.parquet (data.manifest)."),
 ]
+class Resume(str, enum.Enum):
+    auto = "auto"
+    true = "true"
+    false = "false"
+
+
 ResumeOpt = Annotated[
-    bool | None,
-    typer.Option(help="Continue from OUT/checkpoints/last.pt (run.resume)."),
+    Resume | None,
+    typer.Option(help="auto (default): continue a run of the same recipe in OUT, leave a "
+                 "finished one alone; true: a checkpoint must be there; false: OUT must hold "
+                 "no run (run.resume)."),
+]
+OverwriteOpt = Annotated[
+    bool, typer.Option(help="Delete the run's files in OUT and start over (run.overwrite).")
+]
+SaveEveryOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help="Also keep checkpoints/epoch-NNNN.pt every N epochs "
+                 "(run.save_every; run.keep_checkpoints of them)."),
 ]
 
 
@@ -176,6 +196,8 @@ def pretrain(
     out: Annotated[Path | None, typer.Option(help="Run folder (run.out).")] = None,
     device: Annotated[Device, typer.Option(help="run.device")] = Device.auto,
     resume: ResumeOpt = None,
+    overwrite: OverwriteOpt = False,
+    save_every: SaveEveryOpt = None,
     dry_run: DryRunOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -183,7 +205,8 @@ def pretrain(
     _call(
         "maedfer.train.pretrain", "run",
         config=config, overrides=set_, data=data, out=out, device=_opt_device(device),
-        resume=resume, dry_run=dry_run, as_json=json_,
+        resume=_opt_value(resume), overwrite=overwrite or None, save_every=save_every,
+        dry_run=dry_run, as_json=json_,
     )  # fmt: skip
 
 
@@ -202,6 +225,8 @@ def finetune(
     out: Annotated[Path | None, typer.Option(help="Run folder (run.out).")] = None,
     device: Annotated[Device, typer.Option(help="run.device")] = Device.auto,
     resume: ResumeOpt = None,
+    overwrite: OverwriteOpt = False,
+    save_every: SaveEveryOpt = None,
     dry_run: DryRunOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -209,7 +234,8 @@ def finetune(
     _call(
         "maedfer.train.finetune", "run",
         config=config, overrides=set_, data=data, fold=fold, init=init, out=out,
-        device=_opt_device(device), resume=resume, dry_run=dry_run, as_json=json_,
+        device=_opt_device(device), resume=_opt_value(resume), overwrite=overwrite or None,
+        save_every=save_every, dry_run=dry_run, as_json=json_,
     )  # fmt: skip
 
 

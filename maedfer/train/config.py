@@ -178,7 +178,15 @@ class RunConfig:
         "auto", "auto = bf16 where the GPU supports it, else fp16 with a gradient scaler, fp32 "
         "on CPU (the official code: fp16 with a scaler: set fp16)")
     seed: int = opt(0, "seed of shuffling, augmentation, masks and mixup")
-    resume: bool = opt(False, "continue from <out>/checkpoints/last.pt (--resume)")
+    resume: Literal["auto", "true", "false"] = opt(
+        "auto", "auto: continue a run of the same recipe in <out>, leave a finished one alone, "
+        "refuse one of another recipe; true: a checkpoint must be there; false: <out> must "
+        "hold no run (--resume)")
+    overwrite: bool = opt(False, "delete the run's files in <out> and start over (--overwrite)")
+    save_every: int | None = opt(
+        None, "also keep checkpoints/epoch-NNNN.pt every N epochs (--save-every; null: only "
+        "last.pt; the official code keeps numbered checkpoints too)")
+    keep_checkpoints: int | None = opt(3, "numbered checkpoints kept, newest first (null: all)")
     log_every: int = opt(10, "optimiser steps per metrics line")
     max_nonfinite: int = opt(5, "stop after this many non-finite losses in a row")
 

@@ -94,6 +94,8 @@ class FinetuneRecipe:
         self.out = (Path(cfg.run.out) if cfg.run.out
                     else Path("runs/finetune") / f"{self.dataset}{suffix}")
         self.checkpoint_path = self.out / "checkpoints" / ckpt_io.LAST
+        self.dry_run = False  # set by loop.execute: a dry run builds even a finished run
+        self.finished = None  # the decision, when --out holds a finished run
 
     # ------------------------------------------------------------------ setup
 
@@ -104,7 +106,11 @@ class FinetuneRecipe:
         self._env, self._precision = loop.init_run(cfg.run)
         # 2. which rows train and test; 3. the checkpoint to resume
         self._selection = self._select_rows()
-        self._state = loop.decide_resume(cfg.run.resume, self.checkpoint_path)
+        self._decision = loop.decide_run(cfg, self.out, final_outputs=("report.json",))
+        self._state = self._decision.state
+        if self._decision.action == "finished" and not self.dry_run:
+            self.finished = self._decision
+            return
         # 4. model (init or resumed, DDP-wrapped); 5. data; 6. optimiser, schedule, scaler
         self._raw, self._model = loop.place_model(self._setup_model(), self._env, self._state,
                                                   self.checkpoint_path)
@@ -123,7 +129,8 @@ class FinetuneRecipe:
             metrics=MetricsLog(self.out / "metrics.jsonl", enabled=self._env.is_main),
             cfg=cfg, steps_per_epoch=self._steps_per_epoch,
             checkpoint_path=self.checkpoint_path, loss_step=self._loss_step,
-            extra_state={"config": self.resolved_config(), "classes": self.classes},
+            extra_state={"config": self.resolved_config(), "classes": self.classes,
+                         "recipe": config_io.to_dict(cfg)},
         )  # fmt: skip
         if self._state is not None:
             self._loop.restore(self._state)
@@ -306,7 +313,7 @@ class FinetuneRecipe:
     def train(self) -> dict[str, Any]:
         """Run the remaining epochs, then the final test; returns :func:`run`'s summary."""
         cfg, started, lp = self.cfg, time.perf_counter(), self._loop
-        loop.start_records(lp.metrics, self._state)
+        loop.start_records(lp, self._decision, self.resolved_config(), "finetune")
 
         def after_epoch(outcome: str) -> None:
             done = lp.progress.epochs_run
@@ -316,6 +323,8 @@ class FinetuneRecipe:
 
         outcome = lp.run(after_epoch)
         report = None if outcome == "stopped" else self.test(write=True)
+        if report is not None and lp.progress.epochs_run >= cfg.schedule.epochs:
+            loop.finish_run(lp, self.out)
         return {
             "out": str(self.out), "checkpoint": str(self.checkpoint_path),
             "epochs": lp.progress.epochs_run, "steps": lp.progress.global_step,
@@ -365,7 +374,9 @@ def run(
     init: Path | str | None = None,
     out: Path | str | None = None,
     device: str | None = None,
-    resume: bool | None = None,
+    resume: str | bool | None = None,
+    overwrite: bool | None = None,
+    save_every: int | None = None,
     dry_run: bool = False,
     as_json: bool = False,
     quiet: bool = False,
@@ -389,7 +400,8 @@ def run(
         SIGINT/SIGTERM the checkpoint is written and ``SystemExit(130 / 143)`` is raised.
     """
     flags = {"data.manifest": data, "data.fold": fold, "model.init": init, "run.out": out,
-             "run.device": device, "run.resume": resume}
+             "run.device": device, "run.resume": loop.resume_value(resume),
+             "run.overwrite": overwrite, "run.save_every": save_every}
     cfg = config_io.resolve(config, recipe="finetune", overrides=overrides, flags=flags)
     recipe = FinetuneRecipe(cfg)
     return loop.execute(recipe, dry_run=dry_run, as_json=as_json, quiet=quiet,

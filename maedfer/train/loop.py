@@ -6,9 +6,11 @@ pieces in ``torchtune/training/``):
 
 - :class:`TrainingProgress` — where the run is (epochs, steps, the current epoch's loss sums,
   the metrics window, non-finite counts), one dataclass with ``state_dict()``;
-- :func:`decide_resume` — **the one place that decides whether a run resumes** (and from what);
+- :func:`decide_run` — **the one place that decides whether a run starts, resumes, is already
+  finished or is refused** (``run.resume`` auto/true/false, ``run.overwrite``);
 - :func:`start_records` — **the one place where a run writes its records at start**
-  (``metrics.jsonl`` reset for a fresh run, truncated to the checkpoint's step on resume);
+  (``config.yaml``, ``env.json``, ``metrics.jsonl``, TensorBoard events), and
+  :func:`finish_run` the mark of a finished run (``final.pt``, ``run_state.json``);
 - :class:`TrainLoop` — the epoch skeleton (micro-batches, gradient accumulation, one reduction
   per step, the non-finite guard, the schedule, metrics lines, the stop signals) and
   :meth:`TrainLoop.save_checkpoint`, **the one place that writes a checkpoint**;
@@ -35,9 +37,12 @@ from tqdm import tqdm
 from maedfer.errors import MaedferError
 from maedfer.model import create_model
 from maedfer.train import checkpoint as ckpt_io
+from maedfer.train import config as config_io
 from maedfer.train.distributed import DistEnv, all_reduce_sum, cleanup, init_distributed, wrap_ddp
 from maedfer.train.optim import create_optimizer, scaled_lr
 from maedfer.train.precision import resolve_precision
+from maedfer.train.records import CONFIG_YAML, TensorBoardLog, write_config_yaml, write_env_json
+from maedfer.train.resume import ResumeDecision, decide_resume, mark_finished, prepare_run_dir
 from maedfer.train.runtime import MetricsLog, StopSignals, nonfinite_stop, step_seed
 from maedfer.train.schedule import WarmupCosine
 
@@ -86,34 +91,55 @@ def init_run(run_cfg: Any) -> tuple[DistEnv, str]:
     return env, precision
 
 
-def decide_resume(resume: bool, checkpoint_path: Path) -> dict[str, Any] | None:
-    """The checkpoint state to continue from, or ``None`` for a fresh run.
+def resume_value(resume: str | bool | None) -> str | None:
+    """``run.resume`` from a flag: ``True``/``False`` (the Python API) as ``true``/``false``."""
+    if isinstance(resume, bool):
+        return "true" if resume else "false"
+    return resume
 
-    This is the one place where a recipe decides whether it resumes.
+
+def decide_run(cfg: Any, out: Path, *, final_outputs: tuple[str, ...] = ()) -> ResumeDecision:
+    """Start, resume, leave a finished run alone, or refuse: the one place a recipe decides it
+    (:func:`maedfer.train.resume.decide_resume`; nothing on disk changes here).
 
     Raises:
-        MaedferError: ``resume`` without a checkpoint, or an unreadable one.
+        MaedferError: a checkpoint of another recipe (the keys that differ), ``resume`` true
+            without a checkpoint, false with a run in ``out``, an unreadable checkpoint.
     """
-    if not resume:
-        if checkpoint_path.exists():
-            log.warning("%s exists and --resume is off: starting afresh, it will be replaced",
-                        checkpoint_path)
-        return None
-    if not checkpoint_path.is_file():
-        raise MaedferError(f"--resume: no checkpoint at {checkpoint_path}")
-    return ckpt_io.load_checkpoint(checkpoint_path)
+    return decide_resume(out, config_io.to_dict(cfg), resume=cfg.run.resume,
+                         overwrite=cfg.run.overwrite, final_outputs=final_outputs)
 
 
-def start_records(metrics: MetricsLog, state: dict[str, Any] | None) -> None:
-    """Write the run's records at its start: the one place for it (rank 0 only writes).
+def start_records(lp: TrainLoop, decision: ResumeDecision, resolved: dict[str, Any],
+                  recipe: str) -> None:
+    """Write the run's records at its start: the one place for it (rank 0 writes).
 
-    A fresh run starts ``metrics.jsonl`` afresh; a resumed one drops the lines written after
-    its checkpoint, so the file reads as one uninterrupted run.
+    A fresh start first removes what an earlier start left (``--overwrite``: the whole run);
+    ``metrics.jsonl`` starts afresh, or on resume loses the lines written after the
+    checkpoint; ``config.yaml`` (the resolved recipe: replay it with ``--config``),
+    ``env.json`` (versions, commit, devices) and TensorBoard events under ``tb/`` follow.
     """
+    env, state, out = lp.env, decision.state, decision.run_dir
+    if env.is_main:
+        prepare_run_dir(decision)
     if state is None:
-        metrics.reset()
+        lp.metrics.reset()
     else:
-        metrics.truncate_after(int(state["step"]))
+        lp.metrics.truncate_after(int(state["step"]))
+    if env.is_main:
+        write_config_yaml(out, resolved, header=f"resolved {recipe} recipe; replay it with: "
+                          f"maedfer {recipe} --config {out / CONFIG_YAML} --out NEW_FOLDER")
+        write_env_json(out, {"recipe": recipe}, world_size=env.world_size)
+    purge = int(state["step"]) + 1 if state is not None else None
+    lp.metrics.mirrors.append(TensorBoardLog(out, enabled=env.is_main, purge_step=purge))
+
+
+def finish_run(lp: TrainLoop, out: Path) -> None:
+    """A run that did all its epochs: the weights-only export, then ``run_state.json`` (the
+    mark a re-run reads to leave the run alone), rank 0."""
+    if lp.env.is_main:
+        ckpt_io.export_weights(lp.checkpoint_path)
+        mark_finished(out, epoch=lp.progress.epochs_run, step=lp.progress.global_step)
 
 
 def lr_range(optim: Any, schedule: Any, total_batch: int) -> tuple[float, float]:
@@ -438,6 +464,11 @@ class TrainLoop:
             **self.progress.state_dict(), "rng": ckpt_io.rng_state(),
             **self.extra_state,
         })  # fmt: skip
+        run, p = self.cfg.run, self.progress
+        if run.save_every and p.epoch_step == 0 and p.epochs_run and \
+                p.epochs_run % run.save_every == 0:
+            ckpt_io.save_numbered(self.checkpoint_path.parent.parent, self.checkpoint_path,
+                                  p.epochs_run, keep=run.keep_checkpoints)
 
 
 def close(recipe: Any, *, completed: bool) -> None:
@@ -448,6 +479,7 @@ def close(recipe: Any, *, completed: bool) -> None:
     loop = getattr(recipe, "_loop", None)
     if loop is not None:
         loop.model = None
+        loop.metrics.close()  # flushes TensorBoard's events
     if env is not None:
         cleanup(env, synchronize=completed)
 
@@ -522,8 +554,15 @@ def format_description(d: dict[str, Any]) -> str:
 def execute(recipe: Any, *, dry_run: bool, as_json: bool, quiet: bool, summary: Any) -> dict:
     """Set up, then describe (dry run) or train; always clean up (shared by both recipes)."""
     completed = False
+    recipe.dry_run = dry_run
     try:
         recipe.setup()
+        if recipe.finished is not None:  # a finished run in --out: nothing is touched
+            completed = True
+            if recipe._env.is_main and not quiet:
+                print(recipe.finished.message)
+            return {"finished": True, "out": str(recipe.out),
+                    "message": recipe.finished.message}
         result = recipe.describe() if dry_run else recipe.train()
         completed = True
     finally:

@@ -63,6 +63,8 @@ class PretrainRecipe:
         self.cfg = cfg
         self.out = Path(cfg.run.out) if cfg.run.out else Path("runs/pretrain")
         self.checkpoint_path = self.out / "checkpoints" / ckpt_io.LAST
+        self.dry_run = False  # set by loop.execute: a dry run builds even a finished run
+        self.finished = None  # the decision, when --out holds a finished run
 
     # ------------------------------------------------------------------ setup
 
@@ -71,7 +73,11 @@ class PretrainRecipe:
         cfg = self.cfg
         # 1. process group, device, precision, seeds; 2. the checkpoint to resume
         self._env, self._precision = loop.init_run(cfg.run)
-        self._state = loop.decide_resume(cfg.run.resume, self.checkpoint_path)
+        self._decision = loop.decide_run(cfg, self.out, final_outputs=())
+        self._state = self._decision.state
+        if self._decision.action == "finished" and not self.dry_run:
+            self.finished = self._decision
+            return
         # 3. model (DDP-wrapped when distributed); 4. data; 5. optimiser; 6. schedule; 7. scaler
         self._raw, self._model = loop.place_model(self._setup_model(), self._env, self._state,
                                                   self.checkpoint_path)
@@ -90,7 +96,8 @@ class PretrainRecipe:
             loader=self._loader, metrics=metrics, cfg=cfg,
             steps_per_epoch=self._steps_per_epoch, checkpoint_path=self.checkpoint_path,
             loss_step=self._loss_step,
-            extra_state={"config": self.resolved_config(), "classes": []},
+            extra_state={"config": self.resolved_config(), "classes": [],
+                         "recipe": config_io.to_dict(cfg)},
         )  # fmt: skip
         if self._state is not None:
             self._loop.restore(self._state)
@@ -161,8 +168,10 @@ class PretrainRecipe:
     def train(self) -> dict[str, Any]:
         """Run the remaining epochs; returns the summary :func:`run` prints."""
         started, lp = time.perf_counter(), self._loop
-        loop.start_records(lp.metrics, self._state)
+        loop.start_records(lp, self._decision, self.resolved_config(), "pretrain")
         lp.run()
+        if lp.progress.epochs_run >= self.cfg.schedule.epochs:
+            loop.finish_run(lp, self.out)
         return {
             "out": str(self.out), "checkpoint": str(self.checkpoint_path),
             "epochs": lp.progress.epochs_run, "steps": lp.progress.global_step,
@@ -206,7 +215,9 @@ def run(
     data: Path | str | None = None,
     out: Path | str | None = None,
     device: str | None = None,
-    resume: bool | None = None,
+    resume: str | bool | None = None,
+    overwrite: bool | None = None,
+    save_every: int | None = None,
     dry_run: bool = False,
     as_json: bool = False,
     quiet: bool = False,
@@ -227,7 +238,9 @@ def run(
         epoch, ``stopped_by``, ``nonfinite_steps``, ``time_s``), or the description. After
         SIGINT/SIGTERM the checkpoint is written and ``SystemExit(130 / 143)`` is raised.
     """
-    flags = {"data.manifest": data, "run.out": out, "run.device": device, "run.resume": resume}
+    flags = {"data.manifest": data, "run.out": out, "run.device": device,
+             "run.resume": loop.resume_value(resume), "run.overwrite": overwrite,
+             "run.save_every": save_every}
     cfg = config_io.resolve(config, recipe="pretrain", overrides=overrides, flags=flags)
     recipe = PretrainRecipe(cfg)
     return loop.execute(recipe, dry_run=dry_run, as_json=as_json, quiet=quiet, summary=_summary)

@@ -15,16 +15,13 @@ Instead of running, ``print_commands`` prints the per-fold ``maedfer finetune`` 
 ``sbatch`` writes a SLURM array job (one task per fold; the last task to finish runs
 ``maedfer evaluate`` on all folds).
 
-Fine-tuning one fold goes through one function, :func:`_finetune_fold`. ``CONFIG`` is, for
-now, a YAML file of :func:`maedfer.train.finetune.run` keyword arguments (``epochs: 100``,
-``model_overrides: {...}``); ``overrides`` (``--set key=value``, dotted keys into nested
-values) are applied on top. The printed and SLURM commands use the ``--config`` form of
-``maedfer finetune``.
+Fine-tuning one fold goes through one function, :func:`_finetune_fold`: ``maedfer finetune
+--config CONFIG`` (a shipped name such as ``finetune-dfew`` or a YAML file) with the
+``--set key=value`` overrides; the printed and SLURM commands are the same commands.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import shlex
@@ -45,71 +42,36 @@ log = logging.getLogger(__name__)
 SUMMARY = "summary.json"
 PUBLISHED_LABEL = "published MAE-DFER"
 # Options the protocol sets per fold; a config may not set them.
-PER_FOLD = ("data", "fold", "init", "out", "resume")
+# Config keys the protocol sets for each fold (its flags), never taken from --set.
+PER_FOLD_KEYS = ("data.manifest", "data.fold", "model.init", "run.out", "run.resume")
 
 
 # ---------------------------------------------------------------- the one recipe joint
 # Everything that knows the fine-tuning recipe's API is in this section: _finetune_fold runs a
-# fold, _recipe_kwargs reads CONFIG (also called once up front, so a bad config fails before
-# any training).
+# fold, _check_config resolves CONFIG once up front, so a bad config fails before any training.
 
 
-def _recipe_kwargs(config: str | Path, overrides: Sequence[str]) -> dict[str, Any]:
-    """``finetune.run`` keyword arguments from a YAML file, with ``key=value`` overrides."""
-    import yaml
+def _check_config(config: str | Path, overrides: Sequence[str]) -> None:
+    """Resolve the fine-tuning config with its overrides (unknown keys: one line)."""
+    from maedfer.train import config as config_io
 
-    from maedfer.train import finetune
-
-    path = Path(config)
-    if not path.is_file():
-        raise MaedferError(
-            f"config {config} is not a file; give a YAML file of fine-tuning options "
-            "(e.g. epochs: 100)"
-        )
-    try:
-        kwargs = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise MaedferError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(kwargs, dict):
-        raise MaedferError(f"config {path} must hold a mapping of options, found "
-                           f"{type(kwargs).__name__}")  # fmt: skip
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise MaedferError(f"--set {item!r}: expected key=value, e.g. --set epochs=2")
-        *parents, leaf = key.strip().split(".")
-        target = kwargs
-        for part in parents:
-            target = target.setdefault(part, {})
-            if not isinstance(target, dict):
-                raise MaedferError(f"--set {item!r}: {part} is not a mapping in {path}")
-        target[leaf] = yaml.safe_load(text)
-    known = set(inspect.signature(finetune.run).parameters) - set(PER_FOLD)
-    fixed = sorted(set(kwargs) & set(PER_FOLD))
+    fixed = sorted({item.partition("=")[0].strip() for item in overrides} & set(PER_FOLD_KEYS))
     if fixed:
-        raise MaedferError(f"config {path} sets {', '.join(fixed)}: the protocol sets those per "
-                           "fold (--data, --init, --out)")  # fmt: skip
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise MaedferError(f"config {path}: unknown option(s) {', '.join(unknown)}; known: "
-                           f"{', '.join(sorted(known))}")  # fmt: skip
-    return kwargs
+        raise MaedferError(f"--set {', '.join(fixed)}: the protocol sets those per fold "
+                           "(--data, --folds, --init, --out)")  # fmt: skip
+    config_io.load(str(config), recipe="finetune", overrides=list(overrides))
 
 
 def _finetune_fold(
     config: str | Path, data: Path, fold: int | None, init: Path, out: Path,
     overrides: Sequence[str],
 ) -> None:  # fmt: skip
-    """Fine-tune and test one fold into ``out`` (continuing from its checkpoint if one exists).
-
-    The only function that knows the fine-tuning recipe's API: today
-    :func:`maedfer.train.finetune.run` with keyword arguments read from ``config``.
-    """
+    """Fine-tune and test one fold into ``out``: ``maedfer finetune --config CONFIG`` with
+    ``--resume auto`` (a killed fold continues from its checkpoint, a finished one is kept)."""
     from maedfer.train import finetune
 
-    kwargs = _recipe_kwargs(config, overrides)
-    resume = (Path(out) / "checkpoints" / "last.pt").is_file()
-    finetune.run(data=data, fold=fold, init=init, out=out, resume=resume, **kwargs)
+    finetune.run(str(config), overrides=list(overrides), data=data, fold=fold, init=init,
+                 out=out, resume="auto")
 
 
 # ---------------------------------------------------------------- folds, commands, scripts
@@ -357,7 +319,7 @@ def run(
         typer.echo(f"wrote {sbatch}: {len(chosen)} array task(s); submit with: sbatch {sbatch}",
                    err=True)  # fmt: skip
         return {"sbatch": str(sbatch)}
-    _recipe_kwargs(config, overrides)  # a bad config fails now, not after a fold's training
+    _check_config(config, overrides)  # a bad config fails now, not after a fold's training
     for position, (fold, folder) in enumerate(zip(chosen, folders, strict=True), 1):
         name = f"fold {fold}" if fold is not None else "the test split"
         if fold_finished(folder, fold):

@@ -137,6 +137,25 @@ def config_differences(
     ]  # fmt: skip
 
 
+def recipe_differences(ckpt: Mapping[str, Any], config: Mapping[str, Any]
+                       ) -> list[tuple[str, Any, Any]]:  # fmt: skip
+    """Where a new run's options differ from the recipe of a checkpoint.
+
+    A checkpoint holds the recipe as it was asked for (``recipe``: ``backend: auto``) and as
+    it ran (``config``: ``backend: pyav``); a value equal to either is the same recipe, so both
+    the original command and a replay of its ``config.yaml`` resume the run.
+    """
+    asked, ran = ckpt.get("recipe"), ckpt.get("config") or {}
+    if asked is None:
+        return config_differences(ran, config)
+    ran_flat, new_flat = flatten(ran), flatten(config)
+    return [d for d in config_differences(asked, config)
+            if ran_flat.get(d[0], _MISSING) != new_flat.get(d[0], _MISSING)]  # fmt: skip
+
+
+_MISSING = object()
+
+
 def _show(value: Any) -> str:
     if value is _ABSENT:
         return "(absent)"
@@ -276,7 +295,7 @@ def decide_resume(
                       hint="pass --resume auto to continue it, --overwrite to delete it and "
                       "start over, or choose another --out")  # fmt: skip
     if ckpt is not None:
-        differ = config_differences(ckpt.get("config") or {}, config)
+        differ = recipe_differences(ckpt, config)
         if differ:
             raise _refuse(run_dir, f"holds a checkpoint ({last}) of another recipe: "
                           f"{describe_differences(differ)}",

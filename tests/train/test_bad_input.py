@@ -115,7 +115,7 @@ def test_random_file_as_init_or_resume_checkpoint(manifest: Path, tmp_path: Path
     last = tmp_path / "pt" / "checkpoints" / "last.pt"
     last.parent.mkdir(parents=True)
     last.write_bytes(os.urandom(4096))
-    line = error_line(pretrain(manifest, tmp_path / "pt", "--resume"))
+    line = error_line(pretrain(manifest, tmp_path / "pt", "--resume", "true"))
     assert f"{last} is not a PyTorch checkpoint" in line
     # a real torch file holding an object the safe loader refuses: named, never "weights_only=False"
     torch.save({"model": {}, "why": Path("x")}, junk)
@@ -143,10 +143,9 @@ def manifest24(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_nonfinite_stop_before_any_checkpoint(manifest24, tmp_path, monkeypatch) -> None:
+    # (a stale last.pt of an earlier run cannot be there: --resume auto resumes it or refuses,
+    # --overwrite deletes it)
     out = tmp_path / "run"
-    stale = out / "checkpoints" / "last.pt"  # an earlier run's: not this run's last good state
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"earlier run")
     _nan_from(0, monkeypatch)
     line = error_line(finetune(manifest24, out))
     assert "the loss was not finite for 5 optimiser steps in a row (epoch 1, step 5)" in line

@@ -20,7 +20,7 @@ from maedfer.model.official import FINETUNE_TO_CLASSIFIER, convert_key
 from maedfer.pipelines import build_loader
 from maedfer.train import finetune, metrics
 from maedfer.train.heldout import merge_views, view_probabilities
-from tests.train.clipdata import TINY_CLASSIFIER, make_dataset, one_thread
+from tests.train.clipdata import TINY_CLASSIFIER, TINY_FINETUNE_KEYS, make_dataset, one_thread
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 runner = CliRunner()
@@ -102,9 +102,9 @@ def test_official_checkpoint_gives_load_official_probabilities(manifest, officia
 
 def test_own_checkpoint_reproduces_the_runs_report(manifest, tmp_path) -> None:
     run = tmp_path / "run"
-    finetune.run(data=manifest, fold=1, out=run, model="lgi_former_tiny",
-                 model_overrides=TINY_CLASSIFIER, epochs=2, batch_size=4, workers=0, lr=3e-3,
-                 warmup_epochs=1, quiet=True)  # fmt: skip
+    finetune.run(data=manifest, fold=1, out=run, quiet=True, overrides={
+        **TINY_FINETUNE_KEYS, "schedule.epochs": 2, "data.batch_size": 4, "data.workers": 0,
+        "optim.lr": 3e-3, "schedule.warmup_epochs": 1})  # fmt: skip
     out = tmp_path / "eval"
     result = runner.invoke(app, ["evaluate", "--checkpoint", str(run / "checkpoints" / "last.pt"),
                                  "--data", str(manifest), "--fold", "1", "--out", str(out),

@@ -113,7 +113,7 @@ def test_cli_pretrain_and_its_errors(manifest: Path, tmp_path: Path) -> None:
     assert ckpt["step"] == 2 and ckpt["model_config"]["embed_dim"] == 32
     assert _records(tmp_path / "cli", "train")[-1]["grad_norm"] > 0
 
-    result = runner.invoke(app, [*args[:4], str(tmp_path / "empty"), "--resume", *args[5:]])
+    result = runner.invoke(app, [*args[:4], str(tmp_path / "empty"), "--resume", "true", *args[5:]])
     assert result.exit_code == 1
     assert "no checkpoint at" in result.output and len(result.output.strip().splitlines()) == 1
     result = runner.invoke(app, [*args, "--set", "depth"])

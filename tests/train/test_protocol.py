@@ -21,8 +21,9 @@ from typer.testing import CliRunner
 from maedfer.cli import app
 from maedfer.model import create_model
 from maedfer.train import checkpoint as ckpt_io
+from maedfer.train import config as config_io
 from maedfer.train import protocol
-from tests.train.clipdata import TINY_CLASSIFIER, make_dataset, one_thread
+from tests.train.clipdata import TINY_CLASSIFIER, TINY_FINETUNE_KEYS, make_dataset, one_thread
 from tests.train.test_evaluate import make_run
 from tests.train.test_metrics import FOLD_A, FOLD_B
 
@@ -41,12 +42,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.save({"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION,
                 "model_name": model.model_name, "model_config": ckpt_io.plain(model.config),
                 "model": model.state_dict(), "epoch": 0}, init)  # fmt: skip
-    config = root / "tiny.yaml"
-    overrides = {k: list(v) if isinstance(v, tuple) else v for k, v in TINY_CLASSIFIER.items()}
-    config.write_text(json.dumps({  # JSON is YAML
-        "model": "lgi_former_tiny", "model_overrides": overrides, "epochs": 1,
-        "batch_size": 4, "workers": 0, "lr": 3e-3, "warmup_epochs": 1, "quiet": True,
-    }))  # fmt: skip
+    config = root / "tiny.yaml"  # a user's copy of a shipped config, edited
+    config.write_text(config_io.to_yaml(config_io.load("finetune-dfew", overrides={
+        **TINY_FINETUNE_KEYS, "model.num_classes": 3, "schedule.epochs": 1,
+        "data.batch_size": 4, "data.workers": 0, "optim.lr": 3e-3, "schedule.warmup_epochs": 1,
+    })))  # fmt: skip
     return {"data": manifest, "init": init, "config": config}
 
 
@@ -185,10 +185,10 @@ def test_bad_inputs_are_one_line(setup, tmp_path) -> None:
     assert "fold numbers" in _error(_args(setup, out, "--folds", "one"))
     assert "not both" in _error(_args(setup, out, "--print-commands", "--sbatch",
                                       str(tmp_path / "j.sh")))  # fmt: skip
-    assert "unknown option(s) learning_rate" in _error(_args(setup, out, "--set",
-                                                             "learning_rate=1"))  # fmt: skip
-    assert "sets fold" in _error(_args(setup, out, "--set", "fold=2"))
+    assert "unknown config key 'learning_rate'" in _error(_args(setup, out, "--set",
+                                                                "learning_rate=1"))  # fmt: skip
+    assert "sets those per fold" in _error(_args(setup, out, "--set", "data.fold=2"))
     bad = tmp_path / "missing.yaml"
-    assert "is not a file" in _error(["protocol", str(bad), "--data", str(setup["data"]),
+    assert "nor a file" in _error(["protocol", str(bad), "--data", str(setup["data"]),
                                       "--init", str(setup["init"]), "--out", str(out)])  # fmt: skip
     assert not out.exists()
