@@ -30,6 +30,7 @@ from maedfer.errors import MaedferError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 RECIPES: tuple[str, ...] = ("pretrain", "finetune")
+RESOLVED = "resolved"  # the section of a run's config.yaml that records what it resolved
 RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"  # == maedfer.pipelines.augment.RAND_AUGMENT (tested)
 
 
@@ -434,7 +435,9 @@ def from_dict(data: Mapping[str, Any], *, recipe: str | None = None) -> RecipeCo
         raise MaedferError(f"that is a {name} config; {recipe} needs a {recipe} config "
                            f"(see maedfer config list)")
     cfg = CONFIG_CLASSES[name]()
-    apply_overrides(cfg, {k: v for k, v in data.items() if k != "recipe"})
+    # ``resolved`` is what a run's config.yaml adds for the record (world size, total batch,
+    # lr range): facts of that run, not options, so a replay reads past it.
+    apply_overrides(cfg, {k: v for k, v in data.items() if k not in ("recipe", RESOLVED)})
     return cfg
 
 
@@ -503,6 +506,26 @@ def to_yaml(cfg: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_tables() -> str:
+    """Every key of both recipes, its default and its help line, as the Markdown tables of
+    ``docs/recipe.md`` (kept equal to this by a test; regenerate with
+    ``python -m maedfer.train.config``)."""
+    out = []
+    for recipe, cls in CONFIG_CLASSES.items():
+        cfg = cls()
+        out += [f"### `{recipe}`", "", "| key | default | what it does |", "|---|---|---|"]
+        for f in dataclasses.fields(cfg):
+            value = getattr(cfg, f.name)
+            if not dataclasses.is_dataclass(value):
+                continue
+            for sub in dataclasses.fields(value):
+                default = _flow(to_dict(getattr(value, sub.name))).replace("|", "\\|")
+                text = sub.metadata.get("help", "").replace("|", "\\|")
+                out.append(f"| `{f.name}.{sub.name}` | `{default}` | {text} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def resolve(config: Any, *, recipe: str,
             overrides: Sequence[str] | Mapping[str, Any] | None = None,
             flags: Mapping[str, Any] | None = None) -> RecipeConfig:
@@ -530,3 +553,7 @@ def print_config(*, source: str, overrides: Sequence[str] | None = None) -> str:
     text = to_yaml(load(source, overrides=overrides))
     print(text, end="")
     return text
+
+
+if __name__ == "__main__":  # regenerate the tables of docs/recipe.md
+    print(markdown_tables(), end="")

@@ -127,6 +127,10 @@ def start_records(lp: TrainLoop, decision: ResumeDecision, resolved: dict[str, A
     else:
         lp.metrics.truncate_after(int(state["step"]))
     if env.is_main:
+        facts = {"world_size": env.world_size, "total_batch": lp.total_batch,
+                 "peak_lr": lp.scheduler.params["lr"], "min_lr": lp.scheduler.params["min_lr"],
+                 "steps_per_epoch": lp.steps_per_epoch}  # fmt: skip
+        resolved = {**resolved, config_io.RESOLVED: facts}
         write_config_yaml(out, resolved, header=f"resolved {recipe} recipe; replay it with: "
                           f"maedfer {recipe} --config {out / CONFIG_YAML} --out NEW_FOLDER")
         write_env_json(out, {"recipe": recipe}, world_size=env.world_size)

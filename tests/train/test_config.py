@@ -209,3 +209,13 @@ def test_default_finetune_window_is_the_reference_rule(n: int) -> None:
 def test_config_names_the_augment_module_policy() -> None:
     assert config_io.RAND_AUGMENT == augment.RAND_AUGMENT
     assert config_io.PretrainConfig().data.temporal_rule == "stride"  # exact stride 4, §4.1
+
+
+def test_docs_list_every_key_with_its_default() -> None:
+    """docs/recipe.md's tables are the config declaration's (regenerate: python -m
+    maedfer.train.config)."""
+    from maedfer.train.config import markdown_tables
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "recipe.md").read_text()
+    start = text.index("-->\n", text.index("<!-- generated")) + 4
+    assert text[start : text.index("<!-- end of generated")] == markdown_tables()

@@ -52,6 +52,8 @@ def test_a_run_records_its_recipe_environment_and_events(manifest, tmp_path) -> 
     assert config["recipe"] == "finetune" and config["data"]["backend"] == "pyav"
     assert config["run"]["precision"] == "fp32" and config["model"]["num_classes"] == 3
     assert config["data"]["temporal_rule"] == "reference"
+    facts = config["resolved"]
+    assert facts["world_size"] == 1 and facts["total_batch"] == 4 and facts["peak_lr"] > 0
     env = json.loads((out / "env.json").read_text())
     assert env["packages"]["torch"] == torch.__version__ and env["world_size"] == 1
     assert env["maedfer"]["version"]
