@@ -219,3 +219,13 @@ def test_docs_list_every_key_with_its_default() -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / "recipe.md").read_text()
     start = text.index("-->\n", text.index("<!-- generated")) + 4
     assert text[start : text.index("<!-- end of generated")] == markdown_tables()
+
+
+def test_shipped_documents_cite_only_the_repository() -> None:
+    """README and docs/ never send a reader to files they do not have."""
+    root = Path(__file__).resolve().parents[2]
+    for path in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = path.read_text()
+        assert "../shared" not in text and "shared/" not in text, path
+        for name in ("MODEL.md", "DESIGN.md", "DATASETS.md", "STYLE.md"):
+            assert name not in text, (path, name)
