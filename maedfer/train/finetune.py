@@ -35,11 +35,17 @@ from maedfer.errors import MaedferError
 from maedfer.model import model_info
 from maedfer.train import checkpoint as ckpt_io
 from maedfer.train import config as config_io
-from maedfer.train import loop, metrics
+from maedfer.train import loop
 from maedfer.train.config import FinetuneConfig
-from maedfer.train.coverage import coverage_keys, describe_missing
+from maedfer.train.coverage import describe_missing
 from maedfer.train.distributed import gather_objects
-from maedfer.train.heldout import manifest_info, merge_views, view_probabilities
+from maedfer.train.heldout import (
+    manifest_info,
+    merge_views,
+    score_views,
+    view_probabilities,
+    write_results,
+)
 from maedfer.train.precision import autocast, grad_scaler
 from maedfer.train.runtime import MetricsLog, step_seed
 
@@ -288,26 +294,23 @@ class FinetuneRecipe:
         gathered = gather_objects(rows, env)
         if not env.is_main:
             return None
-        ids, labels, probs, views = merge_views([r for part in gathered for r in part])
-        report = metrics.classification_report(labels, probs.argmax(1), self.classes, views)
-        # test clips that failed to decode were replaced, so they are absent from ids: say so
-        coverage = coverage_keys(self._test_loader.table.clip_ids(), ids)
-        progress = self._loop.progress
+        # test clips that failed to decode were replaced, so they are absent: score_views says
+        result = score_views([r for part in gathered for r in part], self.classes,
+                             self._test_loader.table.clip_ids())  # fmt: skip
+        report, progress = result.report, self._loop.progress
         report.update({"dataset": self.dataset, "fold": self.cfg.data.fold,
-                       "epoch": progress.epochs_run, "step": progress.global_step, **coverage})
+                       "epoch": progress.epochs_run, "step": progress.global_step})
         self._loop.metrics.write({"kind": "test", "epoch": progress.epochs_run,
                                   "step": progress.global_step, "uar": report["uar"],
                                   "war": report["war"], "final": write,
-                                  "clips_expected": coverage["clips_expected"],
-                                  "clips_scored": coverage["clips_scored"]})  # fmt: skip
-        if write and not coverage["complete"]:
+                                  "clips_expected": report["clips_expected"],
+                                  "clips_scored": report["clips_scored"]})  # fmt: skip
+        if write and not report["complete"]:
             log.warning("incomplete test set: %s", describe_missing(
-                len(coverage["missing_clips"]), coverage["clips_expected"],
-                coverage["missing_clips"]))  # fmt: skip
+                len(report["missing_clips"]), report["clips_expected"],
+                report["missing_clips"]))  # fmt: skip
         if write:
-            metrics.write_predictions(self.out / "predictions.parquet", ids, labels, probs,
-                                      self.classes)
-            metrics.write_report(self.out / "report.json", report)
+            write_results(self.out, result, self.classes)
         return report
 
     def train(self) -> dict[str, Any]:
