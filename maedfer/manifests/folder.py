@@ -165,7 +165,8 @@ def read_table(path: Path) -> tuple[pd.DataFrame, str]:
     try:
         if suffix in (".csv", ".tsv"):
             sep = "\t" if suffix == ".tsv" else ","
-            df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""],
+            df = pd.read_csv(path, sep=sep, dtype=dict.fromkeys(TABLE_COLUMNS, str),
+                             keep_default_na=False, na_values=[""],
                              skipinitialspace=True)  # fmt: skip
             unit = "line"
         elif suffix in (".parquet", ".pq"):
