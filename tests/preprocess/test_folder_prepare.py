@@ -143,3 +143,47 @@ def test_slurm_shard_normalises_the_array_range(task, low, step, want) -> None:
     env = {"SLURM_ARRAY_TASK_ID": task, "SLURM_ARRAY_TASK_MIN": low,
            "SLURM_ARRAY_TASK_STEP": step, "SLURM_ARRAY_TASK_COUNT": "3"}  # fmt: skip
     assert slurm_shard(env) == want
+
+
+def test_slurm_script_submits_the_array_and_merge_and_its_steps_run(tmp_path: Path) -> None:
+    """scripts/slurm/prepare.sbatch with a stand-in ``sbatch``: what it submits, then each
+    step as Slurm would run it (index-only, so no pixels)."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "slurm" / "prepare.sbatch"
+    raw = tmp_path / "raw"
+    for c in ("calm", "tense"):
+        for s in range(6):
+            (raw / c).mkdir(parents=True, exist_ok=True)
+            (raw / c / f"p{s}_{c}.mp4").write_bytes(b"x" * (100 * (s + 1)))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/bash\necho "$@" >> "$SBATCH_LOG"\necho 42\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    out = tmp_path / "out"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DATASET": "folder",
+           "RAW": str(raw), "OUT": str(out), "SHARDS": "3", "SBATCH_LOG": str(tmp_path / "log"),
+           "MAEDFER": str(Path(sys.executable).parent / "maedfer"),
+           "EXTRA": "--index-only --subject-from ^(p[0-9]+)_ --folds 3"}  # fmt: skip
+    env.pop("SLURM_JOB_ID", None)
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    submitted = (tmp_path / "log").read_text().splitlines()
+    assert "--array=1-3" in submitted[0] and "STEP=shard" in submitted[0]
+    assert "--dependency=afterok:42" in submitted[1] and "STEP=merge" in submitted[1]
+    for task in ("1", "2", "3"):
+        step = {**env, "SLURM_JOB_ID": "42", "STEP": "shard", "SLURM_ARRAY_TASK_ID": task,
+                "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "3"}  # fmt: skip
+        done = subprocess.run(["bash", str(script)], env=step, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert (out / f"manifest.shard-{task}-of-3.parquet").is_file()
+    merge = {**env, "SLURM_JOB_ID": "43", "STEP": "merge"}
+    done = subprocess.run(["bash", str(script)], env=merge, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    _prepare("--raw", str(raw), "--out", str(tmp_path / "one"), "--index-only",
+             "--subject-from", "^(p[0-9]+)_", "--folds", "3")  # fmt: skip
+    one, _ = read_manifest(tmp_path / "one" / "manifest.parquet")
+    merged, _ = read_manifest(out / "manifest.parquet")
+    pd.testing.assert_frame_equal(one, merged)
