@@ -187,3 +187,15 @@ def test_slurm_script_submits_the_array_and_merge_and_its_steps_run(tmp_path: Pa
     one, _ = read_manifest(tmp_path / "one" / "manifest.parquet")
     merged, _ = read_manifest(out / "manifest.parquet")
     pd.testing.assert_frame_equal(one, merged)
+
+
+def test_shards_are_balanced_by_work_longest_first() -> None:
+    from maedfer.manifests import ClipEntry
+    from maedfer.preprocess.driver import shard_entries
+
+    entries = [ClipEntry(k, f"{k}.mp4", "video", None, 0, "x", None, "pretrain") for k in "abcde"]
+    work = [5, 4, 3, 3, 1]  # the docstring's example: shard 1 gets a, d; shard 2 b, c, e
+    one, two = (shard_entries(entries, (i, 2), work) for i in (1, 2))
+    assert [e.clip_id for e in one] == ["a", "d"] and [e.clip_id for e in two] == ["b", "c", "e"]
+    same = [shard_entries(entries, (i, 2)) for i in (1, 2)]  # equal work: round robin
+    assert [[e.clip_id for e in s] for s in same] == [["a", "c", "e"], ["b", "d"]]
