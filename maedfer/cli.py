@@ -38,6 +38,16 @@ class Dataset(str, enum.Enum):
     enterface05 = "enterface05"
 
 
+def _registered_datasets() -> type[enum.Enum]:
+    """``prepare``'s choices: every dataset in the registry (one module each)."""
+    from maedfer.manifests import list_datasets
+
+    return enum.Enum("PrepareDataset", {n.replace("-", "_"): n for n in list_datasets()}, type=str)
+
+
+PrepareDataset = _registered_datasets()
+
+
 class Stage(str, enum.Enum):
     data = "data"
     faces = "faces"
@@ -97,7 +107,11 @@ def _opt_device(device: Device | None) -> str | None:
 
 @app.command()
 def prepare(
-    dataset: Annotated[Dataset, typer.Argument(help="Which dataset's raw layout to read.")],
+    dataset: Annotated[
+        PrepareDataset,
+        typer.Argument(help="Which dataset's raw layout to read; folder: your own videos "
+                       "(README 'Bring your own dataset')."),
+    ],
     raw: Annotated[Path, typer.Option(help="The dataset as downloaded (its root folder).")],
     out: Annotated[Path, typer.Option(help="Where manifest.parquet and clips/ go.")],
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
@@ -113,7 +127,9 @@ def prepare(
         bool, typer.Option(help="VoxCeleb2: write cropped clips instead of reading in place.")
     ] = False,
     shard: Annotated[
-        str | None, typer.Option(help="i/N: prepare the i-th of N shards (1-based).")
+        str | None,
+        typer.Option(help="i/N: prepare the i-th of N shards (1-based), balanced by file size; "
+                     "auto: this Slurm array task's (SLURM_ARRAY_TASK_ID/_MIN/_COUNT)."),
     ] = None,
     merge: Annotated[bool, typer.Option(help="Combine the shard manifests in --out.")] = False,
     device: Annotated[Device, typer.Option(help="Face detection device.")] = Device.auto,
@@ -136,8 +152,42 @@ def prepare(
     retry_rejects: Annotated[
         bool, typer.Option(help="Judge every reject of an earlier run in --out again.")
     ] = False,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="folder: labels table (.csv/.tsv/.parquet): path (relative to --raw), "
+                     "label, optionally subject, split or fold; other columns are kept."),
+    ] = None,
+    subject_from: Annotated[
+        str | None,
+        typer.Option(help="folder: regex taking the subject from each file name (its "
+                     "'subject' group, else group 1, else the match), e.g. '^(P\\d+)_'."),
+    ] = None,
+    unlabeled: Annotated[
+        bool, typer.Option(help="folder: a pre-training corpus: every video, label -1, split "
+                           "pretrain.")
+    ] = False,
+    classes: Annotated[
+        str | None,
+        typer.Option(help="folder: class names in label order, comma-separated (default: "
+                     "the labels found, sorted)."),
+    ] = None,
+    folds: Annotated[
+        int | None,
+        typer.Option(min=2, help="folder, no split/fold column: build K subject-independent, "
+                     "stratified folds (default 5)."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="folder: seed of the built folds (default 0).")
+    ] = None,
+    in_place: Annotated[
+        bool,
+        typer.Option(help="folder: the videos are face crops already: read them in place "
+                     "(centred square crop), no face detection; --reencode writes the crops."),
+    ] = False,
 ) -> None:
     """Index a raw dataset, detect and align faces, encode clips, write the manifest."""
+    own = {"labels": labels, "subject_from": subject_from, "unlabeled": unlabeled,
+           "classes": classes, "folds": folds, "seed": seed, "in_place": in_place}
     _call(
         "maedfer.preprocess.driver", "run",
         dataset=dataset.value, raw=raw, out=out, workers=workers, size=size,
@@ -145,6 +195,7 @@ def prepare(
         shard=shard, merge=merge, device=_opt_device(device), detect_every=detect_every,
         limit=limit, min_frames=min_frames, min_face_ratio=min_face_ratio,
         retry_rejects=retry_rejects,
+        dataset_options={k: v for k, v in own.items() if v not in (None, False)},
     )  # fmt: skip
 
 

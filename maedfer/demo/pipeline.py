@@ -2,8 +2,10 @@
 
 Stages, each the real command a user would run (DESIGN.md §8, issue 6):
 
-1. render   — :mod:`maedfer.demo.render` writes RAVDESS-layout videos under ``OUT/raw``;
-2. prepare  — ``maedfer prepare ravdess`` on them: real MTCNN, alignment, H.264 clips, manifest;
+1. render   — :mod:`maedfer.demo.render` writes videos and ``labels.csv`` under ``OUT/raw``;
+2. prepare  — ``maedfer prepare folder --labels OUT/raw/labels.csv`` on them (the demo is the
+   first folder dataset: its own five class names, one fold per portrait): real MTCNN,
+   alignment, H.264 clips, manifest;
 3. pretrain — MAE pre-training of a tiny LGI-Former on every prepared clip (no labels);
 4. finetune — one run per fold (leave one portrait out), initialised from the pre-training;
 5. evaluate — UAR/WAR per fold, their mean (as MAE-DFER reports) and pooled, against chance.
@@ -36,7 +38,7 @@ class DemoConfig:
     regions, on 64 px clips), changed by the dotted overrides here. The defaults fit 10
     minutes on a 2-core CPU."""
 
-    actors_per_portrait: int = 4
+    actors_per_portrait: int = 4  # appearance variants of each portrait (one subject)
     clips_per_class: int = 8
     num_frames: int = 16
     frame_size: int = 192
@@ -139,8 +141,10 @@ def run_config(cfg: DemoConfig, *, out: Path, device: str | None = None) -> dict
 
     def do_prepare() -> tuple[dict[str, Any], float]:
         summary = driver.run(
-            dataset="ravdess", raw=paths["raw"], out=paths["prepared"], size=clip_size,
+            dataset="folder", raw=paths["raw"], out=paths["prepared"], size=clip_size,
             workers=min(2, os.cpu_count() or 1), device=device,
+            dataset_options={"labels": paths["raw"] / render.LABELS,
+                             "classes": [c.name for c in render.CLASSES]},
         )  # fmt: skip
         return summary, summary["ok"] * frames
 
@@ -204,7 +208,7 @@ def _summary(cfg, out, paths, clips, prepared, pre, runs, evaluation, stages, st
     chance = 1 / len(classes)
     mean = evaluation["mean_over_folds"]
     return {
-        "classes": {c.name: _label_name(c) for c in classes},
+        "classes": [c.name for c in classes],
         "subjects": sorted({c.subject for c in clips}),
         "clips": {"rendered": len(clips), "prepared": prepared["ok"],
                   "rejected": prepared["rejected"]},
@@ -236,17 +240,10 @@ def _summary(cfg, out, paths, clips, prepared, pre, runs, evaluation, stages, st
     }
 
 
-def _label_name(demo_class: render.DemoClass) -> str:
-    from maedfer.manifests.ravdess import CLASSES
-
-    return CLASSES[demo_class.emotion - 1]
-
-
 def format_summary(summary: dict[str, Any]) -> str:
     """The one-screen summary printed at the end of the demo."""
     lines = ["", "maedfer demo: done in {:.0f} s".format(summary["seconds"]), ""]
-    lines.append("classes (movement = RAVDESS label it is filed under): " + ", ".join(
-        f"{k}={v}" for k, v in summary["classes"].items()))
+    lines.append("classes: " + ", ".join(summary["classes"]))
     lines.append(f"subjects (one per fold): {', '.join(summary['subjects'])}")
     lines.append("")
     lines.append(f"{'stage':20s}{'seconds':>9s}  throughput")

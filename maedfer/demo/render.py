@@ -15,11 +15,13 @@ portrait pixels. Sampling at ``q - U(q)`` moves the content by about ``U`` (back
 fields are smooth and a few pixels wide, where the two agree). Fields are sums of Gaussians in a
 face frame: origin between the eyes, x along the eye line, unit = inter-ocular distance D.
 
-Layout. The clips are written as the RAVDESS release names them (DATASETS.md §7):
-``Actor_XX/02-01-EE-II-SS-RR-XX.mp4`` (video-only speech). Each demo class maps to one RAVDESS
-emotion code (:data:`CLASSES`); a portrait stands for a block of consecutive actors of one
-RAVDESS fold, so ``maedfer prepare ravdess`` puts every portrait in its own fold and the
-protocol's folds are subject-independent (leave one portrait out).
+Layout. The demo is a ``folder`` dataset (README "Bring your own dataset"):
+``<portrait>/<class>_<variant>_<n>.mp4`` with a labels table ``labels.csv`` (path, label,
+subject, fold, variant) at the raw root. Labels are the movements' own names (:data:`CLASSES`),
+the subject is the portrait and the fold its position (portrait i in fold i + 1), so
+``maedfer prepare folder --labels labels.csv`` gives subject-independent folds (leave one
+portrait out). Each portrait is drawn as a few appearance variants (mirrored, stretched,
+recoloured) of the same subject.
 """
 
 from __future__ import annotations
@@ -55,28 +57,27 @@ NOISE_STD = (0.5, 2.0)
 
 @dataclass(frozen=True)
 class DemoClass:
-    """One demo class: a face movement and the RAVDESS emotion code its clips are filed under."""
+    """One demo class: a face movement (its name is the class's label)."""
 
     name: str
-    emotion: int  # RAVDESS emotion code 01..08 (label = code - 1)
     amplitude: float  # natural peak displacement, in inter-ocular distances
     oscillates: bool = False  # back and forth (head nod/shake) rather than one onset-offset
 
 
 CLASSES: tuple[DemoClass, ...] = (
-    # RAVDESS has 4 neutral clips per actor and 8 of every other emotion: the still face is
-    # filed as 02 calm so that the demo classes are balanced.
-    DemoClass("neutral", 2, 0.0),  # still face -> 02 calm
-    DemoClass("nod", 3, 0.12, oscillates=True),  # head pitch, yes -> 03 happy
-    DemoClass("shake", 5, 0.12, oscillates=True),  # head yaw, no -> 05 angry
-    DemoClass("brow_raise", 6, 0.08),  # brows up (AU1+2), as in fear -> 06 fearful
-    DemoClass("mouth_open", 8, 0.15),  # jaw drop (AU26), the surprise mouth -> 08 surprised
+    DemoClass("neutral", 0.0),  # still face
+    DemoClass("nod", 0.12, oscillates=True),  # head pitch, yes
+    DemoClass("shake", 0.12, oscillates=True),  # head yaw, no
+    DemoClass("brow_raise", 0.08),  # brows up (AU1+2), as in fear
+    DemoClass("mouth_open", 0.15),  # jaw drop (AU26), the surprise mouth
 )
+#: The labels table at the raw root (``prepare folder --labels``).
+LABELS = "labels.csv"
 # Not in the default set: weaker after alignment at 64 pixels (DESIGN.md §8), kept for
 # experiments through ``motion_field``.
 EXTRA_CLASSES: tuple[DemoClass, ...] = (
-    DemoClass("smile", 3, 0.09),  # lip corners out and up (AU12)
-    DemoClass("squint", 5, 0.07),  # lids tighten and close (AU7)
+    DemoClass("smile", 0.09),  # lip corners out and up (AU12)
+    DemoClass("squint", 0.07),  # lids tighten and close (AU7)
 )
 
 
@@ -132,9 +133,10 @@ def load_subject(path: Path, frame_size: int) -> Subject:
 
 
 def actor_variant(subject: Subject, actor: int, *, frame_size: int, seed: int = 0) -> Subject:
-    """The portrait as one of its RAVDESS actors: mirrored or not, stretched, recoloured.
+    """The portrait as one of its appearance variants: mirrored or not, stretched, recoloured.
 
-    Actors of one portrait share its fold, so this adds appearance variety to training without
+    ``actor`` numbers the variant (portrait i has 4i+1..4i+4). Variants of one portrait are
+    one subject and share its fold, so this adds appearance variety to training without
     leaking a test subject's face: the model has to find the movement, not the person.
     """
     rng = np.random.default_rng([seed, actor, 7])
@@ -451,32 +453,30 @@ def write_video(frames: np.ndarray, path: Path, *, fps: int) -> None:
 class RenderedClip:
     path: Path  # relative to the raw root
     subject: str  # portrait stem
-    actor: int
+    actor: int  # appearance variant (seeds the clip)
     demo_class: str
-
-
-def clip_names(actor: int, demo_class: DemoClass, per_class: int) -> list[str]:
-    """The first ``per_class`` RAVDESS stems of one actor and emotion (intensity, statement, rep).
-
-    RAVDESS has 8 clips per actor and emotion (4 for neutral, which has no strong intensity).
-    """
-    intensities = (1,) if demo_class.emotion == 1 else (1, 2)
-    stems = [
-        f"02-01-{demo_class.emotion:02d}-{i:02d}-{s:02d}-{r:02d}-{actor:02d}"
-        for i in intensities for s in (1, 2) for r in (1, 2)
-    ]  # fmt: skip
-    return stems[:per_class]
+    fold: int  # the portrait's position + 1
 
 
 def actors_of(portrait_index: int, actors_per_portrait: int) -> list[int]:
-    """RAVDESS actors standing for a portrait: the first of its own fold's block of four."""
+    """Variant numbers of a portrait: 4i+1..4i+k (clips are seeded by them, so a portrait's
+    clips do not depend on how many portraits there are)."""
     if not 1 <= actors_per_portrait <= 4:
-        raise MaedferError(f"demo: actors per portrait ({actors_per_portrait}) must be in 1..4")
-    if not 0 <= portrait_index < 6:
-        raise MaedferError(
-            f"demo: at most 6 portraits (one per RAVDESS fold), got {portrait_index + 1}"
-        )
+        raise MaedferError(f"demo: variants per portrait ({actors_per_portrait}) must be in 1..4")
     return [4 * portrait_index + k + 1 for k in range(actors_per_portrait)]
+
+
+def write_labels(raw: Path, clips: list[RenderedClip]) -> Path:
+    """``raw/labels.csv``: path, label, subject, fold, variant (written atomically)."""
+    from maedfer.atomic import atomic_path
+
+    lines = ["path,label,subject,fold,variant"]
+    lines += [f"{c.path.as_posix()},{c.demo_class},{c.subject},{c.fold},{c.actor}" for c in clips]
+    path = raw / LABELS
+    raw.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 def render_dataset(
@@ -491,35 +491,43 @@ def render_dataset(
     seed: int = 0,
     workers: int = 1,
 ) -> list[RenderedClip]:
-    """Render the demo dataset under ``raw`` in RAVDESS layout; existing clips are kept.
+    """Render the demo as a folder dataset under ``raw``, with ``labels.csv``; existing clips
+    are kept.
 
     Args:
-        raw: the raw root (``Actor_XX`` folders go directly under it).
-        portraits: one image per subject; portrait i fills RAVDESS fold i + 1.
-        actors_per_portrait: RAVDESS actors (of the portrait's fold) per portrait, 1..4.
-        clips_per_class: clips per actor and class (at most 8; neutral at most 4).
+        raw: the raw root (one folder per portrait, and the labels table).
+        portraits: one image per subject; portrait i is fold i + 1.
+        actors_per_portrait: appearance variants per portrait, 1..4.
+        clips_per_class: clips per variant and class.
         num_frames: frames per clip.
         frame_size: side of the square frames.
         fps: frame rate written in the files.
-        seed: clips are a function of (seed, actor, class, clip number) alone.
-        workers: processes rendering in parallel (one actor per task).
+        seed: clips are a function of (seed, variant, class, clip number) alone.
+        workers: processes rendering in parallel (one variant per task).
     Returns:
         The clips, in a fixed order.
     Raises:
-        MaedferError: no portraits, more than 6, an unreadable portrait or one without a face.
+        MaedferError: no portraits, two with one name, an unreadable portrait or one without
+            a face.
     """
     if not portraits:
         raise MaedferError("demo: no portraits given; pass at least 2 face images")
+    stems = [p.stem for p in portraits]
+    if len(set(stems)) != len(stems):
+        raise MaedferError(f"demo: portraits need distinct names (subjects); got {stems}")
+    if clips_per_class < 1:
+        raise MaedferError(f"demo: clips per class ({clips_per_class}) must be >= 1")
     jobs = []
     for index, portrait in enumerate(portraits):
         for actor in actors_of(index, actors_per_portrait):
             for cls_index, cls in enumerate(CLASSES):
-                for clip, stem in enumerate(clip_names(actor, cls, clips_per_class)):
-                    rel_path = Path(f"Actor_{actor:02d}") / f"{stem}.mp4"
-                    jobs.append((portrait, actor, cls_index, clip, rel_path))
-    out = [RenderedClip(rel, p.stem, actor, CLASSES[c].name) for p, actor, c, _, rel in jobs]
+                for clip in range(clips_per_class):
+                    rel_path = Path(portrait.stem) / f"{cls.name}_{actor:02d}_{clip + 1}.mp4"
+                    jobs.append((portrait, actor, cls_index, clip, rel_path, index + 1))
+    out = [RenderedClip(rel, p.stem, actor, CLASSES[c].name, fold)
+           for p, actor, c, _, rel, fold in jobs]  # fmt: skip
     todo: dict[tuple[Path, int], list[tuple[int, int, Path]]] = {}
-    for portrait, actor, cls_index, clip, rel_path in jobs:
+    for portrait, actor, cls_index, clip, rel_path, _ in jobs:
         if not (raw / rel_path).is_file():
             todo.setdefault((portrait, actor), []).append((cls_index, clip, rel_path))
     settings = {"num_frames": num_frames, "frame_size": frame_size, "fps": fps, "seed": seed}
@@ -528,12 +536,13 @@ def render_dataset(
             for (portrait, actor), clips in todo.items():
                 bar.update(_render_actor(portrait, actor, clips, raw, settings))
         else:
-            # one task per actor: each finds its portrait's face once, then renders its clips
+            # one task per variant: each finds its portrait's face once, then renders its clips
             with ProcessPoolExecutor(min(workers, len(todo))) as pool:
                 tasks = [pool.submit(_render_actor, p, a, c, raw, settings)
                          for (p, a), c in todo.items()]  # fmt: skip
                 for task in as_completed(tasks):
                     bar.update(task.result())
+    write_labels(raw, out)
     log.info("demo: %d clips of %d portraits under %s", len(out), len(portraits), raw)
     return out
 
@@ -559,4 +568,3 @@ def default_portraits() -> list[Path]:
     if len(found) < 2:
         raise MaedferError(f"demo: expected the committed portraits in {PORTRAITS}, found {found}")
     return found
-

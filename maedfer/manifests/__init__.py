@@ -1,8 +1,10 @@
 """Dataset protocols and the manifest: raw tree -> clips, key, subject, label, fold (DESIGN §1, §3).
 
 One module per dataset (``voxceleb2``, ``dfew``, ``ferv39k``, ``mafw``, ``crema_d``, ``ravdess``,
-``enterface05``) reads the raw tree as downloaded; ``schema``, ``io``, ``folds`` and
-``fingerprints`` are shared. Usage::
+``enterface05``, and ``folder`` for a user's own data) reads the raw tree as downloaded and
+declares itself with ``@register_dataset`` (:mod:`maedfer.manifests.registry`); ``schema``,
+``io``, ``folds`` and ``fingerprints`` are shared. Adding a dataset is one module (plus its
+tests): the CLI, the preprocess driver and the fingerprint check read the registry. Usage::
 
     protocol = get_protocol("ravdess")
     index = protocol.index(Path("/data/RAVDESS"))          # RawIndex: entries, rejects, warnings
@@ -13,19 +15,28 @@ One module per dataset (``voxceleb2``, ``dfew``, ``ferv39k``, ``mafw``, ``crema_
 
 from __future__ import annotations
 
-import importlib
-
-from maedfer.errors import MaedferError
 from maedfer.manifests.base import ClipEntry, ClipKind, Protocol, RawIndex
 from maedfer.manifests.fingerprints import (
-    PUBLISHED,
     compare_fingerprints,
     detailed_fingerprints,
     fold_fingerprints,
     format_fingerprints,
     sha16,
 )
-from maedfer.manifests.io import read_manifest, read_rejects, write_manifest, write_rejects
+from maedfer.manifests.io import (
+    read_manifest,
+    read_rejects,
+    with_extra,
+    write_manifest,
+    write_rejects,
+)
+from maedfer.manifests.registry import (
+    DatasetInfo,
+    get_dataset,
+    list_datasets,
+    published_fingerprints,
+    register_dataset,
+)
 from maedfer.manifests.schema import (
     MANIFEST_COLUMNS,
     MANIFEST_SCHEMA,
@@ -34,30 +45,14 @@ from maedfer.manifests.schema import (
     REQUIRED_COLUMNS,
 )
 
-DATASET_NAMES: tuple[str, ...] = (
-    "voxceleb2",
-    "dfew",
-    "ferv39k",
-    "mafw",
-    "crema-d",
-    "ravdess",
-    "enterface05",
-)
-# Dataset name -> module under maedfer.manifests (imported on first use).
-_MODULES = {name: name.replace("-", "_") for name in DATASET_NAMES}
-
 
 def get_protocol(name: str) -> Protocol:
-    """The protocol of dataset ``name`` (one of ``DATASET_NAMES``; case and ``_``/``-`` ignored).
+    """The protocol of dataset ``name`` (one of ``list_datasets()``; case and ``_``/``-`` ignored).
 
     Raises:
         MaedferError: unknown name; the message lists the valid ones.
     """
-    key = str(name).strip().lower().replace("_", "-")
-    if key not in _MODULES:
-        raise MaedferError(f"unknown dataset {name!r}; expected one of: {', '.join(DATASET_NAMES)}")
-    module = importlib.import_module(f"maedfer.manifests.{_MODULES[key]}")
-    return module.PROTOCOL
+    return get_dataset(name).protocol
 
 
 def published_results(name: str) -> dict | None:
@@ -65,15 +60,24 @@ def published_results(name: str) -> dict | None:
 
     Returns:
         ``{"uar", "war"}`` in percent, with ``aggregation`` (e.g. ``mean over 5 folds``) and
-        ``source``; each dataset module keeps its own as ``PUBLISHED_RESULTS``.
+        ``source``; each dataset module registers its own (``results=``).
 
     Raises:
         MaedferError: unknown name.
     """
-    protocol = get_protocol(name)
-    module = importlib.import_module(type(protocol).__module__)
-    found = getattr(module, "PUBLISHED_RESULTS", None)
+    found = get_dataset(name).results
     return dict(found) if found is not None else None
+
+
+def __getattr__(name: str):
+    # Computed from the registry on first use: importing the package stays cheap and the
+    # dataset modules (which import from it) see it fully initialised.
+    if name == "DATASET_NAMES":
+        return tuple(list_datasets())
+    if name == "PUBLISHED":
+        return {n: dict(get_dataset(n).published) for n in list_datasets()
+                if get_dataset(n).published}  # fmt: skip
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
@@ -85,6 +89,7 @@ __all__ = [
     "REJECT_COLUMNS",
     "REQUIRED_COLUMNS",
     "ClipEntry",
+    "DatasetInfo",
     "ClipKind",
     "Protocol",
     "RawIndex",
@@ -92,11 +97,16 @@ __all__ = [
     "detailed_fingerprints",
     "fold_fingerprints",
     "format_fingerprints",
+    "get_dataset",
     "get_protocol",
+    "list_datasets",
+    "published_fingerprints",
     "published_results",
     "read_manifest",
     "read_rejects",
+    "register_dataset",
     "sha16",
+    "with_extra",
     "write_manifest",
     "write_rejects",
 ]

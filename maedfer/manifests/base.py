@@ -16,6 +16,7 @@ from typing import Literal
 
 import pandas as pd
 
+from maedfer.errors import MaedferError
 from maedfer.manifests.folds import fold_sizes
 from maedfer.manifests.schema import MANIFEST_COLUMNS, PIXEL_COLUMNS, PROTOCOL_REASON
 
@@ -61,6 +62,8 @@ class RawIndex:
         rejects: ``(clip_id, source, reason)`` of files found but not used; files the protocol
             itself leaves out have a reason starting ``"protocol:"``.
         warnings: one line each, e.g. what a partial download is missing.
+        extra: a folder dataset's extra table columns, column -> clip_id -> value (stored as
+            the manifest's ``maedfer.extra`` metadata); empty for the published datasets.
     """
 
     dataset: str
@@ -71,6 +74,7 @@ class RawIndex:
     entries: list[ClipEntry] = field(default_factory=list)
     rejects: list[tuple[str, str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    extra: dict[str, dict[str, object]] = field(default_factory=dict)
 
     @property
     def protocol_rejects(self) -> list[tuple[str, str, str]]:
@@ -128,7 +132,7 @@ class Protocol(abc.ABC):
     """A dataset's protocol: its raw layout, label order and fold rule (one module each).
 
     Attributes:
-        name: dataset name in ``DATASET_NAMES``.
+        name: dataset name in ``DATASET_NAMES`` (set by ``@register_dataset``).
         protocol: protocol id written to the manifest metadata.
         classes: class names in label order (DATASETS.md), empty for unlabeled data.
         num_folds: number of folds, 0 for a fixed split.
@@ -138,6 +142,21 @@ class Protocol(abc.ABC):
     protocol: str
     classes: list[str]
     num_folds: int
+    #: Clips read in place (a crop) rather than prepared; None: as registered.
+    in_place: bool | None = None
+
+    def configure(self, **options: object) -> Protocol:
+        """This protocol with ``prepare`` options of its own (``folder``: the labels table,
+        folds, ...); the published protocols take none.
+
+        Raises:
+            MaedferError: an option this dataset does not take, named as the CLI spells it.
+        """
+        given = sorted(k for k, v in options.items() if v not in (None, False))
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise MaedferError(f"{flags}: option(s) of `prepare folder`, not of {self.name}")
+        return self
 
     @abc.abstractmethod
     def index(self, raw_root: Path, *, from_video: bool = False) -> RawIndex:

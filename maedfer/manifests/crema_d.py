@@ -31,6 +31,7 @@ from maedfer.manifests.layout import (
     summarize,
     walk_files,
 )
+from maedfer.manifests.registry import register_dataset
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,25 @@ def _entry(stem: str, source: str) -> tuple[ClipEntry | None, str | None]:
     return entry, None
 
 
+#: DATASETS.md's published fingerprints of the full protocol (keys as in
+#: ``detailed_fingerprints``).
+PUBLISHED_FINGERPRINTS = {
+    "1": "dd05b4c670f64d58",
+    "2": "a6f37e8a3b596892",
+    "3": "2ba6e0e138c6ec7a",
+    "4": "27e4466a608b5edf",
+    "5": "19e855057c9c3c9d",
+    "train:1": "385ef99265645f53",
+    "train:2": "3761cd172da0fdd9",
+    "train:3": "57ba6212c4b0666e",
+    "train:4": "d302bff8b40161df",
+    "train:5": "ab2798407c3f0100",
+    "all": "de84a07ac09a3147",
+}
+
+
+@register_dataset("crema-d", media=("videos",), published=PUBLISHED_FINGERPRINTS)
 class CremaD(Protocol):
-    name = "crema-d"
     protocol = "mae-dfer:crema-d:5fold-actor-blocks-18"
     classes = CLASSES
     num_folds = NUM_FOLDS
@@ -155,6 +173,3 @@ def _warnings(entries: list[ClipEntry], stubs: int) -> list[str]:
             f"crema-d: kept for MAE-DFER parity though known-bad (CREMA-D README): {', '.join(bad)}"
         )
     return out
-
-
-PROTOCOL = CremaD()

@@ -32,6 +32,7 @@ from maedfer.manifests.layout import (
     summarize,
     walk_files,
 )
+from maedfer.manifests.registry import register_dataset
 from maedfer.manifests.splitfiles import clip_number, read_rows
 
 log = logging.getLogger(__name__)
@@ -150,8 +151,27 @@ def _videos(root: Path) -> dict[int, Path]:
     return out
 
 
+#: DATASETS.md's published fingerprints of the full protocol (keys as in
+#: ``detailed_fingerprints``).
+PUBLISHED_FINGERPRINTS = {
+    "1": "b0000e8bfb9f5f70",
+    "2": "7ccc76996c59a474",
+    "3": "2cee5da42a3efdc2",
+    "4": "4d18c81ebe482962",
+    "5": "659a48d729044683",
+    "train:1": "0b395009e597406f",
+    "train:2": "93a2261d4f05f816",
+    "train:3": "320211e4189eed15",
+    "train:4": "e1a7463ae5f11b37",
+    "train:5": "710baa790821275f",
+    "all": "1e1f2b2f3314a8e2",
+}
+
+
+@register_dataset(
+    "dfew", media=("frames", "videos"), published=PUBLISHED_FINGERPRINTS, results=PUBLISHED_RESULTS
+)
 class Dfew(Protocol):
-    name = "dfew"
     protocol = "mae-dfer:dfew:official-5fold-single-labeled"
     classes = CLASSES
     num_folds = NUM_FOLDS
@@ -187,6 +207,3 @@ class Dfew(Protocol):
             dataset=self.name, protocol=self.protocol, raw_root=root, classes=list(CLASSES),
             num_folds=NUM_FOLDS, entries=entries, rejects=rejects, warnings=warnings,
         )  # fmt: skip
-
-
-PROTOCOL = Dfew()

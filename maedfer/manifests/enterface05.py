@@ -29,6 +29,7 @@ from maedfer.manifests.layout import (
     summarize,
     walk_files,
 )
+from maedfer.manifests.registry import register_dataset
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,25 @@ def _locate(parts: tuple[str, ...]) -> tuple[int, tuple[str, ...]] | None:
     return None
 
 
+#: DATASETS.md's published fingerprints of the full protocol (keys as in
+#: ``detailed_fingerprints``).
+PUBLISHED_FINGERPRINTS = {
+    "1": "a15c96a5586b8c47",
+    "2": "2469459eacac4654",
+    "3": "b341b642539294c9",
+    "4": "19442f23dfaa4858",
+    "5": "60e3c89b1b2a0309",
+    "train:1": "e2b74c26b8075179",
+    "train:2": "7c88d9b3b5434e7a",
+    "train:3": "ccd9d795a55b6838",
+    "train:4": "da313540360b42bb",
+    "train:5": "4522499d11c6bbeb",
+    "all": "1a6a51dbd82ea031",
+}
+
+
+@register_dataset("enterface05", media=("videos",), published=PUBLISHED_FINGERPRINTS)
 class Enterface05(Protocol):
-    name = "enterface05"
     protocol = "mae-dfer:enterface05:5fold-subject-blocks-9"
     classes = CLASSES
     num_folds = NUM_FOLDS
@@ -144,6 +162,3 @@ def _warnings(entries: list[ClipEntry]) -> list[str]:
     if short:
         out.append(f"enterface05: subject(s) with clips missing: {summarize(short, 10)}")
     return out
-
-
-PROTOCOL = Enterface05()

@@ -31,6 +31,7 @@ from maedfer.manifests.layout import (
     summarize,
     walk_files,
 )
+from maedfer.manifests.registry import register_dataset
 from maedfer.manifests.splitfiles import read_rows
 
 log = logging.getLogger(__name__)
@@ -145,8 +146,22 @@ def _videos(root: Path) -> dict[str, Path]:
     return out
 
 
+#: DATASETS.md's published fingerprints of the full protocol (keys as in
+#: ``detailed_fingerprints``).
+PUBLISHED_FINGERPRINTS = {
+    "train": "a4446aefa2b01136",
+    "test": "08c4ca3da2efa547",
+    "all": "05084336445ce5e3",
+}
+
+
+@register_dataset(
+    "ferv39k",
+    media=("frames", "videos"),
+    published=PUBLISHED_FINGERPRINTS,
+    results=PUBLISHED_RESULTS,
+)
 class Ferv39k(Protocol):
-    name = "ferv39k"
     protocol = "mae-dfer:ferv39k:all-scenes-train-test"
     classes = CLASSES
     num_folds = 0
@@ -186,6 +201,3 @@ class Ferv39k(Protocol):
             dataset=self.name, protocol=self.protocol, raw_root=root, classes=list(CLASSES),
             num_folds=0, entries=entries, rejects=rejects, warnings=warnings,
         )  # fmt: skip
-
-
-PROTOCOL = Ferv39k()

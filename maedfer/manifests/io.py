@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +129,7 @@ def write_manifest(
     classes: Sequence[str],
     num_folds: int,
     raw_root: Path | str,
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, str]:
     """Write ``manifest.parquet`` with the exact schema and metadata of DESIGN.md §3, atomically.
 
@@ -138,6 +139,9 @@ def write_manifest(
         path: the file to write (its folder is created).
         dataset, protocol, classes, num_folds, raw_root: the metadata (``raw_root`` is stored
             absolute).
+        extra: a folder dataset's extra table columns, column -> clip_id -> JSON value; stored
+            as ``maedfer.extra`` for the rows written (the columns of DESIGN.md §3 stay exact);
+            :func:`with_extra` joins them back.
 
     Returns:
         The fingerprints stored as ``maedfer.fingerprints`` (fold or split -> sha16 of its keys).
@@ -177,6 +181,12 @@ def write_manifest(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "fingerprints": json.dumps(fingerprints),
     }
+    if extra:
+        keys = set(df["clip_id"].astype(str))
+        meta["extra"] = json.dumps(
+            {col: {k: v for k, v in values.items() if k in keys} for col, values in extra.items()},
+            sort_keys=True, allow_nan=False,
+        )  # fmt: skip
     table = table.replace_schema_metadata({META_PREFIX + k: v for k, v in meta.items()})
     _atomic_write_table(table, Path(path))
     log.info("wrote %s (%d clips)", path, n)
@@ -273,6 +283,21 @@ def read_manifest(path: Path | str) -> tuple[pd.DataFrame, dict[str, Any]]:
     if "dataset" not in meta and "dataset" in df.columns and df["dataset"].notna().any():
         meta["dataset"] = str(df["dataset"].dropna().iloc[0])
     return df, meta
+
+
+def with_extra(df: pd.DataFrame, meta: Mapping[str, Any]) -> pd.DataFrame:
+    """The manifest rows with the extra columns of ``maedfer.extra`` joined back by clip_id.
+
+    ``df, meta = read_manifest(path); df = with_extra(df, meta)``: a folder dataset's labels
+    table columns beyond path, label, subject, split and fold (None where a clip has none).
+    """
+    out = df.copy()
+    ids = out["clip_id"].astype(str)
+    for column, values in (meta.get("extra") or {}).items():
+        if column in out.columns:
+            raise MaedferError(f"extra column {column!r} clashes with a manifest column")
+        out[column] = [values.get(k) for k in ids]
+    return out
 
 
 def write_rejects(rows: Sequence[tuple[str, str, str]] | pd.DataFrame, path: Path | str) -> None:

@@ -29,6 +29,7 @@ from maedfer.manifests.layout import (
     summarize,
     walk_files,
 )
+from maedfer.manifests.registry import register_dataset
 from maedfer.manifests.splitfiles import clip_number, read_rows
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,27 @@ def _videos(root: Path) -> dict[int, Path]:
     return out
 
 
+#: DATASETS.md's published fingerprints of the full protocol (keys as in
+#: ``detailed_fingerprints``).
+PUBLISHED_FINGERPRINTS = {
+    "1": "5edadc076562197a",
+    "2": "574239e566dce339",
+    "3": "5214c4725add5431",
+    "4": "9ed4303c5fb1f110",
+    "5": "637ddf90a1ac49b8",
+    "train:1": "2ba3abee90d82a3d",
+    "train:2": "dbc9094d5ce9b5a5",
+    "train:3": "7be8739eaf326e0e",
+    "train:4": "707ea3981d4f530c",
+    "train:5": "fd5219e5eadab966",
+    "all": "9196c04c9103d536",
+}
+
+
+@register_dataset(
+    "mafw", media=("frames", "videos"), published=PUBLISHED_FINGERPRINTS, results=PUBLISHED_RESULTS
+)
 class Mafw(Protocol):
-    name = "mafw"
     protocol = "mae-dfer:mafw:official-5fold-single-no-caption"
     classes = CLASSES
     num_folds = NUM_FOLDS
@@ -172,6 +192,3 @@ class Mafw(Protocol):
             dataset=self.name, protocol=self.protocol, raw_root=root, classes=list(CLASSES),
             num_folds=NUM_FOLDS, entries=entries, rejects=rejects, warnings=warnings,
         )  # fmt: skip
-
-
-PROTOCOL = Mafw()

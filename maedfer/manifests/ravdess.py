@@ -31,6 +31,7 @@ from maedfer.manifests.layout import (
     summarize,
     walk_files,
 )
+from maedfer.manifests.registry import register_dataset
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,27 @@ def _folder_actor(folder: Path, root: Path) -> int | None:
     return None
 
 
+#: DATASETS.md's published fingerprints of the full protocol (keys as in
+#: ``detailed_fingerprints``).
+PUBLISHED_FINGERPRINTS = {
+    "1": "24875c4990b33976",
+    "2": "f40c3dc14da79292",
+    "3": "ccc6f928d1d8975f",
+    "4": "7f7e72df6d2bde7e",
+    "5": "4270dcff118d8655",
+    "6": "286e545df89ee4ee",
+    "train:1": "ea26fa74a4e7550f",
+    "train:2": "42d263a73211334d",
+    "train:3": "49942dd667a915c7",
+    "train:4": "f51ab4fb7a6f156c",
+    "train:5": "cf3daeb612504536",
+    "train:6": "fe64f20f7c23e4f3",
+    "all": "4cb0c18f72154b16",
+}
+
+
+@register_dataset("ravdess", media=("videos",), published=PUBLISHED_FINGERPRINTS)
 class Ravdess(Protocol):
-    name = "ravdess"
     protocol = "mae-dfer:ravdess:speech-video:6fold-actor-blocks"
     classes = CLASSES
     num_folds = NUM_FOLDS
@@ -185,6 +205,3 @@ def _missing(entries: list[ClipEntry]) -> list[str]:
             f"ravdess: {len(absent)} clip(s) missing from present actors: {summarize(absent)}"
         )
     return out
-
-
-PROTOCOL = Ravdess()

@@ -80,8 +80,11 @@ META_KEYS: tuple[str, ...] = (
     "created",
     "fingerprints",
 )
+#: Optional metadata: a folder dataset's extra labels-table columns (JSON: column -> clip_id ->
+#: value), kept out of the columns so that the schema above stays exact.
+META_OPTIONAL_KEYS: tuple[str, ...] = ("extra",)
 #: Metadata values stored as JSON.
-META_JSON_KEYS: frozenset[str] = frozenset({"classes", "fingerprints"})
+META_JSON_KEYS: frozenset[str] = frozenset({"classes", "fingerprints", "extra"})
 
 
 def _kind(typ: pa.DataType) -> str:

@@ -32,6 +32,7 @@ from maedfer.manifests.layout import (
     norm,
     rel,
 )
+from maedfer.manifests.registry import register_dataset
 from maedfer.manifests.voxceleb2_excluded import EXCLUDED
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,21 @@ def _scan(parent: Path, prefix: str) -> list[tuple[str, str]]:
     return out
 
 
+#: DATASETS.md's published fingerprints of the full protocol (keys as in
+#: ``detailed_fingerprints``): the hash of the 283-key exclusion list (Appendix A).
+PUBLISHED_FINGERPRINTS = {
+    "excluded": "15c5d7fc0b4e1476",
+}
+
+
+@register_dataset(
+    "voxceleb2",
+    in_place=True,
+    crop="upper-centre",
+    media=("videos",),
+    published=PUBLISHED_FINGERPRINTS,
+)
 class VoxCeleb2(Protocol):
-    name = "voxceleb2"
     protocol = "mae-dfer:voxceleb2:dev-pretrain"
     classes: list[str] = []
     num_folds = 0
@@ -148,6 +162,3 @@ class VoxCeleb2(Protocol):
             dataset=self.name, protocol=self.protocol, raw_root=root, classes=[],
             num_folds=0, entries=entries, rejects=rejects, warnings=warnings,
         )  # fmt: skip
-
-
-PROTOCOL = VoxCeleb2()

@@ -6,8 +6,9 @@
   find and align the face (`FaceAligner`), encode the crops;
 - a frame folder (the official faces of DFEW, FERV39k, MAFW): resize each frame to the square
   size and encode, no detection (self-extracted faces cost MAFW ~25 UAR points, DATASETS.md §10);
-- VoxCeleb2: probe the file and record the upper-centre crop, reading it in place; with
-  ``--reencode``, decode, crop and encode instead.
+- an in-place dataset (VoxCeleb2, ``folder --in-place``; the registry's ``in_place``): probe
+  the file and record its crop (VoxCeleb2's upper-centre box, a folder's centred square),
+  reading it in place; with ``--reencode``, decode, crop and encode instead.
 
 Every way a clip can fail becomes a `ClipResult` with a short reason, never an exception: a
 verdict on the file (``reason``: corrupt, no face, too short, ...), or a failure of the machine
@@ -33,6 +34,7 @@ import numpy as np
 
 from maedfer.errors import MaedferError, is_environmental, os_error_line
 from maedfer.manifests import ClipEntry
+from maedfer.manifests.registry import CropRule
 from maedfer.manifests.voxceleb2 import crop_box
 from maedfer.preprocess import MIN_FACE_RATIO, MIN_FRAMES
 from maedfer.preprocess.encode import Codec, clip_suffix, write_clip
@@ -49,12 +51,15 @@ from maedfer.preprocess.video import (
 
 logger = logging.getLogger(__name__)
 
-IN_PLACE_DATASETS = ("voxceleb2",)
-
 
 @dataclass(frozen=True)
 class PrepareOptions:
-    """What every clip of a run shares (the options of ``maedfer prepare``)."""
+    """What every clip of a run shares (the options of ``maedfer prepare``).
+
+    ``crop_rule`` is set for the datasets whose clips are face crops already (the registry's
+    ``in_place``: VoxCeleb2, ``folder --in-place``): they are read in place with that crop,
+    or with ``reencode`` cropped and written, never face-detected. None: the face pipeline.
+    """
 
     dataset: str
     raw_root: Path
@@ -64,11 +69,12 @@ class PrepareOptions:
     reencode: bool = False
     min_frames: int = MIN_FRAMES
     min_face_ratio: float = MIN_FACE_RATIO
+    crop_rule: CropRule | None = None
 
     @property
     def in_place(self) -> bool:
-        """VoxCeleb2 without ``--reencode``: clips are read from the raw tree with a crop."""
-        return self.dataset in IN_PLACE_DATASETS and not self.reencode
+        """An in-place dataset without ``--reencode``: clips are read from the raw tree."""
+        return self.crop_rule is not None and not self.reencode
 
 
 @dataclass
@@ -185,7 +191,7 @@ def load_clip(entry: ClipEntry, options: PrepareOptions) -> LoadedClip:
         if options.in_place:
             _record_in_place(info, options, result)
             return LoadedClip(entry, result)
-        align = options.dataset not in IN_PLACE_DATASETS  # VoxCeleb2 --reencode: crop only
+        align = options.crop_rule is None  # an in-place dataset --reencode: crop only
         return LoadedClip(entry, result, None, info.fps, align=align)
     except Exception as exc:
         return LoadedClip(entry, _rejected(entry, exc, stamp))
@@ -255,23 +261,27 @@ def _write(frames, fps, options: PrepareOptions, result: ClipResult) -> None:
     result.height = result.width = options.size
 
 
-def _vox_crop(width: int, height: int, size: int) -> tuple[int, int, int, int]:
-    """MAE-DFER's upper-centre box for a frame of this size (224x224 in VoxCeleb2)."""
-    return crop_box(min(size, width, height), width)
+def _crop(width: int, height: int, options: PrepareOptions) -> tuple[int, int, int, int]:
+    """The crop of an in-place clip: MAE-DFER's upper-centre box of side ``size`` (224x224
+    frames in VoxCeleb2), or the largest centred square (``centre``)."""
+    if options.crop_rule == "centre":
+        side = min(width, height)
+        return ((width - side) // 2, (height - side) // 2, side, side)
+    return crop_box(min(options.size, width, height), width)
 
 
 def _record_in_place(info, options: PrepareOptions, result: ClipResult) -> None:
     result.num_frames, result.fps = info.num_frames, float(info.fps)
     result.width, result.height = info.width, info.height
-    result.crop = _vox_crop(info.width, info.height, options.size)
+    result.crop = _crop(info.width, info.height, options)
 
 
 def _crops(source: Path, options: PrepareOptions) -> Iterator[np.ndarray]:
-    """VoxCeleb2 ``--reencode``: the frames cut to the upper-centre box, at `size`, streamed."""
+    """An in-place dataset ``--reencode``: the frames cut to the crop, at `size`, streamed."""
     box = None
     for frame in prefetched(iter_video_frames(source)):
         if box is None:
-            box = _vox_crop(frame.shape[1], frame.shape[0], options.size)
+            box = _crop(frame.shape[1], frame.shape[0], options)
         x, y, w, h = box
         crop = frame[y : y + h, x : x + w]
         if crop.shape[:2] != (options.size, options.size):

@@ -16,13 +16,20 @@ It only loops, keeps state and shows progress; the work per clip is `maedfer.pre
 - **Parallel**: ``--workers N`` processes (from a fork server), one `FaceAligner` each; a
   single process decodes the next clip in a thread while it aligns the current one. Every
   clip's result depends on the clip alone, so any worker count gives the same bytes.
-- **Shards**: ``--shard i/N`` prepares every N-th clip of the sorted index (starting at the i-th)
-  and writes ``manifest.shard-i-of-N.parquet``; ``--merge`` combines all N into
-  ``manifest.parquet`` -- a cluster array job over VoxCeleb2's 1.09M clips.
+- **Shards**: ``--shard i/N`` prepares the i-th of N shards balanced by work, and writes
+  ``manifest.shard-i-of-N.parquet``; ``--merge`` combines all N into ``manifest.parquet``, the
+  same rows as an unsharded run -- a cluster array job over VoxCeleb2's 1.09M clips.
+  ``--shard auto`` takes i and N from a Slurm array task (``SLURM_ARRAY_TASK_ID`` minus
+  ``SLURM_ARRAY_TASK_MIN``, ``SLURM_ARRAY_TASK_COUNT``), so ``--array=0-7`` and ``--array=1-8``
+  both work. The work of a clip is its source's size in bytes (a frame folder: its images'),
+  a proxy for its length: clips are dealt longest first, each to the shard with the least work
+  so far (greedy longest-processing-time, ties by key and lowest shard), so every shard's set is
+  a function of the index and the file sizes alone, the same in every task of the array.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import multiprocessing as mp
@@ -47,7 +54,7 @@ from maedfer.manifests import (
     ClipEntry,
     RawIndex,
     format_fingerprints,
-    get_protocol,
+    get_dataset,
     read_manifest,
     read_rejects,
     write_manifest,
@@ -73,22 +80,97 @@ _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 _SHARD_FILE = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.parquet$")
 
 
+_SLURM = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT")
+
+
+def slurm_shard(env: dict[str, str] | None = None) -> tuple[int, int]:
+    """(i, N) of this Slurm array task: ``--array=0-7`` and ``--array=1-8`` both give 1..8.
+
+    i = (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP + 1 (step 1 if
+    unset), N = SLURM_ARRAY_TASK_COUNT.
+
+    Raises:
+        MaedferError: the variables are absent (not an array task) or the array is not one
+            range (``--array=1,4,9``).
+    """
+    env = dict(os.environ if env is None else env)
+    missing = [k for k in _SLURM if not env.get(k, "").strip()]
+    if missing:
+        raise MaedferError(
+            f"--shard auto: {', '.join(missing)} not set; run it as a Slurm array task "
+            "(sbatch --array=1-N) or give --shard i/N"
+        )
+    try:
+        task, low, count = (int(env[k]) for k in _SLURM)
+        step = int(env.get("SLURM_ARRAY_TASK_STEP") or 1)
+    except ValueError:
+        values = ", ".join(f"{k}={env[k]!r}" for k in _SLURM)
+        raise MaedferError(
+            f"--shard auto: Slurm array variables are not integers ({values})"
+        ) from None
+    offset, rest = divmod(task - low, max(step, 1))
+    if rest or not 0 <= offset < count:
+        raise MaedferError(
+            f"--shard auto: task {task} of an array from {low} in steps of {step} with {count} "
+            "tasks is not one of 1..N; use one range, e.g. --array=1-N or --array=0-(N-1)"
+        )
+    return offset + 1, count
+
+
 def parse_shard(shard: str | None) -> tuple[int, int] | None:
-    """``"i/N"`` -> (i, N) with 1 <= i <= N; None stays None."""
+    """``"i/N"`` -> (i, N) with 1 <= i <= N; ``"auto"``: the Slurm array task's; None: None."""
     if shard is None:
         return None
+    if shard.strip().lower() == "auto":
+        return slurm_shard()
     m = _SHARD.match(shard)
     if not m or not 1 <= int(m[1]) <= int(m[2]):
-        raise MaedferError(f"--shard {shard!r} must be i/N with 1 <= i <= N, e.g. 3/8")
+        raise MaedferError(f"--shard {shard!r} must be i/N with 1 <= i <= N (e.g. 3/8), or auto")
     return int(m[1]), int(m[2])
 
 
-def shard_entries(entries: list[ClipEntry], shard: tuple[int, int] | None) -> list[ClipEntry]:
-    """Every N-th entry from the i-th (round robin: shards get similar mixes of clips)."""
+def source_work(path: Path) -> int:
+    """A clip's work for sharding: its file's size in bytes, a frame folder's images' total;
+    0 where unreadable (it will be a reject, which costs little)."""
+    try:
+        if path.is_dir():
+            with os.scandir(path) as it:
+                return sum(e.stat().st_size for e in it if e.is_file())
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def entry_work(entries: list[ClipEntry], raw_root: Path, threads: int = 16) -> list[int]:
+    """``source_work`` of every entry, in order (stat calls in threads: network file systems)."""
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stat") as pool:
+        return list(pool.map(source_work, (raw_root / e.source for e in entries), chunksize=256))
+
+
+def shard_entries(
+    entries: list[ClipEntry], shard: tuple[int, int] | None, work: list[int] | None = None
+) -> list[ClipEntry]:
+    """The entries of shard (i, N), balanced by ``work`` (one number per entry; None: 1 each).
+
+    Greedy longest-processing-time: entries by decreasing work (then key), each to the shard
+    with the least work so far (then the lowest number). With equal work it is round robin:
+    entry k goes to shard k mod N + 1. Worked example, work [5, 4, 3, 3, 1] of keys a..e into
+    2 shards: a -> 1 (5), b -> 2 (4), c -> 2 (7), d -> 1 (8), e -> 2 (8). The shard's entries
+    come back in index order.
+    """
     if shard is None:
         return entries
     i, n = shard
-    return entries[i - 1 :: n]
+    work = [1] * len(entries) if work is None else work
+    order = sorted(range(len(entries)), key=lambda j: (-work[j], entries[j].clip_id))
+    loads = [(0, s) for s in range(n)]
+    mine = []
+    for j in order:
+        load, s = heapq.heappop(loads)
+        if s == i - 1:
+            mine.append(j)
+        heapq.heappush(loads, (load + work[j], s))
+    return [entries[j] for j in sorted(mine)]
 
 
 def output_names(shard: tuple[int, int] | None) -> tuple[str, str, str]:
@@ -123,8 +205,8 @@ class Journal:
                     elif "clip_id" in record:
                         self.results[record["clip_id"]] = ClipResult.from_json(record)
         if header is not None:
-            for key, value in config.items():
-                if header.get(key) != value:
+            for key, value in config.items():  # a key the journal predates: it had the default
+                if key in header and header[key] != value:
                     raise MaedferError(
                         f"{path.parent.parent} holds a preparation with {key}={header.get(key)!r}"
                         f"; this run has {key}={value!r}: use another --out, or the same options "
@@ -338,6 +420,7 @@ def _write_outputs(df, rejects, index: RawIndex, out: Path, shard) -> dict[str, 
     fingerprints = write_manifest(
         df, out / manifest_name, dataset=index.dataset, protocol=index.protocol,
         classes=index.classes, num_folds=index.num_folds, raw_root=index.raw_root,
+        extra=index.extra,
     )  # fmt: skip
     write_rejects(sorted(rejects), out / rejects_name)
     return fingerprints
@@ -424,22 +507,26 @@ def run(
     min_frames: int = MIN_FRAMES,
     min_face_ratio: float = MIN_FACE_RATIO,
     retry_rejects: bool = False,
+    dataset_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Index a raw dataset, prepare its clips, write manifest and rejects (DESIGN.md §2-§4).
 
     Args:
-        dataset: a name in `maedfer.manifests.DATASET_NAMES`.
+        dataset: a registered name (`maedfer.manifests.list_datasets()`).
         raw: the dataset's folder as downloaded; out: where manifest, rejects and clips go.
         workers: processes; size: side of the square clips (even); codec: "h264" or "vp9".
         index_only: write the manifest from the layout alone (planned paths, null pixel fields).
         from_video: DFEW/FERV39k/MAFW: detect faces in the original clips instead of using the
             official face frames. reencode: VoxCeleb2: write cropped clips.
-        shard: "i/N" to prepare one shard; merge: combine the N shard manifests in `out`.
+        shard: "i/N" to prepare one shard, "auto" for this Slurm array task's; merge: combine
+            the N shard manifests in `out`.
         device: face detection device (None = CUDA when present); detect_every: detect on
             every k-th frame, track in between; limit: prepare only the first N clips.
         min_frames: videos with fewer frames are rejected ("too short"); min_face_ratio:
             face-detected clips with a face in fewer of their frames are rejected
             ("face_ratio"); retry_rejects: judge the rejects of an earlier run again.
+        dataset_options: the dataset's own options (`Protocol.configure`; ``folder``:
+            labels, subject_from, unlabeled, classes, folds, seed, in_place).
 
     Returns:
         A summary: ``ok``, ``rejected``, ``reasons`` (prefix -> count), ``seconds``,
@@ -466,7 +553,9 @@ def run(
     if not index_only and not merge:
         resolve_device(device)  # a CUDA request without CUDA fails here, not once per clip
     out = Path(out).expanduser().resolve()
-    protocol = get_protocol(dataset)
+    info = get_dataset(dataset)
+    protocol = info.protocol.configure(**(dataset_options or {}))
+    in_place = info.in_place if protocol.in_place is None else protocol.in_place
     index = protocol.index(Path(raw), from_video=from_video)
     for warning in index.warnings:
         logger.warning(warning)
@@ -474,8 +563,10 @@ def run(
         return _merge(index, out)
     options = PrepareOptions(dataset=index.dataset, raw_root=index.raw_root, out=out, size=size,
                              codec=codec, reencode=reencode, min_frames=min_frames,
-                             min_face_ratio=min_face_ratio)  # fmt: skip
-    entries = shard_entries(index.entries, part)[:limit]
+                             min_face_ratio=min_face_ratio,
+                             crop_rule=info.crop if in_place else None)  # fmt: skip
+    work = entry_work(index.entries, index.raw_root) if part is not None else None
+    entries = shard_entries(index.entries, part, work)[:limit]
     # Files the protocol leaves out are listed once: by the unsharded run or by shard 1.
     rejects = list(index.rejects) if part is None or part[0] == 1 else []
     if index_only:
