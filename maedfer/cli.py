@@ -28,18 +28,9 @@ app = typer.Typer(
 )
 
 
-class Dataset(str, enum.Enum):
-    voxceleb2 = "voxceleb2"
-    dfew = "dfew"
-    ferv39k = "ferv39k"
-    mafw = "mafw"
-    crema_d = "crema-d"
-    ravdess = "ravdess"
-    enterface05 = "enterface05"
-
-
 def _registered_datasets() -> type[enum.Enum]:
-    """``prepare``'s choices: every dataset in the registry (one module each)."""
+    """The datasets' choices (prepare, evaluate --dataset): every dataset in the registry
+    (one module each)."""
     from maedfer.manifests import list_datasets
 
     return enum.Enum("PrepareDataset", {n.replace("-", "_"): n for n in list_datasets()}, type=str)
@@ -347,7 +338,8 @@ def evaluate(
         str | None, typer.Option(help="--checkpoint: test split (fixed split; default test).")
     ] = None,
     dataset: Annotated[
-        Dataset | None, typer.Option(help="--checkpoint: refuse a manifest of another dataset.")
+        PrepareDataset | None,
+        typer.Option(help="--checkpoint: refuse a manifest of another dataset."),
     ] = None,
     device: Annotated[Device, typer.Option(help="--checkpoint: where to run.")] = Device.auto,
     backend: Annotated[Backend, typer.Option(help="--checkpoint: decoding.")] = Backend.auto,
