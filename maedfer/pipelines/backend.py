@@ -132,8 +132,9 @@ def check_supported(backend: Backend, config: SampleConfig) -> None:
         option, why = next(iter(refused.items()))
         others = [n for n in BACKENDS if n != backend.name]
         raise MaedferError(
-            f"backend {backend.name} cannot honour {option}={getattr(config, option, None)!r}: "
-            f"{why}; choose another backend ({', '.join(others)}) or turn the option off"
+            f"backend {backend.name} cannot honour {option}={getattr(config, option, None)!r} "
+            f"(recipe key data.{option}): {why}; choose another backend ({', '.join(others)}) "
+            "or turn the option off"
         )
 
 
