@@ -69,7 +69,7 @@ class DataConfig:
                               "core count)")
     backend: Annotated[str, Choices(backend_choices)] = opt(
         "auto", "clip decoder: dali (GPU), pyav (CPU) or auto (DALI when CUDA and DALI are "
-        "present); the choices are maedfer.pipelines.backend.BACKENDS")
+        "present)")
     temporal_rule: Literal["stride", "reference"] = opt(
         "stride", "training window: stride = num_frames frames exactly `stride` apart at a "
         "random start (the official pre-training rule)")
