@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from maedfer.errors import MaedferError, NotAvailableYet, os_error_line
+from maedfer.pipelines.backend import choices as backend_choices
 from maedfer.preprocess import MIN_FACE_RATIO, MIN_FRAMES
 
 app = typer.Typer(
@@ -57,10 +58,8 @@ class Codec(str, enum.Enum):
     vp9 = "vp9"
 
 
-class Backend(str, enum.Enum):
-    auto = "auto"
-    dali = "dali"
-    pyav = "pyav"
+#: ``--backend`` choices: ``auto`` and the backend table's names (maedfer.pipelines.backend)
+Backend = enum.Enum("Backend", {name: name for name in backend_choices()}, type=str)
 
 
 def _call(module: str, function: str, /, **kwargs: Any) -> Any:
@@ -342,7 +341,7 @@ def evaluate(
         typer.Option(help="--checkpoint: refuse a manifest of another dataset."),
     ] = None,
     device: Annotated[Device, typer.Option(help="--checkpoint: where to run.")] = Device.auto,
-    backend: Annotated[Backend, typer.Option(help="--checkpoint: decoding.")] = Backend.auto,
+    backend: Annotated[Backend, typer.Option(help="--checkpoint: decoding.")] = Backend("auto"),
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="--checkpoint: clips per batch.")
     ] = None,
@@ -442,7 +441,7 @@ def profile(
     batch: Annotated[int | None, typer.Option(min=1, help="Clips per batch.")] = None,
     batches: Annotated[int | None, typer.Option(min=1, help="Batches to time.")] = None,
     data: Annotated[Path | None, typer.Option(help="data: manifest.parquet to read.")] = None,
-    backend: Annotated[Backend, typer.Option(help="data: decoding backend.")] = Backend.auto,
+    backend: Annotated[Backend, typer.Option(help="data: decoding backend.")] = Backend("auto"),
     workers: Annotated[int | None, typer.Option(help="data: loader workers.")] = None,
     device: Annotated[Device, typer.Option()] = Device.auto,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

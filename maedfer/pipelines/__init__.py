@@ -1,13 +1,34 @@
 """The stream of clips that feeds training and evaluation (DESIGN.md §1, MODEL.md §4).
 
 ``build_loader(manifest, mode=..., batch_size=...)`` returns a :class:`ClipLoader` of
-:class:`ClipBatch` dicts. Modules: ``sampling`` (frame indices, shared by every backend),
-``augment`` (crop boxes, RandAugment, erasing, mean-frame subtraction, ``make_mixup``),
-``select`` (manifest rows, fold/split), ``plan`` (one epoch's samples), ``pyav`` (CPU backend),
-``dali`` (GPU backend, imported only when chosen), ``profile`` (``maedfer profile data``).
+:class:`ClipBatch` dicts. Modules: ``backend`` (the backend contract and the one table of
+backends), ``sampling`` (frame indices, shared by every backend and by inference), ``augment``
+(crop boxes, erasing, mean-frame subtraction, ``normalise``, ``make_mixup``), ``rand_augment``
+(RandAugment draws and its numpy and torch executors), ``select`` (manifest rows, fold/split),
+``plan`` (one epoch's samples), ``pyav`` (CPU backend), ``dali`` (GPU backend, imported only
+when chosen), ``profile`` (``maedfer profile data``).
+
+Names are imported on first use, so ``maedfer.pipelines.backend`` (the table the command line
+and the recipe configs read) costs no torch import.
 """
 
-from maedfer.pipelines.augment import make_mixup
-from maedfer.pipelines.loader import ClipBatch, ClipLoader, build_loader
+from __future__ import annotations
 
-__all__ = ["ClipBatch", "ClipLoader", "build_loader", "make_mixup"]
+import importlib
+from typing import Any
+
+_NAMES = {
+    "ClipBatch": "maedfer.pipelines.loader", "ClipLoader": "maedfer.pipelines.loader",
+    "build_loader": "maedfer.pipelines.loader", "make_mixup": "maedfer.pipelines.augment",
+    "normalise": "maedfer.pipelines.augment", "normalize": "maedfer.pipelines.augment",
+    "clip_from_frames": "maedfer.pipelines.augment",
+}  # fmt: skip
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        module = importlib.import_module(_NAMES[name])
+        return getattr(module, "normalise" if name == "normalize" else name)
+    raise AttributeError(f"module 'maedfer.pipelines' has no attribute {name!r}")

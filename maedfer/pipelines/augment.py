@@ -9,7 +9,10 @@ augmentation to the same sample; the pixels are then changed by whichever backen
 - :func:`multi_scale_crop_box` — pre-training crop: TSN ``GroupMultiScaleCrop`` with scales
   (1, .875, .75, .66), ``max_distort`` 1 and the 13 fixed offsets ("more_fix_crop").
 - :class:`VideoRandAugment` — timm RandAugment ``rand-m7-n4-mstd0.5-inc1`` (bicubic, translate
-  72 px at 160), with the same ops and magnitudes on every frame (PyAV path only).
+  72 px at 160), with the same ops and magnitudes on every frame; the draws and both executors
+  (numpy/PIL for PyAV, torch for DALI) are in :mod:`maedfer.pipelines.rand_augment`.
+- :func:`normalise` — the ImageNet normalisation of every backend; :func:`clip_from_frames` —
+  frames to a normalised model input (inference).
 - :func:`finish_clip` — after ImageNet normalisation: the optional clip-mean subtraction
   (DESIGN.md §8) and random erasing (p 0.25, pixel mode, one box, the same box on every frame).
 - :func:`make_mixup` — timm Mixup/CutMix with the §5.2 defaults, for 5-D video batches; the
@@ -19,7 +22,6 @@ augmentation to the same sample; the pixels are then changed by whichever backen
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -31,7 +33,7 @@ from maedfer.errors import MaedferError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"
+RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"  # == rand_augment.RAND_AUGMENT
 MULTI_SCALES: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
 ERASE_PROB = 0.25
 FLIP_PROB = 0.5
@@ -141,106 +143,20 @@ def random_erasing_box(
     return None
 
 
-#: timm's geometric RandAugment ops: run as one affine warp per frame with OpenCV (below)
-_GEOMETRIC_OPS = frozenset(
-    {"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "TranslateXRel", "TranslateYRel"}
-)
-
-
-class _AffineRecorder:
-    """Stands in for a PIL image in timm's geometric ops and records the affine they ask for.
-
-    timm's shear/translate ops call ``img.transform(size, AFFINE, data, ...)`` and its rotate
-    calls ``img.rotate(degrees, ...)``; PIL's rotate is an affine about the image centre,
-    written out here (no expand, as timm calls it).
-    """
-
-    def __init__(self, width: int, height: int) -> None:
-        self.size = (width, height)
-        self.matrix: tuple[float, ...] | None = None
-        self.fill: tuple[int, ...] | None = None
-
-    def transform(self, size, method, data, resample=None, fillcolor=None):  # noqa: ANN001
-        self.matrix, self.fill = tuple(float(v) for v in data[:6]), fillcolor
-        return self
-
-    def rotate(self, angle, resample=None, fillcolor=None, **_):  # noqa: ANN001
-        cx, cy = self.size[0] / 2, self.size[1] / 2
-        rad = -math.radians(angle)
-        a, b, d, e = math.cos(rad), math.sin(rad), -math.sin(rad), math.cos(rad)
-        data = (a, b, cx - a * cx - b * cy, d, e, cy - d * cx - e * cy)
-        return self.transform(self.size, None, data, resample, fillcolor)
-
-
-def _warp(frames: list[np.ndarray], recorder: _AffineRecorder) -> list[np.ndarray]:
-    """Apply a recorded PIL-style affine (output → input map, pixel centres at +0.5) to frames.
-
-    OpenCV's bicubic warp (kernel a = -0.75 where PIL's is -0.5): measured mean difference
-    0.5/255 from PIL's result on smooth images, at a third of PIL's time per frame.
-    """
-    import cv2
-
-    a, b, c, d, e, f = recorder.matrix
-    matrix = np.array([[a, b, c + 0.5 * (a + b) - 0.5], [d, e, f + 0.5 * (d + e) - 0.5]])
-    fill = tuple(recorder.fill) if recorder.fill is not None else (0, 0, 0)
-    flags = cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP
-    return [cv2.warpAffine(frame, matrix, recorder.size, flags=flags,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
-            for frame in frames]  # fmt: skip
-
-
 class VideoRandAugment:
-    """timm RandAugment applied with the same ops and magnitudes to every frame of a clip.
-
-    timm draws the ops from numpy's global generator and each op's probability and magnitude
-    from Python's ``random``; both are seeded per clip. Colour ops run per frame with
-    ``random`` rewound before each frame, so every frame sees the same draws (the reference's
-    video RandAugment does the same, MODEL.md §4.2). Geometric ops (rotate, shear, translate)
-    are drawn once and applied to all frames as one affine warp with OpenCV: PIL's bicubic
-    affine was 90 % of RandAugment's time.
-    """
+    """timm RandAugment with the same ops and magnitudes on every frame of a clip (the PyAV
+    executor of :mod:`maedfer.pipelines.rand_augment`): ``ra(frames, seed)``."""
 
     def __init__(self, config: str = RAND_AUGMENT, *, size: int = 160) -> None:
-        from PIL import Image
-        from timm.data.auto_augment import rand_augment_transform
+        from maedfer.pipelines.rand_augment import policy_for
 
-        hparams = {
-            "translate_const": int(size * 0.45),
-            "img_mean": tuple(min(255, round(255 * m)) for m in IMAGENET_MEAN),
-            "interpolation": Image.Resampling.BICUBIC,
-        }
         self.config = config
-        self.transform = rand_augment_transform(config, hparams)
+        self.policy = policy_for(config, size)
+        self.transform = self.policy.transform
 
     def __call__(self, frames: np.ndarray, seed: int) -> np.ndarray:
         """``frames`` (T, H, W, 3) uint8 RGB → the augmented frames, same shape and dtype."""
-        from PIL import Image
-
-        py_state, np_state = random.getstate(), np.random.get_state()
-        try:
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            ra = self.transform  # timm's RandAugment: its op choice, then each op in turn
-            ops = np.random.choice(ra.ops, ra.num_layers, replace=ra.choice_weights is None,
-                                   p=ra.choice_weights)
-            images = list(frames)
-            height, width = frames.shape[1:3]
-            for op in ops:
-                if op.name in _GEOMETRIC_OPS:
-                    recorder = op(_AffineRecorder(width, height))
-                    if recorder.matrix is not None:  # None: the op's coin said skip
-                        images = _warp(images, recorder)
-                    continue
-                state = random.getstate()
-                out = []
-                for image in images:
-                    random.setstate(state)
-                    out.append(np.asarray(op(Image.fromarray(image))))
-                images = out
-            return np.stack(images)
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+        return self.policy.apply_numpy(frames, self.policy.draw(seed))
 
 
 def resize_frames(frames: torch.Tensor, box: Box | None, size: int) -> torch.Tensor:
@@ -256,11 +172,32 @@ def resize_frames(frames: torch.Tensor, box: Box | None, size: int) -> torch.Ten
     return frames
 
 
-def normalise(frames: torch.Tensor) -> torch.Tensor:
-    """ImageNet normalisation of frames ``(T, 3, H, W)`` with values in [0, 255] → float32."""
-    mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=frames.device).view(1, 3, 1, 1) * 255
-    return (frames.float() - mean) / std
+def normalise(video: torch.Tensor, *, channel_dim: int = -3,
+              inplace: bool = False) -> torch.Tensor:
+    """ImageNet normalisation of values in [0, 255] → float32: ``(x - 255·mean) / (255·std)``.
+
+    The one normalisation of every backend and of inference. ``channel_dim`` is the axis of
+    the 3 colour channels: -3 for frames ``(T, 3, H, W)``, -4 for clips ``(3, T, H, W)`` and
+    batches ``(B, 3, T, H, W)``. ``inplace`` reuses ``video`` (float32) for the result.
+    """
+    shape = [1] * (-channel_dim)
+    shape[0] = 3
+    mean = torch.tensor(IMAGENET_MEAN, device=video.device).view(shape) * 255
+    std = torch.tensor(IMAGENET_STD, device=video.device).view(shape) * 255
+    if inplace and video.dtype == torch.float32:
+        return video.sub_(mean).div_(std)
+    return (video.float() - mean) / std
+
+
+def clip_from_frames(frames: np.ndarray | torch.Tensor, *,
+                     subtract_mean: bool = False) -> torch.Tensor:
+    """Model input ``(3, T, H, W)`` float32 from ``(T, H, W, 3)`` uint8 RGB frames, normalised as
+    the loaders' clips are (:func:`normalise`, then :func:`finish_clip`'s mean-frame subtraction).
+    What inference (``predict``) feeds the model for one window."""
+    clip = torch.as_tensor(np.asarray(frames) if isinstance(frames, np.ndarray) else frames)
+    clip = clip.permute(3, 0, 1, 2).float()
+    return finish_clip(normalise(clip, channel_dim=-4, inplace=True),
+                       subtract_mean=subtract_mean)
 
 
 def finish_clip(

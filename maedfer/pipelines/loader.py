@@ -1,16 +1,16 @@
 """``build_loader``: the stream of clip batches that feeds training and evaluation (DESIGN.md §1).
 
 One call reads a manifest, selects the fold or split, and returns a :class:`ClipLoader` that
-yields :class:`ClipBatch` dicts from the DALI (GPU) or PyAV (CPU) backend. Both backends sample
-frames with :mod:`maedfer.pipelines.sampling`, draw augmentation with
-:mod:`maedfer.pipelines.augment` through :class:`~maedfer.pipelines.plan.EpochPlan`, and honour
-one output contract, so a loader gives the same clips for the same seed whatever decodes them
-(up to decoder rounding and the PyAV-only RandAugment).
+yields :class:`ClipBatch` dicts from one backend of the table
+(:data:`maedfer.pipelines.backend.BACKENDS`: DALI on the GPU, PyAV on the CPU). Every backend
+samples frames with :mod:`maedfer.pipelines.sampling`, takes its augmentation (RandAugment ops
+included) from one :class:`~maedfer.pipelines.plan.EpochPlan`, and honours one output contract
+(:mod:`maedfer.pipelines.backend`), so a loader gives the same clips for the same seed whatever
+decodes them, up to the tolerances stated there. An option a backend cannot honour is refused.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from collections.abc import Iterator
@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from maedfer.errors import MaedferError
+from maedfer.pipelines import backend as backends
 from maedfer.pipelines.augment import RAND_AUGMENT
 from maedfer.pipelines.plan import EpochPlan, SampleConfig, describe_augment
 from maedfer.pipelines.sampling import TemporalRule
@@ -29,7 +30,7 @@ from maedfer.pipelines.select import ClipTable, check_some_clip_exists, load_cli
 log = logging.getLogger(__name__)
 
 Mode = Literal["pretrain", "train", "test"]
-Backend = Literal["auto", "dali", "pyav"]
+Backend = str  # "auto" or a name of maedfer.pipelines.backend.BACKENDS
 
 
 class ClipBatch(TypedDict):
@@ -45,35 +46,35 @@ class ClipBatch(TypedDict):
 
 def dali_available() -> bool:
     """Whether NVIDIA DALI is installed (checked without importing it)."""
-    try:
-        return importlib.util.find_spec("nvidia.dali") is not None
-    except ModuleNotFoundError:
-        return False
+    return backends.installed("dali")
 
 
 def resolve_backend(backend: str, device: str | None) -> tuple[str, torch.device | None]:
     """Pick the backend and the device its batches land on (``None``: CPU, not moved).
 
-    ``auto`` is DALI when CUDA and DALI are both present (and no CPU device was asked for),
-    else PyAV. DALI without a device takes ``cuda:$LOCAL_RANK``; DALI on ``cpu`` runs the CPU
-    pipeline (VP8/VP9/MJPEG only, DESIGN.md §7).
+    ``auto`` takes the first backend of the table that is installed and, for a GPU backend,
+    has CUDA (and no CPU device asked for): DALI on a CUDA machine with the ``gpu`` extra, else
+    PyAV. A GPU backend without a device takes ``cuda:$LOCAL_RANK`` (``cpu`` where CUDA is
+    absent: DALI's CPU pipeline, VP8/VP9/MJPEG only, DESIGN.md §7).
     """
-    if backend not in ("auto", "dali", "pyav"):
-        raise MaedferError(f"backend {backend!r} is unknown; expected auto, dali or pyav")
+    if backend not in backends.choices():
+        raise backends.unknown_backend(backend)
     if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
         raise MaedferError(f"device {device} asked for, but torch sees no CUDA device here")
     if backend == "auto":
         cpu_asked = device is not None and torch.device(device).type == "cpu"
-        use_dali = torch.cuda.is_available() and dali_available() and not cpu_asked
-        backend = "dali" if use_dali else "pyav"
-    if backend == "dali":
-        if not dali_available():
-            raise MaedferError("backend 'dali' needs NVIDIA DALI (the 'gpu' extra); use pyav")
-        if device is None:
-            local = int(os.environ.get("LOCAL_RANK", 0))
-            return "dali", torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-        return "dali", torch.device(device)
-    return "pyav", None if device is None else torch.device(device)
+        backend = next(
+            name for name, row in backends.BACKENDS.items()
+            if backends.installed(name)
+            and (not row.gpu or (torch.cuda.is_available() and not cpu_asked))
+        )  # fmt: skip  (the CPU reference backend is always installed)
+    row = backends.entry(backend)
+    if not backends.installed(backend):
+        backends.load(backend)  # raises, naming the package and the extra
+    if row.gpu and device is None:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        return backend, torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    return backend, None if device is None else torch.device(device)
 
 
 class ClipLoader:
@@ -95,8 +96,7 @@ class ClipLoader:
         self.dataset_size = len(table)
         self.num_bad = 0
         self.epoch = 0
-        self._bad_paths: set[str] = set()  # known faulty files (DALI skips them up front)
-        self._logged: set[str] = set()  # faulty files already logged (once each)
+        self.faults = backends.Faults()  # faulty files: counted per epoch, logged once each
         if len(self) == 0:
             raise MaedferError(
                 f"{self.samples_per_epoch} samples per epoch on rank {rank} make no batch of "
@@ -123,62 +123,23 @@ class ClipLoader:
         plan = EpochPlan(self.table, self.config, epoch=self.epoch, rank=self.rank,
                          world_size=self.world_size)
         epoch, self.epoch, self.num_bad = self.epoch, self.epoch + 1, 0
-        batches = self._iter_dali(plan) if self.backend == "dali" else self._iter_pyav(plan)
-        yield from batches
+        self.faults.start_epoch()
+        batches = backends.load(self.backend).epoch(
+            plan, batch_size=self.batch_size, drop_last=self.drop_last, workers=self.workers,
+            device=self.device, faults=self.faults)
+        for batch in batches:
+            self.num_bad = self.faults.count
+            yield batch
+        self.num_bad = self.faults.count
         if self.num_bad:
             log.warning("epoch %d: %d faulty sample(s) replaced by others", epoch, self.num_bad)
         else:
             log.info("epoch %d: %d batches, no faulty sample", epoch, len(self))
 
-    def _note_faults(self, faults: list[tuple[str, str]]) -> None:
-        for path, reason in faults:
-            if path not in self._logged:
-                self._logged.add(path)
-                log.warning("faulty clip replaced by another sample: %s: %s", path, reason)
-
-    def _iter_pyav(self, plan: EpochPlan) -> Iterator[ClipBatch]:
-        from torch.utils.data import DataLoader
-
-        from maedfer.pipelines import pyav
-
-        on_cuda = self.device is not None and self.device.type == "cuda"
-        loader = DataLoader(
-            pyav.ClipDataset(plan), batch_size=self.batch_size, shuffle=False,
-            drop_last=self.drop_last, num_workers=self.workers, collate_fn=pyav.collate,
-            pin_memory=on_cuda, worker_init_fn=pyav.worker_init,
-            prefetch_factor=2 if self.workers else None,
-        )  # fmt: skip
-        with pyav.fork_safe_opencv():
-            batches = iter(loader)  # forks the workers
-        for batch in batches:
-            faults = batch.pop("bad")
-            self.num_bad += len(faults)
-            self._note_faults(faults)
-            if self.device is not None:
-                batch["video"] = batch["video"].to(self.device, non_blocking=True)
-                batch["label"] = batch["label"].to(self.device, non_blocking=True)
-                batch["view"] = batch["view"].to(self.device, non_blocking=True)
-            yield batch
-
-    def _iter_dali(self, plan: EpochPlan) -> Iterator[ClipBatch]:
-        from maedfer.pipelines import dali
-
-        assert self.device is not None  # resolve_backend always gives DALI a device
-        epoch = dali.DaliEpoch(plan, batch_size=self.batch_size, drop_last=self.drop_last,
-                               threads=self.workers, device=self.device,
-                               bad_paths=self._bad_paths)
-        for batch in epoch:
-            self.num_bad = len(epoch.replaced)
-            self._note_faults(list(epoch.replaced.values()))
-            yield batch
-        self.num_bad = len(epoch.replaced)
-        self._note_faults(list(epoch.replaced.values()))
-
 
 def default_workers(backend: str) -> int:
-    """PyAV: one worker per core but one (the main process feeds the model); DALI: threads."""
-    cores = os.cpu_count() or 2
-    return min(8, cores) if backend == "dali" else max(1, min(8, cores - 1))
+    """The backend's default (PyAV: a worker process per core but one; DALI: threads)."""
+    return backends.load(backend).default_workers()
 
 
 def _selection_text(mode: str, fold: int | None, split: str | None) -> str:
@@ -223,15 +184,15 @@ def build_loader(
             ``fold`` or ``split``, ``num_frames`` (probed from the file where absent) and
             ``crop`` (optional).
         mode: ``pretrain`` (§4.1 window, multi-scale crop), ``train`` (training window,
-            random resized crop, flip, RandAugment on PyAV, random erasing) or ``test``
+            RandAugment, random resized crop, flip, random erasing) or ``test``
             (``test_views`` fixed windows per clip, consecutive in the batches, no augmentation).
         fold: k-fold protocols: train/pretrain take the rows whose fold is not ``fold``, test
             the rows whose fold is ``fold``.
         split: fixed-split protocols: the rows whose split is ``split``.
         batch_size: clips per batch on this rank.
         num_frames, stride, size: frames per clip, frame stride, output side in pixels.
-        backend: ``dali`` (GPU decode), ``pyav`` (CPU) or ``auto`` (DALI when CUDA and DALI
-            are present).
+        backend: a name of the table (``dali``: GPU decode, ``pyav``: CPU) or ``auto`` (DALI
+            when CUDA and DALI are present).
         workers: PyAV worker processes (0: decode in this process) or DALI threads; default
             from the core count.
         device: where batches land (PyAV default: CPU; DALI default: ``cuda:$LOCAL_RANK``;
@@ -246,8 +207,8 @@ def build_loader(
             or its ``maedfer.raw_root`` for clips read in place).
         temporal_rule: ``stride`` (exact stride) or ``reference`` (MODEL.md §4.2's linspace).
         rand_augment: RandAugment in train mode: a timm policy string, ``True`` for the
-            reference's ``rand-m7-n4-mstd0.5-inc1``, ``False`` for none; default on with PyAV
-            (DALI has none).
+            reference's ``rand-m7-n4-mstd0.5-inc1``, ``False`` for none; default on (every
+            backend runs it, the same ops on the same samples).
         flip_only: with ``augment`` off, train mode still flips half the clips horizontally.
         random_sign: train mode negates half the clips (with ``subtract_mean``, the sign of a
             change depends on the face's colours, not on the movement).
@@ -255,7 +216,8 @@ def build_loader(
     Raises:
         MaedferError: bad option values, a missing manifest or column, a fold or split the
             manifest lacks, an empty selection, a selection whose clip files are all missing, no
-            DALI/CUDA where asked for, or too few samples for one batch with ``drop_last``.
+            DALI/CUDA where asked for, an option the backend cannot honour (named with the
+            backend), or too few samples for one batch with ``drop_last``.
     """
     if batch_size < 1:
         raise MaedferError(f"batch_size ({batch_size}) must be >= 1")
@@ -265,11 +227,8 @@ def build_loader(
         raise MaedferError(f"rank ({rank}) must be in 0..{world_size - 1} (world_size >= 1)")
     backend_name, dev = resolve_backend(backend, device)
     augment = mode != "test" if augment is None else bool(augment)
-    if rand_augment and backend_name == "dali":
-        raise MaedferError("RandAugment runs on the PyAV backend only; use backend pyav "
-                           "(training: --set data.backend=pyav)")
     if rand_augment is None:
-        rand_augment = augment and mode == "train" and backend_name == "pyav"
+        rand_augment = augment and mode == "train"
     policy = rand_augment if isinstance(rand_augment, str) else RAND_AUGMENT
     config = SampleConfig(
         mode=mode, num_frames=num_frames, stride=stride, size=size, augment=augment,
@@ -278,11 +237,17 @@ def build_loader(
         temporal_rule=temporal_rule, test_views=test_views, subtract_mean=subtract_mean,
         flip_only=flip_only, random_sign=random_sign, seed=seed,
     )  # fmt: skip
+    chosen = backends.load(backend_name)
+    backends.check_supported(chosen, config)
+    if config.rand_augment:  # an unknown policy fails here, in one line, not in a worker
+        from maedfer.pipelines.rand_augment import policy_for
+
+        policy_for(config.rand_augment_policy, config.size)
     table = load_clip_table(manifest, mode=mode, fold=fold, split=split, root=root)
     check_some_clip_exists(table, what=_selection_text(mode, fold, split))
-    workers = default_workers(backend_name) if workers is None else workers
-    if backend_name == "dali":
-        workers = max(1, workers)
+    workers = chosen.default_workers() if workers is None else workers
+    if backends.entry(backend_name).gpu:
+        workers = max(1, workers)  # threads: at least one
     return ClipLoader(
         table, config, backend=backend_name, device=dev, batch_size=batch_size,
         workers=workers, rank=rank, world_size=world_size,

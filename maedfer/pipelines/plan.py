@@ -1,7 +1,8 @@
 """One epoch's samples for one rank: order, sharding, and every random choice of each sample.
 
 A :class:`SampleSpec` says all a backend needs to produce one sample — the file, the frame
-indices, the manifest crop, the augmentation box, the flip, the RandAugment and erasing seeds —
+indices, the manifest crop, the augmentation box, the flip, the RandAugment ops (drawn from the
+sample's seed by :mod:`maedfer.pipelines.rand_augment`), the erasing box and seed —
 and it is a pure function of (seed, epoch, position, attempt). DALI and PyAV both turn specs into
 pixels, so they give the same clips for the same indices whatever the worker count or timing.
 
@@ -21,8 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from maedfer.errors import MaedferError
-from maedfer.pipelines import augment, sampling
+from maedfer.pipelines import augment, rand_augment, sampling
 from maedfer.pipelines.augment import RAND_AUGMENT, Box
+from maedfer.pipelines.rand_augment import RandAugmentOp
 from maedfer.pipelines.select import ClipTable
 
 MODES: tuple[str, ...] = ("pretrain", "train", "test")
@@ -80,6 +82,9 @@ class SampleSpec:
     erase: Box | None
     erase_seed: int
     negate: bool = False
+    #: the RandAugment ops drawn from ``rand_augment_seed`` (which ops, coins, magnitudes, signs
+    #: resolved to arguments), applied to every frame by whichever backend runs
+    rand_augment: tuple[RandAugmentOp, ...] | None = None
 
 
 class EpochPlan:
@@ -162,10 +167,14 @@ class EpochPlan:
             flip = bool(rng.random() < augment.FLIP_PROB)
         # drawn last so that the draws above do not depend on the option
         negate = cfg.random_sign and cfg.mode == "train" and bool(rng.random() < 0.5)
+        ops = None
+        if ra_seed is not None:
+            ops = rand_augment.policy_for(cfg.rand_augment_policy, cfg.size).draw(ra_seed)
         return SampleSpec(
             position=i, row=row, view=view, clip_id=table.row_clip_id(row), path=path,
             label=int(table.label[row]), frame_indices=indices, crop=crop, box=box, flip=flip,
             rand_augment_seed=ra_seed, erase=erase, erase_seed=erase_seed, negate=negate,
+            rand_augment=ops,
         )  # fmt: skip
 
 

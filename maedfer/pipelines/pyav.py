@@ -7,8 +7,10 @@ int. Steps: decode the needed frames → manifest crop → resize to ``size`` (r
 DALI's resize gives) → RandAugment (train, optional) → augmentation box + resize → flip →
 normalise → mean-frame subtraction → random erasing (:mod:`maedfer.pipelines.augment`).
 
-A file that cannot be decoded is replaced by another sample (``plan.spec(i, attempt=k)``); the
-sample carries the reason so the loader logs each bad file once and counts them per epoch.
+A file that cannot be decoded is replaced by another sample (``plan.spec(i, attempt=k)``, the
+contract's :func:`~maedfer.pipelines.backend.sample_with_retries`); the sample carries the faults
+back from its worker process, and :class:`PyAVBackend` notes them in the loader's
+:class:`~maedfer.pipelines.backend.Faults`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
@@ -26,37 +29,22 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from maedfer.errors import MaedferError
 from maedfer.pipelines import augment
+from maedfer.pipelines.backend import (
+    MAX_ATTEMPTS,  # noqa: F401 (re-exported: the contract's)
+    BadClipError,
+    Faults,
+    probe_num_frames,  # noqa: F401 (re-exported: the contract's)
+    sample_with_retries,
+)
 from maedfer.pipelines.plan import EpochPlan, SampleConfig, SampleSpec
+from maedfer.pipelines.rand_augment import policy_for
 
 log = logging.getLogger(__name__)
 
 #: Seek (to the keyframe before the window) only when the window starts this far in: below
 #: it, decoding from frame 0 costs less than a seek and the frame-index arithmetic it needs.
 SEEK_MIN_FRAME = 48
-#: Replacements tried for a faulty sample before the epoch is stopped.
-MAX_ATTEMPTS = 10
-
-
-class BadClipError(MaedferError):
-    """A clip file that cannot be opened or decoded; ``path`` names it."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = path, reason
-
-
-def probe_num_frames(path: str) -> int:
-    """Frame count of a video file from its header, else by demuxing its packets (no decode)."""
-    try:
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            if stream.frames > 0:
-                return int(stream.frames)
-            return sum(1 for p in container.demux(stream) if p.size > 0)
-    except (OSError, av.FFmpegError, IndexError) as exc:
-        raise BadClipError(path, f"cannot read it ({exc})") from None
 
 
 def _frame_index(frame: av.VideoFrame, start_pts: int, time_base: Fraction,
@@ -229,13 +217,13 @@ def _crop_resize(video: np.ndarray, crop: augment.Box | None, size: int) -> np.n
     return np.clip(np.rint(out, out=out), 0, 255, out=out)
 
 
-def load_sample(spec: SampleSpec, config: SampleConfig,
-                rand_augment: augment.VideoRandAugment | None = None) -> torch.Tensor:
+def load_sample(spec: SampleSpec, config: SampleConfig) -> torch.Tensor:
     """Decode and transform one sample → float32 ``(3, T, size, size)`` (module contract)."""
     video = _crop_resize(decode_window(spec.path, spec.frame_indices), spec.crop, config.size)
-    if rand_augment is not None and spec.rand_augment_seed is not None:
-        images = rand_augment(video.astype(np.uint8).transpose(3, 0, 1, 2),
-                              spec.rand_augment_seed)  # (T, H, W, 3) images
+    if spec.rand_augment:
+        policy = policy_for(config.rand_augment_policy, config.size)
+        images = policy.apply_numpy(video.astype(np.uint8).transpose(3, 0, 1, 2),
+                                    spec.rand_augment)  # (T, H, W, 3) images
         video = images.transpose(1, 2, 3, 0).astype(np.float32)
     if spec.box is not None:
         box = spec.box
@@ -243,9 +231,7 @@ def load_sample(spec: SampleSpec, config: SampleConfig,
                           config.size)
     clip = torch.from_numpy(video).permute(2, 3, 0, 1)  # (3, T, H, W)
     clip = clip.flip(-1) if spec.flip else clip.contiguous()  # either way one copy
-    for channel, (mean, std) in enumerate(zip(augment.IMAGENET_MEAN, augment.IMAGENET_STD,
-                                              strict=True)):
-        clip[channel].sub_(mean * 255).div_(std * 255)
+    clip = augment.normalise(clip, channel_dim=-4, inplace=True)
     return augment.finish_clip(clip, subtract_mean=config.subtract_mean, erase=spec.erase,
                                erase_seed=spec.erase_seed, negate=spec.negate)
 
@@ -256,29 +242,19 @@ class ClipDataset(Dataset):
     def __init__(self, plan: EpochPlan) -> None:
         self.plan = plan
         self.config = plan.config
-        # built here, in the parent: forked workers inherit timm already imported (seconds)
-        self.rand_augment = (augment.VideoRandAugment(self.config.rand_augment_policy,
-                                                     size=self.config.size)
-                             if self.config.rand_augment else None)
+        if self.config.rand_augment:
+            # built here, in the parent: forked workers inherit timm already imported (seconds)
+            policy_for(self.config.rand_augment_policy, self.config.size)
 
     def __len__(self) -> int:
         return len(self.plan)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         keep_heap_memory()
-        bad: list[tuple[str, str]] = []  # (path, reason) of the faulty files met
-        for attempt in range(MAX_ATTEMPTS):
-            try:
-                spec = self.plan.spec(i, attempt=attempt, probe=probe_num_frames)
-                video = load_sample(spec, self.config, self.rand_augment)
-            except BadClipError as exc:
-                bad.append((exc.path, exc.reason))
-                continue
-            return {"video": video, "label": spec.label, "clip_id": spec.clip_id,
-                    "view": spec.view, "bad": bad}
-        raise MaedferError(
-            f"{MAX_ATTEMPTS} samples in a row failed to decode, last: {bad[-1][0]}: {bad[-1][1]}"
-        )
+        spec, video, faults = sample_with_retries(
+            self.plan, i, lambda s: load_sample(s, self.config))
+        return {"video": video, "label": spec.label, "clip_id": spec.clip_id,
+                "view": spec.view, "bad": faults}
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -288,7 +264,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
         "clip_id": [s["clip_id"] for s in samples],
         "view": torch.tensor([s["view"] for s in samples], dtype=torch.long),
-        "bad": [fault for s in samples for fault in s["bad"]],
+        "bad": [fault for s in samples for fault in s["bad"]],  # (position, path, reason)
     }
 
 
@@ -336,3 +312,46 @@ def keep_heap_memory() -> None:
         libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
     except (OSError, AttributeError):
         log.debug("mallopt unavailable (not glibc): default allocator settings kept")
+
+
+class PyAVBackend:
+    """The CPU backend of the table (:class:`maedfer.pipelines.backend.Backend`)."""
+
+    name = "pyav"
+
+    def default_workers(self) -> int:
+        """One worker process per core but one (the main process feeds the model), at most 8."""
+        return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+    def unsupported(self, config: SampleConfig) -> dict[str, str]:
+        return {}  # every option of SampleConfig
+
+    def decodes(self, spec: SampleSpec) -> bool:
+        try:
+            decode_window(spec.path, spec.frame_indices)
+        except BadClipError:
+            return False
+        return True
+
+    def epoch(self, plan: EpochPlan, *, batch_size: int, drop_last: bool, workers: int,
+              device: torch.device | None, faults: Faults) -> Iterator[dict[str, Any]]:
+        from torch.utils.data import DataLoader
+
+        on_cuda = device is not None and device.type == "cuda"
+        loader = DataLoader(
+            ClipDataset(plan), batch_size=batch_size, shuffle=False, drop_last=drop_last,
+            num_workers=workers, collate_fn=collate, pin_memory=on_cuda,
+            worker_init_fn=worker_init, prefetch_factor=2 if workers else None,
+        )  # fmt: skip
+        with fork_safe_opencv():
+            batches = iter(loader)  # forks the workers
+        for batch in batches:
+            for position, path, reason in batch.pop("bad"):
+                faults.note(position, path, reason)
+            if device is not None:
+                for key in ("video", "label", "view"):
+                    batch[key] = batch[key].to(device, non_blocking=True)
+            yield batch
+
+
+BACKEND = PyAVBackend()

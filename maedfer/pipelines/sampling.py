@@ -15,6 +15,8 @@ Rules:
 - :func:`test_window` — the test views of MODEL.md §4.2: every ``stride``-th frame of the whole
   clip, padded with the last to ``num_frames``, view ``k`` of ``V`` starts at
   ``int(k * (len - num_frames) / (V - 1))`` (2 views = the first and the last window).
+- :func:`sliding_windows` — inference's windows over a whole video, cut from the same padded
+  list (:func:`subsampled_frames`).
 
 Worked example (``num_frames=16, stride=4``): a 30-frame clip in :func:`stride_window` gives
 ``0, 4, …, 28`` (8 frames) then ``28`` eight more times; in :func:`test_window` the subsampled list
@@ -96,6 +98,18 @@ def reference_train_window(
     return np.clip(index, 0, n - 1).astype(np.int64)
 
 
+def subsampled_frames(num_video_frames: int, *, num_frames: int = 16,
+                      stride: int = 4) -> np.ndarray:
+    """Every ``stride``-th frame of the clip (``0, 4, 8, …``), padded with the last of those to
+    at least ``num_frames`` entries: the list the test views and inference windows cut from
+    (the one window padding of MODEL.md §4.2)."""
+    _check(num_video_frames, num_frames, stride)
+    every = np.arange(0, int(num_video_frames), stride, dtype=np.int64)
+    if len(every) < num_frames:
+        every = np.concatenate([every, np.full(num_frames - len(every), every[-1])])
+    return every
+
+
 def test_window(
     num_video_frames: int,
     *,
@@ -106,20 +120,38 @@ def test_window(
 ) -> np.ndarray:
     """View ``view`` of ``views`` deterministic test windows (MODEL.md §4.2).
 
-    Every ``stride``-th frame of the clip (``0, 4, 8, …``), padded with the last of those to
-    ``num_frames``; view ``k`` starts at ``int(k * (len - num_frames) / (views - 1))`` in that
-    list. With one view (where the reference divides by zero, quirk 3) the middle window is used.
+    Cut from :func:`subsampled_frames`; view ``k`` starts at ``int(k * (len - num_frames) /
+    (views - 1))`` in that list. With one view (where the reference divides by zero, quirk 3)
+    the middle window is used.
     Example: ``n=100`` subsamples to 25 frames; view 0 = ``0..60``, view 1 = ``36..96``.
     """
     _check(num_video_frames, num_frames, stride)
     if views < 1 or not 0 <= view < views:
         raise MaedferError(f"test view {view} must be in 0..{views - 1} (views={views} >= 1)")
-    every = np.arange(0, int(num_video_frames), stride, dtype=np.int64)
-    if len(every) < num_frames:
-        every = np.concatenate([every, np.full(num_frames - len(every), every[-1])])
+    every = subsampled_frames(num_video_frames, num_frames=num_frames, stride=stride)
     room = len(every) - num_frames
     start = int(view * room / (views - 1)) if views > 1 else room // 2
     return every[start : start + num_frames]
+
+
+def sliding_windows(num_video_frames: int, *, num_frames: int = 16, stride: int = 4,
+                    hop: int | None = None) -> np.ndarray:
+    """Every inference window of a video, ``(W, num_frames)`` int64 frame indices.
+
+    Windows of :func:`subsampled_frames` (the test views' list) starting every ``hop``
+    subsampled frames (default ``num_frames // 2``), the last one flush with the end, so the
+    first and last windows are the two test views. E.g. ``n=100``: 25 subsampled frames
+    ``0..96``, windows start at 0, 8 and 9 → frames ``0..60``, ``32..92``, ``36..96``.
+    """
+    hop = max(1, num_frames // 2) if hop is None else hop
+    if hop < 1:
+        raise MaedferError(f"window hop ({hop}) must be >= 1 subsampled frame")
+    every = subsampled_frames(num_video_frames, num_frames=num_frames, stride=stride)
+    last = len(every) - num_frames
+    starts = list(range(0, last + 1, hop))
+    if starts[-1] != last:
+        starts.append(last)
+    return np.stack([every[s : s + num_frames] for s in starts])
 
 
 def train_window(

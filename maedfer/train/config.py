@@ -22,16 +22,28 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from maedfer.errors import MaedferError
+from maedfer.pipelines.backend import choices as backend_choices
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 RECIPES: tuple[str, ...] = ("pretrain", "finetune")
 RESOLVED = "resolved"  # the section of a run's config.yaml that records what it resolved
 RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"  # == maedfer.pipelines.augment.RAND_AUGMENT (tested)
+
+
+@dataclass(frozen=True)
+class Choices:
+    """``Annotated[str, Choices(fn)]``: a string that must be one of ``fn()``, read when the
+    value is set (the backend table, which a backend module extends, says what is valid)."""
+
+    values: Any
+
+    def __call__(self) -> tuple[str, ...]:
+        return tuple(self.values())
 
 
 def opt(default: Any, help: str) -> Any:  # noqa: A002 (the word users read)
@@ -56,7 +68,7 @@ class DataConfig:
     batch_size: int = opt(32, "clips per device and micro-batch (official: 32 per GPU)")
     workers: int | None = opt(None, "PyAV worker processes or DALI threads (null: from the "
                               "core count)")
-    backend: Literal["auto", "dali", "pyav"] = opt(
+    backend: Annotated[str, Choices(backend_choices)] = opt(
         "auto", "clip decoder: dali (GPU), pyav (CPU) or auto (DALI when CUDA and DALI are "
         "present)")
     temporal_rule: Literal["stride", "reference"] = opt(
@@ -78,8 +90,7 @@ class FinetuneDataConfig(DataConfig):
         "clip); stride = exactly `stride` apart, equal to the test views' stride (a maedfer "
         "option)")
     rand_augment: str | None = opt(RAND_AUGMENT, "timm RandAugment policy, same ops on every "
-                                   "frame (PyAV backend only: DALI runs without it, "
-                                   "warning; null: off)")
+                                   "frame, on every backend (null: off)")
     flip_only: bool = opt(False, "with augment false: still flip half the training clips")
     random_sign: bool = opt(False, "negate half the training clips (with subtract_mean; not "
                             "in the official recipe)")
@@ -227,7 +238,7 @@ CONFIG_CLASSES: dict[str, type] = {"pretrain": PretrainConfig, "finetune": Finet
 
 
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    return typing.get_type_hints(cls, include_extras=True)
 
 
 def keys(cfg_or_cls: Any) -> list[str]:
@@ -264,6 +275,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     """``value`` as the type ``hint`` asks for (YAML reads ``1e-3`` as a string, say)."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if origin is Annotated:
+        value = _coerce(value, args[0], key)
+        for meta in hint.__metadata__:
+            if isinstance(meta, Choices) and value not in meta():
+                raise MaedferError(f"{key} ({value!r}) must be one of {', '.join(meta())}")
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

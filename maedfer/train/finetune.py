@@ -192,15 +192,12 @@ class FinetuneRecipe:
 
     def _setup_data(self):  # noqa: ANN202 (two maedfer.pipelines.ClipLoader)
         from maedfer.pipelines import build_loader
-        from maedfer.pipelines.loader import resolve_backend
 
         cfg, data = self.cfg, self.cfg.data
         common = loop.loader_options(data, self._raw.config, self._env, cfg.run.seed)
+        # every backend runs the recipe's RandAugment; one that could not would refuse it here
+        # (build_loader: one line naming data.rand_augment and the backend), never drop it
         policy = data.rand_augment if data.augment else None
-        if policy and resolve_backend(data.backend, common["device"])[0] == "dali":
-            log.warning("RandAugment (%s) runs on the PyAV backend only: DALI trains without "
-                        "it; data.backend=pyav keeps it", policy)
-            policy = None
         train = build_loader(
             data.manifest, mode="train", batch_size=data.batch_size,
             rand_augment=policy or False,

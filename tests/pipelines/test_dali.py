@@ -1,8 +1,11 @@
 """The DALI pipeline, run on the CPU on VP9 clips through the definition the GPU uses.
 
 DALI 2.4 decodes VP8/VP9/MJPEG on the CPU (DESIGN.md §7), so these tests compare the DALI and
-PyAV backends sample by sample there. Tolerance 2/255: both convert 4:2:0 with bilinear chroma
-and BT.601 (measured max difference 1/255, from rounding); the GPU test does the same on H.264.
+PyAV backends sample by sample there. Tolerance 2/255 without RandAugment: both convert 4:2:0
+with bilinear chroma and BT.601 (measured max difference 1/255, from rounding); the GPU test does
+the same on H.264. With RandAugment (torch ops on DALI's frames, PIL/OpenCV on PyAV's), the
+stated whole-clip tolerance: mean absolute difference <= 0.25/255 and at most 0.5 % of values
+beyond 2/255 (rand_augment.CLIP_TOLERANCE; measured mean <= 0.05/255, <= 0.15 % beyond 2/255).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from maedfer.errors import MaedferError
 from maedfer.pipelines import build_loader
 from maedfer.pipelines.augment import IMAGENET_STD
 from maedfer.pipelines.loader import dali_available
+from maedfer.pipelines.rand_augment import CLIP_TOLERANCE
 
 pytestmark = pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI is not installed")
 
@@ -50,6 +54,26 @@ def test_dali_cpu_matches_pyav(vp9_clips: tuple[Path, pd.DataFrame], mode: str,
     assert dali_video.shape == pyav_video.shape and dali_video.dtype == torch.float32
     assert dali_video.shape[1:] == (3, 16, 32, 32)
     assert ((dali_video - pyav_video) * STD).abs().max() <= 2.0
+
+
+def within_rand_augment_tolerance(pyav_video: torch.Tensor, dali_video: torch.Tensor) -> None:
+    diff = ((dali_video - pyav_video) * STD).abs()  # 0..255 units
+    mean, share = CLIP_TOLERANCE
+    assert diff.mean() <= mean, diff.mean()
+    assert (diff > 2).float().mean() <= share, (diff > 2).float().mean()
+
+
+@pytest.mark.parametrize(("size", "seed"), [(32, 0), (32, 1), (48, 2)])
+def test_dali_cpu_rand_augment_matches_pyav(vp9_clips: tuple[Path, pd.DataFrame], size: int,
+                                            seed: int) -> None:
+    folder, _ = vp9_clips
+    pyav_video, dali_video, _ = both(folder / "manifest.parquet", dali_device="cpu",
+                                     mode="train", batch_size=2, size=size, seed=seed,
+                                     rand_augment=True)
+    without, _, _ = both(folder / "manifest.parquet", dali_device="cpu", mode="train",
+                         batch_size=2, size=size, seed=seed, rand_augment=False)
+    assert not torch.allclose(pyav_video, without)  # RandAugment did change the clips
+    within_rand_augment_tolerance(pyav_video, dali_video)
 
 
 def test_dali_crop_and_partial_batches(vp9_clips: tuple[Path, pd.DataFrame]) -> None:
@@ -103,3 +127,6 @@ def test_dali_gpu_h264_matches_pyav(h264_clips: tuple[Path, pd.DataFrame]) -> No
         pyav_video, dali_video, _ = both(folder / "manifest.parquet", dali_device="cuda",
                                          mode=mode, batch_size=2, size=32, **extra)
         assert ((dali_video - pyav_video) * STD).abs().max() <= 2.0
+    pyav_video, dali_video, _ = both(folder / "manifest.parquet", dali_device="cuda",
+                                     mode="train", batch_size=2, size=32, rand_augment=True)
+    within_rand_augment_tolerance(pyav_video, dali_video)
