@@ -55,14 +55,15 @@ def tiny_official_model(num_classes: int = 7) -> torch.nn.Module:
     return model.eval()
 
 
-def save_official_pth(path: Path, model: torch.nn.Module) -> Path:
+def save_official_pth(path: Path, model: torch.nn.Module, input_size: int = 64) -> Path:
     """``model`` saved as the official fine-tuning script saves: official keys, run args."""
     state = {}
     for key, tensor in model.state_dict().items():
         matched, official = convert_key(key, TO_OFFICIAL)
         assert matched and official, key
         state[official] = tensor.clone()
-    args = argparse.Namespace(input_size=64, num_frames=16, lg_region_size=[2, 2, 2],
+    region = [2, 2, 2] if input_size == 64 else [2, 5, 10]  # the official base's regions
+    args = argparse.Namespace(input_size=input_size, num_frames=16, lg_region_size=region,
                               sampling_rate=4, model="vit_base_dim512_no_depth_patch16_160")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": state, "args": args, "epoch": 99}, path)
