@@ -4,7 +4,7 @@ Registered when timm is imported after ``import maedfer`` (or at once, if timm a
 ``maedfer/__init__.py`` installs the hook, so ``import maedfer`` alone stays light. The
 entrypoints build :func:`maedfer.model.create_model` models; ``pretrained_cfg`` carries the
 input settings, and the tags name the classes of each labeled dataset in its label order
-(DATASETS.md): ``timm.create_model("lgi_former_base.dfew")`` is a 7-class head whose
+(``maedfer.manifests``): ``timm.create_model("lgi_former_base.dfew")`` is a 7-class head whose
 ``pretrained_cfg["label_names"]`` are DFEW's. No weights are ever downloaded: ``pretrained=True``
 is refused with what to do instead (load a checkpoint: ``maedfer.Predictor`` or
 ``maedfer.model.load_official``).

@@ -2,7 +2,7 @@
 
 Three kinds of file are told apart by their content:
 
-- a maedfer fine-tuning checkpoint (``checkpoints/last.pt``, DESIGN.md §6): it names its model,
+- a maedfer fine-tuning checkpoint (``checkpoints/last.pt``, docs/runs.md): it names its model,
   the model's config, the class names and the recipe's input options (frames, stride, size,
   mean-frame subtraction);
 - a weights-only export of one (``final.pt``, :func:`maedfer.train.checkpoint.export_weights`):
@@ -11,7 +11,7 @@ Three kinds of file are told apart by their content:
   official fine-tuning key layout): the architecture is read off the tensors
   (:func:`maedfer.model.official.official_classifier_config`), the weights go through
   :func:`maedfer.model.load_official`. It names no classes: they come from ``dataset`` (that
-  protocol's label order, DATASETS.md) or ``classes``, whose count must equal the head's rows.
+  protocol's label order, ``maedfer.manifests``) or ``classes``, whose count must equal the head's rows.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from maedfer.model.official import official_classifier_config
 from maedfer.train import checkpoint as ckpt_io
 from maedfer.train.runtime import parse_overrides
 
-DEFAULT_STRIDE = 4  # MODEL.md §4: sampling rate 4, when a checkpoint does not say
+DEFAULT_STRIDE = 4  # the official sampling rate 4, when a checkpoint does not say
 CheckpointFormat = Literal["maedfer", "weights", "official"]
 
 
@@ -44,7 +44,7 @@ class ModelSettings:
         class_names: one per output, in label order.
         num_frames: frames per window; stride: every ``stride``-th video frame is sampled.
         size: side of the square face crops.
-        subtract_mean: the clip's mean frame is removed (a recipe option, DESIGN.md §8).
+        subtract_mean: the clip's mean frame is removed (a recipe option).
         format: ``maedfer`` (a run checkpoint), ``weights`` (``final.pt``) or ``official``.
         model_config: the model's full keyword set (``create_model(model, **model_config)``).
     """
@@ -63,7 +63,7 @@ class ModelSettings:
 
 
 def dataset_classes(dataset: str) -> list[str]:
-    """A dataset protocol's class names in label order (DATASETS.md), e.g. ``dfew`` → 7 names.
+    """A dataset protocol's class names in label order (its ``maedfer.manifests`` protocol), e.g. ``dfew`` → 7 names.
 
     Raises:
         MaedferError: unknown dataset, or one without labels (VoxCeleb2).

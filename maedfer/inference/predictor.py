@@ -1,7 +1,7 @@
 """``maedfer.Predictor``: a classifier and the face pipeline loaded once, videos in, tables out.
 
 ``Predictor(checkpoint).predict(video)`` streams the video twice, as ``prepare`` does
-(DESIGN.md §4): once to locate the face in every frame (only landmarks are kept, a few bytes a
+(docs/inference.md): once to locate the face in every frame (only landmarks are kept, a few bytes a
 frame), once to warp the frames with ``prepare``'s aligner and classify each window as soon as
 its last frame is aligned. Memory is bounded by a window and a chunk of frames, not the video.
 

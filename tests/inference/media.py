@@ -1,4 +1,4 @@
-"""Checkpoints and videos for the inference tests, made in the test (DESIGN.md §8).
+"""Checkpoints and videos for the inference tests, made in the test.
 
 - `save_tiny_checkpoint`: a maedfer run checkpoint of a one-block LGI-Former on 64-pixel faces;
 - `save_official_pth`: the same kind of tiny model in the official MAE-DFER fine-tuned layout
@@ -27,7 +27,7 @@ TO_OFFICIAL = {ours: official for official, ours in FINETUNE_TO_CLASSIFIER.items
 
 
 def save_tiny_checkpoint(path: Path, name: str = "lgi_former_tiny", **options) -> Path:
-    """A run checkpoint (DESIGN.md §6) of a one-block LGI-Former on 64-pixel faces."""
+    """A run checkpoint (docs/runs.md) of a one-block LGI-Former on 64-pixel faces."""
     torch.manual_seed(0)
     overrides = dict(TINY)
     if not name.startswith("mae_"):  # the pre-training model has no head

@@ -32,7 +32,7 @@ from tests.inference.media import (
 )
 
 runner = CliRunner()
-DFEW = ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear"]  # DATASETS.md
+DFEW = ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear"]  # maedfer/manifests/dfew.py
 
 
 @pytest.fixture(scope="module")
