@@ -8,10 +8,10 @@ tokens averaged, then ``fc_norm``), the head's input, ``(C,)`` float32 (512 for
   cuts them (same faces, alignment and normalisation), ``features`` null where the window has
   no face. Columns: ``video``, ``window``, ``start_frame``, ``end_frame``, ``start_s``,
   ``end_s``, ``face``, ``face_share``, ``features``.
-- A manifest (``manifest.parquet`` of ``maedfer prepare``): one row per prepared clip, the mean of the
-  features of its test views (the first and the last window, as ``evaluate`` reads them), decoded by the
-  pipelines. Columns: ``clip_id``, ``label``, ``features``; ``--fold``/``--split`` select
-  rows as the loaders do (default: every clip).
+- A manifest (``manifest.parquet`` of ``maedfer prepare``): one row per prepared clip, the
+  mean of the features of its test views (the first and the last window, as ``evaluate``
+  reads them), decoded by the pipelines. Columns: ``clip_id``, ``label``, ``views``,
+  ``features``; ``--fold``/``--split`` select rows as the loaders do (default: every clip).
 """
 
 from __future__ import annotations

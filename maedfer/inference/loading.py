@@ -11,7 +11,8 @@ Three kinds of file are told apart by their content:
   official fine-tuning key layout): the architecture is read off the tensors
   (:func:`maedfer.model.official.official_classifier_config`), the weights go through
   :func:`maedfer.model.load_official`. It names no classes: they come from ``dataset`` (that
-  protocol's label order, ``maedfer.manifests``) or ``classes``, whose count must equal the head's rows.
+  protocol's label order, ``maedfer.manifests``) or ``classes``, whose count must equal the
+  head's rows.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class ModelSettings:
 
 
 def dataset_classes(dataset: str) -> list[str]:
-    """A dataset protocol's class names in label order (its ``maedfer.manifests`` protocol), e.g. ``dfew`` → 7 names.
+    """A dataset's class names in label order (its ``maedfer.manifests`` protocol): ``dfew``
+    gives 7 names.
 
     Raises:
         MaedferError: unknown dataset, or one without labels (VoxCeleb2).

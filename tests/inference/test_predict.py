@@ -32,7 +32,8 @@ from tests.inference.media import (
 )
 
 runner = CliRunner()
-DFEW = ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear"]  # maedfer/manifests/dfew.py
+# DFEW's label order (maedfer/manifests/dfew.py)
+DFEW = ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear"]
 
 
 @pytest.fixture(scope="module")
