@@ -1,6 +1,7 @@
 """Peak memory of `prepare` and `predict`: streamed (ours) against the whole clip in memory.
 
-Usage: .venv/bin/python bench/memory.py [--predict-minutes 2 5] [--json OUT]
+Usage: .venv/bin/python bench/memory.py [--predict-minutes 2 5] [--predict-model tiny|base]
+       [--skip-prepare] [--json OUT]
 
 Measured in one run, on videos made here from a committed portrait (a moving face):
 1. ``maedfer prepare`` of one 2-second 3840x2160 clip (RAVDESS layout), ``--workers 1`` and
@@ -8,9 +9,12 @@ Measured in one run, on videos made here from a committed portrait (a moving fac
    workers together) and of the largest single process; baseline: the same clip decoded whole
    and aligned in memory (`FaceAligner.align_frames` on the decoded array), what ``prepare``
    did before it streamed.
-2. ``maedfer predict`` of 640x360 videos of the given lengths (25 fps) with a tiny classifier:
-   peak RSS, frames/s; the baseline is the decoded video's size in memory, which the earlier
-   whole-video reader held before aligning (plus the aligned crops).
+2. ``maedfer predict`` of 640x360 videos of the given lengths (25 fps), with a tiny classifier
+   (``--predict-model tiny``: the face pipeline's cost) or the official architecture
+   (``base``: ``lgi_former_base`` in the official checkpoint layout, random weights, through
+   ``--dataset dfew``): peak RSS, video frames/s (frames of the video over the wall time, both
+   decodes, detection, alignment and the model included); the baseline is the decoded video's
+   size in memory, which the earlier whole-video reader held before aligning.
 
 Prints a table and the ratios; the figures go to bench/RESULTS.md ("Memory").
 """
@@ -155,14 +159,24 @@ def bench_prepare(work: Path) -> dict:
     return result
 
 
-def _tiny_checkpoint(path: Path) -> Path:
-    from tests.train.test_predict import save_tiny_checkpoint
+def _checkpoint(path: Path, model: str) -> tuple[Path, list[str]]:
+    """The checkpoint to predict with, and the options it needs."""
+    if model == "tiny":
+        from tests.inference.media import save_tiny_checkpoint
 
-    return save_tiny_checkpoint(path)
+        return save_tiny_checkpoint(path / "last.pt"), []
+    import torch
+
+    from maedfer.model import create_model
+    from tests.inference.media import save_official_pth
+
+    torch.manual_seed(0)
+    base = create_model("lgi_former_base", num_classes=7)
+    return save_official_pth(path / "official.pth", base, input_size=160), ["--dataset", "dfew"]
 
 
-def bench_predict(work: Path, minutes: list[float]) -> dict:
-    ckpt = _tiny_checkpoint(work / "last.pt")
+def bench_predict(work: Path, minutes: list[float], model: str = "tiny") -> dict:
+    ckpt, extra = _checkpoint(work, model)
     loop = _portrait_frames(640, 360, 160, 50)
     result = {}
     for length in minutes:
@@ -170,11 +184,12 @@ def bench_predict(work: Path, minutes: list[float]) -> dict:
         video = work / f"predict-{length:g}min.mp4"
         _encode(lambda i: loop[i % 50], count, video, 640, 360)
         run = _peak([sys.executable, "-m", "maedfer.cli", "predict", str(video),
-                     "--checkpoint", str(ckpt), "--out", str(work / f"p{length:g}.json"),
-                     "--device", "cpu"])  # fmt: skip
+                     "--checkpoint", str(ckpt), "--out", str(work / f"p{length:g}.parquet"),
+                     "--device", "cpu", *extra])  # fmt: skip
         run.pop("output")
+        run["model"] = model
         run["frames"] = count
-        run["frames_per_s"] = round(2 * count / run["seconds"], 1)  # two decodes per frame
+        run["frames_per_s"] = round(count / run["seconds"], 1)  # video frames per wall second
         run["decoded_video_mib"] = round(count * 640 * 360 * 3 / (1 << 20))
         result[f"{length:g}_min"] = run
     return result
@@ -183,12 +198,25 @@ def bench_predict(work: Path, minutes: list[float]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--predict-minutes", type=float, nargs="*", default=[2, 5])
+    parser.add_argument("--predict-model", choices=("tiny", "base"), default="tiny")
+    parser.add_argument("--skip-prepare", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="maedfer-mem-") as tmp:
         work = Path(tmp)
-        result = {"prepare": bench_prepare(work / "prepare"),
-                  "predict": bench_predict(work / "predict", args.predict_minutes)}  # fmt: skip
+        result = {"predict": bench_predict(work / "predict", args.predict_minutes,
+                                           args.predict_model)}  # fmt: skip
+        if not args.skip_prepare:
+            result["prepare"] = bench_prepare(work / "prepare")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"predict ({args.predict_model}), 640x360 at 25 fps    peak tree MiB  frames/s  "
+          "decoded video MiB")
+    for key, r in result["predict"].items():
+        print(f"  {key:<38}{r['peak_tree_mib']:>13}{r['frames_per_s']:>10}"
+              f"{r['decoded_video_mib']:>19}")  # fmt: skip
+    if "prepare" not in result:
+        return
     p = result["prepare"]
     print("prepare, one 2-s 3840x2160 clip         peak tree MiB  peak process MiB  seconds")
     for key in ("workers_1", "workers_2", "baseline_whole_clip", "imports_only"):
@@ -196,12 +224,6 @@ def main() -> None:
         print(f"  {key:<38}{r['peak_tree_mib']:>13}{r['peak_process_mib']:>18}{r['seconds']:>9}")
     ratio = p["baseline_whole_clip"]["peak_process_mib"] / p["workers_1"]["peak_process_mib"]
     print(f"  whole clip / streamed (one process): {ratio:.2f}x")
-    print("predict, 640x360 at 25 fps               peak tree MiB  frames/s  decoded video MiB")
-    for key, r in result["predict"].items():
-        print(f"  {key:<38}{r['peak_tree_mib']:>13}{r['frames_per_s']:>10}"
-              f"{r['decoded_video_mib']:>19}")  # fmt: skip
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -412,23 +412,117 @@ def protocol(
     )  # fmt: skip
 
 
+class ExportFormat(str, enum.Enum):
+    safetensors = "safetensors"
+    onnx = "onnx"
+
+
+CheckpointOpt = Annotated[
+    Path,
+    typer.Option(exists=True, dir_okay=False, help="A finetune run's last.pt, its final.pt, or "
+                 "an official MAE-DFER fine-tuned .pth."),
+]
+DatasetClassesOpt = Annotated[
+    Dataset | None,
+    typer.Option("--dataset", help="Official checkpoints: the dataset it was fine-tuned on; "
+                 "its label order names the outputs."),
+]
+ClassesOpt = Annotated[
+    str | None,
+    typer.Option(help="Official checkpoints: the output names in order, comma-separated."),
+]
+ModelSetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Official checkpoints: model field key=value the weights do not "
+                 "show (num_heads, img_size, num_frames), repeatable."),
+]
+HopOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help="Window hop in sampled frames (default: half a window)."),
+]
+
+
 @app.command()
 def predict(
-    video: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A video file.")],
-    checkpoint: Annotated[Path, typer.Option(exists=True, dir_okay=False)],
-    out: Annotated[Path | None, typer.Option(help="CSV or JSON file for the windows.")] = None,
-    plot: Annotated[Path | None, typer.Option(help="Timeline PNG of probabilities.")] = None,
-    device: Annotated[Device, typer.Option()] = Device.auto,
-    hop: Annotated[
-        int | None,
-        typer.Option(min=1, help="Window hop in sampled frames (default: half a window)."),
+    videos: Annotated[
+        list[str], typer.Argument(help="Video files, folders (their videos) or glob patterns.")
+    ],
+    checkpoint: CheckpointOpt,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="results.parquet, .csv or .json: one row per window, and a "
+                     "per-video table (beside it as results.videos.*, or inside the JSON)."),
     ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Timeline PNG (a folder of them for several videos)."),
+    ] = None,
+    overlay: Annotated[
+        Path | None,
+        typer.Option(help="The video with the face and probabilities drawn, .mp4 (a folder "
+                     "for several videos)."),
+    ] = None,
+    dataset: DatasetClassesOpt = None,
+    classes: ClassesOpt = None,
+    device: Annotated[Device, typer.Option()] = Device.auto,
+    hop: HopOpt = None,
+    set_: ModelSetOpt = None,
 ) -> None:
-    """Per-window class probabilities for the face in VIDEO, and a summary."""
+    """Per-window class probabilities for the face in each video, and a per-video summary."""
     _call(
-        "maedfer.train.predict", "run",
-        video=video, checkpoint=checkpoint, out=out, plot=plot, device=_opt_device(device),
-        hop=hop,
+        "maedfer.inference.predict", "run",
+        videos=videos, checkpoint=checkpoint, out=out, plot=plot, overlay=overlay,
+        device=_opt_device(device), dataset=_opt_value(dataset), classes=classes, hop=hop,
+        model_overrides=set_,
+    )  # fmt: skip
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="last.pt, final.pt or an "
+                             "official MAE-DFER fine-tuned .pth.")
+    ],
+    format_: Annotated[
+        ExportFormat, typer.Option("--format", help="safetensors (+ config.json) or onnx.")
+    ],
+    out: Annotated[Path, typer.Option(file_okay=False, help="Folder for the files.")],
+    dataset: DatasetClassesOpt = None,
+    classes: ClassesOpt = None,
+    set_: ModelSetOpt = None,
+) -> None:
+    """Write the classifier as safetensors + config.json, or as ONNX checked with onnxruntime."""
+    _call(
+        "maedfer.inference.export", "run",
+        checkpoint=checkpoint, format=format_.value, out=out, dataset=_opt_value(dataset),
+        classes=classes, model_overrides=set_,
+    )  # fmt: skip
+
+
+@app.command()
+def embed(
+    inputs: Annotated[
+        list[str], typer.Argument(help="Videos (files, folders, globs), or one manifest.parquet.")
+    ],
+    checkpoint: CheckpointOpt,
+    out: Annotated[Path, typer.Option(dir_okay=False, help="features.parquet")],
+    fold: Annotated[int | None, typer.Option(help="Manifest: only this fold's clips.")] = None,
+    split: Annotated[str | None, typer.Option(help="Manifest: only this split.")] = None,
+    dataset: DatasetClassesOpt = None,
+    classes: ClassesOpt = None,
+    device: Annotated[Device, typer.Option()] = Device.auto,
+    hop: HopOpt = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Manifest: clips per batch.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(min=0, help="Manifest: loader workers.")] = None,
+) -> None:
+    """Pooled, normalised features per window of each video, or per clip of a manifest."""
+    _call(
+        "maedfer.inference.embed", "run",
+        inputs=inputs, checkpoint=checkpoint, out=out, device=_opt_device(device), fold=fold,
+        split=split, hop=hop, dataset=_opt_value(dataset), classes=classes,
+        batch_size=batch_size, workers=workers,
     )  # fmt: skip
 
 

@@ -21,9 +21,9 @@ Besides ``checkpoints/last.pt`` a run keeps numbered copies, ``checkpoints/epoch
 (:func:`save_numbered`, the newest ``keep``), and its final model as ``final.pt``
 (:func:`export_weights`): ``kind`` ``"weights"``, with ``model_name``, ``model_config``,
 ``model``, ``classes``, ``config``, ``epoch`` and ``step`` only (no optimiser, scheduler or RNG
-state), about a third of ``last.pt``'s size. :func:`load_checkpoint`, :func:`model_from_checkpoint`,
-``predict`` and ``--init`` read it wherever they read a full checkpoint; only resuming needs
-the full one.
+state), about a third of ``last.pt``'s size. :func:`load_checkpoint`,
+:func:`model_from_checkpoint`, ``maedfer.inference`` and ``--init`` read it wherever they read a
+full checkpoint; only resuming needs the full one.
 
 Every value is a tensor, a number, a string, ``None`` or a list/dict of those, which is what the
 ``weights_only`` unpickler allows. Initialising a classifier (``--init``) accepts our
@@ -237,7 +237,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise MaedferError(
             f"{path} is not a maedfer checkpoint (no format={FORMAT!r} key); official MAE-DFER "
-            "checkpoints are accepted by finetune --init only"
+            "checkpoints are read by predict, export, embed, evaluate --checkpoint and "
+            "finetune --init"
         )
     return obj
 

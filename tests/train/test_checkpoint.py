@@ -179,7 +179,7 @@ def test_numbered_checkpoint_from_last_pt_survives_the_next_last(tmp_path: Path)
 
 
 def test_weights_only_export_loads_where_a_checkpoint_does(tmp_path: Path, classifier) -> None:
-    from maedfer.train import predict
+    from maedfer.inference import load_classifier
 
     run = tmp_path / "run"
     state = _state(classifier)
@@ -196,8 +196,9 @@ def test_weights_only_export_loads_where_a_checkpoint_does(tmp_path: Path, class
     rebuilt = ckpt_io.model_from_checkpoint(loaded)
     for key, tensor in classifier.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[key], tensor), key
-    model, settings = predict.load_classifier(final, "cpu")  # inference
-    assert settings["class_names"] == ["a", "b", "c"] and settings["stride"] == 4
+    model, settings = load_classifier(final, device="cpu")  # inference
+    assert settings.class_names == ["a", "b", "c"] and settings.stride == 4
+    assert settings.format == "weights"
     torch.manual_seed(5)
     fresh = create_model("lgi_former_tiny", num_classes=3, **TINY_CLASSIFIER)
     assert "encoder of lgi_former_tiny" in ckpt_io.load_init(fresh, final)  # --init

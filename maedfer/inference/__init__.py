@@ -1,0 +1,29 @@
+"""Inference: an application of a fine-tuned model, apart from training (docs/inference.md).
+
+- :mod:`~maedfer.inference.loading`: any classifier checkpoint (ours, ``final.pt``, official)
+  → model and input settings;
+- :mod:`~maedfer.inference.windows`: prediction windows over streamed faces, model input;
+- :mod:`~maedfer.inference.predictor`: :class:`Predictor` (``predict(video)``,
+  ``predict_frames(frames, fps)``, ``embed(video)``) and :class:`Prediction`;
+- :mod:`~maedfer.inference.predict`: ``maedfer predict`` on many videos, the tables;
+- :mod:`~maedfer.inference.render`: the timeline PNG and the overlay video;
+- :mod:`~maedfer.inference.export`: safetensors and ONNX;
+- :mod:`~maedfer.inference.embed`: features per window or per manifest clip.
+
+No CLI library is imported here: ``maedfer/cli.py`` declares the commands and calls these.
+"""
+
+from maedfer.inference.loading import ModelSettings, load_classifier
+from maedfer.inference.predictor import FacesFound, Prediction, Predictor
+from maedfer.inference.windows import stream_windows, window_batch, window_indices
+
+__all__ = [
+    "FacesFound",
+    "ModelSettings",
+    "Prediction",
+    "Predictor",
+    "load_classifier",
+    "stream_windows",
+    "window_batch",
+    "window_indices",
+]

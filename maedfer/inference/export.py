@@ -1,0 +1,162 @@
+"""``maedfer export CKPT --format safetensors|onnx --out DIR`` (docs/inference.md).
+
+Any classifier checkpoint :func:`~maedfer.inference.loading.load_classifier` reads (ours,
+``final.pt``, official) is written for use outside maedfer's checkpoints:
+
+- ``safetensors``: ``model.safetensors`` (the state dict) and ``config.json``, the keyword
+  set of :func:`maedfer.model.create_model`, so that
+  ``create_model(**json.load(open("config.json"))).load_state_dict(load_file("model.safetensors"))``
+  rebuilds the model;
+- ``onnx``: ``model.onnx`` (input ``video`` ``(batch, 3, T, S, S)`` float32 with a dynamic
+  batch axis, output ``logits`` ``(batch, C)``), exported by ``torch.onnx`` and checked with
+  onnxruntime on CPU against PyTorch (largest logit difference at most 1e-4, else an error).
+
+Both get ``inference.json``: the class names, the window settings (``num_frames``,
+``stride``, ``size``), the normalisation (``mean``/``std`` on 0..255 values,
+``subtract_mean``) and the input layout; ``examples/onnx_predict.py`` runs the ONNX model with
+it on a prepared clip using onnxruntime and numpy only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from maedfer.atomic import atomic_path, write_text
+from maedfer.errors import MaedferError
+from maedfer.inference.loading import ModelSettings, load_classifier
+from maedfer.pipelines.augment import IMAGENET_MEAN, IMAGENET_STD
+
+logger = logging.getLogger(__name__)
+
+ExportFormat = Literal["safetensors", "onnx"]
+FORMATS: tuple[str, ...] = ("safetensors", "onnx")
+ONNX_TOLERANCE = 1e-4  # float32 on CPU; measured differences are ~1e-6 (bench/RESULTS.md)
+ONNX_OPSET = 18
+
+
+def inference_config(settings: ModelSettings) -> dict[str, Any]:
+    """What a program outside maedfer needs to feed the model and name its outputs."""
+    return {
+        "model": settings.model,
+        "class_names": list(settings.class_names),
+        "num_frames": settings.num_frames,
+        "stride": settings.stride,
+        "size": settings.size,
+        "input": "video (batch, 3, num_frames, size, size) float32, RGB, aligned face crops",
+        "mean": [round(m * 255, 6) for m in IMAGENET_MEAN],  # on 0..255 values
+        "std": [round(s * 255, 6) for s in IMAGENET_STD],
+        "subtract_mean": settings.subtract_mean,
+        "source_format": settings.format,
+    }
+
+
+def model_kwargs(model: torch.nn.Module) -> dict[str, Any]:
+    """``create_model(**kwargs)`` of a registry model: its name and full config, JSON types."""
+    return json.loads(json.dumps({"name": model.model_name, **model.config}))
+
+
+def _write_json(path: Path, value: Any) -> None:
+    write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def export_safetensors(model: torch.nn.Module, settings: ModelSettings, out: Path) -> list[Path]:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights = out / "model.safetensors"
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "model": settings.model,
+                                             "class_names": json.dumps(settings.class_names)})
+    _write_json(out / "config.json", model_kwargs(model))
+    _write_json(out / "inference.json", inference_config(settings))
+    return [weights, out / "config.json", out / "inference.json"]
+
+
+def check_onnx(path: Path, model: torch.nn.Module, settings: ModelSettings,
+               batches: Sequence[int] = (1, 3), seed: int = 0) -> float:  # fmt: skip
+    """Largest |logit difference| between onnxruntime (CPU) and PyTorch on random inputs of
+    each batch size.
+
+    Raises:
+        MaedferError: over :data:`ONNX_TOLERANCE`.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    model = model.cpu().eval()
+    for batch in batches:
+        video = torch.randn((batch, 3, settings.num_frames, settings.size, settings.size),
+                            generator=generator)  # fmt: skip
+        with torch.inference_mode():
+            expected = model(video).numpy()
+        got = session.run(["logits"], {"video": video.numpy()})[0]
+        worst = max(worst, float(np.abs(got - expected).max()))
+    if not worst <= ONNX_TOLERANCE:
+        raise MaedferError(f"the ONNX model's logits differ from PyTorch's by {worst:.2e} "
+                           f"(more than {ONNX_TOLERANCE:g}); {path} is not usable")  # fmt: skip
+    return worst
+
+
+def export_onnx(model: torch.nn.Module, settings: ModelSettings, out: Path,
+                opset: int = ONNX_OPSET) -> tuple[list[Path], float]:  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    example = torch.zeros((2, 3, settings.num_frames, settings.size, settings.size))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    target = out / "model.onnx"
+    with atomic_path(target) as tmp:
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, input_names=["video"], output_names=["logits"],
+            dynamic_shapes=({0: batch},), opset_version=opset, verbose=False,
+        )  # fmt: skip
+        # one self-contained file (the official model is ~340 MB, far under ONNX's 2 GB)
+        program.save(str(tmp), external_data=False)
+    worst = check_onnx(target, model, settings)
+    _write_json(out / "inference.json", {**inference_config(settings), "onnx_opset": opset,
+                                         "onnx_max_abs_diff": worst})  # fmt: skip
+    return [target, out / "inference.json"], worst
+
+
+def run(
+    checkpoint: str | Path,
+    *,
+    format: ExportFormat,
+    out: str | Path,
+    dataset: str | None = None,
+    classes: Sequence[str] | str | None = None,
+    model_overrides: Mapping[str, Any] | None = None,
+) -> list[Path]:
+    """Export ``checkpoint`` to ``out`` in ``format``; print what was written.
+
+    Raises:
+        MaedferError: an unknown format, a checkpoint that cannot be used, or an ONNX model
+            whose logits differ from PyTorch's.
+    """
+    if format not in FORMATS:
+        raise MaedferError(f"--format {format!r} must be one of {', '.join(FORMATS)}")
+    model, settings = load_classifier(checkpoint, device="cpu", dataset=dataset,
+                                      classes=classes, model_overrides=model_overrides)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MaedferError(f"--out {out} is a file; give a folder")
+    if format == "safetensors":
+        written = export_safetensors(model, settings, out)
+        note = ""
+    else:
+        written, worst = export_onnx(model, settings, out)
+        note = f"; onnxruntime matches PyTorch to {worst:.1e}"
+    print(f"exported {settings.model} ({len(settings.class_names)} classes: "
+          f"{', '.join(settings.class_names)}) from {checkpoint} as {format}{note}")
+    for path in written:
+        print(f"wrote {path}")
+    return written
