@@ -423,7 +423,7 @@ CheckpointOpt = Annotated[
                  "an official MAE-DFER fine-tuned .pth."),
 ]
 DatasetClassesOpt = Annotated[
-    Dataset | None,
+    PrepareDataset | None,
     typer.Option("--dataset", help="Official checkpoints: the dataset it was fine-tuned on; "
                  "its label order names the outputs."),
 ]

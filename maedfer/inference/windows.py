@@ -28,6 +28,7 @@ import torch
 
 from maedfer.errors import MaedferError
 from maedfer.pipelines.augment import finish_clip, normalise
+from maedfer.pipelines.sampling import sliding_windows
 
 T = TypeVar("T")
 
@@ -47,15 +48,8 @@ def window_indices(
     ``0..60``, ``32..92``, ``36..96``.
     """
     _check(num_video_frames, num_frames, stride, hop)
-    hop = default_hop(num_frames) if hop is None else hop
-    every = np.arange(0, num_video_frames, stride, dtype=np.int64)
-    if len(every) < num_frames:
-        every = np.concatenate([every, np.full(num_frames - len(every), every[-1])])
-    last = len(every) - num_frames
-    starts = list(range(0, last + 1, hop))
-    if starts[-1] != last:
-        starts.append(last)
-    return np.stack([every[s : s + num_frames] for s in starts])
+    # the pipelines' one window rule (the test views' padded every-stride list)
+    return sliding_windows(num_video_frames, num_frames=num_frames, stride=stride, hop=hop)
 
 
 def _check(num_video_frames: int, num_frames: int, stride: int, hop: int | None) -> None:
