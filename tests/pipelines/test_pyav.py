@@ -43,6 +43,19 @@ def test_seeking_matches_decoding_from_the_start(long_clips: dict[str, Path],
         monkeypatch.undo()
 
 
+@pytest.mark.parametrize("start", [16, 17, 31, 32, 47, 63, 64, 100])
+def test_seeking_from_any_window_start_is_bit_equal(long_clips: dict[str, Path],
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    start: int) -> None:
+    indices = np.minimum(start + 4 * np.arange(16), 140)  # past the end too
+    for codec, _ in CODECS:
+        path = str(long_clips[codec])
+        sought = pyav.decode_window(path, indices)
+        monkeypatch.setattr(pyav, "SEEK_MIN_FRAME", 10**9)
+        assert np.array_equal(pyav.decode_window(path, indices), sought), (codec, start)
+        monkeypatch.undo()
+
+
 def test_colour_conversion_is_close_to_the_source(long_clips: dict[str, Path]) -> None:
     # BT.601 limited range with bilinear chroma: flat areas within 2/255 of what was encoded,
     # and no farther from the source than swscale's conversion overall
