@@ -63,8 +63,12 @@ def decode_frames(path: str, indices: np.ndarray) -> np.ndarray:
     return decode_window(path, indices).astype(np.uint8).transpose(3, 0, 1, 2)
 
 
-def decode_window(path: str, indices: np.ndarray) -> np.ndarray:
+def decode_window(path: str, indices: np.ndarray, crop: augment.Box | None = None) -> np.ndarray:
     """Frames ``indices`` of ``path`` as float32 ``(H, W, 3, T)`` RGB, whole numbers in 0..255.
+
+    ``crop`` (the manifest crop, clipped to the frame) is cut before colour conversion, so only
+    its pixels are converted; the values are those of converting the whole frame, then cropping
+    (chroma is cut with a margin for the bilinear upsampling; tests/pipelines/test_pyav.py).
 
     Indices past the last frame get the last frame (DALI's ``pad_mode="edge"``). Frame ``k`` is
     the ``k``-th frame in presentation order; a window deep in a long clip seeks to the preceding
@@ -85,7 +89,7 @@ def decode_window(path: str, indices: np.ndarray) -> np.ndarray:
         if not found:
             raise BadClipError(path, "no frame decodes")
         have = np.array(sorted(found))
-        rgb = frames_to_rgb([found[int(k)] for k in have])
+        rgb = frames_to_rgb([found[int(k)] for k in have], crop)
     except (OSError, av.FFmpegError, IndexError) as exc:
         raise BadClipError(path, f"cannot decode it ({exc})") from None
     # an index the file does not reach (the clip ended early) takes the nearest earlier frame
@@ -171,7 +175,12 @@ def resize_hw(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return out.reshape(height, width, *image.shape[2:])
 
 
-def frames_to_rgb(frames: list[av.VideoFrame]) -> np.ndarray:
+def _clipped(crop: augment.Box, h: int, w: int) -> tuple[int, int, int, int]:
+    """``crop`` clipped to an ``h``×``w`` frame: rows ``y0:y1``, columns ``x0:x1``."""
+    return max(0, crop.y), min(h, crop.y + crop.h), max(0, crop.x), min(w, crop.x + crop.w)
+
+
+def frames_to_rgb(frames: list[av.VideoFrame], crop: augment.Box | None = None) -> np.ndarray:
     """Decoded frames as float32 ``(H, W, 3, T)`` RGB, rounded to whole numbers in 0..255.
 
     4:2:0 frames are converted here, all at once: chroma upsampled bilinearly at half-pixel
@@ -182,14 +191,26 @@ def frames_to_rgb(frames: list[av.VideoFrame]) -> np.ndarray:
     """
     first, count = frames[0], len(frames)
     name = first.format.name
-    if name not in _YUV420 or any(f.format.name != name for f in frames):
+    h, w = first.height, first.width
+    if name not in _YUV420 or any(f.format.name != name for f in frames) or h % 2 or w % 2:
         rgb = np.stack([f.to_ndarray(format="rgb24") for f in frames], axis=-1)
+        if crop is not None:
+            y0, y1, x0, x1 = _clipped(crop, *rgb.shape[:2])
+            rgb = rgb[y0:y1, x0:x1]
         return rgb.astype(np.float32)
     full = name == "yuvj420p" or int(first.color_range or 0) == 2
     kr, kb = _MATRICES.get(int(first.colorspace or 2), _BT601)
-    y = np.stack([_plane(f, 0) for f in frames], axis=-1).astype(np.float32)  # (H, W, T)
-    chroma = np.stack([_plane(f, i) for i in (1, 2) for f in frames], axis=-1)
-    chroma = resize_hw(chroma.astype(np.float32), *y.shape[:2])  # (H, W, 2T): Cb…, Cr…
+    y0, y1, x0, x1 = _clipped(crop, h, w) if crop is not None else (0, h, 0, w)
+    # chroma rows/columns the bilinear 2x upsampling of the kept pixels reads (one of margin,
+    # edges repeated at the frame's border as for the whole frame)
+    cy0, cy1 = max(0, y0 // 2 - 1), min(h // 2, (y1 + 1) // 2 + 1)
+    cx0, cx1 = max(0, x0 // 2 - 1), min(w // 2, (x1 + 1) // 2 + 1)
+    y = np.stack([_plane(f, 0)[y0:y1, x0:x1] for f in frames], axis=-1).astype(np.float32)
+    chroma = np.stack([_plane(f, i)[cy0:cy1, cx0:cx1] for i in (1, 2) for f in frames],
+                      axis=-1)
+    chroma = resize_hw(chroma.astype(np.float32), 2 * (cy1 - cy0), 2 * (cx1 - cx0))
+    oy, ox = y0 - 2 * cy0, x0 - 2 * cx0
+    chroma = chroma[oy : oy + y1 - y0, ox : ox + x1 - x0]  # (h, w, 2T): Cb…, Cr…
     cb, cr = chroma[:, :, :count], chroma[:, :, count:]
     cb -= 128
     cr -= 128
@@ -222,7 +243,9 @@ def _crop_resize(video: np.ndarray, crop: augment.Box | None, size: int) -> np.n
 
 def load_sample(spec: SampleSpec, config: SampleConfig) -> torch.Tensor:
     """Decode and transform one sample → float32 ``(3, T, size, size)`` (module contract)."""
-    video = _crop_resize(decode_window(spec.path, spec.frame_indices), spec.crop, config.size)
+    # the manifest crop is cut before colour conversion (decode_window), then resized
+    video = _crop_resize(decode_window(spec.path, spec.frame_indices, spec.crop), None,
+                         config.size)
     if spec.rand_augment:
         policy = policy_for(config.rand_augment_policy, config.size)
         images = policy.apply_numpy(video.astype(np.uint8).transpose(3, 0, 1, 2),

@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from maedfer.pipelines import pyav
+from maedfer.pipelines import augment, pyav
 from tests.pipelines.media import marker_frames, read_markers, write_clip
 
 CODECS = [("h264", "mp4"), ("vp9", "webm"), ("mpeg4", "avi"), ("flv1", "flv")]
@@ -54,6 +54,21 @@ def test_seeking_from_any_window_start_is_bit_equal(long_clips: dict[str, Path],
         monkeypatch.setattr(pyav, "SEEK_MIN_FRAME", 10**9)
         assert np.array_equal(pyav.decode_window(path, indices), sought), (codec, start)
         monkeypatch.undo()
+
+
+@pytest.mark.parametrize("crop", [(5, 3, 30, 27), (0, 0, 48, 48), (-4, 10, 60, 20),
+                                  (32, 0, 16, 48), (1, 1, 46, 46), (47, 46, 1, 2)])
+def test_crop_before_conversion_equals_converting_then_cropping(
+        long_clips: dict[str, Path], crop: tuple[int, int, int, int]) -> None:
+    box = augment.Box(*crop)
+    indices = np.array([0, 3, 3, 17, 70, 129])
+    y0, x0 = max(0, box.y), max(0, box.x)
+    for codec, _ in CODECS:
+        path = str(long_clips[codec])
+        whole = pyav.decode_window(path, indices)
+        expected = whole[y0 : box.y + box.h, x0 : box.x + box.w]
+        got = pyav.decode_window(path, indices, box)
+        assert got.shape == expected.shape and np.array_equal(got, expected), (codec, crop)
 
 
 def test_colour_conversion_is_close_to_the_source(long_clips: dict[str, Path]) -> None:
