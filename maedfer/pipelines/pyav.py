@@ -34,7 +34,7 @@ from maedfer.pipelines.backend import (
     MAX_ATTEMPTS,  # noqa: F401 (re-exported: the contract's)
     BadClipError,
     Faults,
-    probe_num_frames,  # noqa: F401 (re-exported: the contract's)
+    probe_num_frames,  # (also re-exported: the contract's)
     sample_with_retries,
 )
 from maedfer.pipelines.plan import EpochPlan, SampleConfig, SampleSpec
@@ -80,7 +80,20 @@ def decode_window(path: str, indices: np.ndarray, crop: augment.Box | None = Non
     Raises:
         BadClipError: the file cannot be opened, has no video stream, or no frame decodes.
     """
-    wanted = np.unique(indices)
+    have, rgb = decode_found(path, np.unique(indices), crop)
+    return pick(have, rgb, indices)
+
+
+def pick(have: np.ndarray, rgb: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Frames ``indices`` out of ``rgb`` (frames ``have``, sorted, on the last axis): an index
+    the file does not reach (the clip ended early) takes the nearest earlier frame."""
+    nearest = np.maximum(np.searchsorted(have, indices, side="right") - 1, 0)
+    return rgb[..., nearest]
+
+
+def decode_found(path: str, wanted: np.ndarray,
+                 crop: augment.Box | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Frames of sorted unique ``wanted`` that decode: their indices, ``(H, W, 3, K)`` RGB."""
     try:
         try:
             found = _decode_file(path, wanted, seek=int(wanted[0]) >= SEEK_MIN_FRAME)
@@ -89,12 +102,9 @@ def decode_window(path: str, indices: np.ndarray, crop: augment.Box | None = Non
         if not found:
             raise BadClipError(path, "no frame decodes")
         have = np.array(sorted(found))
-        rgb = frames_to_rgb([found[int(k)] for k in have], crop)
+        return have, frames_to_rgb([found[int(k)] for k in have], crop)
     except (OSError, av.FFmpegError, IndexError) as exc:
         raise BadClipError(path, f"cannot decode it ({exc})") from None
-    # an index the file does not reach (the clip ended early) takes the nearest earlier frame
-    nearest = np.maximum(np.searchsorted(have, indices, side="right") - 1, 0)
-    return rgb[..., nearest]
 
 
 class _SeekMissError(Exception):
@@ -241,11 +251,15 @@ def _crop_resize(video: np.ndarray, crop: augment.Box | None, size: int) -> np.n
     return np.clip(np.rint(out, out=out), 0, 255, out=out)
 
 
-def load_sample(spec: SampleSpec, config: SampleConfig) -> torch.Tensor:
-    """Decode and transform one sample → float32 ``(3, T, size, size)`` (module contract)."""
-    # the manifest crop is cut before colour conversion (decode_window), then resized
-    video = _crop_resize(decode_window(spec.path, spec.frame_indices, spec.crop), None,
-                         config.size)
+def load_sample(spec: SampleSpec, config: SampleConfig,
+                video: np.ndarray | None = None) -> torch.Tensor:
+    """Decode and transform one sample → float32 ``(3, T, size, size)`` (module contract).
+
+    ``video``: the sample's frames already decoded (``decode_window``'s output), if at hand.
+    """
+    if video is None:  # the manifest crop is cut before colour conversion, then resized
+        video = decode_window(spec.path, spec.frame_indices, spec.crop)
+    video = _crop_resize(video, None, config.size)
     if spec.rand_augment:
         policy = policy_for(config.rand_augment_policy, config.size)
         images = policy.apply_numpy(video.astype(np.uint8).transpose(3, 0, 1, 2),
@@ -278,9 +292,37 @@ class ClipDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         keep_heap_memory()
         spec, video, faults = sample_with_retries(
-            self.plan, i, lambda s: load_sample(s, self.config))
+            self.plan, i, lambda s: load_sample(s, self.config, self._from_views(i, s)))
         return {"video": video, "label": spec.label, "clip_id": spec.clip_id,
                 "view": spec.view, "bad": faults}
+
+    _views: tuple[tuple[str, int], np.ndarray, np.ndarray] | None = None
+
+    def _from_views(self, i: int, spec: SampleSpec) -> np.ndarray | None:
+        """Test mode: the frames of view ``spec.view``, cut from one decode of all the clip's
+        views (the union of their frames, kept for the next view; one clip at a time).
+
+        ``None`` (decode the view alone) for one view, for a replacement sample, and where the
+        file ends before the frames asked for: there a view decoded alone may fall back to
+        another frame than the union's (the values are otherwise the same: each frame decodes
+        and converts the same whatever else is decoded with it; tests/pipelines/test_pyav.py).
+        """
+        views = self.plan.views
+        first = i - spec.view
+        if views < 2 or spec.row != int(self.plan.rows[i // views]):
+            return None
+        key = (spec.path, first)
+        if self._views is None or self._views[0] != key:
+            siblings = [spec if k == spec.view else
+                        self.plan.spec(first + k, probe=probe_num_frames) for k in range(views)]
+            wanted = np.unique(np.concatenate([s.frame_indices for s in siblings]))
+            have, rgb = decode_found(spec.path, wanted, spec.crop)
+            if len(have) != len(wanted):  # the file ends early
+                self._views = None
+                return None
+            self._views = (key, have, rgb)
+        _, have, rgb = self._views
+        return pick(have, rgb, spec.frame_indices)
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from maedfer.pipelines import augment, pyav
 from tests.pipelines.media import marker_frames, read_markers, write_clip
@@ -108,3 +109,27 @@ def test_bad_files_raise(tmp_path: Path) -> None:
         assert info.value.path == str(path)
         with pytest.raises(pyav.BadClipError):
             pyav.probe_num_frames(str(path))
+
+
+@pytest.mark.parametrize("clips", ["h264_clips", "vp9_clips"])
+def test_test_views_from_one_decode_equal_each_view_decoded_alone(
+        clips: str, request: pytest.FixtureRequest) -> None:
+    # test mode decodes a clip once for all its views; each view must be bit-equal to the
+    # view decoded on its own (the loader's output before that change)
+    from maedfer.pipelines import build_loader
+    from maedfer.pipelines.plan import EpochPlan
+
+    folder, rows = request.getfixturevalue(clips)
+    rows = rows.assign(crop=[[2, 4, 40, 36]] * len(rows))
+    loader = build_loader(rows, mode="test", batch_size=3, size=32, backend="pyav", workers=0,
+                          root=folder)
+    plan = EpochPlan(loader.table, loader.config, epoch=0)
+    dataset = pyav.ClipDataset(plan)
+    shared = 0
+    for i in range(len(plan)):
+        spec = plan.spec(i)
+        alone = pyav.load_sample(spec, loader.config)
+        from_views = dataset[i]["video"]
+        shared += dataset._views is not None
+        assert torch.equal(from_views, alone), i
+    assert shared == len(plan)  # every view came from the shared decode
