@@ -88,6 +88,8 @@ def pick(have: np.ndarray, rgb: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """Frames ``indices`` out of ``rgb`` (frames ``have``, sorted, on the last axis): an index
     the file does not reach (the clip ended early) takes the nearest earlier frame."""
     nearest = np.maximum(np.searchsorted(have, indices, side="right") - 1, 0)
+    if len(nearest) == len(have) and (nearest == np.arange(len(have))).all():
+        return rgb  # every frame once, in order: no copy
     return rgb[..., nearest]
 
 
