@@ -29,7 +29,8 @@ process, one torch/OpenCV/decord thread each side), in ``--rounds`` interleaved 
 (maedfer then reference, the order alternating each round); the ratio is the median of the
 per-round ratios. The machine's load average is printed with the figures.
 
-    .venv/bin/python bench/loader_vs_reference.py [--clips 40] [--rounds 5] [--modes train,test,pretrain]
+    .venv/bin/python bench/loader_vs_reference.py [--clips 40] [--rounds 5]
+        [--modes train,test,pretrain] [--json bench/out/loader_vs_reference.json]
 """
 
 from __future__ import annotations
