@@ -223,21 +223,22 @@ def frames_to_rgb(frames: list[av.VideoFrame], crop: augment.Box | None = None) 
     chroma = resize_hw(chroma.astype(np.float32), 2 * (cy1 - cy0), 2 * (cx1 - cx0))
     oy, ox = y0 - 2 * cy0, x0 - 2 * cx0
     chroma = chroma[oy : oy + y1 - y0, ox : ox + x1 - x0]  # (h, w, 2T): Cb…, Cr…
-    cb, cr = chroma[:, :, :count], chroma[:, :, count:]
-    cb -= 128
-    cr -= 128
+    chroma -= 128
     if not full:
         y -= 16
         y *= 255 / 219
-        cb *= 255 / 224
-        cr *= 255 / 224
+        chroma *= 255 / 224
+    cb, cr = chroma[:, :, :count], chroma[:, :, count:]
     kg = 1 - kr - kb
     rgb = np.empty((*y.shape[:2], 3, count), dtype=np.float32)
-    # planar arithmetic, written straight into each channel (no interleaving pass)
-    np.add(y, 2 * (1 - kr) * cr, out=rgb[:, :, 0])
-    np.subtract(y, (2 * kb * (1 - kb) / kg) * cb + (2 * kr * (1 - kr) / kg) * cr,
-                out=rgb[:, :, 1])
-    np.add(y, 2 * (1 - kb) * cb, out=rgb[:, :, 2])
+    # planar arithmetic, written straight into each channel (no interleaving pass), through two
+    # reused buffers: the same float32 operations in the same order as ``y + c·cr`` etc.
+    tmp, tmp2 = np.empty_like(y), np.empty_like(y)
+    np.add(y, np.multiply(cr, 2 * (1 - kr), out=tmp), out=rgb[:, :, 0])
+    np.multiply(cb, 2 * kb * (1 - kb) / kg, out=tmp)
+    tmp += np.multiply(cr, 2 * kr * (1 - kr) / kg, out=tmp2)
+    np.subtract(y, tmp, out=rgb[:, :, 1])
+    np.add(y, np.multiply(cb, 2 * (1 - kb), out=tmp), out=rgb[:, :, 2])
     return np.clip(np.rint(rgb, out=rgb), 0, 255, out=rgb)
 
 

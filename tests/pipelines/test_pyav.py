@@ -133,3 +133,36 @@ def test_test_views_from_one_decode_equal_each_view_decoded_alone(
         shared += dataset._views is not None
         assert torch.equal(from_views, alone), i
     assert shared == len(plan)  # every view came from the shared decode
+
+
+def _rgb_as_written_first(frames: list) -> np.ndarray:
+    """frames_to_rgb as first written (one temporary per product): the values it must keep."""
+    count, first = len(frames), frames[0]
+    full = first.format.name == "yuvj420p" or int(first.color_range or 0) == 2
+    kr, kb = pyav._MATRICES.get(int(first.colorspace or 2), pyav._BT601)
+    y = np.stack([pyav._plane(f, 0) for f in frames], axis=-1).astype(np.float32)
+    chroma = np.stack([pyav._plane(f, i) for i in (1, 2) for f in frames], axis=-1)
+    chroma = pyav.resize_hw(chroma.astype(np.float32), *y.shape[:2])
+    cb, cr = chroma[:, :, :count], chroma[:, :, count:]
+    cb -= 128
+    cr -= 128
+    if not full:
+        y -= 16
+        y *= 255 / 219
+        cb *= 255 / 224
+        cr *= 255 / 224
+    kg = 1 - kr - kb
+    rgb = np.empty((*y.shape[:2], 3, count), dtype=np.float32)
+    np.add(y, 2 * (1 - kr) * cr, out=rgb[:, :, 0])
+    np.subtract(y, (2 * kb * (1 - kb) / kg) * cb + (2 * kr * (1 - kr) / kg) * cr,
+                out=rgb[:, :, 1])
+    np.add(y, 2 * (1 - kb) * cb, out=rgb[:, :, 2])
+    return np.clip(np.rint(rgb, out=rgb), 0, 255, out=rgb)
+
+
+@pytest.mark.parametrize("codec", ["h264", "vp9"])
+def test_colour_conversion_values_unchanged(long_clips: dict[str, Path], codec: str) -> None:
+    with av.open(str(long_clips[codec])) as container:
+        frames = [f for _, f in zip(range(20), container.decode(video=0))]
+    assert frames[0].format.name in ("yuv420p", "yuvj420p")
+    assert np.array_equal(pyav.frames_to_rgb(frames), _rgb_as_written_first(frames))
