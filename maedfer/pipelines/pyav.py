@@ -34,7 +34,7 @@ from maedfer.pipelines.backend import (
     MAX_ATTEMPTS,  # noqa: F401 (re-exported: the contract's)
     BadClipError,
     Faults,
-    probe_num_frames,  # noqa: F401 (re-exported: the contract's)
+    probe_num_frames,  # (also re-exported: the contract's)
     sample_with_retries,
 )
 from maedfer.pipelines.plan import EpochPlan, SampleConfig, SampleSpec
@@ -42,9 +42,12 @@ from maedfer.pipelines.rand_augment import policy_for
 
 log = logging.getLogger(__name__)
 
-#: Seek (to the keyframe before the window) only when the window starts this far in: below
-#: it, decoding from frame 0 costs less than a seek and the frame-index arithmetic it needs.
-SEEK_MIN_FRAME = 48
+#: Seek (to the keyframe before the window) when the window starts this far in: prepared clips
+#: have a keyframe every 16 frames (``encode.KEYFRAME_INTERVAL``), so from frame 16 on a seek
+#: skips decoding at least the first keyframe interval. Measured (bench, loaded 2-core machine,
+#: interleaved rounds): 16 against the former 48 gave +5 % clips/cpu-s in train and pretrain
+#: modes, +2 % in test mode; the frames are the same (tests/pipelines/test_pyav.py).
+SEEK_MIN_FRAME = 16
 
 
 def _frame_index(frame: av.VideoFrame, start_pts: int, time_base: Fraction,
@@ -60,8 +63,12 @@ def decode_frames(path: str, indices: np.ndarray) -> np.ndarray:
     return decode_window(path, indices).astype(np.uint8).transpose(3, 0, 1, 2)
 
 
-def decode_window(path: str, indices: np.ndarray) -> np.ndarray:
+def decode_window(path: str, indices: np.ndarray, crop: augment.Box | None = None) -> np.ndarray:
     """Frames ``indices`` of ``path`` as float32 ``(H, W, 3, T)`` RGB, whole numbers in 0..255.
+
+    ``crop`` (the manifest crop, clipped to the frame) is cut before colour conversion, so only
+    its pixels are converted; the values are those of converting the whole frame, then cropping
+    (chroma is cut with a margin for the bilinear upsampling; tests/pipelines/test_pyav.py).
 
     Indices past the last frame get the last frame (DALI's ``pad_mode="edge"``). Frame ``k`` is
     the ``k``-th frame in presentation order; a window deep in a long clip seeks to the preceding
@@ -73,7 +80,22 @@ def decode_window(path: str, indices: np.ndarray) -> np.ndarray:
     Raises:
         BadClipError: the file cannot be opened, has no video stream, or no frame decodes.
     """
-    wanted = np.unique(indices)
+    have, rgb = decode_found(path, np.unique(indices), crop)
+    return pick(have, rgb, indices)
+
+
+def pick(have: np.ndarray, rgb: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Frames ``indices`` out of ``rgb`` (frames ``have``, sorted, on the last axis): an index
+    the file does not reach (the clip ended early) takes the nearest earlier frame."""
+    nearest = np.maximum(np.searchsorted(have, indices, side="right") - 1, 0)
+    if len(nearest) == len(have) and (nearest == np.arange(len(have))).all():
+        return rgb  # every frame once, in order: no copy
+    return rgb[..., nearest]
+
+
+def decode_found(path: str, wanted: np.ndarray,
+                 crop: augment.Box | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Frames of sorted unique ``wanted`` that decode: their indices, ``(H, W, 3, K)`` RGB."""
     try:
         try:
             found = _decode_file(path, wanted, seek=int(wanted[0]) >= SEEK_MIN_FRAME)
@@ -82,12 +104,9 @@ def decode_window(path: str, indices: np.ndarray) -> np.ndarray:
         if not found:
             raise BadClipError(path, "no frame decodes")
         have = np.array(sorted(found))
-        rgb = frames_to_rgb([found[int(k)] for k in have])
+        return have, frames_to_rgb([found[int(k)] for k in have], crop)
     except (OSError, av.FFmpegError, IndexError) as exc:
         raise BadClipError(path, f"cannot decode it ({exc})") from None
-    # an index the file does not reach (the clip ended early) takes the nearest earlier frame
-    nearest = np.maximum(np.searchsorted(have, indices, side="right") - 1, 0)
-    return rgb[..., nearest]
 
 
 class _SeekMissError(Exception):
@@ -168,7 +187,12 @@ def resize_hw(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return out.reshape(height, width, *image.shape[2:])
 
 
-def frames_to_rgb(frames: list[av.VideoFrame]) -> np.ndarray:
+def _clipped(crop: augment.Box, h: int, w: int) -> tuple[int, int, int, int]:
+    """``crop`` clipped to an ``h``×``w`` frame: rows ``y0:y1``, columns ``x0:x1``."""
+    return max(0, crop.y), min(h, crop.y + crop.h), max(0, crop.x), min(w, crop.x + crop.w)
+
+
+def frames_to_rgb(frames: list[av.VideoFrame], crop: augment.Box | None = None) -> np.ndarray:
     """Decoded frames as float32 ``(H, W, 3, T)`` RGB, rounded to whole numbers in 0..255.
 
     4:2:0 frames are converted here, all at once: chroma upsampled bilinearly at half-pixel
@@ -179,29 +203,42 @@ def frames_to_rgb(frames: list[av.VideoFrame]) -> np.ndarray:
     """
     first, count = frames[0], len(frames)
     name = first.format.name
-    if name not in _YUV420 or any(f.format.name != name for f in frames):
+    h, w = first.height, first.width
+    if name not in _YUV420 or any(f.format.name != name for f in frames) or h % 2 or w % 2:
         rgb = np.stack([f.to_ndarray(format="rgb24") for f in frames], axis=-1)
+        if crop is not None:
+            y0, y1, x0, x1 = _clipped(crop, *rgb.shape[:2])
+            rgb = rgb[y0:y1, x0:x1]
         return rgb.astype(np.float32)
     full = name == "yuvj420p" or int(first.color_range or 0) == 2
     kr, kb = _MATRICES.get(int(first.colorspace or 2), _BT601)
-    y = np.stack([_plane(f, 0) for f in frames], axis=-1).astype(np.float32)  # (H, W, T)
-    chroma = np.stack([_plane(f, i) for i in (1, 2) for f in frames], axis=-1)
-    chroma = resize_hw(chroma.astype(np.float32), *y.shape[:2])  # (H, W, 2T): Cb…, Cr…
-    cb, cr = chroma[:, :, :count], chroma[:, :, count:]
-    cb -= 128
-    cr -= 128
+    y0, y1, x0, x1 = _clipped(crop, h, w) if crop is not None else (0, h, 0, w)
+    # chroma rows/columns the bilinear 2x upsampling of the kept pixels reads (one of margin,
+    # edges repeated at the frame's border as for the whole frame)
+    cy0, cy1 = max(0, y0 // 2 - 1), min(h // 2, (y1 + 1) // 2 + 1)
+    cx0, cx1 = max(0, x0 // 2 - 1), min(w // 2, (x1 + 1) // 2 + 1)
+    y = np.stack([_plane(f, 0)[y0:y1, x0:x1] for f in frames], axis=-1).astype(np.float32)
+    chroma = np.stack([_plane(f, i)[cy0:cy1, cx0:cx1] for i in (1, 2) for f in frames],
+                      axis=-1)
+    chroma = resize_hw(chroma.astype(np.float32), 2 * (cy1 - cy0), 2 * (cx1 - cx0))
+    oy, ox = y0 - 2 * cy0, x0 - 2 * cx0
+    chroma = chroma[oy : oy + y1 - y0, ox : ox + x1 - x0]  # (h, w, 2T): Cb…, Cr…
+    chroma -= 128
     if not full:
         y -= 16
         y *= 255 / 219
-        cb *= 255 / 224
-        cr *= 255 / 224
+        chroma *= 255 / 224
+    cb, cr = chroma[:, :, :count], chroma[:, :, count:]
     kg = 1 - kr - kb
     rgb = np.empty((*y.shape[:2], 3, count), dtype=np.float32)
-    # planar arithmetic, written straight into each channel (no interleaving pass)
-    np.add(y, 2 * (1 - kr) * cr, out=rgb[:, :, 0])
-    np.subtract(y, (2 * kb * (1 - kb) / kg) * cb + (2 * kr * (1 - kr) / kg) * cr,
-                out=rgb[:, :, 1])
-    np.add(y, 2 * (1 - kb) * cb, out=rgb[:, :, 2])
+    # planar arithmetic, written straight into each channel (no interleaving pass), through two
+    # reused buffers: the same float32 operations in the same order as ``y + c·cr`` etc.
+    tmp, tmp2 = np.empty_like(y), np.empty_like(y)
+    np.add(y, np.multiply(cr, 2 * (1 - kr), out=tmp), out=rgb[:, :, 0])
+    np.multiply(cb, 2 * kb * (1 - kb) / kg, out=tmp)
+    tmp += np.multiply(cr, 2 * kr * (1 - kr) / kg, out=tmp2)
+    np.subtract(y, tmp, out=rgb[:, :, 1])
+    np.add(y, np.multiply(cb, 2 * (1 - kb), out=tmp), out=rgb[:, :, 2])
     return np.clip(np.rint(rgb, out=rgb), 0, 255, out=rgb)
 
 
@@ -217,9 +254,15 @@ def _crop_resize(video: np.ndarray, crop: augment.Box | None, size: int) -> np.n
     return np.clip(np.rint(out, out=out), 0, 255, out=out)
 
 
-def load_sample(spec: SampleSpec, config: SampleConfig) -> torch.Tensor:
-    """Decode and transform one sample → float32 ``(3, T, size, size)`` (module contract)."""
-    video = _crop_resize(decode_window(spec.path, spec.frame_indices), spec.crop, config.size)
+def load_sample(spec: SampleSpec, config: SampleConfig,
+                video: np.ndarray | None = None) -> torch.Tensor:
+    """Decode and transform one sample → float32 ``(3, T, size, size)`` (module contract).
+
+    ``video``: the sample's frames already decoded (``decode_window``'s output), if at hand.
+    """
+    if video is None:  # the manifest crop is cut before colour conversion, then resized
+        video = decode_window(spec.path, spec.frame_indices, spec.crop)
+    video = _crop_resize(video, None, config.size)
     if spec.rand_augment:
         policy = policy_for(config.rand_augment_policy, config.size)
         images = policy.apply_numpy(video.astype(np.uint8).transpose(3, 0, 1, 2),
@@ -252,9 +295,37 @@ class ClipDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         keep_heap_memory()
         spec, video, faults = sample_with_retries(
-            self.plan, i, lambda s: load_sample(s, self.config))
+            self.plan, i, lambda s: load_sample(s, self.config, self._from_views(i, s)))
         return {"video": video, "label": spec.label, "clip_id": spec.clip_id,
                 "view": spec.view, "bad": faults}
+
+    _views: tuple[tuple[str, int], np.ndarray, np.ndarray] | None = None
+
+    def _from_views(self, i: int, spec: SampleSpec) -> np.ndarray | None:
+        """Test mode: the frames of view ``spec.view``, cut from one decode of all the clip's
+        views (the union of their frames, kept for the next view; one clip at a time).
+
+        ``None`` (decode the view alone) for one view, for a replacement sample, and where the
+        file ends before the frames asked for: there a view decoded alone may fall back to
+        another frame than the union's (the values are otherwise the same: each frame decodes
+        and converts the same whatever else is decoded with it; tests/pipelines/test_pyav.py).
+        """
+        views = self.plan.views
+        first = i - spec.view
+        if views < 2 or spec.row != int(self.plan.rows[i // views]):
+            return None
+        key = (spec.path, first)
+        if self._views is None or self._views[0] != key:
+            siblings = [spec if k == spec.view else
+                        self.plan.spec(first + k, probe=probe_num_frames) for k in range(views)]
+            wanted = np.unique(np.concatenate([s.frame_indices for s in siblings]))
+            have, rgb = decode_found(spec.path, wanted, spec.crop)
+            if len(have) != len(wanted):  # the file ends early
+                self._views = None
+                return None
+            self._views = (key, have, rgb)
+        _, have, rgb = self._views
+        return pick(have, rgb, spec.frame_indices)
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -190,25 +190,39 @@ def _warp_cv2(frames: list[np.ndarray], matrix: tuple[float, ...],
                            borderValue=fill) for frame in frames]  # fmt: skip
 
 
+#: colour ops that map each pixel on its own (no per-frame statistic, no neighbourhood): run
+#: once on the clip's frames stacked into one tall image, the same values as frame by frame
+_POINTWISE = frozenset({"invert", "posterize", "solarize", "solarize_add", "brightness", "color"})
+
+
 def apply_numpy(frames: np.ndarray, ops: tuple[RandAugmentOp, ...],
                 policy: RandAugmentPolicy) -> np.ndarray:
     """``frames`` (T, H, W, 3) uint8 RGB → the augmented frames, same shape and dtype.
 
-    Colour ops are timm's PIL functions, frame by frame with the same arguments; geometric ops
-    one OpenCV affine warp per frame (PIL's bicubic affine was 90 % of RandAugment's time).
+    Colour ops are timm's PIL functions with the same arguments: pointwise ones in one call on
+    the whole clip (frames stacked into one ``(T·H, W)`` image), the others (autocontrast,
+    equalize, contrast, sharpness: per-frame statistics or a 3×3 filter) frame by frame;
+    geometric ops one OpenCV affine warp per frame (PIL's bicubic affine was 90 % of
+    RandAugment's time).
     """
     from PIL import Image
 
-    images = list(frames)
+    clip = np.ascontiguousarray(frames)
+    t, h, w, c = clip.shape
     for op in ops:
         if op.kind == "affine":
-            images = _warp_cv2(images, op.matrix, policy.fill)
+            clip = np.stack(_warp_cv2(list(clip), op.matrix, policy.fill))
             continue
         timm_op = policy._ops[op.name]
-        images = [np.asarray(timm_op.aug_fn(Image.fromarray(image), *op.args,
-                                            **dict(timm_op.kwargs)))
-                  for image in images]  # fmt: skip
-    return np.stack(images)
+        kwargs = dict(timm_op.kwargs)
+        if op.kind in _POINTWISE:
+            tall = Image.fromarray(clip.reshape(t * h, w, c))
+            clip = np.asarray(timm_op.aug_fn(tall, *op.args, **kwargs)).reshape(t, h, w, c)
+        else:
+            clip = np.stack([np.asarray(timm_op.aug_fn(Image.fromarray(image), *op.args,
+                                                       **kwargs))
+                             for image in clip])  # fmt: skip
+    return clip if clip.flags.writeable else clip.copy()
 
 
 # ------------------------------------------------------------------------ torch executor

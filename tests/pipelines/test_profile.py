@@ -23,6 +23,7 @@ def test_profile_data_json(h264_clips: tuple[Path, pd.DataFrame]) -> None:
     assert figures["clips_per_s"] > 0 and figures["time_to_first_batch_s"] > 0
     assert abs(figures["frames_per_s"] - 16 * figures["clips_per_s"]) < 1e-6
     assert figures["cpu_cores_used"] > 0 and figures["num_bad"] == 0
+    assert figures["clips_per_cpu_s"] > 0  # issue 14: the rate the loader benches compare
 
 
 def test_profile_data_table_and_errors(h264_clips: tuple[Path, pd.DataFrame],
@@ -33,6 +34,7 @@ def test_profile_data_table_and_errors(h264_clips: tuple[Path, pd.DataFrame],
                                 "--backend", "pyav", "--batch", "2", "--batches", "1",
                                 "--workers", "0"])
     assert table.exit_code == 0 and "clips / s" in table.stdout
+    assert "clips / CPU-second" in table.stdout
     missing = runner.invoke(app, ["profile", "data", "--data", str(tmp_path / "none.parquet")])
     assert missing.exit_code == 1 and "does not exist" in missing.output
     absent = runner.invoke(app, ["profile", "data"])

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+import torch
 
-from maedfer.pipelines import pyav
+from maedfer.pipelines import augment, pyav
 from tests.pipelines.media import marker_frames, read_markers, write_clip
 
 CODECS = [("h264", "mp4"), ("vp9", "webm"), ("mpeg4", "avi"), ("flv1", "flv")]
@@ -41,6 +43,34 @@ def test_seeking_matches_decoding_from_the_start(long_clips: dict[str, Path],
         monkeypatch.setattr(pyav, "SEEK_MIN_FRAME", 10**9)
         assert np.array_equal(pyav.decode_frames(path, indices), sought), codec
         monkeypatch.undo()
+
+
+@pytest.mark.parametrize("start", [16, 17, 31, 32, 47, 63, 64, 100])
+def test_seeking_from_any_window_start_is_bit_equal(long_clips: dict[str, Path],
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    start: int) -> None:
+    indices = np.minimum(start + 4 * np.arange(16), 140)  # past the end too
+    for codec, _ in CODECS:
+        path = str(long_clips[codec])
+        sought = pyav.decode_window(path, indices)
+        monkeypatch.setattr(pyav, "SEEK_MIN_FRAME", 10**9)
+        assert np.array_equal(pyav.decode_window(path, indices), sought), (codec, start)
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("crop", [(5, 3, 30, 27), (0, 0, 48, 48), (-4, 10, 60, 20),
+                                  (32, 0, 16, 48), (1, 1, 46, 46), (47, 46, 1, 2)])
+def test_crop_before_conversion_equals_converting_then_cropping(
+        long_clips: dict[str, Path], crop: tuple[int, int, int, int]) -> None:
+    box = augment.Box(*crop)
+    indices = np.array([0, 3, 3, 17, 70, 129])
+    y0, x0 = max(0, box.y), max(0, box.x)
+    for codec, _ in CODECS:
+        path = str(long_clips[codec])
+        whole = pyav.decode_window(path, indices)
+        expected = whole[y0 : box.y + box.h, x0 : box.x + box.w]
+        got = pyav.decode_window(path, indices, box)
+        assert got.shape == expected.shape and np.array_equal(got, expected), (codec, crop)
 
 
 def test_colour_conversion_is_close_to_the_source(long_clips: dict[str, Path]) -> None:
@@ -80,3 +110,60 @@ def test_bad_files_raise(tmp_path: Path) -> None:
         assert info.value.path == str(path)
         with pytest.raises(pyav.BadClipError):
             pyav.probe_num_frames(str(path))
+
+
+@pytest.mark.parametrize("clips", ["h264_clips", "vp9_clips"])
+def test_test_views_from_one_decode_equal_each_view_decoded_alone(
+        clips: str, request: pytest.FixtureRequest) -> None:
+    # test mode decodes a clip once for all its views; each view must be bit-equal to the
+    # view decoded on its own (the loader's output before that change)
+    from maedfer.pipelines import build_loader
+    from maedfer.pipelines.plan import EpochPlan
+
+    folder, rows = request.getfixturevalue(clips)
+    rows = rows.assign(crop=[[2, 4, 40, 36]] * len(rows))
+    loader = build_loader(rows, mode="test", batch_size=3, size=32, backend="pyav", workers=0,
+                          root=folder)
+    plan = EpochPlan(loader.table, loader.config, epoch=0)
+    dataset = pyav.ClipDataset(plan)
+    shared = 0
+    for i in range(len(plan)):
+        spec = plan.spec(i)
+        alone = pyav.load_sample(spec, loader.config)
+        from_views = dataset[i]["video"]
+        shared += dataset._views is not None
+        assert torch.equal(from_views, alone), i
+    assert shared == len(plan)  # every view came from the shared decode
+
+
+def _rgb_as_written_first(frames: list) -> np.ndarray:
+    """frames_to_rgb as first written (one temporary per product): the values it must keep."""
+    count, first = len(frames), frames[0]
+    full = first.format.name == "yuvj420p" or int(first.color_range or 0) == 2
+    kr, kb = pyav._MATRICES.get(int(first.colorspace or 2), pyav._BT601)
+    y = np.stack([pyav._plane(f, 0) for f in frames], axis=-1).astype(np.float32)
+    chroma = np.stack([pyav._plane(f, i) for i in (1, 2) for f in frames], axis=-1)
+    chroma = pyav.resize_hw(chroma.astype(np.float32), *y.shape[:2])
+    cb, cr = chroma[:, :, :count], chroma[:, :, count:]
+    cb -= 128
+    cr -= 128
+    if not full:
+        y -= 16
+        y *= 255 / 219
+        cb *= 255 / 224
+        cr *= 255 / 224
+    kg = 1 - kr - kb
+    rgb = np.empty((*y.shape[:2], 3, count), dtype=np.float32)
+    np.add(y, 2 * (1 - kr) * cr, out=rgb[:, :, 0])
+    np.subtract(y, (2 * kb * (1 - kb) / kg) * cb + (2 * kr * (1 - kr) / kg) * cr,
+                out=rgb[:, :, 1])
+    np.add(y, 2 * (1 - kb) * cb, out=rgb[:, :, 2])
+    return np.clip(np.rint(rgb, out=rgb), 0, 255, out=rgb)
+
+
+@pytest.mark.parametrize("codec", ["h264", "vp9"])
+def test_colour_conversion_values_unchanged(long_clips: dict[str, Path], codec: str) -> None:
+    with av.open(str(long_clips[codec])) as container:
+        frames = list(itertools.islice(container.decode(video=0), 20))
+    assert frames[0].format.name in ("yuv420p", "yuvj420p")
+    assert np.array_equal(pyav.frames_to_rgb(frames), _rgb_as_written_first(frames))

@@ -35,6 +35,22 @@ def test_torch_executor_matches_numpy_op_by_op() -> None:
     assert len(kinds) == 11  # every kind of the inc1 policy was met
 
 
+def test_numpy_executor_on_the_clip_equals_frame_by_frame() -> None:
+    # pointwise colour ops run once on the stacked clip: the same values as on each frame alone
+    policy = rand_augment.RandAugmentPolicy(size=48)
+    kinds: set[str] = set()
+    for frames in images().values():
+        for seed in range(60):
+            ops = policy.draw(seed)
+            kinds.update(op.kind for op in ops)
+            alone = np.concatenate([policy.apply_numpy(frames[k : k + 1], ops)
+                                    for k in range(len(frames))])
+            clip = policy.apply_numpy(frames, ops)
+            assert clip.dtype == np.uint8 and clip.flags.writeable
+            assert np.array_equal(clip, alone), ops
+    assert kinds >= rand_augment._POINTWISE
+
+
 def test_draws_are_timm_s_and_leave_the_global_generators_alone() -> None:
     import random
 
