@@ -29,12 +29,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from maedfer.errors import MaedferError
-from maedfer.model import create_model, load_official
-from maedfer.model.official import official_classifier_config
 from maedfer.train import checkpoint as ckpt_io
 from maedfer.train.coverage import describe_missing
 from maedfer.train.distributed import resolve_device
@@ -132,33 +129,12 @@ def _check_head(num_classes: int, path: Path, classes: list[str]) -> None:
 def _official_model(
     obj: Any, path: Path, classes: list[str], overrides: dict[str, Any]
 ) -> tuple[nn.Module, dict]:
-    """Build the classifier an official fine-tuned checkpoint fits and load it."""
-    state, args = obj, {}
-    if isinstance(obj, Mapping):
-        for key in ("model", "module", "state_dict"):
-            if isinstance(obj.get(key), Mapping):
-                state = obj[key]
-                break
-        raw_args = obj.get("args")
-        args = vars(raw_args) if hasattr(raw_args, "__dict__") else dict(raw_args or {})
-    if not isinstance(state, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in state.values()
-    ):
-        raise MaedferError(f"{path} holds no state dict (expected {{'model': state_dict, ...}})")
-    try:
-        name, config = official_classifier_config(state, args=args, overrides=overrides)
-    except MaedferError as exc:
-        raise MaedferError(f"{path}: {exc}") from None
-    _check_head(int(config["num_classes"]), path, classes)
-    config.setdefault("skip_unused_tail", config.get("pooling", "region") == "region")
-    try:
-        model = create_model(name, **config)
-    except (ValueError, TypeError) as exc:
-        raise MaedferError(f"{path}: model {name} with {config}: {exc}") from None
-    try:
-        load_official(model, state)
-    except MaedferError as exc:
-        raise MaedferError(f"{path}: {exc}") from None
+    """Build the classifier an official fine-tuned checkpoint fits and load it (the one
+    builder inference uses too), then check its head against the manifest's classes."""
+    from maedfer.inference.loading import build_official_classifier
+
+    model, args = build_official_classifier(obj, path, overrides)
+    _check_head(int(model.config["num_classes"]), path, classes)
     settings = {
         "stride": int(args.get("sampling_rate") or DEFAULT_STRIDE),
         "test_views": int(args.get("test_num_segment") or DEFAULT_VIEWS),
