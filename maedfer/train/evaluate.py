@@ -9,7 +9,7 @@ the run folder. Several runs (the folds of one dataset): the same per fold, then
 aggregations, each labelled as what it is:
 
 - *mean over folds (as MAE-DFER reports)*: the arithmetic mean of the per-fold UAR and WAR, the
-  figure the MAE-DFER README tables publish (DATASETS.md §1.2);
+  figure the MAE-DFER README tables publish (docs/reference.md, "Scores across folds");
 - *pooled over N clips*: UAR and WAR of all predictions together.
 
 A run whose ``report.json`` says test clips were not scored (files missing or undecodable) is

@@ -10,7 +10,7 @@ by the row sum unguarded, so on a test set missing a class it would give NaN; ev
 holds every class, where both definitions agree.
 
 Across the folds of one dataset MAE-DFER publishes the arithmetic mean of the per-fold UAR and WAR,
-not the figures of all predictions pooled (DATASETS.md §1.2, checked against its README tables):
+not the figures of all predictions pooled (docs/reference.md, "Scores across folds"):
 :func:`cross_fold_summary` gives both, each labelled as what it is.
 
 Result files: ``predictions.parquet`` (one row per clip after merging the test views:
