@@ -112,10 +112,7 @@ class FinetuneRecipe:
         self._env, self._precision = loop.init_run(cfg.run)
         # 2. which rows train and test; 3. the checkpoint to resume
         self._selection = self._select_rows()
-        self._decision = loop.decide_run(cfg, self.out, final_outputs=("report.json",))
-        self._state = self._decision.state
-        if self._decision.action == "finished" and not self.dry_run:
-            self.finished = self._decision
+        if loop.open_run(self, final_outputs=("report.json",)):
             return
         # 4. model (init or resumed, DDP-wrapped); 5. data; 6. optimiser, schedule, scaler
         self._raw, self._model = loop.place_model(self._setup_model(), self._env, self._state,
@@ -255,11 +252,7 @@ class FinetuneRecipe:
                 "test_views": self.cfg.eval.test_views, "dataset": self.dataset,
                 "fold": self.cfg.data.fold, "classes": self.classes,
             },
-            "optimizer": loop.describe_optimizer(self._optimizer),
-            "schedule": loop.describe_schedule(self._scheduler, self._lr,
-                                               self._steps_per_epoch, self.cfg.schedule),
-            "precision": self._precision, "world_size": self._env.world_size,
-            "total_batch": self.total_batch,
+            **loop.describe_training(self),
         }  # fmt: skip
 
     # ------------------------------------------------------------------ training

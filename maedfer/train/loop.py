@@ -110,6 +110,29 @@ def decide_run(cfg: Any, out: Path, *, final_outputs: tuple[str, ...] = ()) -> R
                          overwrite=cfg.run.overwrite, final_outputs=final_outputs)
 
 
+def open_run(recipe: Any, *, final_outputs: tuple[str, ...] = ()) -> bool:
+    """Decide the run (:func:`decide_run`) for ``recipe``; True when ``--out`` holds a finished
+    run and nothing is to be built (a dry run builds it all the same)."""
+    recipe._decision = decide_run(recipe.cfg, recipe.out, final_outputs=final_outputs)
+    recipe._state = recipe._decision.state
+    if recipe._decision.action == "finished" and not recipe.dry_run:
+        recipe.finished = recipe._decision
+        return True
+    return False
+
+
+def describe_training(recipe: Any) -> dict[str, Any]:
+    """The part of ``describe()`` both recipes share: optimiser groups, schedule, precision,
+    world size and total batch."""
+    return {
+        "optimizer": describe_optimizer(recipe._optimizer),
+        "schedule": describe_schedule(recipe._scheduler, recipe._lr, recipe._steps_per_epoch,
+                                      recipe.cfg.schedule),
+        "precision": recipe._precision, "world_size": recipe._env.world_size,
+        "total_batch": recipe.total_batch,
+    }  # fmt: skip
+
+
 def start_records(lp: TrainLoop, decision: ResumeDecision, resolved: dict[str, Any],
                   recipe: str) -> None:
     """Write the run's records at its start: the one place for it (rank 0 writes).

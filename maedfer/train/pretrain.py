@@ -73,10 +73,7 @@ class PretrainRecipe:
         cfg = self.cfg
         # 1. process group, device, precision, seeds; 2. the checkpoint to resume
         self._env, self._precision = loop.init_run(cfg.run)
-        self._decision = loop.decide_run(cfg, self.out, final_outputs=())
-        self._state = self._decision.state
-        if self._decision.action == "finished" and not self.dry_run:
-            self.finished = self._decision
+        if loop.open_run(self, final_outputs=()):
             return
         # 3. model (DDP-wrapped when distributed); 4. data; 5. optimiser; 6. schedule; 7. scaler
         self._raw, self._model = loop.place_model(self._setup_model(), self._env, self._state,
@@ -145,11 +142,7 @@ class PretrainRecipe:
                 "augment": _augment(loader), "train_clips": loader.dataset_size,
                 "test_clips": None,
             },
-            "optimizer": loop.describe_optimizer(self._optimizer),
-            "schedule": loop.describe_schedule(self._scheduler, self._lr,
-                                               self._steps_per_epoch, self.cfg.schedule),
-            "precision": self._precision, "world_size": self._env.world_size,
-            "total_batch": self.total_batch,
+            **loop.describe_training(self),
         }  # fmt: skip
 
     # ------------------------------------------------------------------ training
