@@ -19,7 +19,7 @@ import contextlib
 import ctypes
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from typing import Any
 
@@ -50,9 +50,16 @@ log = logging.getLogger(__name__)
 SEEK_MIN_FRAME = 16
 
 
-def _frame_index(frame: av.VideoFrame, start_pts: int, time_base: Fraction,
-                 rate: Fraction) -> int:
-    return int(round((frame.pts - start_pts) * time_base * rate))
+def _pts_indexer(stream: Any) -> Callable[[int], int] | None:
+    """Timestamp → frame index at the stream's constant rate, in integers (``None`` without a
+    rate or time base)."""
+    rate, time_base = stream.average_rate, stream.time_base
+    if not rate or not time_base:
+        return None
+    start = stream.start_time or 0
+    num = 2 * time_base.numerator * rate.numerator
+    den = time_base.denominator * rate.denominator
+    return lambda pts: ((pts - start) * num + den) // (2 * den)  # round half up
 
 
 def decode_frames(path: str, indices: np.ndarray) -> np.ndarray:
@@ -100,7 +107,7 @@ def decode_found(path: str, wanted: np.ndarray,
         try:
             found = _decode_file(path, wanted, seek=int(wanted[0]) >= SEEK_MIN_FRAME)
         except _SeekMissError:
-            found = _decode_file(path, wanted, seek=False)
+            found = _decode_file(path, wanted, seek=False, skip=False)
         if not found:
             raise BadClipError(path, "no frame decodes")
         have = np.array(sorted(found))
@@ -110,37 +117,47 @@ def decode_found(path: str, wanted: np.ndarray,
 
 
 class _SeekMissError(Exception):
-    """Seeking did not give usable timestamps: decode from the start instead."""
+    """Seeking or skipping did not give usable timestamps: decode every frame from the start,
+    counting them, instead."""
 
 
-def _decode_file(path: str, wanted: np.ndarray, *, seek: bool) -> dict[int, av.VideoFrame]:
+def _decode_file(path: str, wanted: np.ndarray, *, seek: bool,
+                 skip: bool = True) -> dict[int, av.VideoFrame]:
     with av.open(path) as container:
         stream = container.streams.video[0]
         # one decoding thread: loader workers are the parallelism, and a thread pool per
-        # opened file costs more than it saves on small clips
+        # opened file costs more than it saves on small clips (and frame threads would decode
+        # ahead of the per-packet skipping below)
         stream.thread_count = 1
-        return _decode_wanted(container, stream, wanted, seek=seek)
+        return _decode_wanted(container, stream, wanted, seek=seek, skip=skip)
 
 
 def _decode_wanted(container: Any, stream: Any, wanted: np.ndarray,
-                   *, seek: bool) -> dict[int, av.VideoFrame]:
+                   *, seek: bool, skip: bool) -> dict[int, av.VideoFrame]:
+    """The wanted frames that decode, by index. With ``skip``, a packet of a frame no other
+    frame references (the codec's ``NONREF``: B-frames of prepared clips, the non-reference
+    B-frames of most H.264) and no index wants is not decoded at all; the frames decoded are
+    bit-identical either way, since no decoded frame reads a skipped one."""
     first, last = int(wanted[0]), int(wanted[-1])
-    rate, time_base = stream.average_rate, stream.time_base
-    start_pts = stream.start_time or 0
-    seek = bool(seek and rate and time_base)
+    index_of = _pts_indexer(stream)
+    seek, skip = bool(seek and index_of), bool(skip and index_of)
     if seek:
-        target = start_pts + int(Fraction(first) / Fraction(rate) / Fraction(time_base))
+        rate, time_base = stream.average_rate, stream.time_base
+        target = (stream.start_time or 0) + int(Fraction(first) / Fraction(rate)
+                                                / Fraction(time_base))
         container.seek(target, stream=stream, backward=True, any_frame=False)
     found: dict[int, av.VideoFrame] = {}  # decoded frames hold their own buffers
     wanted_set = {int(k) for k in wanted}
     previous: tuple[int, av.VideoFrame] | None = None
-    for count, frame in enumerate(container.decode(stream)):
-        if seek:
+    for count, frame in enumerate(_frames(container, stream, wanted_set, index_of, skip)):
+        if seek or skip:
             if frame.pts is None:
                 raise _SeekMissError
-            index = _frame_index(frame, start_pts, Fraction(time_base), Fraction(rate))
-            if count == 0 and index > first:  # landed after the window: no keyframe before
-                raise _SeekMissError
+            index = index_of(frame.pts)
+            if count == 0 and index > (first if seek else 0):
+                raise _SeekMissError  # landed after the window: no keyframe before
+            if previous is not None and index <= previous[0]:
+                raise _SeekMissError  # timestamps out of order: count frames instead
         else:
             index = count
         if index in wanted_set:
@@ -149,8 +166,26 @@ def _decode_wanted(container: Any, stream: Any, wanted: np.ndarray,
         if index >= last:
             break
     if not found and previous is not None:  # the window lies past the end: the last frame
+        if skip:
+            raise _SeekMissError  # the last frame may have been skipped: decode them all
         found[previous[0]] = previous[1]
     return found
+
+
+def _frames(container: Any, stream: Any, wanted: set[int],
+            index_of: Callable[[int], int] | None, skip: bool) -> Iterator[av.VideoFrame]:
+    """The stream's decoded frames in presentation order; with ``skip``, not those of packets
+    that are unwanted and that no other frame references."""
+    if not skip:
+        yield from container.decode(stream)
+        return
+    codec = stream.codec_context
+    for packet in container.demux(stream):  # ends with the flushing empty packet
+        if packet.pts is None and packet.size:
+            raise _SeekMissError  # no timestamps to tell the frames apart by
+        keep = packet.pts is None or index_of(packet.pts) in wanted
+        codec.skip_frame = "DEFAULT" if keep else "NONREF"
+        yield from codec.decode(packet)
 
 
 # Kr, Kb of the YCbCr matrices: BT.709 where the stream says so, else BT.601 (SD and untagged)

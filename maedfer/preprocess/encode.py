@@ -28,16 +28,22 @@ PARTIAL_MARK = ".partial-"  # temporary files: "<name>.partial-<pid>"
 # codec -> (encoder, container format, file suffix, encoder options). Quality: CRF 18 for x264
 # (visually lossless at this size; the clips are small anyway), CRF 30 for VP9 (its scale
 # differs). One encoder thread, because the driver parallelises over clips and a 160x160 frame
-# is too small to split. No B-frames and no macroblock tree in x264: with both, x264 reads
-# memory it never wrote, and the same frames encoded twice in one process gave 12 different
-# files in 25 tries (bench/RESULTS.md, "Byte-identical clips"); with either off, one. Without
-# B-frames a window also decodes no frame out of order.
+# is too small to split.
+# x264's frame structure is fixed for random access: I B B B P B B B P ..., a reference frame
+# every 4th frame and non-reference B-frames between (b-pyramid none, b-adapt 0, no scene
+# cuts, closed GOPs), B-frames at the P-frames' quality (pbratio 1). A loader skips the
+# B-frames a window does not use: the official stride-4 test frames are the P-frames, and a
+# 16-frame training window decodes about 33 frames instead of about 64 (bench/RESULTS.md,
+# "CPU loaders vs the reference"). No macroblock tree: with it and B-frames, x264 reads memory
+# it never wrote, and the same frames encoded twice in one process gave 12 different files in
+# 25 tries; without it, one (bench/RESULTS.md, "Byte-identical clips").
+_X264_GOP = "b-pyramid=none:b-adapt=0:scenecut=0:pbratio=1:mbtree=0"
 CODECS: dict[str, tuple[str, str, str, dict[str, str]]] = {
     "h264": (
         "libx264",
         "mp4",
         ".mp4",
-        {"crf": "18", "preset": "fast", "threads": "1", "bf": "0", "x264-params": "mbtree=0"},
+        {"crf": "18", "preset": "fast", "threads": "1", "bf": "3", "x264-params": _X264_GOP},
     ),
     "vp9": (
         "libvpx-vp9",

@@ -41,12 +41,13 @@ def read_markers(frames: np.ndarray) -> np.ndarray:
 
 
 def write_clip(path: Path, frames: np.ndarray, *, codec: str = "h264", fps: int = 25,
-               gop: int = 16) -> Path:
+               gop: int = 16, bframes: int = 2) -> Path:
     """Encode RGB frames, constant frame rate: ``codec`` ``h264`` (for .mp4), ``vp9`` (.webm),
-    ``mpeg4`` (.avi) or ``flv1`` (.flv, the CREMA-D codec)."""
+    ``mpeg4`` (.avi) or ``flv1`` (.flv, the CREMA-D codec); ``bframes`` for H.264."""
     path.parent.mkdir(parents=True, exist_ok=True)
     name, options = {
-        "h264": ("libx264", {"crf": "8", "preset": "ultrafast", "g": str(gop), "bf": "2"}),
+        "h264": ("libx264", {"crf": "8", "preset": "ultrafast", "g": str(gop),
+                             "bf": str(bframes)}),
         "vp9": ("libvpx-vp9", {"crf": "8", "b": "0", "g": str(gop), "deadline": "realtime",
                                "cpu-used": "8"}),
         "mpeg4": ("mpeg4", {"g": str(gop)}),

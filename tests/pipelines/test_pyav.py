@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from maedfer.pipelines import augment, pyav
+from maedfer.pipelines import augment, pyav, sampling
+from maedfer.preprocess import encode
 from tests.pipelines.media import marker_frames, read_markers, write_clip
 
 CODECS = [("h264", "mp4"), ("vp9", "webm"), ("mpeg4", "avi"), ("flv1", "flv")]
@@ -56,6 +57,67 @@ def test_seeking_from_any_window_start_is_bit_equal(long_clips: dict[str, Path],
         monkeypatch.setattr(pyav, "SEEK_MIN_FRAME", 10**9)
         assert np.array_equal(pyav.decode_window(path, indices), sought), (codec, start)
         monkeypatch.undo()
+
+
+def _decode_every_frame(path: str, indices: np.ndarray) -> np.ndarray:
+    """The plain decode: every packet from the start, frames counted in order."""
+    wanted = np.unique(indices)
+    found = pyav._decode_file(path, wanted, seek=False, skip=False)
+    have = np.array(sorted(found))
+    return pyav.pick(have, pyav.frames_to_rgb([found[int(k)] for k in have]), indices)
+
+
+def _counting_decoded(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    decoded = [0]
+    frames = pyav._frames
+
+    def counted(*args, **kwargs):
+        for frame in frames(*args, **kwargs):
+            decoded[0] += 1
+            yield frame
+
+    monkeypatch.setattr(pyav, "_frames", counted)
+    return decoded
+
+
+def _windows(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    train = [sampling.reference_train_window(n, generator=rng) for _ in range(6)]
+    stride = [sampling.stride_window(n, generator=rng) for _ in range(4)]
+    return train + stride + [np.arange(0, n, 4), np.array([n - 3, n + 5]), np.array([0])]
+
+
+@pytest.mark.parametrize("kind", ["prepared", "x264 defaults", "vp9", "mpeg4"])
+def test_skipping_unused_frames_gives_the_same_frames(kind: str, tmp_path: Path,
+                                                      long_clips: dict[str, Path]) -> None:
+    """Frames no other frame references and no index wants are not decoded; every window gets
+    the values of decoding every frame (B-pyramids, VP9's hidden frames, MPEG-4 B-frames)."""
+    if kind == "prepared":
+        path = tmp_path / "p.mp4"
+        encode.write_clip(marker_frames(130, 48), path, fps=25)
+    elif kind == "x264 defaults":  # as VoxCeleb2 is downloaded: B-pyramid, one keyframe
+        path = write_clip(tmp_path / "x.mp4", marker_frames(130, 48), gop=250, bframes=3)
+    else:
+        path = long_clips[kind]
+    for indices in _windows(130):
+        assert np.array_equal(pyav.decode_window(str(path), indices),
+                              _decode_every_frame(str(path), indices)), (kind, indices)
+
+
+def test_prepared_clips_decode_a_third_of_the_frames_for_a_window(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = str(tmp_path / "p.mp4")
+    encode.write_clip(marker_frames(100, 48), path, fps=25)
+    decoded = _counting_decoded(monkeypatch)
+    pyav.decode_window(path, np.arange(0, 100, 4))  # test mode: the reference frames only
+    assert decoded[0] == 25 + 100 // 16
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # a reference training window spans 64 frames
+        decoded[0] = 0
+        indices = sampling.reference_train_window(100, generator=rng)
+        got = read_markers(pyav.decode_frames(path, indices))
+        assert got.tolist() == indices.tolist()
+        assert decoded[0] <= 40, indices
 
 
 @pytest.mark.parametrize("crop", [(5, 3, 30, 27), (0, 0, 48, 48), (-4, 10, 60, 20),

@@ -57,6 +57,26 @@ def test_encode_roundtrip_constant_rate_and_keyframes(codec: str, tmp_path: Path
     assert (info.num_frames, info.width, info.height) == (40, 64, 64)
 
 
+def test_h264_clips_reference_every_fourth_frame_only(tmp_path: Path) -> None:
+    """The B-frames between the reference frames are referenced by nothing: a decoder told to
+    skip non-reference frames still decodes frames 0, 4, 8, … (the official test frames) and
+    the frame closing each 16-frame group, and nothing else."""
+    path = tmp_path / "clip.mp4"
+    n = 40
+    write_clip(_frames(n), path, fps=25)
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        everything = [f.to_ndarray() for f in c.decode(stream)]
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        stream.codec_context.skip_frame = "NONREF"
+        refs = {int(round(f.pts * f.time_base * 25)): f.to_ndarray() for f in c.decode(stream)}
+    closing = {k for k in range(KEYFRAME_INTERVAL - 1, n, KEYFRAME_INTERVAL)} | {n - 1}
+    assert set(refs) == set(range(0, n, 4)) | closing
+    for k, frame in refs.items():  # the same pixels as decoding every frame
+        assert np.array_equal(frame, everything[k])
+
+
 @pytest.mark.parametrize("codec", ["h264", "vp9"])
 def test_encoding_is_deterministic(codec: str, tmp_path: Path) -> None:
     """The same frames give the same bytes, whatever FFmpeg did before in this process.
