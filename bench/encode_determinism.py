@@ -31,7 +31,9 @@ SETTINGS = {
     "scenecut=0": {"x264-params": "scenecut=0"},
     "no B-frames": {"bf": "0"},
     "no mb-tree": {"x264-params": "mbtree=0"},
-    "maedfer (no B-frames, no mb-tree)": CODECS["h264"][3],
+    "layered B-frames, no mb-tree": {
+        "bf": "3", "x264-params": "b-pyramid=none:b-adapt=0:scenecut=0:mbtree=0"},
+    "maedfer (CODECS)": CODECS["h264"][3],
 }
 
 

@@ -4,8 +4,11 @@ The reference side is written here after MODEL.md §4 (the official pipelines as
 their code): fine-tuning reads folders of JPEG frames with PIL (``VideoClsDatasetFrame``),
 pre-training reads the mp4 with decord (``VideoMAE``; PyAV stands in if decord is not
 installed, and the report says so). maedfer reads what ``prepare`` would give it: 160×160
-H.264 clips (CRF 18, keyframe every 16 frames, no B-frames) for fine-tuning, and the 224×224
-mp4 in place with a manifest crop for pre-training.
+H.264 clips (``maedfer.preprocess.encode``: CRF 18, keyframe every 16 frames, a reference
+frame every 4th) for fine-tuning; for pre-training the 224×224 mp4 in place with a manifest
+crop (encoded with x264's defaults, as VoxCeleb2 is downloaded: one keyframe per 250 frames,
+B-pyramid) and, in mode ``pretrain-reencoded``, its crops as ``prepare voxceleb2 --reencode``
+writes them (the reference still reads the mp4 in place).
 
 Reference transforms, in their order:
 
@@ -83,37 +86,62 @@ except ImportError:  # the bench extra is not installed: PyAV stands in for deco
 # no fold or split given to build_loader: every clip in every mode
 
 
+#: bump when the content or maedfer's clip encoding changes: the cache is kept per version
+CONTENT_VERSION = "2-bframes"
+
+
+def write_like_voxceleb2(frames: np.ndarray, path: Path) -> None:
+    """x264's defaults, as the VoxCeleb2 mp4s are downloaded: preset medium, CRF 23, one
+    keyframe per 250 frames, adaptive B-frames in a pyramid (half of them referenced)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_context.gop_size = 250
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+
+
 def make_content(folder: Path, clips: int) -> dict:
     """40 clips of 60–120 frames from the portraits: JPEG folders (224², DFEW-style), 224² mp4
-    (VoxCeleb2-style, read in place), and 160² H.264 clips as ``prepare`` writes them."""
+    (VoxCeleb2-style, read in place), 160² H.264 clips as ``prepare`` writes them, and the
+    VoxCeleb2 crops as ``prepare voxceleb2 --reencode`` writes them."""
     images = sorted(p for p in PORTRAITS.iterdir() if p.suffix in (".png", ".jpg"))
-    rows, folder = [], folder.resolve()
+    rows, folder = [], (folder / CONTENT_VERSION).resolve()
     for i in range(clips):
         n = 60 + (i * 37) % 61
-        jpg, raw, prep = folder / f"jpg/c{i:03d}", folder / f"raw/c{i:03d}.mp4", \
-            folder / f"prep/c{i:03d}.mp4"
-        if not prep.exists():
+        jpg, raw, prep, crop = (folder / f"jpg/c{i:03d}", folder / f"raw/c{i:03d}.mp4",
+                                folder / f"prep/c{i:03d}.mp4", folder / f"crop/c{i:03d}.mp4")
+        if not crop.exists():
             frames = portrait_frames(images[i % len(images)], n, size=RAW)
             jpg.mkdir(parents=True, exist_ok=True)
             for k, frame in enumerate(frames):
                 Image.fromarray(frame).save(jpg / f"{k + 1:05d}.jpg", quality=95)
-            write_clip(frames, raw, fps=25, codec="h264")
+            raw.parent.mkdir(parents=True, exist_ok=True)
+            write_like_voxceleb2(frames, raw)
             small = np.stack([np.asarray(Image.fromarray(f).resize((SIZE, SIZE),
                                                                   Image.BILINEAR))
                               for f in frames])
             write_clip(small, prep, fps=25, codec="h264")
+            c = VOX_CROP
+            in_place = decode_frames(str(raw), np.arange(n))
+            write_clip(in_place[:, c.y : c.y + c.h, c.x : c.x + c.w], crop, fps=25)
         rows.append({"clip_id": f"c{i}", "n": n, "jpg": str(jpg), "raw": str(raw),
-                     "prep": str(prep)})
+                     "prep": str(prep), "crop": str(crop)})
     table = pd.DataFrame(rows)
     ft = pd.DataFrame({"clip_id": table.clip_id, "path": table.prep, "label": np.arange(clips) % 7,
                        "num_frames": table.n, "fold": 1})
     pt = pd.DataFrame({"clip_id": table.clip_id, "path": table.raw, "label": -1,
                        "num_frames": table.n, "fold": 1,
                        "crop": [list(VOX_CROP)] * clips})
+    reencoded = pt.drop(columns="crop").assign(path=table.crop)
     ft.to_parquet(folder / "finetune.parquet")
     pt.to_parquet(folder / "pretrain.parquet")
+    reencoded.to_parquet(folder / "reencoded.parquet")
     return {"table": table, "finetune": folder / "finetune.parquet",
-            "pretrain": folder / "pretrain.parquet"}
+            "pretrain": folder / "pretrain.parquet", "reencoded": folder / "reencoded.parquet"}
 
 
 # ------------------------------------------------------------------------- reference side
@@ -249,7 +277,7 @@ def run_reference(ref: Reference, table: pd.DataFrame, mode: str) -> int:
             for view in (0, 1):
                 ref.test_view(row, view)
                 count += 1
-        else:
+        else:  # both pre-training modes: the reference reads the downloaded mp4 in place
             ref.pretrain(row)
             count += 1
     return count
@@ -271,7 +299,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--modes", default="train,test,pretrain")
+    parser.add_argument("--modes", default="train,test,pretrain,pretrain-reencoded")
     parser.add_argument("--cache", type=Path, default=REPO / "bench" / "out" / "ref-clips")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -290,6 +318,8 @@ def main() -> None:
                              backend="pyav", workers=0),
         "pretrain": build_loader(content["pretrain"], mode="pretrain", batch_size=8,
                                  backend="pyav", workers=0),
+        "pretrain-reencoded": build_loader(content["reencoded"], mode="pretrain",
+                                           batch_size=8, backend="pyav", workers=0),
     }
     ref = Reference()
     table = content["table"]
@@ -315,7 +345,8 @@ def main() -> None:
             f"{m} {per[m]['ratio'][-1]:.2f}x" for m in modes), file=sys.stderr)
     results = {"system": system(loads), "clips": args.clips, "rounds": args.rounds,
                "same_frames": same, "modes": {}}
-    unit = {"train": "clips", "test": "views", "pretrain": "clips"}
+    unit = {"train": "clips", "test": "views", "pretrain": "clips",
+            "pretrain-reencoded": "clips"}
     print("| mode | maedfer per CPU-s | reference per CPU-s | ratio (median [min, max]) |")
     print("|---|---|---|---|")
     for mode in modes:
