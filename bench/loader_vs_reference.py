@@ -87,7 +87,7 @@ except ImportError:  # the bench extra is not installed: PyAV stands in for deco
 
 
 #: bump when the content or maedfer's clip encoding changes: the cache is kept per version
-CONTENT_VERSION = "2-bframes"
+CONTENT_VERSION = "3-cavlc"
 
 
 def write_like_voxceleb2(frames: np.ndarray, path: Path) -> None:

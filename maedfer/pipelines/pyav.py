@@ -95,8 +95,8 @@ def pick(have: np.ndarray, rgb: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """Frames ``indices`` out of ``rgb`` (frames ``have``, sorted, on the last axis): an index
     the file does not reach (the clip ended early) takes the nearest earlier frame."""
     nearest = np.maximum(np.searchsorted(have, indices, side="right") - 1, 0)
-    if len(nearest) == len(have) and (nearest == np.arange(len(have))).all():
-        return rgb  # every frame once, in order: no copy
+    if (np.diff(nearest) == 1).all():  # consecutive frames (a test view): a view, no copy
+        return rgb[..., nearest[0] : nearest[-1] + 1]
     return rgb[..., nearest]
 
 
@@ -307,9 +307,7 @@ def load_sample(spec: SampleSpec, config: SampleConfig,
         box = spec.box
         video = resize_hw(video[box.y : box.y + box.h, box.x : box.x + box.w], config.size,
                           config.size)
-    clip = torch.from_numpy(video).permute(2, 3, 0, 1)  # (3, T, H, W)
-    clip = clip.flip(-1) if spec.flip else clip.contiguous()  # either way one copy
-    clip = augment.normalise(clip, channel_dim=-4, inplace=True)
+    clip = augment.normalised_clip(video, flip=spec.flip)  # (3, T, H, W)
     return augment.finish_clip(clip, subtract_mean=config.subtract_mean, erase=spec.erase,
                                erase_seed=spec.erase_seed, negate=spec.negate)
 

@@ -133,3 +133,14 @@ def test_geometric_ops_match_pil(name: str) -> None:
     got = rand_augment._warp_cv2([image], recorder.matrix, ra.policy.fill)[0].astype(int)
     assert recorder.matrix is not None and not np.array_equal(expected, image)
     assert np.abs(got - expected).mean() < 1.0  # measured 0.5 at 160 px; a wrong map: >> 1
+
+
+@pytest.mark.parametrize("shape", [(160, 160, 3, 16), (45, 37, 3, 5), (1, 2, 3, 1)])
+@pytest.mark.parametrize("flip", [False, True])
+def test_normalised_clip_equals_normalising_the_permuted_clip(shape: tuple, flip: bool) -> None:
+    video = np.random.default_rng(0).integers(0, 256, shape).astype(np.float32)
+    clip = torch.from_numpy(video).permute(2, 3, 0, 1)
+    clip = clip.flip(-1) if flip else clip
+    want = augment.normalise(clip.contiguous(), channel_dim=-4)
+    got = augment.normalised_clip(video, flip=flip)
+    assert got.is_contiguous() and torch.equal(got, want)
