@@ -227,6 +227,19 @@ def _clipped(crop: augment.Box, h: int, w: int) -> tuple[int, int, int, int]:
     return max(0, crop.y), min(h, crop.y + crop.h), max(0, crop.x), min(w, crop.x + crop.w)
 
 
+# uint8 → float32 tables: studio-range luma ``(Y - 16) · 255/219`` (the float32 operations of
+# scaling the frame) and full-range luma; chroma centred on 0
+_LUMA = {False: (np.arange(256, dtype=np.float32) - 16) * np.float32(255 / 219),
+         True: np.arange(256, dtype=np.float32)}
+_CENTRED = np.arange(256, dtype=np.float32) - 128
+
+
+def _lookup(planes: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``table[planes]`` for uint8 ``planes`` of any shape, in one OpenCV pass."""
+    flat = planes.reshape(planes.shape[0], -1)
+    return cv2.LUT(flat, table).reshape(planes.shape)
+
+
 def frames_to_rgb(frames: list[av.VideoFrame], crop: augment.Box | None = None) -> np.ndarray:
     """Decoded frames as float32 ``(H, W, 3, T)`` RGB, rounded to whole numbers in 0..255.
 
@@ -252,20 +265,32 @@ def frames_to_rgb(frames: list[av.VideoFrame], crop: augment.Box | None = None) 
     # edges repeated at the frame's border as for the whole frame)
     cy0, cy1 = max(0, y0 // 2 - 1), min(h // 2, (y1 + 1) // 2 + 1)
     cx0, cx1 = max(0, x0 // 2 - 1), min(w // 2, (x1 + 1) // 2 + 1)
-    y = np.stack([_plane(f, 0)[y0:y1, x0:x1] for f in frames], axis=-1).astype(np.float32)
+    y = _lookup(np.stack([_plane(f, 0)[y0:y1, x0:x1] for f in frames], axis=-1),
+                _LUMA[full])
     chroma = np.stack([_plane(f, i)[cy0:cy1, cx0:cx1] for i in (1, 2) for f in frames],
                       axis=-1)
-    chroma = resize_hw(chroma.astype(np.float32), 2 * (cy1 - cy0), 2 * (cx1 - cx0))
+    # centred before upsampling: 2x bilinear weights (1/4, 3/4) on whole numbers are exact in
+    # float32, so this equals upsampling first, then subtracting 128
+    chroma = resize_hw(_lookup(chroma, _CENTRED), 2 * (cy1 - cy0), 2 * (cx1 - cx0))
     oy, ox = y0 - 2 * cy0, x0 - 2 * cx0
     chroma = chroma[oy : oy + y1 - y0, ox : ox + x1 - x0]  # (h, w, 2T): Cb…, Cr…
-    chroma -= 128
     if not full:
-        y -= 16
-        y *= 255 / 219
         chroma *= 255 / 224
-    cb, cr = chroma[:, :, :count], chroma[:, :, count:]
-    kg = 1 - kr - kb
     rgb = np.empty((*y.shape[:2], 3, count), dtype=np.float32)
+    for row in range(0, y.shape[0], _BAND_ROWS):  # a band of rows at a time: in cache
+        band = slice(row, row + _BAND_ROWS)
+        _ycbcr_to_rgb(y[band], chroma[band, :, :count], chroma[band, :, count:], rgb[band],
+                      kr, kb)
+    return rgb
+
+
+_BAND_ROWS = 16  # 16 rows of 160-pixel frames, 16 frames: the band's planes fit in L2
+
+
+def _ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, rgb: np.ndarray,
+                  kr: float, kb: float) -> None:
+    """``rgb`` (h, w, 3, T) ← the YCbCr matrix on planes (h, w, T), rounded, in 0..255."""
+    kg = 1 - kr - kb
     # planar arithmetic, written straight into each channel (no interleaving pass), through two
     # reused buffers: the same float32 operations in the same order as ``y + c·cr`` etc.
     tmp, tmp2 = np.empty_like(y), np.empty_like(y)
@@ -274,7 +299,7 @@ def frames_to_rgb(frames: list[av.VideoFrame], crop: augment.Box | None = None) 
     tmp += np.multiply(cr, 2 * kr * (1 - kr) / kg, out=tmp2)
     np.subtract(y, tmp, out=rgb[:, :, 1])
     np.add(y, np.multiply(cb, 2 * (1 - kb), out=tmp), out=rgb[:, :, 2])
-    return np.clip(np.rint(rgb, out=rgb), 0, 255, out=rgb)
+    np.clip(np.rint(rgb, out=rgb), 0, 255, out=rgb)
 
 
 def _crop_resize(video: np.ndarray, crop: augment.Box | None, size: int) -> np.ndarray:
