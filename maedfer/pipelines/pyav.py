@@ -314,6 +314,20 @@ def _crop_resize(video: np.ndarray, crop: augment.Box | None, size: int) -> np.n
     return np.clip(np.rint(out, out=out), 0, 255, out=out)
 
 
+def _as_images(video: np.ndarray) -> np.ndarray:
+    """Frames ``(H, W, 3, T)`` of whole numbers 0..255 as contiguous ``(T, H, W, 3)`` uint8
+    images (the layout timm's PIL ops and OpenCV take)."""
+    # cast first, then transpose the bytes: 4x faster than one casting, transposing copy
+    return np.ascontiguousarray(video.astype(np.uint8).transpose(3, 0, 1, 2))
+
+
+def _as_planes(images: np.ndarray) -> np.ndarray:
+    """``(T, H, W, 3)`` uint8 images back to float32 ``(H, W, 3, T)``, in one pass."""
+    video = np.empty((*images.shape[1:], images.shape[0]), dtype=np.float32)
+    np.copyto(video, images.transpose(1, 2, 3, 0))
+    return video
+
+
 def load_sample(spec: SampleSpec, config: SampleConfig,
                 video: np.ndarray | None = None) -> torch.Tensor:
     """Decode and transform one sample → float32 ``(3, T, size, size)`` (module contract).
@@ -325,9 +339,8 @@ def load_sample(spec: SampleSpec, config: SampleConfig,
     video = _crop_resize(video, None, config.size)
     if spec.rand_augment:
         policy = policy_for(config.rand_augment_policy, config.size)
-        images = policy.apply_numpy(video.astype(np.uint8).transpose(3, 0, 1, 2),
-                                    spec.rand_augment)  # (T, H, W, 3) images
-        video = images.transpose(1, 2, 3, 0).astype(np.float32)
+        images = policy.apply_numpy(_as_images(video), spec.rand_augment)
+        video = _as_planes(images)
     if spec.box is not None:
         box = spec.box
         video = resize_hw(video[box.y : box.y + box.h, box.x : box.x + box.w], config.size,
