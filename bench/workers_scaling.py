@@ -1,0 +1,115 @@
+"""Do more worker processes give more? The CPU loader and ``prepare`` with 1 and 2 workers.
+
+Usage: .venv/bin/python bench/workers_scaling.py [--rounds 3] [--prepare-clips 16]
+    [--json bench/out/workers_scaling.json]
+
+- Loader: train mode with the full reference augmentation over the content of
+  ``bench/loader_vs_reference.py`` (40 prepared 160² clips, DataLoader worker processes), clips
+  per wall-second with ``workers=1`` and ``workers=2``, rounds interleaved; ratio = median of
+  the per-round ratios.
+- ``maedfer prepare ravdess`` on 720p 64-frame portrait clips (``bench/faces_speed.py``'s
+  ``prepare_run``), ``--workers 1`` and ``--workers 2``, frames per second of the driver.
+
+Wall time is the figure here (more workers use more cores); the cores each run kept busy
+(CPU-seconds of the process and its children over wall seconds) is printed beside it, and the
+machine's load average before each run, because a figure on a busy machine is not the machine's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from faces_speed import prepare_run  # noqa: E402
+from loader_vs_reference import make_content, run_maedfer, system  # noqa: E402
+
+from maedfer.pipelines import build_loader  # noqa: E402
+
+
+def _cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def loader_round(manifest: Path, workers: int, epochs: int = 5) -> dict:
+    """Clips per wall-second of ``epochs`` passes (the workers' start included once)."""
+    loader = build_loader(manifest, mode="train", batch_size=8, backend="pyav",
+                          workers=workers, temporal_rule="reference")
+    load = os.getloadavg()[0]
+    wall0, cpu0 = time.perf_counter(), _cpu_seconds()
+    clips = sum(run_maedfer(loader) for _ in range(epochs))
+    wall = time.perf_counter() - wall0
+    # (the DataLoader's workers end with each pass and are reaped: their CPU time is counted)
+    return {"workers": workers, "clips": clips, "wall_s": wall, "clips_per_s": clips / wall,
+            "cores_busy": (_cpu_seconds() - cpu0) / wall, "load_before": load}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--prepare-clips", type=int, default=16)
+    parser.add_argument("--skip-prepare", action="store_true")
+    parser.add_argument("--cache", type=Path, default=REPO / "bench" / "out" / "ref-clips")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    content = make_content(args.cache, 40)
+    loader_runs: dict[int, list[dict]] = {1: [], 2: []}
+    ratios = []
+    for r in range(args.rounds):
+        order = (1, 2) if r % 2 == 0 else (2, 1)
+        got = {w: loader_round(content["finetune"], w) for w in order}
+        for w in order:
+            loader_runs[w].append(got[w])
+        ratios.append(got[2]["clips_per_s"] / got[1]["clips_per_s"])
+        print(f"loader round {r + 1}: 1 worker {got[1]['clips_per_s']:.1f} clips/s, "
+              f"2 workers {got[2]['clips_per_s']:.1f} ({ratios[-1]:.2f}x)", file=sys.stderr)
+    results = {"system": system([run["load_before"] for runs in loader_runs.values()
+                                 for run in runs]),
+               "loader": {"runs": loader_runs, "ratio_median": statistics.median(ratios),
+                          "ratio_min": min(ratios), "ratio_max": max(ratios)}}
+    print("| run | 1 worker | 2 workers | ratio |")
+    print("|---|---|---|---|")
+    one = statistics.median(run["clips_per_s"] for run in loader_runs[1])
+    two = statistics.median(run["clips_per_s"] for run in loader_runs[2])
+    print(f"| loader, train mode (clips/s) | {one:.1f} | {two:.1f} | "
+          f"**{statistics.median(ratios):.2f}×** [{min(ratios):.2f}, {max(ratios):.2f}] |")
+    if not args.skip_prepare:
+        with tempfile.TemporaryDirectory(prefix="workers-bench-") as tmp:
+            runs = {}
+            for workers in (1, 2):
+                load = os.getloadavg()[0]
+                cpu0 = _cpu_seconds()
+                runs[workers] = prepare_run(workers, args.prepare_clips, Path(tmp), "cpu")
+                runs[workers]["cores_busy"] = (_cpu_seconds() - cpu0) / runs[workers]["seconds"]
+                runs[workers]["load_before"] = load
+        ratio = runs[2]["driver_frames_per_s"] / runs[1]["driver_frames_per_s"]
+        results["prepare"] = {"runs": runs, "ratio": ratio}
+        print(f"| prepare ravdess 720p (frames/s, driver) | "
+              f"{runs[1]['driver_frames_per_s']:.1f} ({runs[1]['cores_busy']:.2f} cores) | "
+              f"{runs[2]['driver_frames_per_s']:.1f} ({runs[2]['cores_busy']:.2f} cores) | "
+              f"**{ratio:.2f}×** |")
+    print(json.dumps(results["system"]))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
