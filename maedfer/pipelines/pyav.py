@@ -100,9 +100,14 @@ def pick(have: np.ndarray, rgb: np.ndarray, indices: np.ndarray) -> np.ndarray:
     return rgb[..., nearest]
 
 
-def decode_found(path: str, wanted: np.ndarray,
-                 crop: augment.Box | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Frames of sorted unique ``wanted`` that decode: their indices, ``(H, W, 3, K)`` RGB."""
+def decode_found(path: str, wanted: np.ndarray, crop: augment.Box | None = None,
+                 *, within: Callable[[int, int], augment.Box | None] | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Frames of sorted unique ``wanted`` that decode: their indices, ``(H, W, 3, K)`` RGB.
+
+    ``within(height, width)``, told the size of the decoded frames after ``crop``, may name the
+    part of them that is needed (a box in their coordinates): only that part is converted.
+    """
     try:
         try:
             found = _decode_file(path, wanted, seek=int(wanted[0]) >= SEEK_MIN_FRAME)
@@ -111,9 +116,20 @@ def decode_found(path: str, wanted: np.ndarray,
         if not found:
             raise BadClipError(path, "no frame decodes")
         have = np.array(sorted(found))
-        return have, frames_to_rgb([found[int(k)] for k in have], crop)
+        frames = [found[int(k)] for k in have]
+        if within is not None:
+            crop = _narrowed(crop, frames[0].height, frames[0].width, within)
+        return have, frames_to_rgb(frames, crop)
     except (OSError, av.FFmpegError, IndexError) as exc:
         raise BadClipError(path, f"cannot decode it ({exc})") from None
+
+
+def _narrowed(crop: augment.Box | None, height: int, width: int,
+              within: Callable[[int, int], augment.Box | None]) -> augment.Box | None:
+    """``crop`` (clipped to the frame) narrowed to the part ``within`` names, in frame pixels."""
+    y0, y1, x0, x1 = _clipped(crop, height, width) if crop is not None else (0, height, 0, width)
+    part = within(y1 - y0, x1 - x0)
+    return crop if part is None else augment.Box(x0 + part.x, y0 + part.y, part.w, part.h)
 
 
 class _SeekMissError(Exception):
@@ -334,20 +350,40 @@ def load_sample(spec: SampleSpec, config: SampleConfig,
 
     ``video``: the sample's frames already decoded (``decode_window``'s output), if at hand.
     """
-    if video is None:  # the manifest crop is cut before colour conversion, then resized
-        video = decode_window(spec.path, spec.frame_indices, spec.crop)
-    video = _crop_resize(video, None, config.size)
+    source = None  # the part of the size×size frames that ``video`` holds (None: all)
+    if video is None:  # the manifest crop is cut before colour conversion
+        video, source = _decode_needed(spec, config)
+    if source is None:
+        video = _crop_resize(video, None, config.size)
+    box = spec.box
     if spec.rand_augment:
         policy = policy_for(config.rand_augment_policy, config.size)
-        images = policy.apply_numpy(_as_images(video), spec.rand_augment)
-        video = _as_planes(images)
-    if spec.box is not None:
-        box = spec.box
+        video = _as_planes(policy.apply_numpy(_as_images(video), spec.rand_augment))
+    if box is not None:
+        if source is not None:  # the box, in the coordinates of the part decoded
+            box = augment.Box(box.x - source.x, box.y - source.y, box.w, box.h)
         video = resize_hw(video[box.y : box.y + box.h, box.x : box.x + box.w], config.size,
                           config.size)
     clip = augment.normalised_clip(video, flip=spec.flip)  # (3, T, H, W)
     return augment.finish_clip(clip, subtract_mean=config.subtract_mean, erase=spec.erase,
                                erase_seed=spec.erase_seed, negate=spec.negate)
+
+
+def _decode_needed(spec: SampleSpec, config: SampleConfig,
+                   ) -> tuple[np.ndarray, augment.Box | None]:
+    """The sample's frames, converted only where its augmentation box will look: the box itself
+    when the decoded frames are already ``size``×``size`` and nothing moves pixels before the
+    box is cut (no RandAugment). Returns the frames and the part of the frame they hold."""
+    source: list[augment.Box] = []
+
+    def within(height: int, width: int) -> augment.Box | None:
+        if spec.box is None or spec.rand_augment or (height, width) != (config.size,) * 2:
+            return None
+        source.append(spec.box)
+        return spec.box
+
+    have, rgb = decode_found(spec.path, np.unique(spec.frame_indices), spec.crop, within=within)
+    return pick(have, rgb, spec.frame_indices), (source[0] if source else None)
 
 
 class ClipDataset(Dataset):

@@ -229,3 +229,32 @@ def test_colour_conversion_values_unchanged(long_clips: dict[str, Path], codec: 
         frames = list(itertools.islice(container.decode(video=0), 20))
     assert frames[0].format.name in ("yuv420p", "yuvj420p")
     assert np.array_equal(pyav.frames_to_rgb(frames), _rgb_as_written_first(frames))
+
+
+@pytest.mark.parametrize(("mode", "crop", "size", "rand_augment", "narrowed"), [
+    ("pretrain", [8, 8, 32, 32], 32, False, True),  # the multi-scale box of the manifest crop
+    ("train", None, 64, False, True),  # the random-resized box, no RandAugment
+    ("train", None, 64, True, True),  # narrowed where no op of RandAugment applies
+    ("train", [2, 4, 40, 36], 32, False, False),  # frames resized first: converted whole
+])  # fmt: skip
+def test_converting_only_the_box_gives_the_same_samples(
+        h264_clips: tuple[Path, object], mode: str, crop: list | None, size: int,
+        rand_augment: bool, narrowed: bool) -> None:
+    from maedfer.pipelines import build_loader
+    from maedfer.pipelines.plan import EpochPlan
+
+    folder, rows = h264_clips
+    if crop is not None:
+        rows = rows.assign(crop=[crop] * len(rows))
+    loader = build_loader(rows, mode=mode, batch_size=3, size=size, backend="pyav", workers=0,
+                          root=folder, rand_augment=rand_augment)
+    for epoch in range(3):
+        plan = EpochPlan(loader.table, loader.config, epoch=epoch)
+        for i in range(len(plan)):
+            spec = plan.spec(i)
+            assert spec.box is not None
+            whole = pyav.decode_window(spec.path, spec.frame_indices, spec.crop)
+            _, source = pyav._decode_needed(spec, loader.config)
+            assert source == (spec.box if narrowed and not spec.rand_augment else None)
+            assert torch.equal(pyav.load_sample(spec, loader.config),
+                               pyav.load_sample(spec, loader.config, whole)), (epoch, i)
