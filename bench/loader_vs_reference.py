@@ -8,7 +8,9 @@ H.264 clips (``maedfer.preprocess.encode``: CRF 18, keyframe every 16 frames, a 
 frame every 4th) for fine-tuning; for pre-training the 224×224 mp4 in place with a manifest
 crop (encoded with x264's defaults, as VoxCeleb2 is downloaded: one keyframe per 250 frames,
 B-pyramid) and, in mode ``pretrain-reencoded``, its crops as ``prepare voxceleb2 --reencode``
-writes them (the reference still reads the mp4 in place).
+writes them (the reference still reads the mp4 in place); mode ``pretrain-num_sample2`` reads in
+place with repeated sampling (``data.num_sample 2``, a maedfer option: two samples, each with its
+own crop, per decoded window), counting samples.
 
 Reference transforms, in their order:
 
@@ -320,6 +322,10 @@ def main() -> None:
                                  backend="pyav", workers=0),
         "pretrain-reencoded": build_loader(content["reencoded"], mode="pretrain",
                                            batch_size=8, backend="pyav", workers=0),
+        # repeated sampling (data.num_sample, off by default): 2 samples per decoded window
+        "pretrain-num_sample2": build_loader(content["pretrain"], mode="pretrain",
+                                             batch_size=8, backend="pyav", workers=0,
+                                             num_sample=2),
     }
     ref = Reference()
     table = content["table"]
@@ -346,7 +352,7 @@ def main() -> None:
     results = {"system": system(loads), "clips": args.clips, "rounds": args.rounds,
                "same_frames": same, "modes": {}}
     unit = {"train": "clips", "test": "views", "pretrain": "clips",
-            "pretrain-reencoded": "clips"}
+            "pretrain-reencoded": "clips", "pretrain-num_sample2": "samples"}
     print("| mode | maedfer per CPU-s | reference per CPU-s | ratio (median [min, max]) |")
     print("|---|---|---|---|")
     for mode in modes:

@@ -109,7 +109,7 @@ class ClipLoader:
         n = self.dataset_size
         if self.config.mode == "test":
             return len(range(self.rank, n, self.world_size)) * self.config.test_views
-        return -(-n // self.world_size)
+        return -(-n // self.world_size) * self.config.num_sample
 
     def __len__(self) -> int:
         n, b = self.samples_per_epoch, self.batch_size
@@ -170,6 +170,7 @@ def build_loader(
     subtract_mean: bool = False,
     augment: bool | None = None,
     test_views: int = 2,
+    num_sample: int = 1,
     drop_last: bool | None = None,
     root: Path | None = None,
     temporal_rule: TemporalRule = "stride",
@@ -202,6 +203,10 @@ def build_loader(
         subtract_mean: remove each clip's mean frame (DESIGN.md §8).
         augment: default on for pretrain/train, off for test.
         test_views: windows per clip in test mode (MODEL.md §4.2: 2).
+        num_sample: train/pretrain samples per clip and epoch, one temporal window with their
+            own spatial augmentation each, consecutive in the batches (VideoMAE V2's repeated
+            sampling: the CPU backend decodes the window once for all); 1, the official
+            recipe, by default.
         drop_last: default on for pretrain/train (equal batches), off for test.
         root: folder the manifest's ``path`` is relative to (default: the manifest's folder,
             or its ``maedfer.raw_root`` for clips read in place).
@@ -234,7 +239,8 @@ def build_loader(
         mode=mode, num_frames=num_frames, stride=stride, size=size, augment=augment,
         rand_augment=bool(rand_augment) and augment and mode == "train",
         rand_augment_policy=policy,
-        temporal_rule=temporal_rule, test_views=test_views, subtract_mean=subtract_mean,
+        temporal_rule=temporal_rule, test_views=test_views, num_sample=num_sample,
+        subtract_mean=subtract_mean,
         flip_only=flip_only, random_sign=random_sign, seed=seed,
     )  # fmt: skip
     chosen = backends.load(backend_name)
@@ -266,5 +272,6 @@ def describe(loader: ClipLoader) -> dict[str, Any]:
         "batch_size": loader.batch_size,
         "batches": len(loader),
         "temporal_rule": loader.config.temporal_rule,
+        "num_sample": loader.config.num_sample,
         "augment": describe_augment(loader.config),
     }

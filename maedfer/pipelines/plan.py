@@ -10,6 +10,9 @@ Order and sharding (the rule of torch's ``DistributedSampler``): train/pretrain 
 by ``(seed, epoch)``, padded by wrapping to a multiple of ``world_size``, and rank ``r`` takes
 positions ``r, r + W, r + 2W, …``; test rows are kept in manifest order, split the same way
 without padding (ranks may differ by one clip), and each gives ``test_views`` consecutive samples.
+With ``num_sample`` > 1 (VideoMAE V2's repeated sampling, off by default) each train/pretrain row
+gives ``num_sample`` consecutive samples of one temporal window with their own spatial draws, so
+the CPU backend decodes the window once for all of them.
 The plan is built lazily: one permutation per epoch, nothing per row, so a million-row manifest
 costs milliseconds.
 """
@@ -43,6 +46,7 @@ class SampleConfig:
     rand_augment_policy: str = RAND_AUGMENT
     temporal_rule: sampling.TemporalRule = "stride"
     test_views: int = 2
+    num_sample: int = 1
     subtract_mean: bool = False
     flip_only: bool = False
     random_sign: bool = False
@@ -56,6 +60,9 @@ class SampleConfig:
                 f"size ({self.size}) >= 8, num_frames ({self.num_frames}) >= 1, stride "
                 f"({self.stride}) >= 1 and test_views ({self.test_views}) >= 1 are required"
             )
+        if self.num_sample < 1 or (self.mode == "test" and self.num_sample != 1):
+            raise MaedferError(f"num_sample ({self.num_sample}) must be >= 1, and 1 in test "
+                               "mode (its views are test_views)")
         if self.temporal_rule not in sampling.TEMPORAL_RULES:
             raise MaedferError(
                 f"temporal rule {self.temporal_rule!r} is unknown; expected one of "
@@ -104,7 +111,8 @@ class EpochPlan:
         self.table, self.config, self.epoch = table, config, int(epoch)
         self.rank, self.world_size = rank, world_size
         n = len(table)
-        self.views = config.test_views if config.mode == "test" else 1
+        # consecutive samples per row: test views, or repeated samples of one window
+        self.views = config.test_views if config.mode == "test" else config.num_sample
         if config.mode == "test":
             self.rows = np.arange(rank, n, world_size, dtype=np.int64)
         else:
@@ -129,13 +137,18 @@ class EpochPlan:
             raise IndexError(f"sample {i} is outside this epoch's {len(self)} samples")
         row, view = int(self.rows[i // self.views]), i % self.views
         key = [self.config.seed, self.epoch, self._global_position(i), view]
+        rng = np.random.default_rng(key)
+        # repeated samples of a row share the first one's window (its stream's first draws)
+        window_rng = rng if view == 0 or self.config.mode == "test" else \
+            np.random.default_rng([*key[:3], 0])
         if attempt:
             # a replacement: another row, drawn from its own stream so the others do not move
             row = int(np.random.default_rng([*key, attempt, 1]).integers(len(self.table)))
-            key = [*key, attempt]
-        return self._make(i, row, view, np.random.default_rng(key), probe)
+            rng = window_rng = np.random.default_rng([*key, attempt])
+        return self._make(i, row, view, rng, window_rng, probe)
 
     def _make(self, i: int, row: int, view: int, rng: np.random.Generator,
+              window_rng: np.random.Generator,
               probe: Callable[[str], int] | None) -> SampleSpec:
         cfg, table = self.config, self.table
         path = table.clip_path(row)
@@ -148,7 +161,8 @@ class EpochPlan:
         if cfg.mode == "test":
             indices = sampling.test_window(count, view=view, views=cfg.test_views, **t_kw)
         else:  # pretrain and train: the configured training window (pretrain: stride)
-            indices = sampling.train_window(count, rule=cfg.temporal_rule, generator=rng, **t_kw)
+            indices = sampling.train_window(count, rule=cfg.temporal_rule, generator=window_rng,
+                                            **t_kw)
         crop = Box(*map(int, table.crop[row])) if table.crop[row][0] >= 0 else None
         box, flip, ra_seed, erase, erase_seed = None, False, None, None, 0
         if cfg.augment and cfg.mode == "pretrain":

@@ -78,6 +78,10 @@ class DataConfig:
     augment: bool = opt(True, "the official spatial augmentation of this recipe")
     subtract_mean: bool = opt(False, "feed each clip minus its mean frame (not in the "
                               "official recipe; the demo uses it)")
+    num_sample: int = opt(1, "training samples per clip and epoch from one decoded window, "
+                          "each with its own crop (VideoMAE V2's repeated sampling, a maedfer "
+                          "option: fewer decodes per sample, num_sample x the steps per epoch; "
+                          "official: 1)")
 
 
 @dataclass

@@ -201,7 +201,7 @@ class FinetuneRecipe:
             flip_only=data.flip_only, random_sign=data.random_sign,
             **self._selection["train"], **common,
         )  # fmt: skip
-        common["augment"] = False
+        common.update(augment=False, num_sample=1)
         test = build_loader(
             data.manifest, mode="test", batch_size=cfg.eval.test_batch_size or data.batch_size,
             test_views=cfg.eval.test_views, **self._selection["test"], **common,

@@ -242,6 +242,7 @@ def loader_options(data: Any, model_config: dict[str, Any], env: DistEnv,
         "device": str(env.device) if env.device.type == "cuda" else None,
         "rank": env.rank, "world_size": env.world_size, "subtract_mean": data.subtract_mean,
         "temporal_rule": data.temporal_rule, "augment": data.augment,
+        "num_sample": data.num_sample,
     }  # fmt: skip
     if data.workers is not None:
         options["workers"] = data.workers

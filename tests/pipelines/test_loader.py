@@ -201,3 +201,44 @@ def test_flip_only_and_random_sign(h264_clips: tuple[Path, pd.DataFrame]) -> Non
     assert torch.equal(next(iter(build_loader(rows, **test_kw)))["video"],
                        next(iter(build_loader(rows, flip_only=True, random_sign=True,
                                               **test_kw)))["video"])  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["pretrain", "train"])
+def test_repeated_sampling_shares_one_window_and_one_decode(
+        h264_clips: tuple[Path, pd.DataFrame], mode: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """num_sample N: each clip N times per epoch, consecutive, one temporal window with its own
+    crops; decoded once; the first of each N is the num_sample=1 sample."""
+    from maedfer.pipelines import pyav
+    from maedfer.pipelines.plan import EpochPlan
+
+    folder, rows = h264_clips
+    once = build_loader(rows, mode=mode, batch_size=2, size=32, backend="pyav", workers=0,
+                        root=folder)
+    twice = build_loader(rows, mode=mode, batch_size=2, size=32, backend="pyav", workers=0,
+                         root=folder, num_sample=2)
+    assert len(twice) == 2 * len(once) and twice.samples_per_epoch == 2 * len(rows)
+    plan1 = EpochPlan(once.table, once.config, epoch=0)
+    plan2 = EpochPlan(twice.table, twice.config, epoch=0)
+    boxes = set()
+    for i in range(len(plan1)):
+        first, second = plan2.spec(2 * i), plan2.spec(2 * i + 1)
+        alone = plan1.spec(i)
+        assert first.row == second.row == alone.row
+        assert np.array_equal(first.frame_indices, second.frame_indices)
+        assert np.array_equal(first.frame_indices, alone.frame_indices)
+        assert first.box == alone.box and first.rand_augment == alone.rand_augment
+        boxes.add(first.box != second.box)
+    assert True in boxes  # the repeats have their own crops
+    decoded = []
+    found = pyav.decode_found
+    monkeypatch.setattr(pyav, "decode_found",
+                        lambda path, *a, **k: decoded.append(path) or found(path, *a, **k))
+    dataset = pyav.ClipDataset(plan2)
+    samples = [dataset[i]["video"] for i in range(len(plan2))]
+    assert len(decoded) == len(plan2) // 2
+    for i, sample in enumerate(samples):  # each as decoded on its own
+        assert torch.equal(sample, pyav.load_sample(plan2.spec(i), twice.config)), i
+    with pytest.raises(MaedferError, match="num_sample"):
+        build_loader(rows, mode="test", batch_size=2, backend="pyav", root=folder,
+                     num_sample=2)
