@@ -301,7 +301,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--modes", default="train,test,pretrain,pretrain-reencoded")
+    parser.add_argument("--modes", default="train,test,pretrain,pretrain-reencoded,"
+                        "pretrain-num_sample2")
     parser.add_argument("--cache", type=Path, default=REPO / "bench" / "out" / "ref-clips")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
