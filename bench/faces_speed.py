@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -56,13 +57,38 @@ def real_inputs(tmp: Path) -> dict[str, tuple[Path, np.ndarray]]:
     return {"real 360p": (src, frames), "real 720p": (tmp / "single_face_720p.mp4", big)}
 
 
-def prepare_run(workers: int, clips: int, tmp: Path, device: str) -> dict:
-    """The full `maedfer prepare ravdess` on `clips` 720p clips of 64 frames."""
+def prepare_run(workers: int, clips: int, tmp: Path, device: str,
+                measure: Callable[[Callable[[], None]], dict] | None = None) -> dict:
+    """The full `maedfer prepare ravdess` on `clips` 720p clips of 64 frames; ``measure(run)``,
+    if given, wraps the prepare subprocess alone (not the rendering of its input) and adds
+    what it returns to the result."""
+    raw = make_ravdess_tree(tmp / f"rav{workers}", clips)
+    out = tmp / f"out{workers}"
+    cmd = [sys.executable, "-m", "maedfer.cli", "prepare", "ravdess", "--raw", str(raw),
+           "--out", str(out), "--workers", str(workers), "--device", device]  # fmt: skip
+    done: list[subprocess.CompletedProcess] = []
+
+    def run() -> None:
+        done.append(subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True))
+
+    start = time.perf_counter()
+    extra = measure(run) if measure is not None else (run() or {})
+    seconds = time.perf_counter() - start
+    stdout = done[0].stdout
+    ok = f"{clips} clips ok" in stdout
+    # The driver's own time (from its summary line): without the interpreter's start-up.
+    inner = float(re.search(r" in ([0-9.]+) s", stdout)[1])
+    return {"workers": workers, "clips": clips, "frames": 64 * clips, "seconds": seconds,
+            "frames_per_s": 64 * clips / seconds, "driver_seconds": inner,
+            "driver_frames_per_s": 64 * clips / inner, "all_ok": ok, **extra}  # fmt: skip
+
+
+def make_ravdess_tree(raw: Path, clips: int) -> Path:
+    """A RAVDESS raw tree of `clips` 720p 64-frame portrait clips (actor 1, speech)."""
     from tests.preprocess.media import MediaWriter
     from tests.rawtrees import make_ravdess
 
     portraits = {p.stem: p for p in (REPO / "maedfer/assets/portraits").glob("*.[jp][pn]g")}
-    raw = tmp / f"rav{workers}"
     stems: list[str] = []
 
     def keep(path: Path) -> bool:
@@ -70,20 +96,10 @@ def prepare_run(workers: int, clips: int, tmp: Path, device: str) -> dict:
             stems.append(path.stem)
         return path.stem in stems
 
-    writer = MediaWriter(tmp / "work", portraits, frames=64, frame_size=(1280, 720), keep=keep)
+    writer = MediaWriter(raw.parent / f"work-{raw.name}", portraits, frames=64,
+                         frame_size=(1280, 720), keep=keep)
     make_ravdess(raw, actors=[1], write=writer, full_av=False, songs=False)
-    out = tmp / f"out{workers}"
-    cmd = [sys.executable, "-m", "maedfer.cli", "prepare", "ravdess", "--raw", str(raw),
-           "--out", str(out), "--workers", str(workers), "--device", device]  # fmt: skip
-    start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
-    seconds = time.perf_counter() - start
-    ok = f"{clips} clips ok" in done.stdout
-    # The driver's own time (from its summary line): without the interpreter's start-up.
-    inner = float(re.search(r" in ([0-9.]+) s", done.stdout)[1])
-    return {"workers": workers, "clips": clips, "frames": 64 * clips, "seconds": seconds,
-            "frames_per_s": 64 * clips / seconds, "driver_seconds": inner,
-            "driver_frames_per_s": 64 * clips / inner, "all_ok": ok}  # fmt: skip
+    return raw
 
 
 def system() -> dict:

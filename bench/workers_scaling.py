@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -40,23 +40,34 @@ from loader_vs_reference import make_content, run_maedfer, system  # noqa: E402
 from maedfer.pipelines import build_loader  # noqa: E402
 
 
-def _cpu_seconds() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+def _busy_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, from /proc/stat (every process:
+    forkserver grandchildren included, which rusage misses; others' jobs too: see the load)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def cores_busy(run: Callable[[], object]) -> dict:
+    """Run ``run()``; the cores the machine kept busy meanwhile, on average."""
+    busy0, total0 = _busy_jiffies()
+    run()
+    busy1, total1 = _busy_jiffies()
+    return {"cores_busy": (os.cpu_count() or 1) * (busy1 - busy0) / max(1, total1 - total0)}
 
 
 def loader_round(manifest: Path, workers: int, epochs: int = 5) -> dict:
     """Clips per wall-second of ``epochs`` passes (the workers' start included once)."""
-    loader = build_loader(manifest, mode="train", batch_size=8, backend="pyav",
+    # batches of 4: 10 per pass, shared evenly by 1 or 2 workers
+    loader = build_loader(manifest, mode="train", batch_size=4, backend="pyav",
                           workers=workers, temporal_rule="reference")
     load = os.getloadavg()[0]
-    wall0, cpu0 = time.perf_counter(), _cpu_seconds()
-    clips = sum(run_maedfer(loader) for _ in range(epochs))
+    clips: list[int] = []
+    wall0 = time.perf_counter()
+    busy = cores_busy(lambda: clips.extend(run_maedfer(loader) for _ in range(epochs)))
     wall = time.perf_counter() - wall0
-    # (the DataLoader's workers end with each pass and are reaped: their CPU time is counted)
-    return {"workers": workers, "clips": clips, "wall_s": wall, "clips_per_s": clips / wall,
-            "cores_busy": (_cpu_seconds() - cpu0) / wall, "load_before": load}
+    return {"workers": workers, "clips": sum(clips), "wall_s": wall,
+            "clips_per_s": sum(clips) / wall, **busy, "load_before": load}
 
 
 def main() -> None:
@@ -88,16 +99,17 @@ def main() -> None:
     print("|---|---|---|---|")
     one = statistics.median(run["clips_per_s"] for run in loader_runs[1])
     two = statistics.median(run["clips_per_s"] for run in loader_runs[2])
-    print(f"| loader, train mode (clips/s) | {one:.1f} | {two:.1f} | "
+    cores = {w: statistics.median(run["cores_busy"] for run in loader_runs[w]) for w in (1, 2)}
+    print(f"| loader, train mode (clips/s) | {one:.1f} ({cores[1]:.2f} cores) | {two:.1f} "
+          f"({cores[2]:.2f} cores) | "
           f"**{statistics.median(ratios):.2f}×** [{min(ratios):.2f}, {max(ratios):.2f}] |")
     if not args.skip_prepare:
         with tempfile.TemporaryDirectory(prefix="workers-bench-") as tmp:
             runs = {}
             for workers in (1, 2):
                 load = os.getloadavg()[0]
-                cpu0 = _cpu_seconds()
-                runs[workers] = prepare_run(workers, args.prepare_clips, Path(tmp), "cpu")
-                runs[workers]["cores_busy"] = (_cpu_seconds() - cpu0) / runs[workers]["seconds"]
+                runs[workers] = prepare_run(workers, args.prepare_clips, Path(tmp), "cpu",
+                                            measure=cores_busy)
                 runs[workers]["load_before"] = load
         ratio = runs[2]["driver_frames_per_s"] / runs[1]["driver_frames_per_s"]
         results["prepare"] = {"runs": runs, "ratio": ratio}
