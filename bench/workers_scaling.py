@@ -4,8 +4,9 @@ Usage: .venv/bin/python bench/workers_scaling.py [--rounds 3] [--prepare-clips 1
     [--json bench/out/workers_scaling.json]
 
 - Loader: train mode with the full reference augmentation over the content of
-  ``bench/loader_vs_reference.py`` (40 prepared 160² clips, DataLoader worker processes), clips
-  per wall-second with ``workers=1`` and ``workers=2``, rounds interleaved; ratio = median of
+  ``bench/loader_vs_reference.py`` (its 40 prepared 160² clips, each listed 4 times: 160 rows,
+  20 batches of 8 per epoch), clips per wall-second with ``workers=1`` and ``workers=2``
+  (DataLoader worker processes, started at each epoch), rounds interleaved; ratio = median of
   the per-round ratios.
 - ``maedfer prepare ravdess`` on 720p 64-frame portrait clips (``bench/faces_speed.py``'s
   ``prepare_run``), ``--workers 1`` and ``--workers 2``, frames per second of the driver.
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import cv2
+import pandas as pd
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,10 +58,20 @@ def cores_busy(run: Callable[[], object]) -> dict:
     return {"cores_busy": (os.cpu_count() or 1) * (busy1 - busy0) / max(1, total1 - total0)}
 
 
-def loader_round(manifest: Path, workers: int, epochs: int = 5) -> dict:
-    """Clips per wall-second of ``epochs`` passes (the workers' start included once)."""
-    # batches of 4: 10 per pass, shared evenly by 1 or 2 workers
-    loader = build_loader(manifest, mode="train", batch_size=4, backend="pyav",
+def long_manifest(manifest: Path, times: int = 4) -> pd.DataFrame:
+    """The manifest's rows ``times`` over (other clip ids, the same files): epochs long enough
+    that the workers' start at each epoch (a fork and the first batch) weighs little, as in a
+    real dataset's epoch of thousands of clips."""
+    rows = pd.read_parquet(manifest)
+    folder = manifest.parent
+    return pd.concat([rows.assign(clip_id=rows.clip_id + f"_{k}",
+                                  path=[str(folder / p) for p in rows.path])
+                      for k in range(times)], ignore_index=True)
+
+
+def loader_round(manifest: pd.DataFrame, workers: int, epochs: int = 2) -> dict:
+    """Clips per wall-second of ``epochs`` passes (the workers start at each)."""
+    loader = build_loader(manifest, mode="train", batch_size=8, backend="pyav",
                           workers=workers, temporal_rule="reference")
     load = os.getloadavg()[0]
     clips: list[int] = []
@@ -81,11 +93,12 @@ def main() -> None:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     content = make_content(args.cache, 40)
+    manifest = long_manifest(content["finetune"])
     loader_runs: dict[int, list[dict]] = {1: [], 2: []}
     ratios = []
     for r in range(args.rounds):
         order = (1, 2) if r % 2 == 0 else (2, 1)
-        got = {w: loader_round(content["finetune"], w) for w in order}
+        got = {w: loader_round(manifest, w) for w in order}
         for w in order:
             loader_runs[w].append(got[w])
         ratios.append(got[2]["clips_per_s"] / got[1]["clips_per_s"])
