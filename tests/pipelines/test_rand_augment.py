@@ -12,6 +12,46 @@ from maedfer.errors import MaedferError
 from maedfer.pipelines import rand_augment
 from tests.pipelines.media import marker_frames
 
+# ------------------------------------------------------------ the pinned reference executor
+# apply_numpy as it was before its fast paths (timm's PIL functions frame by frame or on the
+# stacked clip, one cv2.warpAffine per frame): the new executor must give exactly these bytes.
+
+
+def _reference_warp(frames: list[np.ndarray], matrix: tuple[float, ...],
+                    fill: tuple[int, ...]) -> list[np.ndarray]:
+    a, b, c, d, e, f = matrix
+    m = np.array([[a, b, c + 0.5 * (a + b) - 0.5], [d, e, f + 0.5 * (d + e) - 0.5]])
+    h, w = frames[0].shape[:2]
+    flags = cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP
+    return [cv2.warpAffine(frame, m, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT,
+                           borderValue=fill) for frame in frames]  # fmt: skip
+
+
+_REFERENCE_POINTWISE = frozenset({"invert", "posterize", "solarize", "solarize_add",
+                                  "brightness", "color"})  # fmt: skip
+
+
+def _reference_apply_numpy(frames: np.ndarray, ops: tuple[rand_augment.RandAugmentOp, ...],
+                           policy: rand_augment.RandAugmentPolicy) -> np.ndarray:
+    from PIL import Image
+
+    clip = np.ascontiguousarray(frames)
+    t, h, w, c = clip.shape
+    for op in ops:
+        if op.kind == "affine":
+            clip = np.stack(_reference_warp(list(clip), op.matrix, policy.fill))
+            continue
+        timm_op = policy._ops[op.name]
+        kwargs = dict(timm_op.kwargs)
+        if op.kind in _REFERENCE_POINTWISE:
+            tall = Image.fromarray(clip.reshape(t * h, w, c))
+            clip = np.asarray(timm_op.aug_fn(tall, *op.args, **kwargs)).reshape(t, h, w, c)
+        else:
+            clip = np.stack([np.asarray(timm_op.aug_fn(Image.fromarray(image), *op.args,
+                                                       **kwargs))
+                             for image in clip])  # fmt: skip
+    return clip if clip.flags.writeable else clip.copy()
+
 
 def images() -> dict[str, np.ndarray]:
     noise = np.random.default_rng(0).integers(0, 256, (4, 48, 48, 3)).astype(np.uint8)
