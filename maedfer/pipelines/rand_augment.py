@@ -346,11 +346,14 @@ def _then(first: np.ndarray | None, second: np.ndarray) -> np.ndarray:
 def _apply_lut(clip: np.ndarray, lut: np.ndarray) -> np.ndarray:
     import cv2
 
+    # (256,) for one table per frame (OpenCV's faster path), (1, 256, 3) for one per channel
+    same = (lut == lut[:, :, :1]).all()
+    tables = np.ascontiguousarray(lut[:, :, 0]) if same else lut[:, None]
     if len(lut) == 1:  # one table for the clip: one call on the stacked frames
-        return cv2.LUT(_tall(clip), lut).reshape(clip.shape)
+        return cv2.LUT(_tall(clip), tables[0]).reshape(clip.shape)
     out = np.empty(clip.shape, dtype=np.uint8)
-    for frame, table, dst in zip(clip, lut, out, strict=True):
-        cv2.LUT(frame, table[None], dst=dst)
+    for frame, table, dst in zip(clip, tables, out, strict=True):
+        cv2.LUT(frame, table, dst=dst)
     return out
 
 
