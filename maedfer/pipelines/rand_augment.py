@@ -199,14 +199,14 @@ _POINTWISE = _LUT_OPS | {"color"}
 #: ops whose every output pixel depends on the whole frame (per-frame statistics)
 _STATISTIC = frozenset({"autocontrast", "equalize", "contrast"})
 #: Pillow's SMOOTH. The exact value S/13 (S the integer weighted sum) is never a half-integer, so
-#: any float evaluation of it, OpenCV's included, rounds to Pillow's integer
+#: any float evaluation of it (error far below 1/26), OpenCV's included, rounds to Pillow's integer
 _SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13
 _RAMP = np.arange(256, dtype=np.uint8)
 
 
 def _box(x0: int, y0: int, x1: int, y1: int, frame: Box) -> Box:
     """Pixels x0..x1, y0..y1 (inclusive) clipped to ``frame``; where nothing is left, one pixel
-    at the nearest corner (the caller reads none of it)."""
+    at the nearest frame pixel (the caller reads none of it)."""
     def span(lo: int, hi: int, size: int) -> tuple[int, int]:
         lo, hi = max(lo, 0), min(hi, size - 1)
         if lo > hi:
