@@ -7,16 +7,27 @@ The draw and the pixels are separate:
   coin, magnitude and sign, resolved to the op's arguments (and, for rotate/shear/translate, the
   affine matrix at the clip's size). It uses timm's own RandAugment objects, so the draws are
   timm's; the same ops then go to every frame of the clip.
-- :func:`apply_numpy` runs them on ``(T, H, W, 3)`` uint8 frames with timm's PIL functions and one
-  OpenCV affine warp per frame (the PyAV backend, in its worker processes).
+- :func:`apply_numpy` runs them on ``(T, H, W, 3)`` uint8 frames (the PyAV backend, in its worker
+  processes), byte for byte timm's PIL functions for the colour ops and ``cv2.warpAffine``
+  (bicubic) for the affine, much faster than calling them frame by frame: per-value ops become
+  one 256-entry table built by timm's own function on a gradient; autocontrast, equalize and
+  contrast per-frame tables from histograms or the grey mean, with Pillow's formulas; runs of
+  table ops are composed and applied in one ``cv2.LUT`` pass; sharpness is one 3×3 filter and
+  one blend on the stacked frames; the affine is ``cv2.remap`` on warpAffine's own fixed-point
+  map. It can compute only a region of the output (``keep``, e.g. the random-resized-crop box)
+  from a region of the input (:func:`source_region`: the same box through pointwise ops, the
+  whole frame through statistic ops, a 1-pixel margin through sharpness, the bicubic footprint
+  through an affine), with the same values as augmenting whole frames and cutting ``keep``.
 - :func:`apply_torch` runs them on a ``(T, 3, H, W)`` float tensor of whole numbers 0..255 on any
   device (the DALI backend, on the decoded CUDA frames; CPU in the tests). Each op is written
   after Pillow's C code (integer grey level, truncating blend, per-frame statistics for
   autocontrast, equalize and contrast, borders kept by the smoothing of sharpness); the affine
   warp is torch's bicubic ``grid_sample`` (kernel a = -0.75, OpenCV's) with the fill colour.
 
-Tolerance (measured, ``tests/pipelines/test_rand_augment.py`` and ``test_dali.py``): on the same
-frames and ops, :func:`apply_torch` equals :func:`apply_numpy` exactly for every colour op and
+Tolerance (measured, ``tests/pipelines/test_rand_augment.py`` and ``test_dali.py``):
+:func:`apply_numpy`, on whole frames or a region, equals the frame-by-frame PIL and warpAffine
+executor it replaced byte for byte (that executor is pinned in the tests). On the same frames and
+ops, :func:`apply_torch` equals :func:`apply_numpy` exactly for every colour op and
 within 1/255 for the affine warp (OpenCV's 15-bit weights; its fixed-point coordinates are
 reproduced). On whole clips, DALI vs PyAV with RandAugment on the same plan (the decoders already
 differ by up to 1/255), the stated tolerance is **mean absolute difference ≤ 0.25/255 and at most
@@ -40,6 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from maedfer.errors import MaedferError
+from maedfer.pipelines.augment import Box
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"
@@ -164,9 +176,10 @@ class RandAugmentPolicy:
             matrix = recorder.matrix
         return RandAugmentOp(op.name, kind, tuple(args), matrix)
 
-    def apply_numpy(self, frames: np.ndarray, ops: tuple[RandAugmentOp, ...]) -> np.ndarray:
-        """See :func:`apply_numpy` (with this policy's timm functions and fill)."""
-        return apply_numpy(frames, ops, self)
+    def apply_numpy(self, frames: np.ndarray, ops: tuple[RandAugmentOp, ...], *,
+                    keep: Box | None = None, source: Box | None = None) -> np.ndarray:
+        """See :func:`apply_numpy` (with this policy's timm functions, fill and size)."""
+        return apply_numpy(frames, ops, self, keep=keep, source=source)
 
 
 @lru_cache(maxsize=8)
@@ -175,54 +188,318 @@ def policy_for(policy: str, size: int) -> RandAugmentPolicy:
     return RandAugmentPolicy(policy, size=size)
 
 
-def _warp_cv2(frames: list[np.ndarray], matrix: tuple[float, ...],
-              fill: tuple[int, ...]) -> list[np.ndarray]:
-    """A PIL-style affine (output → input map, pixel centres at +0.5) on every frame, OpenCV's
-    bicubic (a = -0.75 where PIL's is -0.5: mean difference 0.5/255 from PIL on smooth images,
-    at a third of PIL's time per frame)."""
+# ------------------------------------------------------------------------ numpy executor
+
+#: colour ops that map each value on its own, the same way in every channel: one 256-entry table
+#: made by running timm's own function on a gradient (exact by construction)
+_LUT_OPS = frozenset({"invert", "posterize", "solarize", "solarize_add", "brightness"})
+#: colour ops that map each pixel on its own (no per-frame statistic, no neighbourhood): the same
+#: values on any region of the frames as on the whole
+_POINTWISE = _LUT_OPS | {"color"}
+#: ops whose every output pixel depends on the whole frame (per-frame statistics)
+_STATISTIC = frozenset({"autocontrast", "equalize", "contrast"})
+#: Pillow's SMOOTH. The exact value S/13 (S the integer weighted sum) is never a half-integer, so
+#: any float evaluation of it (error far below 1/26), OpenCV's included, rounds to Pillow's integer
+_SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13
+_RAMP = np.arange(256, dtype=np.uint8)
+
+
+def _box(x0: int, y0: int, x1: int, y1: int, frame: Box) -> Box:
+    """Pixels x0..x1, y0..y1 (inclusive) clipped to ``frame``; where nothing is left, one pixel
+    at the nearest frame pixel (the caller reads none of it)."""
+    def span(lo: int, hi: int, size: int) -> tuple[int, int]:
+        lo, hi = max(lo, 0), min(hi, size - 1)
+        if lo > hi:
+            lo = hi = min(max(lo, 0), size - 1)
+        return lo, hi - lo + 1
+
+    (x, w), (y, h) = span(int(x0), int(x1), frame.w), span(int(y0), int(y1), frame.h)
+    return Box(x, y, w, h)
+
+
+def _contains(outer: Box, inner: Box) -> bool:
+    return (outer.x <= inner.x and outer.y <= inner.y and inner.x + inner.w <= outer.x + outer.w
+            and inner.y + inner.h <= outer.y + outer.h)  # fmt: skip
+
+
+def _crop(clip: np.ndarray, want: Box, have: Box) -> np.ndarray:
+    """The ``want`` part of ``clip``, whose frames cover ``have`` (a view)."""
+    y, x = want.y - have.y, want.x - have.x
+    return clip[:, y : y + want.h, x : x + want.w]
+
+
+def _tall(clip: np.ndarray) -> np.ndarray:
+    """The frames stacked into one contiguous ``(T·H, W, 3)`` image."""
+    t, h, w, c = clip.shape
+    return np.ascontiguousarray(clip).reshape(t * h, w, c)
+
+
+def _cv2_matrix(matrix: tuple[float, ...]) -> np.ndarray:
+    """A PIL-style affine (output → input, pixel centres at +0.5) as OpenCV's inverse map on
+    pixel indices."""
+    a, b, c, d, e, f = matrix
+    return np.array([[a, b, c + 0.5 * (a + b) - 0.5], [d, e, f + 0.5 * (d + e) - 0.5]])
+
+
+def _fixed_point_terms(m: np.ndarray, box: Box) -> tuple[np.ndarray, ...]:
+    """warpAffine's source coordinates of ``box``'s pixels in 1/1024 px, as it builds them: a
+    column term and a row term per axis, each rounded half to even (``cvRound``), plus half a
+    1/32 step in the row term. Returns ``(ax, bx, ay, by)``: X = ax[col] + bx[row], same for Y."""
+    xs = np.arange(box.x, box.x + box.w, dtype=np.float64)
+    ys = np.arange(box.y, box.y + box.h, dtype=np.float64)
+    ax = np.rint(m[0, 0] * xs * 1024).astype(np.int64)
+    ay = np.rint(m[1, 0] * xs * 1024).astype(np.int64)
+    bx = np.rint((m[0, 1] * ys + m[0, 2]) * 1024).astype(np.int64) + 16
+    by = np.rint((m[1, 1] * ys + m[1, 2]) * 1024).astype(np.int64) + 16
+    return ax, bx, ay, by
+
+
+def _affine_footprint(matrix: tuple[float, ...], want: Box, frame: Box) -> Box:
+    """The frame pixels the bicubic taps (floor - 1 .. floor + 2 of each source point) of the
+    ``want`` output pixels read."""
+    ax, bx, ay, by = _fixed_point_terms(_cv2_matrix(matrix), want)
+    # each coordinate is a sum of a column and a row term and flooring is monotone: the extremes
+    # over the box are the floors of the sums of the terms' extremes
+    x0, x1 = (ax.min() + bx.min()) >> 10, (ax.max() + bx.max()) >> 10
+    y0, y1 = (ay.min() + by.min()) >> 10, (ay.max() + by.max()) >> 10
+    return _box(x0 - 1, y0 - 1, x1 + 2, y1 + 2, frame)
+
+
+def _warp_region(clip: np.ndarray, matrix: tuple[float, ...], fill: tuple[int, ...],
+                 have: Box, want: Box) -> np.ndarray:
+    """The ``want`` part of the affine of whole frames, from frames covering ``have`` (which
+    contains :func:`_affine_footprint`): byte for byte ``cv2.warpAffine`` (INTER_CUBIC, constant
+    fill) on the whole frame, cropped.
+
+    The map is warpAffine's own (int16 source pixel, 1/32-pixel table index), so ``cv2.remap``
+    runs the same bicubic sums. Taps outside ``have`` read the fill colour; they are outside the
+    frame too, as ``have`` holds every tap inside it.
+    """
     import cv2
 
-    a, b, c, d, e, f = matrix
-    m = np.array([[a, b, c + 0.5 * (a + b) - 0.5], [d, e, f + 0.5 * (d + e) - 0.5]])
+    ax, bx, ay, by = _fixed_point_terms(_cv2_matrix(matrix), want)
+    sx, sy = (ax[None, :] + bx[:, None]) >> 5, (ay[None, :] + by[:, None]) >> 5  # 1/32 px
+    xy = np.stack([(sx >> 5) - have.x, (sy >> 5) - have.y], axis=-1).astype(np.int16)
+    table = ((sy & 31) << 5 | (sx & 31)).astype(np.uint16)
+    out = np.empty((len(clip), want.h, want.w, clip.shape[3]), dtype=np.uint8)
+    for frame, dst in zip(clip, out, strict=True):
+        cv2.remap(frame, xy, table, cv2.INTER_CUBIC, dst=dst, borderMode=cv2.BORDER_CONSTANT,
+                  borderValue=fill)  # fmt: skip
+    return out
+
+
+def _warp_cv2(frames: list[np.ndarray], matrix: tuple[float, ...],
+              fill: tuple[int, ...]) -> list[np.ndarray]:
+    """A PIL-style affine on every whole frame, OpenCV's bicubic (a = -0.75 where PIL's is -0.5:
+    mean difference 0.5/255 from PIL on smooth images, at a third of PIL's time per frame)."""
     h, w = frames[0].shape[:2]
-    flags = cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP
-    return [cv2.warpAffine(frame, m, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT,
-                           borderValue=fill) for frame in frames]  # fmt: skip
+    whole = Box(0, 0, w, h)
+    return list(_warp_region(np.stack(frames), matrix, fill, whole, whole))
 
 
-#: colour ops that map each pixel on its own (no per-frame statistic, no neighbourhood): run
-#: once on the clip's frames stacked into one tall image, the same values as frame by frame
-_POINTWISE = frozenset({"invert", "posterize", "solarize", "solarize_add", "brightness", "color"})
+def _needs(op: RandAugmentOp, want: Box, frame: Box) -> Box:
+    """The part of ``op``'s input that the ``want`` part of its output depends on."""
+    if op.kind in _STATISTIC:
+        return frame
+    if op.kind == "sharpness":  # a 3×3 filter; frame-border pixels are kept, inside the frame
+        return _box(want.x - 1, want.y - 1, want.x + want.w, want.y + want.h, frame)
+    if op.kind == "affine":
+        return _affine_footprint(op.matrix, want, frame)
+    return want
 
 
-def apply_numpy(frames: np.ndarray, ops: tuple[RandAugmentOp, ...],
-                policy: RandAugmentPolicy) -> np.ndarray:
-    """``frames`` (T, H, W, 3) uint8 RGB → the augmented frames, same shape and dtype.
+def _regions(ops: tuple[RandAugmentOp, ...], keep: Box, frame: Box) -> list[Box]:
+    """The region each op reads, then ``keep``: a backward pass from the kept output."""
+    boxes = [keep]
+    for op in reversed(ops):
+        boxes.append(_needs(op, boxes[-1], frame))
+    return boxes[::-1]
 
-    Colour ops are timm's PIL functions with the same arguments: pointwise ones in one call on
-    the whole clip (frames stacked into one ``(T·H, W)`` image), the others (autocontrast,
-    equalize, contrast, sharpness: per-frame statistics or a 3×3 filter) frame by frame;
-    geometric ops one OpenCV affine warp per frame (PIL's bicubic affine was 90 % of
-    RandAugment's time).
-    """
+
+def source_region(ops: tuple[RandAugmentOp, ...], keep: Box, size: int) -> Box:
+    """The part of the size×size input frames that the ``keep`` part of the augmented frames
+    depends on: ``keep`` for pointwise ops; the whole frame when a per-frame statistic
+    (autocontrast, equalize, contrast) is met; a 1-pixel margin for sharpness; the bicubic
+    footprint, in OpenCV's fixed-point coordinates, for an affine."""
+    return _regions(ops, keep, Box(0, 0, size, size))[0]
+
+
+def _gradient_lut(op: RandAugmentOp, policy: RandAugmentPolicy) -> np.ndarray:
+    """``(1, 256, 3)`` table of a per-value op: timm's function on a 1×256 gradient."""
     from PIL import Image
 
-    clip = np.ascontiguousarray(frames)
-    t, h, w, c = clip.shape
-    for op in ops:
-        if op.kind == "affine":
-            clip = np.stack(_warp_cv2(list(clip), op.matrix, policy.fill))
-            continue
-        timm_op = policy._ops[op.name]
-        kwargs = dict(timm_op.kwargs)
-        if op.kind in _POINTWISE:
-            tall = Image.fromarray(clip.reshape(t * h, w, c))
-            clip = np.asarray(timm_op.aug_fn(tall, *op.args, **kwargs)).reshape(t, h, w, c)
-        else:
-            clip = np.stack([np.asarray(timm_op.aug_fn(Image.fromarray(image), *op.args,
-                                                       **kwargs))
-                             for image in clip])  # fmt: skip
-    return clip if clip.flags.writeable else clip.copy()
+    timm_op = policy._ops[op.name]
+    ramp = Image.fromarray(np.repeat(_RAMP[None, :, None], 3, axis=2))
+    return np.asarray(timm_op.aug_fn(ramp, *op.args, **dict(timm_op.kwargs)))
+
+
+def _then(first: np.ndarray | None, second: np.ndarray) -> np.ndarray:
+    """The table of ``first`` then ``second`` (``(1 or T, 256, 3)`` tables, per frame and
+    channel)."""
+    if first is None:
+        return second
+    shape = np.broadcast_shapes(first.shape, second.shape)
+    index = np.broadcast_to(first, shape).astype(np.intp)
+    return np.take_along_axis(np.broadcast_to(second, shape), index, axis=1)
+
+
+def _apply_lut(clip: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    import cv2
+
+    # (256,) for one table per frame (OpenCV's faster path), (1, 256, 3) for one per channel
+    same = (lut == lut[:, :, :1]).all()
+    tables = np.ascontiguousarray(lut[:, :, 0]) if same else lut[:, None]
+    if len(lut) == 1:  # one table for the clip: one call on the stacked frames
+        return cv2.LUT(_tall(clip), tables[0]).reshape(clip.shape)
+    out = np.empty(clip.shape, dtype=np.uint8)
+    for frame, table, dst in zip(clip, tables, out, strict=True):
+        cv2.LUT(frame, table, dst=dst)
+    return out
+
+
+def _histograms(clip: np.ndarray, lut: np.ndarray | None) -> np.ndarray:
+    """``(T, 256, 3)`` int64 histograms per frame and channel of ``lut`` applied to ``clip``
+    (the counts of the clip moved through the table: no pass over the pixels)."""
+    import cv2
+
+    t = len(clip)
+    hist = np.empty((t, 256, 3), dtype=np.int64)
+    for k, frame in enumerate(clip):
+        for c in range(3):
+            hist[k, :, c] = cv2.calcHist([frame], [c], None, [256], (0, 256))[:, 0]
+    if lut is None:
+        return hist
+    target = np.broadcast_to(lut, hist.shape).astype(np.int64) * 3 + np.arange(3)
+    target += (np.arange(t) * 768)[:, None, None]
+    moved = np.bincount(target.ravel(), weights=hist.ravel(), minlength=t * 768)
+    return moved.reshape(t, 256, 3).astype(np.int64)
+
+
+def _last_filled(hist: np.ndarray) -> np.ndarray:
+    return 255 - np.argmax(hist[:, ::-1] > 0, axis=1)
+
+
+def _autocontrast_lut(hist: np.ndarray) -> np.ndarray:
+    """``ImageOps.autocontrast``'s tables, Pillow's float64 formula, from ``(T, 256, 3)``."""
+    lo, hi = np.argmax(hist > 0, axis=1), _last_filled(hist)  # (T, 3)
+    spread = hi > lo
+    scale = np.where(spread, 255.0 / np.where(spread, hi - lo, 1), 1.0)
+    offset = np.where(spread, -lo * scale, 0.0)
+    lut = np.arange(256)[None, :, None] * scale[:, None] + offset[:, None]
+    return np.clip(np.trunc(lut), 0, 255).astype(np.uint8)
+
+
+def _equalize_lut(hist: np.ndarray) -> np.ndarray:
+    """``ImageOps.equalize``'s tables (see :func:`_equalize`) from ``(T, 256, 3)``."""
+    top = np.take_along_axis(hist, _last_filled(hist)[:, None], axis=1)[:, 0]
+    step = ((hist.sum(axis=1) - top) // _EQUALIZE_DIV)[:, None]  # (T, 1, 3)
+    before = np.cumsum(hist, axis=1) - hist
+    lut = (step // 2 + before) // np.maximum(step, 1)
+    return np.where(step > 0, np.clip(lut, 0, 255), np.arange(256)[:, None]).astype(np.uint8)
+
+
+def _contrast_lut(clip: np.ndarray, factor: float) -> np.ndarray:
+    """``ImageEnhance.Contrast``'s per-frame tables: the blend with the frame's mean grey."""
+    from PIL import Image
+
+    t, h, w, _ = clip.shape
+    grey = np.asarray(Image.fromarray(_tall(clip)).convert("L"))  # Pillow's integer grey
+    # ImageStat's mean (the integer sum over the count), rounded half up as Contrast does
+    mean = grey.reshape(t, h * w).sum(axis=1, dtype=np.int64) / (h * w)
+    level = np.floor(mean + 0.5).astype(np.uint8)
+    degenerate = np.ascontiguousarray(np.broadcast_to(level[:, None, None], (t, 256, 3)))
+    ramp = np.ascontiguousarray(np.broadcast_to(_RAMP[None, :, None], (t, 256, 3)))
+    return np.asarray(Image.blend(Image.fromarray(degenerate), Image.fromarray(ramp), factor))
+
+
+def _sharpness(clip: np.ndarray, factor: float) -> np.ndarray:
+    """``ImageEnhance.Sharpness`` on each frame of ``clip``, in one filter and one blend on the
+    stacked frames."""
+    import cv2
+    from PIL import Image
+
+    tall = _tall(clip)
+    smooth = cv2.filter2D(tall, -1, _SMOOTH).reshape(clip.shape)
+    # Pillow's 3×3 filter keeps each image's border pixels; in the stack the first and last row
+    # of a frame would mix it with its neighbour
+    frames = tall.reshape(clip.shape)
+    for edge in (np.s_[:, 0], np.s_[:, -1], np.s_[:, :, 0], np.s_[:, :, -1]):
+        smooth[edge] = frames[edge]
+    blended = Image.blend(Image.fromarray(smooth.reshape(tall.shape)), Image.fromarray(tall),
+                          factor)  # fmt: skip
+    return np.asarray(blended).reshape(clip.shape)
+
+
+def _timm_on_stack(clip: np.ndarray, op: RandAugmentOp, policy: RandAugmentPolicy) -> np.ndarray:
+    from PIL import Image
+
+    timm_op = policy._ops[op.name]
+    out = timm_op.aug_fn(Image.fromarray(_tall(clip)), *op.args, **dict(timm_op.kwargs))
+    return np.asarray(out).reshape(clip.shape)
+
+
+def _step(op: RandAugmentOp, clip: np.ndarray, lut: np.ndarray | None, have: Box, want: Box,
+          policy: RandAugmentPolicy) -> tuple[np.ndarray, np.ndarray | None]:
+    """One op: ``clip`` covers ``have`` with ``lut`` still to apply → the same for ``want``.
+
+    Tables are composed, not applied, until an op needs the pixels: a run of colour ops costs
+    one pass over the clip.
+    """
+    kind = op.kind
+    if kind in _LUT_OPS:
+        return clip, _then(lut, _gradient_lut(op, policy))
+    if kind in ("autocontrast", "equalize"):
+        hist = _histograms(clip, lut)
+        table = _autocontrast_lut(hist) if kind == "autocontrast" else _equalize_lut(hist)
+        return _crop(clip, want, have), _then(lut, table)
+    if lut is not None:
+        clip = _apply_lut(clip, lut)
+    if kind == "contrast":
+        return _crop(clip, want, have), _contrast_lut(clip, op.args[0])
+    if kind == "sharpness":
+        return _crop(_sharpness(clip, op.args[0]), want, have), None
+    if kind == "affine":
+        return _warp_region(clip, op.matrix, policy.fill, have, want), None
+    if kind == "color":
+        return _timm_on_stack(clip, op, policy), None
+    raise MaedferError(f"RandAugment op {op.name} has no numpy implementation")  # pragma: no cover
+
+
+def apply_numpy(frames: np.ndarray, ops: tuple[RandAugmentOp, ...], policy: RandAugmentPolicy,
+                *, keep: Box | None = None, source: Box | None = None) -> np.ndarray:
+    """``frames`` (T, H, W, 3) uint8 RGB, the ``source`` region of the clip's frames → the
+    ``keep`` region of the augmented frames, a new writeable uint8 array: the same values as
+    augmenting whole frames and then cutting ``keep``.
+
+    Without ``source``, ``frames`` are whole frames (of any size); with it, the frames are
+    ``policy.size`` square and ``source`` must contain :func:`source_region` of ``keep``.
+    ``keep`` defaults to the whole frame. Each op computes only the part later ops read.
+
+    Raises:
+        MaedferError: ``frames`` are not ``source``'s size, ``keep`` leaves the frame, or
+            ``source`` misses part of the region ``keep`` depends on.
+    """
+    clip = np.asarray(frames)
+    _, h, w, _ = clip.shape
+    frame = Box(0, 0, w, h) if source is None else Box(0, 0, policy.size, policy.size)
+    source = frame if source is None else Box(*source)
+    keep = frame if keep is None else Box(*keep)
+    if (h, w) != (source.h, source.w) or not _contains(frame, source):
+        raise MaedferError(f"RandAugment frames of {w}×{h} px are not the region {source}")
+    if not _contains(frame, keep) or keep.w < 1 or keep.h < 1:
+        raise MaedferError(f"RandAugment keep box {keep} is not inside the {frame.w} px frame")
+    boxes = _regions(ops, keep, frame)
+    if not _contains(source, boxes[0]):
+        raise MaedferError(f"RandAugment source region {source} misses part of {boxes[0]}, "
+                           "which the kept region depends on")  # fmt: skip
+    clip, lut = _crop(clip, boxes[0], source), None
+    for op, have, want in zip(ops, boxes[:-1], boxes[1:], strict=True):
+        clip, lut = _step(op, clip, lut, have, want, policy)
+    if lut is not None:
+        clip = _apply_lut(clip, lut)
+    if np.may_share_memory(clip, frames) or not clip.flags.writeable:
+        return clip.copy()
+    return np.ascontiguousarray(clip)
 
 
 # ------------------------------------------------------------------------ torch executor
