@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from maedfer.pipelines import augment
+from maedfer.pipelines import augment, rand_augment
 from maedfer.pipelines.backend import (
     MAX_ATTEMPTS,  # noqa: F401 (re-exported: the contract's)
     BadClipError,
@@ -356,9 +356,11 @@ def load_sample(spec: SampleSpec, config: SampleConfig,
     if source is None:
         video = _crop_resize(video, None, config.size)
     box = spec.box
-    if spec.rand_augment:
+    if spec.rand_augment:  # computes only the box's pixels: the box is cut after it
         policy = policy_for(config.rand_augment_policy, config.size)
-        video = _as_planes(policy.apply_numpy(_as_images(video), spec.rand_augment))
+        video = _as_planes(policy.apply_numpy(_as_images(video), spec.rand_augment, keep=box,
+                                              source=source))
+        box, source = (None if box is None else augment.Box(0, 0, box.w, box.h)), None
     if box is not None:
         if source is not None:  # the box, in the coordinates of the part decoded
             box = augment.Box(box.x - source.x, box.y - source.y, box.w, box.h)
@@ -371,16 +373,23 @@ def load_sample(spec: SampleSpec, config: SampleConfig,
 
 def _decode_needed(spec: SampleSpec, config: SampleConfig,
                    ) -> tuple[np.ndarray, augment.Box | None]:
-    """The sample's frames, converted only where its augmentation box will look: the box itself
-    when the decoded frames are already ``size``×``size`` and nothing moves pixels before the
-    box is cut (no RandAugment). Returns the frames and the part of the frame they hold."""
+    """The sample's frames, converted only where its augmentation box will look, when the
+    decoded frames are already ``size``×``size``: the box itself, or with RandAugment the part
+    of the frame its ops read to make the box (``rand_augment.source_region``: the whole frame
+    for a per-frame statistic). Returns the frames and the part of the frame they hold."""
     source: list[augment.Box] = []
 
     def within(height: int, width: int) -> augment.Box | None:
-        if spec.box is None or spec.rand_augment or (height, width) != (config.size,) * 2:
+        size = config.size
+        if spec.box is None or (height, width) != (size, size):
             return None
-        source.append(spec.box)
-        return spec.box
+        part = spec.box
+        if spec.rand_augment:
+            part = rand_augment.source_region(spec.rand_augment, spec.box, size)
+            if part == augment.Box(0, 0, size, size):
+                return None
+        source.append(part)
+        return part
 
     have, rgb = decode_found(spec.path, np.unique(spec.frame_indices), spec.crop, within=within)
     return pick(have, rgb, spec.frame_indices), (source[0] if source else None)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from maedfer.pipelines import augment, pyav, sampling
+from maedfer.pipelines.rand_augment import source_region
 from maedfer.preprocess import encode
 from tests.pipelines.media import marker_frames, read_markers, write_clip
 
@@ -234,7 +235,7 @@ def test_colour_conversion_values_unchanged(long_clips: dict[str, Path], codec: 
 @pytest.mark.parametrize(("mode", "crop", "size", "rand_augment", "narrowed"), [
     ("pretrain", [8, 8, 32, 32], 32, False, True),  # the multi-scale box of the manifest crop
     ("train", None, 64, False, True),  # the random-resized box, no RandAugment
-    ("train", None, 64, True, True),  # narrowed where no op of RandAugment applies
+    ("train", None, 64, True, True),  # with RandAugment: the part its ops read
     ("train", [2, 4, 40, 36], 32, False, False),  # frames resized first: converted whole
 ])  # fmt: skip
 def test_converting_only_the_box_gives_the_same_samples(
@@ -255,6 +256,10 @@ def test_converting_only_the_box_gives_the_same_samples(
             assert spec.box is not None
             whole = pyav.decode_window(spec.path, spec.frame_indices, spec.crop)
             _, source = pyav._decode_needed(spec, loader.config)
-            assert source == (spec.box if narrowed and not spec.rand_augment else None)
+            needed = spec.box
+            if narrowed and spec.rand_augment:
+                needed = source_region(spec.rand_augment, spec.box, size)
+                needed = None if needed == augment.Box(0, 0, size, size) else needed
+            assert source == (needed if narrowed else None)
             assert torch.equal(pyav.load_sample(spec, loader.config),
                                pyav.load_sample(spec, loader.config, whole)), (epoch, i)
