@@ -94,10 +94,15 @@ def decode_window(path: str, indices: np.ndarray, crop: augment.Box | None = Non
 def pick(have: np.ndarray, rgb: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """Frames ``indices`` out of ``rgb`` (frames ``have``, sorted, on the last axis): an index
     the file does not reach (the clip ended early) takes the nearest earlier frame."""
-    nearest = np.maximum(np.searchsorted(have, indices, side="right") - 1, 0)
+    nearest = _nearest(have, indices)
     if (np.diff(nearest) == 1).all():  # consecutive frames (a test view): a view, no copy
         return rgb[..., nearest[0] : nearest[-1] + 1]
     return rgb[..., nearest]
+
+
+def _nearest(have: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Positions in sorted ``have`` of ``indices``, or of the nearest earlier frame."""
+    return np.maximum(np.searchsorted(have, indices, side="right") - 1, 0)
 
 
 def decode_found(path: str, wanted: np.ndarray, crop: augment.Box | None = None,
@@ -410,12 +415,35 @@ class ClipDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         keep_heap_memory()
-        spec, video, faults = sample_with_retries(
-            self.plan, i, lambda s: load_sample(s, self.config, self._from_views(i, s)))
+        spec, video, faults = sample_with_retries(self.plan, i, lambda s: self._read(i, s))
         return {"video": video, "label": spec.label, "clip_id": spec.clip_id,
                 "view": spec.view, "bad": faults}
 
     _views: tuple[tuple[str, int], np.ndarray, np.ndarray] | None = None
+    _normalised: tuple[tuple[str, int], torch.Tensor] | None = None
+
+    def _read(self, i: int, spec: SampleSpec) -> torch.Tensor:
+        video = self._from_views(i, spec)
+        if video is None or self.config.mode != "test":
+            return load_sample(spec, self.config, video)
+        return self._test_view(spec)
+
+    def _test_view(self, spec: SampleSpec) -> torch.Tensor:
+        """A test view cut from the clip's views' frames resized and normalised once (test mode
+        has no augmentation: each frame's values are those of the view made alone)."""
+        key, have, rgb = self._views
+        if self._normalised is None or self._normalised[0] != key:
+            self._normalised = (key, augment.normalised_clip(_crop_resize(rgb, None,
+                                                                          self.config.size)))
+        nearest = _nearest(have, spec.frame_indices)
+        frames = self._normalised[1]
+        if (np.diff(nearest) == 1).all():
+            clip = frames[:, int(nearest[0]) : int(nearest[-1]) + 1]
+        else:
+            clip = frames[:, torch.from_numpy(nearest)]
+        if self.config.subtract_mean:  # the mean over time of the same memory layout
+            clip = clip.contiguous()
+        return augment.finish_clip(clip, subtract_mean=self.config.subtract_mean)
 
     def _from_views(self, i: int, spec: SampleSpec) -> np.ndarray | None:
         """Test mode: the frames of view ``spec.view``, cut from one decode of all the clip's

@@ -175,9 +175,10 @@ def test_bad_files_raise(tmp_path: Path) -> None:
             pyav.probe_num_frames(str(path))
 
 
-@pytest.mark.parametrize("clips", ["h264_clips", "vp9_clips"])
+@pytest.mark.parametrize(("clips", "subtract_mean"),
+                         [("h264_clips", False), ("vp9_clips", False), ("h264_clips", True)])
 def test_test_views_from_one_decode_equal_each_view_decoded_alone(
-        clips: str, request: pytest.FixtureRequest) -> None:
+        clips: str, subtract_mean: bool, request: pytest.FixtureRequest) -> None:
     # test mode decodes a clip once for all its views; each view must be bit-equal to the
     # view decoded on its own (the loader's output before that change)
     from maedfer.pipelines import build_loader
@@ -186,7 +187,7 @@ def test_test_views_from_one_decode_equal_each_view_decoded_alone(
     folder, rows = request.getfixturevalue(clips)
     rows = rows.assign(crop=[[2, 4, 40, 36]] * len(rows))
     loader = build_loader(rows, mode="test", batch_size=3, size=32, backend="pyav", workers=0,
-                          root=folder)
+                          root=folder, subtract_mean=subtract_mean)
     plan = EpochPlan(loader.table, loader.config, epoch=0)
     dataset = pyav.ClipDataset(plan)
     shared = 0
