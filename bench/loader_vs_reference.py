@@ -30,11 +30,12 @@ side gives is the nearest (mean |Δ|) among its neighbours in the other source, 
 difference is printed (the two sides' decoders and resizes differ by design).
 
 Rates are clips (test: views) per CPU-second of this process (``time.process_time``: one
-process, one torch/OpenCV/decord thread each side), in ``--rounds`` interleaved rounds
+process, one torch/OpenCV/decord thread each side), ``--passes`` passes over the clips per side
+and round, in ``--rounds`` interleaved rounds
 (maedfer then reference, the order alternating each round); the ratio is the median of the
 per-round ratios. The machine's load average is printed with the figures.
 
-    .venv/bin/python bench/loader_vs_reference.py [--clips 40] [--rounds 5]
+    .venv/bin/python bench/loader_vs_reference.py [--clips 40] [--rounds 5] [--passes 3]
         [--modes train,test,pretrain] [--json bench/out/loader_vs_reference.json]
 """
 
@@ -301,6 +302,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--passes", type=int, default=3,
+                        help="passes over the clips per side and round (longer rounds, less noise)")
     parser.add_argument("--modes", default="train,test,pretrain,pretrain-reencoded,"
                         "pretrain-num_sample2")
     parser.add_argument("--cache", type=Path, default=REPO / "bench" / "out" / "ref-clips")
@@ -341,9 +344,11 @@ def main() -> None:
             rate = {}
             for side in order:
                 if side == "maedfer":
-                    cpu, n = cpu_time(lambda m=mode: run_maedfer(loaders[m]))
+                    cpu, n = cpu_time(lambda m=mode: sum(run_maedfer(loaders[m])
+                                                         for _ in range(args.passes)))
                 else:
-                    cpu, n = cpu_time(lambda m=mode: run_reference(ref, table, m))
+                    cpu, n = cpu_time(lambda m=mode: sum(run_reference(ref, table, m)
+                                                         for _ in range(args.passes)))
                 rate[side] = n / cpu
                 per[mode][side].append(rate[side])
             per[mode]["ratio"].append(rate["maedfer"] / rate["reference"])
@@ -351,6 +356,7 @@ def main() -> None:
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(
             f"{m} {per[m]['ratio'][-1]:.2f}x" for m in modes), file=sys.stderr)
     results = {"system": system(loads), "clips": args.clips, "rounds": args.rounds,
+               "passes": args.passes,
                "same_frames": same, "modes": {}}
     unit = {"train": "clips", "test": "views", "pretrain": "clips",
             "pretrain-reencoded": "clips", "pretrain-num_sample2": "samples"}
