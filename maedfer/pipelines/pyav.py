@@ -27,7 +27,7 @@ import av
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from maedfer.pipelines import augment, rand_augment
 from maedfer.pipelines.backend import (
@@ -475,7 +475,9 @@ class ClipDataset(Dataset):
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Batch samples: ``video`` (B, 3, T, H, W), ``label`` and ``view`` long, lists otherwise."""
     return {
-        "video": torch.stack([s["video"] for s in samples]),
+        # torch's collate stacks straight into shared memory in a worker process (saving the
+        # batch's copy into it on the way to the main process)
+        "video": default_collate([s["video"] for s in samples]),
         "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
         "clip_id": [s["clip_id"] for s in samples],
         "view": torch.tensor([s["view"] for s in samples], dtype=torch.long),
