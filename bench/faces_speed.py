@@ -62,7 +62,7 @@ def prepare_run(workers: int, clips: int, tmp: Path, device: str,
     """The full `maedfer prepare ravdess` on `clips` 720p clips of 64 frames; ``measure(run)``,
     if given, wraps the prepare subprocess alone (not the rendering of its input) and adds
     what it returns to the result."""
-    raw = make_ravdess_tree(tmp / f"rav{workers}", clips)
+    raw, clips = make_ravdess_tree(tmp / f"rav{workers}", clips)
     out = tmp / f"out{workers}"
     cmd = [sys.executable, "-m", "maedfer.cli", "prepare", "ravdess", "--raw", str(raw),
            "--out", str(out), "--workers", str(workers), "--device", device]  # fmt: skip
@@ -83,8 +83,9 @@ def prepare_run(workers: int, clips: int, tmp: Path, device: str,
             "driver_frames_per_s": 64 * clips / inner, "all_ok": ok, **extra}  # fmt: skip
 
 
-def make_ravdess_tree(raw: Path, clips: int) -> Path:
-    """A RAVDESS raw tree of `clips` 720p 64-frame portrait clips (actor 1, speech)."""
+def make_ravdess_tree(raw: Path, clips: int) -> tuple[Path, int]:
+    """A RAVDESS raw tree of up to `clips` 720p 64-frame portrait clips (actor 1's speech: at
+    most 60) and how many it holds."""
     from tests.preprocess.media import MediaWriter
     from tests.rawtrees import make_ravdess
 
@@ -99,7 +100,7 @@ def make_ravdess_tree(raw: Path, clips: int) -> Path:
     writer = MediaWriter(raw.parent / f"work-{raw.name}", portraits, frames=64,
                          frame_size=(1280, 720), keep=keep)
     make_ravdess(raw, actors=[1], write=writer, full_av=False, songs=False)
-    return raw
+    return raw, len(stems)
 
 
 def system() -> dict:

@@ -1,6 +1,6 @@
 """Do more worker processes give more? The CPU loader and ``prepare`` with 1 and 2 workers.
 
-Usage: .venv/bin/python bench/workers_scaling.py [--rounds 3] [--prepare-clips 16]
+Usage: .venv/bin/python bench/workers_scaling.py [--rounds 3] [--prepare-clips 60]
     [--json bench/out/workers_scaling.json]
 
 - Loader: train mode with the full reference augmentation over the content of
@@ -85,7 +85,8 @@ def loader_round(manifest: pd.DataFrame, workers: int, epochs: int = 2) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--prepare-clips", type=int, default=16)
+    parser.add_argument("--prepare-clips", type=int, default=60,
+                        help="at most 60 (one RAVDESS actor's speech clips)")
     parser.add_argument("--skip-prepare", action="store_true")
     parser.add_argument("--cache", type=Path, default=REPO / "bench" / "out" / "ref-clips")
     parser.add_argument("--json", type=Path, default=None)

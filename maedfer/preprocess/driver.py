@@ -36,6 +36,7 @@ import multiprocessing as mp
 import os
 import re
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -311,6 +312,19 @@ def _pool_context() -> mp.context.BaseContext:
     return ctx
 
 
+def _start_pool_server() -> None:
+    """Start the workers' fork server now, in a thread: its imports (torch, seconds) overlap
+    the indexing of the raw tree and the journal's reading instead of delaying the first clip
+    (the pool waits for it on the fork server's own lock)."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return
+    from multiprocessing import forkserver
+
+    _pool_context()
+    threading.Thread(target=forkserver.ensure_running, name="forkserver-start",
+                     daemon=True).start()
+
+
 # A worker that dies (killed, out of memory) takes the clips it held with it: they are tried
 # again in a new pool, and after this many deaths with a clip in hand it counts as a failure.
 MAX_WORKER_DEATHS = 2
@@ -553,6 +567,8 @@ def run(
     if not index_only and not merge:
         resolve_device(device)  # a CUDA request without CUDA fails here, not once per clip
     out = Path(out).expanduser().resolve()
+    if workers > 1 and not index_only and not merge:
+        _start_pool_server()
     info = get_dataset(dataset)
     protocol = info.protocol.configure(**(dataset_options or {}))
     in_place = info.in_place if protocol.in_place is None else protocol.in_place
