@@ -94,15 +94,16 @@ def decode_window(path: str, indices: np.ndarray, crop: augment.Box | None = Non
 def pick(have: np.ndarray, rgb: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """Frames ``indices`` out of ``rgb`` (frames ``have``, sorted, on the last axis): an index
     the file does not reach (the clip ended early) takes the nearest earlier frame."""
-    nearest = _nearest(have, indices)
-    if (np.diff(nearest) == 1).all():  # consecutive frames (a test view): a view, no copy
-        return rgb[..., nearest[0] : nearest[-1] + 1]
-    return rgb[..., nearest]
+    return rgb[..., _positions(have, indices)]
 
 
-def _nearest(have: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """Positions in sorted ``have`` of ``indices``, or of the nearest earlier frame."""
-    return np.maximum(np.searchsorted(have, indices, side="right") - 1, 0)
+def _positions(have: np.ndarray, indices: np.ndarray) -> slice | np.ndarray:
+    """Where ``indices`` (or the nearest earlier frame) lie in sorted ``have``: a slice when they
+    are consecutive (a test view: a view of the frames, no copy), else their positions."""
+    nearest = np.maximum(np.searchsorted(have, indices, side="right") - 1, 0)
+    if (np.diff(nearest) == 1).all():
+        return slice(int(nearest[0]), int(nearest[-1]) + 1)
+    return nearest
 
 
 def decode_found(path: str, wanted: np.ndarray, crop: augment.Box | None = None,
@@ -435,12 +436,9 @@ class ClipDataset(Dataset):
         if self._normalised is None or self._normalised[0] != key:
             self._normalised = (key, augment.normalised_clip(_crop_resize(rgb, None,
                                                                           self.config.size)))
-        nearest = _nearest(have, spec.frame_indices)
+        where = _positions(have, spec.frame_indices)
         frames = self._normalised[1]
-        if (np.diff(nearest) == 1).all():
-            clip = frames[:, int(nearest[0]) : int(nearest[-1]) + 1]
-        else:
-            clip = frames[:, torch.from_numpy(nearest)]
+        clip = frames[:, where if isinstance(where, slice) else torch.from_numpy(where)]
         if self.config.subtract_mean:  # the mean over time of the same memory layout
             clip = clip.contiguous()
         return augment.finish_clip(clip, subtract_mean=self.config.subtract_mean)
