@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from maedfer.errors import MaedferError
-from maedfer.pipelines import augment, backend
+from maedfer.pipelines import augment, backend, nvdec
 from maedfer.pipelines.backend import BadClipError, Faults, sample_with_retries
 from maedfer.pipelines.plan import EpochPlan, SampleConfig, SampleSpec
 from maedfer.pipelines.rand_augment import apply_torch, policy_for
@@ -335,6 +335,8 @@ class DaliBackend:
     def epoch(self, plan: EpochPlan, *, batch_size: int, drop_last: bool, workers: int,
               device: torch.device | None, faults: Faults) -> Iterator[dict[str, Any]]:
         assert device is not None  # resolve_backend always gives DALI a device
+        if device.type == "cuda" and nvdec.library() is None:
+            raise MaedferError(nvdec.MISSING)  # else every sample fails as if the files were bad
         yield from DaliEpoch(plan, batch_size=batch_size, drop_last=drop_last,
                              threads=max(1, workers), device=device, faults=faults)
 

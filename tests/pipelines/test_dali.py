@@ -130,3 +130,13 @@ def test_dali_gpu_h264_matches_pyav(h264_clips: tuple[Path, pd.DataFrame]) -> No
     pyav_video, dali_video, _ = both(folder / "manifest.parquet", dali_device="cuda",
                                      mode="train", batch_size=2, size=32, rand_augment=True)
     within_rand_augment_tolerance(pyav_video, dali_video)
+
+
+def test_dali_on_the_gpu_without_nvdec_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from maedfer.pipelines import dali, nvdec
+
+    monkeypatch.setattr(nvdec, "library", lambda: None)
+    epoch = dali.BACKEND.epoch(None, batch_size=1, drop_last=False, workers=1,
+                               device=torch.device("cuda"), faults=None)
+    with pytest.raises(MaedferError, match="libnvcuvid.*NVIDIA_DRIVER_CAPABILITIES"):
+        next(epoch)
