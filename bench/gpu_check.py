@@ -216,13 +216,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds for the whole run (default 480; --quick 180)")
     parser.add_argument("--list", action="store_true", help="list the measurements and stop")
+    parser.add_argument("--make-cache", action="store_true",
+                        help="make the clips of the mode in --cache and stop (to carry them to "
+                             "a node without PyAV, or to start the clock sooner)")
     args = parser.parse_args(argv)
     if args.only:
         unknown = sorted(set(args.only.split(",")) - set(BY_NAME))
         if unknown:
             parser.error(f"--only: unknown measurement(s) {', '.join(unknown)}; known: "
                          f"{', '.join(BY_NAME)}")
-    if not args.list and args.out is None:
+    if args.make_cache and args.cache is None:
+        parser.error("--make-cache needs --cache DIR")
+    if not args.list and not args.make_cache and args.out is None:
         parser.error("--out DIR is required (or set $MAEDFER_OUT)")
     return args
 
@@ -235,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             needs = ", ".join(m.needs) or "-"
             print(f"{m.name:16} [{needs}] {m.seconds(mode):.0f} s  {m.what}")
         return 0
+    if args.make_cache:
+        return make_cache(Path(args.cache).resolve(), mode)
     selected = [m for m in MEASUREMENTS
                 if (not args.only or m.name in args.only.split(",")) and m.seconds(mode) > 0]
     out = Path(args.out).resolve()
@@ -282,6 +289,18 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results.data))
     print(f"gpu_check: wrote {out / RESULT} in {results.data['seconds']:.0f} s")
     return 0
+
+
+def make_cache(cache: Path, mode: str) -> int:
+    """The set-up step alone: the clips of ``mode`` in ``cache``."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="maedfer-gpu-check-") as work:
+        results = Results(Path(work) / RESULT, {"mode": mode})
+        context = {"mode": mode, "cache": str(cache), "work": work, "needs_clips": True}
+        run_setup(context, results, {**os.environ, "PYTHONUNBUFFERED": "1"}, Path(work), mode)
+        entry = results.data["setup"]
+    print(f"gpu_check: set-up {entry['status']}: {headline(entry)}")
+    return 0 if entry["status"] == "ok" else 1
 
 
 def run_setup(context: dict, results: Results, env: dict, work: Path, mode: str) -> None:

@@ -280,7 +280,9 @@ def build(args: argparse.Namespace) -> None:
     if args.from_env and (python != here or args.platform):
         raise SystemExit(f"wheelhouse: --from-env packs this environment (Python {here}, "
                          f"{sysconfig.get_platform()}); drop --python/--platform or download")
-    names = list(PACKAGES) + [n for n in (args.with_ or "").split(",") if n]
+    without = {normalise(n) for n in (args.without or "").split(",") if n}
+    names = [n for n in list(PACKAGES) + [n for n in (args.with_ or "").split(",") if n]
+             if normalise(n) not in without]
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     platform = args.platform or (sysconfig.get_platform().replace("-", "_").replace(".", "_")
@@ -461,6 +463,9 @@ def main(argv: Iterable[str] | None = None) -> None:
     b.add_argument("--part-size", type=float, default=56.0, help="MiB per part (default 56)")
     b.add_argument("--with", dest="with_", default="",
                    help="more packages, comma-separated (e.g. pandas,einops for a bare node)")
+    b.add_argument("--without", default="",
+                   help="packages to leave out, comma-separated (e.g. nvidia-dali-cuda130,"
+                        "astunparse,gast,optree where the node has no libnvcuvid)")
     b.add_argument("--level", type=int, default=9, choices=range(10),
                    help="xz preset (default 9; 0 is fast and larger)")
     b.add_argument("--work", type=Path, default=None, help="scratch folder (default: temp)")
