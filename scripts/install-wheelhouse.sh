@@ -3,4 +3,6 @@
 # Python (standard library only), then prints the PYTHONPATH line to use (docs/cluster.md):
 #   scripts/install-wheelhouse.sh PART... --target DIR
 set -euo pipefail
-exec "${PYTHON:-python3}" "$(cd "$(dirname "$0")" && pwd)/wheelhouse.py" install "$@"
+src=${BASH_SOURCE[0]}
+[[ $src == */* ]] && here=${src%/*} || here=.   # no dirname: a bare node may lack coreutils
+exec "${PYTHON:-python3}" "$here/wheelhouse.py" install "$@"
