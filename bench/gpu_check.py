@@ -172,21 +172,24 @@ def stop_group(proc: subprocess.Popen) -> None:
 
 def outcome(code: int | None, why: str, result: Path, seconds: float) -> dict:
     """The step's entry: what the subprocess wrote, or why it wrote nothing."""
-    if result.exists():
-        value = json.loads(result.read_text())
+    value = json.loads(result.read_text()) if result.exists() else {}
+    if value and value.get("status") != "partial":
+        pass  # the step finished and said how
     elif code is None:
-        value = {"status": "timed out", "reason": why}
+        value = {**value, "status": "timed out", "reason": why}
     elif code < 0:
-        value = {"status": "killed", "reason": f"killed by signal {-code} "
+        value = {**value, "status": "killed", "reason": f"killed by signal {-code} "
                  f"({signal.Signals(-code).name})"}
     else:
-        value = {"status": "failed", "reason": f"exited {code} without a result (see the log)"}
+        value = {**value, "status": "failed",
+                 "reason": f"exited {code} without a result (see the log)"}
     return {**value, "seconds": round(seconds, 1)}
 
 
 def headline(entry: dict) -> str:
     if entry.get("status") != "ok":
-        return entry.get("reason", "")[:70]
+        kept = " (figures so far kept)" if entry.get("figures") else ""
+        return (entry.get("reason", "") + kept)[:70]
     return str(entry.get("figures", {}).get("headline", ""))[:70]
 
 

@@ -72,6 +72,17 @@ def importable(module: str, what: str) -> None:
         raise NotRun(f"{what} is not importable ({type(exc).__name__}: {exc})") from None
 
 
+def save_partial(ctx: Context, figures: dict) -> None:
+    """Writes the figures measured so far: a timeout or a crash after this keeps them."""
+    write_result(Path(ctx["result_path"]), {"status": "partial", "figures": figures})
+
+
+def write_result(path: Path, value: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, default=str))
+    os.replace(tmp, path)
+
+
 def check_needs(ctx: Context) -> None:
     for need in ctx.get("needs", []):
         if need == "cuda" and not dry(ctx):
@@ -339,8 +350,8 @@ def pixel_equality(ctx: Context) -> dict:
     def videos(mode: str, **kw: Any) -> list:
         out = []
         for backend in ("pyav", "dali"):
-            loader = build_loader(manifest, mode=mode, fold=1, batch_size=batch, size=size,
-                                  seed=3, backend=backend, workers=0 if backend == "pyav" else 2,
+            loader = build_loader(manifest, mode=mode, batch_size=batch, size=size, seed=3,
+                                  backend=backend, workers=0 if backend == "pyav" else 2,
                                   device=dali_device(ctx) if backend == "dali" else None, **kw)
             out.append(torch.cat([b["video"].cpu() for b in itertools.islice(loader, batches)]))
         return out
@@ -393,7 +404,7 @@ def nvdec_ceiling(ctx: Context) -> dict:
     frames, start = 0, time.perf_counter()
     for _ in range(len(batches) - 1):
         (out,) = pipe.run()
-        frames += sum(int(out[i].shape()[0]) for i in range(len(out)))
+        frames += sum(int(shape[0]) for shape in out.shape())
     seconds = time.perf_counter() - start
     rate = frames / seconds
     return {"decoded_frames_per_s": round(rate), "frames": frames, "seconds": round(seconds, 2),
@@ -438,6 +449,7 @@ def loader_rates(ctx: Context, backend: str, workers: int) -> dict:
                      "main_process_cpu_s_per_clip": round(host / clips, 5),
                      "rows": loader.dataset_size}
         del it, loader
+        save_partial(ctx, out)
     out["headline"] = ", ".join(f"{m} {out[m]['clips_per_s']:.0f}"
                                 for m in ("train", "test", "pretrain")) + " clips/s"
     return out
@@ -524,6 +536,7 @@ def step_eager(ctx: Context) -> dict:
         rows["ours_over_reference"] = round(rows["ours"]["clips_per_s"]
                                             / rows["reference"]["clips_per_s"], 3)
         out[recipe] = rows
+        save_partial(ctx, out)
     ft = out["finetune"]["ours"]
     share = f", {100 * ft['share_of_gemm_ceiling']:.0f} % of GEMM" if ceiling else ""
     out["headline"] = (f"finetune {ft['clips_per_s']:.0f} clips/s{share} "
@@ -664,9 +677,10 @@ def syncs(ctx: Context) -> dict:
             out[f"dali_{mode}_batch"] = counter.count
     except NotRun as missing:
         out["dali_batch"] = f"not run: {missing}"
-    for recipe, (name, overrides) in models(ctx).items():
-        step, model, _ = build_step(name, batch=2 if dry(ctx) else 8, device=device(ctx),
-                                    overrides=overrides)
+    from train_speed import MODELS
+
+    for recipe, (name, overrides) in MODELS["tiny"].items():  # syncs do not depend on size
+        step, model, _ = build_step(name, batch=2, device=device(ctx), overrides=overrides)
         step()
         with SyncCounter(cuda) as counter:
             step()
@@ -709,6 +723,7 @@ def step_compiled(ctx: Context) -> dict:
                    unique_graphs=int(counters["stats"].get("unique_graphs", 0)))
         out[recipe] = {"model": name, **row}
         del step, model
+        save_partial(ctx, out)
     ft = out["finetune"]
     out["headline"] = (f"finetune {ft['clips_per_s']:.0f} clips/s compiled, "
                        f"{ft['graph_breaks']} graph breaks, first step {ft['first_step_s']:.0f} s")
@@ -794,6 +809,7 @@ def failure(exc: BaseException) -> str:
 def main() -> None:
     name, context_path, result_path = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     ctx = json.loads(context_path.read_text())
+    ctx["result_path"] = str(result_path)
     try:
         check_needs(ctx)
         value = {"status": "ok", "figures": STEPS[name](ctx)}
@@ -802,9 +818,7 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 (reported in the JSON; the check goes on)
         traceback.print_exc()
         value = {"status": "failed", "reason": failure(exc)}
-    tmp = result_path.with_name(f".{result_path.name}.tmp")
-    tmp.write_text(json.dumps(value, default=str))
-    os.replace(tmp, result_path)
+    write_result(result_path, value)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # the figures are written: a library crashing at interpreter exit loses nothing
