@@ -8,13 +8,17 @@
 - :mod:`~maedfer.inference.predict`: ``maedfer predict`` on many videos, the tables;
 - :mod:`~maedfer.inference.render`: the timeline PNG and the overlay video;
 - :mod:`~maedfer.inference.export`: safetensors and ONNX;
-- :mod:`~maedfer.inference.embed`: features per window or per manifest clip.
+- :mod:`~maedfer.inference.embed`: features per window or per manifest clip;
+- :mod:`~maedfer.inference.reconstruct`: :class:`Reconstructor`, a pre-trained MAE's
+  reconstructions of masked windows (``maedfer reconstruct``: ``reconstruct_run``, pictures:
+  ``reconstruct_render``).
 
 No CLI library is imported here: ``maedfer/cli.py`` declares the commands and calls these.
 """
 
 from maedfer.inference.loading import ModelSettings, load_classifier
 from maedfer.inference.predictor import FacesFound, Prediction, Predictor
+from maedfer.inference.reconstruct import Reconstructor, WindowReconstruction
 from maedfer.inference.windows import stream_windows, window_batch, window_indices
 
 __all__ = [
@@ -22,6 +26,8 @@ __all__ = [
     "ModelSettings",
     "Prediction",
     "Predictor",
+    "Reconstructor",
+    "WindowReconstruction",
     "load_classifier",
     "stream_windows",
     "window_batch",
