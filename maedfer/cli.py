@@ -445,13 +445,17 @@ HopOpt = Annotated[
 @app.command()
 def predict(
     videos: Annotated[
-        list[str], typer.Argument(help="Video files, folders (their videos) or glob patterns.")
-    ],
-    checkpoint: CheckpointOpt,
+        list[str] | None,
+        typer.Argument(help="Video files, folders (their videos) or glob patterns; none with "
+                       "--camera or --stream."),
+    ] = None,
+    checkpoint: CheckpointOpt = ...,
     out: Annotated[
         Path | None,
         typer.Option(help="results.parquet, .csv or .json: one row per window, and a "
-                     "per-video table (beside it as results.videos.*, or inside the JSON)."),
+                     "per-video table (beside it as results.videos.*, or inside the JSON); "
+                     "live (--camera, --stream, --realtime): results.jsonl, a line per window "
+                     "as it is scored (default: stdout)."),
     ] = None,
     plot: Annotated[
         Path | None,
@@ -467,13 +471,56 @@ def predict(
     device: Annotated[Device, typer.Option()] = Device.auto,
     hop: HopOpt = None,
     set_: ModelSetOpt = None,
+    explain: Annotated[
+        bool,
+        typer.Option(help="Where each window's evidence lies: Grad-CAM over the token grid (and "
+                     "the representative tokens' attention), as heat over the face in --overlay, "
+                     "strips in --plot, frame_relevance and peak_frame in the table."),
+    ] = False,
+    camera: Annotated[
+        str | None,
+        typer.Option(help="Live: read this camera (0, 1, ... or a device such as /dev/video2) "
+                     "and score each window as its frames come."),
+    ] = None,
+    stream: Annotated[
+        str | None,
+        typer.Option(help="Live: read this stream (rtsp://, http://, udp://, ...) as it comes."),
+    ] = None,
+    realtime: Annotated[
+        bool,
+        typer.Option(help="Live: play the one VIDEO (or --stream) at its frame rate, as if it "
+                     "came from a camera."),
+    ] = False,
+    max_lag: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="Live: drop the frames waiting when the oldest is this many "
+                     "seconds old (default: one window hop)."),
+    ] = None,
 ) -> None:
-    """Per-window class probabilities for the face in each video, and a per-video summary."""
+    """Per-window class probabilities for the face in each video, and a per-video summary;
+    live from a camera or a stream, a JSON line per window as it is scored."""
+    if camera is not None or stream is not None or realtime:
+        if plot is not None or overlay is not None:
+            _usage("--plot and --overlay need a whole video, not a live source")
+        if videos and len(videos) > 1:
+            _usage("--realtime plays one video")
+        _call(
+            "maedfer.inference.live", "run",
+            checkpoint=checkpoint, camera=camera, stream=stream,
+            video=videos[0] if videos else None, realtime=realtime, out=out, max_lag=max_lag,
+            explain=explain, device=_opt_device(device), dataset=_opt_value(dataset),
+            classes=classes, hop=hop, model_overrides=set_,
+        )  # fmt: skip
+        return
+    if not videos:
+        _usage("give video files, folders or patterns, or --camera N / --stream URL")
+    if max_lag is not None:
+        _usage("--max-lag goes with --camera, --stream or --realtime")
     _call(
         "maedfer.inference.predict", "run",
         videos=videos, checkpoint=checkpoint, out=out, plot=plot, overlay=overlay,
         device=_opt_device(device), dataset=_opt_value(dataset), classes=classes, hop=hop,
-        model_overrides=set_,
+        model_overrides=set_, explain=explain,
     )  # fmt: skip
 
 
