@@ -206,7 +206,7 @@ def _figures(report: Mapping[str, Any]) -> dict[str, Any]:
 def summarize(out: Path, folds: list, dataset: str, config: str | Path) -> dict[str, Any]:
     """Cross-fold evaluation of the finished folds; writes and returns ``summary.json``."""
     folders = [fold_dir(out, f) for f in folds]
-    payload = evaluate.run(folders, out=Path(out), echo=False)
+    payload = evaluate.run(folders, out=Path(out), echo=False, html=False)
     per_fold = []
     for fold, folder, entry in zip(folds, folders, payload["runs"], strict=True):
         per_fold.append({"fold": fold, "run": str(folder), **_figures(entry["report"]),
@@ -232,7 +232,25 @@ def summarize(out: Path, folds: list, dataset: str, config: str | Path) -> dict[
         "pooled": pooled, "published": published, "evaluation_json": payload.get("summary_json"),
     }  # fmt: skip
     metrics.write_report(Path(out) / SUMMARY, summary)
+    _write_html(Path(out), summary, payload, folders, dataset, config)
     return summary
+
+
+def _write_html(out: Path, summary: Mapping[str, Any], payload: Mapping[str, Any],
+                folders: list[Path], dataset: str, config: str | Path) -> Path:  # fmt: skip
+    """``out/report.html``: the protocol's page (:mod:`maedfer.train.report_html`)."""
+    from maedfer.train import report_html as page
+
+    entries = []
+    for row, folder, entry in zip(summary["folds"], folders, payload["runs"], strict=True):
+        name = f"fold {row['fold']}" if row["fold"] is not None else "test split"
+        entries.append(page.RunEntry(name, folder, entry["report"], row["complete"]))
+    pooled = payload.get("pooled") or {**entries[0].report, **summary["pooled"]}
+    return page.write_report_html(
+        out / page.REPORT_HTML, title=f"maedfer protocol: {dataset}", runs=entries,
+        dataset=dataset, mean=summary["mean_over_folds"], pooled=pooled,
+        published=page.published_percent(dataset), note=f"fine-tuning config {config}",
+    )  # fmt: skip
 
 
 def _pct(value: float) -> str:
@@ -335,5 +353,5 @@ def run(
         typer.echo(json.dumps(summary, indent=2))
     else:
         typer.echo(format_summary(summary))
-        typer.echo(f"\nwrote {Path(out) / SUMMARY}")
+        typer.echo(f"\nwrote {Path(out) / SUMMARY}, {Path(out) / 'report.html'}")
     return summary
