@@ -494,7 +494,7 @@ def predict(
     max_lag: Annotated[
         float | None,
         typer.Option(min=0.0, help="Live: drop the frames waiting when the oldest is this many "
-                     "seconds old (default: one window hop)."),
+                     "seconds old (default: one window hop, at least 1 s)."),
     ] = None,
 ) -> None:
     """Per-window class probabilities for the face in each video, and a per-video summary;

@@ -9,7 +9,9 @@ once as one JSON line (to ``--out results.jsonl`` or stdout), flushed, with two 
 ``dropped_frames`` (so far).
 
 Falling behind: when the next frame waiting is older than ``max_lag`` seconds (default: one
-window hop, the time between two windows' last frames), the frames waiting are dropped and
+window hop, the time between two windows' last frames, and at least a second, so that a
+moment's stall of a shared machine is caught up rather than dropped), the frames waiting are
+dropped and
 counted, and windows start afresh from the next frame that arrives, so no window spans a gap
 and the results stay as fresh as the machine allows. A queue that fills up (a machine far too
 slow) drops the newest frames, and the run restarts the same way.
@@ -41,6 +43,7 @@ from maedfer.preprocess.video import FALLBACK_FPS, upright
 
 QUEUE_BYTES = 512 << 20  # decoded frames waiting, at most
 QUEUE_SECONDS = 8.0  # ... and at most this much video
+MIN_LAG = 1.0  # s: the default lag allowed is a window hop, but never less than this
 _END = object()
 
 
@@ -281,7 +284,7 @@ def run_live(predictor: Predictor, source: Source, *, out: Path | None = None,
         reader.open_and_start()
         fps = reader.fps
         hop_seconds = predictor.hop * s.stride / fps
-        lag = hop_seconds if max_lag is None else max_lag
+        lag = max(hop_seconds, MIN_LAG) if max_lag is None else max_lag
         if echo:
             print(f"live: {source.name} at {fps:.2f} fps; a window every {hop_seconds:.2f} s; "
                   f"frames waiting over {lag:.2f} s are dropped", file=sys.stderr)  # fmt: skip

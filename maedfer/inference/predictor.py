@@ -173,6 +173,9 @@ def add_explanation_columns(windows: pd.DataFrame, explanation: Explanation,
             peaks.append(pd.NA)
             continue
         curves.append([round(float(v), 4) for v in curve])
+        if not curve.any():  # no token raised the class: no peak
+            peaks.append(pd.NA)
+            continue
         # a short video's window repeats its last frame: the peak stays inside the video
         peaks.append(min(int(end), int(start) + int(np.argmax(curve)) * explanation.tubelet
                          * stride))  # fmt: skip

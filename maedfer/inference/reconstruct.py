@@ -14,7 +14,10 @@ input's patches, as VideoMAE's visualisation does: ``appearance = pred * (std + 
 ``motion = pred * (std + 1e-6)`` (a difference: the mean cancels). A visible token is not
 predicted: its "reconstruction" is its own normalised target mapped back the same way, which
 gives the input patch (the sanity check of the tests). With mean-frame subtraction (the demo's
-recipe) the clip's mean frame is added back, so the pictures show the face.
+recipe) the model sees, and predicts, each frame's difference from the clip's mean frame; the
+appearance pictures add that mean frame back so they show a face, and say so: the face's
+overall look then comes from the mean frame, which the model never saw, and what the model
+filled in is the change.
 
 Per window the losses are those of the pre-training loss on that window alone: the MSE over its
 masked tokens (``loss``, the reference's plain mean) and its appearance and motion halves.
@@ -65,6 +68,8 @@ class WindowReconstruction:
         pred: ``(N_masked, D)`` the decoder's output (normalised targets, masked tokens in
             raster order).
         loss, loss_appearance, loss_motion: the window's pre-training loss and its halves.
+        mean_frame_added: the model sees clips minus their mean frame; ``appearance`` has that
+            mean frame added back (the model never saw it: it predicts the difference).
     """
 
     window: int
@@ -85,6 +90,7 @@ class WindowReconstruction:
     loss: float = math.nan
     loss_appearance: float = math.nan
     loss_motion: float = math.nan
+    mean_frame_added: bool = False
 
     @property
     def second(self) -> np.ndarray | None:
@@ -332,6 +338,7 @@ class Reconstructor:
         result.appearance, result.motion = out["appearance"], out["motion"]
         result.motion_input, result.pred = out["motion_input"], out["pred"]
         result.loss, result.loss_appearance, result.loss_motion = map(float, out["losses"])
+        result.mean_frame_added = self.settings.subtract_mean
 
 
 def reconstruct(video: str | Path, checkpoint: str | Path, **options: Any

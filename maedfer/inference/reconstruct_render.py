@@ -101,6 +101,9 @@ def render_grid(window: WindowReconstruction, title: str = "") -> np.ndarray:
     for r, name in enumerate(ROWS):
         y = HEADER_H + r * (cell + GAP)
         _put(canvas, name, (6, y + cell // 2))
+        if name == "appearance" and window.mean_frame_added:
+            _put(canvas, "+ the clip's mean", (6, y + cell // 2 + 18), 0.38)
+            _put(canvas, "frame (not seen)", (6, y + cell // 2 + 34), 0.38)
         if name.startswith("motion"):
             _put(canvas, f"x{gain:.1f} on grey", (6, y + cell // 2 + 18), 0.38)
         for c in range(count):

@@ -122,7 +122,7 @@ def _row(predictor: Predictor, number: int, indices: np.ndarray, share: float, f
     if explain:
         curve = None if scored is None else frame_relevance(scored["gradcam"])
         row["frame_relevance"] = None if curve is None else [round(float(v), 4) for v in curve]
-        if curve is None:
+        if curve is None or not curve.any():
             row["peak_frame"] = None
         else:
             tubelet = len(indices) // len(curve)
