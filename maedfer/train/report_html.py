@@ -175,9 +175,10 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
 def line_chart(series: Sequence[tuple[str, list[tuple[float, float]], str]], *, title: str,
                x_label: str, y_label: str, width: int = 520, height: int = 260,
                x_range: tuple[float, float] | None = None,
-               y_range: tuple[float, float] | None = None,
-               markers: bool = False) -> str:  # fmt: skip
-    """An inline SVG line chart of ``(name, [(x, y)...], colour)`` series."""
+               y_range: tuple[float, float] | None = None, markers: bool = False,
+               legend_left: bool = False) -> str:  # fmt: skip
+    """An inline SVG line chart of ``(name, [(x, y)...], colour)`` series; the names are
+    written top right (``legend_left``: top left, where the last points would be hidden)."""
     points = [p for _, pts, _ in series for p in pts if math.isfinite(p[1])]
     left, right, top, bottom = 52, 12, 26, 38
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -221,7 +222,8 @@ def line_chart(series: Sequence[tuple[str, list[tuple[float, float]], str]], *, 
         if markers or len(kept) == 1:
             out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{colour}"/>'
                     for x, y in kept]
-        out.append(f'<text x="{left + plot_w - 4}" y="{top + 14 + 13 * i}" text-anchor="end" '
+        x, anchor = (left + 6, "start") if legend_left else (left + plot_w - 4, "end")
+        out.append(f'<text x="{x}" y="{top + 14 + 13 * i}" text-anchor="{anchor}" '
                    f'fill="{colour}">{_e(name)}</text>')  # fmt: skip
     out.append("</svg>")
     return "\n".join(out)
@@ -248,8 +250,8 @@ def _curves(runs: Sequence[RunEntry]) -> str:
                               y_label="loss"))  # fmt: skip
     if tests:
         out.append(line_chart(tests, title="test UAR (%)", x_label="epoch", y_label="UAR %",
-                              x_range=(1.0, max(epochs)), y_range=(0, 100),
-                              markers=True))  # fmt: skip
+                              x_range=(1.0, max(epochs)), y_range=(0, 100), markers=True,
+                              legend_left=True))  # fmt: skip
     out.append("</div>")
     if missing:
         out.append(f'<p class="meta">No {METRICS} (not a training run folder): '
