@@ -173,3 +173,26 @@ def test_a_manifest_of_prepared_clips(work: Path, crops: np.ndarray, tmp_path: P
                                  "--limit", "1", "--device", "cpu"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert pd.read_csv(tmp_path / "one" / "losses.csv")["input"].tolist() == ["c1"]
+
+
+def test_the_official_codes_own_pretraining_state_dict_loads(tmp_path: Path) -> None:
+    """tests/model/fixtures/official_tiny.pt holds a pre-training state dict written by the
+    official modules (scripts/make_official_fixture.py) and their outputs: saved as the
+    official script saves it, the reconstructor's model gives those outputs."""
+    fixture = torch.load(Path(__file__).parents[1] / "model" / "fixtures" / "official_tiny.pt",
+                         weights_only=True)  # fmt: skip
+    pth = tmp_path / "checkpoint-49.pth"
+    torch.save({"model": fixture["pretrain_state"], "epoch": 49}, pth)
+    rec = Reconstructor(pth, device="cpu", model_overrides=["num_heads=2",
+                                                            "decoder_num_heads=2"])  # fmt: skip
+    assert rec.settings.format == "official" and rec.settings.size == 160
+    assert rec.model.config["official_decoder_order"] is True  # what the weights learned with
+    video = torch.randn(1, 3, 16, 160, 160,
+                        generator=torch.Generator().manual_seed(fixture["video16_seed"]))
+    with torch.no_grad():
+        pred = rec.model(video, fixture["mask"])
+    torch.testing.assert_close(pred[:, fixture["rows"]], fixture["pretrain_pred_rows"],
+                               atol=1e-4, rtol=0)  # fmt: skip
+    widths = runner.invoke(app, ["reconstruct", str(tmp_path), "--checkpoint", str(pth),
+                                 "--out", str(tmp_path / "x")])  # fmt: skip
+    assert widths.exit_code == 1 and "--set num_heads=N" in widths.stderr
