@@ -51,6 +51,7 @@ from maedfer.manifests.layout import (
     walk_files,
 )
 from maedfer.manifests.registry import register_dataset
+from maedfer.paths import under_root
 
 log = logging.getLogger(__name__)
 
@@ -227,15 +228,13 @@ def _table_rows(root: Path, o: FolderOptions) -> tuple[list[_Row], bool]:
         value = _cell(rec["path"])
         if value is None:
             raise MaedferError(f"{where}: empty path")
-        p = Path(value)
-        if p.is_absolute():
-            try:
-                p = p.resolve().relative_to(root)
-            except ValueError:
-                raise MaedferError(f"{where}: path {value} is not under {root}") from None
-        source = p.as_posix()
+        # one path rule (maedfer.paths): normalised, inside --raw; the key and the clip's
+        # place under --out are derived from this, never from the text as written
+        source = under_root(value, root, what=f"{where}: path")
         if source in seen:
-            raise MaedferError(f"{where}: path {value} is listed twice (also {seen[source]})")
+            same = "" if source == value else f" ({source})"
+            raise MaedferError(f"{where}: path {value}{same} is listed twice (also "
+                               f"{seen[source]})")
         seen[source] = where
         if not (root / source).exists():
             raise MaedferError(f"{where}: path {value} does not exist under {root}")

@@ -97,6 +97,11 @@ def _column(df: pd.DataFrame, name: str, n: int) -> pa.Array:
 def _check_rows(df: pd.DataFrame, *, classes: Sequence[str], num_folds: int, dataset: str) -> None:
     """Protocol invariants the pipelines rely on; a violation names the first offending clip."""
     ids = df["clip_id"].astype(str)
+    climbs = df["path"].astype(str).str.contains(r"(?:^|[/\\])\.\.(?:[/\\]|$)", regex=True)
+    if climbs.any():  # the one path rule (maedfer.paths): nothing outside the root
+        i = int(np.flatnonzero(climbs.to_numpy())[0])
+        raise MaedferError(f"{dataset}: clip {ids.iloc[i]} has path {df['path'].iloc[i]!r}, "
+                           "which climbs out of its root with '..'")  # fmt: skip
     keys = ids.tolist()
     if len(set(keys)) != len(keys):
         dup = ids[ids.duplicated()]

@@ -212,6 +212,26 @@ def _resolve_root(table: pa.Table, meta: dict[str, str], manifest_dir: Path | No
     return base
 
 
+# a ".." component: a path that may climb out of the folder it is relative to (maedfer.paths)
+_CLIMBS = r"(^|[/\\])\.\.([/\\]|$)"
+
+
+def _check_paths(table: pa.Table, source: str) -> None:
+    """The one path rule (:mod:`maedfer.paths`) for a manifest's clip paths, vectorised: none
+    climbs with ``..`` (absolute paths, which another tool may write, are taken as they are)."""
+    import pyarrow.compute as pc
+
+    paths = table.column("path")
+    climbs = pc.fill_null(pc.match_substring_regex(paths, _CLIMBS), False)
+    if pc.any(climbs).as_py():
+        i = int(np.flatnonzero(climbs.to_numpy(zero_copy_only=False))[0])
+        clip = table.column("clip_id")[i].as_py()
+        raise MaedferError(
+            f"manifest {source}: clip {clip} has path {paths[i].as_py()!r}, which climbs out of "
+            "the manifest's folder with '..'; clip paths must stay inside it"
+        )
+
+
 def _check_label_range(table: pa.Table, label: np.ndarray, num_classes: int, source: str) -> None:
     # a label past the class list would fail later as an IndexError inside the loss
     beyond = np.flatnonzero(label >= num_classes)
@@ -246,6 +266,7 @@ def load_clip_table(
         path = Path(manifest)
         table, meta = _read_parquet(path)
         source, manifest_dir = str(path), path.resolve().parent
+    _check_paths(table, source)
     mask = _select_mask(table, mode=mode, fold=fold, split=split, source=source)
     if not mask.any():
         raise MaedferError(f"no rows of {source} are selected (mode={mode}, fold={fold}, "
