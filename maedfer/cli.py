@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import enum
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from maedfer.errors import MaedferError, NotAvailableYet, os_error_line
+from maedfer.errors import MaedferError, NotAvailableYet, one_line
+from maedfer.lock import active_locks
 from maedfer.pipelines.backend import choices as backend_choices
 from maedfer.preprocess import MIN_FACE_RATIO, MIN_FRAMES
 
@@ -63,7 +65,9 @@ Backend = enum.Enum("Backend", {name: name for name in backend_choices()}, type=
 
 
 def _call(module: str, function: str, /, **kwargs: Any) -> Any:
-    """Import `module` and call `function(**kwargs)`, turning project errors into exit codes."""
+    """Import `module` and call `function(**kwargs)`: the one funnel from library failures to
+    exit codes and one line on stderr (maedfer.errors.one_line words the failures of the
+    machine, of writes and of worker processes)."""
     try:
         try:
             target = getattr(importlib.import_module(module), function)
@@ -75,16 +79,47 @@ def _call(module: str, function: str, /, **kwargs: Any) -> Any:
     except NotAvailableYet as exc:
         typer.echo(f"maedfer: {exc}", err=True)
         raise typer.Exit(code=2) from None
-    except MaedferError as exc:
-        typer.echo(f"maedfer: error: {exc}", err=True)
-        raise typer.Exit(code=1) from None
     except KeyboardInterrupt:
         # What was finished is kept (prepare's journal, the last checkpoint): say how to go on.
         typer.echo("maedfer: interrupted; run the same command again to resume", err=True)
         raise typer.Exit(code=130) from None
-    except OSError as exc:  # the environment said no (read-only folder, full disk, ...)
-        typer.echo(f"maedfer: error: {os_error_line(exc)}", err=True)
+    except Exception as exc:  # noqa: BLE001 (the funnel: every failure ends as one line)
+        typer.echo(f"maedfer: error: {_failure_line(exc)}", err=True)
         raise typer.Exit(code=1) from None
+
+
+def _failure_line(exc: Exception) -> str:
+    """The one line of a failure: a MaedferError's message (a worker's re-raised one without
+    its traceback), a failure of the machine, or an unexpected error, whose traceback is kept
+    in a file for a bug report instead of flooding the terminal."""
+    line = one_line(exc)
+    if line is None and isinstance(exc, MaedferError):
+        line = " ".join(str(exc).split("\n")[0].split())
+    if line is None:
+        line = _unexpected(exc)
+    held = active_locks()
+    if isinstance(exc, OSError) and not getattr(exc, "filename", None) and held:
+        line += f" (while writing into {held[-1]})"
+    return line
+
+
+def _unexpected(exc: Exception) -> str:
+    """An error maedfer did not expect (a bug): one line naming a file with the traceback."""
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    if os.environ.get("MAEDFER_TRACEBACK"):
+        typer.echo(text, err=True)
+    try:
+        fd, name = tempfile.mkstemp(prefix="maedfer-error-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(" ".join(sys.argv) + "\n\n" + text)
+        kept = f"; the traceback is in {name} (please attach it to a bug report)"
+    except OSError:
+        kept = "; run with MAEDFER_TRACEBACK=1 to see the traceback"
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"unexpected {type(exc).__name__}: {first}{kept}"
 
 
 def _opt_value(option: enum.Enum | None) -> str | None:

@@ -50,6 +50,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from maedfer.errors import MaedferError
+from maedfer.lock import hold
 from maedfer.manifests import (
     MANIFEST_COLUMNS,
     ClipEntry,
@@ -567,6 +568,20 @@ def run(
     if not index_only and not merge:
         resolve_device(device)  # a CUDA request without CUDA fails here, not once per clip
     out = Path(out).expanduser().resolve()
+    with hold(out, shard=output_names(part)[2] if part is not None else None):
+        return _run_held(
+            dataset=dataset, raw=raw, out=out, part=part, workers=workers, size=size,
+            index_only=index_only, codec=codec, from_video=from_video, reencode=reencode,
+            merge=merge, device=device, detect_every=detect_every, limit=limit,
+            min_frames=min_frames, min_face_ratio=min_face_ratio, retry_rejects=retry_rejects,
+            dataset_options=dataset_options, start=start,
+        )  # fmt: skip
+
+
+def _run_held(*, dataset, raw, out: Path, part, workers, size, index_only, codec, from_video,
+              reencode, merge, device, detect_every, limit, min_frames, min_face_ratio,
+              retry_rejects, dataset_options, start) -> dict[str, Any]:  # fmt: skip
+    """:func:`run` once it holds ``out``'s lock."""
     if workers > 1 and not index_only and not merge:
         _start_pool_server()
     info = get_dataset(dataset)
@@ -577,6 +592,7 @@ def run(
         logger.warning(warning)
     if merge:
         return _merge(index, out)
+    _check_apart(index.raw_root, out, in_place=in_place and not reencode)
     options = PrepareOptions(dataset=index.dataset, raw_root=index.raw_root, out=out, size=size,
                              codec=codec, reencode=reencode, min_frames=min_frames,
                              min_face_ratio=min_face_ratio,
@@ -610,6 +626,15 @@ def run(
         "seconds": seconds,
         "fingerprints": fingerprints,
     }
+
+
+def _check_apart(raw_root: Path, out: Path, *, in_place: bool) -> None:
+    """Refuse an ``--out`` whose ``clips/`` folder holds the raw tree: prepared clips would be
+    written over the raw videos they are made from."""
+    clips = out / "clips"
+    if not in_place and (raw_root == clips or clips in raw_root.parents):
+        raise MaedferError(f"--raw {raw_root} lies inside {clips}, where prepared clips are "
+                           "written: they would replace the raw videos; choose another --out")
 
 
 def _report_failures(dataset: str, failures: list[ClipResult], done: int, out: Path) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 from torch import nn
 
 from maedfer.errors import MaedferError
+from maedfer.lock import hold
 from maedfer.train import checkpoint as ckpt_io
 from maedfer.train.coverage import describe_missing
 from maedfer.train.distributed import resolve_device
@@ -212,6 +213,19 @@ def run(
     if out is None:
         raise MaedferError("--checkpoint needs --out DIR (where report.json and "
                            "predictions.parquet go)")  # fmt: skip
+    with hold(Path(out)):  # one command writes a folder at a time (maedfer.lock)
+        return _evaluate(
+            checkpoint=checkpoint, data=data, out=Path(out), fold=fold, split=split,
+            dataset=dataset, device=device, backend=backend, batch_size=batch_size,
+            workers=workers, model_overrides=model_overrides, as_json=as_json, quiet=quiet,
+        )  # fmt: skip
+
+
+def _evaluate(*, checkpoint: Path, data: Path, out: Path, fold: int | None, split: str | None,
+              dataset: str | None, device: str | None, backend: str, batch_size: int | None,
+              workers: int | None, model_overrides: Mapping[str, Any] | list[str] | None,
+              as_json: bool, quiet: bool) -> dict[str, Any]:  # fmt: skip
+    """:func:`run` once it holds ``out``'s lock."""
     started = time.perf_counter()
     chosen = _selection(Path(data), fold, split)
     if dataset is not None and dataset.lower() != chosen["dataset"].lower():

@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from maedfer.errors import MaedferError
+from maedfer.lock import RunLock
 from maedfer.model import create_model
 from maedfer.train import checkpoint as ckpt_io
 from maedfer.train import config as config_io
@@ -111,8 +112,13 @@ def decide_run(cfg: Any, out: Path, *, final_outputs: tuple[str, ...] = ()) -> R
 
 
 def open_run(recipe: Any, *, final_outputs: tuple[str, ...] = ()) -> bool:
-    """Decide the run (:func:`decide_run`) for ``recipe``; True when ``--out`` holds a finished
-    run and nothing is to be built (a dry run builds it all the same)."""
+    """Take the run folder's lock (rank 0; not for a dry run, which writes nothing) and decide
+    the run (:func:`decide_run`) for ``recipe``; True when ``--out`` holds a finished run and
+    nothing is to be built (a dry run builds it all the same). The lock is held until
+    :func:`close`: a second command into the same folder is refused (:mod:`maedfer.lock`)."""
+    recipe._lock = RunLock()
+    if recipe._env.is_main and not recipe.dry_run:
+        recipe._lock.take(recipe.out, what="choose another --out (run.out)")
     recipe._decision = decide_run(recipe.cfg, recipe.out, final_outputs=final_outputs)
     recipe._state = recipe._decision.state
     if recipe._decision.action == "finished" and not recipe.dry_run:
@@ -510,6 +516,9 @@ def close(recipe: Any, *, completed: bool) -> None:
         loop.metrics.close()  # flushes TensorBoard's events
     if env is not None:
         cleanup(env, synchronize=completed)
+    lock = getattr(recipe, "_lock", None)
+    if lock is not None:
+        lock.release()
 
 
 def check_common(cfg: Any) -> None:

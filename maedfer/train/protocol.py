@@ -33,6 +33,7 @@ import typer
 
 from maedfer.atomic import write_text
 from maedfer.errors import MaedferError
+from maedfer.lock import hold
 from maedfer.manifests import DATASET_NAMES, published_results
 from maedfer.train import evaluate, metrics
 from maedfer.train.heldout import REPORT, manifest_info
@@ -320,20 +321,28 @@ def run(
                    err=True)  # fmt: skip
         return {"sbatch": str(sbatch)}
     _check_config(config, overrides)  # a bad config fails now, not after a fold's training
-    for position, (fold, folder) in enumerate(zip(chosen, folders, strict=True), 1):
-        name = f"fold {fold}" if fold is not None else "the test split"
-        if fold_finished(folder, fold):
-            typer.echo(f"protocol: {name} finished earlier ({folder / REPORT}), kept", err=True)
-            continue
-        typer.echo(f"protocol: {name} ({position} of {len(chosen)}) -> {folder}", err=True)
-        _finetune_fold(config, Path(data), fold, Path(init), folder, overrides)
-        if not fold_finished(folder, fold):
-            raise MaedferError(f"{name} ended without {folder / REPORT} (training stopped "
-                               "early?); run the same command again to continue")  # fmt: skip
-    summary = summarize(Path(out), chosen, dataset, config)
+    with hold(Path(out)):  # one command writes a folder at a time (maedfer.lock)
+        summary = _run_folds(config, Path(data), Path(init), Path(out), chosen, folders,
+                             overrides, dataset)  # fmt: skip
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
         typer.echo(format_summary(summary))
         typer.echo(f"\nwrote {Path(out) / SUMMARY}")
     return summary
+
+
+def _run_folds(config: str | Path, data: Path, init: Path, out: Path, chosen: list,
+               folders: list[Path], overrides: Sequence[str], dataset: str) -> dict[str, Any]:
+    """Fine-tune every unfinished fold in turn, then the cross-fold summary."""
+    for position, (fold, folder) in enumerate(zip(chosen, folders, strict=True), 1):
+        name = f"fold {fold}" if fold is not None else "the test split"
+        if fold_finished(folder, fold):
+            typer.echo(f"protocol: {name} finished earlier ({folder / REPORT}), kept", err=True)
+            continue
+        typer.echo(f"protocol: {name} ({position} of {len(chosen)}) -> {folder}", err=True)
+        _finetune_fold(config, data, fold, init, folder, overrides)
+        if not fold_finished(folder, fold):
+            raise MaedferError(f"{name} ended without {folder / REPORT} (training stopped "
+                               "early?); run the same command again to continue")  # fmt: skip
+    return summarize(out, chosen, dataset, config)
