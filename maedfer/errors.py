@@ -139,10 +139,18 @@ def worker_failure(exc: BaseException) -> str | None:
     memory) is said so, with what to change.
     """
     text = str(exc)
-    if _WORKER_CAUGHT.search(text):
+    caught = _WORKER_CAUGHT.search(text)
+    if caught:
         last = [line for line in text.strip().splitlines() if line.strip()][-1].strip()
-        name = _WORKER_CAUGHT.search(text).group(1)
-        return last.split(f"{name}: ", 1)[-1] if f"{name}: " in last else last
+        name = caught.group(1)
+        message = last.split(f"{name}: ", 1)[-1] if f"{name}: " in last else last
+        if isinstance(exc, MaedferError) or name in _maedfer_errors():
+            return message  # (one whose constructor takes other arguments comes as a
+            # RuntimeError: known by its name)
+        if isinstance(exc, OSError):  # re-raised without its errno: read it from the text
+            code = re.match(r"\[Errno (\d+)\]", message)
+            return f"{message}; {what_to_do(int(code.group(1)) if code else None)}"
+        return None  # a bug in a worker: reported as unexpected, with its traceback kept
     died = _WORKER_DIED.search(text)
     if died:
         how = f"was killed ({died.group(2)})" if died.group(2) else "exited unexpectedly"
@@ -151,6 +159,15 @@ def worker_failure(exc: BaseException) -> str | None:
                 "memory: lower data.workers or data.batch_size (--set KEY=VALUE), then run "
                 "the same command again (it resumes from the last checkpoint)")
     return None
+
+
+def _maedfer_errors() -> set[str]:
+    names, todo = set(), [MaedferError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return names
 
 
 def one_line(exc: BaseException) -> str | None:

@@ -166,11 +166,11 @@ def run(
     """
     if format not in FORMATS:
         raise MaedferError(f"--format {format!r} must be one of {', '.join(FORMATS)}")
-    model, settings = load_classifier(checkpoint, device="cpu", dataset=dataset,
-                                      classes=classes, model_overrides=model_overrides)
     out = Path(out)
     with hold(out):
         _check_out(out)
+        model, settings = load_classifier(checkpoint, device="cpu", dataset=dataset,
+                                          classes=classes, model_overrides=model_overrides)
         with atomic_folder(out) as bundle:
             if format == "safetensors":
                 written = export_safetensors(model, settings, bundle)

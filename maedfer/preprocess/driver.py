@@ -49,6 +49,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from maedfer.atomic import remove_stale
 from maedfer.errors import MaedferError
 from maedfer.lock import hold
 from maedfer.manifests import (
@@ -582,6 +583,7 @@ def _run_held(*, dataset, raw, out: Path, part, workers, size, index_only, codec
               reencode, merge, device, detect_every, limit, min_frames, min_face_ratio,
               retry_rejects, dataset_options, start) -> dict[str, Any]:  # fmt: skip
     """:func:`run` once it holds ``out``'s lock."""
+    remove_stale(out)  # a killed run's half-written manifest or rejects
     if workers > 1 and not index_only and not merge:
         _start_pool_server()
     info = get_dataset(dataset)

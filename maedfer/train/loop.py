@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from maedfer.atomic import remove_stale
 from maedfer.errors import MaedferError
 from maedfer.lock import RunLock
 from maedfer.model import create_model
@@ -119,6 +120,8 @@ def open_run(recipe: Any, *, final_outputs: tuple[str, ...] = ()) -> bool:
     recipe._lock = RunLock()
     if recipe._env.is_main and not recipe.dry_run:
         recipe._lock.take(recipe.out, what="choose another --out (run.out)")
+        for folder in (recipe.out, recipe.checkpoint_path.parent):  # a killed save's temporary
+            remove_stale(folder)
     recipe._decision = decide_run(recipe.cfg, recipe.out, final_outputs=final_outputs)
     recipe._state = recipe._decision.state
     if recipe._decision.action == "finished" and not recipe.dry_run:
