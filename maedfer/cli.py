@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from maedfer.errors import MaedferError, NotAvailableYet, one_line
+from maedfer.errors import MaedferError, NotAvailableYet, Terminated, one_line
 from maedfer.lock import active_locks
 from maedfer.pipelines.backend import choices as backend_choices
 from maedfer.preprocess import MIN_FACE_RATIO, MIN_FRAMES
@@ -79,10 +79,11 @@ def _call(module: str, function: str, /, **kwargs: Any) -> Any:
     except NotAvailableYet as exc:
         typer.echo(f"maedfer: {exc}", err=True)
         raise typer.Exit(code=2) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         # What was finished is kept (prepare's journal, the last checkpoint): say how to go on.
-        typer.echo("maedfer: interrupted; run the same command again to resume", err=True)
-        raise typer.Exit(code=130) from None
+        how, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        typer.echo(f"maedfer: {how}; run the same command again to resume", err=True)
+        raise typer.Exit(code=code) from None
     except Exception as exc:  # noqa: BLE001 (the funnel: every failure ends as one line)
         typer.echo(f"maedfer: error: {_failure_line(exc)}", err=True)
         raise typer.Exit(code=1) from None

@@ -13,6 +13,11 @@ class MaedferError(Exception):
     """A user-facing error with a one-line message: what was wrong, the value, what is allowed."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``, ``timeout``), raised like Ctrl-C so that the same clean-up runs
+    (workers stopped, finished work kept); the command line exits 143 on it."""
+
+
 class NotAvailableYet(MaedferError):
     """A command whose implementation has not landed yet (the CLI exits 2 on it)."""
 

@@ -13,7 +13,9 @@ It only loops, keeps state and shows progress; the work per clip is `maedfer.pre
   every reject. An environmental failure (full disk, permission, I/O error, a worker killed)
   is no verdict: it is retried once at the end of the run, and if it persists the run ends
   non-zero naming the clips, writes no manifest, and a plain re-run retries them.
-- **Parallel**: ``--workers N`` processes (from a fork server), one `FaceAligner` each; a
+- **Parallel**: ``--workers N`` processes (from a fork server), one `FaceAligner` each, each
+  on a lifeline to the main process (`maedfer.lifeline`: killed in any way, it leaves no
+  worker, fork server or resource tracker behind); a
   single process decodes the next clip in a thread while it aligns the current one. Every
   clip's result depends on the clip alone, so any worker count gives the same bytes.
 - **Shards**: ``--shard i/N`` prepares the i-th of N shards balanced by work, and writes
@@ -49,8 +51,10 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from maedfer import lifeline
 from maedfer.atomic import remove_stale
 from maedfer.errors import MaedferError
+from maedfer.lifeline import die_with
 from maedfer.lock import hold
 from maedfer.manifests import (
     MANIFEST_COLUMNS,
@@ -241,8 +245,12 @@ class Journal:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(options: PrepareOptions, aligner_kwargs: dict, threads: int | None) -> None:
-    """Per process: options, thread limits, and a FaceAligner made on first need."""
+def _init_worker(options: PrepareOptions, aligner_kwargs: dict, threads: int | None,
+                 main_pid: int | None = None) -> None:
+    """Per process: a lifeline on the main process (`maedfer.lifeline`: a worker never
+    outlives it), options, thread limits, and a FaceAligner made on first need."""
+    if main_pid is not None:
+        die_with(main_pid)
     if threads is not None:
         import cv2
         import torch
@@ -310,7 +318,10 @@ def _pool_context() -> mp.context.BaseContext:
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["maedfer.preprocess.driver", "maedfer.preprocess.faces"])
+    # maedfer.lifeline first: the server holds a lifeline on this process (ENV) from its start
+    os.environ[lifeline.ENV] = str(os.getpid())
+    ctx.set_forkserver_preload(["maedfer.lifeline", "maedfer.preprocess.driver",
+                                "maedfer.preprocess.faces"])
     return ctx
 
 
@@ -335,6 +346,12 @@ MAX_WORKER_DEATHS = 2
 def _process(todo: list[ClipEntry], journal: Journal, options, aligner_kwargs, workers, done
              ) -> list[ClipResult]:  # fmt: skip
     """Prepare `todo`; the environmental failures that remain after one retry each."""
+    with lifeline.terminate_as_interrupt():
+        return _process_all(todo, journal, options, aligner_kwargs, workers, done)
+
+
+def _process_all(todo: list[ClipEntry], journal: Journal, options, aligner_kwargs, workers,
+                 done) -> list[ClipResult]:  # fmt: skip
     bar = tqdm(
         total=len(todo) + done, initial=done, unit="clip", desc=f"prepare {options.dataset}",
         file=sys.stderr, dynamic_ncols=True, smoothing=0.05,
@@ -382,7 +399,7 @@ def _in_pool(todo, options, aligner_kwargs, workers, record, work=None) -> None:
     while pending:
         pool = ProcessPoolExecutor(
             workers, mp_context=_pool_context(), initializer=_init_worker,
-            initargs=(options, aligner_kwargs, threads),
+            initargs=(options, aligner_kwargs, threads, os.getpid()),
         )  # fmt: skip
         in_flight: dict = {}
         try:
