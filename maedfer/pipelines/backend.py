@@ -159,6 +159,7 @@ class Faults:
 
     def __init__(self) -> None:
         self.known_bad: set[str] = set()
+        self.reasons: dict[str, str] = {}  # every faulty file met, with its first reason
         self._logged: set[str] = set()
         self._epoch: dict[tuple[int, str], str] = {}
 
@@ -172,6 +173,7 @@ class Faults:
     def note(self, position: int, path: str, reason: str) -> None:
         self._epoch.setdefault((int(position), path), reason)
         self.known_bad.add(path)
+        self.reasons.setdefault(path, reason)
         if path not in self._logged:
             self._logged.add(path)
             log.warning("faulty clip replaced by another sample: %s: %s", path, reason)

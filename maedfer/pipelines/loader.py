@@ -77,24 +77,39 @@ def resolve_backend(backend: str, device: str | None) -> tuple[str, torch.device
     return backend, None if device is None else torch.device(device)
 
 
+class TooManyBadClips(MaedferError):
+    """More of a loader's clips are missing or undecodable than ``max_bad_share`` allows.
+
+    ``bad`` maps each faulty file met to its reason; ``clips`` is the number of clips they are
+    counted against (this rank's share of the selection).
+    """
+
+    def __init__(self, message: str, bad: dict[str, str], clips: int) -> None:
+        super().__init__(message)
+        self.bad, self.clips = dict(bad), clips
+
+
 class ClipLoader:
     """Iterable of :class:`ClipBatch` for one rank; see :func:`build_loader`.
 
     Attributes:
         dataset_size: clips selected from the manifest (all ranks).
         num_bad: faulty samples replaced during the current (or last) epoch.
+        max_bad_share: stop (:class:`TooManyBadClips`) as soon as more than this share of this
+            rank's clips turned out missing or undecodable; None: never.
         epoch: the epoch the next iteration plays; each iteration advances it unless
             :meth:`set_epoch` pins it (call it every epoch, as with ``DistributedSampler``).
     """
 
     def __init__(self, table: ClipTable, config: SampleConfig, *, backend: str,
                  device: torch.device | None, batch_size: int, workers: int, rank: int,
-                 world_size: int, drop_last: bool) -> None:
+                 world_size: int, drop_last: bool, max_bad_share: float | None = None) -> None:
         self.table, self.config, self.backend, self.device = table, config, backend, device
         self.batch_size, self.workers, self.drop_last = batch_size, workers, drop_last
         self.rank, self.world_size = rank, world_size
         self.dataset_size = len(table)
         self.num_bad = 0
+        self.max_bad_share = max_bad_share
         self.epoch = 0
         self.faults = backends.Faults()  # faulty files: counted per epoch, logged once each
         if len(self) == 0:
@@ -119,6 +134,21 @@ class ClipLoader:
         """Play epoch ``epoch`` next (its shuffle and augmentation draws)."""
         self.epoch = int(epoch)
 
+    def _check_bad_share(self) -> None:
+        """Stop once more than ``max_bad_share`` of this rank's clips proved faulty: a few bad
+        files are replaced and counted, a broken or half-copied clips folder is said at once."""
+        if self.max_bad_share is None or not self.faults.reasons:
+            return
+        clips = max(1, -(-self.dataset_size // self.world_size))  # this rank's share
+        bad = len(self.faults.reasons)
+        if bad > self.max_bad_share * clips:
+            path, reason = next(iter(self.faults.reasons.items()))
+            raise TooManyBadClips(
+                f"{bad} of {clips} training clips are missing or undecodable ({bad / clips:.1%}, "
+                f"more than data.max_bad_share {self.max_bad_share:.1%}), e.g. {path}: {reason}",
+                self.faults.reasons, clips,
+            )
+
     def __iter__(self) -> Iterator[ClipBatch]:
         plan = EpochPlan(self.table, self.config, epoch=self.epoch, rank=self.rank,
                          world_size=self.world_size)
@@ -129,6 +159,7 @@ class ClipLoader:
             device=self.device, faults=self.faults)
         for batch in batches:
             self.num_bad = self.faults.count
+            self._check_bad_share()
             yield batch
         self.num_bad = self.faults.count
         if self.num_bad:
@@ -177,6 +208,7 @@ def build_loader(
     rand_augment: bool | str | None = None,
     flip_only: bool = False,
     random_sign: bool = False,
+    max_bad_share: float | None = None,
 ) -> ClipLoader:
     """A loader of clip batches from a manifest (DESIGN.md §1, §3; MODEL.md §4).
 
@@ -217,6 +249,9 @@ def build_loader(
         flip_only: with ``augment`` off, train mode still flips half the clips horizontally.
         random_sign: train mode negates half the clips (with ``subtract_mean``, the sign of a
             change depends on the face's colours, not on the movement).
+        max_bad_share: stop with :class:`TooManyBadClips` once more than this share of the
+            clips proved missing or undecodable (each is replaced and counted until then);
+            None: never stop (a test set's missing clips are reported by the caller instead).
 
     Raises:
         MaedferError: bad option values, a missing manifest or column, a fold or split the
@@ -228,6 +263,8 @@ def build_loader(
         raise MaedferError(f"batch_size ({batch_size}) must be >= 1")
     if workers is not None and workers < 0:
         raise MaedferError(f"workers ({workers}) must be >= 0")
+    if max_bad_share is not None and not 0 <= max_bad_share <= 1:
+        raise MaedferError(f"data.max_bad_share ({max_bad_share}) must be between 0 and 1")
     if world_size < 1 or not 0 <= rank < world_size:
         raise MaedferError(f"rank ({rank}) must be in 0..{world_size - 1} (world_size >= 1)")
     backend_name, dev = resolve_backend(backend, device)
@@ -258,6 +295,7 @@ def build_loader(
         table, config, backend=backend_name, device=dev, batch_size=batch_size,
         workers=workers, rank=rank, world_size=world_size,
         drop_last=mode != "test" if drop_last is None else bool(drop_last),
+        max_bad_share=max_bad_share,
     )  # fmt: skip
 
 

@@ -82,6 +82,10 @@ class DataConfig:
                           "each with its own crop (VideoMAE V2's repeated sampling, a maedfer "
                           "option: fewer decodes per sample, num_sample x the steps per epoch; "
                           "official: 1)")
+    max_bad_share: float = opt(0.01, "a missing or undecodable training clip is replaced by "
+                               "another and counted (report.json, the summary, "
+                               "RUN/bad_clips.json); the run stops once more than this share "
+                               "of the training clips are (1: never)")
 
 
 @dataclass

@@ -33,9 +33,9 @@ import torch
 
 from maedfer.errors import MaedferError
 from maedfer.model import model_info
+from maedfer.train import badclips, loop
 from maedfer.train import checkpoint as ckpt_io
 from maedfer.train import config as config_io
-from maedfer.train import loop
 from maedfer.train.config import FinetuneConfig
 from maedfer.train.coverage import describe_missing
 from maedfer.train.distributed import gather_objects
@@ -201,7 +201,7 @@ class FinetuneRecipe:
             flip_only=data.flip_only, random_sign=data.random_sign,
             **self._selection["train"], **common,
         )  # fmt: skip
-        common.update(augment=False, num_sample=1)
+        common.update(augment=False, num_sample=1, max_bad_share=None)
         test = build_loader(
             data.manifest, mode="test", batch_size=cfg.eval.test_batch_size or data.batch_size,
             test_views=cfg.eval.test_views, **self._selection["test"], **common,
@@ -289,7 +289,8 @@ class FinetuneRecipe:
                              self._test_loader.table.clip_ids())  # fmt: skip
         report, progress = result.report, self._loop.progress
         report.update({"dataset": self.dataset, "fold": self.cfg.data.fold,
-                       "epoch": progress.epochs_run, "step": progress.global_step})
+                       "epoch": progress.epochs_run, "step": progress.global_step,
+                       "bad_train_clips": badclips.count(self.out)})
         self._loop.metrics.write({"kind": "test", "epoch": progress.epochs_run,
                                   "step": progress.global_step, "uar": report["uar"],
                                   "war": report["war"], "final": write,
@@ -323,6 +324,7 @@ class FinetuneRecipe:
             "epochs": lp.progress.epochs_run, "steps": lp.progress.global_step,
             "loss": lp.last_epoch_loss(), "report": report, "stopped_by": lp.stopped_by,
             "nonfinite_steps": lp.progress.nonfinite_steps,
+            "bad_train_clips": badclips.count(self.out),
             "time_s": time.perf_counter() - started,
         }  # fmt: skip
 
@@ -355,6 +357,7 @@ def _summary(result: dict[str, Any], classes: list[str]) -> str:
     lines.append(f"  checkpoint: {result['checkpoint']}")
     if result["nonfinite_steps"]:
         lines.append(f"  non-finite loss: {result['nonfinite_steps']} step(s) skipped")
+    lines += badclips.summary_lines(result)
     return "\n".join(lines)
 
 

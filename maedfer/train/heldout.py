@@ -124,8 +124,10 @@ def score_views(
 
 
 def write_results(out: Path, result: TestResult, classes: list[str]) -> None:
-    """Write ``out/predictions.parquet`` and ``out/report.json`` (atomically, in that order: a
-    report beside its predictions means both are whole)."""
+    """Write ``out/predictions.parquet`` and ``out/report.json`` (atomically, in that order,
+    after removing the old report: a report beside its predictions means both are whole and of
+    one test; a kill in between leaves predictions without a report, never another test's)."""
+    (Path(out) / REPORT).unlink(missing_ok=True)
     metrics.write_predictions(Path(out) / PREDICTIONS, result.clip_ids, result.labels,
                               result.probs, classes)  # fmt: skip
     metrics.write_report(Path(out) / REPORT, result.report)

@@ -56,11 +56,11 @@ Action = Literal["fresh", "resume", "finished", "overwrite"]
 RUN_STATE = "run_state.json"
 # Options that may change between the run that wrote a checkpoint and the run resuming it:
 # where the run lives, its devices and workers, how often it logs, saves or shows a mid-run
-# test, and the flags of the command itself. A key is ignored when its dotted name or its last
-# part is listed (``device`` and ``run.device`` alike).
+# test, how many faulty clips it tolerates, and the flags of the command itself. A key is
+# ignored when its dotted name or its last part is listed (``device`` and ``run.device`` alike).
 RESUME_IGNORED = frozenset({
     "out", "device", "workers", "resume", "overwrite", "quiet", "log_every", "eval_every",
-    "test_batch_size", "save_every", "keep_checkpoints", "dry_run", "json",
+    "test_batch_size", "save_every", "keep_checkpoints", "dry_run", "json", "max_bad_share",
 })  # fmt: skip
 # Everything a run writes into its folder: what --overwrite deletes (and nothing else).
 RUN_FILES = (
