@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from maedfer.errors import MaedferError, NotAvailableYet, Terminated, one_line
-from maedfer.lock import active_locks
+from maedfer.lock import WRITING_INTO
 from maedfer.pipelines.backend import choices as backend_choices
 from maedfer.preprocess import MIN_FACE_RATIO, MIN_FRAMES
 
@@ -98,9 +98,9 @@ def _failure_line(exc: Exception) -> str:
         line = " ".join(str(exc).split("\n")[0].split())
     if line is None:
         line = _unexpected(exc)
-    held = active_locks()
-    if isinstance(exc, OSError) and not getattr(exc, "filename", None) and held:
-        line += f" (while writing into {held[-1]})"
+    folder = getattr(exc, WRITING_INTO, None)
+    if isinstance(exc, OSError) and not getattr(exc, "filename", None) and folder is not None:
+        line += f" (while writing into {folder})"
     return line
 
 

@@ -43,6 +43,8 @@ from maedfer.errors import MaedferError, output_failure
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".maedfer.lock"
+#: The attribute an exception leaving :func:`hold` carries: the folder it was writing into.
+WRITING_INTO = "maedfer_writing_into"
 # errnos of a file system that does not do locks (as opposed to one held by someone else)
 _NO_LOCKS = frozenset(getattr(errno, n) for n in ("ENOLCK", "EOPNOTSUPP", "ENOSYS", "EINVAL")
                       if hasattr(errno, n))  # fmt: skip
@@ -197,7 +199,15 @@ def hold(folder: str | os.PathLike[str], *, what: str = "choose another --out",
             own = lock_file(folder, shard=shard)
             if _acquire(own, folder, shared=False, what=what):
                 taken.append(own)
-        yield
+        try:
+            yield
+        except Exception as exc:
+            # the folder being written, for a failure that names no file (a full disk met by
+            # a write that kept no name): the command line's one line says where it was
+            if getattr(exc, WRITING_INTO, None) is None:
+                with contextlib.suppress(AttributeError):
+                    setattr(exc, WRITING_INTO, folder)
+            raise
     finally:
         for path in reversed(taken):
             _release(path)

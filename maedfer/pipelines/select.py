@@ -174,6 +174,9 @@ def _crop_column(table: pa.Table) -> np.ndarray:
 def _select_mask(table: pa.Table, *, mode: str, fold: int | None, split: str | None,
                  source: str) -> np.ndarray:
     n = table.num_rows
+    if n == 0:
+        raise MaedferError(f"manifest {source} holds no clips (0 rows): prepare the dataset "
+                           "again (its rejects.parquet says why clips were left out)")  # fmt: skip
     if fold is not None and split is not None:
         raise MaedferError(f"give a fold or a split, not both (fold={fold}, split={split!r})")
     if fold is not None:
@@ -273,10 +276,15 @@ def load_clip_table(
                            f"split={split!r}); it has {table.num_rows} rows")
     table = table.filter(pa.array(mask))
     label = _int_column(table, "label", -1)
+    below = np.flatnonzero(label < -1)
+    if below.size:  # -1 means unlabelled; anything lower means nothing
+        bad = table.column("clip_id")[int(below[0])].as_py()
+        raise MaedferError(f"manifest {source}: clip {bad} has label {int(label[below[0]])}; "
+                           "labels are class indices 0..K-1, or -1 for an unlabelled clip")
     if mode != "pretrain" and (label < 0).any():
         bad = table.column("clip_id")[int(np.flatnonzero(label < 0)[0])].as_py()
         raise MaedferError(f"{mode} mode needs labelled clips, but {bad} in {source} has label -1"
-                           " (use mode pretrain for unlabelled data)")
+                           " (unlabelled: use it for pre-training)")
     classes = json.loads(meta["maedfer.classes"]) if "maedfer.classes" in meta else None
     if mode != "pretrain" and classes is not None:
         _check_label_range(table, label, len(classes), source)

@@ -463,17 +463,26 @@ def _reason_counts(rejects: list[tuple[str, str, str]]) -> Counter:
     return Counter(r[2].split(":", 1)[0] for r in rejects)
 
 
-def _summary(dataset, ok, rejects, seconds, out, shard, fingerprints, warnings) -> str:
+def _summary(dataset, ok, rejects, seconds, out, shard, fingerprints, warnings,
+             processed: int | None = None, carried: int = 0) -> str:  # fmt: skip
+    """The run's summary; ``processed``: clips judged by this run (the rate counts those
+    only, not the ones a resumed run found done); ``carried``: rejects an earlier run judged."""
     manifest_name, rejects_name, _ = output_names(shard)
     counts = _reason_counts(rejects)
     reasons = ", ".join(f"{k}: {n}" for k, n in sorted(counts.items()))
-    rate = f" ({ok / seconds:.2f} clips/s)" if seconds > 0 and ok else ""
+    done = ok if processed is None else processed
+    rate = f" ({done / seconds:.2f} clips/s)" if seconds > 0 and done else ""
+    if processed is not None and processed < ok + len(rejects):
+        rate += f"; {processed} clip(s) judged by this run, the rest done earlier"
     lines = [
         f"prepare {dataset}{'' if shard is None else f' shard {shard[0]}/{shard[1]}'}: "
         f"{ok} clips ok, {len(rejects)} rejected ({reasons or 'none'}) in {seconds:.1f} s{rate}",
         f"manifest: {out / manifest_name}",
         f"rejects:  {out / rejects_name}",
     ]
+    if carried:
+        lines.append(f"  {carried} of the rejects were judged by an earlier run and carried "
+                     "over (their files are unchanged); --retry-rejects judges them again")
     lines += [f"warning: {w}" for w in warnings]
     lines += ["fingerprints:", format_fingerprints(fingerprints, published=dataset)]
     return "\n".join(lines)
@@ -626,18 +635,21 @@ def _run_held(*, dataset, raw, out: Path, part, workers, size, index_only, codec
         fingerprints = _write_outputs(df, rejects, index, out, part)
         ok = len(df)
     else:
-        results, failures = _prepare(
+        results, failures, judged = _prepare(
             entries, options, out, part, workers=workers, device=device,
             detect_every=detect_every, from_video=from_video, retry_rejects=retry_rejects,
         )  # fmt: skip
         if failures:
             _report_failures(index.dataset, failures, len(results), out)
         rejects += [(r.clip_id, r.source, r.reason) for r in results if not r.ok]
+        carried = sum(not r.ok and r.clip_id not in judged for r in results)
         df = _frame(results, entries, index)
         fingerprints = _write_outputs(df, rejects, index, out, part)
         ok = len(df)
     seconds = time.perf_counter() - start
-    print(_summary(index.dataset, ok, rejects, seconds, out, part, fingerprints, index.warnings))
+    print(_summary(index.dataset, ok, rejects, seconds, out, part, fingerprints, index.warnings,
+                   processed=None if index_only else len(judged),
+                   carried=0 if index_only else carried))  # fmt: skip
     return {
         "ok": ok,
         "rejected": len(rejects),
@@ -689,9 +701,9 @@ def _needs_work(entry: ClipEntry, result: ClipResult | None, options: PrepareOpt
 
 def _prepare(entries, options: PrepareOptions, out: Path, part, *, workers, device,
              detect_every, from_video, retry_rejects=False
-             ) -> tuple[list[ClipResult], list[ClipResult]]:  # fmt: skip
+             ) -> tuple[list[ClipResult], list[ClipResult], set[str]]:  # fmt: skip
     """Process the entries not finished yet; the results of all of them, from the journal,
-    and the environmental failures that remain."""
+    the environmental failures that remain, and the clips this run judged."""
     config = {k: str(v) for k, v in asdict(options).items() if k != "out"}
     config["from_video"] = str(from_video)
     journal = Journal(out / STATE_DIR / f"{output_names(part)[2]}.jsonl", config)
@@ -712,4 +724,4 @@ def _prepare(entries, options: PrepareOptions, out: Path, part, *, workers, devi
     failed = {f.clip_id for f in failures}
     done = [journal.results[e.clip_id] for e in entries
             if e.clip_id in journal.results and e.clip_id not in failed]  # fmt: skip
-    return done, failures
+    return done, failures, {e.clip_id for e in todo}

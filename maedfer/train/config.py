@@ -361,15 +361,26 @@ def _set(cfg: Any, key: str, value: Any, *, root: Any) -> None:
                 return
             node = getattr(node, name)
             continue
-        if rest:
-            if typing.get_origin(hint) is not dict:
-                raise _unknown(key, keys(root))
-            target = dict(getattr(node, name))
-            target[".".join(rest)] = value
-            setattr(node, name, target)
+        if typing.get_origin(hint) is dict:  # a mapping: set its entries, keep the others
+            given = {".".join(rest): value} if rest else _coerce(value, hint, key)
+            setattr(node, name, merge_entries(getattr(node, name), given))
             return
+        if rest:
+            raise _unknown(key, keys(root))
         setattr(node, name, _coerce(value, hint, key))
         return
+
+
+def merge_entries(current: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """A mapping option after ``given``: its entries set, the others kept, an entry given as
+    null removed (``--set 'model.overrides={num_heads: 3}'`` changes ``num_heads`` only)."""
+    merged = dict(current)
+    for entry, value in given.items():
+        if value is None:
+            merged.pop(str(entry), None)
+        else:
+            merged[str(entry)] = value
+    return merged
 
 
 def parse_value(text: str) -> Any:
@@ -406,13 +417,27 @@ def parse_overrides(items: Sequence[str] | Mapping[str, Any] | None) -> dict[str
 
 
 def apply_overrides(cfg: Any, overrides: Sequence[str] | Mapping[str, Any] | None) -> Any:
-    """``cfg`` with dotted overrides applied (in place; returned for chaining)."""
-    for key, value in parse_overrides(overrides).items():
+    """``cfg`` with dotted overrides applied (in place; returned for chaining).
+
+    Raises:
+        MaedferError: an unknown key or bad value, or an override that would have no effect
+            (``optim.blr`` where the config sets an absolute ``optim.lr``, which wins).
+    """
+    parsed = parse_overrides(overrides)
+    for key, value in parsed.items():
         if key == "recipe":
             if value != cfg.recipe:
                 raise MaedferError(f"this is a {cfg.recipe} config; recipe cannot be {value!r}")
             continue
         _set(cfg, key, value, root=cfg)
+    optim = getattr(cfg, "optim", None)
+    if "optim.blr" in parsed and "optim.lr" not in parsed and optim is not None \
+            and optim.lr is not None:
+        raise MaedferError(
+            f"--set optim.blr={parsed['optim.blr']} would be ignored: the config sets "
+            f"optim.lr={optim.lr}, an absolute peak lr that wins over blr; add --set "
+            "optim.lr=null to scale blr by the total batch, or set optim.lr instead"
+        )
     return cfg
 
 

@@ -73,16 +73,19 @@ def _selection(data: Path, fold: int | None, split: str | None) -> dict[str, Any
             raise MaedferError(
                 f"{data} is a {num_folds}-fold protocol ({dataset}): give --fold K, not --split"
             )
-        if fold is None or not 1 <= fold <= num_folds:
+        if fold is None:
+            raise MaedferError(f"{dataset} is a {num_folds}-fold protocol: give --fold K "
+                               f"(1..{num_folds}), the fold to test on")  # fmt: skip
+        if not 1 <= fold <= num_folds:
             raise MaedferError(
-                f"--fold ({fold}) must be in 1..{num_folds} for {dataset} ({num_folds}-fold "
+                f"--fold {fold} must be in 1..{num_folds} for {dataset} ({num_folds}-fold "
                 "protocol)"
             )
         rows = {"fold": fold}
     else:
         if fold is not None:
             raise MaedferError(f"{dataset} has a fixed train/test split: give --split test, "
-                               f"not --fold ({fold})")  # fmt: skip
+                               f"not --fold {fold}")  # fmt: skip
         rows = {"split": split or "test"}
     return {"dataset": dataset, "classes": classes, "rows": rows}
 

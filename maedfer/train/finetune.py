@@ -152,14 +152,17 @@ class FinetuneRecipe:
     def _select_rows(self) -> dict[str, dict[str, Any]]:
         fold, k = self.cfg.data.fold, self.num_folds
         if k > 0:
-            if fold is None or not 1 <= fold <= k:
+            if fold is None:
+                raise MaedferError(f"{self.dataset} is a {k}-fold protocol: give --fold K "
+                                   f"(1..{k}), the fold to test on")  # fmt: skip
+            if not 1 <= fold <= k:
                 raise MaedferError(
-                    f"--fold ({fold}) must be in 1..{k} for {self.dataset} ({k}-fold protocol)"
+                    f"--fold {fold} must be in 1..{k} for {self.dataset} ({k}-fold protocol)"
                 )
             return {"train": {"fold": fold}, "test": {"fold": fold}}
         if fold is not None:
             raise MaedferError(
-                f"{self.dataset} has a fixed train/test split: drop --fold ({fold})"
+                f"{self.dataset} has a fixed train/test split: drop --fold {fold}"
             )
         return {"train": {"split": "train"}, "test": {"split": "test"}}
 

@@ -38,9 +38,13 @@ def manifest_info(path: Path) -> tuple[str, list[str], int]:
             must name its classes in label order).
     """
     try:
-        meta = pq.read_schema(path).metadata or {}
+        parquet = pq.ParquetFile(path)
+        meta = parquet.schema_arrow.metadata or {}
     except (OSError, ValueError) as exc:
         raise MaedferError(f"cannot read manifest {path}: {exc}") from None
+    if parquet.metadata.num_rows == 0:
+        raise MaedferError(f"manifest {path} holds no clips (0 rows): prepare the dataset again "
+                           "(its rejects.parquet says why clips were left out)")  # fmt: skip
     if b"maedfer.classes" not in meta:
         raise MaedferError(f"manifest {path} has no maedfer.classes metadata (class names)")
     classes = json.loads(meta[b"maedfer.classes"])
