@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
+import shutil
+import textwrap
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -587,14 +590,27 @@ def resolve(config: Any, *, recipe: str,
     return apply_overrides(cfg, given)
 
 
+def describe_config(name: str) -> str:
+    """The first sentence of a shipped config's leading comment, whole (it may span lines)."""
+    text = (CONFIG_DIR / f"{name}.yaml").read_text(encoding="utf-8")
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    paragraph = " ".join(" ".join(lines).split())
+    end = re.search(r"[.!?](\s|$)", paragraph)
+    return paragraph[: end.start() + 1] if end else paragraph
+
+
 def print_list() -> list[str]:
-    """``maedfer config list``: one shipped config per line, with its recipe and first line."""
+    """``maedfer config list``: each shipped config with the first sentence of its comment,
+    wrapped, never cut."""
     names = list_configs()
+    width = max(60, shutil.get_terminal_size((100, 24)).columns)
     for name in names:
-        text = (CONFIG_DIR / f"{name}.yaml").read_text(encoding="utf-8")
-        title = next((line.lstrip("# ").strip() for line in text.splitlines()
-                      if line.startswith("#")), "")
-        print(f"{name:24s} {title}")
+        print(textwrap.fill(describe_config(name), width=width, initial_indent=f"{name:24s} ",
+                            subsequent_indent=" " * 25))  # fmt: skip
     return names
 
 

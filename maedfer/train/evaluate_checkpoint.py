@@ -33,6 +33,7 @@ from torch import nn
 
 from maedfer.errors import MaedferError
 from maedfer.lock import hold
+from maedfer.train import badclips
 from maedfer.train import checkpoint as ckpt_io
 from maedfer.train.coverage import describe_missing
 from maedfer.train.distributed import resolve_device
@@ -256,6 +257,7 @@ def _evaluate(*, checkpoint: Path, data: Path, out: Path, fold: int | None, spli
         "step": settings["step"], "split": chosen["rows"].get("split"),
         "checkpoint": str(checkpoint), "checkpoint_format": settings["format"],
         "model": model.model_name, "precision": precision, "stride": int(settings["stride"]),
+        "bad_train_clips": _bad_train_clips(Path(checkpoint), settings["format"]),
     })  # fmt: skip
     out = Path(out)
     write_results(out, result, classes)
@@ -263,6 +265,16 @@ def _evaluate(*, checkpoint: Path, data: Path, out: Path, fold: int | None, spli
     if not quiet:
         print(json.dumps(report, indent=2) if as_json else _summary(report, out, started))
     return report
+
+
+def _bad_train_clips(checkpoint: Path, form: str) -> int | None:
+    """The faulty training clips of the run whose ``checkpoints/last.pt`` (or ``final.pt``)
+    this is, as its report counts them; None for an official checkpoint or a loose file."""
+    if form == "official":
+        return None
+    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else \
+        checkpoint.parent
+    return badclips.count(run) if (run / "config.yaml").is_file() else None
 
 
 def _summary(report: dict[str, Any], out: Path, started: float) -> str:
