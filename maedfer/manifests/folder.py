@@ -5,8 +5,8 @@ Three layouts (README "Bring your own dataset"):
 - a labels table (``--labels labels.csv|.tsv|.parquet``): one row per clip with ``path``
   (relative to the raw folder: a video, or a folder of face frames that is resized without
   detection), ``label`` (the class name), optionally ``subject`` and ``split`` or ``fold``;
-  any other column is kept in the manifest's ``maedfer.extra`` metadata (the columns of
-  DESIGN.md §3 stay exact; ``maedfer.manifests.with_extra`` joins them back);
+  any other column is kept as a column of the manifest after its own, named in its
+  ``maedfer.extra`` metadata (a labels column named like a manifest column is refused);
 - folders per class (``DIR/<label>/.../<video>``), subjects from the file name with
   ``--subject-from REGEX`` (its ``subject`` group, else its first group, else the match);
 - ``--unlabeled``: every video under DIR, label -1, split ``pretrain`` (a pre-training
@@ -51,6 +51,7 @@ from maedfer.manifests.layout import (
     walk_files,
 )
 from maedfer.manifests.registry import register_dataset
+from maedfer.manifests.schema import MANIFEST_COLUMNS
 from maedfer.paths import under_root
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,12 @@ def _table_rows(root: Path, o: FolderOptions) -> tuple[list[_Row], bool]:
     if df.empty:
         raise MaedferError(f"{table.name}: the table has no rows")
     extras = [c for c in df.columns if c not in TABLE_COLUMNS]
+    clash = [c for c in extras if c in MANIFEST_COLUMNS]
+    if clash:
+        raise MaedferError(
+            f"{table.name}: column(s) {', '.join(map(repr, clash))} are named like manifest "
+            "columns; rename them (other columns are kept in the manifest as they are)"
+        )
     rows, seen, first_split = [], {}, {}
     records = df.to_dict("records")
     for i, rec in enumerate(records):
