@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from maedfer.errors import OutputError, output_failure
+from maedfer.errors import MaedferError, OutputError, output_failure
 
 _TEMP_SUFFIX = ".tmp"
 
@@ -71,6 +72,33 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterato
         raise failure from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_writable(path: str | os.PathLike[str], *, what: str, folder: bool = False) -> None:
+    """Fail now, in one line, where ``path`` (a file, or with ``folder`` a folder of files)
+    cannot be written: before the work whose results would go there, not after it. Creates
+    the folders on the way, as the write would.
+
+    Raises:
+        OutputError: the folder cannot be made or written (permission, read-only, full).
+        MaedferError: a file is asked for where a folder is, or the other way round.
+    """
+    path = Path(path)
+    where = path if folder else path.parent
+    if folder and path.exists() and not path.is_dir():
+        raise MaedferError(f"{what} {path} is a file; give a folder for several outputs")
+    if not folder and path.is_dir():
+        raise MaedferError(f"{what} {path} is a folder; give a file name")
+    existing = next((p for p in (where, *where.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise OutputError(path, f"{existing} is a file, not a folder", errno.ENOTDIR)
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".maedfer-check-", dir=where)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise OutputError(path, exc.strerror or str(exc), exc.errno) from None
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = False) -> None:

@@ -24,6 +24,7 @@ from maedfer.errors import MaedferError, NotAvailableYet, Terminated, one_line
 from maedfer.lock import WRITING_INTO
 from maedfer.pipelines.backend import choices as backend_choices
 from maedfer.preprocess import MIN_FACE_RATIO, MIN_FRAMES
+from maedfer.quiet import quiet_library_warnings
 
 _LIST_TYPE = re.compile(r"<list\[(\w+)\]>")
 
@@ -120,6 +121,7 @@ def _call(module: str, function: str, /, **kwargs: Any) -> Any:
     """Import `module` and call `function(**kwargs)`: the one funnel from library failures to
     exit codes and one line on stderr (maedfer.errors.one_line words the failures of the
     machine, of writes and of worker processes)."""
+    quiet_library_warnings()
     try:
         try:
             target = getattr(importlib.import_module(module), function)

@@ -287,25 +287,71 @@ def _table_rows(root: Path, o: FolderOptions) -> tuple[list[_Row], bool]:
     return rows, given is not None
 
 
-def _class_folder_rows(root: Path) -> tuple[list[_Row], list[tuple[str, str, str]]]:
-    """``DIR/<label>/.../<video>``: rows, and the videos outside any class folder (rejects)."""
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+
+
+def _class_folder_rows(root: Path, warnings: list[str]
+                       ) -> tuple[list[_Row], list[tuple[str, str, str]]]:  # fmt: skip
+    """``DIR/<label>/.../<video>``: rows, and the videos outside any class folder (rejects).
+
+    One file reached twice (a symlink into another class folder, a loop back to the root) is
+    one row: see :func:`_one_row_per_file`. A labels table lying at the root unused (a
+    forgotten ``--labels``) is said in a warning: the folders are taken as the classes.
+    """
     rows, rejects = [], []
     folders, files = list_dir(root)
     for name in files:
         if os.path.splitext(name)[1].lower() in VIDEO_EXTS:
             rejects.append((os.path.splitext(name)[0], name,
                             "protocol: not in a class folder (DIR/<label>/<video>)"))  # fmt: skip
+    tables = [name for name in files if name.lower().endswith(TABLE_SUFFIXES)]
+    if tables:
+        warnings.append(
+            f"folder: {root / tables[0]} is not read: without --labels, each video's class is "
+            f"its top folder ({', '.join(folders[:4])}{', ...' if len(folders) > 4 else ''}); "
+            f"pass --labels {root / tables[0]} to take the labels from the table"
+        )
     for label in folders:
         for folder, fname in walk_files(root / label):
             if os.path.splitext(fname)[1].lower() in VIDEO_EXTS:
                 rows.append(_Row(rel(folder / fname, root), "video", label))
-    return rows, rejects
+    return _one_row_per_file(root, rows, rejects), rejects
 
 
-def _all_videos(root: Path) -> list[_Row]:
-    return [_Row(rel(folder / fname, root), "video", "unlabeled")
+def _all_videos(root: Path) -> tuple[list[_Row], list[tuple[str, str, str]]]:
+    rows = [_Row(rel(folder / fname, root), "video", "unlabeled")
             for folder, fname in walk_files(root)
             if os.path.splitext(fname)[1].lower() in VIDEO_EXTS]  # fmt: skip
+    rejects: list[tuple[str, str, str]] = []
+    return _one_row_per_file(root, rows, rejects), rejects
+
+
+def _one_row_per_file(root: Path, rows: list[_Row], rejects: list) -> list[_Row]:
+    """Keep one row per file (its device and inode): the path reached without a symlink
+    first, else the shortest; the others are rejected as duplicates. A folder symlinked into
+    another class (or a loop back to the root) would otherwise index one video under two
+    classes."""
+    def rank(row: _Row) -> tuple:
+        path = root / row.source
+        canonical = os.path.realpath(path) == os.path.abspath(path)
+        return (not canonical, len(row.source), row.source)
+
+    by_file: dict[tuple[int, int], list[_Row]] = {}
+    for row in rows:
+        try:
+            st = os.stat(root / row.source)
+        except OSError:
+            by_file[(-1, id(row))] = [row]
+            continue
+        by_file.setdefault((st.st_dev, st.st_ino), []).append(row)
+    kept = []
+    for group in by_file.values():
+        group.sort(key=rank)
+        kept.append(group[0])
+        for other in group[1:]:
+            rejects.append((_key(other), other.source,
+                            f"duplicate: same file as {group[0].source}"))  # fmt: skip
+    return sorted(kept, key=lambda r: r.source)
 
 
 def _key(row: _Row) -> str:
@@ -370,11 +416,12 @@ class Folder(Protocol):
         rejects: list[tuple[str, str, str]] = []
         warnings: list[str] = []
         if o.unlabeled:
-            rows, has_folds, layout = _all_videos(root), False, "unlabeled"
+            (rows, rejects), has_folds, layout = _all_videos(root), False, "unlabeled"
         elif o.labels is not None:
             (rows, has_folds), layout = _table_rows(root, o), "table"
         else:
-            (rows, rejects), has_folds, layout = _class_folder_rows(root), False, "class-folders"
+            (rows, rejects), has_folds = _class_folder_rows(root, warnings), False
+            layout = "class-folders"
         if not rows:
             raise no_clips_error(NAME, root, _EXPECTED)
         rows, rejects = self._subjects(rows, rejects)

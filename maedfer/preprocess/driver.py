@@ -79,6 +79,7 @@ from maedfer.preprocess.clip import (
 )
 from maedfer.preprocess.encode import CODECS, PARTIAL_MARK
 from maedfer.preprocess.faces import resolve_device
+from maedfer.quiet import quiet_library_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -251,6 +252,7 @@ def _init_worker(options: PrepareOptions, aligner_kwargs: dict, threads: int | N
     outlives it), options, thread limits, and a FaceAligner made on first need."""
     if main_pid is not None:
         die_with(main_pid)
+    quiet_library_warnings()
     if threads is not None:
         import cv2
         import torch

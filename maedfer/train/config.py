@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import shutil
 import textwrap
@@ -587,7 +588,22 @@ def resolve(config: Any, *, recipe: str,
     cfg = load(config, recipe=recipe, overrides=overrides)
     given = {k: str(v) if isinstance(v, Path) else v for k, v in (flags or {}).items()
              if v is not None}
-    return apply_overrides(cfg, given)
+    cfg = apply_overrides(cfg, given)
+    # the files a run reads, absolute: its config.yaml replays from any folder
+    absolute = {key: os.path.abspath(os.path.expanduser(value)) for key in PATH_KEYS
+                if isinstance(value := _get(cfg, key), str) and value}  # fmt: skip
+    return apply_overrides(cfg, absolute)
+
+
+#: Config keys that name files; stored absolute (:func:`resolve`), compared by the file they
+#: name (``maedfer.train.resume``).
+PATH_KEYS = ("data.manifest", "model.init")
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for name in key.split("."):
+        cfg = getattr(cfg, name, None)
+    return cfg
 
 
 def describe_config(name: str) -> str:

@@ -230,7 +230,7 @@ class FinetuneRecipe:
         return config_io.to_dict(config_io.load(self.cfg, overrides={
             "data.backend": self._loader.backend if hasattr(self, "_loader")
             else self.cfg.data.backend, "run.precision": self._precision,
-            "run.device": str(self._env.device), "run.out": str(self.out),
+            "run.device": str(self._env.device), "run.out": str(self.out.absolute()),
             "model.num_classes": len(self.classes),
         }))  # fmt: skip
 

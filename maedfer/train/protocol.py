@@ -307,6 +307,12 @@ def run(
     dataset, _, num_folds = manifest_info(Path(data))
     chosen = parse_folds(folds, num_folds, dataset)
     folders = [fold_dir(out, f) for f in chosen]
+    # what every fold's command needs, checked before any command is printed, written or run:
+    # a printed command that cannot work is worse than none
+    if not Path(init).is_file():
+        raise MaedferError(f"--init {init} does not exist; give the pre-trained checkpoint "
+                           "every fold starts from")  # fmt: skip
+    _check_config(config, overrides)
     if print_commands:
         commands = [finetune_command(config, data, f, init, d, overrides)
                     for f, d in zip(chosen, folders, strict=True)]  # fmt: skip
@@ -320,7 +326,6 @@ def run(
         typer.echo(f"wrote {sbatch}: {len(chosen)} array task(s); submit with: sbatch {sbatch}",
                    err=True)  # fmt: skip
         return {"sbatch": str(sbatch)}
-    _check_config(config, overrides)  # a bad config fails now, not after a fold's training
     with hold(Path(out)):  # one command writes a folder at a time (maedfer.lock)
         summary = _run_folds(config, Path(data), Path(init), Path(out), chosen, folders,
                              overrides, dataset)  # fmt: skip

@@ -38,6 +38,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from typing import Any, Literal
 from maedfer.atomic import write_text
 from maedfer.errors import MaedferError
 from maedfer.train import checkpoint as ckpt_io
+from maedfer.train.config import PATH_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +135,17 @@ def config_differences(
     keys = sorted(k for k in set(old) | set(ours) if not is_ignored(k, ignored))
     return [
         (k, old.get(k, _ABSENT), ours.get(k, _ABSENT))
-        for k in keys if old.get(k, _ABSENT) != ours.get(k, _ABSENT)
+        for k in keys if _comparable(k, old.get(k, _ABSENT)) != _comparable(k, ours.get(k, _ABSENT))
     ]  # fmt: skip
+
+
+def _comparable(key: str, value: Any) -> Any:
+    """A file-naming option by the file it names (``m.parquet``, ``./m.parquet`` and its
+    absolute path are one manifest; a relative one is read from the current folder, as the
+    run that stored it did); any other value as it is."""
+    if key in PATH_KEYS and isinstance(value, str) and value:
+        return os.path.realpath(os.path.expanduser(value))
+    return value
 
 
 def recipe_differences(ckpt: Mapping[str, Any], config: Mapping[str, Any]
