@@ -83,6 +83,8 @@ def what_to_do(err: int | None) -> str:
     if err in _NO_SPACE:
         return "free space on that disk (or choose another folder), then run the same command " \
                "again: finished work is kept"
+    if err in (errno.EEXIST, errno.ENOTDIR):
+        return "choose a folder whose path runs through folders only"
     if err in _NO_PERMISSION:
         return "make that folder writable for you (or choose another one), then run the same " \
                "command again"
@@ -117,6 +119,10 @@ def output_failure(path: str | os.PathLike[str], exc: BaseException) -> OutputEr
     reason, err = found
     if err is None and _disk_full(Path(path)):
         reason, err = "No space left on device", errno.ENOSPC
+    if err in (errno.EEXIST, errno.ENOTDIR):  # a folder could not be made: say what is there
+        in_the_way = next((p for p in Path(path).parents if p.exists()), None)
+        if in_the_way is not None and not in_the_way.is_dir():
+            reason = f"{in_the_way} is a file, not a folder"
     return OutputError(path, reason, err)
 
 
