@@ -48,6 +48,7 @@ from typing import Any, Literal
 from maedfer.atomic import write_text
 from maedfer.errors import MaedferError
 from maedfer.train import checkpoint as ckpt_io
+from maedfer.train.badclips import BAD_CLIPS
 from maedfer.train.config import PATH_KEYS
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,10 @@ RESUME_IGNORED = frozenset({
 # Everything a run writes into its folder: what --overwrite deletes (and nothing else).
 RUN_FILES = (
     "checkpoints", ckpt_io.FINAL, "report.json", "predictions.parquet", RUN_STATE,
-    "metrics.jsonl", "config.yaml", "env.json", "tb",
+    "metrics.jsonl", "config.yaml", "env.json", "tb", BAD_CLIPS,
 )  # fmt: skip
 # Of those, the ones a start that never saved a checkpoint leaves: a fresh start replaces them.
-BOOKKEEPING = frozenset({"metrics.jsonl", "config.yaml", "env.json", "tb"})
+BOOKKEEPING = frozenset({"metrics.jsonl", "config.yaml", "env.json", "tb", BAD_CLIPS})
 
 
 @dataclass(frozen=True)
