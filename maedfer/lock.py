@@ -76,11 +76,6 @@ def lock_file(folder: Path, *, shard: str | None = None) -> Path:
     return real / tail
 
 
-def active_locks() -> list[Path]:
-    """The folders this process holds, oldest first (error lines name where it was writing)."""
-    return [held.folder for held in _held.values()]
-
-
 def _command() -> str:
     """``maedfer finetune``, ``maedfer prepare ravdess``: the command and its first argument."""
     words = ["maedfer"]
