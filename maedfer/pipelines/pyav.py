@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from maedfer.pipelines import augment, rand_augment
+from maedfer.pipelines import augment, rand_augment, steps
 from maedfer.pipelines.backend import (
     MAX_ATTEMPTS,  # noqa: F401 (re-exported: the contract's)
     BadClipError,
@@ -37,6 +37,7 @@ from maedfer.pipelines.backend import (
     probe_num_frames,  # (also re-exported: the contract's)
     sample_with_retries,
 )
+from maedfer.pipelines.cpu_augment import CpuFrames, resize_hw  # noqa: F401 (re-exported)
 from maedfer.pipelines.plan import EpochPlan, SampleConfig, SampleSpec
 from maedfer.pipelines.rand_augment import policy_for
 
@@ -222,28 +223,6 @@ def _plane(frame: av.VideoFrame, i: int) -> np.ndarray:
     return rows[:, : plane.width]
 
 
-def resize_hw(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of ``(H, W, ...)`` float32 over its first two axes, all planes at once.
-
-    OpenCV's ``INTER_LINEAR``: half-pixel centres, no antialiasing, edges repeated — the same
-    numbers as torch's ``interpolate(mode="bilinear", align_corners=False)`` (to 1e-4) and
-    DALI's linear resize, at a fraction of torch's CPU time.
-    """
-    if image.shape[:2] == (height, width):
-        return image
-    planes = image.reshape(*image.shape[:2], -1)
-    size = (width, height)
-    if planes.shape[2] <= 512:  # OpenCV takes at most 512 channels per call
-        out = cv2.resize(planes, size, interpolation=cv2.INTER_LINEAR)
-    else:
-        out = np.concatenate([
-            cv2.resize(np.ascontiguousarray(planes[:, :, i : i + 512]), size,
-                       interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
-            for i in range(0, planes.shape[2], 512)
-        ], axis=2)  # fmt: skip
-    return out.reshape(height, width, *image.shape[2:])
-
-
 def _clipped(crop: augment.Box, h: int, w: int) -> tuple[int, int, int, int]:
     """``crop`` clipped to an ``h``×``w`` frame: rows ``y0:y1``, columns ``x0:x1``."""
     return max(0, crop.y), min(h, crop.y + crop.h), max(0, crop.x), min(w, crop.x + crop.w)
@@ -336,45 +315,29 @@ def _crop_resize(video: np.ndarray, crop: augment.Box | None, size: int) -> np.n
     return np.clip(np.rint(out, out=out), 0, 255, out=out)
 
 
-def _as_images(video: np.ndarray) -> np.ndarray:
-    """Frames ``(H, W, 3, T)`` of whole numbers 0..255 as contiguous ``(T, H, W, 3)`` uint8
-    images (the layout timm's PIL ops and OpenCV take)."""
-    # cast first, then transpose the bytes: 4x faster than one casting, transposing copy
-    return np.ascontiguousarray(video.astype(np.uint8).transpose(3, 0, 1, 2))
-
-
-def _as_planes(images: np.ndarray) -> np.ndarray:
-    """``(T, H, W, 3)`` uint8 images back to float32 ``(H, W, 3, T)``, in one pass."""
-    video = np.empty((*images.shape[1:], images.shape[0]), dtype=np.float32)
-    np.copyto(video, images.transpose(1, 2, 3, 0))
-    return video
-
-
 def load_sample(spec: SampleSpec, config: SampleConfig,
                 video: np.ndarray | None = None) -> torch.Tensor:
     """Decode and transform one sample → float32 ``(3, T, size, size)`` (module contract).
 
     ``video``: the sample's frames already decoded (``decode_window``'s output), if at hand.
+    The augmentation steps run with their CPU executors (:mod:`maedfer.pipelines.steps`).
     """
     source = None  # the part of the size×size frames that ``video`` holds (None: all)
     if video is None:  # the manifest crop is cut before colour conversion
         video, source = _decode_needed(spec, config)
     if source is None:
         video = _crop_resize(video, None, config.size)
-    box = spec.box
-    if spec.rand_augment:  # computes only the box's pixels: the box is cut after it
-        policy = policy_for(config.rand_augment_policy, config.size)
-        video = _as_planes(policy.apply_numpy(_as_images(video), spec.rand_augment, keep=box,
-                                              source=source))
-        box, source = (None if box is None else augment.Box(0, 0, box.w, box.h)), None
-    if box is not None:
-        if source is not None:  # the box, in the coordinates of the part decoded
-            box = augment.Box(box.x - source.x, box.y - source.y, box.w, box.h)
-        video = resize_hw(video[box.y : box.y + box.h, box.x : box.x + box.w], config.size,
-                          config.size)
-    clip = augment.normalised_clip(video, flip=spec.flip)  # (3, T, H, W)
-    return augment.finish_clip(clip, subtract_mean=config.subtract_mean, erase=spec.erase,
-                               erase_seed=spec.erase_seed, negate=spec.negate)
+    frames = CpuFrames(video, source, spec.box)
+    for step in steps.applied(config, steps.FRAME_STAGES):
+        frames = step.cpu(frames, spec, config)
+    clip = augment.normalised_clip(frames.video, flip=frames.flip)  # (3, T, H, W)
+    clip = augment.finish_clip(clip, subtract_mean=config.subtract_mean)
+    for step in steps.applied(config, _CLIP_STAGES):
+        clip = step.cpu(clip, spec, config)
+    return clip
+
+
+_CLIP_STAGES = frozenset(steps.STAGES) - steps.FRAME_STAGES
 
 
 def _decode_needed(spec: SampleSpec, config: SampleConfig,

@@ -191,20 +191,15 @@ class FinetuneRecipe:
         from maedfer.pipelines import build_loader
 
         cfg, data = self.cfg, self.cfg.data
-        common = loop.loader_options(data, self._raw.config, self._env, cfg.run.seed)
-        # every backend runs the recipe's RandAugment; one that could not would refuse it here
-        # (build_loader: one line naming data.rand_augment and the backend), never drop it
-        policy = data.rand_augment if data.augment else None
-        train = build_loader(
-            data.manifest, mode="train", batch_size=data.batch_size,
-            rand_augment=policy or False,
-            flip_only=data.flip_only, random_sign=data.random_sign,
-            **self._selection["train"], **common,
-        )  # fmt: skip
-        common.update(augment=False, num_sample=1)
+        common = loop.loader_options(self._raw.config, self._env, cfg.run.seed)
+        # the section goes whole: every backend runs the recipe's RandAugment, and one that
+        # could not would refuse it here in one line naming data.rand_augment, never drop it
+        train = build_loader(data.manifest, data, mode="train", **self._selection["train"],
+                             **common)
         test = build_loader(
-            data.manifest, mode="test", batch_size=cfg.eval.test_batch_size or data.batch_size,
-            test_views=cfg.eval.test_views, **self._selection["test"], **common,
+            data.manifest, data, mode="test", test_views=cfg.eval.test_views,
+            batch_size=cfg.eval.test_batch_size or data.batch_size,
+            **self._selection["test"], **common,
         )  # fmt: skip
         return train, test
 

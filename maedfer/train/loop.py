@@ -232,21 +232,14 @@ def build_schedule(optimizer: torch.optim.Optimizer, *, optim: Any, schedule: An
     return scheduler
 
 
-def loader_options(data: Any, model_config: dict[str, Any], env: DistEnv,
-                   seed: int) -> dict[str, Any]:
-    """``build_loader`` keywords both recipes pass, from the ``data`` section and the model's
-    input size (the model decides frames and side; the config only asks for them)."""
-    options: dict[str, Any] = {
-        "num_frames": model_config["num_frames"], "stride": data.stride,
-        "size": model_config["img_size"], "backend": data.backend, "seed": seed,
-        "device": str(env.device) if env.device.type == "cuda" else None,
-        "rank": env.rank, "world_size": env.world_size, "subtract_mean": data.subtract_mean,
-        "temporal_rule": data.temporal_rule, "augment": data.augment,
-        "num_sample": data.num_sample,
+def loader_options(model_config: dict[str, Any], env: DistEnv, seed: int) -> dict[str, Any]:
+    """The ``build_loader`` arguments both recipes pass beside their ``data`` section: the
+    model's input (the model decides frames and side), the run's seed and this rank's share."""
+    return {
+        "num_frames": model_config["num_frames"], "size": model_config["img_size"],
+        "seed": seed, "device": str(env.device) if env.device.type == "cuda" else None,
+        "rank": env.rank, "world_size": env.world_size,
     }  # fmt: skip
-    if data.workers is not None:
-        options["workers"] = data.workers
-    return options
 
 
 def steps_per_epoch(loader: Any, accum_steps: int) -> int:

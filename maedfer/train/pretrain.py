@@ -118,10 +118,8 @@ class PretrainRecipe:
         from maedfer.pipelines import build_loader
 
         cfg = self.cfg
-        return build_loader(
-            cfg.data.manifest, mode="pretrain", batch_size=cfg.data.batch_size,
-            **loop.loader_options(cfg.data, self._raw.config, self._env, cfg.run.seed),
-        )  # fmt: skip
+        return build_loader(cfg.data.manifest, cfg.data, mode="pretrain",
+                            **loop.loader_options(self._raw.config, self._env, cfg.run.seed))
 
     def resolved_config(self) -> dict[str, Any]:
         """The config with what this run resolved: backend, precision, device, folder."""
