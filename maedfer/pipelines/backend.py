@@ -8,9 +8,10 @@ one contract). It implements :class:`Backend`:
 - ``unsupported(config)`` — the options of a :class:`~maedfer.pipelines.plan.SampleConfig` it
   cannot honour, each with the reason: ``build_loader`` refuses them in one line naming the option
   and the backend (a backend never changes what a recipe means);
-- ``epoch(plan, batch_size=, drop_last=, workers=, device=, faults=)`` — the epoch's batches
-  (:class:`~maedfer.pipelines.loader.ClipBatch` dicts on ``device``), every replaced faulty file
-  noted in ``faults`` (:class:`Faults`);
+- ``epoch(plan, batch_size=, drop_last=, workers=, device=, faults=, session=)`` — the epoch's
+  batches (:class:`~maedfer.pipelines.loader.ClipBatch` dicts on ``device``), every replaced
+  faulty file noted in ``faults`` (:class:`Faults`); ``session`` is a dict the loader keeps
+  from epoch to epoch, for what a backend builds once per loader (DALI: its pipeline);
 - ``decodes(spec)`` — whether it decodes that sample (DALI asks the reference backend, PyAV, to
   tell a faulty file from a codec DALI lacks).
 
@@ -116,7 +117,8 @@ class Backend(Protocol):
     def unsupported(self, config: SampleConfig) -> dict[str, str]: ...
 
     def epoch(self, plan: EpochPlan, *, batch_size: int, drop_last: bool, workers: int,
-              device: torch.device | None, faults: Faults) -> Iterator[dict[str, Any]]: ...
+              device: torch.device | None, faults: Faults,
+              session: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]: ...
 
     def decodes(self, spec: SampleSpec) -> bool: ...
 

@@ -98,6 +98,7 @@ class ClipLoader:
         self.num_bad = 0
         self.epoch = 0
         self.faults = backends.Faults()  # faulty files: counted per epoch, logged once each
+        self.session: dict[str, Any] = {}  # what a backend keeps from epoch to epoch
         if len(self) == 0:
             raise MaedferError(
                 f"{self.samples_per_epoch} samples per epoch on rank {rank} make no batch of "
@@ -127,7 +128,7 @@ class ClipLoader:
         self.faults.start_epoch()
         batches = backends.load(self.backend).epoch(
             plan, batch_size=self.batch_size, drop_last=self.drop_last, workers=self.workers,
-            device=self.device, faults=self.faults)
+            device=self.device, faults=self.faults, session=self.session)
         for batch in batches:
             self.num_bad = self.faults.count
             yield batch

@@ -512,7 +512,8 @@ class PyAVBackend:
         return True
 
     def epoch(self, plan: EpochPlan, *, batch_size: int, drop_last: bool, workers: int,
-              device: torch.device | None, faults: Faults) -> Iterator[dict[str, Any]]:
+              device: torch.device | None, faults: Faults,
+              session: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         from torch.utils.data import DataLoader
 
         on_cuda = device is not None and device.type == "cuda"

@@ -82,8 +82,8 @@ def pack(specs: list[SampleSpec], config: SampleConfig, params: Params) -> list[
 
 def run(x: torch.Tensor, groups: list[Group], tensors: list[torch.Tensor], consts: Constants,
         config: SampleConfig) -> torch.Tensor:
-    """``x`` float32 ``(B, T, 3, H, W)``, whole numbers 0..255 → the ops applied (in place
-    where possible; the result is returned)."""
+    """``x`` float32 clips ``(B, 3, T, H, W)``, whole numbers 0..255 → the ops applied (in
+    place where possible; the result is returned)."""
     for group in groups:
         args = [tensors[k] for k in group.args]
         if group.index is None:
@@ -99,10 +99,10 @@ def _per_sample(values: torch.Tensor) -> torch.Tensor:
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
-    """Pillow's RGB → L on ``(..., 3, H, W)``: ``(R·19595 + G·38470 + B·7471 + 2^15) >> 16``."""
+    """Pillow's RGB → L on clips ``(G, 3, T, H, W)``: ``(R·19595 + G·38470 + B·7471 + 2^15)
+    >> 16``, ``(G, 1, T, H, W)`` int32."""
     q = x.to(torch.int32)
-    return (q[..., 0:1, :, :] * 19595 + q[..., 1:2, :, :] * 38470 + q[..., 2:3, :, :] * 7471
-            + 32768) >> 16  # fmt: skip
+    return (q[:, 0:1] * 19595 + q[:, 1:2] * 38470 + q[:, 2:3] * 7471 + 32768) >> 16
 
 
 def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -112,13 +112,13 @@ def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> t
 
 
 def _lut(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
-    """Per (sample, frame, channel) tables ``lut`` ``(G, T, 3, 256)`` applied to ``x``."""
+    """Per (sample, channel, frame) tables ``lut`` ``(G, 3, T, 256)`` applied to ``x``."""
     index = x.to(torch.int64).flatten(-2)
     return torch.gather(lut.to(x.dtype), -1, index).view_as(x)
 
 
 def _affine(x: torch.Tensor, args: list[torch.Tensor], consts: Constants) -> torch.Tensor:
-    g, t, c, h, w = x.shape
+    g, c, t, h, w = x.shape
     m = args[0].view(g, 6, 1, 1)
     a, b, cc, d, e, f = (m[:, k] for k in range(6))
     ys, xs = consts.rows, consts.cols
@@ -127,9 +127,9 @@ def _affine(x: torch.Tensor, args: list[torch.Tensor], consts: Constants) -> tor
     sy = torch.round((e * ys + f) * 1024) + torch.round(d * xs * 1024) + 16
     sx, sy = torch.floor(sx / 32) / 32, torch.floor(sy / 32) / 32
     grid = torch.stack([(2 * sx + 1) / w - 1, (2 * sy + 1) / h - 1], dim=-1).to(x.dtype)
-    shifted = (x - consts.fill).view(g, t * c, h, w)
+    shifted = (x - consts.fill).view(g, c * t, h, w)
     out = F.grid_sample(shifted, grid, mode="bicubic", padding_mode="zeros",
-                        align_corners=False).view(g, t, c, h, w) + consts.fill
+                        align_corners=False).view(g, c, t, h, w) + consts.fill
     return out.round_().clamp_(0, 255)
 
 
@@ -160,17 +160,16 @@ def _color(x: torch.Tensor, args: list[torch.Tensor], consts: Constants) -> torc
 
 
 def _contrast(x: torch.Tensor, args: list[torch.Tensor], consts: Constants) -> torch.Tensor:
-    mean = _grey(x).double().mean(dim=(-3, -2, -1), keepdim=True)  # per frame
+    mean = _grey(x).double().mean(dim=(1, 3, 4), keepdim=True)  # per frame
     return _blend(torch.floor(mean + 0.5).float(), x, args[0])
 
 
 def _sharpness(x: torch.Tensor, args: list[torch.Tensor], consts: Constants) -> torch.Tensor:
-    g, t, c, h, w = x.shape
-    frames = x.reshape(g * t, c, h, w)
-    inner = F.conv2d(frames, consts.smooth, groups=3) / 13
-    smooth = frames.clone()  # Pillow's SMOOTH keeps the border pixels
-    smooth[:, :, 1:-1, 1:-1] = (inner + 0.5).floor().clamp(0, 255)
-    return _blend(smooth.view_as(x), x, args[0])
+    # a 1×3×3 kernel per channel: each frame filtered alone (integer sums: exact in float32)
+    inner = F.conv3d(x, consts.smooth, groups=3) / 13
+    smooth = x.clone()  # Pillow's SMOOTH keeps the border pixels
+    smooth[..., 1:-1, 1:-1] = (inner + 0.5).floor().clamp(0, 255)
+    return _blend(smooth, x, args[0])
 
 
 def _autocontrast(x: torch.Tensor, args: list[torch.Tensor], consts: Constants) -> torch.Tensor:
@@ -189,10 +188,10 @@ def _autocontrast(x: torch.Tensor, args: list[torch.Tensor], consts: Constants) 
 
 def _equalize(x: torch.Tensor, args: list[torch.Tensor], consts: Constants) -> torch.Tensor:
     """Pillow's equalize tables from per-frame histograms counted on the device."""
-    g, t, c, h, w = x.shape
-    index = x.to(torch.int64).view(g * t * c, h * w)
-    hist = torch.zeros(g * t * c, 256, dtype=torch.int64, device=x.device)
-    hist = hist.scatter_add_(1, index, torch.ones_like(index)).view(g, t, c, 256)
+    g, c, t, h, w = x.shape
+    index = x.to(torch.int64).view(g * c * t, h * w)
+    hist = torch.zeros(g * c * t, 256, dtype=torch.int64, device=x.device)
+    hist = hist.scatter_add_(1, index, torch.ones_like(index)).view(g, c, t, 256)
     ramp = consts.ramp
     last = torch.where(hist > 0, ramp, -1).amax(dim=-1, keepdim=True)  # last non-empty bin
     top = torch.gather(hist, -1, last.clamp(min=0))
