@@ -57,6 +57,7 @@ class BackendEntry:
     requires: str  # the package it imports (checked without importing it)
     extra: str | None = None  # the maedfer extra that installs it
     gpu: bool = False  # batches land on cuda:$LOCAL_RANK by default; auto picks it with CUDA
+    threads: bool = False  # its workers are threads in this process (at least one)
 
 
 #: The backends, in the order ``auto`` prefers them (the first available wins).
@@ -64,7 +65,10 @@ BACKENDS: dict[str, BackendEntry] = {
     entry.name: entry for entry in (
         BackendEntry("dali", "maedfer.pipelines.dali", "NVIDIA DALI: NVDEC decoding, crop, "
                      "resize, RandAugment on the GPU (CPU: VP8/VP9/MJPEG only)",
-                     requires="nvidia.dali", extra="gpu", gpu=True),
+                     requires="nvidia.dali", extra="gpu", gpu=True, threads=True),
+        BackendEntry("hybrid", "maedfer.pipelines.hybrid", "PyAV decodes only the frames a "
+                     "sample needs in worker processes; colour conversion and augmentation "
+                     "batched on the GPU", requires="av", gpu=True),
         BackendEntry("pyav", "maedfer.pipelines.pyav", "PyAV in DataLoader worker processes "
                      "on the CPU, every codec", requires="av"),
     )

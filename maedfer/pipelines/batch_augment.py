@@ -61,6 +61,13 @@ class Params:
             self._buffers[dtype] = buffer.pin_memory() if pin else buffer
         self._arrays = []
 
+    def pin(self) -> Params:
+        """Move the staged buffers to pinned memory (a batch bound for CUDA; in the process
+        that copies it to the device)."""
+        self._buffers = {dt: b if b.is_pinned() else b.pin_memory()
+                         for dt, b in self._buffers.items()}
+        return self
+
     def to(self, device: torch.device) -> list[torch.Tensor]:
         """The arrays on ``device``, in ``put`` order (one non-blocking copy per dtype)."""
         moved = {dt: b.to(device, non_blocking=True) for dt, b in self._buffers.items()}
@@ -239,11 +246,17 @@ RAND_AUGMENT = BatchExecutor(rand_augment_batch.pack, _run_rand_augment)
 
 @dataclass
 class PreparedBatch:
-    """One batch's augmentation, packed on the host: the steps to run and their arguments."""
+    """One batch's augmentation, packed on the host: the steps to run and their arguments
+    (picklable: PyAV's worker processes prepare batches too)."""
 
     config: SampleConfig
-    steps: list[tuple[Any, Any]]  # (Step, its packed arguments), in running order
+    steps: list[tuple[str, Any]]  # (step name, its packed arguments), in running order
     params: Params = field(default_factory=Params)
+
+    def pin_memory(self) -> PreparedBatch:
+        """For torch's ``DataLoader(pin_memory=True)``: the arguments in pinned memory."""
+        self.params.pin()
+        return self
 
 
 def prepare(specs: list[SampleSpec], config: SampleConfig, *,
@@ -257,7 +270,7 @@ def prepare(specs: list[SampleSpec], config: SampleConfig, *,
 
     prepared = PreparedBatch(config, [])
     for step in table.applied(config, stages):
-        prepared.steps.append((step, step.batch.pack(specs, config, prepared.params)))
+        prepared.steps.append((step.name, step.batch.pack(specs, config, prepared.params)))
     prepared.params.stage(pin=pin)
     return prepared
 
@@ -267,7 +280,7 @@ def augment_batch(clips: torch.Tensor, prepared: PreparedBatch) -> torch.Tensor:
     float32 clips ``(B, 3, T, S, S)``, contiguous: the prepared steps in stage order, the
     ImageNet normalisation and the clip-mean subtraction (between the geometry and values
     stages). Reads nothing back from the device. A contiguous float32 input is reused."""
-    from maedfer.pipelines.steps import FRAME_STAGES
+    from maedfer.pipelines.steps import BY_NAME, FRAME_STAGES
 
     config, device = prepared.config, clips.device
     _, _, _, h, w = clips.shape
@@ -277,13 +290,14 @@ def augment_batch(clips: torch.Tensor, prepared: PreparedBatch) -> torch.Tensor:
     x = clips
     if x.dtype != torch.float32 or not x.is_contiguous():
         x = torch.empty(x.shape, dtype=torch.float32, device=device).copy_(x)
-    for step, packed in prepared.steps:
+    steps = [(BY_NAME[name], packed) for name, packed in prepared.steps]
+    for step, packed in steps:
         if step.stage in FRAME_STAGES:
             x = step.batch.run(x, packed, tensors, consts, config)
     x = x.sub_(consts.mean).div_(consts.std)
     if config.subtract_mean:
         x = x - x.mean(dim=2, keepdim=True)
-    for step, packed in prepared.steps:
+    for step, packed in steps:
         if step.stage not in FRAME_STAGES:
             x = step.batch.run(x, packed, tensors, consts, config)
     return x

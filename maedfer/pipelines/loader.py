@@ -277,7 +277,7 @@ def _open_loader(manifest: Path | str | pd.DataFrame, data: DataOptions, *, mode
     table = load_clip_table(manifest, mode=mode, fold=fold, split=split, root=root)
     check_some_clip_exists(table, what=_selection_text(mode, fold, split))
     workers = chosen.default_workers() if data.workers is None else data.workers
-    if backends.entry(backend_name).gpu:
+    if backends.entry(backend_name).threads:
         workers = max(1, workers)  # threads: at least one
     return ClipLoader(
         table, config, backend=backend_name, device=dev, batch_size=data.batch_size,

@@ -20,6 +20,7 @@ import ctypes
 import logging
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
 
@@ -116,19 +117,34 @@ def decode_found(path: str, wanted: np.ndarray, crop: augment.Box | None = None,
     part of them that is needed (a box in their coordinates): only that part is converted.
     """
     try:
-        try:
-            found = _decode_file(path, wanted, seek=int(wanted[0]) >= SEEK_MIN_FRAME)
-        except _SeekMissError:
-            found = _decode_file(path, wanted, seek=False, skip=False)
-        if not found:
-            raise BadClipError(path, "no frame decodes")
-        have = np.array(sorted(found))
-        frames = [found[int(k)] for k in have]
+        have, frames = _found_frames(path, wanted)
         if within is not None:
             crop = _narrowed(crop, frames[0].height, frames[0].width, within)
         return have, frames_to_rgb(frames, crop)
     except (OSError, av.FFmpegError, IndexError) as exc:
         raise BadClipError(path, f"cannot decode it ({exc})") from None
+
+
+def decode_planes(path: str, wanted: np.ndarray, crop: augment.Box | None = None,
+                  ) -> tuple[np.ndarray, Planes]:
+    """:func:`decode_found` without the colour conversion: the frames' planes as decoded
+    (:class:`Planes`), for a device to convert (the hybrid backend)."""
+    try:
+        have, frames = _found_frames(path, wanted)
+        return have, frames_to_planes(frames, crop)
+    except (OSError, av.FFmpegError, IndexError) as exc:
+        raise BadClipError(path, f"cannot decode it ({exc})") from None
+
+
+def _found_frames(path: str, wanted: np.ndarray) -> tuple[np.ndarray, list[av.VideoFrame]]:
+    try:
+        found = _decode_file(path, wanted, seek=int(wanted[0]) >= SEEK_MIN_FRAME)
+    except _SeekMissError:
+        found = _decode_file(path, wanted, seek=False, skip=False)
+    if not found:
+        raise BadClipError(path, "no frame decodes")
+    have = np.array(sorted(found))
+    return have, [found[int(k)] for k in have]
 
 
 def _narrowed(crop: augment.Box | None, height: int, width: int,
@@ -286,6 +302,50 @@ def frames_to_rgb(frames: list[av.VideoFrame], crop: augment.Box | None = None) 
 
 
 _BAND_ROWS = 16  # 16 rows of 160-pixel frames, 16 frames: the band's planes fit in L2
+
+
+@dataclass(frozen=True)
+class Planes:
+    """Decoded frames as they come out of the decoder, cut to the crop: 4:2:0 planes (``y``
+    ``(T, h, w)``, ``u``/``v`` ``(T, ch, cw)`` uint8, the chroma with the margin its bilinear
+    upsampling reads; the crop starts at ``(oy, ox)`` of the upsampled chroma), or, for other
+    pixel formats, RGB already converted (``rgb`` ``(T, h, w, 3)`` uint8)."""
+
+    y: np.ndarray | None = None
+    u: np.ndarray | None = None
+    v: np.ndarray | None = None
+    oy: int = 0
+    ox: int = 0
+    full_range: bool = False
+    kr: float = _BT601[0]
+    kb: float = _BT601[1]
+    rgb: np.ndarray | None = None
+
+    def take(self, positions: slice | np.ndarray) -> Planes:
+        """The frames at ``positions`` (on the time axis)."""
+        picked = {k: None if a is None else a[positions]
+                  for k, a in (("y", self.y), ("u", self.u), ("v", self.v), ("rgb", self.rgb))}
+        return replace(self, **picked)
+
+
+def frames_to_planes(frames: list[av.VideoFrame], crop: augment.Box | None = None) -> Planes:
+    """The planes :func:`frames_to_rgb` would convert, unconverted (:class:`Planes`)."""
+    first = frames[0]
+    name, h, w = first.format.name, first.height, first.width
+    if name not in _YUV420 or any(f.format.name != name for f in frames) or h % 2 or w % 2:
+        rgb = frames_to_rgb(frames, crop)  # (h, w, 3, T) whole numbers
+        return Planes(rgb=np.ascontiguousarray(rgb.astype(np.uint8).transpose(3, 0, 1, 2)))
+    y0, y1, x0, x1 = _clipped(crop, h, w) if crop is not None else (0, h, 0, w)
+    cy0, cy1 = max(0, y0 // 2 - 1), min(h // 2, (y1 + 1) // 2 + 1)
+    cx0, cx1 = max(0, x0 // 2 - 1), min(w // 2, (x1 + 1) // 2 + 1)
+    kr, kb = _MATRICES.get(int(first.colorspace or 2), _BT601)
+    return Planes(
+        y=np.stack([_plane(f, 0)[y0:y1, x0:x1] for f in frames]),
+        u=np.stack([_plane(f, 1)[cy0:cy1, cx0:cx1] for f in frames]),
+        v=np.stack([_plane(f, 2)[cy0:cy1, cx0:cx1] for f in frames]),
+        oy=y0 - 2 * cy0, ox=x0 - 2 * cx0,
+        full_range=name == "yuvj420p" or int(first.color_range or 0) == 2, kr=kr, kb=kb,
+    )  # fmt: skip
 
 
 def _ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, rgb: np.ndarray,

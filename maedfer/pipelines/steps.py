@@ -131,6 +131,10 @@ STEPS: tuple[Step, ...] = (
 )  # fmt: skip
 
 
+#: The steps by name.
+BY_NAME: dict[str, Step] = {step.name: step for step in STEPS}
+
+
 def applied(config: SampleConfig, stages: frozenset[str] | None = None) -> list[Step]:
     """The steps that change ``config``'s clips, in the order they run (optionally only those
     of ``stages``)."""
