@@ -118,6 +118,8 @@ class FinetuneRecipe:
         self._raw, self._model = loop.place_model(self._setup_model(), self._env, self._state,
                                                   self.checkpoint_path)
         self._loader, self._test_loader = self._setup_data()
+        if (self._loader.table.label < 0).any():  # checked once here, not per batch
+            raise MaedferError("the training selection holds unlabelled clips (label -1)")
         self._steps_per_epoch = loop.steps_per_epoch(self._loader, cfg.optim.accum_steps)
         self._lr = loop.lr_range(cfg.optim, cfg.schedule, self.total_batch)
         self._optimizer = loop.build_optimizer(self._raw, cfg.optim, self._lr[0], self._state)
@@ -255,8 +257,6 @@ class FinetuneRecipe:
     def _loss_step(self, batch: dict[str, Any], epoch: int, micro: int) -> torch.Tensor:
         """Loss of one micro-batch of this rank (mixup drawn from the step's own seed)."""
         env = self._env
-        if bool((batch["label"] < 0).any()):
-            raise MaedferError("the training selection holds unlabelled clips (label -1)")
         video = batch["video"].to(env.device, non_blocking=True)
         target = batch["label"].to(env.device, non_blocking=True)
         if self._mixup is not None:

@@ -151,10 +151,13 @@ class PretrainRecipe:
         video = batch["video"].to(env.device, non_blocking=True)
         generator = torch.Generator().manual_seed(step_seed(self.cfg.run.seed, 1, epoch, micro))
         masks = self._raw.random_mask(video.shape[0] * env.world_size, generator=generator)
-        mask = masks[env.rank :: env.world_size].to(env.device, non_blocking=True)
+        # the token orders are made on the CPU with the masks: the device reads nothing back
+        mask = masks[env.rank :: env.world_size]
+        order, masked = (to_device(t, env.device) for t in self._raw.token_order(mask))
+        mask = to_device(mask, env.device)
         with autocast(env.device, self._precision):
-            pred = self._model(video, mask)
-        return self._raw.loss(pred, self._raw.targets(video, mask))
+            pred = self._model(video, mask, order=order)
+        return self._raw.loss(pred, self._raw.targets(video, mask, masked=masked))
 
     def train(self) -> dict[str, Any]:
         """Run the remaining epochs; returns the summary :func:`run` prints."""
@@ -176,6 +179,13 @@ class PretrainRecipe:
 
     def cleanup(self, *, completed: bool = True) -> None:
         loop.close(self, completed=completed)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` (CPU) on ``device`` without blocking (through pinned memory for CUDA)."""
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def _augment(loader: Any) -> list[dict]:
