@@ -96,7 +96,7 @@ def constants(device: torch.device, height: int, width: int,
     shape = (1, 3, 1, 1, 1)
     smooth = torch.ones(3, 1, 1, 3, 3)
     smooth[..., 1, 1] = 5
-    return Constants(
+    made = Constants(
         # the float32 values of augment.normalise: the tuple as float32, times 255
         mean=(torch.tensor(augment.IMAGENET_MEAN).view(shape) * 255).to(device),
         std=(torch.tensor(augment.IMAGENET_STD).view(shape) * 255).to(device),
@@ -106,6 +106,9 @@ def constants(device: torch.device, height: int, width: int,
         .to(device), smooth=smooth.to(device),
         fill=torch.tensor(fill, dtype=torch.float32).view(shape).to(device),
     )  # fmt: skip
+    if device.type == "cuda":  # once: any stream may read them from now on
+        torch.cuda.synchronize(device)
+    return made
 
 
 @dataclass(frozen=True)

@@ -250,9 +250,11 @@ class DaliSession:
                                           for spec, data, _ in made), strict=True)]
         stages = None if self.rand_augment else _AFTER_DALI
         prepared = prepare(specs, self.config, stages=stages, pin=self.device.type == "cuda")
-        return _Batch(specs, columns, prepared,
-                      torch.tensor([s.label for s in specs], dtype=torch.long),
-                      torch.tensor([s.view for s in specs], dtype=torch.long),
+        label = torch.tensor([s.label for s in specs], dtype=torch.long)
+        view = torch.tensor([s.view for s in specs], dtype=torch.long)
+        if self.device.type == "cuda":  # the training step moves them without blocking
+            label, view = label.pin_memory(), view.pin_memory()
+        return _Batch(specs, columns, prepared, label, view,
                       [f for _, _, faults in made for f in faults])
 
     def _feed(self, plan: EpochPlan, first: int, count: int) -> None:

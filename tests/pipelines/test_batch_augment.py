@@ -142,3 +142,29 @@ def test_no_value_is_read_back_inside_a_batch(monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setattr(torch, name, counting(name, getattr(torch, name)))
     batch_augment.augment_batch(frames, prepared)
     assert calls == []
+
+
+@pytest.mark.gpu
+def test_on_cuda_nothing_synchronises_and_the_values_are_the_cpu_s() -> None:
+    """``torch.cuda.set_sync_debug_mode("error")`` around a batch with every kind of op: no
+    synchronising call; the values within the RandAugment tolerance of the CPU's."""
+    size = 32
+    config = SampleConfig.from_data(TrainDataOptions(random_sign=True, subtract_mean=True),
+                                    mode="train", num_frames=4, size=size, seed=1,
+                                    test_views=2)  # fmt: skip
+    plan = EpochPlan(table_of(48), config, epoch=0)
+    specs = [plan.spec(i) for i in range(48)]
+    frames = torch.from_numpy(smooth_clips(48, 4, size)).permute(0, 4, 1, 2, 3)
+    cpu = batch_augment.augment_batch(frames, batch_augment.prepare(specs, config))
+    on_gpu = frames.cuda()
+    batch_augment.augment_batch(on_gpu, batch_augment.prepare(specs, config, pin=True))  # warm
+    prepared = batch_augment.prepare(specs, config, pin=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = batch_augment.augment_batch(on_gpu, prepared)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    diff = ((got.cpu() - cpu) * STD).abs()
+    mean, share = rand_augment.CLIP_TOLERANCE
+    assert diff.mean() <= mean and (diff > 2).float().mean() <= share

@@ -84,3 +84,22 @@ def test_hybrid_crops_partial_batches_and_a_worker(h264_clips: tuple[Path, pd.Da
     pyav_video, hybrid_video = both(rows, mode="test", batch_size=5, size=24, workers=1)
     assert hybrid_video.shape[0] == 14  # batches 5, 5, 4 (the junk clip's views replaced)
     assert ((hybrid_video - pyav_video) * STD).abs().max() <= 2.0
+
+
+@pytest.mark.gpu
+def test_hybrid_on_cuda_matches_pyav(h264_clips: tuple[Path, pd.DataFrame]) -> None:
+    folder, _ = h264_clips
+    manifest = folder / "manifest.parquet"
+    for mode, extra in (("test", {}), ("train", {"rand_augment": False}),
+                        ("train", {"rand_augment": True})):
+        videos = []
+        for backend, device in (("pyav", None), ("hybrid", "cuda")):
+            loader = build_loader(manifest, mode=mode, batch_size=3, size=32, backend=backend,
+                                  workers=1, device=device, seed=2, **extra)
+            videos.append(torch.cat([b["video"].cpu() for b in loader]))
+        diff = ((videos[1] - videos[0]) * STD).abs()
+        if extra.get("rand_augment"):
+            mean, share = CLIP_TOLERANCE
+            assert diff.mean() <= mean and (diff > 2).float().mean() <= share
+        else:
+            assert diff.max() <= 2.0
