@@ -168,7 +168,7 @@ def _build(source: Any, *, batch_size: int, threads: int, device_id: int | None,
     """The one pipeline definition, GPU (``device_id`` set) or CPU (``None``).
 
     Output: with ``rand_augment``, uint8 ``(B, F, size, size, 3)`` frames after the manifest crop
-    and the first resize (torch does the rest, :meth:`DaliEpoch._finish`); else float
+    and the first resize (torch does the rest, :meth:`DaliSession._finish`); else float
     ``(B, 3, F, size, size)`` after the box resize and the flip, not yet normalised.
     """
     linear = {"interp_type": types.INTERP_LINEAR, "antialias": False, "size": [size, size]}
