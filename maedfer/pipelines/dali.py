@@ -270,8 +270,12 @@ class DaliSession:
 
     def epoch(self, plan: EpochPlan, drop_last: bool) -> Iterator[dict[str, Any]]:
         """The epoch's batches, each handed to the consumer's stream as it is yielded."""
-        for batch, event in one_ahead(self._batches(plan, drop_last)):
-            yield self.side.hand_over(batch, event)
+        try:
+            for batch, event in one_ahead(self._batches(plan, drop_last)):
+                yield self.side.hand_over(batch, event)
+        finally:
+            if self.state != "ended":  # left mid-epoch: stop the producer (a new pipeline next)
+                self.source.feed(None)
 
     def _batches(self, plan: EpochPlan, drop_last: bool) -> Iterator[tuple[dict, Any]]:
         n = len(plan) // self.batch_size if drop_last else -(-len(plan) // self.batch_size)
