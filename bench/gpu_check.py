@@ -265,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gpu_check: {mode} run, {len(selected)} measurement(s), {total:.0f} s budget; "
           f"results in {out / RESULT}", flush=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # `timeout`, a scheduler or kill send SIGTERM: stop the running step's process group too
+    signal.signal(signal.SIGTERM, interrupted)
     context = {"mode": mode, "cache": str(cache), "work": str(work), "clips": {},
                "prior": {}, "needs_clips": any("clips" in m.needs for m in selected)}
     start = time.monotonic()
@@ -304,6 +306,10 @@ def make_cache(cache: Path, mode: str) -> int:
         entry = results.data["setup"]
     print(f"gpu_check: set-up {entry['status']}: {headline(entry)}")
     return 0 if entry["status"] == "ok" else 1
+
+
+def interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def run_setup(context: dict, results: Results, env: dict, work: Path, mode: str) -> None:
