@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from maedfer.errors import MaedferError
-from maedfer.pipelines import augment, backend
+from maedfer.pipelines import augment, backend, nvdec
 from maedfer.pipelines.backend import BadClipError, Faults, sample_with_retries
 from maedfer.pipelines.batch_augment import PreparedBatch, augment_batch, prepare
 from maedfer.pipelines.feeding import Producer, SideStream, one_ahead
@@ -393,6 +393,8 @@ class DaliBackend:
               session: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         """The epoch's batches; ``session`` (the loader's) keeps the pipeline for the next."""
         assert device is not None  # resolve_backend always gives DALI a device
+        if device.type == "cuda" and nvdec.library() is None:
+            raise MaedferError(nvdec.MISSING)  # else every sample fails as if the files were bad
         session = {} if session is None else session
         key = ("dali", batch_size, max(1, workers), str(device))
         if session.get("key") != key:

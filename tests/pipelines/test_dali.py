@@ -145,3 +145,13 @@ def test_dali_builds_its_pipeline_once_per_loader(vp9_clips: tuple[Path, pd.Data
     fresh.set_epoch(2)
     assert torch.equal(torch.cat([b["video"] for b in fresh]), epochs[2])
     assert not torch.equal(epochs[0], epochs[1])
+
+
+def test_dali_on_the_gpu_without_nvdec_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from maedfer.pipelines import dali, nvdec
+
+    monkeypatch.setattr(nvdec, "library", lambda: None)
+    epoch = dali.BACKEND.epoch(None, batch_size=1, drop_last=False, workers=1,
+                               device=torch.device("cuda"), faults=None)
+    with pytest.raises(MaedferError, match="libnvcuvid.*NVIDIA_DRIVER_CAPABILITIES"):
+        next(epoch)
