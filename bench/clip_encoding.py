@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from data_speed import PORTRAITS, portrait_frames  # noqa: E402
+from _common import PORTRAITS, portrait_frames  # noqa: E402
 
 from maedfer.pipelines import pyav, sampling  # noqa: E402
 from maedfer.preprocess.encode import CODECS, write_clip  # noqa: E402

@@ -18,67 +18,25 @@ Writes bench/out/data_speed-<device>.json and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _common import PORTRAITS, portrait_frames, quartiles, system  # noqa: E402,F401
 
 from maedfer.pipelines import build_loader  # noqa: E402
 from maedfer.pipelines.augment import IMAGENET_STD  # noqa: E402
 from maedfer.pipelines.loader import dali_available  # noqa: E402
 from maedfer.pipelines.profile import _cpu_seconds as cpu_seconds  # noqa: E402
 from maedfer.preprocess.encode import write_clip  # noqa: E402
-
-PORTRAITS = REPO / "maedfer" / "assets" / "portraits"
-
-
-def quartiles(xs: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
-    return {"median": statistics.median(xs), "p25": q[0], "p75": q[2]}
-
-
-def system() -> dict[str, str]:
-    import av
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False, cwd=REPO).stdout.strip()
-    info = {
-        "date": dt.date.today().isoformat(), "commit": commit,
-        "cpu": platform.processor() or platform.machine(), "cpu_count": str(os.cpu_count()),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
-        "torch": torch.__version__, "pyav": av.__version__,
-        "load_avg_1min": f"{os.getloadavg()[0]:.2f}",
-    }  # fmt: skip
-    if dali_available():
-        import nvidia.dali
-
-        info["dali"] = nvidia.dali.__version__
-    return info
-
-
-def portrait_frames(image: Path, count: int, size: int = 160) -> np.ndarray:
-    """A slow pan and zoom over a portrait: ``(count, size, size, 3)`` uint8."""
-    picture = np.asarray(Image.open(image).convert("RGB").resize((2 * size, 2 * size)))
-    frames = []
-    for t in range(count):
-        side = int(size * (1.5 - 0.3 * t / count))
-        x0 = int((2 * size - side) * (0.3 + 0.4 * t / count))
-        crop = picture[size // 4 : size // 4 + side, x0 : x0 + side]
-        frames.append(np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR)))
-    return np.stack(frames)
 
 
 def make_clips(folder: Path, *, clips: int, frames: int) -> dict[str, Path]:

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from data_speed import portrait_frames, quartiles, system  # noqa: E402
+from _common import portrait_frames, quartiles, system  # noqa: E402
 
 from maedfer.pipelines.loader import dali_available  # noqa: E402
 from maedfer.preprocess.encode import write_clip  # noqa: E402

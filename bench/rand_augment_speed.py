@@ -1,7 +1,7 @@
 """RandAugment numpy executor speed: the frame-by-frame PIL/warpAffine executor it replaced vs the
 fast one on whole frames vs the fast one computing only a random-resized-crop box.
 
-Clips are 16×160×160 pans over the committed portraits (``bench/data_speed.portrait_frames``);
+Clips are 16×160×160 pans over the committed portraits (``bench/_common.portrait_frames``);
 the ops are real draws of ``policy_for(RAND_AUGMENT, 160)``, one seed per clip, and each clip
 gets a random-resized-crop box as the loader draws it. CPU time (``time.process_time``) with one
 OpenCV thread, so other jobs on the machine slow the figures little; the three executors run
@@ -31,7 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.data_speed import PORTRAITS, portrait_frames, system  # noqa: E402
+from bench._common import PORTRAITS, portrait_frames, system  # noqa: E402
 from maedfer.pipelines import augment  # noqa: E402
 from maedfer.pipelines.rand_augment import (  # noqa: E402
     RAND_AUGMENT,

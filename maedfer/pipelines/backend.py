@@ -8,9 +8,10 @@ one contract). It implements :class:`Backend`:
 - ``unsupported(config)`` — the options of a :class:`~maedfer.pipelines.plan.SampleConfig` it
   cannot honour, each with the reason: ``build_loader`` refuses them in one line naming the option
   and the backend (a backend never changes what a recipe means);
-- ``epoch(plan, batch_size=, drop_last=, workers=, device=, faults=)`` — the epoch's batches
-  (:class:`~maedfer.pipelines.loader.ClipBatch` dicts on ``device``), every replaced faulty file
-  noted in ``faults`` (:class:`Faults`);
+- ``epoch(plan, batch_size=, drop_last=, workers=, device=, faults=, session=)`` — the epoch's
+  batches (:class:`~maedfer.pipelines.loader.ClipBatch` dicts on ``device``), every replaced
+  faulty file noted in ``faults`` (:class:`Faults`); ``session`` is a dict the loader keeps
+  from epoch to epoch, for what a backend builds once per loader (DALI: its pipeline);
 - ``decodes(spec)`` — whether it decodes that sample (DALI asks the reference backend, PyAV, to
   tell a faulty file from a codec DALI lacks).
 
@@ -59,6 +60,7 @@ class BackendEntry:
     requires: str  # the package it imports (checked without importing it)
     extra: str | None = None  # the maedfer extra that installs it
     gpu: bool = False  # batches land on cuda:$LOCAL_RANK by default; auto picks it with CUDA
+    threads: bool = False  # its workers are threads in this process (at least one)
 
 
 #: The backends, in the order ``auto`` prefers them (the first available wins).
@@ -66,7 +68,10 @@ BACKENDS: dict[str, BackendEntry] = {
     entry.name: entry for entry in (
         BackendEntry("dali", "maedfer.pipelines.dali", "NVIDIA DALI: NVDEC decoding, crop, "
                      "resize, RandAugment on the GPU (CPU: VP8/VP9/MJPEG only)",
-                     requires="nvidia.dali", extra="gpu", gpu=True),
+                     requires="nvidia.dali", extra="gpu", gpu=True, threads=True),
+        BackendEntry("hybrid", "maedfer.pipelines.hybrid", "PyAV decodes only the frames a "
+                     "sample needs in worker processes; colour conversion and augmentation "
+                     "batched on the GPU", requires="av", gpu=True),
         BackendEntry("pyav", "maedfer.pipelines.pyav", "PyAV in DataLoader worker processes "
                      "on the CPU, every codec", requires="av"),
     )
@@ -119,7 +124,8 @@ class Backend(Protocol):
     def unsupported(self, config: SampleConfig) -> dict[str, str]: ...
 
     def epoch(self, plan: EpochPlan, *, batch_size: int, drop_last: bool, workers: int,
-              device: torch.device | None, faults: Faults) -> Iterator[dict[str, Any]]: ...
+              device: torch.device | None, faults: Faults,
+              session: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]: ...
 
     def decodes(self, spec: SampleSpec) -> bool: ...
 

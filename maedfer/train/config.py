@@ -24,68 +24,30 @@ import textwrap
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 
 from maedfer.errors import MaedferError
-from maedfer.pipelines.backend import choices as backend_choices
+from maedfer.options import Choices, opt, section
+from maedfer.pipelines.options import RAND_AUGMENT, DataOptions, TrainDataOptions  # noqa: F401 (RAND_AUGMENT: re-exported)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 RECIPES: tuple[str, ...] = ("pretrain", "finetune")
 RESOLVED = "resolved"  # the section of a run's config.yaml that records what it resolved
-RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"  # == maedfer.pipelines.augment.RAND_AUGMENT (tested)
-
-
-@dataclass(frozen=True)
-class Choices:
-    """``Annotated[str, Choices(fn)]``: a string that must be one of ``fn()``, read when the
-    value is set (the backend table, which a backend module extends, says what is valid)."""
-
-    values: Any
-
-    def __call__(self) -> tuple[str, ...]:
-        return tuple(self.values())
-
-
-def opt(default: Any, help: str) -> Any:  # noqa: A002 (the word users read)
-    """A config field with its default and its help line."""
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
-def section(cls: type, help: str) -> Any:  # noqa: A002
-    return field(default_factory=cls, metadata={"help": help})
 
 
 # ---------------------------------------------------------------------------------- sections
 
 
 @dataclass
-class DataConfig:
-    """Which clips, how they are sampled and decoded (shared by both recipes)."""
+class DataConfig(DataOptions):
+    """Which clips, how they are sampled and decoded (shared by both recipes): the loader's
+    options (:class:`maedfer.pipelines.options.DataOptions`, declared there) and the manifest."""
 
     manifest: str | None = opt(None, "manifest.parquet of a prepared dataset (--data)")
-    batch_size: int = opt(32, "clips per device and micro-batch (official: 32 per GPU)")
-    workers: int | None = opt(None, "PyAV worker processes or DALI threads (null: from the "
-                              "core count)")
-    backend: Annotated[str, Choices(backend_choices)] = opt(
-        "auto", "clip decoder: dali (GPU), pyav (CPU) or auto (DALI when CUDA and DALI are "
-        "present)")
-    temporal_rule: Literal["stride", "reference"] = opt(
-        "stride", "training window: stride = num_frames frames exactly `stride` apart at a "
-        "random start (the official pre-training rule)")
-    stride: int = opt(4, "frame step of the windows (official sampling rate: 4; FERV39k 1)")
-    augment: bool = opt(True, "the official spatial augmentation of this recipe")
-    subtract_mean: bool = opt(False, "feed each clip minus its mean frame (not in the "
-                              "official recipe; the demo uses it)")
-    num_sample: int = opt(1, "training samples per clip and epoch from one decoded window, "
-                          "each with its own crop (VideoMAE V2's repeated sampling, a maedfer "
-                          "option: fewer decodes per sample, num_sample x the steps per epoch; "
-                          "official: 1)")
     max_bad_share: float = opt(0.01, "a missing or undecodable training clip is replaced by "
                                "another and counted (report.json, the summary, "
                                "RUN/bad_clips.json); the run stops once more than this share "
@@ -93,7 +55,9 @@ class DataConfig:
 
 
 @dataclass
-class FinetuneDataConfig(DataConfig):
+class FinetuneDataConfig(DataConfig, TrainDataOptions):
+    """The fine-tuning recipe's data: the loader's train-mode options too, and the fold."""
+
     fold: int | None = opt(None, "test fold of a k-fold protocol (--fold); null for a fixed "
                            "train/test split")
     temporal_rule: Literal["stride", "reference"] = opt(
@@ -101,11 +65,6 @@ class FinetuneDataConfig(DataConfig):
         "num_frames*stride window, effective stride 64/15; short clips spread over the whole "
         "clip); stride = exactly `stride` apart, equal to the test views' stride (a maedfer "
         "option)")
-    rand_augment: str | None = opt(RAND_AUGMENT, "timm RandAugment policy, same ops on every "
-                                   "frame, on every backend (null: off)")
-    flip_only: bool = opt(False, "with augment false: still flip half the training clips")
-    random_sign: bool = opt(False, "negate half the training clips (with subtract_mean; not "
-                            "in the official recipe)")
 
 
 @dataclass

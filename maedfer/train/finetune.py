@@ -118,6 +118,8 @@ class FinetuneRecipe:
         self._raw, self._model = loop.place_model(self._setup_model(), self._env, self._state,
                                                   self.checkpoint_path)
         self._loader, self._test_loader = self._setup_data()
+        if (self._loader.table.label < 0).any():  # checked once here, not per batch
+            raise MaedferError("the training selection holds unlabelled clips (label -1)")
         self._steps_per_epoch = loop.steps_per_epoch(self._loader, cfg.optim.accum_steps)
         self._lr = loop.lr_range(cfg.optim, cfg.schedule, self.total_batch)
         self._optimizer = loop.build_optimizer(self._raw, cfg.optim, self._lr[0], self._state)
@@ -194,20 +196,15 @@ class FinetuneRecipe:
         from maedfer.pipelines import build_loader
 
         cfg, data = self.cfg, self.cfg.data
-        common = loop.loader_options(data, self._raw.config, self._env, cfg.run.seed)
-        # every backend runs the recipe's RandAugment; one that could not would refuse it here
-        # (build_loader: one line naming data.rand_augment and the backend), never drop it
-        policy = data.rand_augment if data.augment else None
-        train = build_loader(
-            data.manifest, mode="train", batch_size=data.batch_size,
-            rand_augment=policy or False,
-            flip_only=data.flip_only, random_sign=data.random_sign,
-            **self._selection["train"], **common,
-        )  # fmt: skip
-        common.update(augment=False, num_sample=1, max_bad_share=None)
+        common = loop.loader_options(self._raw.config, self._env, cfg.run.seed)
+        # the section goes whole: every backend runs the recipe's RandAugment, and one that
+        # could not would refuse it here in one line naming data.rand_augment, never drop it
+        train = build_loader(data.manifest, data, mode="train", **self._selection["train"],
+                             max_bad_share=data.max_bad_share, **common)
         test = build_loader(
-            data.manifest, mode="test", batch_size=cfg.eval.test_batch_size or data.batch_size,
-            test_views=cfg.eval.test_views, **self._selection["test"], **common,
+            data.manifest, data, mode="test", test_views=cfg.eval.test_views,
+            batch_size=cfg.eval.test_batch_size or data.batch_size,
+            **self._selection["test"], **common,
         )  # fmt: skip
         return train, test
 
@@ -263,8 +260,6 @@ class FinetuneRecipe:
     def _loss_step(self, batch: dict[str, Any], epoch: int, micro: int) -> torch.Tensor:
         """Loss of one micro-batch of this rank (mixup drawn from the step's own seed)."""
         env = self._env
-        if bool((batch["label"] < 0).any()):
-            raise MaedferError("the training selection holds unlabelled clips (label -1)")
         video = batch["video"].to(env.device, non_blocking=True)
         target = batch["label"].to(env.device, non_blocking=True)
         if self._mixup is not None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from maedfer.train.records import CONFIG_YAML, TensorBoardLog, write_config_yaml
 from maedfer.train.resume import ResumeDecision, decide_resume, mark_finished, prepare_run_dir
 from maedfer.train.runtime import MetricsLog, StopSignals, nonfinite_stop, step_seed
 from maedfer.train.schedule import WarmupCosine
+from maedfer.train.tally import DeviceTally
 
 log = logging.getLogger(__name__)
 
@@ -244,21 +244,14 @@ def build_schedule(optimizer: torch.optim.Optimizer, *, optim: Any, schedule: An
     return scheduler
 
 
-def loader_options(data: Any, model_config: dict[str, Any], env: DistEnv,
-                   seed: int) -> dict[str, Any]:
-    """``build_loader`` keywords both recipes pass, from the ``data`` section and the model's
-    input size (the model decides frames and side; the config only asks for them)."""
-    options: dict[str, Any] = {
-        "num_frames": model_config["num_frames"], "stride": data.stride,
-        "size": model_config["img_size"], "backend": data.backend, "seed": seed,
-        "device": str(env.device) if env.device.type == "cuda" else None,
-        "rank": env.rank, "world_size": env.world_size, "subtract_mean": data.subtract_mean,
-        "temporal_rule": data.temporal_rule, "augment": data.augment,
-        "num_sample": data.num_sample, "max_bad_share": data.max_bad_share,
+def loader_options(model_config: dict[str, Any], env: DistEnv, seed: int) -> dict[str, Any]:
+    """The ``build_loader`` arguments both recipes pass beside their ``data`` section: the
+    model's input (the model decides frames and side), the run's seed and this rank's share."""
+    return {
+        "num_frames": model_config["num_frames"], "size": model_config["img_size"],
+        "seed": seed, "device": str(env.device) if env.device.type == "cuda" else None,
+        "rank": env.rank, "world_size": env.world_size,
     }  # fmt: skip
-    if data.workers is not None:
-        options["workers"] = data.workers
-    return options
 
 
 def steps_per_epoch(loader: Any, accum_steps: int) -> int:
@@ -323,6 +316,8 @@ class TrainLoop:
         self.progress = TrainingProgress()
         self.good_checkpoint: Path | None = None  # saved or resumed by this run
         self.stopped_by: str | None = None
+        self.tally = DeviceTally(env.device, cfg.run.max_nonfinite)
+        self._skip: torch.Tensor | None = None  # the current step's "skip it" device flag
 
     @property
     def total_batch(self) -> int:
@@ -338,40 +333,39 @@ class TrainLoop:
         log.info("resumed %s at epoch %d, step %d", self.checkpoint_path,
                  self.progress.epochs_run, self.progress.global_step)
 
-    def optimizer_step(self) -> float | None:
-        """Clip (optionally), step and zero; returns the gradient norm when clipping."""
-        grad_norm = None
+    def optimizer_step(self) -> torch.Tensor | None:
+        """Clip (optionally), step and zero; returns the gradient norm (on the device) when
+        clipping. The step is skipped where the device flag ``self._skip`` is set: by the fused
+        optimiser itself (``found_inf``, as ``GradScaler`` skips; nothing is read), by the
+        scaler in fp16 (the gradients of a non-finite loss are not finite), else on the host.
+        """
+        grad_norm, skip = None, self._skip
         clip = self.cfg.optim.clip_grad
         if clip is not None:
             self.scaler.unscale_(self.optimizer)
             params = [p for p in self.raw.parameters() if p.requires_grad]
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif self.optimizer.defaults.get("fused"):
+            self.optimizer.found_inf = skip.float()
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf
+        elif not bool(skip):  # a host read: free on the CPU (CUDA optimisers are fused)
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
-
-    def count_nonfinite(self, bad: float, epoch: int) -> None:
-        """The non-finite guard: skip the step, count it, stop after too many in a row."""
-        p = self.progress
-        if not bad:
-            p.nonfinite_run = 0
-            return
-        p.nonfinite_steps += 1
-        p.nonfinite_run += 1
-        self.optimizer.zero_grad(set_to_none=True)
-        log.warning("non-finite loss at epoch %d, step %d: step skipped (%d so far)",
-                    epoch + 1, p.global_step + 1, p.nonfinite_steps)
-        if p.nonfinite_run >= self.cfg.run.max_nonfinite:
-            raise nonfinite_stop(p.nonfinite_run, epoch=epoch + 1, step=p.global_step + 1,
-                                 checkpoint=self.good_checkpoint)
 
     def train_epoch(self, epoch: int, stop: StopSignals) -> str:
         """One epoch from ``progress.epoch_step``; returns ``done``, ``stopped`` or
         ``max_steps``.
 
         Resuming inside an epoch replays the loader and skips the batches already trained (the
-        loader's batches are a pure function of seed, epoch and position).
+        loader's batches are a pure function of seed, epoch and position). Nothing is read
+        from the device between log points (:mod:`maedfer.train.tally`).
         """
         env, accum, seed = self.env, self.cfg.optim.accum_steps, self.cfg.run.seed
         self.loader.set_epoch(epoch)
@@ -383,62 +377,89 @@ class TrainLoop:
                          desc=f"{self.name} {epoch + 1}/{self.cfg.schedule.epochs}",
                          unit="step", leave=False)
         self._window_started = time.perf_counter()
-        step_loss = step_bad = 0.0
+        self.tally.start(self.progress.epoch_stats, self.progress.window)
         with self._bar:
             for micro, batch in enumerate(self.loader):
                 if micro < skip:
                     continue
                 if micro % accum == 0:
                     lr = self.scheduler.apply(self.progress.global_step)
-                    step_loss = step_bad = 0.0
                 last = micro % accum == accum - 1
                 torch.manual_seed(step_seed(seed, 2, epoch, micro, env.rank))
                 sync = last or not env.distributed
                 with contextlib.nullcontext() if sync else self.model.no_sync():
                     loss = self.loss_step(batch, epoch, micro)
-                    value = loss.item()
+                    self.tally.add(loss)
                     self.scaler.scale(loss / accum).backward()
-                if math.isfinite(value):
-                    step_loss += value
-                else:
-                    step_bad += 1
                 if not last:
                     continue
-                # one reduction per step: loss, finite count, non-finite count, stop request
-                loss_sum, count, bad, stopping = all_reduce_sum(
-                    [step_loss, accum - step_bad, step_bad, float(stop.signum is not None)], env
-                )
-                self.count_nonfinite(bad, epoch)
-                grad_norm = None if bad else self.optimizer_step()
+                self._skip = self.tally.end_step(accum, env, self.progress.global_step + 1)
+                # a stop asked for from here on stops after the next step (as the reduction
+                # that carried the request used to come first)
+                stopping = self._stopping(stop, self._log_point(self.progress.global_step + 1,
+                                                                self.progress.epoch_step + 1))
+                self.tally.grad_norm = self.optimizer_step()
                 self.scheduler.step()
-                outcome = self.record_step(epoch, lr, loss_sum, count, bad, grad_norm, stopping)
-                if stopping:
-                    self.stopped_by = stop.name or "signal"
+                outcome = self.record_step(epoch, lr, stop, stopping)
                 if outcome != "continue":
                     return outcome
+        self.read(epoch)  # the loader ended before the epoch's last step (nothing was read)
         return "done"
 
-    def record_step(self, epoch: int, lr: float, loss_sum: float, count: float, bad: float,
-                    grad_norm: float | None, stopping: float) -> str:
-        """Count a finished optimiser step, update the bar and metrics; say what comes next."""
+    def read(self, epoch: int) -> float | None:
+        """Bring the device's sums into ``progress`` (one copy): log each skipped step, raise
+        the non-finite stop at the exact step that tripped it; returns the last step's
+        gradient norm."""
+        p, reading = self.progress, self.tally.read()
+        p.epoch_stats = reading.epoch
+        p.window[:2] = reading.window
+        for step, bad in reading.bad_steps:
+            if not bad:
+                p.nonfinite_run = 0
+                continue
+            p.nonfinite_steps += 1
+            p.nonfinite_run += 1
+            log.warning("non-finite loss at epoch %d, step %d: step skipped (%d so far)",
+                        epoch + 1, step, p.nonfinite_steps)
+            if p.nonfinite_run >= self.cfg.run.max_nonfinite:
+                raise nonfinite_stop(p.nonfinite_run, epoch=epoch + 1, step=step,
+                                     checkpoint=self.good_checkpoint)
+        return reading.grad_norm
+
+    def _stopping(self, stop: StopSignals, log_point: bool) -> bool:
+        """Whether every rank stops after this step: checked each step in one process, at log
+        points across processes (agreeing needs a reduction, which waits for the device)."""
+        if not self.env.distributed:
+            return stop.signum is not None
+        if not log_point:
+            return False
+        return bool(all_reduce_sum([float(stop.signum is not None)], self.env)[0])
+
+    def _log_point(self, step: int, epoch_step: int) -> bool:
+        """Whether step ``step`` (``epoch_step`` of its epoch) writes a metrics line."""
+        max_steps = self.cfg.schedule.max_steps
+        return (step % self.cfg.run.log_every == 0 or epoch_step == self.steps_per_epoch
+                or (max_steps is not None and step >= max_steps))  # fmt: skip
+
+    def record_step(self, epoch: int, lr: float, stop: StopSignals, stopping: bool) -> str:
+        """Count a finished optimiser step, update the bar and, at log points, the metrics;
+        say what comes next."""
         p, window = self.progress, self.progress.window
         p.global_step += 1
         p.epoch_step += 1
-        if not bad:
-            p.epoch_stats[0] += loss_sum
-            p.epoch_stats[1] += count
-            window[0] += loss_sum
-            window[1] += count
         window[2] += 1
         self._bar.update()
-        mean = f"{loss_sum / count:.4f}" if count else "nan"
-        self._bar.set_postfix(loss=mean, lr=f"{lr:.2e}", refresh=False)
         end_of_epoch = p.epoch_step == self.steps_per_epoch
         max_steps = self.cfg.schedule.max_steps
         at_max = max_steps is not None and p.global_step >= max_steps
-        if p.global_step % self.cfg.run.log_every == 0 or end_of_epoch or at_max or stopping:
+        log_point = self._log_point(p.global_step, p.epoch_step)
+        if stopping:
+            self.stopped_by = stop.name or "signal"
+        if log_point or stopping:
+            grad_norm = self.read(epoch)
             elapsed = time.perf_counter() - self._window_started
             clips = window[2] * self.total_batch / max(elapsed, 1e-9)
+            mean = f"{window[0] / window[1]:.4f}" if window[1] else "nan"
             self._bar.set_postfix(loss=mean, lr=f"{lr:.2e}", clips_s=f"{clips:.1f}")
             self.metrics.write({
                 "kind": "train", "epoch": epoch + 1, "step": p.global_step,
@@ -447,6 +468,7 @@ class TrainLoop:
                 "nonfinite_steps": p.nonfinite_steps,
             })  # fmt: skip
             window[:], self._window_started = [0.0, 0.0, 0], time.perf_counter()
+            self.tally.reset_window()
         if stopping:
             return "stopped"
         if at_max:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pandas as pd
 
@@ -44,6 +43,8 @@ def write_clip(path: Path, frames: np.ndarray, *, codec: str = "h264", fps: int 
                gop: int = 16, bframes: int = 2) -> Path:
     """Encode RGB frames, constant frame rate: ``codec`` ``h264`` (for .mp4), ``vp9`` (.webm),
     ``mpeg4`` (.avi) or ``flv1`` (.flv, the CREMA-D codec); ``bframes`` for H.264."""
+    import av  # here, not at the top: bench/gpu_check.py reads markers where PyAV may be absent
+
     path.parent.mkdir(parents=True, exist_ok=True)
     name, options = {
         "h264": ("libx264", {"crf": "8", "preset": "ultrafast", "g": str(gop),

@@ -130,3 +130,28 @@ def test_dali_gpu_h264_matches_pyav(h264_clips: tuple[Path, pd.DataFrame]) -> No
     pyav_video, dali_video, _ = both(folder / "manifest.parquet", dali_device="cuda",
                                      mode="train", batch_size=2, size=32, rand_augment=True)
     within_rand_augment_tolerance(pyav_video, dali_video)
+
+
+def test_dali_builds_its_pipeline_once_per_loader(vp9_clips: tuple[Path, pd.DataFrame]) -> None:
+    """Epochs reuse the pipeline (DALI reset, the producer refed); each epoch's batches are
+    its plan's, the same as a fresh loader's for that epoch."""
+    folder, _ = vp9_clips
+    kw = {"mode": "train", "batch_size": 2, "size": 24, "backend": "dali", "device": "cpu",
+          "workers": 1, "seed": 5}
+    loader = build_loader(folder / "manifest.parquet", **kw)
+    epochs = [torch.cat([b["video"] for b in loader]) for _ in range(3)]
+    assert loader.session["dali"].builds == 1
+    fresh = build_loader(folder / "manifest.parquet", **kw)
+    fresh.set_epoch(2)
+    assert torch.equal(torch.cat([b["video"] for b in fresh]), epochs[2])
+    assert not torch.equal(epochs[0], epochs[1])
+
+
+def test_dali_on_the_gpu_without_nvdec_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from maedfer.pipelines import dali, nvdec
+
+    monkeypatch.setattr(nvdec, "library", lambda: None)
+    epoch = dali.BACKEND.epoch(None, batch_size=1, drop_last=False, workers=1,
+                               device=torch.device("cuda"), faults=None)
+    with pytest.raises(MaedferError, match="libnvcuvid.*NVIDIA_DRIVER_CAPABILITIES"):
+        next(epoch)
