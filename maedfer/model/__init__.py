@@ -15,6 +15,7 @@ from maedfer.model.official import LoadReport, OfficialCheckpointError, load_off
 from maedfer.model.pretrain import MaskedLGIFormer
 from maedfer.model.registry import (
     InputContract,
+    canonical_name,
     create_model,
     input_contract,
     list_models,
@@ -40,6 +41,7 @@ __all__ = [
     "TubeWindowMasking",
     "VideoMAEViT",
     "VideoViT",
+    "canonical_name",
     "create_model",
     "input_contract",
     "list_models",
