@@ -96,6 +96,15 @@ def convert_key(key: str, table: Mapping[str, str | None]) -> tuple[bool, str | 
     return False, None
 
 
+HEAD_WIDTH = 64  # every released ViT of the lineage: 64 channels per attention head
+
+
+def heads_of(width: int) -> int | None:
+    """The attention heads of a released model of this width (``None``: not a multiple of 64,
+    the weights do not tell)."""
+    return width // HEAD_WIDTH if width % HEAD_WIDTH == 0 else None
+
+
 def _listing(label: str, items: list[str], limit: int = 20) -> str:
     shown = ", ".join(items[:limit])
     more = f" ... and {len(items) - limit} more" if len(items) > limit else ""

@@ -276,7 +276,14 @@ def official_classifier(
         found = family(state_dict, args)
         if found is not None:
             name, config = found
-            return name, {**config, **dict(overrides or {})}
+            config = {**config, **dict(overrides or {})}
+            if config["num_heads"] is None:
+                raise OfficialCheckpointError(
+                    f"the weights do not tell the number of attention heads for width "
+                    f"{config['embed_dim']} (the released ones have 64 channels per head); "
+                    "give it, e.g. --set num_heads=N"
+                )
+            return name, config
     model = layout.fits.split()[0].replace("*", "base")
     if layout is hicmae.FINETUNE_AV:
         raise OfficialCheckpointError(

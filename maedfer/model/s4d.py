@@ -41,7 +41,7 @@ from maedfer.model.layers import (
     drop_path_rates,
     sinusoid_table,
 )
-from maedfer.model.layout import Layout
+from maedfer.model.layout import Layout, heads_of
 from maedfer.model.lgi_former import _layer_id, init_finetune_weights
 from maedfer.model.registry import InputContract, Published, build, register_model
 
@@ -304,7 +304,7 @@ def official_classifier(
     moe = [i for i in blocks if f"blocks.{i}.moe_layer.router.topkroute_linear.weight" in state]
     experts = {int(m.group(1)) for k in state if (m := _EXPERT.match(k))}
     config: dict[str, Any] = {
-        "embed_dim": int(width), "num_heads": int(width) // 64, "depth": len(blocks),
+        "embed_dim": int(width), "num_heads": heads_of(int(width)), "depth": len(blocks),
         "patch_size": int(patch), "tubelet_size": int(tubelet),
         "num_classes": int(state["head.video.weight"].shape[0]),
         "num_image_classes": int(state["head.image.weight"].shape[0])

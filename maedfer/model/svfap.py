@@ -46,7 +46,7 @@ from maedfer.model.layers import (
     drop_path_rates,
     sinusoid_table,
 )
-from maedfer.model.layout import Layout
+from maedfer.model.layout import Layout, heads_of
 from maedfer.model.lgi_former import _layer_id, init_finetune_weights
 from maedfer.model.registry import InputContract, Published, build, register_model
 
@@ -278,7 +278,7 @@ def official_classifier(
             "stage_depths=[12,6,3]"
         )
     config: dict[str, Any] = {
-        "embed_dim": int(width), "num_heads": int(width) // 64, "patch_size": int(patch),
+        "embed_dim": int(width), "num_heads": heads_of(int(width)), "patch_size": int(patch),
         "tubelet_size": int(tubelet), "num_classes": int(state["head.weight"].shape[0]),
         "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / width,
         "stage_depths": [int(d) for d in stages], "num_bottleneck_tokens": tokens,

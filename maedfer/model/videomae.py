@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from maedfer.model.layers import Block, LayerNorm, TubeletEmbed, drop_path_rates, sinusoid_table
-from maedfer.model.layout import Layout
+from maedfer.model.layout import Layout, heads_of
 from maedfer.model.lgi_former import _layer_id, init_finetune_weights
 from maedfer.model.registry import (
     InputContract,
@@ -159,7 +159,7 @@ def official_classifier(
         return None
     width, _, tubelet, patch, _ = state["patch_embed.proj.weight"].shape
     config: dict[str, Any] = {
-        "embed_dim": int(width), "num_heads": int(width) // 64, "patch_size": int(patch),
+        "embed_dim": int(width), "num_heads": heads_of(int(width)), "patch_size": int(patch),
         "tubelet_size": int(tubelet), "num_classes": int(state["head.weight"].shape[0]),
         "depth": len({int(m.group(1)) for k in state if (m := _BLOCK.match(k))}),
         "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / width,
