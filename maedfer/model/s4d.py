@@ -109,15 +109,18 @@ class MixtureOfAdapters(nn.Module):
             self.balance = self._balance(chosen, logits)
         flat, gates, chosen = x.reshape(-1, dim), gates.reshape(-1, self.num_experts), \
             chosen.reshape(-1, self.top_k)
-        capacity = int(batch * length * self.top_k / self.num_experts * self.capacity_factor)
         out = torch.zeros_like(flat)
         if _exporting():
+            # the capacity from the traced token count (a Python int would freeze the batch)
+            tokens = torch.ones_like(flat[:, 0], dtype=torch.float64).sum()
+            capacity = (tokens * self.top_k / self.num_experts * self.capacity_factor).floor()
             taken = (chosen.unsqueeze(-1) == torch.arange(self.num_experts, device=x.device)).any(1)
             taken = taken & (taken.long().cumsum(0) <= capacity)  # (tokens, experts)
             weights = gates * taken.to(gates.dtype)
             for e, expert in enumerate(self.experts):
                 out = out + expert(flat) * weights[:, e : e + 1]
             return out.view(batch, length, dim)
+        capacity = int(batch * length * self.top_k / self.num_experts * self.capacity_factor)
         for e, expert in enumerate(self.experts):
             rows = (chosen == e).any(-1).nonzero().squeeze(-1)[:capacity]
             if rows.numel():
