@@ -81,8 +81,8 @@ def format_table(table: Mapping[str, Any]) -> str:
         rows.append(cells)
     widths = {key: max(len(title), *(len(r[key]) for r in rows)) for title, key in heads}
     lines = [f"{table['dataset']}: UAR / WAR in %, mean over folds as the papers report"]
-    lines.append("  ".join(title.ljust(widths[key]) for title, key in heads))
-    lines += ["  ".join(r[key].ljust(widths[key]) for _, key in heads) for r in rows]
+    lines.append("  ".join(title.ljust(widths[key]) for title, key in heads).rstrip())
+    lines += ["  ".join(r[key].ljust(widths[key]) for _, key in heads).rstrip() for r in rows]
     sources = {e["published"]["source"]: e["published"]["aggregation"]
                for e in table["models"] if e["published"]}  # fmt: skip
     lines += [f"published: {source} ({aggregation})" for source, aggregation in sources.items()]
