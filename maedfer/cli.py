@@ -541,7 +541,11 @@ def profile(
     stage: Annotated[
         Stage | None, typer.Argument(help="Which stage to measure; all of them when absent.")
     ] = None,
-    name: Annotated[str | None, typer.Option(help="model/train: model name.")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="model/train: model name; model: also a comma-separated list, or "
+                     "'lineage' (every model of docs/models.md beside LGI-Former)."),
+    ] = None,
     batch: Annotated[int | None, typer.Option(min=1, help="Clips per batch.")] = None,
     batches: Annotated[int | None, typer.Option(min=1, help="Batches to time.")] = None,
     data: Annotated[Path | None, typer.Option(help="data: manifest.parquet to read.")] = None,

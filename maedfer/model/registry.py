@@ -28,8 +28,9 @@ _ALIASES: dict[str, str] = {}
 KINDS: tuple[str, ...] = ("classifier", "pretrain")
 IMAGENET_MEAN: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_MEAN)
 IMAGENET_STD: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_STD)
-#: The face crop maedfer's ``prepare`` and ``predict`` make (docs/datasets.md).
-MAEDFER_CROP = "maedfer: MTCNN 5-point similarity alignment (prepare, predict)"
+#: The faces MAE-DFER was trained on (its contract's default).
+MAE_DFER_CROP = ("the datasets' face crops (MAE-DFER preprocess), VoxCeleb2's face-centred "
+                 "frames for pre-training")
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ class InputContract:
         img_size: side of the square face crop in pixels.
         stride: every ``stride``-th video frame is taken (the authors' sampling rate).
         mean, std: per-channel normalisation of RGB values in [0, 1]: ``(x - mean) / std``.
-        face_crop: how the authors cut the faces (maedfer feeds its own aligned crop,
-            resized to ``img_size``).
+        face_crop: how the authors cut the faces (maedfer feeds every model its own
+            MTCNN-aligned crop, at ``img_size``).
         source: the authors' code (and its version) the contract is read from.
     """
 
@@ -51,7 +52,7 @@ class InputContract:
     stride: int = 4
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    face_crop: str = MAEDFER_CROP
+    face_crop: str = MAE_DFER_CROP
     source: str = "MAE-DFER (sunlicai/MAE-DFER)"
 
     @property
