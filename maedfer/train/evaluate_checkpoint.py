@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from maedfer.errors import MaedferError
@@ -231,6 +232,9 @@ def run(
         device=str(dev) if dev.type == "cuda" else None, subtract_mean=settings["subtract_mean"],
         test_views=int(settings["test_views"]), **chosen["rows"], **loader_options,
     )  # fmt: skip
+    # a model that draws random numbers in evaluation (S4D's router noise, its authors' code)
+    # gives the same report for the same checkpoint and data
+    torch.manual_seed(0)
     rows = view_probabilities(model, loader, device=dev, precision=precision, progress=not quiet)
     result = score_views(rows, classes, loader.table.clip_ids())
     # the keys of a fine-tuning run's report (dataset, fold, epoch, step), then what was tested
