@@ -125,6 +125,8 @@ class MixtureOfAdapters(nn.Module):
             rows = (chosen == e).any(-1).nonzero().squeeze(-1)[:capacity]
             if rows.numel():
                 out.index_add_(0, rows, expert(flat[rows]) * gates[rows, e : e + 1])
+            elif self.training:  # an expert with no token still joins the graph (adds 0): DDP
+                out = out + expert(flat[:0]).sum()  # reduces its gradients (zeros) all the same
         return out.view(batch, length, dim)
 
     def _balance(self, chosen: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
