@@ -509,8 +509,17 @@ def protocol(
     config: Annotated[str, typer.Argument(help="Fine-tuning config for every fold: a YAML file of "
                                       "finetune options (epochs: 100, ...).")],
     data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="manifest.parquet")],
-    init: Annotated[Path, typer.Option(dir_okay=False, help="Pre-trained checkpoint.")],
     out: Annotated[Path, typer.Option(file_okay=False, help="fold_K/ and summary.json go here.")],
+    init: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, help="Pre-trained checkpoint (every fold starts from it; "
+                     "with --model, the start of each model given without its own)."),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="NAME or NAME=INIT: run the protocol for each model in "
+                     "OUT/NAME, then one table of all (comparison.json); repeatable."),
+    ] = None,
     folds: Annotated[
         str | None, typer.Option(help="Only these folds, e.g. 1,3 (default: every fold).")
     ] = None,
@@ -528,11 +537,12 @@ def protocol(
     json_: Annotated[bool, typer.Option("--json", help="Print summary.json.")] = False,
 ) -> None:
     """Fine-tune and test every fold in turn (finished folds are kept), then the cross-fold
-    summary beside MAE-DFER's published figures."""
+    summary beside the model's published figures; with --model, several models and one table."""
     _call(
         "maedfer.train.protocol", "run",
         config=config, data=data, init=init, out=out, folds=folds,
-        print_commands=print_commands, sbatch=sbatch, overrides=set_, as_json=json_,
+        print_commands=print_commands, sbatch=sbatch, overrides=set_, models=model,
+        as_json=json_,
     )  # fmt: skip
 
 
@@ -666,7 +676,9 @@ def profile(
     ] = None,
     name: Annotated[
         str | None,
-        typer.Option(help="model/train: model name.", show_default="lgi_former_base"),
+        typer.Option(help="model/train: model name; model: also a comma-separated list, or "
+                     "'lineage' (every model of docs/models.md beside LGI-Former).",
+                     show_default="lgi_former_base"),
     ] = None,
     batch: Annotated[
         int | None,

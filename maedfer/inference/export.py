@@ -14,7 +14,13 @@ Any classifier checkpoint :func:`~maedfer.inference.loading.load_classifier` rea
 Both get ``inference.json``: the class names, the window settings (``num_frames``,
 ``stride``, ``size``), the normalisation (``mean``/``std`` on 0..255 values,
 ``subtract_mean``) and the input layout; ``examples/onnx_predict.py`` runs the ONNX model with
-it on a prepared clip using onnxruntime and numpy only.
+it on a prepared clip using onnxruntime and numpy only. Every model takes maedfer's
+normalisation (a model whose authors fed other values converts at its input, inside the
+exported graph); ``input_contract`` records what the model's authors fed it (docs/models.md).
+
+S4D's router adds random noise in evaluation too (its authors' code; ``router_noise``): a graph
+cannot replay torch's random draws, so the ONNX export routes without the noise, says so, and
+records ``router_noise: "train"`` in its ``inference.json``.
 
 An export is one bundle: its files are written into a new folder beside ``--out`` and checked
 there (the ONNX model against PyTorch), then that folder replaces ``--out`` whole
@@ -63,6 +69,7 @@ def inference_config(settings: ModelSettings) -> dict[str, Any]:
         "std": [round(s * 255, 6) for s in IMAGENET_STD],
         "subtract_mean": settings.subtract_mean,
         "source_format": settings.format,
+        "input_contract": settings.input_contract,
     }
 
 
@@ -120,6 +127,12 @@ def export_onnx(model: torch.nn.Module, settings: ModelSettings, out: Path,
                 opset: int = ONNX_OPSET) -> tuple[list[Path], float]:  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
+    extra: dict[str, Any] = {}
+    if getattr(model, "router_noise", None) == "always":
+        model.router_noise = "train"  # the graph cannot replay torch's random draws
+        extra["router_noise"] = "train"
+        print(f"note: {settings.model}'s router adds noise in evaluation in its authors' code; "
+              "the ONNX model routes without it (deterministic)")
     example = torch.zeros((2, 3, settings.num_frames, settings.size, settings.size))
     batch = torch.export.Dim("batch", min=1, max=4096)
     target = out / "model.onnx"
@@ -132,7 +145,7 @@ def export_onnx(model: torch.nn.Module, settings: ModelSettings, out: Path,
         program.save(str(tmp), external_data=False)
     worst = check_onnx(target, model, settings)
     _write_json(out / "inference.json", {**inference_config(settings), "onnx_opset": opset,
-                                         "onnx_max_abs_diff": worst})  # fmt: skip
+                                         "onnx_max_abs_diff": worst, **extra})  # fmt: skip
     return [target, out / "inference.json"], worst
 
 
@@ -158,7 +171,8 @@ def run(
     classes: Sequence[str] | str | None = None,
     model_overrides: Mapping[str, Any] | None = None,
 ) -> list[Path]:
-    """Export ``checkpoint`` to ``out`` in ``format``; print what was written.
+    """Export ``checkpoint`` (any classifier of docs/models.md) to ``out`` in ``format``; print
+    what was written.
 
     Raises:
         MaedferError: an unknown format, a checkpoint that cannot be used, or an ONNX model

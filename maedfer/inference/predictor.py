@@ -392,11 +392,18 @@ class Predictor:
 
         def flush() -> None:
             batch = window_batch([clip for _, clip in pending], s.subtract_mean)
-            if features:  # the head's input: pooled tokens after fc_norm
-                out = self.model.forward_features(batch.to(self.device)).float().cpu().numpy()
-            else:
-                logits = self.model(batch.to(self.device))
-                out = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            # a model that draws random numbers in evaluation (S4D's router noise) draws the
+            # same ones for every batch: the same video gives the same table, the caller's
+            # generator untouched
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda"
+                                       else []):  # fmt: skip
+                torch.manual_seed(0)
+                if features:  # the head's input: pooled tokens after fc_norm
+                    out = self.model.forward_features(batch.to(self.device)).float()
+                    out = out.cpu().numpy()
+                else:
+                    logits = self.model(batch.to(self.device))
+                    out = torch.softmax(logits.float(), dim=1).cpu().numpy()
             for (row, _), p in zip(pending, out, strict=True):
                 probs[row] = p
             pending.clear()

@@ -35,7 +35,8 @@ class DataOptions:
     temporal_rule: Literal["stride", "reference"] = opt(
         "stride", "training window: stride = num_frames frames exactly `stride` apart at a "
         "random start (the official pre-training rule)")
-    stride: int = opt(4, "frame step of the windows (official sampling rate: 4; FERV39k 1)")
+    stride: int | None = opt(4, "frame step of the windows (official sampling rate: 4; FERV39k "
+                             "1; null: the model's input contract, docs/models.md)")
     augment: bool = opt(True, "the official spatial augmentation of this recipe (training "
                         "modes; test clips are never augmented)")
     subtract_mean: bool = opt(False, "feed each clip minus its mean frame (not in the "

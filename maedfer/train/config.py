@@ -89,8 +89,13 @@ class PretrainModelConfig(ModelConfig):
 
 @dataclass
 class FinetuneModelConfig(ModelConfig):
+    num_frames: int | None = opt(None, "frames per clip (model input; null: the model's input "
+                                 "contract, 16 for every model of docs/models.md)")
+    img_size: int | None = opt(None, "clip side in pixels (model input; null: the model's "
+                               "input contract: 160, videomae_base_224 and marlin_* 224)")
     init: str | None = opt(None, "checkpoint to start from (--init): maedfer pre-training or "
-                           "fine-tuning, or an official MAE-DFER .pth; null: random weights")
+                           "fine-tuning, or the authors' released .pth of the model's family "
+                           "(docs/models.md); null: random weights")
     num_classes: int | None = opt(None, "classes (null: from the manifest; set, it must "
                                   "match the manifest)")
     skip_unused_tail: bool = opt(

@@ -12,12 +12,12 @@ Two kinds of checkpoint are told apart by their content:
 
 - ours (``checkpoints/last.pt`` of ``maedfer finetune``): it names its model, the model's
   config, the class names and the recipe's options (frame stride, test views, precision);
-- an official MAE-DFER fine-tuned ``.pth`` (``{'model': state_dict, 'args': ...}`` in the
-  official fine-tuning key layout): the architecture is read off the tensors
-  (:func:`maedfer.model.official.official_classifier_config`; ``lgi_former_base`` for the
+- a released fine-tuned ``.pth`` of the lineage (``{'model': state_dict, 'args': ...}``:
+  MAE-DFER's, VideoMAE's, SVFAP's, S4D's): the model and architecture are read off the tensors
+  (:func:`maedfer.model.official.official_classifier`; ``lgi_former_base`` for MAE-DFER's
   released ones), the weights go through :func:`maedfer.model.load_official`, the class names
   come from the manifest, whose class count must equal the head's rows. The saved ``args``
-  give the frame stride (``sampling_rate``) where present, else 4.
+  give the frame stride (``sampling_rate``) where present, else the model's input contract.
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from maedfer.errors import MaedferError
 from maedfer.lock import hold
+from maedfer.model import input_contract
 from maedfer.train import badclips
 from maedfer.train import checkpoint as ckpt_io
 from maedfer.train.coverage import describe_missing
@@ -49,7 +51,6 @@ from maedfer.train.runtime import parse_overrides
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STRIDE = 4  # the official test takes every 4th frame, when a checkpoint does not say
 DEFAULT_VIEWS = 2  # the official test: 2 temporal views (its 2 "crops" are identical)
 DEFAULT_BATCH = 32
 
@@ -112,7 +113,7 @@ def _own_model(ckpt: Mapping[str, Any], path: Path, classes: list[str]) -> tuple
     _check_head(model.config["num_classes"], path, classes)
     config = ckpt.get("config") or {}
     settings = {
-        "stride": _recipe_value(config, "stride") or DEFAULT_STRIDE,
+        "stride": _recipe_value(config, "stride") or input_contract(model).stride,
         "test_views": _recipe_value(config, "test_views") or DEFAULT_VIEWS,
         "subtract_mean": bool(_recipe_value(config, "subtract_mean")),
         "precision": _recipe_value(config, "precision"),
@@ -141,7 +142,7 @@ def _official_model(
     model, args = build_official_classifier(obj, path, overrides)
     _check_head(int(model.config["num_classes"]), path, classes)
     settings = {
-        "stride": int(args.get("sampling_rate") or DEFAULT_STRIDE),
+        "stride": int(args.get("sampling_rate") or input_contract(model).stride),
         "test_views": int(args.get("test_num_segment") or DEFAULT_VIEWS),
         "subtract_mean": False, "precision": None, "batch_size": None,
         "epoch": obj.get("epoch") if isinstance(obj, Mapping) else None, "step": None,
@@ -249,6 +250,9 @@ def _evaluate(*, checkpoint: Path, data: Path, out: Path, fold: int | None, spli
         device=str(dev) if dev.type == "cuda" else None, subtract_mean=settings["subtract_mean"],
         test_views=int(settings["test_views"]), **chosen["rows"], **loader_options,
     )  # fmt: skip
+    # a model that draws random numbers in evaluation (S4D's router noise, its authors' code)
+    # gives the same report for the same checkpoint and data
+    torch.manual_seed(0)
     rows = view_probabilities(model, loader, device=dev, precision=precision, progress=not quiet)
     result = score_views(rows, classes, loader.table.clip_ids())
     # the keys of a fine-tuning run's report (dataset, fold, epoch, step), then what was tested

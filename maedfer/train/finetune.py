@@ -89,7 +89,8 @@ class FinetuneRecipe:
             )
         if model_info(cfg.model.name)["kind"] != "classifier":
             raise MaedferError(
-                f"finetune needs a classifier (lgi_former_*, vit_base), got {cfg.model.name!r}"
+                f"finetune needs a classifier (lgi_former_*, videomae_*, marlin_*, svfap_*, "
+                f"s4d_*, hicmae_*), got {cfg.model.name!r}"
             )
         if cfg.data.manifest is None:
             raise MaedferError("finetune needs a manifest: --data M.parquet (data.manifest)")
@@ -228,8 +229,15 @@ class FinetuneRecipe:
             "data.backend": self._loader.backend if hasattr(self, "_loader")
             else self.cfg.data.backend, "run.precision": self._precision,
             "run.device": str(self._env.device), "run.out": str(self.out.absolute()),
-            "model.num_classes": len(self.classes),
+            "model.num_classes": len(self.classes), **self._model_inputs(),
         }))  # fmt: skip
+
+    def _model_inputs(self) -> dict[str, Any]:
+        """The frames and side the model was built for (null in the config: its contract)."""
+        raw = getattr(self, "_raw", None)
+        if raw is None:
+            return {}
+        return {f"model.{k}": raw.config[k] for k in ("num_frames", "img_size")}
 
     def describe(self) -> dict[str, Any]:
         """What this recipe runs (after ``setup()``): the ``--dry-run --json`` object."""
@@ -268,7 +276,10 @@ class FinetuneRecipe:
             video, target = self._mixup(video, target)
         with autocast(env.device, self._precision):
             logits = self._model(video)
-        return self._criterion(logits.float(), target)
+        loss = self._criterion(logits.float(), target)
+        # a mixture of experts' load balancing (S4D: the authors' aux_loss_coeff x its term)
+        aux = self._raw.aux_loss() if hasattr(self._raw, "aux_loss") else None
+        return loss if aux is None else loss + aux.float()
 
     @torch.no_grad()
     def test(self, *, write: bool) -> dict[str, Any] | None:

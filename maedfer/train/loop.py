@@ -573,8 +573,13 @@ def check_common(cfg: Any) -> None:
         MaedferError: ``schedule.epochs``, ``data.batch_size``, ``optim.accum_steps``,
             ``run.log_every`` or ``run.max_nonfinite`` below 1, ``schedule.max_steps`` below 1,
             an ``optim.lr``, ``optim.blr`` or ``optim.clip_grad`` that is not positive, a
-            negative ``schedule.warmup_epochs``, or ``data.stride`` below 1.
+            negative ``schedule.warmup_epochs``, ``data.stride`` below 1, or an unknown
+            ``model.name``. A ``data.stride`` of null becomes the model's (its input contract).
     """
+    if cfg.data.stride is None:
+        from maedfer.model import input_contract
+
+        cfg.data.stride = input_contract(cfg.model.name).stride
     for key in ("schedule.epochs", "data.batch_size", "optim.accum_steps", "run.log_every",
                 "run.max_nonfinite", "data.stride"):
         value = _get(cfg, key)

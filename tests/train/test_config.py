@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from maedfer.cli import app
 from maedfer.errors import MaedferError
+from maedfer.model import input_contract
 from maedfer.pipelines import augment
 from maedfer.pipelines.plan import EpochPlan, SampleConfig
 from maedfer.pipelines.select import ClipTable
@@ -184,8 +185,9 @@ def _official_train_window(n: int, end: int | None, clip_len: int = 16,
 @pytest.mark.parametrize("n", [10, 16, 63, 64, 65, 100, 300])
 def test_default_finetune_window_is_the_reference_rule(n: int) -> None:
     cfg = config_io.FinetuneConfig()
-    options = loop.loader_options({"num_frames": cfg.model.num_frames,
-                                   "img_size": cfg.model.img_size}, DistEnv(),
+    inputs = input_contract(cfg.model.name)  # model.num_frames/img_size null: the model's
+    options = loop.loader_options({"num_frames": inputs.num_frames,
+                                   "img_size": inputs.img_size}, DistEnv(),
                                   cfg.run.seed)  # what the recipe gives build_loader
     sample = SampleConfig.from_data(cfg.data, mode="train", num_frames=options["num_frames"],
                                     size=options["size"], seed=options["seed"], test_views=2)
