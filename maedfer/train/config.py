@@ -307,9 +307,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
-def _set(cfg: Any, key: str, value: Any, *, root: Any) -> None:
+def _set(cfg: Any, key: str, value: Any, *, root: Any, merge: bool = False) -> None:
     """Set dotted ``key`` of ``cfg`` (a key inside a dict field, e.g. ``model.overrides.depth``,
-    sets that entry)."""
+    sets that entry). ``merge``: a mapping given for a dict field sets its entries and keeps
+    the others (the command line's ``--set``), instead of becoming the field's whole value."""
     parts = key.split(".")
     node = cfg
     for i, name in enumerate(parts):
@@ -325,11 +326,11 @@ def _set(cfg: Any, key: str, value: Any, *, root: Any) -> None:
                 if not isinstance(value, Mapping):
                     raise MaedferError(f"{key} is a section; set its keys, e.g. {key}.<key>=...")
                 for sub, v in value.items():
-                    _set(root, f"{key}.{sub}", v, root=root)
+                    _set(root, f"{key}.{sub}", v, root=root, merge=merge)
                 return
             node = getattr(node, name)
             continue
-        if typing.get_origin(hint) is dict:  # a mapping: set its entries, keep the others
+        if typing.get_origin(hint) is dict and (rest or merge):  # set entries, keep the others
             given = {".".join(rest): value} if rest else _coerce(value, hint, key)
             setattr(node, name, merge_entries(getattr(node, name), given))
             return
@@ -392,12 +393,15 @@ def apply_overrides(cfg: Any, overrides: Sequence[str] | Mapping[str, Any] | Non
             (``optim.blr`` where the config sets an absolute ``optim.lr``, which wins).
     """
     parsed = parse_overrides(overrides)
+    # ``--set`` text changes what it names: a mapping sets those entries (merge); a mapping of
+    # values from Python or a config file gives each key its whole value
+    merge = overrides is not None and not isinstance(overrides, Mapping)
     for key, value in parsed.items():
         if key == "recipe":
             if value != cfg.recipe:
                 raise MaedferError(f"this is a {cfg.recipe} config; recipe cannot be {value!r}")
             continue
-        _set(cfg, key, value, root=cfg)
+        _set(cfg, key, value, root=cfg, merge=merge)
     optim = getattr(cfg, "optim", None)
     if "optim.blr" in parsed and "optim.lr" not in parsed and optim is not None \
             and optim.lr is not None:
