@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 #: Replacements tried for a faulty sample before the epoch is stopped.
 MAX_ATTEMPTS = 10
+#: Faulty files logged one by one; the rest are counted (a broken clips folder is one line's
+#: worth of news, not one line per clip).
+LOGGED_FAULTS = 10
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,7 @@ class Faults:
 
     def __init__(self) -> None:
         self.known_bad: set[str] = set()
+        self.reasons: dict[str, str] = {}  # every faulty file met, with its first reason
         self._logged: set[str] = set()
         self._epoch: dict[tuple[int, str], str] = {}
 
@@ -178,9 +182,13 @@ class Faults:
     def note(self, position: int, path: str, reason: str) -> None:
         self._epoch.setdefault((int(position), path), reason)
         self.known_bad.add(path)
-        if path not in self._logged:
+        self.reasons.setdefault(path, reason)
+        if path not in self._logged and len(self._logged) < LOGGED_FAULTS:
             self._logged.add(path)
             log.warning("faulty clip replaced by another sample: %s: %s", path, reason)
+            if len(self._logged) == LOGGED_FAULTS:
+                log.warning("further faulty clips are counted, not logged one by one (a "
+                            "training run lists them all in its bad_clips.json)")
 
 
 T = TypeVar("T")

@@ -78,24 +78,39 @@ def resolve_backend(backend: str, device: str | None) -> tuple[str, torch.device
     return backend, None if device is None else torch.device(device)
 
 
+class TooManyBadClips(MaedferError):
+    """More of a loader's clips are missing or undecodable than ``max_bad_share`` allows.
+
+    ``bad`` maps each faulty file met to its reason; ``clips`` is the number of clips they are
+    counted against (this rank's share of the selection).
+    """
+
+    def __init__(self, message: str, bad: dict[str, str], clips: int) -> None:
+        super().__init__(message)
+        self.bad, self.clips = dict(bad), clips
+
+
 class ClipLoader:
     """Iterable of :class:`ClipBatch` for one rank; see :func:`build_loader`.
 
     Attributes:
         dataset_size: clips selected from the manifest (all ranks).
         num_bad: faulty samples replaced during the current (or last) epoch.
+        max_bad_share: stop (:class:`TooManyBadClips`) as soon as more than this share of this
+            rank's clips turned out missing or undecodable; None: never.
         epoch: the epoch the next iteration plays; each iteration advances it unless
             :meth:`set_epoch` pins it (call it every epoch, as with ``DistributedSampler``).
     """
 
     def __init__(self, table: ClipTable, config: SampleConfig, *, backend: str,
                  device: torch.device | None, batch_size: int, workers: int, rank: int,
-                 world_size: int, drop_last: bool) -> None:
+                 world_size: int, drop_last: bool, max_bad_share: float | None = None) -> None:
         self.table, self.config, self.backend, self.device = table, config, backend, device
         self.batch_size, self.workers, self.drop_last = batch_size, workers, drop_last
         self.rank, self.world_size = rank, world_size
         self.dataset_size = len(table)
         self.num_bad = 0
+        self.max_bad_share = max_bad_share
         self.epoch = 0
         self.faults = backends.Faults()  # faulty files: counted per epoch, logged once each
         self.session: dict[str, Any] = {}  # what a backend keeps from epoch to epoch
@@ -121,6 +136,21 @@ class ClipLoader:
         """Play epoch ``epoch`` next (its shuffle and augmentation draws)."""
         self.epoch = int(epoch)
 
+    def _check_bad_share(self) -> None:
+        """Stop once more than ``max_bad_share`` of this rank's clips proved faulty: a few bad
+        files are replaced and counted, a broken or half-copied clips folder is said at once."""
+        if self.max_bad_share is None or not self.faults.reasons:
+            return
+        clips = max(1, -(-self.dataset_size // self.world_size))  # this rank's share
+        bad = len(self.faults.reasons)
+        if bad > self.max_bad_share * clips:
+            path, reason = next(iter(self.faults.reasons.items()))
+            raise TooManyBadClips(
+                f"{bad} of {clips} training clips are missing or undecodable ({bad / clips:.1%}, "
+                f"more than data.max_bad_share {self.max_bad_share:.1%}), e.g. {path}: {reason}",
+                self.faults.reasons, clips,
+            )
+
     def __iter__(self) -> Iterator[ClipBatch]:
         plan = EpochPlan(self.table, self.config, epoch=self.epoch, rank=self.rank,
                          world_size=self.world_size)
@@ -131,6 +161,7 @@ class ClipLoader:
             device=self.device, faults=self.faults, session=self.session)
         for batch in batches:
             self.num_bad = self.faults.count
+            self._check_bad_share()
             yield batch
         self.num_bad = self.faults.count
         if self.num_bad:
@@ -180,6 +211,7 @@ def build_loader(
     rand_augment: bool | str | None = None,
     flip_only: bool | None = None,
     random_sign: bool | None = None,
+    max_bad_share: float | None = None,
 ) -> ClipLoader:
     """A loader of clip batches from a manifest (DESIGN.md §1, §3; MODEL.md §4).
 
@@ -214,6 +246,10 @@ def build_loader(
             num_sample, flip_only, random_sign: the section's options of those names.
         rand_augment: the section's policy string; ``True`` for the default policy, ``False``
             for none.
+        max_bad_share: train/pretrain modes: stop with :class:`TooManyBadClips` once more than
+            this share of the clips proved missing or undecodable (each is replaced and
+            counted until then; a training run's policy, ``data.max_bad_share`` of the
+            recipes); None: never stop.
 
     Raises:
         MaedferError: bad option values, a missing manifest or column, a fold or split the
@@ -230,9 +266,12 @@ def build_loader(
                            "test_views)")
     data = with_options(TrainDataOptions() if data is None else data,
                         {k: v for k, v in given.items() if v is not None})
+    if max_bad_share is not None and not 0 <= max_bad_share <= 1:
+        raise MaedferError(f"data.max_bad_share ({max_bad_share}) must be between 0 and 1")
     return _open_loader(manifest, data, mode=mode, fold=fold, split=split, root=root,
                        num_frames=num_frames, size=size, seed=seed, device=device, rank=rank,
-                       world_size=world_size, test_views=test_views, drop_last=drop_last)
+                       world_size=world_size, test_views=test_views, drop_last=drop_last,
+                       max_bad_share=None if mode == "test" else max_bad_share)
 
 
 def with_options(data: DataOptions, options: dict[str, Any]) -> DataOptions:
@@ -257,7 +296,8 @@ def with_options(data: DataOptions, options: dict[str, Any]) -> DataOptions:
 def _open_loader(manifest: Path | str | pd.DataFrame, data: DataOptions, *, mode: Mode,
                 fold: int | None, split: str | None, root: Path | None, num_frames: int,
                 size: int, seed: int, device: str | None, rank: int, world_size: int,
-                test_views: int, drop_last: bool | None) -> ClipLoader:
+                test_views: int, drop_last: bool | None,
+                max_bad_share: float | None = None) -> ClipLoader:
     """:func:`build_loader` with the section complete (see there)."""
     if data.batch_size < 1:
         raise MaedferError(f"batch_size ({data.batch_size}) must be >= 1")
@@ -283,6 +323,7 @@ def _open_loader(manifest: Path | str | pd.DataFrame, data: DataOptions, *, mode
         table, config, backend=backend_name, device=dev, batch_size=data.batch_size,
         workers=workers, rank=rank, world_size=world_size,
         drop_last=mode != "test" if drop_last is None else bool(drop_last),
+        max_bad_share=max_bad_share,
     )  # fmt: skip
 
 

@@ -33,7 +33,9 @@ import torch
 from torch import nn
 
 from maedfer.errors import MaedferError
+from maedfer.lock import hold
 from maedfer.model import input_contract
+from maedfer.train import badclips
 from maedfer.train import checkpoint as ckpt_io
 from maedfer.train.coverage import describe_missing
 from maedfer.train.distributed import resolve_device
@@ -73,16 +75,19 @@ def _selection(data: Path, fold: int | None, split: str | None) -> dict[str, Any
             raise MaedferError(
                 f"{data} is a {num_folds}-fold protocol ({dataset}): give --fold K, not --split"
             )
-        if fold is None or not 1 <= fold <= num_folds:
+        if fold is None:
+            raise MaedferError(f"{dataset} is a {num_folds}-fold protocol: give --fold K "
+                               f"(1..{num_folds}), the fold to test on")  # fmt: skip
+        if not 1 <= fold <= num_folds:
             raise MaedferError(
-                f"--fold ({fold}) must be in 1..{num_folds} for {dataset} ({num_folds}-fold "
+                f"--fold {fold} must be in 1..{num_folds} for {dataset} ({num_folds}-fold "
                 "protocol)"
             )
         rows = {"fold": fold}
     else:
         if fold is not None:
             raise MaedferError(f"{dataset} has a fixed train/test split: give --split test, "
-                               f"not --fold ({fold})")  # fmt: skip
+                               f"not --fold {fold}")  # fmt: skip
         rows = {"split": split or "test"}
     return {"dataset": dataset, "classes": classes, "rows": rows}
 
@@ -213,6 +218,19 @@ def run(
     if out is None:
         raise MaedferError("--checkpoint needs --out DIR (where report.json and "
                            "predictions.parquet go)")  # fmt: skip
+    with hold(Path(out)):  # one command writes a folder at a time (maedfer.lock)
+        return _evaluate(
+            checkpoint=checkpoint, data=data, out=Path(out), fold=fold, split=split,
+            dataset=dataset, device=device, backend=backend, batch_size=batch_size,
+            workers=workers, model_overrides=model_overrides, as_json=as_json, quiet=quiet,
+        )  # fmt: skip
+
+
+def _evaluate(*, checkpoint: Path, data: Path, out: Path, fold: int | None, split: str | None,
+              dataset: str | None, device: str | None, backend: str, batch_size: int | None,
+              workers: int | None, model_overrides: Mapping[str, Any] | list[str] | None,
+              as_json: bool, quiet: bool) -> dict[str, Any]:  # fmt: skip
+    """:func:`run` once it holds ``out``'s lock."""
     started = time.perf_counter()
     chosen = _selection(Path(data), fold, split)
     if dataset is not None and dataset.lower() != chosen["dataset"].lower():
@@ -243,6 +261,7 @@ def run(
         "step": settings["step"], "split": chosen["rows"].get("split"),
         "checkpoint": str(checkpoint), "checkpoint_format": settings["format"],
         "model": model.model_name, "precision": precision, "stride": int(settings["stride"]),
+        "bad_train_clips": _bad_train_clips(Path(checkpoint), settings["format"]),
     })  # fmt: skip
     out = Path(out)
     write_results(out, result, classes)
@@ -250,6 +269,16 @@ def run(
     if not quiet:
         print(json.dumps(report, indent=2) if as_json else _summary(report, out, started))
     return report
+
+
+def _bad_train_clips(checkpoint: Path, form: str) -> int | None:
+    """The faulty training clips of the run whose ``checkpoints/last.pt`` (or ``final.pt``)
+    this is, as its report counts them; None for an official checkpoint or a loose file."""
+    if form == "official":
+        return None
+    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else \
+        checkpoint.parent
+    return badclips.count(run) if (run / "config.yaml").is_file() else None
 
 
 def _summary(report: dict[str, Any], out: Path, started: float) -> str:

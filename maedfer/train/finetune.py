@@ -33,9 +33,9 @@ import torch
 
 from maedfer.errors import MaedferError
 from maedfer.model import model_info
+from maedfer.train import badclips, loop
 from maedfer.train import checkpoint as ckpt_io
 from maedfer.train import config as config_io
-from maedfer.train import loop
 from maedfer.train.config import FinetuneConfig
 from maedfer.train.coverage import describe_missing
 from maedfer.train.distributed import gather_objects
@@ -155,14 +155,17 @@ class FinetuneRecipe:
     def _select_rows(self) -> dict[str, dict[str, Any]]:
         fold, k = self.cfg.data.fold, self.num_folds
         if k > 0:
-            if fold is None or not 1 <= fold <= k:
+            if fold is None:
+                raise MaedferError(f"{self.dataset} is a {k}-fold protocol: give --fold K "
+                                   f"(1..{k}), the fold to test on")  # fmt: skip
+            if not 1 <= fold <= k:
                 raise MaedferError(
-                    f"--fold ({fold}) must be in 1..{k} for {self.dataset} ({k}-fold protocol)"
+                    f"--fold {fold} must be in 1..{k} for {self.dataset} ({k}-fold protocol)"
                 )
             return {"train": {"fold": fold}, "test": {"fold": fold}}
         if fold is not None:
             raise MaedferError(
-                f"{self.dataset} has a fixed train/test split: drop --fold ({fold})"
+                f"{self.dataset} has a fixed train/test split: drop --fold {fold}"
             )
         return {"train": {"split": "train"}, "test": {"split": "test"}}
 
@@ -198,7 +201,7 @@ class FinetuneRecipe:
         # the section goes whole: every backend runs the recipe's RandAugment, and one that
         # could not would refuse it here in one line naming data.rand_augment, never drop it
         train = build_loader(data.manifest, data, mode="train", **self._selection["train"],
-                             **common)
+                             max_bad_share=data.max_bad_share, **common)
         test = build_loader(
             data.manifest, data, mode="test", test_views=cfg.eval.test_views,
             batch_size=cfg.eval.test_batch_size or data.batch_size,
@@ -225,7 +228,7 @@ class FinetuneRecipe:
         return config_io.to_dict(config_io.load(self.cfg, overrides={
             "data.backend": self._loader.backend if hasattr(self, "_loader")
             else self.cfg.data.backend, "run.precision": self._precision,
-            "run.device": str(self._env.device), "run.out": str(self.out),
+            "run.device": str(self._env.device), "run.out": str(self.out.absolute()),
             "model.num_classes": len(self.classes), **self._model_inputs(),
         }))  # fmt: skip
 
@@ -295,7 +298,8 @@ class FinetuneRecipe:
                              self._test_loader.table.clip_ids())  # fmt: skip
         report, progress = result.report, self._loop.progress
         report.update({"dataset": self.dataset, "fold": self.cfg.data.fold,
-                       "epoch": progress.epochs_run, "step": progress.global_step})
+                       "epoch": progress.epochs_run, "step": progress.global_step,
+                       "bad_train_clips": badclips.count(self.out)})
         self._loop.metrics.write({"kind": "test", "epoch": progress.epochs_run,
                                   "step": progress.global_step, "uar": report["uar"],
                                   "war": report["war"], "final": write,
@@ -329,6 +333,7 @@ class FinetuneRecipe:
             "epochs": lp.progress.epochs_run, "steps": lp.progress.global_step,
             "loss": lp.last_epoch_loss(), "report": report, "stopped_by": lp.stopped_by,
             "nonfinite_steps": lp.progress.nonfinite_steps,
+            "bad_train_clips": badclips.count(self.out),
             "time_s": time.perf_counter() - started,
         }  # fmt: skip
 
@@ -361,6 +366,7 @@ def _summary(result: dict[str, Any], classes: list[str]) -> str:
     lines.append(f"  checkpoint: {result['checkpoint']}")
     if result["nonfinite_steps"]:
         lines.append(f"  non-finite loss: {result['nonfinite_steps']} step(s) skipped")
+    lines += badclips.summary_lines(result)
     return "\n".join(lines)
 
 

@@ -33,10 +33,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from maedfer.atomic import remove_stale
 from maedfer.errors import MaedferError
+from maedfer.lock import RunLock
 from maedfer.model import create_model
+from maedfer.pipelines.loader import TooManyBadClips
+from maedfer.train import badclips
 from maedfer.train import checkpoint as ckpt_io
 from maedfer.train import config as config_io
+from maedfer.train import distributed as dist_io
 from maedfer.train.distributed import DistEnv, all_reduce_sum, cleanup, init_distributed, wrap_ddp
 from maedfer.train.optim import create_optimizer, scaled_lr
 from maedfer.train.precision import resolve_precision
@@ -111,8 +116,15 @@ def decide_run(cfg: Any, out: Path, *, final_outputs: tuple[str, ...] = ()) -> R
 
 
 def open_run(recipe: Any, *, final_outputs: tuple[str, ...] = ()) -> bool:
-    """Decide the run (:func:`decide_run`) for ``recipe``; True when ``--out`` holds a finished
-    run and nothing is to be built (a dry run builds it all the same)."""
+    """Take the run folder's lock (rank 0; not for a dry run, which writes nothing) and decide
+    the run (:func:`decide_run`) for ``recipe``; True when ``--out`` holds a finished run and
+    nothing is to be built (a dry run builds it all the same). The lock is held until
+    :func:`close`: a second command into the same folder is refused (:mod:`maedfer.lock`)."""
+    recipe._lock = RunLock()
+    if recipe._env.is_main and not recipe.dry_run:
+        recipe._lock.take(recipe.out, what="choose another --out (run.out)")
+        for folder in (recipe.out, recipe.checkpoint_path.parent):  # a killed save's temporary
+            remove_stale(folder)
     recipe._decision = decide_run(recipe.cfg, recipe.out, final_outputs=final_outputs)
     recipe._state = recipe._decision.state
     if recipe._decision.action == "finished" and not recipe.dry_run:
@@ -473,6 +485,23 @@ class TrainLoop:
             "loss": total / count if count else None, "time_s": seconds,
             "num_bad": int(num_bad), "nonfinite_steps": p.nonfinite_steps,
         })  # fmt: skip
+        self.record_bad_clips()
+
+    def record_bad_clips(self, *, stopped: bool = False) -> Path | None:
+        """Add the faulty training clips met so far to ``RUN/bad_clips.json`` (every rank's,
+        written by rank 0; a rank that stops for too many writes its own)."""
+        found = getattr(self.loader, "faults", None)
+        found = dict(found.reasons) if found is not None else {}
+        if not stopped:
+            merged: dict[str, str] = {}
+            for part in dist_io.gather_objects(found, self.env):
+                merged.update(part)
+            found = merged
+        if not (self.env.is_main or stopped):
+            return None
+        return badclips.record(self.checkpoint_path.parent.parent, found,
+                               train_clips=self.loader.dataset_size,
+                               max_bad_share=self.cfg.data.max_bad_share, stopped=stopped)
 
     def run(self, after_epoch: Callable[[str], None] | None = None) -> str:
         """The remaining epochs, a checkpoint after each (and on a stop); returns the last
@@ -532,6 +561,9 @@ def close(recipe: Any, *, completed: bool) -> None:
         loop.metrics.close()  # flushes TensorBoard's events
     if env is not None:
         cleanup(env, synchronize=completed)
+    lock = getattr(recipe, "_lock", None)
+    if lock is not None:
+        lock.release()
 
 
 def check_common(cfg: Any) -> None:
@@ -606,6 +638,17 @@ def format_description(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _bad_clips_stop(recipe: Any, exc: TooManyBadClips) -> MaedferError:
+    """The one line of a run stopped for too many faulty clips, after listing them."""
+    lp = getattr(recipe, "_loop", None)
+    path = lp.record_bad_clips(stopped=True) if lp is not None else None
+    where = f"; all are listed in {path}" if path is not None else ""
+    return MaedferError(
+        f"{exc}{where}: restore or re-prepare those clips (or raise data.max_bad_share), then "
+        "run the same command again (it resumes from the last checkpoint)"
+    )
+
+
 def execute(recipe: Any, *, dry_run: bool, as_json: bool, quiet: bool, summary: Any) -> dict:
     """Set up, then describe (dry run) or train; always clean up (shared by both recipes)."""
     completed = False
@@ -618,7 +661,10 @@ def execute(recipe: Any, *, dry_run: bool, as_json: bool, quiet: bool, summary: 
                 print(recipe.finished.message)
             return {"finished": True, "out": str(recipe.out),
                     "message": recipe.finished.message}
-        result = recipe.describe() if dry_run else recipe.train()
+        try:
+            result = recipe.describe() if dry_run else recipe.train()
+        except TooManyBadClips as exc:
+            raise _bad_clips_stop(recipe, exc) from None
         completed = True
     finally:
         recipe.cleanup(completed=completed)

@@ -29,9 +29,9 @@ import torch
 
 from maedfer.errors import MaedferError
 from maedfer.model import model_info
+from maedfer.train import badclips, loop
 from maedfer.train import checkpoint as ckpt_io
 from maedfer.train import config as config_io
-from maedfer.train import loop
 from maedfer.train.config import PretrainConfig
 from maedfer.train.precision import autocast, grad_scaler
 from maedfer.train.runtime import MetricsLog, step_seed
@@ -119,6 +119,7 @@ class PretrainRecipe:
 
         cfg = self.cfg
         return build_loader(cfg.data.manifest, cfg.data, mode="pretrain",
+                            max_bad_share=cfg.data.max_bad_share,
                             **loop.loader_options(self._raw.config, self._env, cfg.run.seed))
 
     def resolved_config(self) -> dict[str, Any]:
@@ -126,7 +127,7 @@ class PretrainRecipe:
         return config_io.to_dict(config_io.load(self.cfg, overrides={
             "data.backend": self._loader.backend if hasattr(self, "_loader") else
             self.cfg.data.backend, "run.precision": self._precision,
-            "run.device": str(self._env.device), "run.out": str(self.out),
+            "run.device": str(self._env.device), "run.out": str(self.out.absolute()),
         }))  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
@@ -171,6 +172,7 @@ class PretrainRecipe:
             "epochs": lp.progress.epochs_run, "steps": lp.progress.global_step,
             "loss": lp.last_epoch_loss(), "stopped_by": lp.stopped_by,
             "nonfinite_steps": lp.progress.nonfinite_steps,
+            "bad_train_clips": badclips.count(self.out),
             "time_s": time.perf_counter() - started,
         }  # fmt: skip
 
@@ -206,6 +208,7 @@ def _summary(result: dict[str, Any]) -> str:
     ]
     if result["nonfinite_steps"]:
         lines.append(f"  non-finite loss: {result['nonfinite_steps']} step(s) skipped")
+    lines += badclips.summary_lines(result)
     return "\n".join(lines)
 
 

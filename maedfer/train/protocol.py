@@ -30,6 +30,7 @@ Fine-tuning one fold goes through one function, :func:`_finetune_fold`: ``maedfe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shlex
@@ -41,6 +42,7 @@ import typer
 
 from maedfer.atomic import write_text
 from maedfer.errors import MaedferError
+from maedfer.lock import hold
 from maedfer.manifests import DATASET_NAMES, published_results
 from maedfer.train import evaluate, metrics
 from maedfer.train.heldout import REPORT, manifest_info
@@ -420,6 +422,12 @@ def _run_one(*, config: str | Path, data: Path, init: Path | None, out: Path,
     dataset, _, num_folds = manifest_info(Path(data))
     chosen = parse_folds(folds, num_folds, dataset)
     folders = [fold_dir(out, f) for f in chosen]
+    # what every fold's command needs, checked before any command is printed, written or run:
+    # a printed command that cannot work is worse than none
+    if init is not None and not Path(init).is_file():
+        raise MaedferError(f"--init {init} does not exist; give the pre-trained checkpoint "
+                           "every fold starts from")  # fmt: skip
+    model = _check_config(config, overrides)  # a bad config fails now, not after training
     if print_commands:
         commands = [finetune_command(config, data, f, init, d, overrides)
                     for f, d in zip(chosen, folders, strict=True)]  # fmt: skip
@@ -433,20 +441,28 @@ def _run_one(*, config: str | Path, data: Path, init: Path | None, out: Path,
         typer.echo(f"wrote {sbatch}: {len(chosen)} array task(s); submit with: sbatch {sbatch}",
                    err=True)  # fmt: skip
         return {"sbatch": str(sbatch)}
-    model = _check_config(config, overrides)  # a bad config fails now, not after training
     if init is None:
         typer.echo(f"protocol: {model} starts from random weights (no init given)", err=True)
+    with hold(Path(out)):  # one command writes a folder at a time (maedfer.lock)
+        return _run_folds(config, Path(data), init, Path(out), chosen, folders, overrides,
+                          dataset, model)  # fmt: skip
+
+
+def _run_folds(config: str | Path, data: Path, init: Path | None, out: Path, chosen: list,
+               folders: list[Path], overrides: list[str], dataset: str,
+               model: str) -> dict[str, Any]:  # fmt: skip
+    """Fine-tune every unfinished fold in turn, then the cross-fold summary."""
     for position, (fold, folder) in enumerate(zip(chosen, folders, strict=True), 1):
         name = f"fold {fold}" if fold is not None else "the test split"
         if fold_finished(folder, fold):
             typer.echo(f"protocol: {name} finished earlier ({folder / REPORT}), kept", err=True)
             continue
         typer.echo(f"protocol: {name} ({position} of {len(chosen)}) -> {folder}", err=True)
-        _finetune_fold(config, Path(data), fold, init, folder, overrides)
+        _finetune_fold(config, data, fold, init, folder, overrides)
         if not fold_finished(folder, fold):
             raise MaedferError(f"{name} ended without {folder / REPORT} (training stopped "
                                "early?); run the same command again to continue")  # fmt: skip
-    return summarize(Path(out), chosen, dataset, config, model)
+    return summarize(out, chosen, dataset, config, model)
 
 
 def _run_models(*, config: str | Path, data: Path, init: Path | None, out: Path,
@@ -454,8 +470,6 @@ def _run_models(*, config: str | Path, data: Path, init: Path | None, out: Path,
                 overrides: list[str], models: Sequence[str],
                 as_json: bool) -> dict[str, Any]:  # fmt: skip
     """Each model's protocol in ``OUT/NAME``, then the comparison table."""
-    from maedfer.train import comparison
-
     if sbatch is not None:
         raise MaedferError("--sbatch writes one model's array job: run it once per model, "
                            "with --set model.name=NAME")  # fmt: skip
@@ -464,6 +478,22 @@ def _run_models(*, config: str | Path, data: Path, init: Path | None, out: Path,
     entries = parse_models(models, init)
     for name, _ in entries:  # every model's config fails now, before any training
         _check_config(config, [*overrides, f"model.name={name}"])
+    held = contextlib.ExitStack()
+    if not print_commands:  # the comparison's folder, for the life of the command
+        held.enter_context(hold(out))
+    with held:
+        return _compare_models(config=config, data=data, out=out, folds=folds,
+                               print_commands=print_commands, overrides=overrides,
+                               entries=entries, as_json=as_json)  # fmt: skip
+
+
+def _compare_models(*, config: str | Path, data: Path, out: Path,
+                    folds: str | Sequence[int] | None, print_commands: bool,
+                    overrides: list[str], entries: list,
+                    as_json: bool) -> dict[str, Any]:  # fmt: skip
+    """Each model's protocol, then the comparison table (:func:`_run_models`, locked)."""
+    from maedfer.train import comparison
+
     summaries, commands = [], []
     for name, model_init in entries:
         result = _run_one(config=config, data=data, init=model_init, out=out / name,
