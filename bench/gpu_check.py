@@ -66,6 +66,9 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     Measurement("pixel_equality", "DALI vs PyAV on the same plan: test (max, p99.99) and train "
                 "+ RandAugment (mean, share > 2/255), >= 64 samples at 160^2",
                 ("cuda", "dali", "nvdec", "av", "clips"), (40, 25, 60)),
+    Measurement("hybrid_equality", "the hybrid backend (PyAV decodes planes, the GPU converts "
+                "and augments) vs PyAV on the same plan: test (max) and train + RandAugment",
+                ("cuda", "av", "clips"), (25, 0, 60)),
     Measurement("nvdec_ceiling", "decoded frames/s of DALI's video decoder on every frame of "
                 "the prepared 160^2 clips", ("cuda", "dali", "nvdec", "clips"), (30, 15, 60)),
     Measurement("loader_dali", "DALI loader clips/s, batch 32: train + RandAugment, test (per "
@@ -73,6 +76,9 @@ MEASUREMENTS: tuple[Measurement, ...] = (
                 ("cuda", "dali", "nvdec", "clips"), (75, 35, 90)),
     Measurement("loader_pyav", "PyAV loader clips/s on nproc-1 workers, same manifests and "
                 "modes (>= 3 batches per worker timed)", ("av", "clips"), (50, 30, 90)),
+    Measurement("loader_hybrid", "hybrid loader clips/s (decode on nproc-1 workers, colour and "
+                "augmentation on the GPU), same manifests and modes", ("cuda", "av", "clips"),
+                (50, 25, 90)),
     Measurement("step_eager", "fine-tune and pre-train steps of the base models, eager: clips/s, "
                 "share of the measured GEMM ceiling, peak memory; the reference-style step "
                 "beside", ("cuda",), (50, 30, 90)),
@@ -80,6 +86,8 @@ MEASUREMENTS: tuple[Measurement, ...] = (
                 "time waiting for data", ("cuda", "dali", "nvdec", "clips"), (35, 20, 90)),
     Measurement("fed_step_pyav", "the fine-tune step fed by the PyAV loader (nproc-1 workers): "
                 "clips/s, share waiting", ("cuda", "av", "clips"), (35, 0, 90)),
+    Measurement("fed_step_hybrid", "the fine-tune step fed by the hybrid loader: clips/s, share "
+                "waiting", ("cuda", "av", "clips"), (35, 0, 90)),
     Measurement("syncs", "host syncs per batch: one DALI loader batch, one training step "
                 "(torch.cuda.set_sync_debug_mode; on the CPU, calls that would sync)",
                 ("cuda",), (25, 10, 60)),
@@ -125,18 +133,20 @@ class Results:
 def summary(measured: dict) -> dict:
     """Figures that take two measurements: DALI/PyAV per mode (guarded), the data share."""
     out: dict = {}
-    dali = measured.get("loader_dali", {}).get("figures", {})
-    pyav = measured.get("loader_pyav", {}).get("figures", {})
+    loaders = {name: measured.get(f"loader_{name}", {}).get("figures", {})
+               for name in ("dali", "hybrid", "pyav")}
     for mode in ("train", "test", "pretrain"):
-        a = dali.get(mode, {}).get("clips_per_s")
-        b = pyav.get(mode, {}).get("clips_per_s")
-        if a and b:
-            out[f"loader_{mode}_dali_over_pyav"] = round(a / b, 3)
+        for a, b in (("dali", "pyav"), ("hybrid", "pyav"), ("dali", "hybrid")):
+            x = loaders[a].get(mode, {}).get("clips_per_s")
+            y = loaders[b].get(mode, {}).get("clips_per_s")
+            if x and y:
+                out[f"loader_{mode}_{a}_over_{b}"] = round(x / y, 3)
     step = measured.get("step_eager", {}).get("figures", {}).get("finetune", {})
-    fed = measured.get("fed_step_dali", {}).get("figures", {})
-    if step.get("ours", {}).get("clips_per_s") and fed.get("clips_per_s"):
-        out["fed_dali_over_synthetic_step"] = round(
-            fed["clips_per_s"] / step["ours"]["clips_per_s"], 3)
+    synthetic = step.get("ours", {}).get("clips_per_s")
+    for name in ("dali", "hybrid", "pyav"):
+        fed = measured.get(f"fed_step_{name}", {}).get("figures", {}).get("clips_per_s")
+        if synthetic and fed:
+            out[f"fed_{name}_over_synthetic_step"] = round(fed / synthetic, 3)
     return out
 
 
@@ -265,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gpu_check: {mode} run, {len(selected)} measurement(s), {total:.0f} s budget; "
           f"results in {out / RESULT}", flush=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # `timeout`, a scheduler or kill send SIGTERM: stop the running step's process group too
+    signal.signal(signal.SIGTERM, interrupted)
     context = {"mode": mode, "cache": str(cache), "work": str(work), "clips": {},
                "prior": {}, "needs_clips": any("clips" in m.needs for m in selected)}
     start = time.monotonic()
@@ -304,6 +316,10 @@ def make_cache(cache: Path, mode: str) -> int:
         entry = results.data["setup"]
     print(f"gpu_check: set-up {entry['status']}: {headline(entry)}")
     return 0 if entry["status"] == "ok" else 1
+
+
+def interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def run_setup(context: dict, results: Results, env: dict, work: Path, mode: str) -> None:

@@ -335,7 +335,7 @@ def difference(a, b) -> dict:  # noqa: ANN001 (torch tensors)
             "share_beyond_2": round(float((diff > 2).float().mean()), 5)}
 
 
-def pixel_equality(ctx: Context) -> dict:
+def pixel_equality(ctx: Context, other: str = "dali") -> dict:
     import itertools
 
     import torch
@@ -349,10 +349,10 @@ def pixel_equality(ctx: Context) -> dict:
 
     def videos(mode: str, **kw: Any) -> list:
         out = []
-        for backend in ("pyav", "dali"):
+        for backend in ("pyav", other):
             loader = build_loader(manifest, mode=mode, batch_size=batch, size=size, seed=3,
                                   backend=backend, workers=0 if backend == "pyav" else 2,
-                                  device=dali_device(ctx) if backend == "dali" else None, **kw)
+                                  device=None if backend == "pyav" else dali_device(ctx), **kw)
             out.append(torch.cat([b["video"].cpu() for b in itertools.islice(loader, batches)]))
         return out
 
@@ -368,6 +368,10 @@ def pixel_equality(ctx: Context) -> dict:
             "headline": f"test max {test['max']:.2f}; train+RA mean {train['mean']:.3f}, "
                         f"{100 * train['share_beyond_2']:.3f} % > 2/255: "
                         f"{'within' if passed else 'OUTSIDE'} tolerance"}
+
+
+def hybrid_equality(ctx: Context) -> dict:
+    return {"backend": "hybrid", **pixel_equality(ctx, other="hybrid")}
 
 
 def nvdec_ceiling(ctx: Context) -> dict:
@@ -428,7 +432,7 @@ def loader_rates(ctx: Context, backend: str, workers: int) -> dict:
     for mode in ("train", "test", "pretrain"):
         loader = build_loader(ctx["clips"]["big"], mode=mode, fold=1, batch_size=batch,
                               size=size, backend=backend, workers=workers,
-                              device=dali_device(ctx) if backend == "dali" else None)
+                              device=None if backend == "pyav" else dali_device(ctx))
         it = iter(loader)
         for _ in range(2):
             next(it)
@@ -467,6 +471,10 @@ def pyav_workers(ctx: Context) -> int:
 
 def loader_pyav(ctx: Context) -> dict:
     return {"backend": "pyav", **loader_rates(ctx, "pyav", pyav_workers(ctx))}
+
+
+def loader_hybrid(ctx: Context) -> dict:
+    return {"backend": "hybrid", **loader_rates(ctx, "hybrid", pyav_workers(ctx))}
 
 
 def models(ctx: Context) -> dict[str, tuple[str, dict]]:
@@ -566,7 +574,7 @@ def fed_step(ctx: Context, backend: str, workers: int) -> dict:
     loader = build_loader(ctx["clips"]["big"], mode="train", fold=1, batch_size=batch,
                           size=cfg["img_size"], num_frames=cfg["num_frames"], backend=backend,
                           workers=workers,
-                          device=dali_device(ctx) if backend == "dali" else None)
+                          device=None if backend == "pyav" else dali_device(ctx))
     it = iter(loader)
     done, wait, start = 0, 0.0, None
     while done < steps + 1:
@@ -603,6 +611,10 @@ def fed_step_dali(ctx: Context) -> dict:
 
 def fed_step_pyav(ctx: Context) -> dict:
     return fed_step(ctx, "pyav", pyav_workers(ctx))
+
+
+def fed_step_hybrid(ctx: Context) -> dict:
+    return fed_step(ctx, "hybrid", pyav_workers(ctx))
 
 
 class SyncCounter:
@@ -790,8 +802,10 @@ def first_batch(ctx: Context) -> dict:
 STEPS: dict[str, Callable[[Context], dict]] = {
     "setup": setup, "preflight": preflight, "ceilings": ceilings,
     "frame_identity": frame_identity, "pixel_equality": pixel_equality,
-    "nvdec_ceiling": nvdec_ceiling, "loader_dali": loader_dali, "loader_pyav": loader_pyav,
+    "hybrid_equality": hybrid_equality, "nvdec_ceiling": nvdec_ceiling,
+    "loader_dali": loader_dali, "loader_pyav": loader_pyav, "loader_hybrid": loader_hybrid,
     "step_eager": step_eager, "fed_step_dali": fed_step_dali, "fed_step_pyav": fed_step_pyav,
+    "fed_step_hybrid": fed_step_hybrid,
     "syncs": syncs, "step_compiled": step_compiled, "faces": faces, "first_batch": first_batch,
 }  # fmt: skip
 

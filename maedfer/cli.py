@@ -10,15 +10,50 @@ from __future__ import annotations
 
 import enum
 import importlib
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
+from typer.core import TyperCommand, TyperGroup
 
-from maedfer.errors import MaedferError, NotAvailableYet, os_error_line
+from maedfer.errors import MaedferError, NotAvailableYet, Terminated, one_line
+from maedfer.lock import WRITING_INTO
 from maedfer.pipelines.backend import choices as backend_choices
 from maedfer.preprocess import MIN_FACE_RATIO, MIN_FRAMES
+from maedfer.quiet import quiet_library_warnings
+
+_LIST_TYPE = re.compile(r"<list\[(\w+)\]>")
+
+
+def _quiet_types(params: list[click.Parameter], ctx: click.Context) -> list[click.Parameter]:
+    """Help without type noise: a flag shows no ``<bool>``, a list ``<path>...`` rather than
+    ``<list[Path]>`` (typer's own display, adjusted per parameter)."""
+    for param in params:
+        if param.metavar is not None:
+            continue
+        if getattr(param, "is_flag", False):
+            param.display_type_rich = lambda ctx=None: None  # type: ignore[method-assign]
+        elif hasattr(param, "display_type"):
+            shown = _LIST_TYPE.sub(lambda m: f"<{m.group(1).lower()}>...",
+                                   str(param.display_type(ctx) or ""))  # fmt: skip
+            if shown.endswith(">..."):
+                param.display_type_rich = lambda ctx=None, s=shown: s  # type: ignore[method-assign]
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        return _quiet_types(super().get_params(ctx), ctx)
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        return _quiet_types(super().get_params(ctx), ctx)
+
 
 app = typer.Typer(
     name="maedfer",
@@ -26,7 +61,27 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=_Group,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from maedfer import __version__
+
+        typer.echo(f"maedfer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True,
+                     help="Print maedfer's version and exit."),
+    ] = False,
+) -> None:
+    pass
 
 
 def _registered_datasets() -> type[enum.Enum]:
@@ -63,7 +118,10 @@ Backend = enum.Enum("Backend", {name: name for name in backend_choices()}, type=
 
 
 def _call(module: str, function: str, /, **kwargs: Any) -> Any:
-    """Import `module` and call `function(**kwargs)`, turning project errors into exit codes."""
+    """Import `module` and call `function(**kwargs)`: the one funnel from library failures to
+    exit codes and one line on stderr (maedfer.errors.one_line words the failures of the
+    machine, of writes and of worker processes)."""
+    quiet_library_warnings()
     try:
         try:
             target = getattr(importlib.import_module(module), function)
@@ -75,16 +133,53 @@ def _call(module: str, function: str, /, **kwargs: Any) -> Any:
     except NotAvailableYet as exc:
         typer.echo(f"maedfer: {exc}", err=True)
         raise typer.Exit(code=2) from None
-    except MaedferError as exc:
-        typer.echo(f"maedfer: error: {exc}", err=True)
-        raise typer.Exit(code=1) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         # What was finished is kept (prepare's journal, the last checkpoint): say how to go on.
-        typer.echo("maedfer: interrupted; run the same command again to resume", err=True)
-        raise typer.Exit(code=130) from None
-    except OSError as exc:  # the environment said no (read-only folder, full disk, ...)
-        typer.echo(f"maedfer: error: {os_error_line(exc)}", err=True)
+        how, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        typer.echo(f"maedfer: {how}; run the same command again to resume", err=True)
+        raise typer.Exit(code=code) from None
+    except Exception as exc:  # noqa: BLE001 (the funnel: every failure ends as one line)
+        typer.echo(f"maedfer: error: {_failure_line(exc)}", err=True)
         raise typer.Exit(code=1) from None
+
+
+def _failure_line(exc: Exception) -> str:
+    """The one line of a failure: a MaedferError's message (a worker's re-raised one without
+    its traceback), a failure of the machine, or an unexpected error, whose traceback is kept
+    in a file for a bug report instead of flooding the terminal."""
+    line = one_line(exc)
+    if line is None and isinstance(exc, MaedferError):
+        line = " ".join(str(exc).split("\n")[0].split())
+    if line is None:
+        line = _unexpected(exc)
+    folder = getattr(exc, WRITING_INTO, None)
+    if isinstance(exc, OSError) and not getattr(exc, "filename", None) and folder is not None:
+        line += f" (while writing into {folder})"
+    return line
+
+
+def _unexpected(exc: Exception) -> str:
+    """An error maedfer did not expect (a bug): one line naming a file with the traceback."""
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    if os.environ.get("MAEDFER_TRACEBACK"):
+        typer.echo(text, err=True)
+    try:
+        fd, name = tempfile.mkstemp(prefix="maedfer-error-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(" ".join(sys.argv) + "\n\n" + text)
+        kept = f"; the traceback is in {name} (please attach it to a bug report)"
+    except OSError:
+        kept = "; run with MAEDFER_TRACEBACK=1 to see the traceback"
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"unexpected {type(exc).__name__}: {first}{kept}"
+
+
+DeviceOpt = Annotated[
+    Device, typer.Option(help="Where to run: cuda (the GPU), cpu, or auto (CUDA when present).")
+]
 
 
 def _opt_value(option: enum.Enum | None) -> str | None:
@@ -122,7 +217,10 @@ def prepare(
                      "auto: this Slurm array task's (SLURM_ARRAY_TASK_ID/_MIN/_COUNT)."),
     ] = None,
     merge: Annotated[bool, typer.Option(help="Combine the shard manifests in --out.")] = False,
-    device: Annotated[Device, typer.Option(help="Face detection device.")] = Device.auto,
+    device: Annotated[
+        Device, typer.Option(help="Face detection device: cuda, cpu, or auto (CUDA when "
+                             "present).")
+    ] = Device.auto,
     detect_every: Annotated[
         int, typer.Option(min=1, help="Detect faces on every k-th frame, track in between.")
     ] = 4,
@@ -196,8 +294,9 @@ ConfigOpt = Annotated[
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Dotted override KEY=VALUE (YAML value), repeatable, e.g. "
-                 "--set optim.lr=1e-3 --set model.overrides.depth=2."),
+    typer.Option("--set", metavar="KEY=VALUE", help="Dotted override (YAML value), "
+                 "repeatable, e.g. --set optim.lr=1e-3 --set model.overrides.depth=2; a mapping "
+                 "sets its entries only, an entry set to null is removed."),
 ]
 DryRunOpt = Annotated[
     bool, typer.Option(help="Build the whole recipe, print what would run, train nothing.")
@@ -234,8 +333,14 @@ def pretrain(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     data: DataOpt = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder (run.out).")] = None,
-    device: Annotated[Device, typer.Option(help="run.device")] = Device.auto,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run folder (run.out).", show_default="runs/pretrain"),
+    ] = None,
+    device: Annotated[
+        Device, typer.Option(help="Where to train: cuda, cpu, or auto (CUDA when present; "
+                             "run.device).")
+    ] = Device.auto,
     resume: ResumeOpt = None,
     overwrite: OverwriteOpt = False,
     save_every: SaveEveryOpt = None,
@@ -257,14 +362,23 @@ def finetune(
     set_: SetOpt = None,
     data: DataOpt = None,
     fold: Annotated[
-        int | None, typer.Option(help="Test fold, k-fold datasets (data.fold).")
+        int | None,
+        typer.Option(help="Test fold of a k-fold dataset, 1..K (data.fold); none for a "
+                     "fixed train/test split.", show_default="none"),
     ] = None,
     init: Annotated[
         Path | None,
         typer.Option(exists=True, dir_okay=False, help="Pre-trained checkpoint (model.init)."),
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder (run.out).")] = None,
-    device: Annotated[Device, typer.Option(help="run.device")] = Device.auto,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run folder (run.out).",
+                     show_default="runs/finetune/<dataset>_fold<K>"),
+    ] = None,
+    device: Annotated[
+        Device, typer.Option(help="Where to train: cuda, cpu, or auto (CUDA when present; "
+                             "run.device).")
+    ] = Device.auto,
     resume: ResumeOpt = None,
     overwrite: OverwriteOpt = False,
     save_every: SaveEveryOpt = None,
@@ -289,6 +403,7 @@ def _usage(message: str) -> None:
 config_app = typer.Typer(
     help="Recipe configs: the shipped ones, and any config resolved with overrides.",
     no_args_is_help=True,
+    cls=_Group,
 )
 app.add_typer(config_app, name="config")
 
@@ -332,7 +447,9 @@ def evaluate(
     data: Annotated[
         Path | None, typer.Option(exists=True, dir_okay=False, help="--checkpoint: manifest.")
     ] = None,
-    fold: Annotated[int | None, typer.Option(help="--checkpoint: test fold (k-fold).")] = None,
+    fold: Annotated[
+        int | None, typer.Option(help="--checkpoint: test fold, 1..K (k-fold datasets).")
+    ] = None,
     split: Annotated[
         str | None, typer.Option(help="--checkpoint: test split (fixed split; default test).")
     ] = None,
@@ -340,13 +457,20 @@ def evaluate(
         PrepareDataset | None,
         typer.Option(help="--checkpoint: refuse a manifest of another dataset."),
     ] = None,
-    device: Annotated[Device, typer.Option(help="--checkpoint: where to run.")] = Device.auto,
+    device: Annotated[
+        Device, typer.Option(help="--checkpoint: where to run: cuda, cpu, or auto (CUDA when "
+                             "present).")
+    ] = Device.auto,
     backend: Annotated[Backend, typer.Option(help="--checkpoint: decoding.")] = Backend("auto"),
     batch_size: Annotated[
-        int | None, typer.Option(min=1, help="--checkpoint: clips per batch.")
+        int | None,
+        typer.Option(min=1, help="--checkpoint: clips per batch.",
+                     show_default="the checkpoint's recipe's, else 32"),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=0, help="--checkpoint: loader workers.")
+        int | None,
+        typer.Option(min=0, help="--checkpoint: loader worker processes (PyAV) or threads "
+                     "(DALI).", show_default="from the core count"),
     ] = None,
     set_: Annotated[
         list[str] | None,
@@ -385,8 +509,17 @@ def protocol(
     config: Annotated[str, typer.Argument(help="Fine-tuning config for every fold: a YAML file of "
                                       "finetune options (epochs: 100, ...).")],
     data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="manifest.parquet")],
-    init: Annotated[Path, typer.Option(dir_okay=False, help="Pre-trained checkpoint.")],
     out: Annotated[Path, typer.Option(file_okay=False, help="fold_K/ and summary.json go here.")],
+    init: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, help="Pre-trained checkpoint (every fold starts from it; "
+                     "with --model, the start of each model given without its own)."),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="NAME or NAME=INIT: run the protocol for each model in "
+                     "OUT/NAME, then one table of all (comparison.json); repeatable."),
+    ] = None,
     folds: Annotated[
         str | None, typer.Option(help="Only these folds, e.g. 1,3 (default: every fold).")
     ] = None,
@@ -404,11 +537,12 @@ def protocol(
     json_: Annotated[bool, typer.Option("--json", help="Print summary.json.")] = False,
 ) -> None:
     """Fine-tune and test every fold in turn (finished folds are kept), then the cross-fold
-    summary beside MAE-DFER's published figures."""
+    summary beside the model's published figures; with --model, several models and one table."""
     _call(
         "maedfer.train.protocol", "run",
         config=config, data=data, init=init, out=out, folds=folds,
-        print_commands=print_commands, sbatch=sbatch, overrides=set_, as_json=json_,
+        print_commands=print_commands, sbatch=sbatch, overrides=set_, models=model,
+        as_json=json_,
     )  # fmt: skip
 
 
@@ -468,7 +602,7 @@ def predict(
     ] = None,
     dataset: DatasetClassesOpt = None,
     classes: ClassesOpt = None,
-    device: Annotated[Device, typer.Option()] = Device.auto,
+    device: DeviceOpt = Device.auto,
     hop: HopOpt = None,
     set_: ModelSetOpt = None,
     explain: Annotated[
@@ -597,16 +731,25 @@ def embed(
     ],
     checkpoint: CheckpointOpt,
     out: Annotated[Path, typer.Option(dir_okay=False, help="features.parquet")],
-    fold: Annotated[int | None, typer.Option(help="Manifest: only this fold's clips.")] = None,
-    split: Annotated[str | None, typer.Option(help="Manifest: only this split.")] = None,
+    fold: Annotated[
+        int | None,
+        typer.Option(help="Manifest: only this fold's clips.", show_default="every clip"),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Manifest: only this split.", show_default="every clip")
+    ] = None,
     dataset: DatasetClassesOpt = None,
     classes: ClassesOpt = None,
-    device: Annotated[Device, typer.Option()] = Device.auto,
+    device: DeviceOpt = Device.auto,
     hop: HopOpt = None,
     batch_size: Annotated[
-        int | None, typer.Option(min=1, help="Manifest: clips per batch.")
+        int | None, typer.Option(min=1, help="Manifest: clips per batch.", show_default="8")
     ] = None,
-    workers: Annotated[int | None, typer.Option(min=0, help="Manifest: loader workers.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=0, help="Manifest: loader worker processes.",
+                     show_default="from the core count"),
+    ] = None,
 ) -> None:
     """Pooled, normalised features per window of each video, or per clip of a manifest."""
     _call(
@@ -622,13 +765,33 @@ def profile(
     stage: Annotated[
         Stage | None, typer.Argument(help="Which stage to measure; all of them when absent.")
     ] = None,
-    name: Annotated[str | None, typer.Option(help="model/train: model name.")] = None,
-    batch: Annotated[int | None, typer.Option(min=1, help="Clips per batch.")] = None,
-    batches: Annotated[int | None, typer.Option(min=1, help="Batches to time.")] = None,
-    data: Annotated[Path | None, typer.Option(help="data: manifest.parquet to read.")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="model/train: model name; model: also a comma-separated list, or "
+                     "'lineage' (every model of docs/models.md beside LGI-Former).",
+                     show_default="lgi_former_base"),
+    ] = None,
+    batch: Annotated[
+        int | None,
+        typer.Option(min=1, help="Clips per batch (faces: frames per network batch).",
+                     show_default="model 1, train 2, data 8, faces 32 on CPU; model 8, train "
+                     "32, data 32 on CUDA"),
+    ] = None,
+    batches: Annotated[
+        int | None,
+        typer.Option(min=1, help="Batches to time.",
+                     show_default="model/train/faces 2, data 5 on CPU; more on CUDA"),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="data: manifest.parquet to read (required for the data stage)."),
+    ] = None,
     backend: Annotated[Backend, typer.Option(help="data: decoding backend.")] = Backend("auto"),
-    workers: Annotated[int | None, typer.Option(help="data: loader workers.")] = None,
-    device: Annotated[Device, typer.Option()] = Device.auto,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="data: loader worker processes.", show_default="from the core count"),
+    ] = None,
+    device: DeviceOpt = Device.auto,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Throughput of one stage on this machine (table, or JSON with --json)."""
@@ -654,11 +817,16 @@ def demo(
     out: Annotated[Path, typer.Option(help="Where the demo writes everything.")] = Path(
         "runs/demo"
     ),
-    device: Annotated[Device, typer.Option()] = Device.auto,
+    device: DeviceOpt = Device.auto,
     quick: Annotated[bool, typer.Option(help="A shortened run (what the tests use).")] = False,
 ) -> None:
     """The whole pipeline on built-in demo data, on CPU in minutes."""
     _call("maedfer.demo", "run", out=out, device=_opt_device(device), quick=quick)
+
+
+for _info in (*app.registered_commands, *config_app.registered_commands):
+    if _info.cls in (None, TyperCommand):
+        _info.cls = _Command
 
 
 def main() -> None:

@@ -120,3 +120,24 @@ def test_out_is_required_and_only_names_are_checked(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(CHECK), "--out", str(tmp_path), "--only",
                            "preflight,warp_drive"], capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "unknown measurement(s) warp_drive" in done.stderr
+
+
+def test_a_terminated_check_stops_its_step_and_says_so(tmp_path: Path) -> None:
+    proc = check(tmp_path, "--only", "step_eager")
+    child = None
+    deadline = time.monotonic() + 120
+    while child is None and proc.poll() is None and time.monotonic() < deadline:
+        try:
+            entry = read(tmp_path)["measurements"]["step_eager"]
+            child = entry.get("pid") if entry["status"] == "running" else None
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    assert child is not None
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output[-2000:]
+    entry = read(tmp_path)["measurements"]["step_eager"]
+    assert entry == {"status": "not run", "reason": "interrupted", "needs": ["cuda"]}
+    with pytest.raises(ProcessLookupError):  # the step's process went with the check
+        os.kill(child, 0)

@@ -95,8 +95,11 @@ def run(
     Raises:
         MaedferError: unwritable ``out``, or a stage's own error.
     """
+    from maedfer.lock import hold
+
     cfg = QUICK if quick else DemoConfig()
-    return run_config(cfg, out=Path(out), device=device)
+    with hold(Path(out)):
+        return run_config(cfg, out=Path(out), device=device)
 
 
 def run_config(cfg: DemoConfig, *, out: Path, device: str | None = None) -> dict[str, Any]:

@@ -27,6 +27,7 @@ recoloured) of the same subject.
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from maedfer.errors import MaedferError
+from maedfer.lifeline import die_with
 from maedfer.preprocess.encode import write_clip
 
 log = logging.getLogger(__name__)
@@ -537,7 +539,9 @@ def render_dataset(
                 bar.update(_render_actor(portrait, actor, clips, raw, settings))
         else:
             # one task per variant: each finds its portrait's face once, then renders its clips
-            with ProcessPoolExecutor(min(workers, len(todo))) as pool:
+            # each worker on a lifeline: a killed demo leaves no renderer behind
+            with ProcessPoolExecutor(min(workers, len(todo)), initializer=die_with,
+                                     initargs=(os.getpid(),)) as pool:
                 tasks = [pool.submit(_render_actor, p, a, c, raw, settings)
                          for (p, a), c in todo.items()]  # fmt: skip
                 for task in as_completed(tasks):

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from maedfer.atomic import atomic_path
+from maedfer.atomic import atomic_path, check_writable
 from maedfer.errors import MaedferError
 from maedfer.inference.loading import load_classifier
 from maedfer.preprocess.faces import resolve_device
@@ -140,6 +140,7 @@ def run(
     out = Path(out)
     if out.suffix.lower() != ".parquet":
         raise MaedferError(f"--out {out} must end in .parquet")
+    check_writable(out, what="--out")  # before the work, not after it
     manifests = [Path(i) for i in inputs if str(i).endswith(".parquet")]
     if manifests and len(inputs) > 1:
         raise MaedferError("give one manifest, or videos; not both or several manifests")

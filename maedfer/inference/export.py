@@ -14,7 +14,19 @@ Any classifier checkpoint :func:`~maedfer.inference.loading.load_classifier` rea
 Both get ``inference.json``: the class names, the window settings (``num_frames``,
 ``stride``, ``size``), the normalisation (``mean``/``std`` on 0..255 values,
 ``subtract_mean``) and the input layout; ``examples/onnx_predict.py`` runs the ONNX model with
-it on a prepared clip using onnxruntime and numpy only.
+it on a prepared clip using onnxruntime and numpy only. Every model takes maedfer's
+normalisation (a model whose authors fed other values converts at its input, inside the
+exported graph); ``input_contract`` records what the model's authors fed it (docs/models.md).
+
+S4D's router adds random noise in evaluation too (its authors' code; ``router_noise``): a graph
+cannot replay torch's random draws, so the ONNX export routes without the noise, says so, and
+records ``router_noise: "train"`` in its ``inference.json``.
+
+An export is one bundle: its files are written into a new folder beside ``--out`` and checked
+there (the ONNX model against PyTorch), then that folder replaces ``--out`` whole
+(:func:`maedfer.atomic.atomic_folder`), so a killed or failed export leaves the previous one as
+it was, never a model beside another model's ``inference.json``. ``--out`` therefore holds an
+export and nothing else: a folder with other files is refused.
 """
 
 from __future__ import annotations
@@ -28,9 +40,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from maedfer.atomic import atomic_path, write_text
+from maedfer.atomic import atomic_folder, atomic_path, write_text
 from maedfer.errors import MaedferError
 from maedfer.inference.loading import ModelSettings, load_classifier
+from maedfer.lock import hold
 from maedfer.pipelines.augment import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
@@ -39,6 +52,8 @@ ExportFormat = Literal["safetensors", "onnx"]
 FORMATS: tuple[str, ...] = ("safetensors", "onnx")
 ONNX_TOLERANCE = 1e-4  # float32 on CPU; measured differences are ~1e-6 (bench/RESULTS.md)
 ONNX_OPSET = 18
+#: The files an export folder may hold (either format's): what it replaces.
+BUNDLE_FILES = frozenset({"model.safetensors", "config.json", "model.onnx", "inference.json"})
 
 
 def inference_config(settings: ModelSettings) -> dict[str, Any]:
@@ -54,6 +69,7 @@ def inference_config(settings: ModelSettings) -> dict[str, Any]:
         "std": [round(s * 255, 6) for s in IMAGENET_STD],
         "subtract_mean": settings.subtract_mean,
         "source_format": settings.format,
+        "input_contract": settings.input_contract,
     }
 
 
@@ -111,6 +127,12 @@ def export_onnx(model: torch.nn.Module, settings: ModelSettings, out: Path,
                 opset: int = ONNX_OPSET) -> tuple[list[Path], float]:  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
+    extra: dict[str, Any] = {}
+    if getattr(model, "router_noise", None) == "always":
+        model.router_noise = "train"  # the graph cannot replay torch's random draws
+        extra["router_noise"] = "train"
+        print(f"note: {settings.model}'s router adds noise in evaluation in its authors' code; "
+              "the ONNX model routes without it (deterministic)")
     example = torch.zeros((2, 3, settings.num_frames, settings.size, settings.size))
     batch = torch.export.Dim("batch", min=1, max=4096)
     target = out / "model.onnx"
@@ -123,8 +145,21 @@ def export_onnx(model: torch.nn.Module, settings: ModelSettings, out: Path,
         program.save(str(tmp), external_data=False)
     worst = check_onnx(target, model, settings)
     _write_json(out / "inference.json", {**inference_config(settings), "onnx_opset": opset,
-                                         "onnx_max_abs_diff": worst})  # fmt: skip
+                                         "onnx_max_abs_diff": worst, **extra})  # fmt: skip
     return [target, out / "inference.json"], worst
+
+
+def _check_out(out: Path) -> None:
+    """``--out`` is new, or a folder holding an earlier export only (it is replaced whole)."""
+    if out.exists() and not out.is_dir():
+        raise MaedferError(f"--out {out} is a file; give a folder")
+    if out.is_dir():
+        others = sorted(p.name for p in out.iterdir() if p.name not in BUNDLE_FILES)
+        if others:
+            raise MaedferError(
+                f"--out {out} holds files an export does not write ({', '.join(others[:5])}); an "
+                "export replaces its folder whole: give a new or empty folder"
+            )
 
 
 def run(
@@ -136,7 +171,8 @@ def run(
     classes: Sequence[str] | str | None = None,
     model_overrides: Mapping[str, Any] | None = None,
 ) -> list[Path]:
-    """Export ``checkpoint`` to ``out`` in ``format``; print what was written.
+    """Export ``checkpoint`` (any classifier of docs/models.md) to ``out`` in ``format``; print
+    what was written.
 
     Raises:
         MaedferError: an unknown format, a checkpoint that cannot be used, or an ONNX model
@@ -144,17 +180,19 @@ def run(
     """
     if format not in FORMATS:
         raise MaedferError(f"--format {format!r} must be one of {', '.join(FORMATS)}")
-    model, settings = load_classifier(checkpoint, device="cpu", dataset=dataset,
-                                      classes=classes, model_overrides=model_overrides)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise MaedferError(f"--out {out} is a file; give a folder")
-    if format == "safetensors":
-        written = export_safetensors(model, settings, out)
-        note = ""
-    else:
-        written, worst = export_onnx(model, settings, out)
-        note = f"; onnxruntime matches PyTorch to {worst:.1e}"
+    with hold(out):
+        _check_out(out)
+        model, settings = load_classifier(checkpoint, device="cpu", dataset=dataset,
+                                          classes=classes, model_overrides=model_overrides)
+        with atomic_folder(out) as bundle:
+            if format == "safetensors":
+                written = export_safetensors(model, settings, bundle)
+                note = ""
+            else:
+                written, worst = export_onnx(model, settings, bundle)
+                note = f"; onnxruntime matches PyTorch to {worst:.1e}"
+    written = [out / path.name for path in written]
     print(f"exported {settings.model} ({len(settings.class_names)} classes: "
           f"{', '.join(settings.class_names)}) from {checkpoint} as {format}{note}")
     for path in written:

@@ -7,12 +7,13 @@ Three kinds of file are told apart by their content:
   mean-frame subtraction);
 - a weights-only export of one (``final.pt``, :func:`maedfer.train.checkpoint.export_weights`):
   the same, without optimiser state;
-- an official MAE-DFER fine-tuned ``.pth`` (``{'model': state_dict, 'args': ...}`` in the
-  official fine-tuning key layout): the architecture is read off the tensors
-  (:func:`maedfer.model.official.official_classifier_config`), the weights go through
-  :func:`maedfer.model.load_official`. It names no classes: they come from ``dataset`` (that
-  protocol's label order, ``maedfer.manifests``) or ``classes``, whose count must equal the
-  head's rows.
+- a released fine-tuned ``.pth`` of the lineage (``{'model': state_dict, 'args': ...}``:
+  MAE-DFER's, VideoMAE's, SVFAP's, S4D's; docs/models.md): the model and its architecture are
+  read off the tensors (:func:`maedfer.model.official.official_classifier`), the weights go
+  through :func:`maedfer.model.load_official`. It names no classes: they come from ``dataset``
+  (that protocol's label order, ``maedfer.manifests``) or ``classes``, whose count must equal
+  the head's rows. Its frame stride is the saved ``args.sampling_rate``, else the model's
+  input contract.
 """
 
 from __future__ import annotations
@@ -27,12 +28,11 @@ import torch
 from torch import nn
 
 from maedfer.errors import MaedferError
-from maedfer.model import create_model, load_official
-from maedfer.model.official import official_classifier_config
+from maedfer.model import create_model, input_contract, load_official, model_info
+from maedfer.model.official import official_classifier
 from maedfer.train import checkpoint as ckpt_io
 from maedfer.train.runtime import parse_overrides
 
-DEFAULT_STRIDE = 4  # the official sampling rate 4, when a checkpoint does not say
 CheckpointFormat = Literal["maedfer", "weights", "official"]
 
 
@@ -48,6 +48,8 @@ class ModelSettings:
         subtract_mean: the clip's mean frame is removed (a recipe option).
         format: ``maedfer`` (a run checkpoint), ``weights`` (``final.pt``) or ``official``.
         model_config: the model's full keyword set (``create_model(model, **model_config)``).
+        input_contract: what the model's authors fed it (``maedfer.model.InputContract``,
+            docs/models.md): frames, side, stride, normalisation, face crop.
     """
 
     model: str
@@ -58,6 +60,7 @@ class ModelSettings:
     subtract_mean: bool
     format: CheckpointFormat
     model_config: dict[str, Any]
+    input_contract: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return ckpt_io.plain(dataclasses.asdict(self))
@@ -146,15 +149,17 @@ def _own(
             f"{path}: the model has {built['num_classes']} outputs but the checkpoint names "
             f"{len(saved)} classes {saved}"
         )
+    contract = input_contract(model)
     settings = ModelSettings(
         model=model.model_name,
         class_names=_class_names(path, built["num_classes"], saved, dataset, classes),
         num_frames=int(model_cfg.get("num_frames") or built["num_frames"]),
-        stride=int(data.get("stride") or DEFAULT_STRIDE),
+        stride=int(data.get("stride") or contract.stride),
         size=int(size or built["img_size"]),
         subtract_mean=bool(data.get("subtract_mean", False)),
         format="weights" if ckpt_io.is_weights_only(ckpt) else "maedfer",
         model_config=ckpt_io.plain(built),
+        input_contract=contract.to_dict(),
     )
     for key, field in (("num_frames", "num_frames"), ("size", "img_size")):
         if built[field] != getattr(settings, key):
@@ -192,18 +197,20 @@ def official_state(obj: Any, path: Path) -> tuple[Mapping[str, torch.Tensor], di
 def build_official_classifier(
     obj: Any, path: Path, overrides: Mapping[str, Any] | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The classifier an official fine-tuned checkpoint fits, its weights loaded; and its args.
+    """The classifier a released fine-tuned checkpoint of the lineage fits, its weights loaded;
+    and its args.
 
     Raises:
-        MaedferError: not an official fine-tuned state dict, or weights that do not fit.
+        MaedferError: not a released fine-tuned state dict, or weights that do not fit.
     """
     state, args = official_state(obj, path)
     try:
-        name, config = official_classifier_config(state, args=args, overrides=dict(overrides or {}))
+        name, config = official_classifier(state, args=args, overrides=dict(overrides or {}))
     except MaedferError as exc:
         raise MaedferError(f"{path}: {exc}") from None
-    # Region pooling never reads the last block's cross-attention: skip it (same logits).
-    config.setdefault("skip_unused_tail", config.get("pooling", "region") == "region")
+    if model_info(name)["unused_tail"]:
+        # Region pooling never reads the last block's cross-attention: skip it (same logits).
+        config.setdefault("skip_unused_tail", config.get("pooling", "region") == "region")
     try:
         model = create_model(name, **config)
     except (ValueError, TypeError) as exc:
@@ -226,7 +233,7 @@ def load_classifier(
     """Load any fine-tuned classifier checkpoint, in eval mode on ``device``.
 
     Args:
-        checkpoint: ``last.pt``, ``final.pt`` or an official MAE-DFER fine-tuned ``.pth``.
+        checkpoint: ``last.pt``, ``final.pt`` or a released fine-tuned ``.pth`` of the lineage.
         dataset: official checkpoints: the dataset it was fine-tuned on; its label order
             names the outputs (``dfew``, ``ferv39k``, ``mafw``, ...).
         classes: official checkpoints: the output names in order (a list, or ``"a,b,c"``).
@@ -256,14 +263,16 @@ def load_classifier(
     else:
         model, args = build_official_classifier(obj, path, model_overrides)
         built = model.config
+        contract = input_contract(model)
         settings = ModelSettings(
             model=model.model_name,
             class_names=_class_names(path, int(built["num_classes"]), [], dataset, classes),
             num_frames=int(built["num_frames"]),
-            stride=int(args.get("sampling_rate") or DEFAULT_STRIDE),
+            stride=int(args.get("sampling_rate") or contract.stride),
             size=int(built["img_size"]),
             subtract_mean=False,
             format="official",
             model_config=ckpt_io.plain(built),
+            input_contract=contract.to_dict(),
         )
     return model.to(device).eval(), settings

@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from maedfer.atomic import atomic_path, write_text
+from maedfer.atomic import atomic_path, check_writable, write_text
 from maedfer.errors import MaedferError
 from maedfer.inference.predictor import Prediction, Predictor, prob_columns
 
@@ -272,6 +272,11 @@ def run(
     many = len(found) > 1
     if overlay is not None and not many and Path(overlay).suffix.lower() != ".mp4":
         raise MaedferError(f"--overlay {overlay} must end in .mp4")
+    # where results go is checked before any video is read (not after all the work)
+    for flag, target, several in (("--out", out, False), ("--plot", plot, many),
+                                  ("--overlay", overlay, many)):  # fmt: skip
+        if target is not None:
+            check_writable(target, what=flag, folder=several)
     predictor = Predictor(checkpoint, device=device, dataset=dataset, classes=classes, hop=hop,
                           model_overrides=model_overrides, progress=not many and progress)
     used_plot: set[str] = set()

@@ -32,8 +32,15 @@ from maedfer.errors import MaedferError
 from maedfer.inference.explain import Explanation, build_explanation, explain_batch
 from maedfer.inference.loading import ModelSettings, load_classifier
 from maedfer.inference.windows import default_hop, stream_windows, window_batch, window_indices
+from maedfer.preprocess import MIN_FRAMES
 from maedfer.preprocess.faces import FaceAligner, NoFaceError, resolve_device
-from maedfer.preprocess.video import VideoError, iter_video_frames, prefetched, probe_video
+from maedfer.preprocess.video import (
+    VideoError,
+    frame_times,
+    iter_video_frames,
+    prefetched,
+    probe_video,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +106,8 @@ class Prediction:
         explain: with ``explain=True``, where the evidence for each window's top class lies
             (:class:`~maedfer.inference.explain.Explanation`); the windows table then also
             has ``frame_relevance`` (the share of each token-frame) and ``peak_frame``.
+        frame_times: a variable-frame-rate video's frame times in seconds (the windows'
+            ``start_s``/``end_s`` and the overlay follow them); None at a constant rate.
     """
 
     video: str | None
@@ -112,9 +121,12 @@ class Prediction:
     faces: FacesFound
     settings: dict[str, Any] = field(default_factory=dict)
     explain: Explanation | None = None
+    frame_times: np.ndarray | None = None
 
     @property
     def duration_s(self) -> float:
+        if self.frame_times is not None:
+            return round(float(_span_ends(self.frame_times, self.fps)[-1]), 3)
         return round(self.num_frames / self.fps, 3)
 
     @property
@@ -131,6 +143,22 @@ class Prediction:
             "class_names": self.class_names, "settings": self.settings,
             "summary": self.summary, "windows": windows.to_dict(orient="records"),
         }  # fmt: skip
+
+
+def _span_ends(times: np.ndarray, fps: float) -> np.ndarray:
+    """When each frame stops being shown: the next one's time; the last one's, a frame later
+    (its own duration unknown: the one before it)."""
+    last = times[-1] + (times[-1] - times[-2] if len(times) > 1 else 1 / fps)
+    return np.append(times[1:], last)
+
+
+def window_seconds(spans: np.ndarray, fps: float, times: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """``start_s``, ``end_s`` of windows ``spans`` (first and last frame): at a constant rate
+    ``start / fps`` and ``(end + 1) / fps``; with frame times, when those frames are shown."""
+    if times is None:
+        return np.round(spans[:, 0] / fps, 3), np.round((spans[:, 1] + 1) / fps, 3)
+    return np.round(times[spans[:, 0]], 3), np.round(_span_ends(times, fps)[spans[:, 1]], 3)
 
 
 def prob_columns(class_names: Sequence[str]) -> list[str]:
@@ -255,13 +283,13 @@ class Predictor:
         """Pooled, normalised features (the head's input, ``(C,)`` float32) per window of
         ``video``: the window columns of :attr:`Prediction.windows` and ``features`` (None
         where the window has no face)."""
-        path, fps, _, _, table, _ = self._stream_video(video, features=True)
+        path, fps, _, _, table, faces = self._stream_video(video, features=True)
         spans = np.array(table["spans"], np.int64).reshape(-1, 2)
         feats = table["features"]
+        start_s, end_s = window_seconds(spans, fps, table.get("times"))
         return pd.DataFrame({
             "window": np.arange(len(spans)), "start_frame": spans[:, 0],
-            "end_frame": spans[:, 1], "start_s": np.round(spans[:, 0] / fps, 3),
-            "end_s": np.round((spans[:, 1] + 1) / fps, 3),
+            "end_frame": spans[:, 1], "start_s": start_s, "end_s": end_s,
             "face": [f is not None for f in feats],
             "face_share": np.round(np.array(table["shares"], np.float64), 4),
             "features": [None if f is None else f.astype(np.float32) for f in feats],
@@ -287,6 +315,10 @@ class Predictor:
             raise NoFaceError(f"no face found in {path}") from None
         except VideoError as exc:  # its message is a bare reason: say which file
             raise VideoError(f"cannot read video {path}: {exc}") from None
+        if len(track.valid) < MIN_FRAMES:  # prepare's rule: no motion to read in fewer
+            raise VideoError(f"cannot read video {path}: too short: {len(track.valid)} "
+                             f"frame(s); predict needs at least {MIN_FRAMES}, as prepare "
+                             "does")  # fmt: skip
         fps = float(info.fps)
         if not fps or not math.isfinite(fps) or fps <= 0:
             raise VideoError(f"{path} reports no usable frame rate ({fps})")
@@ -300,6 +332,7 @@ class Predictor:
                                    features=features, explain=explain)  # fmt: skip
         except VideoError as exc:
             raise VideoError(f"cannot read video {path}: {exc}") from None
+        table["times"] = frame_times(path, len(track.valid))
         return path, fps, info.width, info.height, table, faces
 
     # ------------------------------------------------------------------ any frames
@@ -396,16 +429,24 @@ class Predictor:
 
         def flush() -> None:
             batch = window_batch([clip for _, clip in pending], s.subtract_mean)
-            if features:  # the head's input: pooled tokens after fc_norm
-                out = self.model.forward_features(batch.to(self.device)).float().cpu().numpy()
-            elif explain:  # the same forward, with the gradients Grad-CAM needs
-                found = explain_batch(self.model, batch.to(self.device))
-                out = found["probs"]
-                for i, (row, _) in enumerate(pending):
-                    maps[row] = {k: (v[i] if v is not None else None) for k, v in found.items()}
-            else:
-                logits = self.model(batch.to(self.device))
-                out = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            # a model that draws random numbers in evaluation (S4D's router noise) draws the
+            # same ones for every batch: the same video gives the same table, the caller's
+            # generator untouched
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda"
+                                       else []):  # fmt: skip
+                torch.manual_seed(0)
+                if features:  # the head's input: pooled tokens after fc_norm
+                    out = self.model.forward_features(batch.to(self.device)).float()
+                    out = out.cpu().numpy()
+                elif explain:  # the same forward, with the gradients Grad-CAM needs
+                    found = explain_batch(self.model, batch.to(self.device))
+                    out = found["probs"]
+                    for i, (row, _) in enumerate(pending):
+                        maps[row] = {k: (v[i] if v is not None else None)
+                                     for k, v in found.items()}  # fmt: skip
+                else:
+                    logits = self.model(batch.to(self.device))
+                    out = torch.softmax(logits.float(), dim=1).cpu().numpy()
             for (row, _), p in zip(pending, out, strict=True):
                 probs[row] = p
             pending.clear()
@@ -441,10 +482,11 @@ class Predictor:
         spans = np.array(table["spans"], np.int64).reshape(-1, 2)
         face = ~np.isnan(probs).any(axis=1)
         top = np.where(face, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), -1)
+        times = table.get("times")
+        start_s, end_s = window_seconds(spans, fps, times)
         frame = pd.DataFrame({
             "window": np.arange(len(spans)), "start_frame": spans[:, 0],
-            "end_frame": spans[:, 1], "start_s": np.round(spans[:, 0] / fps, 3),
-            "end_s": np.round((spans[:, 1] + 1) / fps, 3), "face": face,
+            "end_frame": spans[:, 1], "start_s": start_s, "end_s": end_s, "face": face,
             "face_share": np.round(np.array(table["shares"], np.float64), 4),
         })  # fmt: skip
         for column, values in zip(prob_columns(names), probs.T, strict=True):
@@ -463,7 +505,7 @@ class Predictor:
             video=video, fps=fps, num_frames=len(faces.valid), width=int(width),
             height=int(height), class_names=names, windows=frame,
             summary=summarise(probs, face, faces.face_ratio, names), faces=faces,
-            settings=settings, explain=explanation,
+            settings=settings, explain=explanation, frame_times=times,
         )  # fmt: skip
 
 

@@ -224,10 +224,14 @@ def overlay_frames(prediction: Prediction, frames):
         yield image
 
 
+_VFR_TIME_BASE = Fraction(1, 90000)  # the MPEG clock: exact for every common frame rate
+
+
 def render_overlay(prediction: Prediction, path: str | Path) -> Path:
     """Write ``prediction``'s video with the overlay to ``path`` (H.264 MP4, atomically).
 
-    Same frame count, size and frame rate as the input.
+    Same frame count, size and frame rate as the input; a variable-frame-rate video keeps
+    each frame's time (``prediction.frame_times``), not the average rate's.
 
     Raises:
         MaedferError: a prediction made from frames, not a file.
@@ -246,10 +250,17 @@ def render_overlay(prediction: Prediction, path: str | Path) -> Path:
             stream = container.add_stream("libx264", rate=rate,
                                           options={"crf": "20", "preset": "veryfast"})
             stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+            times = prediction.frame_times
+            if times is not None:  # each frame at its own time, as in the input
+                stream.codec_context.time_base = stream.time_base = _VFR_TIME_BASE
             frames = prefetched(iter_video_frames(prediction.video))
             for image in overlay_frames(prediction, frames):
                 frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-                container.mux(stream.encode(frame.reformat(format=pix_fmt)))
+                frame = frame.reformat(format=pix_fmt)
+                if times is not None and written < len(times):
+                    frame.pts = round(float(times[written]) / _VFR_TIME_BASE)
+                    frame.time_base = _VFR_TIME_BASE
+                container.mux(stream.encode(frame))
                 written += 1
             container.mux(stream.encode(None))
     if written != prediction.num_frames:

@@ -97,12 +97,17 @@ def _aligned_low_latency(predictor: Predictor, frames: Iterator[np.ndarray]
 def score_window(predictor: Predictor, clip: np.ndarray, explain: bool) -> dict[str, Any]:
     """Probabilities (and with ``explain`` the maps) of one aligned window ``(T, S, S, 3)``."""
     batch = window_batch([clip], predictor.settings.subtract_mean).to(predictor.device)
-    if explain:
-        found = explain_batch(predictor.model, batch)
-        return {k: (v[0] if v is not None else None) for k, v in found.items()}
-    with torch.inference_mode():
-        logits = predictor.model(batch)
-        return {"probs": torch.softmax(logits.float(), dim=1)[0].cpu().numpy()}
+    device = predictor.device
+    # as Predictor._classify: a model drawing random numbers in evaluation (S4D's router noise)
+    # draws the same ones for every window, the caller's generator untouched
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        if explain:
+            found = explain_batch(predictor.model, batch)
+            return {k: (v[0] if v is not None else None) for k, v in found.items()}
+        with torch.inference_mode():
+            logits = predictor.model(batch)
+            return {"probs": torch.softmax(logits.float(), dim=1)[0].cpu().numpy()}
 
 
 def _row(predictor: Predictor, number: int, indices: np.ndarray, share: float, fps: float,

@@ -62,8 +62,8 @@ class RawIndex:
         rejects: ``(clip_id, source, reason)`` of files found but not used; files the protocol
             itself leaves out have a reason starting ``"protocol:"``.
         warnings: one line each, e.g. what a partial download is missing.
-        extra: a folder dataset's extra table columns, column -> clip_id -> value (stored as
-            the manifest's ``maedfer.extra`` metadata); empty for the published datasets.
+        extra: a folder dataset's extra table columns, column -> clip_id -> value (written as
+            columns of the manifest after its own); empty for the published datasets.
     """
 
     dataset: str

@@ -5,8 +5,8 @@ Three layouts (README "Bring your own dataset"):
 - a labels table (``--labels labels.csv|.tsv|.parquet``): one row per clip with ``path``
   (relative to the raw folder: a video, or a folder of face frames that is resized without
   detection), ``label`` (the class name), optionally ``subject`` and ``split`` or ``fold``;
-  any other column is kept in the manifest's ``maedfer.extra`` metadata (the columns of
-  DESIGN.md §3 stay exact; ``maedfer.manifests.with_extra`` joins them back);
+  any other column is kept as a column of the manifest after its own, named in its
+  ``maedfer.extra`` metadata (a labels column named like a manifest column is refused);
 - folders per class (``DIR/<label>/.../<video>``), subjects from the file name with
   ``--subject-from REGEX`` (its ``subject`` group, else its first group, else the match);
 - ``--unlabeled``: every video under DIR, label -1, split ``pretrain`` (a pre-training
@@ -51,6 +51,8 @@ from maedfer.manifests.layout import (
     walk_files,
 )
 from maedfer.manifests.registry import register_dataset
+from maedfer.manifests.schema import MANIFEST_COLUMNS
+from maedfer.paths import under_root
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +222,12 @@ def _table_rows(root: Path, o: FolderOptions) -> tuple[list[_Row], bool]:
     if df.empty:
         raise MaedferError(f"{table.name}: the table has no rows")
     extras = [c for c in df.columns if c not in TABLE_COLUMNS]
+    clash = [c for c in extras if c in MANIFEST_COLUMNS]
+    if clash:
+        raise MaedferError(
+            f"{table.name}: column(s) {', '.join(map(repr, clash))} are named like manifest "
+            "columns; rename them (other columns are kept in the manifest as they are)"
+        )
     rows, seen, first_split = [], {}, {}
     records = df.to_dict("records")
     for i, rec in enumerate(records):
@@ -227,15 +235,13 @@ def _table_rows(root: Path, o: FolderOptions) -> tuple[list[_Row], bool]:
         value = _cell(rec["path"])
         if value is None:
             raise MaedferError(f"{where}: empty path")
-        p = Path(value)
-        if p.is_absolute():
-            try:
-                p = p.resolve().relative_to(root)
-            except ValueError:
-                raise MaedferError(f"{where}: path {value} is not under {root}") from None
-        source = p.as_posix()
+        # one path rule (maedfer.paths): normalised, inside --raw; the key and the clip's
+        # place under --out are derived from this, never from the text as written
+        source = under_root(value, root, what=f"{where}: path")
         if source in seen:
-            raise MaedferError(f"{where}: path {value} is listed twice (also {seen[source]})")
+            same = "" if source == value else f" ({source})"
+            raise MaedferError(f"{where}: path {value}{same} is listed twice (also "
+                               f"{seen[source]})")
         seen[source] = where
         if not (root / source).exists():
             raise MaedferError(f"{where}: path {value} does not exist under {root}")
@@ -281,25 +287,71 @@ def _table_rows(root: Path, o: FolderOptions) -> tuple[list[_Row], bool]:
     return rows, given is not None
 
 
-def _class_folder_rows(root: Path) -> tuple[list[_Row], list[tuple[str, str, str]]]:
-    """``DIR/<label>/.../<video>``: rows, and the videos outside any class folder (rejects)."""
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+
+
+def _class_folder_rows(root: Path, warnings: list[str]
+                       ) -> tuple[list[_Row], list[tuple[str, str, str]]]:  # fmt: skip
+    """``DIR/<label>/.../<video>``: rows, and the videos outside any class folder (rejects).
+
+    One file reached twice (a symlink into another class folder, a loop back to the root) is
+    one row: see :func:`_one_row_per_file`. A labels table lying at the root unused (a
+    forgotten ``--labels``) is said in a warning: the folders are taken as the classes.
+    """
     rows, rejects = [], []
     folders, files = list_dir(root)
     for name in files:
         if os.path.splitext(name)[1].lower() in VIDEO_EXTS:
             rejects.append((os.path.splitext(name)[0], name,
                             "protocol: not in a class folder (DIR/<label>/<video>)"))  # fmt: skip
+    tables = [name for name in files if name.lower().endswith(TABLE_SUFFIXES)]
+    if tables:
+        warnings.append(
+            f"folder: {root / tables[0]} is not read: without --labels, each video's class is "
+            f"its top folder ({', '.join(folders[:4])}{', ...' if len(folders) > 4 else ''}); "
+            f"pass --labels {root / tables[0]} to take the labels from the table"
+        )
     for label in folders:
         for folder, fname in walk_files(root / label):
             if os.path.splitext(fname)[1].lower() in VIDEO_EXTS:
                 rows.append(_Row(rel(folder / fname, root), "video", label))
-    return rows, rejects
+    return _one_row_per_file(root, rows, rejects), rejects
 
 
-def _all_videos(root: Path) -> list[_Row]:
-    return [_Row(rel(folder / fname, root), "video", "unlabeled")
+def _all_videos(root: Path) -> tuple[list[_Row], list[tuple[str, str, str]]]:
+    rows = [_Row(rel(folder / fname, root), "video", "unlabeled")
             for folder, fname in walk_files(root)
             if os.path.splitext(fname)[1].lower() in VIDEO_EXTS]  # fmt: skip
+    rejects: list[tuple[str, str, str]] = []
+    return _one_row_per_file(root, rows, rejects), rejects
+
+
+def _one_row_per_file(root: Path, rows: list[_Row], rejects: list) -> list[_Row]:
+    """Keep one row per file (its device and inode): the path reached without a symlink
+    first, else the shortest; the others are rejected as duplicates. A folder symlinked into
+    another class (or a loop back to the root) would otherwise index one video under two
+    classes."""
+    def rank(row: _Row) -> tuple:
+        path = root / row.source
+        canonical = os.path.realpath(path) == os.path.abspath(path)
+        return (not canonical, len(row.source), row.source)
+
+    by_file: dict[tuple[int, int], list[_Row]] = {}
+    for row in rows:
+        try:
+            st = os.stat(root / row.source)
+        except OSError:
+            by_file[(-1, id(row))] = [row]
+            continue
+        by_file.setdefault((st.st_dev, st.st_ino), []).append(row)
+    kept = []
+    for group in by_file.values():
+        group.sort(key=rank)
+        kept.append(group[0])
+        for other in group[1:]:
+            rejects.append((_key(other), other.source,
+                            f"duplicate: same file as {group[0].source}"))  # fmt: skip
+    return sorted(kept, key=lambda r: r.source)
 
 
 def _key(row: _Row) -> str:
@@ -364,11 +416,12 @@ class Folder(Protocol):
         rejects: list[tuple[str, str, str]] = []
         warnings: list[str] = []
         if o.unlabeled:
-            rows, has_folds, layout = _all_videos(root), False, "unlabeled"
+            (rows, rejects), has_folds, layout = _all_videos(root), False, "unlabeled"
         elif o.labels is not None:
             (rows, has_folds), layout = _table_rows(root, o), "table"
         else:
-            (rows, rejects), has_folds, layout = _class_folder_rows(root), False, "class-folders"
+            (rows, rejects), has_folds = _class_folder_rows(root, warnings), False
+            layout = "class-folders"
         if not rows:
             raise no_clips_error(NAME, root, _EXPECTED)
         rows, rejects = self._subjects(rows, rejects)

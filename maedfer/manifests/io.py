@@ -97,6 +97,11 @@ def _column(df: pd.DataFrame, name: str, n: int) -> pa.Array:
 def _check_rows(df: pd.DataFrame, *, classes: Sequence[str], num_folds: int, dataset: str) -> None:
     """Protocol invariants the pipelines rely on; a violation names the first offending clip."""
     ids = df["clip_id"].astype(str)
+    climbs = df["path"].astype(str).str.contains(r"(?:^|[/\\])\.\.(?:[/\\]|$)", regex=True)
+    if climbs.any():  # the one path rule (maedfer.paths): nothing outside the root
+        i = int(np.flatnonzero(climbs.to_numpy())[0])
+        raise MaedferError(f"{dataset}: clip {ids.iloc[i]} has path {df['path'].iloc[i]!r}, "
+                           "which climbs out of its root with '..'")  # fmt: skip
     keys = ids.tolist()
     if len(set(keys)) != len(keys):
         dup = ids[ids.duplicated()]
@@ -120,6 +125,21 @@ def _check_rows(df: pd.DataFrame, *, classes: Sequence[str], num_folds: int, dat
             )
 
 
+def _extra_field(name: str) -> str:
+    if name in MANIFEST_COLUMNS:
+        raise MaedferError(f"extra column {name!r} is named like a manifest column; rename it")
+    return name
+
+
+def _extra_array(values: list[Any]) -> pa.Array:
+    """One extra column: Arrow's type for the values (numbers stay numbers), text where they
+    mix kinds (1 and "a" in one column)."""
+    try:
+        return pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
+
+
 def write_manifest(
     df: pd.DataFrame,
     path: Path,
@@ -135,20 +155,23 @@ def write_manifest(
 
     Args:
         df: rows with ``MANIFEST_COLUMNS`` (absent optional columns are written as nulls; a null
-            ``dataset`` is filled in; extra columns are dropped).
+            ``dataset`` is filled in; its other columns are dropped: extra ones come from
+            ``extra``).
         path: the file to write (its folder is created).
         dataset, protocol, classes, num_folds, raw_root: the metadata (``raw_root`` is stored
             absolute).
-        extra: a folder dataset's extra table columns, column -> clip_id -> JSON value; stored
-            as ``maedfer.extra`` for the rows written (the columns of DESIGN.md §3 stay exact);
-            :func:`with_extra` joins them back.
+        extra: a folder dataset's extra table columns, column -> clip_id -> value: written as
+            real columns after the manifest's own (pandas, DuckDB and Arrow see them), their
+            names listed in ``maedfer.extra`` (a JSON list); the schema check reads the
+            manifest's own columns only.
 
     Returns:
         The fingerprints stored as ``maedfer.fingerprints`` (fold or split -> sha16 of its keys).
 
     Raises:
         MaedferError: a required column is missing, a clip_id repeats, a label or fold is out of
-            range, or a value does not fit its column type.
+            range, a value does not fit its column type, or an extra column is named like one
+            of the manifest's.
     """
     from maedfer import __version__
 
@@ -170,6 +193,9 @@ def write_manifest(
     table = pa.Table.from_arrays(
         [_column(df, c, n) for c in MANIFEST_COLUMNS], schema=MANIFEST_SCHEMA
     )
+    ids = df["clip_id"].astype(str).tolist()
+    for name, values in (extra or {}).items():
+        table = table.append_column(_extra_field(name), _extra_array([values.get(k) for k in ids]))
     fingerprints = fold_fingerprints(df, num_folds=num_folds)
     meta = {
         "version": __version__,
@@ -182,11 +208,7 @@ def write_manifest(
         "fingerprints": json.dumps(fingerprints),
     }
     if extra:
-        keys = set(df["clip_id"].astype(str))
-        meta["extra"] = json.dumps(
-            {col: {k: v for k, v in values.items() if k in keys} for col, values in extra.items()},
-            sort_keys=True, allow_nan=False,
-        )  # fmt: skip
+        meta["extra"] = json.dumps(list(extra))
     table = table.replace_schema_metadata({META_PREFIX + k: v for k, v in meta.items()})
     _atomic_write_table(table, Path(path))
     log.info("wrote %s (%d clips)", path, n)
@@ -286,14 +308,19 @@ def read_manifest(path: Path | str) -> tuple[pd.DataFrame, dict[str, Any]]:
 
 
 def with_extra(df: pd.DataFrame, meta: Mapping[str, Any]) -> pd.DataFrame:
-    """The manifest rows with the extra columns of ``maedfer.extra`` joined back by clip_id.
+    """The manifest rows with a folder dataset's extra labels-table columns.
 
-    ``df, meta = read_manifest(path); df = with_extra(df, meta)``: a folder dataset's labels
-    table columns beyond path, label, subject, split and fold (None where a clip has none).
+    Manifests store them as columns after their own (``maedfer.extra`` lists their names), so
+    ``read_manifest`` returns them already; a manifest written before that kept them in
+    ``maedfer.extra`` as JSON (column -> clip_id -> value), joined back here by clip_id.
+    ``df, meta = read_manifest(path); df = with_extra(df, meta)`` reads either.
     """
     out = df.copy()
+    extra = meta.get("extra") or {}
+    if not isinstance(extra, Mapping):  # the names of columns the rows have already
+        return out
     ids = out["clip_id"].astype(str)
-    for column, values in (meta.get("extra") or {}).items():
+    for column, values in extra.items():
         if column in out.columns:
             raise MaedferError(f"extra column {column!r} clashes with a manifest column")
         out[column] = [values.get(k) for k in ids]

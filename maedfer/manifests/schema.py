@@ -80,8 +80,9 @@ META_KEYS: tuple[str, ...] = (
     "created",
     "fingerprints",
 )
-#: Optional metadata: a folder dataset's extra labels-table columns (JSON: column -> clip_id ->
-#: value), kept out of the columns so that the schema above stays exact.
+#: Optional metadata: the names of a folder dataset's extra labels-table columns (a JSON list),
+#: stored as columns after the schema's own (readers of the schema ignore them). Manifests
+#: written before held the values themselves here (JSON: column -> clip_id -> value).
 META_OPTIONAL_KEYS: tuple[str, ...] = ("extra",)
 #: Metadata values stored as JSON.
 META_JSON_KEYS: frozenset[str] = frozenset({"classes", "fingerprints", "extra"})

@@ -151,7 +151,11 @@ class FusedSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block with global self-attention (ViT baseline, MAE decoder)."""
+    """Pre-norm transformer block with global self-attention (ViT baseline, MAE decoder).
+
+    ``norm_eps``: the LayerNorms' epsilon (1e-6 in the VideoMAE family; MARLIN keeps PyTorch's
+    1e-5).
+    """
 
     def __init__(
         self,
@@ -161,12 +165,13 @@ class Block(nn.Module):
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        self.norm1 = LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = FusedSelfAttention(dim, num_heads, qkv_bias=qkv_bias)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,5 +180,31 @@ class Block(nn.Module):
 
 
 def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
-    """Stochastic depth ramp ``linspace(0, drop_path_rate, depth)`` over the blocks."""
-    return [float(r) for r in torch.linspace(0, drop_path_rate, depth)]
+    """Stochastic depth ramp ``linspace(0, drop_path_rate, depth)`` over the blocks (on the CPU
+    whatever the default device: a model built on ``meta`` still gets its numbers)."""
+    return [float(r) for r in torch.linspace(0, drop_path_rate, depth, device="cpu")]
+
+
+class Renormalise(nn.Module):
+    """From the loaders' normalisation (ImageNet mean and std of values in [0, 1]) to a model's
+    own, per channel: ``((x * std_in + mean_in) - mean) / std`` on ``(B, 3, T, H, W)``.
+
+    maedfer's loaders normalise every clip one way; a model whose authors fed another (MARLIN:
+    plain [0, 1] values) converts at its input with this exact affine map, so the loaders, the
+    predictor and an exported model feed every model the same tensor.
+    """
+
+    def __init__(self, source_mean: tuple[float, ...], source_std: tuple[float, ...],
+                 mean: tuple[float, ...], std: tuple[float, ...]) -> None:  # fmt: skip
+        super().__init__()
+        # x_model = x * scale + shift, computed in float64 and cast once
+        src_mean, src_std, own_mean, own_std = (
+            torch.tensor(v, dtype=torch.float64) for v in (source_mean, source_std, mean, std)
+        )
+        scale = src_std / own_std
+        shift = (src_mean - own_mean) / own_std
+        self.register_buffer("scale", scale.float().view(1, -1, 1, 1, 1), persistent=False)
+        self.register_buffer("shift", shift.float().view(1, -1, 1, 1, 1), persistent=False)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return video * self.scale.to(video.dtype) + self.shift.to(video.dtype)

@@ -1,31 +1,42 @@
-"""Loading official MAE-DFER state dicts into our modules (DESIGN.md §5, reference/*.json).
+"""Loading released state dicts of the MAE-DFER lineage into our modules (reference/*.json).
 
-One table per source layout maps official keys to ours, as torchtune's ``convert_weights.py``
-does: ``{}`` stands for a block index, a pattern ending in ``.`` maps every key below that prefix,
-and ``None`` drops a key on purpose. Anything unknown, unused or mis-shaped is an error naming it.
+Every model class lists the released layouts it loads (``official_layouts``, each a
+:class:`maedfer.model.layout.Layout` defined in the model's own module); :func:`load_official`
+recognises which one a state dict is in and loads it strictly. MAE-DFER's own layouts are here:
+an official fine-tuning state dict into ``lgi_former_*``; an official pre-training state dict
+into ``mae_lgi_former_*`` (strict) or into ``lgi_former_*`` (the fine-tuning start: the encoder
+is taken, the decoder, ``mask_token``, ``encoder_to_decoder`` and the encoder's final ``norm``
+are dropped, ``fc_norm`` and the head stay freshly initialised). VideoMAE, MARLIN, SVFAP, S4D
+and HiCMAE layouts live in :mod:`maedfer.model.videomae`, :mod:`~maedfer.model.marlin`,
+:mod:`~maedfer.model.svfap`, :mod:`~maedfer.model.s4d` and :mod:`~maedfer.model.hicmae`.
 
-Supported: an official fine-tuning state dict into ``lgi_former_*``; an official pre-training
-state dict into ``mae_lgi_former_*`` (strict) or into ``lgi_former_*`` (the fine-tuning start:
-the encoder is taken, the decoder, ``mask_token``, ``encoder_to_decoder`` and the encoder's final
-``norm`` are dropped, ``fc_norm`` and the head stay freshly initialised); a VideoMAE ViT
-fine-tuning state dict into ``vit_base``.
+:func:`official_classifier` tells which registered classifier a released fine-tuned state dict
+belongs to (and its config), for ``evaluate --checkpoint``, ``predict`` and ``export``.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from maedfer.errors import MaedferError
+from maedfer.model import hicmae, marlin, s4d, svfap, videomae
+from maedfer.model.layout import (
+    Layout,
+    LoadReport,
+    OfficialCheckpointError,
+    convert_key,
+    load_layout,
+)
 from maedfer.model.lgi_former import LGIFormer
 from maedfer.model.pretrain import MaskedLGIFormer
-from maedfer.model.vit import VideoViT
+
+__all__ = ["LoadReport", "OfficialCheckpointError", "convert_key", "load_official",
+           "official_classifier", "official_classifier_config"]  # fmt: skip
 
 # The LGI-Former encoder, relative to the official fine-tuning model (or to `encoder.` of the
 # pre-training model) -> relative to our `encoder.`.
@@ -67,140 +78,85 @@ PRETRAIN_TO_CLASSIFIER: dict[str, str | None] = {
     "decoder.": None,
 }
 
-VIDEOMAE_FINETUNE_TO_VIT: dict[str, str | None] = {
-    "patch_embed.proj.": "patch_embed.proj.",
-    "blocks.{}.": "blocks.{}.",
-    "fc_norm.": "fc_norm.",
-    "head.": "head.",
-}
+VIDEOMAE_FINETUNE_TO_VIT: dict[str, str | None] = dict(videomae.FINETUNE.table)
+
+MAE_DFER_FINETUNE = Layout(
+    name="finetune", description="an official MAE-DFER fine-tuning state dict",
+    table=FINETUNE_TO_CLASSIFIER, markers=("lg_region_tokens",), absent=("encoder.",),
+    fits="lgi_former_*",
+)  # fmt: skip
+MAE_DFER_PRETRAIN = Layout(
+    name="pretrain", description="an official MAE-DFER pre-training state dict",
+    table=PRETRAIN_TO_MAE, markers=("encoder.lg_region_tokens",), fits="mae_lgi_former_*",
+)  # fmt: skip
+MAE_DFER_PRETRAIN_TO_CLASSIFIER = Layout(
+    name="pretrain", description="an official MAE-DFER pre-training state dict",
+    table=PRETRAIN_TO_CLASSIFIER, markers=("encoder.lg_region_tokens",),
+    fresh=("fc_norm.", "head."), fits="lgi_former_* (fine-tuning start), mae_lgi_former_*",
+)  # fmt: skip
+LGIFormer.official_layouts = (MAE_DFER_FINETUNE, MAE_DFER_PRETRAIN_TO_CLASSIFIER)
+MaskedLGIFormer.official_layouts = (MAE_DFER_PRETRAIN,)
+
+#: Every released layout, most specific first: how a state dict is recognised.
+ALL_LAYOUTS: tuple[Layout, ...] = (
+    MAE_DFER_FINETUNE, MAE_DFER_PRETRAIN_TO_CLASSIFIER, *hicmae.LAYOUTS, *s4d.LAYOUTS,
+    *svfap.LAYOUTS, *marlin.LAYOUTS, *videomae.LAYOUTS,
+)  # fmt: skip
 
 
-class OfficialCheckpointError(MaedferError):
-    """An official state dict that does not fit the model."""
+def identify(state_dict: Mapping[str, Any]) -> Layout | None:
+    """The released layout ``state_dict`` is in, or ``None`` when it is none of them."""
+    keys = set(state_dict)
+    return next((layout for layout in ALL_LAYOUTS if layout.matches(keys)), None)
 
 
-@dataclass
-class LoadReport:
-    """What :func:`load_official` did: our keys loaded, official keys dropped by rule, and our
-    keys left as initialised (``fc_norm`` and head when starting fine-tuning from pre-training)."""
-
-    source_layout: str
-    loaded: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
-    fresh: list[str] = field(default_factory=list)
+def _unwrap(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
+    if "model" in state_dict and isinstance(state_dict["model"], Mapping):
+        return state_dict["model"]
+    return state_dict
 
 
-@functools.cache
-def _compile(table_items: tuple[tuple[str, str | None], ...]) -> list:
-    compiled = []
-    for pattern, target in table_items:
-        regex = re.escape(pattern).replace(r"\{\}", r"(\d+)")
-        is_prefix = pattern.endswith(".")
-        compiled.append(
-            (re.compile("^" + regex + ("(.+)$" if is_prefix else "$")), is_prefix, target)
-        )
-    return compiled
+def layout_for(model: nn.Module, state_dict: Mapping[str, Any]) -> Layout:
+    """The layout of ``model.official_layouts`` that ``state_dict`` is in.
 
-
-def convert_key(key: str, table: Mapping[str, str | None]) -> tuple[bool, str | None]:
-    """Map one official key. Returns (matched, our key, or None when dropped by rule)."""
-    for regex, is_prefix, target in _compile(tuple(table.items())):
-        match = regex.match(key)
-        if match is None:
-            continue
-        if target is None:
-            return True, None
-        groups = match.groups()
-        index, rest = (groups[:-1], groups[-1]) if is_prefix else (groups, "")
-        return True, target.format(*index) + rest
-    return False, None
-
-
-def _source_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
-    if any(k.startswith(("encoder.", "decoder.")) for k in state_dict):
-        return "pretrain"
-    return "finetune"
-
-
-def _table_for(model: nn.Module, layout: str) -> tuple[dict, tuple[str, ...]]:
-    """The key table, and the prefixes of our keys allowed to stay freshly initialised."""
-    if isinstance(model, MaskedLGIFormer):
-        if layout == "pretrain":
-            return PRETRAIN_TO_MAE, ()
+    Raises:
+        OfficialCheckpointError: a model that loads no released layout, or a state dict of a
+            layout it does not load (the message says which models that one fits).
+    """
+    name = getattr(model, "model_name", type(model).__name__)
+    layouts = getattr(model, "official_layouts", ())
+    if not layouts:
+        raise OfficialCheckpointError(f"{name} loads no released checkpoint layout")
+    keys = set(state_dict)
+    chosen = next((layout for layout in layouts if layout.matches(keys)), None)
+    if chosen is not None:
+        return chosen
+    other = identify(state_dict)
+    if other is not None:
         raise OfficialCheckpointError(
-            "a fine-tuning state dict has no decoder: it cannot initialise a pre-training model "
-            "(load it into lgi_former_* instead)"
+            f"this is {other.description}: it loads into {other.fits}, not {name}"
         )
-    if isinstance(model, LGIFormer):
-        if layout == "pretrain":
-            return PRETRAIN_TO_CLASSIFIER, ("fc_norm.", "head.")
-        return FINETUNE_TO_CLASSIFIER, ()
-    if isinstance(model, VideoViT):
-        if layout == "finetune":
-            return VIDEOMAE_FINETUNE_TO_VIT, ()
-        raise OfficialCheckpointError("only VideoMAE fine-tuning state dicts load into vit_base")
-    raise OfficialCheckpointError(f"load_official does not know {type(model).__name__}")
-
-
-def _listing(label: str, items: list[str], limit: int = 20) -> str:
-    shown = ", ".join(items[:limit])
-    more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
-    return f"{label} ({len(items)}): {shown}{more}"
+    sample = ", ".join(sorted(keys)[:3])
+    raise OfficialCheckpointError(
+        f"{name} loads {' or '.join(layout.description for layout in layouts)}; this state "
+        f"dict is neither (keys {sample}, ...)"
+    )
 
 
 def load_official(model: nn.Module, state_dict: Mapping[str, torch.Tensor | Mapping]) -> LoadReport:
-    """Load an official MAE-DFER (or VideoMAE ViT) state dict into ``model`` in place.
+    """Load a released state dict of the lineage into ``model`` in place, strictly.
 
     Args:
         model: a model of :func:`maedfer.model.create_model`.
-        state_dict: official keys to tensors, or a checkpoint ``{"model": state_dict}``.
+        state_dict: their keys to tensors, or a checkpoint ``{"model": state_dict}``.
     Returns:
         A :class:`LoadReport`.
     Raises:
-        OfficialCheckpointError: naming every unexpected, missing or mis-shaped key.
+        OfficialCheckpointError: a layout the model does not load, or (one line) every
+            unexpected, missing or mis-shaped key.
     """
-    if "model" in state_dict and isinstance(state_dict["model"], Mapping):
-        state_dict = state_dict["model"]
-    layout = _source_layout(state_dict)
-    table, fresh_prefixes = _table_for(model, layout)
-    ours = model.state_dict()
-    report = LoadReport(source_layout=layout)
-    converted: dict[str, torch.Tensor] = {}
-    unexpected, mis_shaped = [], []
-    for key, tensor in state_dict.items():
-        matched, target = convert_key(key, table)
-        if matched and target is None:
-            report.dropped.append(key)
-            continue
-        if not matched or target not in ours:
-            unexpected.append(key)
-            continue
-        if tuple(tensor.shape) != tuple(ours[target].shape):
-            mis_shaped.append(
-                f"{key} (checkpoint {list(tensor.shape)} vs model {list(ours[target].shape)})"
-            )
-            continue
-        converted[target] = tensor
-    missing = [k for k in ours if k not in converted and not k.startswith(fresh_prefixes)]
-    # Keys whose tensor was mis-shaped are reported once, as mis-shaped.
-    shaped_targets = {convert_key(m.split(" ")[0], table)[1] for m in mis_shaped}
-    missing = [k for k in missing if k not in shaped_targets]
-    if unexpected or missing or mis_shaped:
-        parts = [
-            _listing("unexpected", unexpected) if unexpected else "",
-            _listing("missing", missing) if missing else "",
-            _listing("shape mismatch", mis_shaped) if mis_shaped else "",
-        ]
-        raise OfficialCheckpointError(
-            f"official {layout} state dict does not fit {type(model).__name__}: "
-            + "; ".join(p for p in parts if p)
-        )
-    with torch.no_grad():
-        for key, tensor in converted.items():
-            ours[key].copy_(tensor)
-    report.loaded = sorted(converted)
-    report.fresh = sorted(k for k in ours if k not in converted)
-    return report
+    state_dict = _unwrap(state_dict)
+    return load_layout(model, state_dict, layout_for(model, state_dict))
 
 
 # ---------------------------------------------------------------- a fine-tuned checkpoint's model
@@ -289,3 +245,53 @@ def official_classifier_config(
             "e.g. --set img_size=160 --set num_frames=16"
         )
     return OFFICIAL_CLASSIFIER, config
+
+
+# Released fine-tuned classifiers of the other families: each module tells its own.
+_FAMILY_CLASSIFIERS = (videomae.official_classifier, svfap.official_classifier,
+                       s4d.official_classifier)  # fmt: skip
+
+
+def official_classifier(
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    args: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The registered classifier a released fine-tuned state dict of the lineage belongs to:
+    ``(model name, config)``; ``overrides`` win over what is inferred.
+
+    MAE-DFER's go through :func:`official_classifier_config`; VideoMAE's, SVFAP's and S4D's
+    through their modules' ``official_classifier``.
+
+    Raises:
+        OfficialCheckpointError: a pre-trained MAE or encoder (fine-tune from it instead),
+            HiCMAE's audio-visual classifier, or a state dict of no known layout.
+    """
+    args = dict(args or {})
+    layout = identify(state_dict)
+    if layout is MAE_DFER_FINETUNE or layout is None:
+        return official_classifier_config(state_dict, args=args, overrides=overrides)
+    for family in _FAMILY_CLASSIFIERS:
+        found = family(state_dict, args)
+        if found is not None:
+            name, config = found
+            config = {**config, **dict(overrides or {})}
+            if config["num_heads"] is None:
+                raise OfficialCheckpointError(
+                    f"the weights do not tell the number of attention heads for width "
+                    f"{config['embed_dim']} (the released ones have 64 channels per head); "
+                    "give it, e.g. --set num_heads=N"
+                )
+            return name, config
+    model = layout.fits.split()[0].replace("*", "base")
+    if layout is hicmae.FINETUNE_AV:
+        raise OfficialCheckpointError(
+            f"this is {layout.description}: its head reads audio features too, which maedfer "
+            f"does not feed; fine-tune its visual encoder instead: maedfer finetune --set "
+            f"model.name={model} --init FILE"
+        )
+    raise OfficialCheckpointError(
+        f"this is {layout.description}, not a classifier; fine-tune from it: maedfer finetune "
+        f"--set model.name={model} --init FILE"
+    )

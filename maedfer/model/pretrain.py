@@ -193,6 +193,13 @@ class MaskedLGIFormer(nn.Module):
         key = torch.where(visible, rank, rank + num_tokens)
         return key.argsort(dim=1)[:, : int(per_region[0].sum())]
 
+    def token_order(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(:meth:`visible_order`, the masked positions ascending) of ``mask`` — made where the
+        mask is (the CPU in training), checked there, for :meth:`forward` and :meth:`targets`."""
+        order = self.visible_order(mask)
+        raster = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)
+        return order, raster[:, order.shape[1] :]
+
     def forward_encoder(self, video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Encoded visible tokens ``(B, N_visible, C)`` in region-major order, normalised."""
         return self._encode_visible(video, self.visible_order(mask))
@@ -203,9 +210,14 @@ class MaskedLGIFormer(nn.Module):
         x = self.encoder.forward_regions(tokens)[:, :, 1:]
         return self.encoder_norm(x.flatten(1, 2))
 
-    def forward(self, video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``video (B, 3, T, H, W)``, ``mask (B, N)`` -> ``pred (B, N_masked, 3*t*p*p)``."""
-        order = self.visible_order(mask)
+    def forward(self, video: torch.Tensor, mask: torch.Tensor,
+                order: torch.Tensor | None = None) -> torch.Tensor:
+        """``video (B, 3, T, H, W)``, ``mask (B, N)`` -> ``pred (B, N_masked, 3*t*p*p)``.
+
+        ``order``: :meth:`visible_order` of ``mask`` if already at hand (the training loop makes
+        it on the CPU, where the masks are drawn, so the device never reports a count back)."""
+        if order is None:
+            order = self.visible_order(mask)
         x = self.encoder_to_decoder(self._encode_visible(video, order))
         num_visible = x.shape[1]
         # Visible positions ascending, then masked positions ascending (stable sort).
@@ -219,12 +231,14 @@ class MaskedLGIFormer(nn.Module):
         return self.decoder(x, self.num_tokens - num_visible)
 
     @torch.no_grad()
-    def targets(self, video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def targets(self, video: torch.Tensor, mask: torch.Tensor,
+                masked: torch.Tensor | None = None) -> torch.Tensor:
         """Reconstruction targets ``(B, N_masked, 3*t*p*p)`` of the masked tokens (MODEL.md §3.5).
 
         The input is un-normalised to [0, 1]; each tubelet and channel is standardised by its own
         mean and unbiased std (+1e-6); with the frame-difference target the tubelet's second frame
-        is replaced by (normalised frame 1 - normalised frame 0).
+        is replaced by (normalised frame 1 - normalised frame 0). ``masked``: the masked
+        positions of each video, ascending (:meth:`token_order`), if at hand.
         """
         video = video.float()
         mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=video.device).view(1, 3, 1, 1, 1)
@@ -242,7 +256,10 @@ class MaskedLGIFormer(nn.Module):
         if self.frame_diff_target:
             patches = torch.stack((patches[:, :, 0], patches[:, :, 1] - patches[:, :, 0]), dim=2)
         flat = patches.flatten(2)
-        return flat[mask].reshape(flat.shape[0], -1, flat.shape[-1])
+        if masked is None:
+            return flat[mask].reshape(flat.shape[0], -1, flat.shape[-1])
+        # the masked positions ascending, as boolean indexing takes them (no count read back)
+        return flat.gather(1, masked[..., None].expand(-1, -1, flat.shape[-1]))
 
     def loss(
         self, pred: torch.Tensor, targets: torch.Tensor, *, diff_weight: float | None = None

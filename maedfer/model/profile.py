@@ -1,9 +1,14 @@
-"""``maedfer profile model``: size, MACs and speed of a model beside the ViT-B baseline.
+"""``maedfer profile model``: size, MACs and speed of a model beside the ViT-B baseline, or of
+several models beside LGI-Former.
 
 Figures per clip: parameters, GMACs (batch 1, :mod:`maedfer.model.flops`), forward and
 forward+backward seconds (median over ``batches`` timed batches after one warm-up), and peak
 memory on CUDA. The chosen model and ``vit_base`` run on the same device in the same call, so
 their ratios are the figures to quote (DESIGN.md §9).
+
+``--name lineage`` (or a comma-separated list of names) measures every model of the lineage
+(:data:`LINEAGE`, docs/models.md), each on its own input contract (16 frames of 160 or 224 px),
+in one call beside ``lgi_former_base``: one row per model, with its ratios to LGI-Former.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from maedfer.model.flops import clip_shape, count_gmacs, count_params
 from maedfer.model.registry import create_model, list_models
 
 BASELINE = "vit_base"
+LINEAGE_BASELINE = "lgi_former_base"
+#: ``--name lineage``: MAE-DFER's classifier and the encoders of its lineage, at full size
+LINEAGE = ("lgi_former_base", "videomae_base", "videomae_base_224", "marlin_base",
+           "marlin_large", "svfap_base", "s4d_base", "hicmae_base")  # fmt: skip
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -58,7 +67,8 @@ def measure(name: str, *, batch: int, batches: int, device: torch.device) -> dic
     model = create_model(name).to(device)
     params = count_params(model)
     gmacs = count_gmacs(model)
-    video = torch.randn(batch, *clip_shape(model), device=device)
+    shape = clip_shape(model)
+    video = torch.randn(batch, *shape, device=device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def forward() -> None:
@@ -79,6 +89,7 @@ def measure(name: str, *, batch: int, batches: int, device: torch.device) -> dic
     fwd_bwd = time_calls(forward_backward, device, batches)
     row: dict[str, Any] = {
         "name": name,
+        "input": f"{shape[1]}x{shape[2]}x{shape[3]}",
         "params": params,
         "gmacs": round(gmacs, 3),
         "fwd_s_per_clip": statistics.median(fwd) / batch,
@@ -102,6 +113,9 @@ def run(
     name = name or "lgi_former_base"
     batch = batch or (8 if dev.type == "cuda" else 1)
     batches = batches or (10 if dev.type == "cuda" else 2)
+    if name == "lineage" or "," in name:
+        names = list(LINEAGE) if name == "lineage" else [n.strip() for n in name.split(",")]
+        return run_lineage(names, batch=batch, batches=batches, device=dev, as_json=as_json)
     ours = measure(name, batch=batch, batches=batches, device=dev)
     base = ours if name == BASELINE else measure(BASELINE, batch=batch, batches=batches, device=dev)
     ratios = {
@@ -160,3 +174,39 @@ def _row(cells: tuple[str, ...], widths: list[int]) -> str:
         c.ljust(w) if i == 0 else c.rjust(w)
         for i, (c, w) in enumerate(zip(cells, widths, strict=True))
     )
+
+
+def run_lineage(names: list[str], *, batch: int, batches: int, device: torch.device,
+                as_json: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Measure ``names`` and ``lgi_former_base`` on one device in one call; a row per model with
+    its ratios to LGI-Former (parameters, GMACs, forward and forward+backward speed)."""
+    order = [LINEAGE_BASELINE, *[n for n in names if n != LINEAGE_BASELINE]]
+    rows = {n: measure(n, batch=batch, batches=batches, device=device) for n in order}
+    base = rows[LINEAGE_BASELINE]
+    for row in rows.values():
+        row["ratio_to_lgi_former"] = {
+            "params": row["params"] / base["params"], "gmacs": row["gmacs"] / base["gmacs"],
+            "fwd_time": row["fwd_s_per_clip"] / base["fwd_s_per_clip"],
+            "fwd_bwd_time": row["fwd_bwd_s_per_clip"] / base["fwd_bwd_s_per_clip"],
+        }  # fmt: skip
+    result = {"stage": "model", "device": str(device),
+              "precision": "bf16 autocast" if device.type == "cuda" else "fp32", "batch": batch,
+              "baseline": LINEAGE_BASELINE, "models": list(rows.values())}  # fmt: skip
+    print(json.dumps(result) if as_json else format_lineage(result))
+    return result
+
+
+def format_lineage(result: dict[str, Any]) -> str:
+    """One row per model; ratios are to LGI-Former (time: > 1 is slower)."""
+    header = (f"model profile on {result['device']} ({result['precision']}, batch "
+              f"{result['batch']}); x = ratio to {result['baseline']}")  # fmt: skip
+    titles = ("model", "input", "params (M)", "GMACs", "fwd s/clip", "fwd+bwd s/clip")
+    lines = [header, f"{titles[0]:<20}{titles[1]:>11}" + "".join(f"{t:>22}" for t in titles[2:])]
+    for row in result["models"]:
+        r = row["ratio_to_lgi_former"]
+        cells = (f"{row['params'] / 1e6:.2f} ({r['params']:.2f}x)",
+                 f"{row['gmacs']:.2f} ({r['gmacs']:.2f}x)",
+                 f"{row['fwd_s_per_clip']:.4f} ({r['fwd_time']:.2f}x)",
+                 f"{row['fwd_bwd_s_per_clip']:.4f} ({r['fwd_bwd_time']:.2f}x)")  # fmt: skip
+        lines.append(f"{row['name']:<20}{row['input']:>11}" + "".join(f"{c:>22}" for c in cells))
+    return "\n".join(lines)

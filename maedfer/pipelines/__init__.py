@@ -1,12 +1,17 @@
 """The stream of clips that feeds training and evaluation (DESIGN.md §1, MODEL.md §4).
 
-``build_loader(manifest, mode=..., batch_size=...)`` returns a :class:`ClipLoader` of
-:class:`ClipBatch` dicts. Modules: ``backend`` (the backend contract and the one table of
-backends), ``sampling`` (frame indices, shared by every backend and by inference), ``augment``
-(crop boxes, erasing, mean-frame subtraction, ``normalise``, ``make_mixup``), ``rand_augment``
-(RandAugment draws and its numpy and torch executors), ``select`` (manifest rows, fold/split),
-``plan`` (one epoch's samples), ``pyav`` (CPU backend), ``dali`` (GPU backend, imported only
-when chosen), ``profile`` (``maedfer profile data``).
+``build_loader(manifest, data, mode=...)`` (or ``build_loader(manifest, mode=...,
+batch_size=...)``) returns a :class:`ClipLoader` of :class:`ClipBatch` dicts. Modules:
+``options`` (the ``data`` section: every loader option, declared once), ``backend`` (the backend
+contract and the one table of backends), ``sampling`` (frame indices, shared by every backend and
+by inference), ``steps`` (the augmentation steps, one ordered table), ``augment`` (crop boxes,
+erasing, mean-frame subtraction, ``normalise``, ``make_mixup``), ``rand_augment`` (RandAugment
+draws, its numpy and per-sample torch executors), ``cpu_augment`` / ``batch_augment`` /
+``rand_augment_batch`` (the steps' per-sample CPU and batched torch executors), ``select``
+(manifest rows, fold/split), ``plan`` (one epoch's samples), ``feeding`` (producer thread, side
+stream), ``pyav`` (CPU backend), ``hybrid`` (PyAV decodes, the GPU converts: ``yuv``, and
+augments), ``dali`` (GPU backend, imported only when chosen), ``profile``
+(``maedfer profile data``).
 
 Names are imported on first use, so ``maedfer.pipelines.backend`` (the table the command line
 and the recipe configs read) costs no torch import.

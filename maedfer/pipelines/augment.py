@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from maedfer.errors import MaedferError
+from maedfer.pipelines.options import RAND_AUGMENT  # noqa: F401 (re-exported: its home is options)
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"  # == rand_augment.RAND_AUGMENT
 MULTI_SCALES: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
 ERASE_PROB = 0.25
 FLIP_PROB = 0.5
@@ -246,14 +246,25 @@ def finish_clip(
     if negate:
         video = -video
     if erase is not None:
-        noise = torch.randn(
-            (3, video.shape[1], erase.h, erase.w),
-            generator=torch.Generator().manual_seed(erase_seed),
-        )
-        video = video.clone()
-        video[:, :, erase.y : erase.y + erase.h, erase.x : erase.x + erase.w] = noise.to(
-            video.device, video.dtype
-        )
+        video = erased(video, erase, erase_seed)
+    return video
+
+
+def erase_noise(erase: Box, frames: int, seed: int) -> torch.Tensor:
+    """The noise random erasing writes into ``erase`` on ``frames`` frames: standard normal
+    ``(3, frames, h, w)`` float32 from a CPU generator seeded with ``seed`` (every backend, on any
+    device, writes these same values)."""
+    return torch.randn((3, frames, erase.h, erase.w),
+                       generator=torch.Generator().manual_seed(seed))
+
+
+def erased(video: torch.Tensor, erase: Box, seed: int) -> torch.Tensor:
+    """A copy of the clip ``(3, T, H, W)`` with ``erase`` filled with :func:`erase_noise`."""
+    noise = erase_noise(erase, video.shape[1], seed)
+    video = video.clone()
+    video[:, :, erase.y : erase.y + erase.h, erase.x : erase.x + erase.w] = noise.to(
+        video.device, video.dtype
+    )
     return video
 
 

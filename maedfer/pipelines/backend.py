@@ -8,9 +8,10 @@ one contract). It implements :class:`Backend`:
 - ``unsupported(config)`` — the options of a :class:`~maedfer.pipelines.plan.SampleConfig` it
   cannot honour, each with the reason: ``build_loader`` refuses them in one line naming the option
   and the backend (a backend never changes what a recipe means);
-- ``epoch(plan, batch_size=, drop_last=, workers=, device=, faults=)`` — the epoch's batches
-  (:class:`~maedfer.pipelines.loader.ClipBatch` dicts on ``device``), every replaced faulty file
-  noted in ``faults`` (:class:`Faults`);
+- ``epoch(plan, batch_size=, drop_last=, workers=, device=, faults=, session=)`` — the epoch's
+  batches (:class:`~maedfer.pipelines.loader.ClipBatch` dicts on ``device``), every replaced
+  faulty file noted in ``faults`` (:class:`Faults`); ``session`` is a dict the loader keeps
+  from epoch to epoch, for what a backend builds once per loader (DALI: its pipeline);
 - ``decodes(spec)`` — whether it decodes that sample (DALI asks the reference backend, PyAV, to
   tell a faulty file from a codec DALI lacks).
 
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 
 #: Replacements tried for a faulty sample before the epoch is stopped.
 MAX_ATTEMPTS = 10
+#: Faulty files logged one by one; the rest are counted (a broken clips folder is one line's
+#: worth of news, not one line per clip).
+LOGGED_FAULTS = 10
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class BackendEntry:
     requires: str  # the package it imports (checked without importing it)
     extra: str | None = None  # the maedfer extra that installs it
     gpu: bool = False  # batches land on cuda:$LOCAL_RANK by default; auto picks it with CUDA
+    threads: bool = False  # its workers are threads in this process (at least one)
 
 
 #: The backends, in the order ``auto`` prefers them (the first available wins).
@@ -63,7 +68,10 @@ BACKENDS: dict[str, BackendEntry] = {
     entry.name: entry for entry in (
         BackendEntry("dali", "maedfer.pipelines.dali", "NVIDIA DALI: NVDEC decoding, crop, "
                      "resize, RandAugment on the GPU (CPU: VP8/VP9/MJPEG only)",
-                     requires="nvidia.dali", extra="gpu", gpu=True),
+                     requires="nvidia.dali", extra="gpu", gpu=True, threads=True),
+        BackendEntry("hybrid", "maedfer.pipelines.hybrid", "PyAV decodes only the frames a "
+                     "sample needs in worker processes; colour conversion and augmentation "
+                     "batched on the GPU", requires="av", gpu=True),
         BackendEntry("pyav", "maedfer.pipelines.pyav", "PyAV in DataLoader worker processes "
                      "on the CPU, every codec", requires="av"),
     )
@@ -116,7 +124,8 @@ class Backend(Protocol):
     def unsupported(self, config: SampleConfig) -> dict[str, str]: ...
 
     def epoch(self, plan: EpochPlan, *, batch_size: int, drop_last: bool, workers: int,
-              device: torch.device | None, faults: Faults) -> Iterator[dict[str, Any]]: ...
+              device: torch.device | None, faults: Faults,
+              session: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]: ...
 
     def decodes(self, spec: SampleSpec) -> bool: ...
 
@@ -159,6 +168,7 @@ class Faults:
 
     def __init__(self) -> None:
         self.known_bad: set[str] = set()
+        self.reasons: dict[str, str] = {}  # every faulty file met, with its first reason
         self._logged: set[str] = set()
         self._epoch: dict[tuple[int, str], str] = {}
 
@@ -172,9 +182,13 @@ class Faults:
     def note(self, position: int, path: str, reason: str) -> None:
         self._epoch.setdefault((int(position), path), reason)
         self.known_bad.add(path)
-        if path not in self._logged:
+        self.reasons.setdefault(path, reason)
+        if path not in self._logged and len(self._logged) < LOGGED_FAULTS:
             self._logged.add(path)
             log.warning("faulty clip replaced by another sample: %s: %s", path, reason)
+            if len(self._logged) == LOGGED_FAULTS:
+                log.warning("further faulty clips are counted, not logged one by one (a "
+                            "training run lists them all in its bad_clips.json)")
 
 
 T = TypeVar("T")

@@ -1,23 +1,26 @@
-"""The GPU backend: NVIDIA DALI decodes (NVDEC), crops, resizes and flips; RandAugment in torch.
+"""The GPU backend: NVIDIA DALI decodes (NVDEC), crops, resizes and flips; the rest on the device.
 
 Imported only when this backend is chosen (``import maedfer`` works without DALI). The same
 pipeline definition runs on the GPU (``device="mixed"`` decoder: H.264, HEVC, VP9, AV1, …) and on
 the CPU (``device_id=None``: DALI 2.4 decodes only VP8, VP9 and MJPEG there, DESIGN.md §7), which
 is how the CPU tests run it.
 
-Start-up does not grow with the manifest: no file is opened when the pipeline is built. An
-external source reads each batch's encoded bytes (a small thread pool) and hands DALI, per
-sample, the frame indices, the manifest crop, the augmentation box and the flip that
+A loader builds its pipeline once (:class:`DaliSession`, kept across epochs; a new one only after
+a file DALI cannot decode, since DALI's batches read ahead would otherwise come out of order).
+Host work runs off the training thread: a :class:`~maedfer.pipelines.feeding.Producer` thread
+makes each batch's plan specs, reads the encoded bytes (a small thread pool) and packs the
+augmentation's arguments (:func:`maedfer.pipelines.batch_augment.prepare`, in pinned memory), a
+few batches ahead; DALI's external source only hands them over. Per sample DALI gets the frame
+indices, the manifest crop, the augmentation box and the flip that
 :class:`~maedfer.pipelines.plan.EpochPlan` chose — the choices the PyAV backend applies too.
 Output contract: the backend contract's (:mod:`maedfer.pipelines.backend`; ``video`` float32
-``(B, 3, T, size, size)`` on the pipeline's device). Steps after DALI, in torch on that device:
-with RandAugment (train), DALI stops after the crop and first resize, and the plan's RandAugment
-ops (:func:`maedfer.pipelines.rand_augment.apply_torch`, before the random-resized crop as in
-MODEL.md §4.2), the box resize and the flip run on the decoded frames; then, every mode,
-:func:`~maedfer.pipelines.augment.normalise` and :func:`~maedfer.pipelines.augment.finish_clip`
-(mean-frame subtraction, random erasing). Tolerance against PyAV on the same plan: decoders
-within 1/255 (max 2/255 after resizing); with RandAugment, the whole-clip tolerance stated in
-:mod:`maedfer.pipelines.rand_augment`.
+``(B, 3, T, size, size)`` on the pipeline's device). After DALI, on a side CUDA stream that
+overlaps the training step: with RandAugment (train), DALI stops after the crop and first resize
+and the batched executors (:mod:`maedfer.pipelines.batch_augment`) run RandAugment, the box
+resize and the flip over the whole batch; then, every mode, normalisation, mean-frame
+subtraction, sign and random erasing — without reading a value back to the host. Tolerance
+against PyAV on the same plan: decoders within 1/255 (max 2/255 after resizing); with
+RandAugment, the whole-clip tolerance stated in :mod:`maedfer.pipelines.rand_augment`.
 
 A file DALI cannot decode stops the pipeline; the pending samples are then decoded one at a
 time to find the faulty files, those are replaced by other samples from then on, and a new
@@ -32,6 +35,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,8 +44,9 @@ import torch
 from maedfer.errors import MaedferError
 from maedfer.pipelines import augment, backend, nvdec
 from maedfer.pipelines.backend import BadClipError, Faults, sample_with_retries
+from maedfer.pipelines.batch_augment import PreparedBatch, augment_batch, prepare
+from maedfer.pipelines.feeding import Producer, SideStream, one_ahead
 from maedfer.pipelines.plan import EpochPlan, SampleConfig, SampleSpec
-from maedfer.pipelines.rand_augment import apply_torch, policy_for
 
 log = logging.getLogger(__name__)
 # with RandAugment the graph stops before the box and flip inputs, which torch applies
@@ -101,41 +106,49 @@ def _dali_reason(error: Exception) -> str:
     return (lines[0] if lines else repr(error))[:200]
 
 
-class _BatchSource:
-    """DALI external source: batch ``k`` of the plan as arrays, with faulty files replaced."""
+@dataclass
+class _Batch:
+    """One batch made by the producer: its samples, DALI's inputs, the augmentation's
+    arguments, and the faulty files met while making it."""
 
-    def __init__(self, plan: EpochPlan, *, batch_size: int, drop_last: bool, first_batch: int,
-                 known_bad: set[str], threads: int) -> None:
-        self.plan, self.batch_size, self.drop_last = plan, batch_size, drop_last
-        self.first_batch = first_batch
-        self.known_bad = known_bad  # the loader's: grows as faults are found
-        self.faults: list[tuple[int, str, str]] = []  # (position, path, reason), for the loader
-        self.specs: dict[int, list[SampleSpec]] = {}  # batch index -> its samples
-        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="maedfer-read")
+    specs: list[SampleSpec]
+    columns: list[list[np.ndarray]]
+    prepared: PreparedBatch
+    label: torch.Tensor
+    view: torch.Tensor
+    faults: list[tuple[int, str, str]]
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=False)
 
-    def num_batches(self) -> int:
-        n = len(self.plan)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+#: The augmentation stages left to torch: all with RandAugment (DALI stops before the box), else
+#: only those after normalisation (DALI crops and flips)
+_AFTER_DALI = frozenset({"values", "regions"})
 
-    def _spec(self, i: int) -> tuple[SampleSpec, np.ndarray]:
-        spec, data, faults = sample_with_retries(self.plan, i, lambda s: _read(s.path),
-                                                 skip=self.known_bad)
-        self.faults.extend(faults)
-        return spec, data
+
+class _Source:
+    """DALI's external source: the batches of the producer now feeding it, in order."""
+
+    def __init__(self) -> None:
+        self.producer: Producer[_Batch] | None = None
+        self.served: dict[int, _Batch] = {}
+        self.error: BaseException | None = None
+
+    def feed(self, producer: Producer[_Batch] | None) -> None:
+        if self.producer is not None:
+            self.producer.close()
+        self.producer, self.served, self.error = producer, {}, None
 
     def __call__(self, info: Any) -> list[list[np.ndarray]]:
-        k = self.first_batch + info.iteration
-        if k >= self.num_batches():
+        if self.producer is None:
             raise StopIteration
-        positions = range(k * self.batch_size, min((k + 1) * self.batch_size, len(self.plan)))
-        pairs = list(self.pool.map(self._spec, positions))
-        self.specs[k] = [spec for spec, _ in pairs]
-        size = self.plan.config.size
-        return [list(column) for column in
-                zip(*(_sample_arrays(spec, data, size) for spec, data in pairs), strict=True)]
+        try:
+            k, batch = self.producer.get()
+        except StopIteration:
+            raise
+        except BaseException as exc:  # not a decode error: the epoch loop raises it as it is
+            self.error = exc
+            raise StopIteration from None
+        self.served[k] = batch
+        return batch.columns
 
 
 class _OneSample:
@@ -155,7 +168,7 @@ def _build(source: Any, *, batch_size: int, threads: int, device_id: int | None,
     """The one pipeline definition, GPU (``device_id`` set) or CPU (``None``).
 
     Output: with ``rand_augment``, uint8 ``(B, F, size, size, 3)`` frames after the manifest crop
-    and the first resize (torch does the rest, :meth:`DaliEpoch._finish`); else float
+    and the first resize (torch does the rest, :meth:`DaliSession._finish`); else float
     ``(B, 3, F, size, size)`` after the box resize and the flip, not yet normalised.
     """
     linear = {"interp_type": types.INTERP_LINEAR, "antialias": False, "size": [size, size]}
@@ -188,64 +201,130 @@ def _build(source: Any, *, batch_size: int, threads: int, device_id: int | None,
     return clip_pipeline()
 
 
-class DaliEpoch:
-    """Iterates one epoch of a plan through DALI; rebuilds the pipeline after a faulty file."""
+class DaliSession:
+    """One loader's DALI pipeline and its feeding, kept from epoch to epoch."""
 
-    def __init__(self, plan: EpochPlan, *, batch_size: int, drop_last: bool, threads: int,
+    def __init__(self, config: SampleConfig, *, batch_size: int, threads: int,
                  device: torch.device, faults: Faults) -> None:
-        self.plan, self.batch_size, self.drop_last = plan, batch_size, drop_last
-        self.threads, self.device, self.faults = threads, device, faults
+        self.config, self.batch_size, self.threads = config, batch_size, threads
+        self.device, self.faults = device, faults
         self.device_id = (device.index or 0) if device.type == "cuda" else None
-        self.rand_augment = plan.config.rand_augment
+        self.rand_augment = config.rand_augment
+        self.source = _Source()
+        self.side = SideStream(device)
+        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="maedfer-read")
+        self.iterator: Any = None
+        self.state = "new"  # new, running (an epoch), ended (an epoch, cleanly: reset to reuse)
+        self.builds = 0  # pipelines built: one per loader, and one per decode error
+
+    def close(self) -> None:
+        self.source.feed(None)
+        self.pool.shutdown(wait=False)
 
     def _pipeline(self, source: Any, batch_size: int) -> Any:
         return _build(source, batch_size=batch_size, threads=self.threads,
-                      device_id=self.device_id, size=self.plan.config.size,
+                      device_id=self.device_id, size=self.config.size,
                       rand_augment=self.rand_augment)
 
-    def _start(self, first_batch: int) -> tuple[_BatchSource, Any]:
-        source = _BatchSource(self.plan, batch_size=self.batch_size, drop_last=self.drop_last,
-                              first_batch=first_batch, known_bad=self.faults.known_bad,
-                              threads=self.threads)
-        iterator = DALIGenericIterator([self._pipeline(source, self.batch_size)], ["video"],
-                                       auto_reset=False, prepare_first_batch=False,
-                                       last_batch_policy=LastBatchPolicy.PARTIAL)
-        return source, iterator
+    def _rebuild(self) -> None:
+        self.source.feed(None)
+        self.iterator = DALIGenericIterator([self._pipeline(self.source, self.batch_size)],
+                                            ["video"], auto_reset=False,
+                                            prepare_first_batch=False,
+                                            last_batch_policy=LastBatchPolicy.PARTIAL)
+        self.builds += 1
+        self.state = "new"
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        batch = 0
-        source, iterator = self._start(0)
+    def _make(self, plan: EpochPlan, k: int) -> _Batch:
+        """Batch ``k`` of ``plan`` (in the producer thread): specs, bytes, arguments."""
+        positions = range(k * self.batch_size, min((k + 1) * self.batch_size, len(plan)))
+        known_bad = self.faults.known_bad  # grows as faults are found (read only here)
+
+        def one(i: int) -> tuple[SampleSpec, np.ndarray, list[tuple[int, str, str]]]:
+            return sample_with_retries(plan, i, lambda s: _read(s.path), skip=known_bad)
+
+        made = list(self.pool.map(one, positions))
+        specs = [spec for spec, _, _ in made]
+        size = self.config.size
+        columns = [list(c) for c in zip(*(_sample_arrays(spec, data, size)
+                                          for spec, data, _ in made), strict=True)]
+        stages = None if self.rand_augment else _AFTER_DALI
+        prepared = prepare(specs, self.config, stages=stages, pin=self.device.type == "cuda")
+        label = torch.tensor([s.label for s in specs], dtype=torch.long)
+        view = torch.tensor([s.view for s in specs], dtype=torch.long)
+        if self.device.type == "cuda":  # the training step moves them without blocking
+            label, view = label.pin_memory(), view.pin_memory()
+        return _Batch(specs, columns, prepared, label, view,
+                      [f for _, _, faults in made for f in faults])
+
+    def _feed(self, plan: EpochPlan, first: int, count: int) -> None:
+        """Feed batches ``first..count-1`` of ``plan`` to the pipeline: the same pipeline when
+        it ended its last epoch cleanly, a new one otherwise."""
+        if self.iterator is None or self.state == "running":
+            self._rebuild()
+        self.source.feed(Producer(lambda k: self._make(plan, k), range(first, count), ahead=2,
+                                  name="maedfer-dali-producer"))
+        if self.state == "ended":
+            self.iterator.reset()  # the next epoch of the same pipeline (DALI reads ahead now)
+        self.state = "running"
+
+    def epoch(self, plan: EpochPlan, drop_last: bool) -> Iterator[dict[str, Any]]:
+        """The epoch's batches, each handed to the consumer's stream as it is yielded."""
         try:
-            while True:
-                try:
-                    video = next(iterator)[0]["video"]
-                except StopIteration:
-                    break
-                except RuntimeError as exc:  # DALI stops the pipeline on a decode error
-                    self._merge(source)
-                    # the failure may belong to a batch read ahead: check every pending sample
-                    pending = [s for k in sorted(source.specs) if k >= batch
-                               for s in source.specs[k]]
-                    self._isolate(pending, exc)
-                    source.close()
-                    source, iterator = self._start(batch)  # resume at the failed batch
-                    continue
-                self._merge(source)
-                yield self._finish(video, source.specs.pop(batch))
-                batch += 1
-            self._merge(source)
+            for batch, event in one_ahead(self._batches(plan, drop_last)):
+                yield self.side.hand_over(batch, event)
         finally:
-            source.close()
+            if self.state != "ended":  # left mid-epoch: stop the producer (a new pipeline next)
+                self.source.feed(None)
 
-    def _merge(self, source: _BatchSource) -> None:
-        faults, source.faults = source.faults, []
+    def _batches(self, plan: EpochPlan, drop_last: bool) -> Iterator[tuple[dict, Any]]:
+        n = len(plan) // self.batch_size if drop_last else -(-len(plan) // self.batch_size)
+        k = 0
+        self._feed(plan, 0, n)
+        while k < n:
+            try:
+                with self.side():  # DALI's copy into torch goes on the side stream too
+                    video = next(self.iterator)[0]["video"]
+            except StopIteration:
+                self._raise_source_error()
+                raise MaedferError(f"DALI ended the epoch after {k} of {n} batches") from None
+            except RuntimeError as exc:  # DALI stops the pipeline on a decode error
+                self._raise_source_error()
+                # the failure may belong to a batch read ahead: check every pending sample
+                served = self.source.served
+                for j in sorted(served):
+                    self._note(served[j].faults)
+                pending = [s for j in sorted(served) if j >= k for s in served[j].specs]
+                self._isolate(pending, exc)
+                self._rebuild()  # a new pipeline resumes at the failed batch
+                self._feed(plan, k, n)
+                continue
+            batch = self.source.served.pop(k)
+            self._note(batch.faults)
+            with self.side():
+                out = self._finish(video, batch)
+                event = self.side.done()
+            yield out, event
+            k += 1
+        try:  # the source said stop at batch n: DALI's epoch end, before the next reset
+            next(self.iterator)
+        except StopIteration:
+            self.source.feed(None)
+            self.state = "ended"
+
+    def _raise_source_error(self) -> None:
+        if self.source.error is not None:
+            error, self.source.error = self.source.error, None
+            raise error
+
+    def _note(self, faults: list[tuple[int, str, str]]) -> None:
         for position, path, reason in faults:
             self.faults.note(position, path, reason)
 
     def _decodes(self, spec: SampleSpec) -> str | None:
         """``None`` if DALI decodes this one sample alone, else DALI's last error line."""
         try:
-            pipe = self._pipeline(_OneSample(spec, self.plan.config.size), 1)
+            pipe = self._pipeline(_OneSample(spec, self.config.size), 1)
             pipe.run()
             return None
         except BadClipError as exc:
@@ -278,36 +357,13 @@ class DaliEpoch:
         for position, (spec, why) in failed.items():
             self.faults.note(position, spec.path, why)
 
-    def _augment(self, frames: torch.Tensor, specs: list[SampleSpec]) -> torch.Tensor:
-        """uint8 ``(B, F, S, S, 3)`` → float ``(B, 3, F, S, S)``: RandAugment, box, flip."""
-        config = self.plan.config
-        fill = policy_for(config.rand_augment_policy, config.size).fill
-        clips = []
-        for video, spec in zip(frames, specs, strict=True):
-            x = video.permute(0, 3, 1, 2).float()  # (T, 3, H, W), whole numbers 0..255
-            if spec.rand_augment:
-                x = apply_torch(x, spec.rand_augment, fill)
-            x = augment.resize_frames(x, spec.box, config.size)
-            clips.append((x.flip(-1) if spec.flip else x).transpose(0, 1))
-        return torch.stack(clips)
-
-    def _finish(self, video: torch.Tensor, specs: list[SampleSpec]) -> dict[str, Any]:
-        config = self.plan.config
-        if self.rand_augment:
-            video = self._augment(video, specs)
-        video = augment.normalise(video, channel_dim=-4, inplace=True)
-        if config.subtract_mean or any(s.erase is not None or s.negate for s in specs):
-            video = torch.stack([
-                augment.finish_clip(v, subtract_mean=config.subtract_mean, erase=s.erase,
-                                    erase_seed=s.erase_seed, negate=s.negate)
-                for v, s in zip(video, specs, strict=True)
-            ])  # fmt: skip
-        return {
-            "video": video,
-            "label": torch.tensor([s.label for s in specs], dtype=torch.long),
-            "clip_id": [s.clip_id for s in specs],
-            "view": torch.tensor([s.view for s in specs], dtype=torch.long),
-        }
+    def _finish(self, video: torch.Tensor, batch: _Batch) -> dict[str, Any]:
+        """DALI's output → the contract's batch: the batched steps left to torch."""
+        if self.rand_augment:  # uint8 (B, F, S, S, 3) → (B, 3, F, S, S), a view
+            video = video.permute(0, 4, 1, 2, 3)
+        # else float (B, 3, F, S, S), cropped and flipped: normalised in place
+        return {"video": augment_batch(video, batch.prepared), "label": batch.label,
+                "clip_id": [s.clip_id for s in batch.specs], "view": batch.view}
 
 
 class DaliBackend:
@@ -333,12 +389,22 @@ class DaliBackend:
         return True
 
     def epoch(self, plan: EpochPlan, *, batch_size: int, drop_last: bool, workers: int,
-              device: torch.device | None, faults: Faults) -> Iterator[dict[str, Any]]:
+              device: torch.device | None, faults: Faults,
+              session: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """The epoch's batches; ``session`` (the loader's) keeps the pipeline for the next."""
         assert device is not None  # resolve_backend always gives DALI a device
         if device.type == "cuda" and nvdec.library() is None:
             raise MaedferError(nvdec.MISSING)  # else every sample fails as if the files were bad
-        yield from DaliEpoch(plan, batch_size=batch_size, drop_last=drop_last,
-                             threads=max(1, workers), device=device, faults=faults)
+        session = {} if session is None else session
+        key = ("dali", batch_size, max(1, workers), str(device))
+        if session.get("key") != key:
+            if "dali" in session:
+                session["dali"].close()
+            session["key"] = key
+            session["dali"] = DaliSession(plan.config, batch_size=batch_size,
+                                          threads=max(1, workers), device=device,
+                                          faults=faults)
+        yield from session["dali"].epoch(plan, drop_last)
 
 
 BACKEND = DaliBackend()

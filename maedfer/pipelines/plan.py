@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from maedfer.errors import MaedferError
-from maedfer.pipelines import augment, rand_augment, sampling
-from maedfer.pipelines.augment import RAND_AUGMENT, Box
+from maedfer.pipelines import sampling, steps
+from maedfer.pipelines.augment import Box
+from maedfer.pipelines.options import RAND_AUGMENT, DataOptions
 from maedfer.pipelines.rand_augment import RandAugmentOp
 from maedfer.pipelines.select import ClipTable
 
@@ -35,22 +36,43 @@ MODES: tuple[str, ...] = ("pretrain", "train", "test")
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """What every sample of a loader shares (the resolved ``build_loader`` options)."""
+    """What every sample of a loader shares: the ``data`` section resolved for one mode and
+    one model input (:meth:`from_data` makes it; nothing here has a default of its own)."""
 
     mode: str
-    num_frames: int = 16
-    stride: int = 4
-    size: int = 160
-    augment: bool = False
-    rand_augment: bool = False
-    rand_augment_policy: str = RAND_AUGMENT
-    temporal_rule: sampling.TemporalRule = "stride"
-    test_views: int = 2
-    num_sample: int = 1
-    subtract_mean: bool = False
-    flip_only: bool = False
-    random_sign: bool = False
-    seed: int = 0
+    num_frames: int
+    stride: int
+    size: int
+    augment: bool
+    rand_augment: bool
+    rand_augment_policy: str
+    temporal_rule: sampling.TemporalRule
+    test_views: int
+    num_sample: int
+    subtract_mean: bool
+    flip_only: bool
+    random_sign: bool
+    seed: int
+
+    @classmethod
+    def from_data(cls, data: DataOptions, *, mode: str, num_frames: int, size: int,
+                  seed: int, test_views: int) -> SampleConfig:
+        """The config of ``mode`` from a ``data`` section (:mod:`maedfer.pipelines.options`).
+
+        Options of train mode absent from the section (a pre-training section) are off; test
+        mode is never augmented and has one sample per view (``num_sample`` is a training
+        option).
+        """
+        policy = getattr(data, "rand_augment", None)
+        augment = bool(data.augment) and mode != "test"
+        return cls(
+            mode=mode, num_frames=num_frames, stride=data.stride, size=size, augment=augment,
+            rand_augment=policy is not None and augment and mode == "train",
+            rand_augment_policy=policy or RAND_AUGMENT, temporal_rule=data.temporal_rule,
+            test_views=test_views, num_sample=1 if mode == "test" else data.num_sample,
+            subtract_mean=data.subtract_mean, flip_only=getattr(data, "flip_only", False),
+            random_sign=getattr(data, "random_sign", False), seed=seed,
+        )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -73,7 +95,8 @@ class SampleConfig:
 @dataclass
 class SampleSpec:
     """Everything one sample needs; boxes are in pixels of the decoded frame (``crop``) and of
-    the ``size``×``size`` frame after it (``box``, ``erase``)."""
+    the ``size``×``size`` frame after it (``box``, ``erase``). The augmentation fields are the
+    steps' draws (:mod:`maedfer.pipelines.steps`); a step not drawn leaves its default."""
 
     position: int
     row: int
@@ -83,11 +106,11 @@ class SampleSpec:
     label: int
     frame_indices: np.ndarray
     crop: Box | None
-    box: Box | None
-    flip: bool
-    rand_augment_seed: int | None
-    erase: Box | None
-    erase_seed: int
+    box: Box | None = None
+    flip: bool = False
+    rand_augment_seed: int | None = None
+    erase: Box | None = None
+    erase_seed: int = 0
     negate: bool = False
     #: the RandAugment ops drawn from ``rand_augment_seed`` (which ops, coins, magnitudes, signs
     #: resolved to arguments), applied to every frame by whichever backend runs
@@ -164,54 +187,13 @@ class EpochPlan:
             indices = sampling.train_window(count, rule=cfg.temporal_rule, generator=window_rng,
                                             **t_kw)
         crop = Box(*map(int, table.crop[row])) if table.crop[row][0] >= 0 else None
-        box, flip, ra_seed, erase, erase_seed = None, False, None, None, 0
-        if cfg.augment and cfg.mode == "pretrain":
-            box = augment.multi_scale_crop_box(cfg.size, cfg.size, out_size=cfg.size,
-                                               generator=rng)
-        elif cfg.augment:
-            box = augment.random_resized_crop_box(cfg.size, cfg.size, generator=rng)
-            flip = bool(rng.random() < augment.FLIP_PROB)
-            # drawn even when unused, so the erasing draws do not depend on the backend
-            ra_seed = int(rng.integers(2**31))
-            ra_seed = ra_seed if cfg.rand_augment else None
-            if rng.random() < augment.ERASE_PROB:
-                erase = augment.random_erasing_box(cfg.size, cfg.size, generator=rng)
-                erase_seed = int(rng.integers(2**31))
-        elif cfg.flip_only and cfg.mode == "train":
-            flip = bool(rng.random() < augment.FLIP_PROB)
-        # drawn last so that the draws above do not depend on the option
-        negate = cfg.random_sign and cfg.mode == "train" and bool(rng.random() < 0.5)
-        ops = None
-        if ra_seed is not None:
-            ops = rand_augment.policy_for(cfg.rand_augment_policy, cfg.size).draw(ra_seed)
         return SampleSpec(
             position=i, row=row, view=view, clip_id=table.row_clip_id(row), path=path,
-            label=int(table.label[row]), frame_indices=indices, crop=crop, box=box, flip=flip,
-            rand_augment_seed=ra_seed, erase=erase, erase_seed=erase_seed, negate=negate,
-            rand_augment=ops,
+            label=int(table.label[row]), frame_indices=indices, crop=crop,
+            **steps.draw(rng, cfg),
         )  # fmt: skip
 
 
 def describe_augment(config: SampleConfig) -> list[dict]:
     """The augmentations a loader applies, in order, with their parameters (for ``describe``)."""
-    if config.mode == "test":
-        return []
-    steps: list[dict] = []
-    if config.augment and config.mode == "pretrain":
-        steps.append({"name": "multi_scale_crop", "scales": list(augment.MULTI_SCALES),
-                      "max_distort": 1, "fixed_offsets": 13, "size": config.size})
-    elif config.augment:
-        if config.rand_augment:
-            steps.append({"name": "rand_augment", "policy": config.rand_augment_policy,
-                          "interpolation": "bicubic", "same_for_all_frames": True})
-        steps += [
-            {"name": "random_resized_crop", "scale": [0.08, 1.0], "ratio": [3 / 4, 4 / 3],
-             "size": config.size},
-            {"name": "horizontal_flip", "p": augment.FLIP_PROB},
-            {"name": "random_erasing", "p": augment.ERASE_PROB, "mode": "pixel", "count": 1},
-        ]
-    elif config.flip_only and config.mode == "train":
-        steps.append({"name": "horizontal_flip", "p": augment.FLIP_PROB})
-    if config.random_sign and config.mode == "train":
-        steps.append({"name": "random_sign", "p": 0.5})
-    return steps
+    return steps.describe(config)

@@ -20,6 +20,7 @@ import ctypes
 import logging
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
 
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from maedfer.pipelines import augment, rand_augment
+from maedfer.pipelines import augment, rand_augment, steps
 from maedfer.pipelines.backend import (
     MAX_ATTEMPTS,  # noqa: F401 (re-exported: the contract's)
     BadClipError,
@@ -37,6 +38,7 @@ from maedfer.pipelines.backend import (
     probe_num_frames,  # (also re-exported: the contract's)
     sample_with_retries,
 )
+from maedfer.pipelines.cpu_augment import CpuFrames, resize_hw  # noqa: F401 (re-exported)
 from maedfer.pipelines.plan import EpochPlan, SampleConfig, SampleSpec
 from maedfer.pipelines.rand_augment import policy_for
 
@@ -115,19 +117,34 @@ def decode_found(path: str, wanted: np.ndarray, crop: augment.Box | None = None,
     part of them that is needed (a box in their coordinates): only that part is converted.
     """
     try:
-        try:
-            found = _decode_file(path, wanted, seek=int(wanted[0]) >= SEEK_MIN_FRAME)
-        except _SeekMissError:
-            found = _decode_file(path, wanted, seek=False, skip=False)
-        if not found:
-            raise BadClipError(path, "no frame decodes")
-        have = np.array(sorted(found))
-        frames = [found[int(k)] for k in have]
+        have, frames = _found_frames(path, wanted)
         if within is not None:
             crop = _narrowed(crop, frames[0].height, frames[0].width, within)
         return have, frames_to_rgb(frames, crop)
     except (OSError, av.FFmpegError, IndexError) as exc:
         raise BadClipError(path, f"cannot decode it ({exc})") from None
+
+
+def decode_planes(path: str, wanted: np.ndarray, crop: augment.Box | None = None,
+                  ) -> tuple[np.ndarray, Planes]:
+    """:func:`decode_found` without the colour conversion: the frames' planes as decoded
+    (:class:`Planes`), for a device to convert (the hybrid backend)."""
+    try:
+        have, frames = _found_frames(path, wanted)
+        return have, frames_to_planes(frames, crop)
+    except (OSError, av.FFmpegError, IndexError) as exc:
+        raise BadClipError(path, f"cannot decode it ({exc})") from None
+
+
+def _found_frames(path: str, wanted: np.ndarray) -> tuple[np.ndarray, list[av.VideoFrame]]:
+    try:
+        found = _decode_file(path, wanted, seek=int(wanted[0]) >= SEEK_MIN_FRAME)
+    except _SeekMissError:
+        found = _decode_file(path, wanted, seek=False, skip=False)
+    if not found:
+        raise BadClipError(path, "no frame decodes")
+    have = np.array(sorted(found))
+    return have, [found[int(k)] for k in have]
 
 
 def _narrowed(crop: augment.Box | None, height: int, width: int,
@@ -222,28 +239,6 @@ def _plane(frame: av.VideoFrame, i: int) -> np.ndarray:
     return rows[:, : plane.width]
 
 
-def resize_hw(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of ``(H, W, ...)`` float32 over its first two axes, all planes at once.
-
-    OpenCV's ``INTER_LINEAR``: half-pixel centres, no antialiasing, edges repeated — the same
-    numbers as torch's ``interpolate(mode="bilinear", align_corners=False)`` (to 1e-4) and
-    DALI's linear resize, at a fraction of torch's CPU time.
-    """
-    if image.shape[:2] == (height, width):
-        return image
-    planes = image.reshape(*image.shape[:2], -1)
-    size = (width, height)
-    if planes.shape[2] <= 512:  # OpenCV takes at most 512 channels per call
-        out = cv2.resize(planes, size, interpolation=cv2.INTER_LINEAR)
-    else:
-        out = np.concatenate([
-            cv2.resize(np.ascontiguousarray(planes[:, :, i : i + 512]), size,
-                       interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
-            for i in range(0, planes.shape[2], 512)
-        ], axis=2)  # fmt: skip
-    return out.reshape(height, width, *image.shape[2:])
-
-
 def _clipped(crop: augment.Box, h: int, w: int) -> tuple[int, int, int, int]:
     """``crop`` clipped to an ``h``×``w`` frame: rows ``y0:y1``, columns ``x0:x1``."""
     return max(0, crop.y), min(h, crop.y + crop.h), max(0, crop.x), min(w, crop.x + crop.w)
@@ -309,6 +304,50 @@ def frames_to_rgb(frames: list[av.VideoFrame], crop: augment.Box | None = None) 
 _BAND_ROWS = 16  # 16 rows of 160-pixel frames, 16 frames: the band's planes fit in L2
 
 
+@dataclass(frozen=True)
+class Planes:
+    """Decoded frames as they come out of the decoder, cut to the crop: 4:2:0 planes (``y``
+    ``(T, h, w)``, ``u``/``v`` ``(T, ch, cw)`` uint8, the chroma with the margin its bilinear
+    upsampling reads; the crop starts at ``(oy, ox)`` of the upsampled chroma), or, for other
+    pixel formats, RGB already converted (``rgb`` ``(T, h, w, 3)`` uint8)."""
+
+    y: np.ndarray | None = None
+    u: np.ndarray | None = None
+    v: np.ndarray | None = None
+    oy: int = 0
+    ox: int = 0
+    full_range: bool = False
+    kr: float = _BT601[0]
+    kb: float = _BT601[1]
+    rgb: np.ndarray | None = None
+
+    def take(self, positions: slice | np.ndarray) -> Planes:
+        """The frames at ``positions`` (on the time axis)."""
+        picked = {k: None if a is None else a[positions]
+                  for k, a in (("y", self.y), ("u", self.u), ("v", self.v), ("rgb", self.rgb))}
+        return replace(self, **picked)
+
+
+def frames_to_planes(frames: list[av.VideoFrame], crop: augment.Box | None = None) -> Planes:
+    """The planes :func:`frames_to_rgb` would convert, unconverted (:class:`Planes`)."""
+    first = frames[0]
+    name, h, w = first.format.name, first.height, first.width
+    if name not in _YUV420 or any(f.format.name != name for f in frames) or h % 2 or w % 2:
+        rgb = frames_to_rgb(frames, crop)  # (h, w, 3, T) whole numbers
+        return Planes(rgb=np.ascontiguousarray(rgb.astype(np.uint8).transpose(3, 0, 1, 2)))
+    y0, y1, x0, x1 = _clipped(crop, h, w) if crop is not None else (0, h, 0, w)
+    cy0, cy1 = max(0, y0 // 2 - 1), min(h // 2, (y1 + 1) // 2 + 1)
+    cx0, cx1 = max(0, x0 // 2 - 1), min(w // 2, (x1 + 1) // 2 + 1)
+    kr, kb = _MATRICES.get(int(first.colorspace or 2), _BT601)
+    return Planes(
+        y=np.stack([_plane(f, 0)[y0:y1, x0:x1] for f in frames]),
+        u=np.stack([_plane(f, 1)[cy0:cy1, cx0:cx1] for f in frames]),
+        v=np.stack([_plane(f, 2)[cy0:cy1, cx0:cx1] for f in frames]),
+        oy=y0 - 2 * cy0, ox=x0 - 2 * cx0,
+        full_range=name == "yuvj420p" or int(first.color_range or 0) == 2, kr=kr, kb=kb,
+    )  # fmt: skip
+
+
 def _ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, rgb: np.ndarray,
                   kr: float, kb: float) -> None:
     """``rgb`` (h, w, 3, T) ← the YCbCr matrix on planes (h, w, T), rounded, in 0..255."""
@@ -336,45 +375,29 @@ def _crop_resize(video: np.ndarray, crop: augment.Box | None, size: int) -> np.n
     return np.clip(np.rint(out, out=out), 0, 255, out=out)
 
 
-def _as_images(video: np.ndarray) -> np.ndarray:
-    """Frames ``(H, W, 3, T)`` of whole numbers 0..255 as contiguous ``(T, H, W, 3)`` uint8
-    images (the layout timm's PIL ops and OpenCV take)."""
-    # cast first, then transpose the bytes: 4x faster than one casting, transposing copy
-    return np.ascontiguousarray(video.astype(np.uint8).transpose(3, 0, 1, 2))
-
-
-def _as_planes(images: np.ndarray) -> np.ndarray:
-    """``(T, H, W, 3)`` uint8 images back to float32 ``(H, W, 3, T)``, in one pass."""
-    video = np.empty((*images.shape[1:], images.shape[0]), dtype=np.float32)
-    np.copyto(video, images.transpose(1, 2, 3, 0))
-    return video
-
-
 def load_sample(spec: SampleSpec, config: SampleConfig,
                 video: np.ndarray | None = None) -> torch.Tensor:
     """Decode and transform one sample → float32 ``(3, T, size, size)`` (module contract).
 
     ``video``: the sample's frames already decoded (``decode_window``'s output), if at hand.
+    The augmentation steps run with their CPU executors (:mod:`maedfer.pipelines.steps`).
     """
     source = None  # the part of the size×size frames that ``video`` holds (None: all)
     if video is None:  # the manifest crop is cut before colour conversion
         video, source = _decode_needed(spec, config)
     if source is None:
         video = _crop_resize(video, None, config.size)
-    box = spec.box
-    if spec.rand_augment:  # computes only the box's pixels: the box is cut after it
-        policy = policy_for(config.rand_augment_policy, config.size)
-        video = _as_planes(policy.apply_numpy(_as_images(video), spec.rand_augment, keep=box,
-                                              source=source))
-        box, source = (None if box is None else augment.Box(0, 0, box.w, box.h)), None
-    if box is not None:
-        if source is not None:  # the box, in the coordinates of the part decoded
-            box = augment.Box(box.x - source.x, box.y - source.y, box.w, box.h)
-        video = resize_hw(video[box.y : box.y + box.h, box.x : box.x + box.w], config.size,
-                          config.size)
-    clip = augment.normalised_clip(video, flip=spec.flip)  # (3, T, H, W)
-    return augment.finish_clip(clip, subtract_mean=config.subtract_mean, erase=spec.erase,
-                               erase_seed=spec.erase_seed, negate=spec.negate)
+    frames = CpuFrames(video, source, spec.box)
+    for step in steps.applied(config, steps.FRAME_STAGES):
+        frames = step.cpu(frames, spec, config)
+    clip = augment.normalised_clip(frames.video, flip=frames.flip)  # (3, T, H, W)
+    clip = augment.finish_clip(clip, subtract_mean=config.subtract_mean)
+    for step in steps.applied(config, _CLIP_STAGES):
+        clip = step.cpu(clip, spec, config)
+    return clip
+
+
+_CLIP_STAGES = frozenset(steps.STAGES) - steps.FRAME_STAGES
 
 
 def _decode_needed(spec: SampleSpec, config: SampleConfig,
@@ -549,7 +572,8 @@ class PyAVBackend:
         return True
 
     def epoch(self, plan: EpochPlan, *, batch_size: int, drop_last: bool, workers: int,
-              device: torch.device | None, faults: Faults) -> Iterator[dict[str, Any]]:
+              device: torch.device | None, faults: Faults,
+              session: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         from torch.utils.data import DataLoader
 
         on_cuda = device is not None and device.type == "cuda"

@@ -51,10 +51,8 @@ import torch
 import torch.nn.functional as F
 
 from maedfer.errors import MaedferError
-from maedfer.pipelines.augment import Box
-
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"
+from maedfer.pipelines.augment import IMAGENET_MEAN, Box
+from maedfer.pipelines.options import RAND_AUGMENT
 
 #: timm op names -> what the pixels undergo (the ``Increasing`` variants differ in their draws
 #: only, which timm's level functions make before the op runs)
@@ -392,7 +390,7 @@ def _autocontrast_lut(hist: np.ndarray) -> np.ndarray:
 def _equalize_lut(hist: np.ndarray) -> np.ndarray:
     """``ImageOps.equalize``'s tables (see :func:`_equalize`) from ``(T, 256, 3)``."""
     top = np.take_along_axis(hist, _last_filled(hist)[:, None], axis=1)[:, 0]
-    step = ((hist.sum(axis=1) - top) // _EQUALIZE_DIV)[:, None]  # (T, 1, 3)
+    step = ((hist.sum(axis=1) - top) // EQUALIZE_DIV)[:, None]  # (T, 1, 3)
     before = np.cumsum(hist, axis=1) - hist
     lut = (step // 2 + before) // np.maximum(step, 1)
     return np.where(step > 0, np.clip(lut, 0, 255), np.arange(256)[:, None]).astype(np.uint8)
@@ -560,7 +558,7 @@ def _equalize_divisor() -> int:
         return 255
 
 
-_EQUALIZE_DIV = _equalize_divisor()
+EQUALIZE_DIV = _equalize_divisor()
 
 
 def _equalize(x: torch.Tensor) -> torch.Tensor:
@@ -570,7 +568,7 @@ def _equalize(x: torch.Tensor) -> torch.Tensor:
     ramp = torch.arange(256, device=x.device)
     last = torch.where(hist > 0, ramp, -1).amax(dim=2, keepdim=True)  # last non-empty bin
     top = torch.gather(hist, 2, last.clamp(min=0))
-    step = (hist.sum(dim=2, keepdim=True) - top) // _EQUALIZE_DIV
+    step = (hist.sum(dim=2, keepdim=True) - top) // EQUALIZE_DIV
     before = torch.cumsum(hist, dim=2) - hist
     lut = (step // 2 + before) // step.clamp(min=1)
     lut = torch.where(step > 0, lut.clamp(0, 255), ramp)

@@ -174,6 +174,9 @@ def _crop_column(table: pa.Table) -> np.ndarray:
 def _select_mask(table: pa.Table, *, mode: str, fold: int | None, split: str | None,
                  source: str) -> np.ndarray:
     n = table.num_rows
+    if n == 0:
+        raise MaedferError(f"manifest {source} holds no clips (0 rows): prepare the dataset "
+                           "again (its rejects.parquet says why clips were left out)")  # fmt: skip
     if fold is not None and split is not None:
         raise MaedferError(f"give a fold or a split, not both (fold={fold}, split={split!r})")
     if fold is not None:
@@ -212,6 +215,26 @@ def _resolve_root(table: pa.Table, meta: dict[str, str], manifest_dir: Path | No
     return base
 
 
+# a ".." component: a path that may climb out of the folder it is relative to (maedfer.paths)
+_CLIMBS = r"(^|[/\\])\.\.([/\\]|$)"
+
+
+def _check_paths(table: pa.Table, source: str) -> None:
+    """The one path rule (:mod:`maedfer.paths`) for a manifest's clip paths, vectorised: none
+    climbs with ``..`` (absolute paths, which another tool may write, are taken as they are)."""
+    import pyarrow.compute as pc
+
+    paths = table.column("path")
+    climbs = pc.fill_null(pc.match_substring_regex(paths, _CLIMBS), False)
+    if pc.any(climbs).as_py():
+        i = int(np.flatnonzero(climbs.to_numpy(zero_copy_only=False))[0])
+        clip = table.column("clip_id")[i].as_py()
+        raise MaedferError(
+            f"manifest {source}: clip {clip} has path {paths[i].as_py()!r}, which climbs out of "
+            "the manifest's folder with '..'; clip paths must stay inside it"
+        )
+
+
 def _check_label_range(table: pa.Table, label: np.ndarray, num_classes: int, source: str) -> None:
     # a label past the class list would fail later as an IndexError inside the loss
     beyond = np.flatnonzero(label >= num_classes)
@@ -246,16 +269,22 @@ def load_clip_table(
         path = Path(manifest)
         table, meta = _read_parquet(path)
         source, manifest_dir = str(path), path.resolve().parent
+    _check_paths(table, source)
     mask = _select_mask(table, mode=mode, fold=fold, split=split, source=source)
     if not mask.any():
         raise MaedferError(f"no rows of {source} are selected (mode={mode}, fold={fold}, "
                            f"split={split!r}); it has {table.num_rows} rows")
     table = table.filter(pa.array(mask))
     label = _int_column(table, "label", -1)
+    below = np.flatnonzero(label < -1)
+    if below.size:  # -1 means unlabelled; anything lower means nothing
+        bad = table.column("clip_id")[int(below[0])].as_py()
+        raise MaedferError(f"manifest {source}: clip {bad} has label {int(label[below[0]])}; "
+                           "labels are class indices 0..K-1, or -1 for an unlabelled clip")
     if mode != "pretrain" and (label < 0).any():
         bad = table.column("clip_id")[int(np.flatnonzero(label < 0)[0])].as_py()
         raise MaedferError(f"{mode} mode needs labelled clips, but {bad} in {source} has label -1"
-                           " (use mode pretrain for unlabelled data)")
+                           " (unlabelled: use it for pre-training)")
     classes = json.loads(meta["maedfer.classes"]) if "maedfer.classes" in meta else None
     if mode != "pretrain" and classes is not None:
         _check_label_range(table, label, len(classes), source)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -36,6 +37,7 @@ from maedfer.errors import MaedferError, is_environmental, os_error_line
 from maedfer.manifests import ClipEntry
 from maedfer.manifests.registry import CropRule
 from maedfer.manifests.voxceleb2 import crop_box
+from maedfer.paths import output_path
 from maedfer.preprocess import MIN_FACE_RATIO, MIN_FRAMES
 from maedfer.preprocess.encode import Codec, clip_suffix, write_clip
 from maedfer.preprocess.faces import FaceAligner, NoFaceError
@@ -117,10 +119,17 @@ class ClipResult:
 
 
 def planned_path(entry: ClipEntry, options: PrepareOptions) -> str:
-    """Where the clip will be: relative to the raw root in place, else ``clips/<key><suffix>``."""
+    """Where the clip will be: relative to the raw root in place, else ``clips/<key><suffix>``
+    (checked to stay under ``--out``: :func:`maedfer.paths.output_path`).
+
+    Raises:
+        OutsideRoot: a key that would place the clip outside ``--out``.
+    """
     if options.in_place:
         return entry.source
-    return f"clips/{entry.clip_id}{clip_suffix(options.codec)}"
+    planned = f"clips/{entry.clip_id}{clip_suffix(options.codec)}"
+    output_path(options.out, planned, what=f"the clip of {entry.clip_id}")
+    return planned
 
 
 @dataclass
@@ -255,8 +264,14 @@ def process_clip(
 
 
 def _write(frames, fps, options: PrepareOptions, result: ClipResult) -> None:
-    """Encode (an array or a stream of frames) and record the pixel fields."""
-    result.num_frames = write_clip(frames, options.out / result.path, fps=fps, codec=options.codec)
+    """Encode (an array or a stream of frames) and record the pixel fields; the target is
+    checked first: under ``--out``, and never the source itself."""
+    target = output_path(options.out, result.path, what=f"the clip of {result.clip_id}")
+    source = options.raw_root / result.source
+    if target.exists() and source.exists() and os.path.samefile(target, source):
+        raise MaedferError(f"{target} is the raw file {result.source} itself: --out must not "
+                           "hold the raw videos under its clips/ folder")  # fmt: skip
+    result.num_frames = write_clip(frames, target, fps=fps, codec=options.codec)
     result.fps = float(fps)
     result.height = result.width = options.size
 

@@ -13,7 +13,9 @@ It only loops, keeps state and shows progress; the work per clip is `maedfer.pre
   every reject. An environmental failure (full disk, permission, I/O error, a worker killed)
   is no verdict: it is retried once at the end of the run, and if it persists the run ends
   non-zero naming the clips, writes no manifest, and a plain re-run retries them.
-- **Parallel**: ``--workers N`` processes (from a fork server), one `FaceAligner` each; a
+- **Parallel**: ``--workers N`` processes (from a fork server), one `FaceAligner` each, each
+  on a lifeline to the main process (`maedfer.lifeline`: killed in any way, it leaves no
+  worker, fork server or resource tracker behind); a
   single process decodes the next clip in a thread while it aligns the current one. Every
   clip's result depends on the clip alone, so any worker count gives the same bytes.
 - **Shards**: ``--shard i/N`` prepares the i-th of N shards balanced by work, and writes
@@ -49,7 +51,11 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from maedfer import lifeline
+from maedfer.atomic import remove_stale
 from maedfer.errors import MaedferError
+from maedfer.lifeline import die_with
+from maedfer.lock import hold
 from maedfer.manifests import (
     MANIFEST_COLUMNS,
     ClipEntry,
@@ -73,6 +79,7 @@ from maedfer.preprocess.clip import (
 )
 from maedfer.preprocess.encode import CODECS, PARTIAL_MARK
 from maedfer.preprocess.faces import resolve_device
+from maedfer.quiet import quiet_library_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -239,8 +246,13 @@ class Journal:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(options: PrepareOptions, aligner_kwargs: dict, threads: int | None) -> None:
-    """Per process: options, thread limits, and a FaceAligner made on first need."""
+def _init_worker(options: PrepareOptions, aligner_kwargs: dict, threads: int | None,
+                 main_pid: int | None = None) -> None:
+    """Per process: a lifeline on the main process (`maedfer.lifeline`: a worker never
+    outlives it), options, thread limits, and a FaceAligner made on first need."""
+    if main_pid is not None:
+        die_with(main_pid)
+    quiet_library_warnings()
     if threads is not None:
         import cv2
         import torch
@@ -308,7 +320,10 @@ def _pool_context() -> mp.context.BaseContext:
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["maedfer.preprocess.driver", "maedfer.preprocess.faces"])
+    # maedfer.lifeline first: the server holds a lifeline on this process (ENV) from its start
+    os.environ[lifeline.ENV] = str(os.getpid())
+    ctx.set_forkserver_preload(["maedfer.lifeline", "maedfer.preprocess.driver",
+                                "maedfer.preprocess.faces"])
     return ctx
 
 
@@ -333,6 +348,12 @@ MAX_WORKER_DEATHS = 2
 def _process(todo: list[ClipEntry], journal: Journal, options, aligner_kwargs, workers, done
              ) -> list[ClipResult]:  # fmt: skip
     """Prepare `todo`; the environmental failures that remain after one retry each."""
+    with lifeline.terminate_as_interrupt():
+        return _process_all(todo, journal, options, aligner_kwargs, workers, done)
+
+
+def _process_all(todo: list[ClipEntry], journal: Journal, options, aligner_kwargs, workers,
+                 done) -> list[ClipResult]:  # fmt: skip
     bar = tqdm(
         total=len(todo) + done, initial=done, unit="clip", desc=f"prepare {options.dataset}",
         file=sys.stderr, dynamic_ncols=True, smoothing=0.05,
@@ -380,7 +401,7 @@ def _in_pool(todo, options, aligner_kwargs, workers, record, work=None) -> None:
     while pending:
         pool = ProcessPoolExecutor(
             workers, mp_context=_pool_context(), initializer=_init_worker,
-            initargs=(options, aligner_kwargs, threads),
+            initargs=(options, aligner_kwargs, threads, os.getpid()),
         )  # fmt: skip
         in_flight: dict = {}
         try:
@@ -444,17 +465,26 @@ def _reason_counts(rejects: list[tuple[str, str, str]]) -> Counter:
     return Counter(r[2].split(":", 1)[0] for r in rejects)
 
 
-def _summary(dataset, ok, rejects, seconds, out, shard, fingerprints, warnings) -> str:
+def _summary(dataset, ok, rejects, seconds, out, shard, fingerprints, warnings,
+             processed: int | None = None, carried: int = 0) -> str:  # fmt: skip
+    """The run's summary; ``processed``: clips judged by this run (the rate counts those
+    only, not the ones a resumed run found done); ``carried``: rejects an earlier run judged."""
     manifest_name, rejects_name, _ = output_names(shard)
     counts = _reason_counts(rejects)
     reasons = ", ".join(f"{k}: {n}" for k, n in sorted(counts.items()))
-    rate = f" ({ok / seconds:.2f} clips/s)" if seconds > 0 and ok else ""
+    done = ok if processed is None else processed
+    rate = f" ({done / seconds:.2f} clips/s)" if seconds > 0 and done else ""
+    if processed is not None and processed < ok + len(rejects):
+        rate += f"; {processed} clip(s) judged by this run, the rest done earlier"
     lines = [
         f"prepare {dataset}{'' if shard is None else f' shard {shard[0]}/{shard[1]}'}: "
         f"{ok} clips ok, {len(rejects)} rejected ({reasons or 'none'}) in {seconds:.1f} s{rate}",
         f"manifest: {out / manifest_name}",
         f"rejects:  {out / rejects_name}",
     ]
+    if carried:
+        lines.append(f"  {carried} of the rejects were judged by an earlier run and carried "
+                     "over (their files are unchanged); --retry-rejects judges them again")
     lines += [f"warning: {w}" for w in warnings]
     lines += ["fingerprints:", format_fingerprints(fingerprints, published=dataset)]
     return "\n".join(lines)
@@ -567,6 +597,21 @@ def run(
     if not index_only and not merge:
         resolve_device(device)  # a CUDA request without CUDA fails here, not once per clip
     out = Path(out).expanduser().resolve()
+    with hold(out, shard=output_names(part)[2] if part is not None else None):
+        return _run_held(
+            dataset=dataset, raw=raw, out=out, part=part, workers=workers, size=size,
+            index_only=index_only, codec=codec, from_video=from_video, reencode=reencode,
+            merge=merge, device=device, detect_every=detect_every, limit=limit,
+            min_frames=min_frames, min_face_ratio=min_face_ratio, retry_rejects=retry_rejects,
+            dataset_options=dataset_options, start=start,
+        )  # fmt: skip
+
+
+def _run_held(*, dataset, raw, out: Path, part, workers, size, index_only, codec, from_video,
+              reencode, merge, device, detect_every, limit, min_frames, min_face_ratio,
+              retry_rejects, dataset_options, start) -> dict[str, Any]:  # fmt: skip
+    """:func:`run` once it holds ``out``'s lock."""
+    remove_stale(out)  # a killed run's half-written manifest or rejects
     if workers > 1 and not index_only and not merge:
         _start_pool_server()
     info = get_dataset(dataset)
@@ -577,6 +622,7 @@ def run(
         logger.warning(warning)
     if merge:
         return _merge(index, out)
+    _check_apart(index.raw_root, out, in_place=in_place and not reencode)
     options = PrepareOptions(dataset=index.dataset, raw_root=index.raw_root, out=out, size=size,
                              codec=codec, reencode=reencode, min_frames=min_frames,
                              min_face_ratio=min_face_ratio,
@@ -591,18 +637,21 @@ def run(
         fingerprints = _write_outputs(df, rejects, index, out, part)
         ok = len(df)
     else:
-        results, failures = _prepare(
+        results, failures, judged = _prepare(
             entries, options, out, part, workers=workers, device=device,
             detect_every=detect_every, from_video=from_video, retry_rejects=retry_rejects,
         )  # fmt: skip
         if failures:
             _report_failures(index.dataset, failures, len(results), out)
         rejects += [(r.clip_id, r.source, r.reason) for r in results if not r.ok]
+        carried = sum(not r.ok and r.clip_id not in judged for r in results)
         df = _frame(results, entries, index)
         fingerprints = _write_outputs(df, rejects, index, out, part)
         ok = len(df)
     seconds = time.perf_counter() - start
-    print(_summary(index.dataset, ok, rejects, seconds, out, part, fingerprints, index.warnings))
+    print(_summary(index.dataset, ok, rejects, seconds, out, part, fingerprints, index.warnings,
+                   processed=None if index_only else len(judged),
+                   carried=0 if index_only else carried))  # fmt: skip
     return {
         "ok": ok,
         "rejected": len(rejects),
@@ -610,6 +659,15 @@ def run(
         "seconds": seconds,
         "fingerprints": fingerprints,
     }
+
+
+def _check_apart(raw_root: Path, out: Path, *, in_place: bool) -> None:
+    """Refuse an ``--out`` whose ``clips/`` folder holds the raw tree: prepared clips would be
+    written over the raw videos they are made from."""
+    clips = out / "clips"
+    if not in_place and (raw_root == clips or clips in raw_root.parents):
+        raise MaedferError(f"--raw {raw_root} lies inside {clips}, where prepared clips are "
+                           "written: they would replace the raw videos; choose another --out")
 
 
 def _report_failures(dataset: str, failures: list[ClipResult], done: int, out: Path) -> None:
@@ -645,9 +703,9 @@ def _needs_work(entry: ClipEntry, result: ClipResult | None, options: PrepareOpt
 
 def _prepare(entries, options: PrepareOptions, out: Path, part, *, workers, device,
              detect_every, from_video, retry_rejects=False
-             ) -> tuple[list[ClipResult], list[ClipResult]]:  # fmt: skip
+             ) -> tuple[list[ClipResult], list[ClipResult], set[str]]:  # fmt: skip
     """Process the entries not finished yet; the results of all of them, from the journal,
-    and the environmental failures that remain."""
+    the environmental failures that remain, and the clips this run judged."""
     config = {k: str(v) for k, v in asdict(options).items() if k != "out"}
     config["from_video"] = str(from_video)
     journal = Journal(out / STATE_DIR / f"{output_names(part)[2]}.jsonl", config)
@@ -668,4 +726,4 @@ def _prepare(entries, options: PrepareOptions, out: Path, part, *, workers, devi
     failed = {f.clip_id for f in failures}
     done = [journal.results[e.clip_id] for e in entries
             if e.clip_id in journal.results and e.clip_id not in failed]  # fmt: skip
-    return done, failures
+    return done, failures, {e.clip_id for e in todo}

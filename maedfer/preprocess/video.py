@@ -153,6 +153,27 @@ def probe_video(path: str | Path) -> VideoInfo:
     return info
 
 
+def frame_times(path: str | Path, num_frames: int) -> np.ndarray | None:
+    """When each of the ``num_frames`` frames of a variable-frame-rate video is shown, in
+    seconds from the first (from the packets' timestamps, no decoding); None for a constant
+    rate (frame ``i`` at ``i / fps``, within a tenth of a frame) or timestamps that do not
+    account for every frame."""
+    try:
+        with _open(Path(path)) as container:
+            stream = container.streams.video[0]
+            base = stream.time_base
+            pts = sorted(p.pts for p in container.demux(stream) if p.size and p.pts is not None)
+            rate = float(_stream_rate(stream))
+    except (VideoError, av.FFmpegError, OSError, IndexError):
+        return None
+    if len(pts) != num_frames or num_frames < 2 or not base:
+        return None
+    times = (np.asarray(pts, np.float64) - pts[0]) * float(base)
+    if np.abs(times - np.arange(num_frames) / rate).max() <= 0.1 / rate:
+        return None
+    return times
+
+
 def iter_video_frames(
     path: str | Path, *, size: tuple[int, int] | None = None, threads: int = 0
 ) -> Iterator[np.ndarray]:

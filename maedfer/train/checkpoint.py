@@ -53,7 +53,7 @@ from torch import nn
 
 from maedfer.atomic import atomic_path
 from maedfer.errors import MaedferError
-from maedfer.model import create_model, load_official
+from maedfer.model import LGIFormer, create_model, load_official
 from maedfer.model.lgi_former import ENCODER_FIELDS, encoder_state
 from maedfer.train.optim import unwrap
 
@@ -290,14 +290,36 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], **overrides: Any) -> nn.Modul
 # ---------------------------------------------------------------- initialisation (--init)
 
 
+# What a classifier of the lineage holds beside its encoder: left fresh by an --init.
+HEAD_PREFIXES = ("fc_norm.", "head.", "image_head.")
+
+
+def _encoder_parts(model: nn.Module, ckpt: Mapping[str, Any]):  # noqa: ANN202 (3 values)
+    """(config fields that must agree, our encoder tensors, theirs) for ``--init`` from one of
+    ours. LGI-Former: the fields that fix its encoder (region tokens depend on the input
+    size). The other families: the tensors alone decide (a fixed position table leaves the
+    input size free, as the authors' fine-tuning uses weights pre-trained at another size)."""
+    if isinstance(model, LGIFormer):  # its encoder is `encoder.*` in both MAE-DFER models
+        return ENCODER_FIELDS, encoder_state(model.state_dict()), encoder_state(ckpt["model"])
+    ours = {k: v for k, v in model.state_dict().items() if not k.startswith(HEAD_PREFIXES)}
+    source = {k: v for k, v in ckpt["model"].items() if not k.startswith(HEAD_PREFIXES)}
+    return (), ours, source
+
+
 def _load_own_encoder(model: nn.Module, ckpt: Mapping[str, Any], path: Path) -> str:
+    fields, ours, source = _encoder_parts(model, ckpt)
     problem = config_mismatch(
-        ckpt["model_name"], ckpt["model_config"], model.model_name, model.config, ENCODER_FIELDS
+        ckpt["model_name"], ckpt["model_config"], model.model_name, model.config, fields
     )
     if problem:
         raise MaedferError(f"--init {path} holds {problem}; their encoders differ")
-    source = encoder_state(ckpt["model"])
-    ours = encoder_state(model.state_dict())
+    shaped = [k for k in ours if k in source and source[k].shape != ours[k].shape]
+    if shaped or (fields == () and set(source) - set(ours)):
+        extra = sorted(set(source) - set(ours))
+        what = (f"{shaped[0]} {list(source[shaped[0]].shape)} vs {list(ours[shaped[0]].shape)}"
+                if shaped else f"tensors this model lacks: {', '.join(extra[:5])}")
+        raise MaedferError(f"--init {path} holds {ckpt['model_name']}, but this run builds "
+                           f"{model.model_name}; their encoders differ ({what})")
     missing = sorted(set(ours) - set(source))
     if missing:
         raise MaedferError(f"--init {path} lacks encoder tensors: {', '.join(missing[:5])}")

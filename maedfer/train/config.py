@@ -17,75 +17,47 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
+import re
+import shutil
+import textwrap
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 
 from maedfer.errors import MaedferError
-from maedfer.pipelines.backend import choices as backend_choices
+from maedfer.options import Choices, opt, section
+from maedfer.pipelines.options import RAND_AUGMENT, DataOptions, TrainDataOptions  # noqa: F401 (RAND_AUGMENT: re-exported)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 RECIPES: tuple[str, ...] = ("pretrain", "finetune")
 RESOLVED = "resolved"  # the section of a run's config.yaml that records what it resolved
-RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"  # == maedfer.pipelines.augment.RAND_AUGMENT (tested)
-
-
-@dataclass(frozen=True)
-class Choices:
-    """``Annotated[str, Choices(fn)]``: a string that must be one of ``fn()``, read when the
-    value is set (the backend table, which a backend module extends, says what is valid)."""
-
-    values: Any
-
-    def __call__(self) -> tuple[str, ...]:
-        return tuple(self.values())
-
-
-def opt(default: Any, help: str) -> Any:  # noqa: A002 (the word users read)
-    """A config field with its default and its help line."""
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
-def section(cls: type, help: str) -> Any:  # noqa: A002
-    return field(default_factory=cls, metadata={"help": help})
 
 
 # ---------------------------------------------------------------------------------- sections
 
 
 @dataclass
-class DataConfig:
-    """Which clips, how they are sampled and decoded (shared by both recipes)."""
+class DataConfig(DataOptions):
+    """Which clips, how they are sampled and decoded (shared by both recipes): the loader's
+    options (:class:`maedfer.pipelines.options.DataOptions`, declared there) and the manifest."""
 
     manifest: str | None = opt(None, "manifest.parquet of a prepared dataset (--data)")
-    batch_size: int = opt(32, "clips per device and micro-batch (official: 32 per GPU)")
-    workers: int | None = opt(None, "PyAV worker processes or DALI threads (null: from the "
-                              "core count)")
-    backend: Annotated[str, Choices(backend_choices)] = opt(
-        "auto", "clip decoder: dali (GPU), pyav (CPU) or auto (DALI when CUDA and DALI are "
-        "present)")
-    temporal_rule: Literal["stride", "reference"] = opt(
-        "stride", "training window: stride = num_frames frames exactly `stride` apart at a "
-        "random start (the official pre-training rule)")
-    stride: int = opt(4, "frame step of the windows (official sampling rate: 4; FERV39k 1)")
-    augment: bool = opt(True, "the official spatial augmentation of this recipe")
-    subtract_mean: bool = opt(False, "feed each clip minus its mean frame (not in the "
-                              "official recipe; the demo uses it)")
-    num_sample: int = opt(1, "training samples per clip and epoch from one decoded window, "
-                          "each with its own crop (VideoMAE V2's repeated sampling, a maedfer "
-                          "option: fewer decodes per sample, num_sample x the steps per epoch; "
-                          "official: 1)")
+    max_bad_share: float = opt(0.01, "a missing or undecodable training clip is replaced by "
+                               "another and counted (report.json, the summary, "
+                               "RUN/bad_clips.json); the run stops once more than this share "
+                               "of the training clips are (1: never)")
 
 
 @dataclass
-class FinetuneDataConfig(DataConfig):
+class FinetuneDataConfig(DataConfig, TrainDataOptions):
+    """The fine-tuning recipe's data: the loader's train-mode options too, and the fold."""
+
     fold: int | None = opt(None, "test fold of a k-fold protocol (--fold); null for a fixed "
                            "train/test split")
     temporal_rule: Literal["stride", "reference"] = opt(
@@ -93,11 +65,6 @@ class FinetuneDataConfig(DataConfig):
         "num_frames*stride window, effective stride 64/15; short clips spread over the whole "
         "clip); stride = exactly `stride` apart, equal to the test views' stride (a maedfer "
         "option)")
-    rand_augment: str | None = opt(RAND_AUGMENT, "timm RandAugment policy, same ops on every "
-                                   "frame, on every backend (null: off)")
-    flip_only: bool = opt(False, "with augment false: still flip half the training clips")
-    random_sign: bool = opt(False, "negate half the training clips (with subtract_mean; not "
-                            "in the official recipe)")
 
 
 @dataclass
@@ -122,8 +89,13 @@ class PretrainModelConfig(ModelConfig):
 
 @dataclass
 class FinetuneModelConfig(ModelConfig):
+    num_frames: int | None = opt(None, "frames per clip (model input; null: the model's input "
+                                 "contract, 16 for every model of docs/models.md)")
+    img_size: int | None = opt(None, "clip side in pixels (model input; null: the model's "
+                               "input contract: 160, videomae_base_224 and marlin_* 224)")
     init: str | None = opt(None, "checkpoint to start from (--init): maedfer pre-training or "
-                           "fine-tuning, or an official MAE-DFER .pth; null: random weights")
+                           "fine-tuning, or the authors' released .pth of the model's family "
+                           "(docs/models.md); null: random weights")
     num_classes: int | None = opt(None, "classes (null: from the manifest; set, it must "
                                   "match the manifest)")
     skip_unused_tail: bool = opt(
@@ -335,9 +307,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
-def _set(cfg: Any, key: str, value: Any, *, root: Any) -> None:
+def _set(cfg: Any, key: str, value: Any, *, root: Any, merge: bool = False) -> None:
     """Set dotted ``key`` of ``cfg`` (a key inside a dict field, e.g. ``model.overrides.depth``,
-    sets that entry)."""
+    sets that entry). ``merge``: a mapping given for a dict field sets its entries and keeps
+    the others (the command line's ``--set``), instead of becoming the field's whole value."""
     parts = key.split(".")
     node = cfg
     for i, name in enumerate(parts):
@@ -353,19 +326,30 @@ def _set(cfg: Any, key: str, value: Any, *, root: Any) -> None:
                 if not isinstance(value, Mapping):
                     raise MaedferError(f"{key} is a section; set its keys, e.g. {key}.<key>=...")
                 for sub, v in value.items():
-                    _set(root, f"{key}.{sub}", v, root=root)
+                    _set(root, f"{key}.{sub}", v, root=root, merge=merge)
                 return
             node = getattr(node, name)
             continue
-        if rest:
-            if typing.get_origin(hint) is not dict:
-                raise _unknown(key, keys(root))
-            target = dict(getattr(node, name))
-            target[".".join(rest)] = value
-            setattr(node, name, target)
+        if typing.get_origin(hint) is dict and (rest or merge):  # set entries, keep the others
+            given = {".".join(rest): value} if rest else _coerce(value, hint, key)
+            setattr(node, name, merge_entries(getattr(node, name), given))
             return
+        if rest:
+            raise _unknown(key, keys(root))
         setattr(node, name, _coerce(value, hint, key))
         return
+
+
+def merge_entries(current: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """A mapping option after ``given``: its entries set, the others kept, an entry given as
+    null removed (``--set 'model.overrides={num_heads: 3}'`` changes ``num_heads`` only)."""
+    merged = dict(current)
+    for entry, value in given.items():
+        if value is None:
+            merged.pop(str(entry), None)
+        else:
+            merged[str(entry)] = value
+    return merged
 
 
 def parse_value(text: str) -> Any:
@@ -402,13 +386,30 @@ def parse_overrides(items: Sequence[str] | Mapping[str, Any] | None) -> dict[str
 
 
 def apply_overrides(cfg: Any, overrides: Sequence[str] | Mapping[str, Any] | None) -> Any:
-    """``cfg`` with dotted overrides applied (in place; returned for chaining)."""
-    for key, value in parse_overrides(overrides).items():
+    """``cfg`` with dotted overrides applied (in place; returned for chaining).
+
+    Raises:
+        MaedferError: an unknown key or bad value, or an override that would have no effect
+            (``optim.blr`` where the config sets an absolute ``optim.lr``, which wins).
+    """
+    parsed = parse_overrides(overrides)
+    # ``--set`` text changes what it names: a mapping sets those entries (merge); a mapping of
+    # values from Python or a config file gives each key its whole value
+    merge = overrides is not None and not isinstance(overrides, Mapping)
+    for key, value in parsed.items():
         if key == "recipe":
             if value != cfg.recipe:
                 raise MaedferError(f"this is a {cfg.recipe} config; recipe cannot be {value!r}")
             continue
-        _set(cfg, key, value, root=cfg)
+        _set(cfg, key, value, root=cfg, merge=merge)
+    optim = getattr(cfg, "optim", None)
+    if "optim.blr" in parsed and "optim.lr" not in parsed and optim is not None \
+            and optim.lr is not None:
+        raise MaedferError(
+            f"--set optim.blr={parsed['optim.blr']} would be ignored: the config sets "
+            f"optim.lr={optim.lr}, an absolute peak lr that wins over blr; add --set "
+            "optim.lr=null to scale blr by the total batch, or set optim.lr instead"
+        )
     return cfg
 
 
@@ -555,17 +556,45 @@ def resolve(config: Any, *, recipe: str,
     cfg = load(config, recipe=recipe, overrides=overrides)
     given = {k: str(v) if isinstance(v, Path) else v for k, v in (flags or {}).items()
              if v is not None}
-    return apply_overrides(cfg, given)
+    cfg = apply_overrides(cfg, given)
+    # the files a run reads, absolute: its config.yaml replays from any folder
+    absolute = {key: os.path.abspath(os.path.expanduser(value)) for key in PATH_KEYS
+                if isinstance(value := _get(cfg, key), str) and value}  # fmt: skip
+    return apply_overrides(cfg, absolute)
+
+
+#: Config keys that name files; stored absolute (:func:`resolve`), compared by the file they
+#: name (``maedfer.train.resume``).
+PATH_KEYS = ("data.manifest", "model.init")
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for name in key.split("."):
+        cfg = getattr(cfg, name, None)
+    return cfg
+
+
+def describe_config(name: str) -> str:
+    """The first sentence of a shipped config's leading comment, whole (it may span lines)."""
+    text = (CONFIG_DIR / f"{name}.yaml").read_text(encoding="utf-8")
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    paragraph = " ".join(" ".join(lines).split())
+    end = re.search(r"[.!?](\s|$)", paragraph)
+    return paragraph[: end.start() + 1] if end else paragraph
 
 
 def print_list() -> list[str]:
-    """``maedfer config list``: one shipped config per line, with its recipe and first line."""
+    """``maedfer config list``: each shipped config with the first sentence of its comment,
+    wrapped, never cut."""
     names = list_configs()
+    width = max(60, shutil.get_terminal_size((100, 24)).columns)
     for name in names:
-        text = (CONFIG_DIR / f"{name}.yaml").read_text(encoding="utf-8")
-        title = next((line.lstrip("# ").strip() for line in text.splitlines()
-                      if line.startswith("#")), "")
-        print(f"{name:24s} {title}")
+        print(textwrap.fill(describe_config(name), width=width, initial_indent=f"{name:24s} ",
+                            subsequent_indent=" " * 25))  # fmt: skip
     return names
 
 

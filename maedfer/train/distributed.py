@@ -270,3 +270,11 @@ def cleanup(env: DistEnv, *, synchronize: bool = True) -> None:
             dist.barrier()
         gc.collect()
         dist.destroy_process_group()
+
+
+def all_reduce_sum_(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Sum ``tensor`` over processes in place, on its device, without waiting (the host does
+    not read it); returned for chaining."""
+    if env.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor

@@ -12,12 +12,12 @@ Two kinds of checkpoint are told apart by their content:
 
 - ours (``checkpoints/last.pt`` of ``maedfer finetune``): it names its model, the model's
   config, the class names and the recipe's options (frame stride, test views, precision);
-- an official MAE-DFER fine-tuned ``.pth`` (``{'model': state_dict, 'args': ...}`` in the
-  official fine-tuning key layout): the architecture is read off the tensors
-  (:func:`maedfer.model.official.official_classifier_config`; ``lgi_former_base`` for the
+- a released fine-tuned ``.pth`` of the lineage (``{'model': state_dict, 'args': ...}``:
+  MAE-DFER's, VideoMAE's, SVFAP's, S4D's): the model and architecture are read off the tensors
+  (:func:`maedfer.model.official.official_classifier`; ``lgi_former_base`` for MAE-DFER's
   released ones), the weights go through :func:`maedfer.model.load_official`, the class names
   come from the manifest, whose class count must equal the head's rows. The saved ``args``
-  give the frame stride (``sampling_rate``) where present, else 4.
+  give the frame stride (``sampling_rate``) where present, else the model's input contract.
 """
 
 from __future__ import annotations
@@ -29,9 +29,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from maedfer.errors import MaedferError
+from maedfer.lock import hold
+from maedfer.model import input_contract
+from maedfer.train import badclips
 from maedfer.train import checkpoint as ckpt_io
 from maedfer.train.coverage import describe_missing
 from maedfer.train.distributed import resolve_device
@@ -47,7 +51,6 @@ from maedfer.train.runtime import parse_overrides
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STRIDE = 4  # the official test takes every 4th frame, when a checkpoint does not say
 DEFAULT_VIEWS = 2  # the official test: 2 temporal views (its 2 "crops" are identical)
 DEFAULT_BATCH = 32
 
@@ -72,16 +75,19 @@ def _selection(data: Path, fold: int | None, split: str | None) -> dict[str, Any
             raise MaedferError(
                 f"{data} is a {num_folds}-fold protocol ({dataset}): give --fold K, not --split"
             )
-        if fold is None or not 1 <= fold <= num_folds:
+        if fold is None:
+            raise MaedferError(f"{dataset} is a {num_folds}-fold protocol: give --fold K "
+                               f"(1..{num_folds}), the fold to test on")  # fmt: skip
+        if not 1 <= fold <= num_folds:
             raise MaedferError(
-                f"--fold ({fold}) must be in 1..{num_folds} for {dataset} ({num_folds}-fold "
+                f"--fold {fold} must be in 1..{num_folds} for {dataset} ({num_folds}-fold "
                 "protocol)"
             )
         rows = {"fold": fold}
     else:
         if fold is not None:
             raise MaedferError(f"{dataset} has a fixed train/test split: give --split test, "
-                               f"not --fold ({fold})")  # fmt: skip
+                               f"not --fold {fold}")  # fmt: skip
         rows = {"split": split or "test"}
     return {"dataset": dataset, "classes": classes, "rows": rows}
 
@@ -107,7 +113,7 @@ def _own_model(ckpt: Mapping[str, Any], path: Path, classes: list[str]) -> tuple
     _check_head(model.config["num_classes"], path, classes)
     config = ckpt.get("config") or {}
     settings = {
-        "stride": _recipe_value(config, "stride") or DEFAULT_STRIDE,
+        "stride": _recipe_value(config, "stride") or input_contract(model).stride,
         "test_views": _recipe_value(config, "test_views") or DEFAULT_VIEWS,
         "subtract_mean": bool(_recipe_value(config, "subtract_mean")),
         "precision": _recipe_value(config, "precision"),
@@ -136,7 +142,7 @@ def _official_model(
     model, args = build_official_classifier(obj, path, overrides)
     _check_head(int(model.config["num_classes"]), path, classes)
     settings = {
-        "stride": int(args.get("sampling_rate") or DEFAULT_STRIDE),
+        "stride": int(args.get("sampling_rate") or input_contract(model).stride),
         "test_views": int(args.get("test_num_segment") or DEFAULT_VIEWS),
         "subtract_mean": False, "precision": None, "batch_size": None,
         "epoch": obj.get("epoch") if isinstance(obj, Mapping) else None, "step": None,
@@ -212,6 +218,19 @@ def run(
     if out is None:
         raise MaedferError("--checkpoint needs --out DIR (where report.json and "
                            "predictions.parquet go)")  # fmt: skip
+    with hold(Path(out)):  # one command writes a folder at a time (maedfer.lock)
+        return _evaluate(
+            checkpoint=checkpoint, data=data, out=Path(out), fold=fold, split=split,
+            dataset=dataset, device=device, backend=backend, batch_size=batch_size,
+            workers=workers, model_overrides=model_overrides, as_json=as_json, quiet=quiet,
+        )  # fmt: skip
+
+
+def _evaluate(*, checkpoint: Path, data: Path, out: Path, fold: int | None, split: str | None,
+              dataset: str | None, device: str | None, backend: str, batch_size: int | None,
+              workers: int | None, model_overrides: Mapping[str, Any] | list[str] | None,
+              as_json: bool, quiet: bool) -> dict[str, Any]:  # fmt: skip
+    """:func:`run` once it holds ``out``'s lock."""
     started = time.perf_counter()
     chosen = _selection(Path(data), fold, split)
     if dataset is not None and dataset.lower() != chosen["dataset"].lower():
@@ -231,6 +250,9 @@ def run(
         device=str(dev) if dev.type == "cuda" else None, subtract_mean=settings["subtract_mean"],
         test_views=int(settings["test_views"]), **chosen["rows"], **loader_options,
     )  # fmt: skip
+    # a model that draws random numbers in evaluation (S4D's router noise, its authors' code)
+    # gives the same report for the same checkpoint and data
+    torch.manual_seed(0)
     rows = view_probabilities(model, loader, device=dev, precision=precision, progress=not quiet)
     result = score_views(rows, classes, loader.table.clip_ids())
     # the keys of a fine-tuning run's report (dataset, fold, epoch, step), then what was tested
@@ -239,6 +261,7 @@ def run(
         "step": settings["step"], "split": chosen["rows"].get("split"),
         "checkpoint": str(checkpoint), "checkpoint_format": settings["format"],
         "model": model.model_name, "precision": precision, "stride": int(settings["stride"]),
+        "bad_train_clips": _bad_train_clips(Path(checkpoint), settings["format"]),
     })  # fmt: skip
     out = Path(out)
     write_results(out, result, classes)
@@ -261,6 +284,16 @@ def _write_html(out: Path, report: dict[str, Any], checkpoint: Path) -> Path:
         dataset=report["dataset"], published=page.published_percent(report["dataset"]),
         note=f"checkpoint {checkpoint} ({report['checkpoint_format']})",
     )  # fmt: skip
+
+
+def _bad_train_clips(checkpoint: Path, form: str) -> int | None:
+    """The faulty training clips of the run whose ``checkpoints/last.pt`` (or ``final.pt``)
+    this is, as its report counts them; None for an official checkpoint or a loose file."""
+    if form == "official":
+        return None
+    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else \
+        checkpoint.parent
+    return badclips.count(run) if (run / "config.yaml").is_file() else None
 
 
 def _summary(report: dict[str, Any], out: Path, started: float) -> str:

@@ -33,9 +33,9 @@ import torch
 
 from maedfer.errors import MaedferError
 from maedfer.model import model_info
+from maedfer.train import badclips, loop
 from maedfer.train import checkpoint as ckpt_io
 from maedfer.train import config as config_io
-from maedfer.train import loop
 from maedfer.train.config import FinetuneConfig
 from maedfer.train.coverage import describe_missing
 from maedfer.train.distributed import gather_objects
@@ -89,7 +89,8 @@ class FinetuneRecipe:
             )
         if model_info(cfg.model.name)["kind"] != "classifier":
             raise MaedferError(
-                f"finetune needs a classifier (lgi_former_*, vit_base), got {cfg.model.name!r}"
+                f"finetune needs a classifier (lgi_former_*, videomae_*, marlin_*, svfap_*, "
+                f"s4d_*, hicmae_*), got {cfg.model.name!r}"
             )
         if cfg.data.manifest is None:
             raise MaedferError("finetune needs a manifest: --data M.parquet (data.manifest)")
@@ -118,6 +119,8 @@ class FinetuneRecipe:
         self._raw, self._model = loop.place_model(self._setup_model(), self._env, self._state,
                                                   self.checkpoint_path)
         self._loader, self._test_loader = self._setup_data()
+        if (self._loader.table.label < 0).any():  # checked once here, not per batch
+            raise MaedferError("the training selection holds unlabelled clips (label -1)")
         self._steps_per_epoch = loop.steps_per_epoch(self._loader, cfg.optim.accum_steps)
         self._lr = loop.lr_range(cfg.optim, cfg.schedule, self.total_batch)
         self._optimizer = loop.build_optimizer(self._raw, cfg.optim, self._lr[0], self._state)
@@ -152,14 +155,17 @@ class FinetuneRecipe:
     def _select_rows(self) -> dict[str, dict[str, Any]]:
         fold, k = self.cfg.data.fold, self.num_folds
         if k > 0:
-            if fold is None or not 1 <= fold <= k:
+            if fold is None:
+                raise MaedferError(f"{self.dataset} is a {k}-fold protocol: give --fold K "
+                                   f"(1..{k}), the fold to test on")  # fmt: skip
+            if not 1 <= fold <= k:
                 raise MaedferError(
-                    f"--fold ({fold}) must be in 1..{k} for {self.dataset} ({k}-fold protocol)"
+                    f"--fold {fold} must be in 1..{k} for {self.dataset} ({k}-fold protocol)"
                 )
             return {"train": {"fold": fold}, "test": {"fold": fold}}
         if fold is not None:
             raise MaedferError(
-                f"{self.dataset} has a fixed train/test split: drop --fold ({fold})"
+                f"{self.dataset} has a fixed train/test split: drop --fold {fold}"
             )
         return {"train": {"split": "train"}, "test": {"split": "test"}}
 
@@ -191,20 +197,15 @@ class FinetuneRecipe:
         from maedfer.pipelines import build_loader
 
         cfg, data = self.cfg, self.cfg.data
-        common = loop.loader_options(data, self._raw.config, self._env, cfg.run.seed)
-        # every backend runs the recipe's RandAugment; one that could not would refuse it here
-        # (build_loader: one line naming data.rand_augment and the backend), never drop it
-        policy = data.rand_augment if data.augment else None
-        train = build_loader(
-            data.manifest, mode="train", batch_size=data.batch_size,
-            rand_augment=policy or False,
-            flip_only=data.flip_only, random_sign=data.random_sign,
-            **self._selection["train"], **common,
-        )  # fmt: skip
-        common.update(augment=False, num_sample=1)
+        common = loop.loader_options(self._raw.config, self._env, cfg.run.seed)
+        # the section goes whole: every backend runs the recipe's RandAugment, and one that
+        # could not would refuse it here in one line naming data.rand_augment, never drop it
+        train = build_loader(data.manifest, data, mode="train", **self._selection["train"],
+                             max_bad_share=data.max_bad_share, **common)
         test = build_loader(
-            data.manifest, mode="test", batch_size=cfg.eval.test_batch_size or data.batch_size,
-            test_views=cfg.eval.test_views, **self._selection["test"], **common,
+            data.manifest, data, mode="test", test_views=cfg.eval.test_views,
+            batch_size=cfg.eval.test_batch_size or data.batch_size,
+            **self._selection["test"], **common,
         )  # fmt: skip
         return train, test
 
@@ -227,9 +228,16 @@ class FinetuneRecipe:
         return config_io.to_dict(config_io.load(self.cfg, overrides={
             "data.backend": self._loader.backend if hasattr(self, "_loader")
             else self.cfg.data.backend, "run.precision": self._precision,
-            "run.device": str(self._env.device), "run.out": str(self.out),
-            "model.num_classes": len(self.classes),
+            "run.device": str(self._env.device), "run.out": str(self.out.absolute()),
+            "model.num_classes": len(self.classes), **self._model_inputs(),
         }))  # fmt: skip
+
+    def _model_inputs(self) -> dict[str, Any]:
+        """The frames and side the model was built for (null in the config: its contract)."""
+        raw = getattr(self, "_raw", None)
+        if raw is None:
+            return {}
+        return {f"model.{k}": raw.config[k] for k in ("num_frames", "img_size")}
 
     def describe(self) -> dict[str, Any]:
         """What this recipe runs (after ``setup()``): the ``--dry-run --json`` object."""
@@ -260,8 +268,6 @@ class FinetuneRecipe:
     def _loss_step(self, batch: dict[str, Any], epoch: int, micro: int) -> torch.Tensor:
         """Loss of one micro-batch of this rank (mixup drawn from the step's own seed)."""
         env = self._env
-        if bool((batch["label"] < 0).any()):
-            raise MaedferError("the training selection holds unlabelled clips (label -1)")
         video = batch["video"].to(env.device, non_blocking=True)
         target = batch["label"].to(env.device, non_blocking=True)
         if self._mixup is not None:
@@ -270,7 +276,10 @@ class FinetuneRecipe:
             video, target = self._mixup(video, target)
         with autocast(env.device, self._precision):
             logits = self._model(video)
-        return self._criterion(logits.float(), target)
+        loss = self._criterion(logits.float(), target)
+        # a mixture of experts' load balancing (S4D: the authors' aux_loss_coeff x its term)
+        aux = self._raw.aux_loss() if hasattr(self._raw, "aux_loss") else None
+        return loss if aux is None else loss + aux.float()
 
     @torch.no_grad()
     def test(self, *, write: bool) -> dict[str, Any] | None:
@@ -289,7 +298,8 @@ class FinetuneRecipe:
                              self._test_loader.table.clip_ids())  # fmt: skip
         report, progress = result.report, self._loop.progress
         report.update({"dataset": self.dataset, "fold": self.cfg.data.fold,
-                       "epoch": progress.epochs_run, "step": progress.global_step})
+                       "epoch": progress.epochs_run, "step": progress.global_step,
+                       "bad_train_clips": badclips.count(self.out)})
         self._loop.metrics.write({"kind": "test", "epoch": progress.epochs_run,
                                   "step": progress.global_step, "uar": report["uar"],
                                   "war": report["war"], "final": write,
@@ -323,6 +333,7 @@ class FinetuneRecipe:
             "epochs": lp.progress.epochs_run, "steps": lp.progress.global_step,
             "loss": lp.last_epoch_loss(), "report": report, "stopped_by": lp.stopped_by,
             "nonfinite_steps": lp.progress.nonfinite_steps,
+            "bad_train_clips": badclips.count(self.out),
             "time_s": time.perf_counter() - started,
         }  # fmt: skip
 
@@ -355,6 +366,7 @@ def _summary(result: dict[str, Any], classes: list[str]) -> str:
     lines.append(f"  checkpoint: {result['checkpoint']}")
     if result["nonfinite_steps"]:
         lines.append(f"  non-finite loss: {result['nonfinite_steps']} step(s) skipped")
+    lines += badclips.summary_lines(result)
     return "\n".join(lines)
 
 

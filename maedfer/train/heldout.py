@@ -38,9 +38,13 @@ def manifest_info(path: Path) -> tuple[str, list[str], int]:
             must name its classes in label order).
     """
     try:
-        meta = pq.read_schema(path).metadata or {}
+        parquet = pq.ParquetFile(path)
+        meta = parquet.schema_arrow.metadata or {}
     except (OSError, ValueError) as exc:
         raise MaedferError(f"cannot read manifest {path}: {exc}") from None
+    if parquet.metadata.num_rows == 0:
+        raise MaedferError(f"manifest {path} holds no clips (0 rows): prepare the dataset again "
+                           "(its rejects.parquet says why clips were left out)")  # fmt: skip
     if b"maedfer.classes" not in meta:
         raise MaedferError(f"manifest {path} has no maedfer.classes metadata (class names)")
     classes = json.loads(meta[b"maedfer.classes"])
@@ -124,8 +128,10 @@ def score_views(
 
 
 def write_results(out: Path, result: TestResult, classes: list[str]) -> None:
-    """Write ``out/predictions.parquet`` and ``out/report.json`` (atomically, in that order: a
-    report beside its predictions means both are whole)."""
+    """Write ``out/predictions.parquet`` and ``out/report.json`` (atomically, in that order,
+    after removing the old report: a report beside its predictions means both are whole and of
+    one test; a kill in between leaves predictions without a report, never another test's)."""
+    (Path(out) / REPORT).unlink(missing_ok=True)
     metrics.write_predictions(Path(out) / PREDICTIONS, result.clip_ids, result.labels,
                               result.probs, classes)  # fmt: skip
     metrics.write_report(Path(out) / REPORT, result.report)

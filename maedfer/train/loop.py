@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,10 +33,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from maedfer.atomic import remove_stale
 from maedfer.errors import MaedferError
+from maedfer.lock import RunLock
 from maedfer.model import create_model
+from maedfer.pipelines.loader import TooManyBadClips
+from maedfer.train import badclips
 from maedfer.train import checkpoint as ckpt_io
 from maedfer.train import config as config_io
+from maedfer.train import distributed as dist_io
 from maedfer.train.distributed import DistEnv, all_reduce_sum, cleanup, init_distributed, wrap_ddp
 from maedfer.train.optim import create_optimizer, scaled_lr
 from maedfer.train.precision import resolve_precision
@@ -45,6 +49,7 @@ from maedfer.train.records import CONFIG_YAML, TensorBoardLog, write_config_yaml
 from maedfer.train.resume import ResumeDecision, decide_resume, mark_finished, prepare_run_dir
 from maedfer.train.runtime import MetricsLog, StopSignals, nonfinite_stop, step_seed
 from maedfer.train.schedule import WarmupCosine
+from maedfer.train.tally import DeviceTally
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +116,15 @@ def decide_run(cfg: Any, out: Path, *, final_outputs: tuple[str, ...] = ()) -> R
 
 
 def open_run(recipe: Any, *, final_outputs: tuple[str, ...] = ()) -> bool:
-    """Decide the run (:func:`decide_run`) for ``recipe``; True when ``--out`` holds a finished
-    run and nothing is to be built (a dry run builds it all the same)."""
+    """Take the run folder's lock (rank 0; not for a dry run, which writes nothing) and decide
+    the run (:func:`decide_run`) for ``recipe``; True when ``--out`` holds a finished run and
+    nothing is to be built (a dry run builds it all the same). The lock is held until
+    :func:`close`: a second command into the same folder is refused (:mod:`maedfer.lock`)."""
+    recipe._lock = RunLock()
+    if recipe._env.is_main and not recipe.dry_run:
+        recipe._lock.take(recipe.out, what="choose another --out (run.out)")
+        for folder in (recipe.out, recipe.checkpoint_path.parent):  # a killed save's temporary
+            remove_stale(folder)
     recipe._decision = decide_run(recipe.cfg, recipe.out, final_outputs=final_outputs)
     recipe._state = recipe._decision.state
     if recipe._decision.action == "finished" and not recipe.dry_run:
@@ -232,21 +244,14 @@ def build_schedule(optimizer: torch.optim.Optimizer, *, optim: Any, schedule: An
     return scheduler
 
 
-def loader_options(data: Any, model_config: dict[str, Any], env: DistEnv,
-                   seed: int) -> dict[str, Any]:
-    """``build_loader`` keywords both recipes pass, from the ``data`` section and the model's
-    input size (the model decides frames and side; the config only asks for them)."""
-    options: dict[str, Any] = {
-        "num_frames": model_config["num_frames"], "stride": data.stride,
-        "size": model_config["img_size"], "backend": data.backend, "seed": seed,
-        "device": str(env.device) if env.device.type == "cuda" else None,
-        "rank": env.rank, "world_size": env.world_size, "subtract_mean": data.subtract_mean,
-        "temporal_rule": data.temporal_rule, "augment": data.augment,
-        "num_sample": data.num_sample,
+def loader_options(model_config: dict[str, Any], env: DistEnv, seed: int) -> dict[str, Any]:
+    """The ``build_loader`` arguments both recipes pass beside their ``data`` section: the
+    model's input (the model decides frames and side), the run's seed and this rank's share."""
+    return {
+        "num_frames": model_config["num_frames"], "size": model_config["img_size"],
+        "seed": seed, "device": str(env.device) if env.device.type == "cuda" else None,
+        "rank": env.rank, "world_size": env.world_size,
     }  # fmt: skip
-    if data.workers is not None:
-        options["workers"] = data.workers
-    return options
 
 
 def steps_per_epoch(loader: Any, accum_steps: int) -> int:
@@ -311,6 +316,8 @@ class TrainLoop:
         self.progress = TrainingProgress()
         self.good_checkpoint: Path | None = None  # saved or resumed by this run
         self.stopped_by: str | None = None
+        self.tally = DeviceTally(env.device, cfg.run.max_nonfinite)
+        self._skip: torch.Tensor | None = None  # the current step's "skip it" device flag
 
     @property
     def total_batch(self) -> int:
@@ -326,40 +333,39 @@ class TrainLoop:
         log.info("resumed %s at epoch %d, step %d", self.checkpoint_path,
                  self.progress.epochs_run, self.progress.global_step)
 
-    def optimizer_step(self) -> float | None:
-        """Clip (optionally), step and zero; returns the gradient norm when clipping."""
-        grad_norm = None
+    def optimizer_step(self) -> torch.Tensor | None:
+        """Clip (optionally), step and zero; returns the gradient norm (on the device) when
+        clipping. The step is skipped where the device flag ``self._skip`` is set: by the fused
+        optimiser itself (``found_inf``, as ``GradScaler`` skips; nothing is read), by the
+        scaler in fp16 (the gradients of a non-finite loss are not finite), else on the host.
+        """
+        grad_norm, skip = None, self._skip
         clip = self.cfg.optim.clip_grad
         if clip is not None:
             self.scaler.unscale_(self.optimizer)
             params = [p for p in self.raw.parameters() if p.requires_grad]
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif self.optimizer.defaults.get("fused"):
+            self.optimizer.found_inf = skip.float()
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf
+        elif not bool(skip):  # a host read: free on the CPU (CUDA optimisers are fused)
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
-
-    def count_nonfinite(self, bad: float, epoch: int) -> None:
-        """The non-finite guard: skip the step, count it, stop after too many in a row."""
-        p = self.progress
-        if not bad:
-            p.nonfinite_run = 0
-            return
-        p.nonfinite_steps += 1
-        p.nonfinite_run += 1
-        self.optimizer.zero_grad(set_to_none=True)
-        log.warning("non-finite loss at epoch %d, step %d: step skipped (%d so far)",
-                    epoch + 1, p.global_step + 1, p.nonfinite_steps)
-        if p.nonfinite_run >= self.cfg.run.max_nonfinite:
-            raise nonfinite_stop(p.nonfinite_run, epoch=epoch + 1, step=p.global_step + 1,
-                                 checkpoint=self.good_checkpoint)
 
     def train_epoch(self, epoch: int, stop: StopSignals) -> str:
         """One epoch from ``progress.epoch_step``; returns ``done``, ``stopped`` or
         ``max_steps``.
 
         Resuming inside an epoch replays the loader and skips the batches already trained (the
-        loader's batches are a pure function of seed, epoch and position).
+        loader's batches are a pure function of seed, epoch and position). Nothing is read
+        from the device between log points (:mod:`maedfer.train.tally`).
         """
         env, accum, seed = self.env, self.cfg.optim.accum_steps, self.cfg.run.seed
         self.loader.set_epoch(epoch)
@@ -371,62 +377,89 @@ class TrainLoop:
                          desc=f"{self.name} {epoch + 1}/{self.cfg.schedule.epochs}",
                          unit="step", leave=False)
         self._window_started = time.perf_counter()
-        step_loss = step_bad = 0.0
+        self.tally.start(self.progress.epoch_stats, self.progress.window)
         with self._bar:
             for micro, batch in enumerate(self.loader):
                 if micro < skip:
                     continue
                 if micro % accum == 0:
                     lr = self.scheduler.apply(self.progress.global_step)
-                    step_loss = step_bad = 0.0
                 last = micro % accum == accum - 1
                 torch.manual_seed(step_seed(seed, 2, epoch, micro, env.rank))
                 sync = last or not env.distributed
                 with contextlib.nullcontext() if sync else self.model.no_sync():
                     loss = self.loss_step(batch, epoch, micro)
-                    value = loss.item()
+                    self.tally.add(loss)
                     self.scaler.scale(loss / accum).backward()
-                if math.isfinite(value):
-                    step_loss += value
-                else:
-                    step_bad += 1
                 if not last:
                     continue
-                # one reduction per step: loss, finite count, non-finite count, stop request
-                loss_sum, count, bad, stopping = all_reduce_sum(
-                    [step_loss, accum - step_bad, step_bad, float(stop.signum is not None)], env
-                )
-                self.count_nonfinite(bad, epoch)
-                grad_norm = None if bad else self.optimizer_step()
+                self._skip = self.tally.end_step(accum, env, self.progress.global_step + 1)
+                # a stop asked for from here on stops after the next step (as the reduction
+                # that carried the request used to come first)
+                stopping = self._stopping(stop, self._log_point(self.progress.global_step + 1,
+                                                                self.progress.epoch_step + 1))
+                self.tally.grad_norm = self.optimizer_step()
                 self.scheduler.step()
-                outcome = self.record_step(epoch, lr, loss_sum, count, bad, grad_norm, stopping)
-                if stopping:
-                    self.stopped_by = stop.name or "signal"
+                outcome = self.record_step(epoch, lr, stop, stopping)
                 if outcome != "continue":
                     return outcome
+        self.read(epoch)  # the loader ended before the epoch's last step (nothing was read)
         return "done"
 
-    def record_step(self, epoch: int, lr: float, loss_sum: float, count: float, bad: float,
-                    grad_norm: float | None, stopping: float) -> str:
-        """Count a finished optimiser step, update the bar and metrics; say what comes next."""
+    def read(self, epoch: int) -> float | None:
+        """Bring the device's sums into ``progress`` (one copy): log each skipped step, raise
+        the non-finite stop at the exact step that tripped it; returns the last step's
+        gradient norm."""
+        p, reading = self.progress, self.tally.read()
+        p.epoch_stats = reading.epoch
+        p.window[:2] = reading.window
+        for step, bad in reading.bad_steps:
+            if not bad:
+                p.nonfinite_run = 0
+                continue
+            p.nonfinite_steps += 1
+            p.nonfinite_run += 1
+            log.warning("non-finite loss at epoch %d, step %d: step skipped (%d so far)",
+                        epoch + 1, step, p.nonfinite_steps)
+            if p.nonfinite_run >= self.cfg.run.max_nonfinite:
+                raise nonfinite_stop(p.nonfinite_run, epoch=epoch + 1, step=step,
+                                     checkpoint=self.good_checkpoint)
+        return reading.grad_norm
+
+    def _stopping(self, stop: StopSignals, log_point: bool) -> bool:
+        """Whether every rank stops after this step: checked each step in one process, at log
+        points across processes (agreeing needs a reduction, which waits for the device)."""
+        if not self.env.distributed:
+            return stop.signum is not None
+        if not log_point:
+            return False
+        return bool(all_reduce_sum([float(stop.signum is not None)], self.env)[0])
+
+    def _log_point(self, step: int, epoch_step: int) -> bool:
+        """Whether step ``step`` (``epoch_step`` of its epoch) writes a metrics line."""
+        max_steps = self.cfg.schedule.max_steps
+        return (step % self.cfg.run.log_every == 0 or epoch_step == self.steps_per_epoch
+                or (max_steps is not None and step >= max_steps))  # fmt: skip
+
+    def record_step(self, epoch: int, lr: float, stop: StopSignals, stopping: bool) -> str:
+        """Count a finished optimiser step, update the bar and, at log points, the metrics;
+        say what comes next."""
         p, window = self.progress, self.progress.window
         p.global_step += 1
         p.epoch_step += 1
-        if not bad:
-            p.epoch_stats[0] += loss_sum
-            p.epoch_stats[1] += count
-            window[0] += loss_sum
-            window[1] += count
         window[2] += 1
         self._bar.update()
-        mean = f"{loss_sum / count:.4f}" if count else "nan"
-        self._bar.set_postfix(loss=mean, lr=f"{lr:.2e}", refresh=False)
         end_of_epoch = p.epoch_step == self.steps_per_epoch
         max_steps = self.cfg.schedule.max_steps
         at_max = max_steps is not None and p.global_step >= max_steps
-        if p.global_step % self.cfg.run.log_every == 0 or end_of_epoch or at_max or stopping:
+        log_point = self._log_point(p.global_step, p.epoch_step)
+        if stopping:
+            self.stopped_by = stop.name or "signal"
+        if log_point or stopping:
+            grad_norm = self.read(epoch)
             elapsed = time.perf_counter() - self._window_started
             clips = window[2] * self.total_batch / max(elapsed, 1e-9)
+            mean = f"{window[0] / window[1]:.4f}" if window[1] else "nan"
             self._bar.set_postfix(loss=mean, lr=f"{lr:.2e}", clips_s=f"{clips:.1f}")
             self.metrics.write({
                 "kind": "train", "epoch": epoch + 1, "step": p.global_step,
@@ -435,6 +468,7 @@ class TrainLoop:
                 "nonfinite_steps": p.nonfinite_steps,
             })  # fmt: skip
             window[:], self._window_started = [0.0, 0.0, 0], time.perf_counter()
+            self.tally.reset_window()
         if stopping:
             return "stopped"
         if at_max:
@@ -451,6 +485,23 @@ class TrainLoop:
             "loss": total / count if count else None, "time_s": seconds,
             "num_bad": int(num_bad), "nonfinite_steps": p.nonfinite_steps,
         })  # fmt: skip
+        self.record_bad_clips()
+
+    def record_bad_clips(self, *, stopped: bool = False) -> Path | None:
+        """Add the faulty training clips met so far to ``RUN/bad_clips.json`` (every rank's,
+        written by rank 0; a rank that stops for too many writes its own)."""
+        found = getattr(self.loader, "faults", None)
+        found = dict(found.reasons) if found is not None else {}
+        if not stopped:
+            merged: dict[str, str] = {}
+            for part in dist_io.gather_objects(found, self.env):
+                merged.update(part)
+            found = merged
+        if not (self.env.is_main or stopped):
+            return None
+        return badclips.record(self.checkpoint_path.parent.parent, found,
+                               train_clips=self.loader.dataset_size,
+                               max_bad_share=self.cfg.data.max_bad_share, stopped=stopped)
 
     def run(self, after_epoch: Callable[[str], None] | None = None) -> str:
         """The remaining epochs, a checkpoint after each (and on a stop); returns the last
@@ -510,6 +561,9 @@ def close(recipe: Any, *, completed: bool) -> None:
         loop.metrics.close()  # flushes TensorBoard's events
     if env is not None:
         cleanup(env, synchronize=completed)
+    lock = getattr(recipe, "_lock", None)
+    if lock is not None:
+        lock.release()
 
 
 def check_common(cfg: Any) -> None:
@@ -519,8 +573,13 @@ def check_common(cfg: Any) -> None:
         MaedferError: ``schedule.epochs``, ``data.batch_size``, ``optim.accum_steps``,
             ``run.log_every`` or ``run.max_nonfinite`` below 1, ``schedule.max_steps`` below 1,
             an ``optim.lr``, ``optim.blr`` or ``optim.clip_grad`` that is not positive, a
-            negative ``schedule.warmup_epochs``, or ``data.stride`` below 1.
+            negative ``schedule.warmup_epochs``, ``data.stride`` below 1, or an unknown
+            ``model.name``. A ``data.stride`` of null becomes the model's (its input contract).
     """
+    if cfg.data.stride is None:
+        from maedfer.model import input_contract
+
+        cfg.data.stride = input_contract(cfg.model.name).stride
     for key in ("schedule.epochs", "data.batch_size", "optim.accum_steps", "run.log_every",
                 "run.max_nonfinite", "data.stride"):
         value = _get(cfg, key)
@@ -579,6 +638,17 @@ def format_description(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _bad_clips_stop(recipe: Any, exc: TooManyBadClips) -> MaedferError:
+    """The one line of a run stopped for too many faulty clips, after listing them."""
+    lp = getattr(recipe, "_loop", None)
+    path = lp.record_bad_clips(stopped=True) if lp is not None else None
+    where = f"; all are listed in {path}" if path is not None else ""
+    return MaedferError(
+        f"{exc}{where}: restore or re-prepare those clips (or raise data.max_bad_share), then "
+        "run the same command again (it resumes from the last checkpoint)"
+    )
+
+
 def execute(recipe: Any, *, dry_run: bool, as_json: bool, quiet: bool, summary: Any) -> dict:
     """Set up, then describe (dry run) or train; always clean up (shared by both recipes)."""
     completed = False
@@ -591,7 +661,10 @@ def execute(recipe: Any, *, dry_run: bool, as_json: bool, quiet: bool, summary: 
                 print(recipe.finished.message)
             return {"finished": True, "out": str(recipe.out),
                     "message": recipe.finished.message}
-        result = recipe.describe() if dry_run else recipe.train()
+        try:
+            result = recipe.describe() if dry_run else recipe.train()
+        except TooManyBadClips as exc:
+            raise _bad_clips_stop(recipe, exc) from None
         completed = True
     finally:
         recipe.cleanup(completed=completed)

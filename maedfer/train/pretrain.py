@@ -29,9 +29,9 @@ import torch
 
 from maedfer.errors import MaedferError
 from maedfer.model import model_info
+from maedfer.train import badclips, loop
 from maedfer.train import checkpoint as ckpt_io
 from maedfer.train import config as config_io
-from maedfer.train import loop
 from maedfer.train.config import PretrainConfig
 from maedfer.train.precision import autocast, grad_scaler
 from maedfer.train.runtime import MetricsLog, step_seed
@@ -118,17 +118,16 @@ class PretrainRecipe:
         from maedfer.pipelines import build_loader
 
         cfg = self.cfg
-        return build_loader(
-            cfg.data.manifest, mode="pretrain", batch_size=cfg.data.batch_size,
-            **loop.loader_options(cfg.data, self._raw.config, self._env, cfg.run.seed),
-        )  # fmt: skip
+        return build_loader(cfg.data.manifest, cfg.data, mode="pretrain",
+                            max_bad_share=cfg.data.max_bad_share,
+                            **loop.loader_options(self._raw.config, self._env, cfg.run.seed))
 
     def resolved_config(self) -> dict[str, Any]:
         """The config with what this run resolved: backend, precision, device, folder."""
         return config_io.to_dict(config_io.load(self.cfg, overrides={
             "data.backend": self._loader.backend if hasattr(self, "_loader") else
             self.cfg.data.backend, "run.precision": self._precision,
-            "run.device": str(self._env.device), "run.out": str(self.out),
+            "run.device": str(self._env.device), "run.out": str(self.out.absolute()),
         }))  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
@@ -153,10 +152,13 @@ class PretrainRecipe:
         video = batch["video"].to(env.device, non_blocking=True)
         generator = torch.Generator().manual_seed(step_seed(self.cfg.run.seed, 1, epoch, micro))
         masks = self._raw.random_mask(video.shape[0] * env.world_size, generator=generator)
-        mask = masks[env.rank :: env.world_size].to(env.device, non_blocking=True)
+        # the token orders are made on the CPU with the masks: the device reads nothing back
+        mask = masks[env.rank :: env.world_size]
+        order, masked = (to_device(t, env.device) for t in self._raw.token_order(mask))
+        mask = to_device(mask, env.device)
         with autocast(env.device, self._precision):
-            pred = self._model(video, mask)
-        return self._raw.loss(pred, self._raw.targets(video, mask))
+            pred = self._model(video, mask, order=order)
+        return self._raw.loss(pred, self._raw.targets(video, mask, masked=masked))
 
     def train(self) -> dict[str, Any]:
         """Run the remaining epochs; returns the summary :func:`run` prints."""
@@ -170,6 +172,7 @@ class PretrainRecipe:
             "epochs": lp.progress.epochs_run, "steps": lp.progress.global_step,
             "loss": lp.last_epoch_loss(), "stopped_by": lp.stopped_by,
             "nonfinite_steps": lp.progress.nonfinite_steps,
+            "bad_train_clips": badclips.count(self.out),
             "time_s": time.perf_counter() - started,
         }  # fmt: skip
 
@@ -178,6 +181,13 @@ class PretrainRecipe:
 
     def cleanup(self, *, completed: bool = True) -> None:
         loop.close(self, completed=completed)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` (CPU) on ``device`` without blocking (through pinned memory for CUDA)."""
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def _augment(loader: Any) -> list[dict]:
@@ -198,6 +208,7 @@ def _summary(result: dict[str, Any]) -> str:
     ]
     if result["nonfinite_steps"]:
         lines.append(f"  non-finite loss: {result['nonfinite_steps']} step(s) skipped")
+    lines += badclips.summary_lines(result)
     return "\n".join(lines)
 
 

@@ -11,6 +11,14 @@ only after the final test that ends training) and is kept untouched; a fold kill
 continues from its ``checkpoints/last.pt``. Running the same command again after a kill
 therefore continues at the first unfinished fold.
 
+The published figure is the one the fine-tuned model's own paper claims for the dataset
+(:func:`published_figure`: MAE-DFER's for ``lgi_former_*``, the registry's for the lineage's
+models, docs/models.md), with the difference of the figure in the paper's aggregation.
+
+Several models at once (``models``: ``--model NAME[=INIT]``, repeatable): the same protocol runs
+for each in ``DIR/NAME`` (``--set model.name=NAME``, its own init), then one table compares
+them (:mod:`maedfer.train.comparison`, ``DIR/comparison.json``).
+
 Instead of running, ``print_commands`` prints the per-fold ``maedfer finetune`` commands and
 ``sbatch`` writes a SLURM array job (one task per fold; the last task to finish runs
 ``maedfer evaluate`` on all folds).
@@ -22,6 +30,7 @@ Fine-tuning one fold goes through one function, :func:`_finetune_fold`: ``maedfe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shlex
@@ -33,6 +42,7 @@ import typer
 
 from maedfer.atomic import write_text
 from maedfer.errors import MaedferError
+from maedfer.lock import hold
 from maedfer.manifests import DATASET_NAMES, published_results
 from maedfer.train import evaluate, metrics
 from maedfer.train.heldout import REPORT, manifest_info
@@ -51,19 +61,22 @@ PER_FOLD_KEYS = ("data.manifest", "data.fold", "model.init", "run.out", "run.res
 # fold, _check_config resolves CONFIG once up front, so a bad config fails before any training.
 
 
-def _check_config(config: str | Path, overrides: Sequence[str]) -> None:
-    """Resolve the fine-tuning config with its overrides (unknown keys: one line)."""
+def _check_config(config: str | Path, overrides: Sequence[str]) -> str:
+    """Resolve the fine-tuning config with its overrides (unknown keys: one line); the name of
+    the model it fine-tunes."""
+    from maedfer.model import canonical_name
     from maedfer.train import config as config_io
 
     fixed = sorted({item.partition("=")[0].strip() for item in overrides} & set(PER_FOLD_KEYS))
     if fixed:
         raise MaedferError(f"--set {', '.join(fixed)}: the protocol sets those per fold "
                            "(--data, --folds, --init, --out)")  # fmt: skip
-    config_io.load(str(config), recipe="finetune", overrides=list(overrides))
+    cfg = config_io.load(str(config), recipe="finetune", overrides=list(overrides))
+    return canonical_name(cfg.model.name)
 
 
 def _finetune_fold(
-    config: str | Path, data: Path, fold: int | None, init: Path, out: Path,
+    config: str | Path, data: Path, fold: int | None, init: Path | None, out: Path,
     overrides: Sequence[str],
 ) -> None:  # fmt: skip
     """Fine-tune and test one fold into ``out``: ``maedfer finetune --config CONFIG`` with
@@ -132,7 +145,7 @@ def fold_finished(folder: Path, fold: int | None) -> bool:
 
 
 def finetune_command(
-    config: str | Path, data: Path, fold: int | str | None, init: Path, out: Path | str,
+    config: str | Path, data: Path, fold: int | str | None, init: Path | None, out: Path | str,
     overrides: Sequence[str],
 ) -> str:  # fmt: skip
     """The ``maedfer finetune --config ...`` command line of one fold (shell-quoted; a word
@@ -140,7 +153,7 @@ def finetune_command(
     words = ["maedfer", "finetune", "--config", str(config), "--data", str(data)]
     if fold is not None:
         words += ["--fold", str(fold)]
-    words += ["--init", str(init), "--out", str(out)]
+    words += [*(["--init", str(init)] if init is not None else []), "--out", str(out)]
     for item in overrides:
         words += ["--set", item]
     return " ".join(w if w.startswith('"$') else shlex.quote(w) for w in words)
@@ -164,7 +177,8 @@ def sbatch_script(
     Paths are made absolute (tasks may start elsewhere); a config that is a file too.
     """
     config = Path(config).resolve() if Path(config).is_file() else config
-    data, init, out = Path(data).resolve(), Path(init).resolve(), Path(out).resolve()
+    data, out = Path(data).resolve(), Path(out).resolve()
+    init = Path(init).resolve() if init is not None else None
     k_fold = folds != [None]
     tasks = [f for f in folds if f is not None] or [1]
     folders = [fold_dir(out, f) for f in folds]
@@ -203,8 +217,55 @@ def _figures(report: Mapping[str, Any]) -> dict[str, Any]:
     return {"uar": report["uar"], "war": report["war"], "num_clips": report["num_clips"]}
 
 
-def summarize(out: Path, folds: list, dataset: str, config: str | Path) -> dict[str, Any]:
-    """Cross-fold evaluation of the finished folds; writes and returns ``summary.json``."""
+def published_figure(model: str, dataset: str) -> dict[str, Any] | None:
+    """What the paper of ``model`` publishes for ``dataset``: ``uar``/``war`` as fractions
+    (``None`` where the source gives none), ``as_published`` (percent), ``aggregation``,
+    ``source``, ``note`` and the row's ``label``; ``None`` when it publishes nothing.
+
+    ``lgi_former_*`` (and a name the registry does not know) get MAE-DFER's figures
+    (:func:`maedfer.manifests.published_results`); the lineage's models their registry entry's.
+    """
+    from maedfer.model import model_info
+
+    try:
+        own = model_info(model)["published"]
+    except MaedferError:  # a name this maedfer does not know
+        own = None
+    if own is None or model.startswith("lgi_former"):
+        found = published_results(dataset) if dataset in DATASET_NAMES else None
+        if found is None:
+            return None
+        return _published_row(found["uar"], found["war"], found["aggregation"], found["source"],
+                              "")  # fmt: skip
+    entry = own.get(dataset)
+    if entry is None:
+        return None
+    return _published_row(entry.uar, entry.war, entry.aggregation, entry.source, entry.note)
+
+
+def _published_row(uar: float | None, war: float | None, aggregation: str, source: str,
+                   note: str) -> dict[str, Any]:  # fmt: skip
+    """Percent as published; fractions like every other figure here."""
+    shown = ", ".join(f"{k} {v:.2f} %" for k, v in (("UAR", uar), ("WAR", war)) if v is not None)
+    return {"label": "published " + source.split(" (")[0],
+            "uar": None if uar is None else uar / 100, "war": None if war is None else war / 100,
+            "as_published": shown, "aggregation": aggregation, "source": source,
+            "note": note}  # fmt: skip
+
+
+def difference(ours: Mapping[str, Any], published: Mapping[str, Any] | None) -> dict | None:
+    """Ours minus the published figure (fractions; ``None`` where nothing was published).
+    ``ours`` is the mean over folds: the aggregation every paper here reports (one run for a
+    fixed split)."""
+    if published is None:
+        return None
+    return {k: None if published[k] is None else ours[k] - published[k] for k in ("uar", "war")}
+
+
+def summarize(out: Path, folds: list, dataset: str, config: str | Path,
+              model: str = "lgi_former_base") -> dict[str, Any]:  # fmt: skip
+    """Cross-fold evaluation of the finished folds; writes and returns ``summary.json``, with
+    the figure ``model``'s paper publishes beside them."""
     folders = [fold_dir(out, f) for f in folds]
     payload = evaluate.run(folders, out=Path(out), echo=False, html=False)
     per_fold = []
@@ -221,15 +282,12 @@ def summarize(out: Path, folds: list, dataset: str, config: str | Path) -> dict[
                 "uar_std": 0.0, "war_std": 0.0, "num_folds": 1, "complete": only["complete"]}
         pooled = {"label": f"pooled over {only['num_clips']} clips", **_figures(only),
                   "complete": only["complete"]}  # fmt: skip
-    published = published_results(dataset) if dataset in DATASET_NAMES else None
-    if published is not None:  # percent as published; fractions like every other figure here
-        published = {"label": PUBLISHED_LABEL, "uar": published["uar"] / 100,
-                     "war": published["war"] / 100, "as_published": f"UAR {published['uar']:.2f}"
-                     f" %, WAR {published['war']:.2f} %", "aggregation": published["aggregation"],
-                     "source": published["source"]}  # fmt: skip
+    published = published_figure(model, dataset)
     summary = {
-        "dataset": dataset, "config": str(config), "folds": per_fold, "mean_over_folds": mean,
-        "pooled": pooled, "published": published, "evaluation_json": payload.get("summary_json"),
+        "dataset": dataset, "config": str(config), "model": model, "folds": per_fold,
+        "mean_over_folds": mean, "pooled": pooled, "published": published,
+        "difference": difference(mean, published),
+        "evaluation_json": payload.get("summary_json"),
     }  # fmt: skip
     metrics.write_report(Path(out) / SUMMARY, summary)
     _write_html(Path(out), summary, payload, folders, dataset, config)
@@ -249,18 +307,22 @@ def _write_html(out: Path, summary: Mapping[str, Any], payload: Mapping[str, Any
     return page.write_report_html(
         out / page.REPORT_HTML, title=f"maedfer protocol: {dataset}", runs=entries,
         dataset=dataset, mean=summary["mean_over_folds"], pooled=pooled,
-        published=page.published_percent(dataset), note=f"fine-tuning config {config}",
+        published=page.as_percent(summary["published"]),
+        note=f"{summary.get('model') or 'model'}, fine-tuning config {config}",
     )  # fmt: skip
 
 
-def _pct(value: float) -> str:
-    return f"{100 * value:7.2f}"
+def _pct(value: float | None, sign: bool = False) -> str:
+    if value is None:
+        return f"{'-':>7}"
+    return f"{100 * value:+7.2f}" if sign else f"{100 * value:7.2f}"
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
     """The printed table: per fold, mean over folds, pooled, published."""
     mean, pooled, published = summary["mean_over_folds"], summary["pooled"], summary["published"]
-    width = max(len(mean["label"]), len(pooled["label"]), len(PUBLISHED_LABEL) + 30)
+    width = max(len(mean["label"]), len(pooled["label"]), len(PUBLISHED_LABEL) + 30,
+                len(published["label"]) + 30 if published else 0)
     lines = [f"{'':<{width}} {'clips':>7} {'UAR %':>7} {'WAR %':>7}"]
     for row in summary["folds"]:
         name = f"fold {row['fold']}" if row["fold"] is not None else "test split"
@@ -271,11 +333,16 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     lines.append(f"{pooled['label']:<{width}} {pooled['num_clips']:>7} {_pct(pooled['uar'])} "
                  f"{_pct(pooled['war'])}")  # fmt: skip
     if published is not None:
-        label = f"{PUBLISHED_LABEL} ({published['aggregation']})"
+        label = f"{published['label']} ({published['aggregation']})"
         lines.append(f"{label:<{width}} {'':>7} {_pct(published['uar'])} "
                      f"{_pct(published['war'])}")  # fmt: skip
+        diff = summary.get("difference") or {}
+        lines.append(f"{'difference (mean - published)':<{width}} {'':>7} "
+                     f"{_pct(diff.get('uar'), True)} {_pct(diff.get('war'), True)}")
     else:
-        lines.append(f"{PUBLISHED_LABEL}: none for {summary['dataset']}")
+        model = summary.get("model", "lgi_former_base")
+        whose = "MAE-DFER" if model.startswith("lgi_former") else model
+        lines.append(f"published {whose}: none for {summary['dataset']}")
     if any(row["complete"] is False for row in summary["folds"]):
         lines.append("* incomplete: some test clips were not scored (report.json lists them)")
     return "\n".join(lines)
@@ -284,16 +351,39 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------- run
 
 
+def parse_models(models: Sequence[str], init: Path | None) -> list[tuple[str, Path | None]]:
+    """``NAME`` or ``NAME=INIT`` entries -> ``[(registered name, init)]``; a bare name starts
+    from ``init`` (the shared ``--init``), or from random weights when there is none.
+
+    Raises:
+        MaedferError: an unknown model, a model given twice, or an init that does not exist.
+    """
+    from maedfer.model import canonical_name
+
+    chosen: list[tuple[str, Path | None]] = []
+    for entry in models:
+        name, _, path = (part.strip() for part in str(entry).partition("="))
+        name = canonical_name(name)
+        model_init = Path(path) if path else init
+        if model_init is not None and not Path(model_init).is_file():
+            raise MaedferError(f"--model {entry}: init {model_init} does not exist")
+        if name in (n for n, _ in chosen):
+            raise MaedferError(f"--model {name} is given twice")
+        chosen.append((name, model_init))
+    return chosen
+
+
 def run(
     *,
     config: str | Path,
     data: Path,
-    init: Path,
+    init: Path | None = None,
     out: Path,
     folds: str | Sequence[int] | None = None,
     print_commands: bool = False,
     sbatch: Path | None = None,
     overrides: Sequence[str] | None = None,
+    models: Sequence[str] | None = None,
     as_json: bool = False,
 ) -> dict[str, Any]:
     """Run (or write the commands of) every fold of ``data``, then the cross-fold summary.
@@ -301,29 +391,62 @@ def run(
     Args:
         config: the fine-tuning recipe config (see the module docstring).
         data: the manifest; its metadata gives the dataset and its number of folds.
-        init: the pre-trained checkpoint every fold starts from.
-        out: the protocol folder (``fold_K/``, ``summary.json``).
+        init: the pre-trained checkpoint every fold starts from (required without
+            ``models``; with them, the start of each model given without its own).
+        out: the protocol folder (``fold_K/``, ``summary.json``; with ``models``, one such
+            folder per model, ``OUT/NAME``, and ``comparison.json``).
         folds: only these folds (``"1,3"`` or a list); default all.
         print_commands: print the per-fold commands and the final evaluation, run nothing.
-        sbatch: write a SLURM array job script there instead of running.
+        sbatch: write a SLURM array job script there instead of running (one model only).
         overrides: ``key=value`` recipe overrides, passed to every fold.
-        as_json: print ``summary.json`` instead of the table.
+        models: ``NAME`` or ``NAME=INIT`` (:func:`parse_models`): the protocol of each, then
+            one table of all.
+        as_json: print ``summary.json`` (``comparison.json``) instead of the table.
 
     Returns:
-        ``summary.json``'s dict; with ``print_commands`` ``{"commands": [...]}``, with
-        ``sbatch`` ``{"sbatch": path}``.
+        ``summary.json``'s dict (``comparison.json``'s with ``models``); with
+        ``print_commands`` ``{"commands": [...]}``, with ``sbatch`` ``{"sbatch": path}``.
 
     Raises:
         MaedferError: both ``print_commands`` and ``sbatch``, bad folds (:func:`parse_folds`),
-            a bad config, a fold folder holding another fold's report, or a fold whose training
-            ended without its final test.
+            a bad config, a fold folder holding another fold's report, a fold whose training
+            ended without its final test, no init, or bad ``models``.
     """
     overrides = list(overrides or [])
     if print_commands and sbatch is not None:
         raise MaedferError("give --print-commands or --sbatch FILE, not both")
+    if models:
+        return _run_models(config=config, data=data, init=init, out=Path(out), folds=folds,
+                           print_commands=print_commands, sbatch=sbatch, overrides=overrides,
+                           models=models, as_json=as_json)  # fmt: skip
+    if init is None:
+        raise MaedferError("give --init CKPT (every fold starts from it), or --model "
+                           "NAME=CKPT for each model to compare")  # fmt: skip
+    summary = _run_one(config=config, data=data, init=Path(init), out=Path(out), folds=folds,
+                       print_commands=print_commands, sbatch=sbatch, overrides=overrides)
+    if "commands" in summary or "sbatch" in summary:
+        return summary
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        typer.echo(format_summary(summary))
+        typer.echo(f"\nwrote {Path(out) / SUMMARY}, {Path(out) / 'report.html'}")
+    return summary
+
+
+def _run_one(*, config: str | Path, data: Path, init: Path | None, out: Path,
+             folds: str | Sequence[int] | None, print_commands: bool, sbatch: Path | None,
+             overrides: list[str]) -> dict[str, Any]:  # fmt: skip
+    """One model's protocol (run, or its commands/script); its summary."""
     dataset, _, num_folds = manifest_info(Path(data))
     chosen = parse_folds(folds, num_folds, dataset)
     folders = [fold_dir(out, f) for f in chosen]
+    # what every fold's command needs, checked before any command is printed, written or run:
+    # a printed command that cannot work is worse than none
+    if init is not None and not Path(init).is_file():
+        raise MaedferError(f"--init {init} does not exist; give the pre-trained checkpoint "
+                           "every fold starts from")  # fmt: skip
+    model = _check_config(config, overrides)  # a bad config fails now, not after training
     if print_commands:
         commands = [finetune_command(config, data, f, init, d, overrides)
                     for f, d in zip(chosen, folders, strict=True)]  # fmt: skip
@@ -337,21 +460,74 @@ def run(
         typer.echo(f"wrote {sbatch}: {len(chosen)} array task(s); submit with: sbatch {sbatch}",
                    err=True)  # fmt: skip
         return {"sbatch": str(sbatch)}
-    _check_config(config, overrides)  # a bad config fails now, not after a fold's training
+    if init is None:
+        typer.echo(f"protocol: {model} starts from random weights (no init given)", err=True)
+    with hold(Path(out)):  # one command writes a folder at a time (maedfer.lock)
+        return _run_folds(config, Path(data), init, Path(out), chosen, folders, overrides,
+                          dataset, model)  # fmt: skip
+
+
+def _run_folds(config: str | Path, data: Path, init: Path | None, out: Path, chosen: list,
+               folders: list[Path], overrides: list[str], dataset: str,
+               model: str) -> dict[str, Any]:  # fmt: skip
+    """Fine-tune every unfinished fold in turn, then the cross-fold summary."""
     for position, (fold, folder) in enumerate(zip(chosen, folders, strict=True), 1):
         name = f"fold {fold}" if fold is not None else "the test split"
         if fold_finished(folder, fold):
             typer.echo(f"protocol: {name} finished earlier ({folder / REPORT}), kept", err=True)
             continue
         typer.echo(f"protocol: {name} ({position} of {len(chosen)}) -> {folder}", err=True)
-        _finetune_fold(config, Path(data), fold, Path(init), folder, overrides)
+        _finetune_fold(config, data, fold, init, folder, overrides)
         if not fold_finished(folder, fold):
             raise MaedferError(f"{name} ended without {folder / REPORT} (training stopped "
                                "early?); run the same command again to continue")  # fmt: skip
-    summary = summarize(Path(out), chosen, dataset, config)
+    return summarize(out, chosen, dataset, config, model)
+
+
+def _run_models(*, config: str | Path, data: Path, init: Path | None, out: Path,
+                folds: str | Sequence[int] | None, print_commands: bool, sbatch: Path | None,
+                overrides: list[str], models: Sequence[str],
+                as_json: bool) -> dict[str, Any]:  # fmt: skip
+    """Each model's protocol in ``OUT/NAME``, then the comparison table."""
+    if sbatch is not None:
+        raise MaedferError("--sbatch writes one model's array job: run it once per model, "
+                           "with --set model.name=NAME")  # fmt: skip
+    if any(item.partition("=")[0].strip() == "model.name" for item in overrides):
+        raise MaedferError("--set model.name and --model: give the models with --model only")
+    entries = parse_models(models, init)
+    for name, _ in entries:  # every model's config fails now, before any training
+        _check_config(config, [*overrides, f"model.name={name}"])
+    held = contextlib.ExitStack()
+    if not print_commands:  # the comparison's folder, for the life of the command
+        held.enter_context(hold(out))
+    with held:
+        return _compare_models(config=config, data=data, out=out, folds=folds,
+                               print_commands=print_commands, overrides=overrides,
+                               entries=entries, as_json=as_json)  # fmt: skip
+
+
+def _compare_models(*, config: str | Path, data: Path, out: Path,
+                    folds: str | Sequence[int] | None, print_commands: bool,
+                    overrides: list[str], entries: list,
+                    as_json: bool) -> dict[str, Any]:  # fmt: skip
+    """Each model's protocol, then the comparison table (:func:`_run_models`, locked)."""
+    from maedfer.train import comparison
+
+    summaries, commands = [], []
+    for name, model_init in entries:
+        result = _run_one(config=config, data=data, init=model_init, out=out / name,
+                          folds=folds, print_commands=print_commands, sbatch=None,
+                          overrides=[*overrides, f"model.name={name}"])  # fmt: skip
+        if print_commands:
+            commands += result["commands"]
+            continue
+        summaries.append((name, model_init, result))
+    if print_commands:
+        return {"commands": commands}
+    table = comparison.compare(out, summaries, config)
     if as_json:
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(json.dumps(table, indent=2))
     else:
-        typer.echo(format_summary(summary))
-        typer.echo(f"\nwrote {Path(out) / SUMMARY}, {Path(out) / 'report.html'}")
-    return summary
+        typer.echo(comparison.format_table(table))
+        typer.echo(f"\nwrote {out / comparison.COMPARISON}")
+    return table

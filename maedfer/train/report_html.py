@@ -68,6 +68,10 @@ def _pct(value: float | None, digits: int = 2) -> str:
     return f"{100 * value:.{digits}f}"
 
 
+def _num(value: float | None) -> str:
+    return "&ndash;" if value is None else f"{value:.2f}"
+
+
 def _runs_table(runs: Sequence[RunEntry], mean: Mapping[str, Any] | None,
                 pooled: Mapping[str, Any] | None,
                 published: Mapping[str, Any] | None) -> str:  # fmt: skip
@@ -89,18 +93,22 @@ def _runs_table(runs: Sequence[RunEntry], mean: Mapping[str, Any] | None,
                     f'<td>{pooled["num_clips"]}</td><td>{_pct(pooled["uar"])}</td>'
                     f'<td>{_pct(pooled["war"])}</td><td></td></tr>')  # fmt: skip
     if published is not None:
-        label = f'published MAE-DFER ({published.get("aggregation", "")})'
+        label = f'{published.get("label") or "published MAE-DFER"} ' \
+                f'({published.get("aggregation", "")})'
         rows.append(f'<tr class="published"><td class="name">{_e(label)}</td><td></td>'
-                    f'<td>{published["uar"]:.2f}</td><td>{published["war"]:.2f}</td>'
+                    f'<td>{_num(published["uar"])}</td><td>{_num(published["war"])}</td>'
                     f'<td></td></tr>')  # fmt: skip
     rows.append("</table>")
     if published is not None and mean is not None:
-        rows.append(f'<p class="meta">Published figures: {_e(published.get("source", ""))}. '
-                    f'Difference of the mean over folds: UAR '
-                    f'{100 * mean["uar"] - published["uar"]:+.2f}, WAR '
-                    f'{100 * mean["war"] - published["war"]:+.2f} points.</p>')  # fmt: skip
+        gaps = ", ".join(f"{name} {100 * mean[key] - published[key]:+.2f}"
+                         for name, key in (("UAR", "uar"), ("WAR", "war"))
+                         if published[key] is not None)  # fmt: skip
+        note = f" {_e(published['note'])}" if published.get("note") else ""
+        rows.append(f'<p class="meta">Published figures: {_e(published.get("source", ""))}.'
+                    f'{note} Difference of the mean over folds: {gaps or "none"} '
+                    "points.</p>")  # fmt: skip
     elif published is None:
-        rows.append('<p class="meta">No published MAE-DFER figures for this dataset.</p>')
+        rows.append('<p class="meta">No published figures for this dataset.</p>')
     if any(run.complete is False for run in runs):
         rows.append('<p class="note">* incomplete: some test clips were not scored (their files '
                     'were missing or undecodable); the figures cover the clips scored.</p>')
@@ -300,11 +308,19 @@ def published_percent(dataset: str | None) -> dict[str, Any] | None:
         return None
 
 
+def as_percent(published: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A protocol summary's ``published`` entry (fractions) as this page shows it (percent)."""
+    if published is None:
+        return None
+    return {**published, **{k: None if published.get(k) is None else 100 * published[k]
+                            for k in ("uar", "war")}}  # fmt: skip
+
+
 def write_report_html(path: Path, **page: Any) -> Path:
     """Render the page (arguments of :func:`render`) and write it atomically."""
     write_text(Path(path), render(**page))
     return Path(path)
 
 
-__all__ = ["REPORT_HTML", "RunEntry", "line_chart", "published_percent", "read_metrics", "render",
-           "write_report_html"]  # fmt: skip
+__all__ = ["REPORT_HTML", "RunEntry", "as_percent", "line_chart", "published_percent",
+           "read_metrics", "render", "write_report_html"]  # fmt: skip

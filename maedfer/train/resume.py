@@ -38,6 +38,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ from typing import Any, Literal
 from maedfer.atomic import write_text
 from maedfer.errors import MaedferError
 from maedfer.train import checkpoint as ckpt_io
+from maedfer.train.badclips import BAD_CLIPS
+from maedfer.train.config import PATH_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +59,19 @@ Action = Literal["fresh", "resume", "finished", "overwrite"]
 RUN_STATE = "run_state.json"
 # Options that may change between the run that wrote a checkpoint and the run resuming it:
 # where the run lives, its devices and workers, how often it logs, saves or shows a mid-run
-# test, and the flags of the command itself. A key is ignored when its dotted name or its last
-# part is listed (``device`` and ``run.device`` alike).
+# test, how many faulty clips it tolerates, and the flags of the command itself. A key is
+# ignored when its dotted name or its last part is listed (``device`` and ``run.device`` alike).
 RESUME_IGNORED = frozenset({
     "out", "device", "workers", "resume", "overwrite", "quiet", "log_every", "eval_every",
-    "test_batch_size", "save_every", "keep_checkpoints", "dry_run", "json",
+    "test_batch_size", "save_every", "keep_checkpoints", "dry_run", "json", "max_bad_share",
 })  # fmt: skip
 # Everything a run writes into its folder: what --overwrite deletes (and nothing else).
 RUN_FILES = (
     "checkpoints", ckpt_io.FINAL, "report.json", "predictions.parquet", RUN_STATE,
-    "metrics.jsonl", "config.yaml", "env.json", "tb",
+    "metrics.jsonl", "config.yaml", "env.json", "tb", BAD_CLIPS,
 )  # fmt: skip
 # Of those, the ones a start that never saved a checkpoint leaves: a fresh start replaces them.
-BOOKKEEPING = frozenset({"metrics.jsonl", "config.yaml", "env.json", "tb"})
+BOOKKEEPING = frozenset({"metrics.jsonl", "config.yaml", "env.json", "tb", BAD_CLIPS})
 
 
 @dataclass(frozen=True)
@@ -133,8 +136,17 @@ def config_differences(
     keys = sorted(k for k in set(old) | set(ours) if not is_ignored(k, ignored))
     return [
         (k, old.get(k, _ABSENT), ours.get(k, _ABSENT))
-        for k in keys if old.get(k, _ABSENT) != ours.get(k, _ABSENT)
+        for k in keys if _comparable(k, old.get(k, _ABSENT)) != _comparable(k, ours.get(k, _ABSENT))
     ]  # fmt: skip
+
+
+def _comparable(key: str, value: Any) -> Any:
+    """A file-naming option by the file it names (``m.parquet``, ``./m.parquet`` and its
+    absolute path are one manifest; a relative one is read from the current folder, as the
+    run that stored it did); any other value as it is."""
+    if key in PATH_KEYS and isinstance(value, str) and value:
+        return os.path.realpath(os.path.expanduser(value))
+    return value
 
 
 def recipe_differences(ckpt: Mapping[str, Any], config: Mapping[str, Any]

@@ -181,8 +181,13 @@ class StopSignals:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:
+            # a loader worker forked with this handler: Ctrl-C reaches the whole process
+            # group, and the run's own process stops it; one notice, from that process
+            return
         if self.signum is not None:
             # Already stopping: the next signal acts as usual.
             for sig, handler in self._previous.items():
@@ -194,6 +199,7 @@ class StopSignals:
         )
 
     def __enter__(self) -> StopSignals:
+        self._pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)

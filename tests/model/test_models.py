@@ -14,27 +14,40 @@ MAE_TINY = dict(
 )
 
 
+# SVFAP halves time twice: 8 frames -> 4 token-frames -> 2 -> 1; S4D's mixture from block 1,
+# every token to both experts (no capacity drop: every expert gets gradients).
+SVFAP_TINY = dict(TINY, num_frames=8, stage_depths=(1, 1, 1), num_bottleneck_tokens=(2,))
+del SVFAP_TINY["depth"]
+S4D_TINY = dict(TINY, moe_start=1, num_experts=2, top_k=2)
+
+
 def tiny(name: str, **extra) -> torch.nn.Module:
     if name.startswith("mae_"):
         return create_model(name, **MAE_TINY, **extra)
     if name.startswith("lgi_"):
         return create_model(name, **LGI_TINY, num_classes=3, **extra)
+    if name.startswith("svfap_"):
+        return create_model(name, **SVFAP_TINY, num_classes=3, **extra)
+    if name.startswith("s4d_"):
+        return create_model(name, **S4D_TINY, num_classes=3, **extra)
     return create_model(name, **TINY, num_classes=3, **extra)
 
 
-def _video(batch: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, 3, 4, 64, 64, generator=torch.Generator().manual_seed(seed))
+def _video(batch: int = 2, seed: int = 0, frames: int = 4) -> torch.Tensor:
+    return torch.randn(batch, 3, frames, 64, 64, generator=torch.Generator().manual_seed(seed))
 
 
 def test_registry_lists_every_design_name() -> None:
     assert set(list_models()) == {
         "lgi_former_tiny", "lgi_former_small", "lgi_former_base", "vit_base",
         "mae_lgi_former_tiny", "mae_lgi_former_small", "mae_lgi_former_base",
+        "videomae_base", "videomae_base_224", "marlin_small", "marlin_base", "marlin_large",
+        "svfap_base", "s4d_base", "hicmae_base",
     }  # fmt: skip
 
 
 def test_unknown_name_and_field_are_clear_errors() -> None:
-    with pytest.raises(MaedferError, match="known models: lgi_former_base"):
+    with pytest.raises(MaedferError, match="known models: .*lgi_former_base"):
         create_model("lgi_former_huge")
     with pytest.raises(MaedferError, match="depthh is not a field"):
         create_model("lgi_former_tiny", depthh=3)
@@ -46,16 +59,18 @@ def test_overrides_win_and_none_means_default() -> None:
     assert model.config["embed_dim"] == 384 and model.model_name == "lgi_former_small"
 
 
-@pytest.mark.parametrize("name", [n for n in list_models() if not n.startswith("mae_")])
-@pytest.mark.parametrize("pooling", ["region", "org", "all"])
+# pooling applies to lgi_former_*; the others have one (their own)
+CLASSIFIER_CASES = [(n, p) for n in list_models() if not n.startswith("mae_")
+                    for p in (("region", "org", "all") if n.startswith("lgi_") else ("region",))]
+
+
+@pytest.mark.parametrize(("name", "pooling"), CLASSIFIER_CASES)
 def test_classifier_shapes_and_gradients(name: str, pooling: str) -> None:
-    if name == "vit_base" and pooling != "region":
-        pytest.skip("vit_base averages all tokens; pooling applies to lgi_former_* only")
     # Stochastic depth off: with 2 clips it drops a whole branch for both about 1% of the time,
     # which zeroes that branch's gradients and made this check depend on the global RNG state.
     options = {"pooling": pooling} if name.startswith("lgi_") else {}
     model = tiny(name, drop_path_rate=0.0, **options)
-    logits = model(_video())
+    logits = model(_video(frames=model.config["num_frames"]))
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()
     logits.square().sum().backward()
     depth = TINY["depth"]

@@ -49,7 +49,7 @@ def test_the_table_drives_the_config_and_cli_choices() -> None:
     assert all(name in lines[0] for name in backend.BACKENDS)
     result = runner.invoke(app, ["profile", "data", "--backend", "nonsense"])
     assert result.exit_code == 2 and all(name in result.output for name in backend.BACKENDS)
-    with pytest.raises(MaedferError, match="expected one of auto, dali, pyav"):
+    with pytest.raises(MaedferError, match="expected one of auto, dali, hybrid, pyav"):
         resolve_backend("nonsense", None)
 
 

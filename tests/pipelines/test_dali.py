@@ -132,6 +132,21 @@ def test_dali_gpu_h264_matches_pyav(h264_clips: tuple[Path, pd.DataFrame]) -> No
     within_rand_augment_tolerance(pyav_video, dali_video)
 
 
+def test_dali_builds_its_pipeline_once_per_loader(vp9_clips: tuple[Path, pd.DataFrame]) -> None:
+    """Epochs reuse the pipeline (DALI reset, the producer refed); each epoch's batches are
+    its plan's, the same as a fresh loader's for that epoch."""
+    folder, _ = vp9_clips
+    kw = {"mode": "train", "batch_size": 2, "size": 24, "backend": "dali", "device": "cpu",
+          "workers": 1, "seed": 5}
+    loader = build_loader(folder / "manifest.parquet", **kw)
+    epochs = [torch.cat([b["video"] for b in loader]) for _ in range(3)]
+    assert loader.session["dali"].builds == 1
+    fresh = build_loader(folder / "manifest.parquet", **kw)
+    fresh.set_epoch(2)
+    assert torch.equal(torch.cat([b["video"] for b in fresh]), epochs[2])
+    assert not torch.equal(epochs[0], epochs[1])
+
+
 def test_dali_on_the_gpu_without_nvdec_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     from maedfer.pipelines import dali, nvdec
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from maedfer.cli import app
 from maedfer.errors import MaedferError
+from maedfer.model import input_contract
 from maedfer.pipelines import augment
 from maedfer.pipelines.plan import EpochPlan, SampleConfig
 from maedfer.pipelines.select import ClipTable
@@ -184,12 +185,12 @@ def _official_train_window(n: int, end: int | None, clip_len: int = 16,
 @pytest.mark.parametrize("n", [10, 16, 63, 64, 65, 100, 300])
 def test_default_finetune_window_is_the_reference_rule(n: int) -> None:
     cfg = config_io.FinetuneConfig()
-    options = loop.loader_options(cfg.data, {"num_frames": cfg.model.num_frames,
-                                             "img_size": cfg.model.img_size}, DistEnv(),
+    inputs = input_contract(cfg.model.name)  # model.num_frames/img_size null: the model's
+    options = loop.loader_options({"num_frames": inputs.num_frames,
+                                   "img_size": inputs.img_size}, DistEnv(),
                                   cfg.run.seed)  # what the recipe gives build_loader
-    sample = SampleConfig(mode="train", num_frames=options["num_frames"],
-                          stride=options["stride"], size=options["size"],
-                          temporal_rule=options["temporal_rule"], seed=options["seed"])
+    sample = SampleConfig.from_data(cfg.data, mode="train", num_frames=options["num_frames"],
+                                    size=options["size"], seed=options["seed"], test_views=2)
     rows = 40
     table = ClipTable(
         clip_id=pa.array([f"c{i}" for i in range(rows)]), path=pa.array(["x.mp4"] * rows),

@@ -163,9 +163,9 @@ def test_missing_fold_and_bad_forms_are_one_line(manifest, official_pth, tmp_pat
     ckpt, out = str(official_pth[0]), str(tmp_path / "o")
     line = _error(["--checkpoint", ckpt, "--data", str(manifest), "--fold", "3", "--out", out,
                    *TINY_SETS])  # fmt: skip
-    assert "--fold (3) must be in 1..2" in line
+    assert "--fold 3 must be in 1..2" in line
     line = _error(["--checkpoint", ckpt, "--data", str(manifest), "--out", out, *TINY_SETS])
-    assert "--fold (None) must be in 1..2" in line
+    assert "is a 2-fold protocol: give --fold K (1..2)" in line and "None" not in line
     line = _error([str(tmp_path), "--checkpoint", ckpt, "--data", str(manifest), "--out", out])
     assert "not both" in line
     assert "--data" in _error([str(tmp_path), "--data", str(manifest)])

@@ -121,9 +121,9 @@ def test_resume_of_another_recipe_is_refused_naming_the_keys(manifest, tmp_path)
 
 
 def test_fold_choice_is_checked(manifest, tmp_path) -> None:
-    with pytest.raises(MaedferError, match=r"--fold \(None\) must be in 1..2"):
+    with pytest.raises(MaedferError, match=r"is a 2-fold protocol: give --fold K \(1..2\)"):
         _run(manifest, tmp_path, fold=None)
-    with pytest.raises(MaedferError, match=r"--fold \(3\) must be in 1..2"):
+    with pytest.raises(MaedferError, match=r"--fold 3 must be in 1..2"):
         _run(manifest, tmp_path, fold=3)
     with pytest.raises(MaedferError, match="batch_size .* must be even"):
         _run(manifest, tmp_path, {"data.batch_size": 3})

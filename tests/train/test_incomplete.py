@@ -27,9 +27,9 @@ DELETED = ["c0_00", "c0_02", "c0_04", "c0_06"]
 BROKEN = "c1_00"
 
 
-def _finetune(data: Path, fold: int, out: Path):  # noqa: ANN202 (a click Result)
+def _finetune(data: Path, fold: int, out: Path, **keys):  # noqa: ANN202 (a click Result)
     sets = cli_sets({**TINY_FINETUNE_KEYS, "schedule.epochs": 1, "data.batch_size": 4,
-                     "data.workers": 0, "loss.mixup": 0, "loss.cutmix": 0})
+                     "data.workers": 0, "loss.mixup": 0, "loss.cutmix": 0, **keys})
     return runner.invoke(app, [
         "finetune", "--data", str(data), "--fold", str(fold), "--out", str(out), *sets,
     ])  # fmt: skip
@@ -52,11 +52,13 @@ def test_finetune_reports_missing_test_clips(tmp_path: Path) -> None:
     assert ("INCOMPLETE: 5 of 12 test clips were not scored (files missing or undecodable): "
             "c0_00, c0_02, c0_04, c0_06, c1_00 (all listed in report.json under missing_clips)"
             ) in result.stdout  # fmt: skip
-    # fold 2's test clips are all there: complete, and the summary says nothing is missing
-    result = _finetune(manifest, 2, tmp_path / "fold2")
+    # fold 2's test clips are all there: complete, and the summary says nothing is missing;
+    # its training clips (fold 1's) lack 5 of 12, tolerated here (data.max_bad_share)
+    result = _finetune(manifest, 2, tmp_path / "fold2", **{"data.max_bad_share": 0.5})
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "fold2" / "report.json").read_text())
     assert (report["clips_expected"], report["clips_scored"]) == (12, 12)
+    assert report["bad_train_clips"] == 5
     assert report["missing_clips"] == [] and report["complete"] is True
     assert "on 12 of 12 clips" in result.stdout and "INCOMPLETE" not in result.stdout
 

@@ -125,14 +125,15 @@ def test_summary_sits_beside_the_published_figures(tmp_path) -> None:
 
 def test_print_commands(setup, tmp_path) -> None:
     out = tmp_path / "p"
-    result = runner.invoke(app, _args(setup, out, "--print-commands", "--set", "epochs=3"))
+    result = runner.invoke(app, _args(setup, out, "--print-commands", "--set",
+                                      "schedule.epochs=3"))  # fmt: skip
     assert result.exit_code == 0, result.output
     c, d, i = (shlex.quote(str(setup[k])) for k in ("config", "data", "init"))
     assert result.stdout.splitlines() == [
         f"maedfer finetune --config {c} --data {d} --fold 1 --init {i} --out {out}/fold_1 "
-        "--set epochs=3",
+        "--set schedule.epochs=3",
         f"maedfer finetune --config {c} --data {d} --fold 2 --init {i} --out {out}/fold_2 "
-        "--set epochs=3",
+        "--set schedule.epochs=3",
         f"maedfer evaluate {out}/fold_1 {out}/fold_2 --out {out}",
     ]
     assert not out.exists()  # nothing ran
