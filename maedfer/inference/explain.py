@@ -48,7 +48,6 @@ from torch import nn
 
 from maedfer.errors import MaedferError
 from maedfer.model.lgi_former import LGIFormer
-from maedfer.model.vit import VideoViT
 
 
 @dataclass
@@ -79,13 +78,19 @@ class Explanation:
 
 
 def _site(model: nn.Module) -> tuple[nn.Module, tuple[int, int, int]]:
-    """The last block (whose input is explained) and the token grid."""
+    """The last block (whose input is explained) and the token grid.
+
+    LGI-Former; or any encoder with ``blocks`` and a tubelet ``patch_embed`` whose last block
+    takes the grid's tokens in raster order (the ViTs of the lineage: VideoMAE, MARLIN,
+    HiCMAE, S4D), checked when the tokens arrive (:func:`_to_raster`).
+    """
     if isinstance(model, LGIFormer):
         return model.encoder.blocks[-1], model.encoder.patch_embed.grid
-    if isinstance(model, VideoViT):
-        return model.blocks[-1], model.patch_embed.grid
-    raise MaedferError(f"--explain knows LGI-Former and ViT classifiers; "
-                       f"{type(model).__name__} is neither")  # fmt: skip
+    blocks, embed = getattr(model, "blocks", None), getattr(model, "patch_embed", None)
+    if isinstance(blocks, nn.ModuleList) and len(blocks) and hasattr(embed, "grid"):
+        return blocks[-1], tuple(embed.grid)
+    raise MaedferError(f"--explain knows LGI-Former and ViT-style encoders (blocks over the "
+                       f"token grid); {type(model).__name__} is neither")  # fmt: skip
 
 
 def _to_raster(model: nn.Module, tokens: torch.Tensor, batch: int) -> torch.Tensor:
@@ -94,6 +99,10 @@ def _to_raster(model: nn.Module, tokens: torch.Tensor, batch: int) -> torch.Tens
         local = tokens[:, 1:]  # (B * n, L, ...): region-major, representative token first
         local = local.reshape(batch, -1, *local.shape[2:])
         return local[:, model.encoder.region_rank]
+    _, grid = _site(model)
+    if tokens.dim() != 3 or tokens.shape[1] != grid[0] * grid[1] * grid[2]:
+        raise MaedferError(f"--explain: {type(model).__name__}'s last block takes "
+                           f"{tuple(tokens.shape)}, not the tokens of the {grid} grid")
     return tokens
 
 

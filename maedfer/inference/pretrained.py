@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from maedfer.errors import MaedferError
-from maedfer.inference.loading import DEFAULT_STRIDE, official_state
-from maedfer.model import MaskedLGIFormer, create_model, load_official
+from maedfer.inference.loading import official_state
+from maedfer.model import MaskedLGIFormer, create_model, input_contract, load_official
 from maedfer.train import checkpoint as ckpt_io
 from maedfer.train.runtime import parse_overrides
 
@@ -170,7 +170,8 @@ def _own(ckpt: Mapping[str, Any], path: Path, overrides: Mapping[str, Any]
     data = config["data"] if nested else config
     settings = PretrainSettings(
         model=name, num_frames=int(built["num_frames"]),
-        stride=int(data.get("stride") or DEFAULT_STRIDE), size=int(built["img_size"]),
+        stride=int(data.get("stride") or input_contract(model).stride),
+        size=int(built["img_size"]),
         subtract_mean=bool(data.get("subtract_mean", False)),
         mask_ratio=float(built["mask_ratio"]),
         format="weights" if ckpt_io.is_weights_only(ckpt) else "maedfer",
@@ -199,7 +200,8 @@ def _official(obj: Any, path: Path, overrides: Mapping[str, Any]
     built = model.config
     settings = PretrainSettings(
         model=name, num_frames=int(built["num_frames"]),
-        stride=int(args.get("sampling_rate") or DEFAULT_STRIDE), size=int(built["img_size"]),
+        stride=int(args.get("sampling_rate") or input_contract(model).stride),
+        size=int(built["img_size"]),
         subtract_mean=False, mask_ratio=float(built["mask_ratio"]), format="official",
         model_config=ckpt_io.plain(built),
     )  # fmt: skip
