@@ -579,13 +579,17 @@ HopOpt = Annotated[
 @app.command()
 def predict(
     videos: Annotated[
-        list[str], typer.Argument(help="Video files, folders (their videos) or glob patterns.")
-    ],
-    checkpoint: CheckpointOpt,
+        list[str] | None,
+        typer.Argument(help="Video files, folders (their videos) or glob patterns; none with "
+                       "--camera or --stream."),
+    ] = None,
+    checkpoint: CheckpointOpt = ...,
     out: Annotated[
         Path | None,
         typer.Option(help="results.parquet, .csv or .json: one row per window, and a "
-                     "per-video table (beside it as results.videos.*, or inside the JSON)."),
+                     "per-video table (beside it as results.videos.*, or inside the JSON); "
+                     "live (--camera, --stream, --realtime): results.jsonl, a line per window "
+                     "as it is scored (default: stdout)."),
     ] = None,
     plot: Annotated[
         Path | None,
@@ -601,12 +605,99 @@ def predict(
     device: DeviceOpt = Device.auto,
     hop: HopOpt = None,
     set_: ModelSetOpt = None,
+    explain: Annotated[
+        bool,
+        typer.Option(help="Where each window's evidence lies: Grad-CAM over the token grid (and "
+                     "the representative tokens' attention), as heat over the face in --overlay, "
+                     "strips in --plot, frame_relevance and peak_frame in the table."),
+    ] = False,
+    camera: Annotated[
+        str | None,
+        typer.Option(help="Live: read this camera (0, 1, ... or a device such as /dev/video2) "
+                     "and score each window as its frames come."),
+    ] = None,
+    stream: Annotated[
+        str | None,
+        typer.Option(help="Live: read this stream (rtsp://, http://, udp://, ...) as it comes."),
+    ] = None,
+    realtime: Annotated[
+        bool,
+        typer.Option(help="Live: play the one VIDEO (or --stream) at its frame rate, as if it "
+                     "came from a camera."),
+    ] = False,
+    max_lag: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="Live: drop the frames waiting when the oldest is this many "
+                     "seconds old (default: one window hop, at least 1 s)."),
+    ] = None,
 ) -> None:
-    """Per-window class probabilities for the face in each video, and a per-video summary."""
+    """Per-window class probabilities for the face in each video, and a per-video summary;
+    live from a camera or a stream, a JSON line per window as it is scored."""
+    if camera is not None or stream is not None or realtime:
+        if plot is not None or overlay is not None:
+            _usage("--plot and --overlay need a whole video, not a live source")
+        if videos and len(videos) > 1:
+            _usage("--realtime plays one video")
+        _call(
+            "maedfer.inference.live", "run",
+            checkpoint=checkpoint, camera=camera, stream=stream,
+            video=videos[0] if videos else None, realtime=realtime, out=out, max_lag=max_lag,
+            explain=explain, device=_opt_device(device), dataset=_opt_value(dataset),
+            classes=classes, hop=hop, model_overrides=set_,
+        )  # fmt: skip
+        return
+    if not videos:
+        _usage("give video files, folders or patterns, or --camera N / --stream URL")
+    if max_lag is not None:
+        _usage("--max-lag goes with --camera, --stream or --realtime")
     _call(
         "maedfer.inference.predict", "run",
         videos=videos, checkpoint=checkpoint, out=out, plot=plot, overlay=overlay,
         device=_opt_device(device), dataset=_opt_value(dataset), classes=classes, hop=hop,
+        model_overrides=set_, explain=explain,
+    )  # fmt: skip
+
+
+@app.command()
+def reconstruct(
+    inputs: Annotated[
+        list[str], typer.Argument(help="Videos (files, folders, globs), or one manifest.parquet.")
+    ],
+    checkpoint: Annotated[
+        Path,
+        typer.Option(exists=True, dir_okay=False, help="A pretrain run's last.pt or final.pt, or "
+                     "an official MAE-DFER pre-trained .pth (not a classifier)."),
+    ],
+    out: Annotated[Path, typer.Option(file_okay=False, help="Folder for the pictures, the "
+                                      "videos and losses.csv.")],
+    mask_ratio: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Share of tokens masked (default: the model's, 0.9)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the masks.")] = 0,
+    hop: Annotated[
+        int | None,
+        typer.Option(min=1, help="Window hop in sampled frames (default: a whole window)."),
+    ] = None,
+    fold: Annotated[int | None, typer.Option(help="Manifest: only this fold's clips.")] = None,
+    split: Annotated[str | None, typer.Option(help="Manifest: only this split.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N videos or clips.")
+    ] = None,
+    device: Annotated[Device, typer.Option()] = Device.auto,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Official checkpoints: model field key=value the weights do "
+                     "not show (num_heads, decoder_num_heads, img_size, num_frames); any "
+                     "checkpoint: official_decoder_order=true|false."),
+    ] = None,
+) -> None:
+    """What a pre-trained MAE reconstructs from a masked face: per window the input, the tube
+    mask, the appearance and motion reconstructions (PNG grid, MP4) and the losses."""
+    _call(
+        "maedfer.inference.reconstruct_run", "run",
+        inputs=inputs, checkpoint=checkpoint, out=out, mask_ratio=mask_ratio, seed=seed,
+        hop=hop, device=_opt_device(device), fold=fold, split=split, limit=limit,
         model_overrides=set_,
     )  # fmt: skip
 

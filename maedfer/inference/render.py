@@ -10,6 +10,11 @@ and rate (H.264 via PyAV), with the face box where a face was found (the square 
 template puts the face in, turned as the aligned crop is, so it shows what the model sees; the
 five landmarks as dots) and the three most probable classes of the window nearest each frame
 as bars ("no face" where that window has none).
+
+A prediction made with ``explain=True`` (``--explain``) adds the relevance of the window nearest
+each frame as a heat map over the face (:mod:`maedfer.inference.explain_render`), and strips of
+a few windows' token-frames with their heat and the "which frames mattered" curve under the
+timeline.
 """
 
 from __future__ import annotations
@@ -73,10 +78,15 @@ def plot_timeline(prediction: Prediction, path: str | Path,
     edges, probs, _ = merged_columns(prediction, max_columns)
     palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
     colours = [palette(i % palette.N) for i in range(len(names))]
-    fig, (top_ax, ax) = plt.subplots(
-        2, 1, figsize=(10, 1.2 + 0.32 * len(names)), sharex=True,
-        gridspec_kw={"height_ratios": [1, max(2, len(names))], "hspace": 0.05},
-    )  # fmt: skip
+    strips = _explain_strips(prediction)
+    timeline_h = 1.2 + 0.32 * len(names)
+    fig = plt.figure(figsize=(10, timeline_h + 1.9 * len(strips)))
+    outer = fig.add_gridspec(1 + bool(strips), 1, hspace=0.35,
+                             height_ratios=[timeline_h] + ([1.9 * len(strips)] if strips else []))
+    inner = outer[0].subgridspec(2, 1, height_ratios=[1, max(2, len(names))], hspace=0.05)
+    top_ax = fig.add_subplot(inner[0])
+    ax = fig.add_subplot(inner[1], sharex=top_ax)
+    top_ax.tick_params(labelbottom=False)
     try:
         for axis in (top_ax, ax):  # faceless time: hatched grey under the NaN cells
             axis.set_facecolor("#d9d9d9")
@@ -107,11 +117,27 @@ def plot_timeline(prediction: Prediction, path: str | Path,
                              label="no face"))  # fmt: skip
         top_ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.25),
                       ncol=min(len(handles), 6), fontsize=8, frameon=False)  # fmt: skip
+        if strips:
+            from maedfer.inference.explain_render import draw_strip
+
+            rows = outer[1].subgridspec(len(strips), 1, hspace=0.6)
+            for i, strip in enumerate(strips):
+                draw_strip(fig.add_subplot(rows[i]), strip)
         with atomic_path(Path(path)) as tmp:
             fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     finally:
         plt.close(fig)
     return Path(path)
+
+
+def _explain_strips(prediction: Prediction) -> list:
+    """The explanation strips of the plot (none without an explanation)."""
+    if prediction.explain is None:
+        return []
+    from maedfer.inference.explain_render import chosen_windows, strip_rows, window_crops
+
+    chosen = chosen_windows(prediction)
+    return strip_rows(prediction, window_crops(prediction, chosen), chosen)
 
 
 def _window_of_frames(prediction: Prediction) -> np.ndarray:
@@ -147,6 +173,29 @@ def _panel(image: np.ndarray, names: list[str], probs: np.ndarray | None, scale:
                     0.5 * scale, (255, 255, 255), thick, cv2.LINE_AA)  # fmt: skip
 
 
+def _heat_drawer(prediction: Prediction):
+    """``draw(image, frame, window)``: the window's relevance for that frame over the face, or
+    None without an explanation."""
+    explanation = prediction.explain
+    if explanation is None:
+        return None
+    from maedfer.inference.explain_render import heat_on_frame
+
+    stride = int(prediction.settings["stride"])
+    starts = prediction.windows["start_frame"].to_numpy()
+
+    def draw(image: np.ndarray, t: int, window: int) -> np.ndarray:
+        maps = explanation.gradcam[window]
+        if np.isnan(maps).any():
+            return image
+        position = max(0, t - int(starts[window])) // stride  # the sampled frame at or before
+        k = min(len(maps) - 1, position // explanation.tubelet)
+        return heat_on_frame(image, maps[k], prediction.faces.transforms[t],
+                             prediction.faces.size)  # fmt: skip
+
+    return draw
+
+
 def overlay_frames(prediction: Prediction, frames):
     """The frames of ``prediction``'s video with its faces and window probabilities drawn."""
     names = prediction.class_names
@@ -155,11 +204,14 @@ def overlay_frames(prediction: Prediction, frames):
     corners = prediction.faces.crop_corners(FACE_SCALE)
     landmarks = prediction.faces.landmarks
     valid = prediction.faces.valid
+    heat = _heat_drawer(prediction)
     for t, frame in enumerate(frames):
         if t >= len(nearest):
             raise MaedferError(f"{prediction.video} has more frames than were predicted")
         image = np.array(frame, copy=True)
         scale = max(0.6, min(image.shape[:2]) / 480)
+        if valid[t] and heat is not None:
+            image = heat(image, t, int(nearest[t]))
         if valid[t]:
             quad = np.round(corners[t]).astype(np.int32).reshape(-1, 1, 2)
             cv2.polylines(image, [quad], True, (0, 255, 0), max(1, round(2 * scale)),

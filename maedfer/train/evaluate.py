@@ -18,6 +18,9 @@ flagged: a warning line on stderr, a ``*`` in the table's ``missing`` column wit
 
 With several runs ``evaluation.json`` and ``confusion_pooled.png`` are written to ``out``
 (default: the deepest folder holding every run, e.g. ``runs/dfew`` for ``runs/dfew/fold1..5``).
+``report.html`` (:mod:`maedfer.train.report_html`: the tables beside MAE-DFER's published
+figures, the confusion matrix, per-class recall and the training curves, in one self-contained
+page) goes there too, or into the run folder for one run.
 """
 
 from __future__ import annotations
@@ -271,8 +274,25 @@ def _default_out(results: list[RunPredictions]) -> Path:
     return Path(os.path.commonpath([r.folder.resolve() for r in results]))
 
 
+def _write_html(results: list[RunPredictions], reports: list[dict], payload: dict,
+                target: Path) -> Path:  # fmt: skip
+    from maedfer.train.report_html import RunEntry, published_percent, write_report_html
+
+    names = [r.folder.name for r in results]
+    if len(set(names)) < len(names):
+        names = [str(r.run) for r in results]
+    entries = [RunEntry(n, r.folder, rep, r.coverage["complete"])
+               for n, r, rep in zip(names, results, reports, strict=True)]  # fmt: skip
+    dataset = results[0].dataset
+    title = f"maedfer evaluate: {dataset or results[0].folder.name}"
+    return write_report_html(target, title=title, runs=entries, dataset=dataset,
+                             mean=payload.get("mean_over_folds"), pooled=payload.get("pooled"),
+                             published=published_percent(dataset))  # fmt: skip
+
+
 def run(
-    runs: list[Path], as_json: bool = False, out: Path | None = None, *, echo: bool = True
+    runs: list[Path], as_json: bool = False, out: Path | None = None, *, echo: bool = True,
+    html: bool = True,
 ) -> dict:
     """Evaluate run folders; print a table (or JSON with ``as_json``) and write the PNG(s).
 
@@ -284,6 +304,8 @@ def run(
             runs only); default the deepest folder holding every run.
         echo: print the table (or JSON) and the warnings; off for a caller that prints its own
             (``maedfer protocol``).
+        html: write ``report.html`` (``out`` for several runs, the run folder for one); off for
+            a caller that writes its own.
 
     Returns:
         ``{"runs": [{"run", "report", "confusion_png", "complete", "clips_expected",
@@ -332,6 +354,11 @@ def run(
             summary_json=str(summary_json),
         )
         metrics.write_report(summary_json, payload)
+    if html:
+        from maedfer.train.report_html import REPORT_HTML
+
+        target = (Path(out) if summary is not None else results[0].folder) / REPORT_HTML
+        payload["report_html"] = str(_write_html(results, reports, payload, target))
     if not echo:
         return payload
     if as_json:
@@ -341,5 +368,7 @@ def run(
         written = [p["confusion_png"] for p in payload["runs"]]
         if summary is not None:
             written += [payload["pooled_confusion_png"], payload["summary_json"]]
+        if "report_html" in payload:
+            written.append(payload["report_html"])
         typer.echo("\nwrote " + ", ".join(written))
     return payload

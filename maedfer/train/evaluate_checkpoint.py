@@ -266,9 +266,24 @@ def _evaluate(*, checkpoint: Path, data: Path, out: Path, fold: int | None, spli
     out = Path(out)
     write_results(out, result, classes)
     report = result.report
+    _write_html(out, report, checkpoint)
     if not quiet:
         print(json.dumps(report, indent=2) if as_json else _summary(report, out, started))
     return report
+
+
+def _write_html(out: Path, report: dict[str, Any], checkpoint: Path) -> Path:
+    """``out/report.html`` (:mod:`maedfer.train.report_html`); a checkpoint has no curves."""
+    from maedfer.train import report_html as page
+
+    where = f"fold {report['fold']}" if report["fold"] is not None else f"split {report['split']}"
+    entry = page.RunEntry(f"{Path(checkpoint).name}, {where}", None, report,
+                          report.get("complete"))  # fmt: skip
+    return page.write_report_html(
+        out / page.REPORT_HTML, title=f"maedfer evaluate: {report['dataset']}", runs=[entry],
+        dataset=report["dataset"], published=page.published_percent(report["dataset"]),
+        note=f"checkpoint {checkpoint} ({report['checkpoint_format']})",
+    )  # fmt: skip
 
 
 def _bad_train_clips(checkpoint: Path, form: str) -> int | None:
@@ -294,5 +309,5 @@ def _summary(report: dict[str, Any], out: Path, started: float) -> str:
         missing = report["missing_clips"]
         text = describe_missing(len(missing), report["clips_expected"], missing)
         lines.append(f"  INCOMPLETE: {text} (all listed in report.json under missing_clips)")
-    lines.append(f"  report: {out / REPORT}")
+    lines.append(f"  report: {out / REPORT}, {out / 'report.html'}")
     return "\n".join(lines)

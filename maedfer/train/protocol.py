@@ -267,7 +267,7 @@ def summarize(out: Path, folds: list, dataset: str, config: str | Path,
     """Cross-fold evaluation of the finished folds; writes and returns ``summary.json``, with
     the figure ``model``'s paper publishes beside them."""
     folders = [fold_dir(out, f) for f in folds]
-    payload = evaluate.run(folders, out=Path(out), echo=False)
+    payload = evaluate.run(folders, out=Path(out), echo=False, html=False)
     per_fold = []
     for fold, folder, entry in zip(folds, folders, payload["runs"], strict=True):
         per_fold.append({"fold": fold, "run": str(folder), **_figures(entry["report"]),
@@ -290,7 +290,26 @@ def summarize(out: Path, folds: list, dataset: str, config: str | Path,
         "evaluation_json": payload.get("summary_json"),
     }  # fmt: skip
     metrics.write_report(Path(out) / SUMMARY, summary)
+    _write_html(Path(out), summary, payload, folders, dataset, config)
     return summary
+
+
+def _write_html(out: Path, summary: Mapping[str, Any], payload: Mapping[str, Any],
+                folders: list[Path], dataset: str, config: str | Path) -> Path:  # fmt: skip
+    """``out/report.html``: the protocol's page (:mod:`maedfer.train.report_html`)."""
+    from maedfer.train import report_html as page
+
+    entries = []
+    for row, folder, entry in zip(summary["folds"], folders, payload["runs"], strict=True):
+        name = f"fold {row['fold']}" if row["fold"] is not None else "test split"
+        entries.append(page.RunEntry(name, folder, entry["report"], row["complete"]))
+    pooled = payload.get("pooled") or {**entries[0].report, **summary["pooled"]}
+    return page.write_report_html(
+        out / page.REPORT_HTML, title=f"maedfer protocol: {dataset}", runs=entries,
+        dataset=dataset, mean=summary["mean_over_folds"], pooled=pooled,
+        published=page.as_percent(summary["published"]),
+        note=f"{summary.get('model') or 'model'}, fine-tuning config {config}",
+    )  # fmt: skip
 
 
 def _pct(value: float | None, sign: bool = False) -> str:
@@ -411,7 +430,7 @@ def run(
         typer.echo(json.dumps(summary, indent=2))
     else:
         typer.echo(format_summary(summary))
-        typer.echo(f"\nwrote {Path(out) / SUMMARY}")
+        typer.echo(f"\nwrote {Path(out) / SUMMARY}, {Path(out) / 'report.html'}")
     return summary
 
 
