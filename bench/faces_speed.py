@@ -38,9 +38,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from maedfer.devices import resolve_device  # noqa: E402
 from maedfer.preprocess import profile  # noqa: E402
 from maedfer.preprocess.encode import write_clip  # noqa: E402
-from maedfer.preprocess.faces import resolve_device  # noqa: E402
 
 MEDIA = Path(os.environ.get("MAEDFER_TEST_MEDIA", Path.home() / ".cache/maedfer/test-media"))
 

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from maedfer.devices import resolve_device
 from maedfer.model import create_model
 from maedfer.model.flops import count_gmacs, count_params
-from maedfer.model.profile import resolve_device, time_calls
+from maedfer.model.profile import time_calls
 
 
 def quartiles(xs: list[float]) -> dict[str, float]:

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
+from maedfer.devices import resolve_device
 from maedfer.model import create_model
-from maedfer.train.distributed import resolve_device
 from maedfer.train.profile import build_step, quartiles, reference_attention, time_steps
 
 # Demo-size models (DESIGN.md §8): 64×64 faces, 16 frames, width 64, depth 2.

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from maedfer.model.profile import resolve_device
+from maedfer.devices import resolve_device
 
 SAMPLE_CLIPS, SAMPLE_FRAMES = 8, 48
 

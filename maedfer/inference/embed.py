@@ -29,9 +29,9 @@ import torch
 from tqdm import tqdm
 
 from maedfer.atomic import atomic_path, check_writable
+from maedfer.devices import resolve_device
 from maedfer.errors import MaedferError
 from maedfer.inference.loading import load_classifier
-from maedfer.preprocess.faces import resolve_device
 
 DEFAULT_BATCH = 8
 

@@ -28,12 +28,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from maedfer.devices import resolve_device
 from maedfer.errors import MaedferError
 from maedfer.inference.explain import Explanation, build_explanation, explain_batch
 from maedfer.inference.loading import ModelSettings, load_classifier
 from maedfer.inference.windows import default_hop, stream_windows, window_batch, window_indices
 from maedfer.preprocess import MIN_FRAMES
-from maedfer.preprocess.faces import FaceAligner, NoFaceError, resolve_device
+from maedfer.preprocess.faces import FaceAligner, NoFaceError
 from maedfer.preprocess.video import (
     VideoError,
     frame_times,

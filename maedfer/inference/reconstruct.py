@@ -35,13 +35,14 @@ import cv2
 import numpy as np
 import torch
 from einops import rearrange
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from maedfer.constants import IMAGENET_MEAN, IMAGENET_STD
+from maedfer.devices import resolve_device
 from maedfer.errors import MaedferError
 from maedfer.inference.pretrained import PretrainSettings, load_pretrainer
 from maedfer.inference.windows import stream_windows, window_batch
 from maedfer.model import MaskedLGIFormer, TubeWindowMasking
-from maedfer.preprocess.faces import FaceAligner, NoFaceError, resolve_device
+from maedfer.preprocess.faces import FaceAligner, NoFaceError
 from maedfer.preprocess.video import VideoError, iter_video_frames, prefetched, probe_video
 
 MIN_WINDOW_FACE = 0.5  # as Predictor: a window is reconstructed when half its frames have a face
@@ -136,8 +137,8 @@ def reconstruct_pixels(model: MaskedLGIFormer, video: torch.Tensor, mask: torch.
         raise MaedferError(f"reconstructions show tubelets of 2 frames; this model's are "
                            f"{model.tubelet_size}")  # fmt: skip
     video = video.float()
-    mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=video.device).view(1, 3, 1, 1, 1)
-    std = torch.tensor(IMAGENET_DEFAULT_STD, device=video.device).view(1, 3, 1, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=video.device).view(1, 3, 1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=video.device).view(1, 3, 1, 1, 1)
     p = model.patch_size
     patches = rearrange(video * std + mean, "b c (t p0) (h p1) (w p2) -> b (t h w) p0 (p1 p2) c",
                         p0=2, p1=p, p2=p)  # fmt: skip
@@ -323,7 +324,7 @@ class Reconstructor:
         pixels = reconstruct_pixels(self.model, video, mask, pred)
         out = {k: v[0].cpu().numpy() for k, v in pixels.items()}
         if s.subtract_mean:  # put the clip's mean frame back: the pictures show the face
-            offset = frames.astype(np.float32).mean(0) / 255 - np.asarray(IMAGENET_DEFAULT_MEAN,
+            offset = frames.astype(np.float32).mean(0) / 255 - np.asarray(IMAGENET_MEAN,
                                                                          np.float32)  # fmt: skip
             out["appearance"] += offset
         out["pred"] = pred[0].float().cpu().numpy()

@@ -50,3 +50,10 @@ __all__ = [
     "models_of_kind",
     "register_model",
 ]
+
+# timm may have been imported by the modules above, before their models were registered: the
+# registration with timm (maedfer/_timm.py) happens now that they all are.
+_READY = True
+from maedfer import _timm  # noqa: E402
+
+_timm.register_pending()

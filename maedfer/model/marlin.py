@@ -24,16 +24,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from maedfer.constants import IMAGENET_MEAN, IMAGENET_STD
 from maedfer.model.layers import Block, Renormalise, TubeletEmbed, drop_path_rates, sinusoid_table
 from maedfer.model.layout import Layout
 from maedfer.model.lgi_former import _layer_id, init_finetune_weights
-from maedfer.model.registry import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    InputContract,
-    build,
-    register_model,
-)
+from maedfer.model.registry import InputContract, build, register_model
 
 MARLIN = Layout(
     name="marlin",

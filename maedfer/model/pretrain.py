@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from torch import nn
 
+from maedfer.constants import IMAGENET_MEAN, IMAGENET_STD
 from maedfer.model.layers import Block, LayerNorm, sinusoid_table
 from maedfer.model.lgi_former import LGIFormerEncoder, _layer_id
 from maedfer.model.masking import TubeWindowMasking
@@ -241,8 +241,8 @@ class MaskedLGIFormer(nn.Module):
         positions of each video, ascending (:meth:`token_order`), if at hand.
         """
         video = video.float()
-        mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=video.device).view(1, 3, 1, 1, 1)
-        std = torch.tensor(IMAGENET_DEFAULT_STD, device=video.device).view(1, 3, 1, 1, 1)
+        mean = torch.tensor(IMAGENET_MEAN, device=video.device).view(1, 3, 1, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=video.device).view(1, 3, 1, 1, 1)
         pixels = video * std + mean
         p, t = self.patch_size, self.tubelet_size
         patches = rearrange(

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from maedfer.devices import resolve_device
 from maedfer.errors import MaedferError
 from maedfer.model.flops import clip_shape, count_gmacs, count_params
 from maedfer.model.registry import create_model, list_models
@@ -29,15 +30,6 @@ LINEAGE_BASELINE = "lgi_former_base"
 #: ``--name lineage``: MAE-DFER's classifier and the encoders of its lineage, at full size
 LINEAGE = ("lgi_former_base", "videomae_base", "videomae_base_224", "marlin_base",
            "marlin_large", "svfap_base", "s4d_base", "hicmae_base")  # fmt: skip
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``None`` picks CUDA when present; asking for CUDA without it is a user error."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise MaedferError("--device cuda asked for, but torch sees no CUDA device here")
-    return torch.device(device)
 
 
 def _sync(device: torch.device) -> None:

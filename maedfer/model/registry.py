@@ -17,17 +17,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from maedfer.constants import IMAGENET_MEAN, IMAGENET_STD
 from maedfer.errors import MaedferError
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _INFO: dict[str, dict[str, Any]] = {}
 _ALIASES: dict[str, str] = {}
 KINDS: tuple[str, ...] = ("classifier", "pretrain")
-IMAGENET_MEAN: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_MEAN)
-IMAGENET_STD: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_STD)
 #: The faces MAE-DFER was trained on (its contract's default).
 MAE_DFER_CROP = ("the datasets' face crops (MAE-DFER preprocess), VoxCeleb2's face-centred "
                  "frames for pre-training")

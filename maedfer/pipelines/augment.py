@@ -29,11 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from maedfer.constants import IMAGENET_MEAN, IMAGENET_STD, RAND_AUGMENT
 from maedfer.errors import MaedferError
-from maedfer.pipelines.options import RAND_AUGMENT  # noqa: F401 (re-exported: its home is options)
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "RAND_AUGMENT"]  # theirs: maedfer.constants
 MULTI_SCALES: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
 ERASE_PROB = 0.25
 FLIP_PROB = 0.5

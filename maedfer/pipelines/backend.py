@@ -76,8 +76,6 @@ BACKENDS: dict[str, BackendEntry] = {
                      "on the CPU, every codec", requires="av"),
     )
 }  # fmt: skip
-#: What ``backend=`` accepts: ``auto`` and the table's names.
-CHOICES: tuple[str, ...] = ("auto", *BACKENDS)
 #: The backend the others defer to on whether a file decodes (it reads every codec).
 REFERENCE = "pyav"
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from maedfer.constants import IMAGENET_MEAN, IMAGENET_STD
 from maedfer.pipelines import augment, rand_augment_batch
 
 if TYPE_CHECKING:
@@ -98,8 +99,8 @@ def constants(device: torch.device, height: int, width: int,
     smooth[..., 1, 1] = 5
     made = Constants(
         # the float32 values of augment.normalise: the tuple as float32, times 255
-        mean=(torch.tensor(augment.IMAGENET_MEAN).view(shape) * 255).to(device),
-        std=(torch.tensor(augment.IMAGENET_STD).view(shape) * 255).to(device),
+        mean=(torch.tensor(IMAGENET_MEAN).view(shape) * 255).to(device),
+        std=(torch.tensor(IMAGENET_STD).view(shape) * 255).to(device),
         rows=torch.arange(height, dtype=torch.float64).view(height, 1).to(device),
         cols=torch.arange(width, dtype=torch.float64).view(1, width).to(device),
         ramp=torch.arange(256).to(device), ramp64=torch.arange(256, dtype=torch.float64)

@@ -16,21 +16,19 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, TypedDict
 
 import pandas as pd
 import torch
 
+from maedfer.constants import Mode, TemporalRule
 from maedfer.errors import MaedferError
 from maedfer.pipelines import backend as backends
 from maedfer.pipelines.options import DataOptions, TrainDataOptions, field_default, option_names
 from maedfer.pipelines.plan import EpochPlan, SampleConfig, describe_augment
-from maedfer.pipelines.sampling import TemporalRule
 from maedfer.pipelines.select import ClipTable, check_some_clip_exists, load_clip_table
 
 log = logging.getLogger(__name__)
-
-Mode = Literal["pretrain", "train", "test"]
 Backend = str  # "auto" or a name of maedfer.pipelines.backend.BACKENDS
 
 

@@ -12,13 +12,11 @@ Torch-free: the command line and the configs import it cheaply.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
+from maedfer.constants import RAND_AUGMENT, TemporalRule
 from maedfer.options import Choices, opt
 from maedfer.pipelines.backend import choices as backend_choices
-
-#: timm's RandAugment policy of the official fine-tuning recipe (MODEL.md §4.2)
-RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"
 
 
 @dataclass
@@ -32,7 +30,7 @@ class DataOptions:
         "auto", "clip decoder: dali (GPU), hybrid (PyAV decodes, the GPU converts and "
         "augments), pyav (CPU) or auto (DALI when CUDA and DALI are present, else hybrid on "
         "CUDA, else pyav)")
-    temporal_rule: Literal["stride", "reference"] = opt(
+    temporal_rule: TemporalRule = opt(
         "stride", "training window: stride = num_frames frames exactly `stride` apart at a "
         "random start (the official pre-training rule)")
     stride: int | None = opt(4, "frame step of the windows (official sampling rate: 4; FERV39k "

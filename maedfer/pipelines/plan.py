@@ -24,14 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from maedfer.constants import MODES, RAND_AUGMENT, TEMPORAL_RULES, TemporalRule
 from maedfer.errors import MaedferError
 from maedfer.pipelines import sampling, steps
 from maedfer.pipelines.augment import Box
-from maedfer.pipelines.options import RAND_AUGMENT, DataOptions
+from maedfer.pipelines.options import DataOptions
 from maedfer.pipelines.rand_augment import RandAugmentOp
 from maedfer.pipelines.select import ClipTable
-
-MODES: tuple[str, ...] = ("pretrain", "train", "test")
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class SampleConfig:
     augment: bool
     rand_augment: bool
     rand_augment_policy: str
-    temporal_rule: sampling.TemporalRule
+    temporal_rule: TemporalRule
     test_views: int
     num_sample: int
     subtract_mean: bool
@@ -85,10 +84,10 @@ class SampleConfig:
         if self.num_sample < 1 or (self.mode == "test" and self.num_sample != 1):
             raise MaedferError(f"num_sample ({self.num_sample}) must be >= 1, and 1 in test "
                                "mode (its views are test_views)")
-        if self.temporal_rule not in sampling.TEMPORAL_RULES:
+        if self.temporal_rule not in TEMPORAL_RULES:
             raise MaedferError(
                 f"temporal rule {self.temporal_rule!r} is unknown; expected one of "
-                f"{sampling.TEMPORAL_RULES}"
+                f"{TEMPORAL_RULES}"
             )
 
 

@@ -50,9 +50,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from maedfer.constants import IMAGENET_MEAN, RAND_AUGMENT
 from maedfer.errors import MaedferError
-from maedfer.pipelines.augment import IMAGENET_MEAN, Box
-from maedfer.pipelines.options import RAND_AUGMENT
+from maedfer.pipelines.augment import Box
 
 #: timm op names -> what the pixels undergo (the ``Increasing`` variants differ in their draws
 #: only, which timm's level functions make before the op runs)

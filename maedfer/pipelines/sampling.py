@@ -25,14 +25,10 @@ is ``0, 4, …, 28`` padded with ``28`` to 16, so both views are that list.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
+from maedfer.constants import TEMPORAL_RULES, TemporalRule
 from maedfer.errors import MaedferError
-
-TemporalRule = Literal["stride", "reference"]
-TEMPORAL_RULES: tuple[str, ...] = ("stride", "reference")
 
 
 def _check(num_video_frames: int, num_frames: int, stride: int) -> None:

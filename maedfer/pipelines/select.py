@@ -15,11 +15,11 @@ Paths are relative to the manifest's folder (prepared clips) or, when the rows a
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maedfer.errors import MaedferError
-from maedfer.manifests.schema import check_column_types
+from maedfer.manifests.schema import check_column_types, decode_metadata
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def check_some_clip_exists(table: ClipTable, *, what: str) -> None:
     )
 
 
-def _read_parquet(path: Path) -> tuple[pa.Table, dict[str, str]]:
+def _read_parquet(path: Path) -> tuple[pa.Table, dict[str, Any]]:
     if not path.is_file():
         raise MaedferError(f"manifest {path} does not exist; expected a manifest.parquet file")
     try:
@@ -105,9 +105,7 @@ def _read_parquet(path: Path) -> tuple[pa.Table, dict[str, str]]:
     check_column_types(schema, str(path))
     columns = [c for c in (*NEEDED_COLUMNS, *OPTIONAL_COLUMNS) if c in names]
     table = pq.read_table(path, columns=columns)
-    raw = schema.metadata or {}
-    meta = {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"maedfer.")}
-    return table, meta
+    return table, decode_metadata(schema.metadata, path)
 
 
 def _from_frame(df: pd.DataFrame) -> pa.Table:
@@ -201,10 +199,10 @@ def _select_mask(table: pa.Table, *, mode: str, fold: int | None, split: str | N
     return np.ones(n, dtype=bool)
 
 
-def _resolve_root(table: pa.Table, meta: dict[str, str], manifest_dir: Path | None) -> Path:
+def _resolve_root(table: pa.Table, meta: dict[str, Any], manifest_dir: Path | None) -> Path:
     """Manifest folder, or ``maedfer.raw_root`` when the first clip is found there instead."""
     base = manifest_dir if manifest_dir is not None else Path.cwd()
-    raw_root = meta.get("maedfer.raw_root")
+    raw_root = meta.get("raw_root")
     if raw_root and table.num_rows:
         first = Path(table.column("path")[0].as_py())
         if not first.is_absolute() and not (base / first).exists() and (
@@ -285,7 +283,7 @@ def load_clip_table(
         bad = table.column("clip_id")[int(np.flatnonzero(label < 0)[0])].as_py()
         raise MaedferError(f"{mode} mode needs labelled clips, but {bad} in {source} has label -1"
                            " (unlabelled: use it for pre-training)")
-    classes = json.loads(meta["maedfer.classes"]) if "maedfer.classes" in meta else None
+    classes = list(meta["classes"]) if "classes" in meta else None
     if mode != "pretrain" and classes is not None:
         _check_label_range(table, label, len(classes), source)
     return ClipTable(

@@ -53,6 +53,7 @@ from tqdm import tqdm
 
 from maedfer import lifeline
 from maedfer.atomic import remove_stale
+from maedfer.devices import resolve_device
 from maedfer.errors import MaedferError
 from maedfer.lifeline import die_with
 from maedfer.lock import hold
@@ -78,7 +79,6 @@ from maedfer.preprocess.clip import (
     source_stamp,
 )
 from maedfer.preprocess.encode import CODECS, PARTIAL_MARK
-from maedfer.preprocess.faces import resolve_device
 from maedfer.quiet import quiet_library_warnings
 
 logger = logging.getLogger(__name__)

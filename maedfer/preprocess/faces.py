@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from maedfer.devices import resolve_device
 from maedfer.errors import MaedferError
 from maedfer.preprocess.align import clip_transforms, warp_frames
 from maedfer.preprocess.detect import THRESHOLDS, FaceDetector, Faces, best_face, square_boxes
@@ -116,16 +117,6 @@ def chunk_frames(frame_shape: tuple[int, ...], detect_every: int) -> int:
     fit = CHUNK_BYTES // max(1, int(np.prod(frame_shape)))
     frames = max(1, min(CHUNK_FRAMES, fit))
     return max(detect_every, frames // detect_every * detect_every)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None picks CUDA when present; asking for CUDA without it is a user error."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MaedferError("device cuda asked for, but torch sees no CUDA device here")
-    return device
 
 
 @contextlib.contextmanager

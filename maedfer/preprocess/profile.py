@@ -28,8 +28,9 @@ import cv2
 import numpy as np
 import torch
 
+from maedfer.devices import resolve_device
 from maedfer.preprocess.encode import write_clip
-from maedfer.preprocess.faces import FaceAligner, cpu_threads, resolve_device
+from maedfer.preprocess.faces import FaceAligner, cpu_threads
 from maedfer.preprocess.video import read_video_frames
 
 PORTRAIT = Path(__file__).resolve().parents[1] / "assets" / "portraits" / "obama.jpg"

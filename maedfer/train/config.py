@@ -230,14 +230,6 @@ def keys(cfg_or_cls: Any) -> list[str]:
     return out
 
 
-def help_of(cls: type, key: str) -> str:
-    """The help line of a dotted key."""
-    *path, last = key.split(".")
-    for name in path:
-        cls = _hints(cls)[name]
-    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == last)
-
-
 def _unknown(key: str, valid: Iterable[str]) -> MaedferError:
     valid = list(valid)
     near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)

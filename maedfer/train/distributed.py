@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from maedfer.devices import resolve_device
 from maedfer.errors import MaedferError
 
 log = logging.getLogger(__name__)
@@ -50,33 +51,6 @@ class DistEnv:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
-    """``None`` picks CUDA when present; ``cuda`` becomes ``cuda:<local_rank>``.
-
-    Raises:
-        MaedferError: CUDA asked for where torch sees none, or an unknown device name.
-    """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise MaedferError("--device cuda asked for, but torch sees no CUDA device here")
-        if device != "cuda":
-            return torch.device(device)
-        count = torch.cuda.device_count()
-        if local_rank >= count:
-            if count == 1:  # one GPU per task (srun --gpus-per-task=1): it is this task's
-                return torch.device("cuda", 0)
-            raise MaedferError(
-                f"local rank {local_rank} needs a CUDA device of its own, but this process sees "
-                f"{count}: start at most {count} processes per node"
-            )
-        return torch.device("cuda", local_rank)
-    if device != "cpu":
-        raise MaedferError(f"device {device!r} is unknown; use cpu or cuda")
-    return torch.device("cpu")
 
 
 def first_host(nodelist: str) -> str:
@@ -182,7 +156,7 @@ def init_distributed(device: str | None = None) -> DistEnv:
             os.environ.setdefault(key, value)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return DistEnv(device=resolve_device(device))
+        return DistEnv(device=resolve_device(device, 0))
     try:
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     except KeyError:
@@ -222,15 +196,6 @@ def all_reduce_sum(values: list[float], env: DistEnv) -> list[float]:
     return tensor.tolist()
 
 
-def all_reduce_max(values: list[float], env: DistEnv) -> list[float]:
-    """Maximum of each value over processes (used for stop flags every rank must agree on)."""
-    if not env.distributed:
-        return list(values)
-    tensor = torch.tensor(values, dtype=torch.float64, device=env.device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor.tolist()
-
-
 def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
     """Every process's ``obj`` (picklable), in rank order, on every process."""
     if not env.distributed:
@@ -243,15 +208,6 @@ def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()
-
-
-def broadcast_object(obj: Any, env: DistEnv) -> Any:
-    """Rank 0's ``obj`` on every process."""
-    if not env.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def cleanup(env: DistEnv, *, synchronize: bool = True) -> None:

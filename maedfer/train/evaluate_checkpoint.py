@@ -32,13 +32,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from maedfer.devices import resolve_device
 from maedfer.errors import MaedferError
 from maedfer.lock import hold
 from maedfer.model import input_contract
 from maedfer.train import badclips
 from maedfer.train import checkpoint as ckpt_io
 from maedfer.train.coverage import describe_missing
-from maedfer.train.distributed import resolve_device
 from maedfer.train.heldout import (
     REPORT,
     manifest_info,

@@ -12,16 +12,15 @@ run's final test writes, and what ``maedfer evaluate --checkpoint`` writes for a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
 from maedfer.errors import MaedferError
+from maedfer.manifests.io import read_metadata
 from maedfer.train import metrics
 from maedfer.train.coverage import coverage_keys
 from maedfer.train.precision import autocast
@@ -37,19 +36,15 @@ def manifest_info(path: Path) -> tuple[str, list[str], int]:
         MaedferError: unreadable file, or no ``maedfer.classes`` key (a fine-tuning manifest
             must name its classes in label order).
     """
-    try:
-        parquet = pq.ParquetFile(path)
-        meta = parquet.schema_arrow.metadata or {}
-    except (OSError, ValueError) as exc:
-        raise MaedferError(f"cannot read manifest {path}: {exc}") from None
-    if parquet.metadata.num_rows == 0:
+    meta = read_metadata(path)
+    if meta["num_rows"] == 0:
         raise MaedferError(f"manifest {path} holds no clips (0 rows): prepare the dataset again "
                            "(its rejects.parquet says why clips were left out)")  # fmt: skip
-    if b"maedfer.classes" not in meta:
+    if "classes" not in meta:
         raise MaedferError(f"manifest {path} has no maedfer.classes metadata (class names)")
-    classes = json.loads(meta[b"maedfer.classes"])
-    num_folds = int(meta.get(b"maedfer.num_folds", b"0"))
-    dataset = meta.get(b"maedfer.dataset", path.parent.name.encode()).decode()
+    classes = meta["classes"]
+    num_folds = int(meta.get("num_folds", 0))
+    dataset = str(meta.get("dataset", Path(path).parent.name))
     return dataset, list(classes), num_folds
 
 

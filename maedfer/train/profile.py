@@ -25,10 +25,10 @@ from unittest import mock
 
 import torch
 
+from maedfer.devices import resolve_device
 from maedfer.errors import MaedferError
 from maedfer.model import MaskedLGIFormer, create_model, list_models, model_info
 from maedfer.model import layers as model_layers
-from maedfer.train.distributed import resolve_device
 from maedfer.train.optim import create_optimizer
 from maedfer.train.precision import autocast, grad_scaler, resolve_precision
 

@@ -121,7 +121,7 @@ def is_ignored(key: str, ignored: frozenset[str] = RESUME_IGNORED) -> bool:
     return key in ignored or key.rsplit(".", 1)[-1] in ignored
 
 
-_ABSENT = object()
+_ABSENT = object()  # a key one side lacks (shown as absent)
 
 
 def config_differences(
@@ -162,10 +162,8 @@ def recipe_differences(ckpt: Mapping[str, Any], config: Mapping[str, Any]
         return config_differences(ran, config)
     ran_flat, new_flat = flatten(ran), flatten(config)
     return [d for d in config_differences(asked, config)
-            if ran_flat.get(d[0], _MISSING) != new_flat.get(d[0], _MISSING)]  # fmt: skip
+            if ran_flat.get(d[0], _ABSENT) != new_flat.get(d[0], _ABSENT)]  # fmt: skip
 
-
-_MISSING = object()
 
 
 def _show(value: Any) -> str:

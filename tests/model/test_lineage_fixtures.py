@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from maedfer.constants import IMAGENET_MEAN, IMAGENET_STD
 from maedfer.model import create_model, input_contract, load_official
 from maedfer.model import s4d as s4d_module
 from maedfer.model.layout import OfficialCheckpointError
-from maedfer.model.registry import IMAGENET_MEAN, IMAGENET_STD
 
 FIXTURES = Path(__file__).parent / "fixtures" / "lineage"
 TOL = 1e-4
