@@ -496,7 +496,7 @@ def step_flops(step: Callable[[], float]) -> float:
 def time_step(ctx: Context, step: Callable[[], float], warmup: int, repeats: int) -> dict:
     import torch
 
-    from maedfer.train.profile import time_steps
+    from maedfer.recipes.profile import time_steps
 
     dev = device(ctx)
     if dev.type == "cuda":
@@ -514,7 +514,7 @@ def step_eager(ctx: Context) -> dict:
 
     import torch
 
-    from maedfer.train.profile import build_step, reference_attention
+    from maedfer.recipes.profile import build_step, reference_attention
 
     dev, small = device(ctx), dry(ctx)
     batch, warmup, repeats = (2, 1, 2) if small else (32, 3, 10)
@@ -559,8 +559,8 @@ def fed_step(ctx: Context, backend: str, workers: int) -> dict:
 
     from maedfer.model import create_model
     from maedfer.pipelines import build_loader, make_mixup
-    from maedfer.train.optim import create_optimizer
-    from maedfer.train.precision import autocast
+    from maedfer.training.optim import create_optimizer
+    from maedfer.training.precision import autocast
 
     dev, small = device(ctx), dry(ctx)
     name, overrides = models(ctx)["finetune"]
@@ -664,7 +664,7 @@ class SyncCounter:
 
 
 def syncs(ctx: Context) -> dict:
-    from maedfer.train.profile import build_step
+    from maedfer.recipes.profile import build_step
 
     cuda = not dry(ctx)
     out: dict[str, Any] = {"method": "torch.cuda.set_sync_debug_mode('warn')" if cuda else
@@ -707,7 +707,7 @@ def step_compiled(ctx: Context) -> dict:
     import torch
     import torch._dynamo
 
-    from maedfer.train.profile import build_step
+    from maedfer.recipes.profile import build_step
 
     dev, small = device(ctx), dry(ctx)
     batch, warmup, repeats = (2, 1, 2) if small else (32, 2, 10)

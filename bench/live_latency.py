@@ -43,7 +43,7 @@ from maedfer.inference import live  # noqa: E402
 from maedfer.inference.predictor import Predictor  # noqa: E402
 from maedfer.model import create_model  # noqa: E402
 from maedfer.preprocess.encode import write_clip  # noqa: E402
-from maedfer.train import checkpoint  # noqa: E402
+from maedfer.training import checkpoint  # noqa: E402
 
 FPS = 25
 WIDTH, HEIGHT = 640, 360

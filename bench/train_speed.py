@@ -5,7 +5,7 @@ GPU), bf16 autocast on GPU (fp32 on CPU), the classifier's dead last-block compu
 frozen, fused AdamW on GPU. Reference-style (as the official MAE-DFER code runs): attention as
 matmul-softmax-matmul, fp16 autocast with a gradient scaler on GPU (fp32 on CPU), the dead
 compute kept, foreach AdamW. Both steps are those of ``maedfer profile train``
-(:mod:`maedfer.train.profile`): mixup + forward + loss + backward + AdamW for fine-tuning; masks
+(:mod:`maedfer.recipes.profile`): mixup + forward + loss + backward + AdamW for fine-tuning; masks
 + forward + targets + loss + backward + AdamW for pre-training. Synthetic clips (decoding is
 ``bench/data_speed.py``'s business).
 
@@ -32,7 +32,7 @@ import torch
 
 from maedfer.devices import resolve_device
 from maedfer.model import create_model
-from maedfer.train.profile import build_step, quartiles, reference_attention, time_steps
+from maedfer.recipes.profile import build_step, quartiles, reference_attention, time_steps
 
 # Demo-size models (DESIGN.md §8): 64×64 faces, 16 frames, width 64, depth 2.
 TINY = {"embed_dim": 64, "depth": 2, "num_heads": 2, "img_size": 64, "num_frames": 16,

@@ -349,7 +349,7 @@ def pretrain(
 ) -> None:
     """MAE pre-training of LGI-Former on a manifest (default config: pretrain-voxceleb2)."""
     _call(
-        "maedfer.train.pretrain", "run",
+        "maedfer.recipes.pretrain", "run",
         config=config, overrides=set_, data=data, out=out, device=_opt_device(device),
         resume=_opt_value(resume), overwrite=overwrite or None, save_every=save_every,
         dry_run=dry_run, as_json=json_,
@@ -387,7 +387,7 @@ def finetune(
 ) -> None:
     """Fine-tune a classifier on one fold and test it (default config: finetune-dfew)."""
     _call(
-        "maedfer.train.finetune", "run",
+        "maedfer.recipes.finetune", "run",
         config=config, overrides=set_, data=data, fold=fold, init=init, out=out,
         device=_opt_device(device), resume=_opt_value(resume), overwrite=overwrite or None,
         save_every=save_every, dry_run=dry_run, as_json=json_,
@@ -411,7 +411,7 @@ app.add_typer(config_app, name="config")
 @config_app.command("list")
 def config_list() -> None:
     """Names of the shipped configs (use them with --config NAME)."""
-    _call("maedfer.train.config", "print_list")
+    _call("maedfer.cli", "_print_configs")
 
 
 @config_app.command("show")
@@ -420,7 +420,25 @@ def config_show(
     set_: SetOpt = None,
 ) -> None:
     """Print a config resolved with its overrides, as YAML (copy it, edit it, run it)."""
-    _call("maedfer.train.config", "print_config", source=name, overrides=set_)
+    _call("maedfer.cli", "_print_config", source=name, overrides=set_)
+
+
+def _print_configs() -> None:
+    import shutil
+    import textwrap
+
+    from maedfer.recipes.config import describe_config, list_configs
+
+    width = max(60, shutil.get_terminal_size((100, 24)).columns)
+    for name in list_configs():
+        print(textwrap.fill(describe_config(name), width=width, initial_indent=f"{name:24s} ",
+                            subsequent_indent=" " * 25))  # fmt: skip
+
+
+def _print_config(*, source: str, overrides: list[str] | None) -> None:
+    from maedfer.recipes.config import load, to_yaml
+
+    print(to_yaml(load(source, overrides=overrides)), end="")
 
 
 @app.command()
@@ -489,14 +507,14 @@ def evaluate(
             _usage("give run folder(s), or --checkpoint CKPT --data M.parquet --out DIR")
         if given:
             _usage(f"{', '.join(given)} go with --checkpoint only, not with run folders")
-        _call("maedfer.train.evaluate", "run", runs=runs, as_json=json_, out=out)
+        _call("maedfer.evaluation.evaluate", "run", runs=runs, as_json=json_, out=out)
         return
     if runs:
         _usage("give run folders or --checkpoint, not both")
     if data is None or out is None:
         _usage("--checkpoint needs --data M.parquet and --out DIR")
     _call(
-        "maedfer.train.evaluate_checkpoint", "run",
+        "maedfer.evaluation.testing", "run",
         checkpoint=checkpoint, data=data, out=out, fold=fold, split=split,
         dataset=dataset.value if dataset else None, device=_opt_device(device),
         backend=backend.value, batch_size=batch_size, workers=workers, model_overrides=set_,
@@ -539,7 +557,7 @@ def protocol(
     """Fine-tune and test every fold in turn (finished folds are kept), then the cross-fold
     summary beside the model's published figures; with --model, several models and one table."""
     _call(
-        "maedfer.train.protocol", "run",
+        "maedfer.recipes.protocol", "run",
         config=config, data=data, init=init, out=out, folds=folds,
         print_commands=print_commands, sbatch=sbatch, overrides=set_, models=model,
         as_json=json_,
@@ -801,7 +819,7 @@ def profile(
     elif stage is Stage.model:
         _call("maedfer.model.profile", "run", name=name, batch=batch, batches=batches, **common)
     elif stage is Stage.train:
-        _call("maedfer.train.profile", "run", name=name, batch=batch, batches=batches, **common)
+        _call("maedfer.recipes.profile", "run", name=name, batch=batch, batches=batches, **common)
     elif stage is Stage.faces:
         _call("maedfer.preprocess.profile", "run", batch=batch, batches=batches, **common)
     else:

@@ -74,7 +74,7 @@ def run(*, device: str | None = None, as_json: bool = False) -> dict[str, Any]:
         "maedfer.model.profile", name=None, batch=None, batches=1, device=str(dev)
     )
     stages["train"] = _quiet(
-        "maedfer.train.profile", name="lgi_former_base" if cuda else "lgi_former_tiny",
+        "maedfer.recipes.profile", name="lgi_former_base" if cuda else "lgi_former_tiny",
         batch=32 if cuda else 2, batches=2, device=str(dev),
         overrides=None if cuda else {"depth": 4},
     )  # fmt: skip

@@ -14,7 +14,7 @@ import torch
 from maedfer.model import create_model, list_models, model_info
 from maedfer.model.layout import convert_key
 from maedfer.model.official import identify
-from maedfer.train import checkpoint as ckpt_io
+from maedfer.training import checkpoint as ckpt_io
 
 FRAMES, SIZE = 8, 32
 _VIT = {"embed_dim": 32, "depth": 1, "num_heads": 2}

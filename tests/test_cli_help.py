@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import maedfer
 from maedfer.cli import app
-from maedfer.train.config import CONFIG_DIR, list_configs
+from maedfer.recipes.config import CONFIG_DIR, list_configs
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.train.clipdata import (
+from tests.recipes.clipdata import (
     TINY_FINETUNE_KEYS,
     TINY_PRETRAIN_KEYS,
     cli_sets,

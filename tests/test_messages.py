@@ -31,7 +31,7 @@ from maedfer.cli import app
 from maedfer.manifests import write_manifest
 from tests.preprocess.test_orphans import _descendants
 from tests.preprocess.test_reliability import STEMS, _tree
-from tests.train.clipdata import TINY_FINETUNE_KEYS, cli_sets, make_dataset, one_thread
+from tests.recipes.clipdata import TINY_FINETUNE_KEYS, cli_sets, make_dataset, one_thread
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

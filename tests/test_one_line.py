@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 
 from maedfer.cli import app
 from maedfer.errors import one_line
-from maedfer.train import checkpoint as ckpt_io
+from maedfer.training import checkpoint as ckpt_io
 from tests.inference.media import save_tiny_checkpoint
-from tests.train.clipdata import TINY_FINETUNE_KEYS, cli_sets, make_dataset, one_thread
+from tests.recipes.clipdata import TINY_FINETUNE_KEYS, cli_sets, make_dataset, one_thread
 
 runner = CliRunner()
 TORCH_FULL = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"

@@ -29,7 +29,7 @@ from maedfer.cli import app
 from maedfer.manifests import read_manifest, read_rejects
 from tests.inference.media import portrait_frames, save_tiny_checkpoint
 from tests.preprocess.media import encode_video
-from tests.train.clipdata import TINY_FINETUNE_KEYS, cli_sets, make_dataset, one_thread
+from tests.recipes.clipdata import TINY_FINETUNE_KEYS, cli_sets, make_dataset, one_thread
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

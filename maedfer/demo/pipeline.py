@@ -104,10 +104,10 @@ def run(
 
 def run_config(cfg: DemoConfig, *, out: Path, device: str | None = None) -> dict[str, Any]:
     """:func:`run` with an explicit :class:`DemoConfig`."""
+    from maedfer.evaluation import evaluate, metrics
     from maedfer.preprocess import driver
     from maedfer.preprocess.faces import cpu_threads
-    from maedfer.train import config as config_io
-    from maedfer.train import evaluate, metrics
+    from maedfer.recipes import config as config_io
 
     started = time.perf_counter()
     try:
@@ -180,7 +180,7 @@ def _train(
     device: str | None, folds: tuple[int, ...], train_clips: int,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
     """Pre-train once, then fine-tune and test each fold from the pre-trained weights."""
-    from maedfer.train import finetune, pretrain
+    from maedfer.recipes import finetune, pretrain
 
     pre_cfg, ft_cfg = recipes
 

@@ -5,7 +5,7 @@ Three kinds of file are told apart by their content:
 - a maedfer fine-tuning checkpoint (``checkpoints/last.pt``, docs/runs.md): it names its model,
   the model's config, the class names and the recipe's input options (frames, stride, size,
   mean-frame subtraction);
-- a weights-only export of one (``final.pt``, :func:`maedfer.train.checkpoint.export_weights`):
+- a weights-only export of one (``final.pt``, :func:`maedfer.training.checkpoint.export_weights`):
   the same, without optimiser state;
 - a released fine-tuned ``.pth`` of the lineage (``{'model': state_dict, 'args': ...}``:
   MAE-DFER's, VideoMAE's, SVFAP's, S4D's; docs/models.md): the model and its architecture are
@@ -30,8 +30,8 @@ from torch import nn
 from maedfer.errors import MaedferError
 from maedfer.model import create_model, input_contract, load_official, model_info
 from maedfer.model.official import official_classifier
-from maedfer.train import checkpoint as ckpt_io
-from maedfer.train.runtime import parse_overrides
+from maedfer.training import checkpoint as ckpt_io
+from maedfer.training.runtime import parse_overrides
 
 CheckpointFormat = Literal["maedfer", "weights", "official"]
 

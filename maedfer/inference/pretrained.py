@@ -31,8 +31,8 @@ from torch import nn
 from maedfer.errors import MaedferError
 from maedfer.inference.loading import official_state
 from maedfer.model import MaskedLGIFormer, create_model, input_contract, load_official
-from maedfer.train import checkpoint as ckpt_io
-from maedfer.train.runtime import parse_overrides
+from maedfer.training import checkpoint as ckpt_io
+from maedfer.training.runtime import parse_overrides
 
 #: What the official pre-training script trains
 #: (``pretrain_videomae_base_dim512_no_depth_patch16_160``).

@@ -21,10 +21,11 @@ from typing import Any, TypedDict
 import pandas as pd
 import torch
 
+from maedfer.config import field_default, option_names
 from maedfer.constants import Mode, TemporalRule
 from maedfer.errors import MaedferError
 from maedfer.pipelines import backend as backends
-from maedfer.pipelines.options import DataOptions, TrainDataOptions, field_default, option_names
+from maedfer.pipelines.options import DataOptions, TrainDataOptions
 from maedfer.pipelines.plan import EpochPlan, SampleConfig, describe_augment
 from maedfer.pipelines.select import ClipTable, check_some_clip_exists, load_clip_table
 

@@ -2,7 +2,7 @@
 
 :func:`~maedfer.pipelines.loader.build_loader` takes this section whole (torchtune hands a
 component its config section the same way); the recipes' ``data`` sections
-(:mod:`maedfer.train.config`) are these classes plus the recipe's own keys (the manifest, the
+(:mod:`maedfer.recipes.config`) are these classes plus the recipe's own keys (the manifest, the
 fold), so a loader option has one default and one help line, here. Which augmentation steps an
 option turns on, and in which modes, is the step table's (:mod:`maedfer.pipelines.steps`).
 
@@ -11,11 +11,11 @@ Torch-free: the command line and the configs import it cheaply.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated
 
+from maedfer.config import Choices, field_default, opt, option_names
 from maedfer.constants import RAND_AUGMENT, TemporalRule
-from maedfer.options import Choices, opt
 from maedfer.pipelines.backend import choices as backend_choices
 
 
@@ -56,12 +56,4 @@ class TrainDataOptions(DataOptions):
                             "in the official recipe)")
 
 
-def field_default(cls: type, name: str) -> Any:
-    """The declared default of option ``name`` of the options class ``cls``."""
-    found = next(f for f in fields(cls) if f.name == name)
-    return found.default
-
-
-def option_names(cls: type) -> tuple[str, ...]:
-    """The options of a section class (or of its instance's class)."""
-    return tuple(f.name for f in fields(cls))
+__all__ = ["RAND_AUGMENT", "DataOptions", "TrainDataOptions", "field_default", "option_names"]

@@ -16,7 +16,7 @@ import torch
 
 from maedfer.model import create_model
 from maedfer.model.official import FINETUNE_TO_CLASSIFIER, convert_key
-from maedfer.train import checkpoint
+from maedfer.training import checkpoint
 from tests.preprocess.media import encode_video, load_rgb, portrait_clip
 
 REPO = Path(__file__).resolve().parents[2]

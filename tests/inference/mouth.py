@@ -27,7 +27,7 @@ from maedfer.demo import render
 from maedfer.inference.windows import window_batch
 from maedfer.model import create_model
 from maedfer.preprocess.faces import FaceAligner
-from maedfer.train import checkpoint
+from maedfer.training import checkpoint
 
 CLASSES = ["neutral", "mouth_open"]
 MODEL = dict(num_classes=2, img_size=64, depth=1, embed_dim=64, num_heads=2,

@@ -198,7 +198,7 @@ def test_a_single_faceless_video_is_one_line(work: Path, media_dir: Path) -> Non
 
 def test_real_face_video_and_weights_only_file(work: Path, media_dir: Path,
                                               tmp_path: Path) -> None:  # fmt: skip
-    from maedfer.train.checkpoint import export_weights
+    from maedfer.training.checkpoint import export_weights
 
     final = export_weights(work / "last.pt", tmp_path / "final.pt")
     out = tmp_path / "windows.csv"

@@ -13,8 +13,8 @@ from maedfer.cli import app
 from maedfer.errors import MaedferError
 from maedfer.pipelines import backend, build_loader
 from maedfer.pipelines.loader import resolve_backend
-from maedfer.train import config as config_io
-from tests.train.clipdata import TINY_FINETUNE_KEYS, cli_sets, make_dataset
+from maedfer.recipes import config as config_io
+from tests.recipes.clipdata import TINY_FINETUNE_KEYS, cli_sets, make_dataset
 
 runner = CliRunner()
 ROW = backend.BackendEntry("norand", "tests.pipelines.no_rand_augment_backend",

@@ -14,7 +14,7 @@ from maedfer.errors import MaedferError
 from maedfer.pipelines import build_loader
 from maedfer.pipelines.options import DataOptions, TrainDataOptions
 from maedfer.pipelines.plan import SampleConfig
-from maedfer.train import config as config_io
+from maedfer.recipes import config as config_io
 
 
 def test_the_section_whole_equals_its_keywords(h264_clips: tuple[Path, pd.DataFrame]) -> None:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from maedfer.cli import app
 from maedfer.manifests import fold_fingerprints, read_manifest, read_rejects, with_extra
 from tests.preprocess.media import encode_video, load_rgb, portrait_clip
-from tests.train.clipdata import TINY_PRETRAIN_KEYS, cli_sets
+from tests.recipes.clipdata import TINY_PRETRAIN_KEYS, cli_sets
 
 runner = CliRunner()
 CLASSES = ("still", "sway")

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from maedfer.cli import app
 from maedfer.manifests import read_manifest
-from tests.train.clipdata import TINY_FINETUNE_KEYS, cli_sets, make_dataset
+from tests.recipes.clipdata import TINY_FINETUNE_KEYS, cli_sets, make_dataset
 
 runner = CliRunner()
 
