@@ -1,4 +1,5 @@
-"""The one exception type the library raises for bad input; ``cli.py`` turns it into one line."""
+"""The one exception type the library raises for bad input; the command line turns it into one
+line (:func:`maedfer.cli.common.failures`)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,6 @@ class MaedferError(Exception):
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill PID``, ``timeout``), raised like Ctrl-C so that the same clean-up runs
     (workers stopped, finished work kept); the command line exits 143 on it."""
-
-
-class NotAvailableYet(MaedferError):
-    """A command whose implementation has not landed yet (the CLI exits 2 on it)."""
 
 
 # Failures of the machine rather than of the input: a re-run may succeed once they are fixed, so
@@ -48,8 +45,8 @@ def os_error_line(exc: OSError) -> str:
 
 # ---------------------------------------------------------------- the CLI's one-line funnel
 # Everything below turns a failure that is not a MaedferError into the one line the command
-# line prints (cli._call): the file, the reason, what to do. The library raises what it meets;
-# the wording lives here, once.
+# line prints (maedfer.cli.common.failures): the file, the reason, what to do. The library
+# raises what it meets; the wording lives here, once.
 
 _NO_SPACE = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT") if hasattr(errno, n))
 _NO_PERMISSION = frozenset(getattr(errno, n) for n in ("EACCES", "EPERM", "EROFS")

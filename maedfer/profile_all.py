@@ -8,9 +8,6 @@ there); on CUDA on ``lgi_former_base`` at batch 32. The table names what each ro
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -51,36 +48,29 @@ def sample_manifest(folder: Path) -> Path:
     return path
 
 
-def _quiet(module: str, **kwargs: Any) -> dict[str, Any]:
-    """Run a stage profiler, keeping its own printout out of the combined table."""
-    import importlib
+def run(*, device: str | None = None) -> dict[str, Any]:
+    """Every stage in one call (``maedfer profile``); the table is :func:`format_table`'s."""
+    from maedfer.model import profile as model_profile
+    from maedfer.pipelines import profile as data_profile
+    from maedfer.preprocess import profile as faces_profile
+    from maedfer.recipes import profile as train_profile
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        return importlib.import_module(module).run(as_json=True, **kwargs)
-
-
-def run(*, device: str | None = None, as_json: bool = False) -> dict[str, Any]:
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
     stages: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="maedfer-profile-") as tmp:
         data = sample_manifest(Path(tmp))
-        stages["data"] = _quiet(
-            "maedfer.pipelines.profile", data=data, backend="auto", batch=4, batches=3,
-            workers=None, device=str(dev),
+        stages["data"] = data_profile.run(
+            data=data, backend="auto", batch=4, batches=3, workers=None, device=str(dev),
         )  # fmt: skip
-    stages["faces"] = _quiet("maedfer.preprocess.profile", batch=None, batches=1, device=str(dev))
-    stages["model"] = _quiet(
-        "maedfer.model.profile", name=None, batch=None, batches=1, device=str(dev)
-    )
-    stages["train"] = _quiet(
-        "maedfer.recipes.profile", name="lgi_former_base" if cuda else "lgi_former_tiny",
+    stages["faces"] = faces_profile.run(batch=None, batches=1, device=str(dev))
+    stages["model"] = model_profile.run(name=None, batch=None, batches=1, device=str(dev))
+    stages["train"] = train_profile.run(
+        name="lgi_former_base" if cuda else "lgi_former_tiny",
         batch=32 if cuda else 2, batches=2, device=str(dev),
         overrides=None if cuda else {"depth": 4},
     )  # fmt: skip
-    result = {"stage": "all", "device": str(dev), "versions": versions(), "stages": stages}
-    print(json.dumps(result) if as_json else format_table(result))
-    return result
+    return {"stage": "all", "device": str(dev), "versions": versions(), "stages": stages}
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -164,8 +165,11 @@ def run_config(cfg: DemoConfig, *, out: Path, device: str | None = None) -> dict
         pre, runs = _train(stages, recipes, paths, manifest, device, folds, train_clips)
 
     def do_evaluate() -> tuple[dict[str, Any], float]:
-        result = evaluate.run([Path(r["out"]) for r in runs], out=out)
-        return result, len(runs)
+        found = evaluate.evaluate_runs([Path(r["out"]) for r in runs], out=out)
+        for line in found.warnings():
+            print(line, file=sys.stderr)
+        print(found.text())
+        return found.payload, len(runs)
 
     evaluation = _timed(stages, "evaluate", "runs", do_evaluate)
     summary = _summary(cfg, out, paths, clips, prepared, pre, runs, evaluation, stages, started)
@@ -185,8 +189,7 @@ def _train(
     pre_cfg, ft_cfg = recipes
 
     def do_pretrain() -> tuple[dict[str, Any], float]:
-        result = pretrain.run(pre_cfg, data=manifest, out=paths["pretrain"], device=device,
-                              quiet=True)
+        result = pretrain.run(pre_cfg, data=manifest, out=paths["pretrain"], device=device)
         return result, train_clips * result["epochs"]
 
     pre = _timed(stages, "pretrain", "clips", do_pretrain)
@@ -196,7 +199,7 @@ def _train(
         def do_finetune(fold: int = fold) -> tuple[dict[str, Any], float]:
             result = finetune.run(
                 ft_cfg, data=manifest, fold=fold, init=Path(pre["checkpoint"]),
-                out=paths["finetune"] / f"fold_{fold}", device=device, quiet=True,
+                out=paths["finetune"] / f"fold_{fold}", device=device,
             )  # fmt: skip
             seen = result["steps"] * ft_cfg.data.batch_size
             return result, seen

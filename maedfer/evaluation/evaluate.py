@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import typer
 
 from maedfer.errors import MaedferError
 from maedfer.evaluation import metrics
@@ -251,17 +250,18 @@ def _format(results: list[RunPredictions], reports: list[dict], summary: dict | 
     return "\n".join(lines)
 
 
-def _warn_incomplete(results: list[RunPredictions]) -> None:
-    """One stderr line per incomplete run (stdout stays the table or the JSON)."""
+def incomplete_warnings(results: list[RunPredictions]) -> list[str]:
+    """One line per incomplete run, for stderr (stdout stays the table or the JSON)."""
+    lines = []
     for result in results:
-        coverage = result.coverage
-        if coverage["complete"] is False:
-            typer.echo(
+        coverage = result.coverage or {}
+        if coverage.get("complete") is False:
+            lines.append(
                 f"maedfer: warning: run {result.run} is incomplete: "
                 f"{describe_missing(coverage['num_missing'], coverage['clips_expected'])}; "
-                f"its figures cover only the {coverage['clips_scored']} clips scored",
-                err=True,
+                f"its figures cover only the {coverage['clips_scored']} clips scored"
             )
+    return lines
 
 
 def _all_complete(results: list[RunPredictions]) -> bool | None:
@@ -290,29 +290,56 @@ def _write_html(results: list[RunPredictions], reports: list[dict], payload: dic
                              published=published_percent(dataset))  # fmt: skip
 
 
-def run(
-    runs: list[Path], as_json: bool = False, out: Path | None = None, *, echo: bool = True,
-    html: bool = True,
-) -> dict:
-    """Evaluate run folders; print a table (or JSON with ``as_json``) and write the PNG(s).
+@dataclass
+class Evaluation:
+    """What :func:`evaluate_runs` found: the runs read, their reports, the cross-fold summary
+    (several runs) and the JSON payload :func:`run` returns."""
+
+    results: list[RunPredictions]
+    reports: list[dict]
+    summary: dict | None
+    payload: dict
+
+    def text(self) -> str:
+        """The table ``maedfer evaluate`` prints, then the files it wrote."""
+        written = [p["confusion_png"] for p in self.payload["runs"]]
+        if self.summary is not None:
+            written += [self.payload["pooled_confusion_png"], self.payload["summary_json"]]
+        if "report_html" in self.payload:
+            written.append(self.payload["report_html"])
+        return _format(self.results, self.reports, self.summary) + "\n\nwrote " + ", ".join(
+            written)
+
+    def warnings(self) -> list[str]:
+        """A line per incomplete run (stderr)."""
+        return incomplete_warnings(self.results)
+
+
+def run(runs: list[Path], out: Path | None = None, *, html: bool = True) -> dict:
+    """Evaluate run folders and write the PNG(s), ``evaluation.json`` and ``report.html``; the
+    payload (:func:`evaluate_runs`); prints nothing (``maedfer evaluate`` prints
+    :meth:`Evaluation.text` or the payload as JSON)."""
+    return evaluate_runs(runs, out, html=html).payload
+
+
+def evaluate_runs(runs: list[Path], out: Path | None = None, *, html: bool = True) -> Evaluation:
+    """Evaluate run folders; write the PNG(s) (and, for several, ``evaluation.json``).
 
     Args:
         runs: run folders (or their ``predictions.parquet`` files); several = folds of one
             dataset.
-        as_json: print one JSON object instead of the table.
         out: where the cross-fold ``evaluation.json`` and ``confusion_pooled.png`` go (several
             runs only); default the deepest folder holding every run.
-        echo: print the table (or JSON) and the warnings; off for a caller that prints its own
-            (``maedfer protocol``).
         html: write ``report.html`` (``out`` for several runs, the run folder for one); off for
-            a caller that writes its own.
+            a caller that writes its own (``maedfer protocol``).
 
     Returns:
-        ``{"runs": [{"run", "report", "confusion_png", "complete", "clips_expected",
-        "clips_scored", "missing_clips"}...]}`` plus, for several runs, ``mean_over_folds`` and
-        ``pooled`` (each with ``complete``: False when any run missed test clips, None when a
-        run does not say), ``pooled_confusion_png`` and ``summary_json``. ``complete`` is None
-        for a run whose report.json lacks ``clips_expected``.
+        The evaluation, whose ``payload`` is ``{"runs": [{"run", "report", "confusion_png",
+        "complete", "clips_expected", "clips_scored", "missing_clips"}...]}`` plus, for several
+        runs, ``mean_over_folds`` and ``pooled`` (each with ``complete``: False when any run
+        missed test clips, None when a run does not say), ``pooled_confusion_png`` and
+        ``summary_json``. ``complete`` is None for a run whose report.json lacks
+        ``clips_expected``.
 
     Raises:
         MaedferError: no runs, a run folder without readable predictions, the same run twice,
@@ -332,8 +359,6 @@ def run(
     else:
         reports = [metrics.classification_report(results[0].labels, results[0].preds,
                                                  class_names, views)]  # fmt: skip
-    if echo:
-        _warn_incomplete(results)
     payload: dict = {"runs": []}
     for result, report in zip(results, reports, strict=True):
         png = result.folder / CONFUSION_PNG
@@ -359,16 +384,4 @@ def run(
 
         target = (Path(out) if summary is not None else results[0].folder) / REPORT_HTML
         payload["report_html"] = str(_write_html(results, reports, payload, target))
-    if not echo:
-        return payload
-    if as_json:
-        typer.echo(json.dumps(payload, indent=2))
-    else:
-        typer.echo(_format(results, reports, summary))
-        written = [p["confusion_png"] for p in payload["runs"]]
-        if summary is not None:
-            written += [payload["pooled_confusion_png"], payload["summary_json"]]
-        if "report_html" in payload:
-            written.append(payload["report_html"])
-        typer.echo("\nwrote " + ", ".join(written))
-    return payload
+    return Evaluation(results, reports, summary, payload)

@@ -1,4 +1,4 @@
-"""``maedfer evaluate --checkpoint CKPT --data M.parquet``: test any fine-tuned checkpoint.
+"""``maedfer test CHECKPOINT --data M.parquet``: test any fine-tuned checkpoint.
 
 The reference test protocol (the official fine-tuning test: every clip of the fold or split
 in ``test_views`` temporal views, softmax per view, probabilities averaged per clip) on one
@@ -23,9 +23,7 @@ Two kinds of checkpoint are told apart by their content:
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -191,7 +189,6 @@ def run(
     batch_size: int | None = None,
     workers: int | None = None,
     model_overrides: Mapping[str, Any] | list[str] | None = None,
-    as_json: bool = False,
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Test ``checkpoint`` on one fold (or split) of ``data``; write the results into ``out``.
@@ -206,7 +203,7 @@ def run(
         device, backend, batch_size, workers: where and how clips are decoded and scored.
         model_overrides: official checkpoints only: model fields the weights do not show
             (``num_heads``, ``img_size``, ``num_frames``, ``region_size``).
-        as_json: print the report as JSON instead of the summary lines.
+        quiet: no progress bar. Nothing is printed (``maedfer test`` prints the summary).
 
     Returns:
         The ``report.json`` dict.
@@ -223,16 +220,15 @@ def run(
         return _evaluate(
             checkpoint=checkpoint, data=data, out=Path(out), fold=fold, split=split,
             dataset=dataset, device=device, backend=backend, batch_size=batch_size,
-            workers=workers, model_overrides=model_overrides, as_json=as_json, quiet=quiet,
+            workers=workers, model_overrides=model_overrides, quiet=quiet,
         )  # fmt: skip
 
 
 def _evaluate(*, checkpoint: Path, data: Path, out: Path, fold: int | None, split: str | None,
               dataset: str | None, device: str | None, backend: str, batch_size: int | None,
               workers: int | None, model_overrides: Mapping[str, Any] | list[str] | None,
-              as_json: bool, quiet: bool) -> dict[str, Any]:  # fmt: skip
+              quiet: bool) -> dict[str, Any]:  # fmt: skip
     """:func:`run` once it holds ``out``'s lock."""
-    started = time.perf_counter()
     chosen = _selection(Path(data), fold, split)
     if dataset is not None and dataset.lower() != chosen["dataset"].lower():
         raise MaedferError(f"--dataset {dataset}, but {data} is a {chosen['dataset']} manifest")
@@ -268,8 +264,6 @@ def _evaluate(*, checkpoint: Path, data: Path, out: Path, fold: int | None, spli
     write_results(out, result, classes)
     report = result.report
     _write_html(out, report, checkpoint)
-    if not quiet:
-        print(json.dumps(report, indent=2) if as_json else _summary(report, out, started))
     return report
 
 
@@ -297,12 +291,13 @@ def _bad_train_clips(checkpoint: Path, form: str) -> int | None:
     return badclips.count(run) if (run / "config.yaml").is_file() else None
 
 
-def _summary(report: dict[str, Any], out: Path, started: float) -> str:
+def format_summary(report: dict[str, Any], out: Path, seconds: float) -> str:
+    """The lines ``maedfer test`` prints for a report written into ``out``."""
     where = f"fold {report['fold']}" if report["fold"] is not None else f"split {report['split']}"
     lines = [
         f"evaluate: {report['checkpoint_format']} checkpoint {report['checkpoint']} "
         f"({report['model']}) on {report['dataset']} {where}, {report['views']} views, "
-        f"{time.perf_counter() - started:.1f} s",
+        f"{seconds:.1f} s",
         f"  test: UAR {report['uar']:.4f}  WAR {report['war']:.4f}  on {report['clips_scored']} "
         f"of {report['clips_expected']} clips",
     ]

@@ -13,7 +13,6 @@ in one call beside ``lgi_former_base``: one row per model, with its ratios to LG
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from typing import Any
@@ -98,16 +97,16 @@ def run(
     batch: int | None = None,
     batches: int | None = None,
     device: str | None = None,
-    as_json: bool = False,
 ) -> dict[str, Any]:
-    """Measure ``name`` (default ``lgi_former_base``) and ``vit_base``; print a table or JSON."""
+    """Measure ``name`` (default ``lgi_former_base``) and ``vit_base`` (:func:`format_table`);
+    with ``lineage`` or several names, :func:`run_lineage` (:func:`format_lineage`)."""
     dev = resolve_device(device)
     name = name or "lgi_former_base"
     batch = batch or (8 if dev.type == "cuda" else 1)
     batches = batches or (10 if dev.type == "cuda" else 2)
     if name == "lineage" or "," in name:
         names = list(LINEAGE) if name == "lineage" else [n.strip() for n in name.split(",")]
-        return run_lineage(names, batch=batch, batches=batches, device=dev, as_json=as_json)
+        return run_lineage(names, batch=batch, batches=batches, device=dev)
     ours = measure(name, batch=batch, batches=batches, device=dev)
     base = ours if name == BASELINE else measure(BASELINE, batch=batch, batches=batches, device=dev)
     ratios = {
@@ -125,10 +124,6 @@ def run(
         "baseline": base,
         "ratio_to_baseline": ratios,
     }
-    if as_json:
-        print(json.dumps(result))
-    else:
-        print(format_table(result))
     return result
 
 
@@ -168,8 +163,8 @@ def _row(cells: tuple[str, ...], widths: list[int]) -> str:
     )
 
 
-def run_lineage(names: list[str], *, batch: int, batches: int, device: torch.device,
-                as_json: bool = False) -> dict[str, Any]:  # fmt: skip
+def run_lineage(names: list[str], *, batch: int, batches: int,
+                device: torch.device) -> dict[str, Any]:  # fmt: skip
     """Measure ``names`` and ``lgi_former_base`` on one device in one call; a row per model with
     its ratios to LGI-Former (parameters, GMACs, forward and forward+backward speed)."""
     order = [LINEAGE_BASELINE, *[n for n in names if n != LINEAGE_BASELINE]]
@@ -184,7 +179,6 @@ def run_lineage(names: list[str], *, batch: int, batches: int, device: torch.dev
     result = {"stage": "model", "device": str(device),
               "precision": "bf16 autocast" if device.type == "cuda" else "fp32", "batch": batch,
               "baseline": LINEAGE_BASELINE, "models": list(rows.values())}  # fmt: skip
-    print(json.dumps(result) if as_json else format_lineage(result))
     return result
 
 

@@ -16,6 +16,7 @@ from typing import Annotated
 
 from maedfer.config import Choices, field_default, opt, option_names
 from maedfer.constants import RAND_AUGMENT, TemporalRule
+from maedfer.errors import MaedferError
 from maedfer.pipelines.backend import choices as backend_choices
 
 
@@ -43,6 +44,20 @@ class DataOptions:
                           "each with its own crop (VideoMAE V2's repeated sampling, a maedfer "
                           "option: fewer decodes per sample, num_sample x the steps per epoch; "
                           "official: 1)")
+
+    def validate(self) -> None:
+        """Check the section's values (a null ``stride`` is the model's, filled in before).
+
+        Raises:
+            MaedferError: ``data.batch_size`` or ``data.stride`` below 1, negative
+                ``data.workers``.
+        """
+        for key in ("batch_size", "stride"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise MaedferError(f"data.{key} ({value}) must be at least 1")
+        if self.workers is not None and self.workers < 0:
+            raise MaedferError(f"data.workers ({self.workers}) must be at least 0")
 
 
 @dataclass

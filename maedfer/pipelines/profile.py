@@ -9,7 +9,6 @@ average over the whole run (this process and its loader workers) and clips per C
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import time
@@ -90,18 +89,14 @@ def run(
     batches: int | None = None,
     workers: int | None = None,
     device: str | None = None,
-    as_json: bool = False,
 ) -> dict[str, Any]:
-    """CLI entry: measure, then print one JSON object (``as_json``) or a small table."""
+    """``maedfer profile data``: measure with the defaults of this machine (CUDA or CPU); the
+    table is :func:`format_table`'s."""
     on_gpu = torch.cuda.is_available() and device != "cpu"
     result = measure(
         data, backend=backend, batch=batch or (32 if on_gpu else 8),
         batches=batches or (20 if on_gpu else 5), workers=workers, device=device,
     )  # fmt: skip
-    if as_json:
-        print(json.dumps(result))
-    else:
-        print(format_table(result))
     return result
 
 

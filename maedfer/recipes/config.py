@@ -128,6 +128,18 @@ class OptimConfig:
     accum_steps: int = opt(1, "micro-batches per optimiser step (total batch = batch_size * "
                            "accum_steps * world size)")
 
+    def validate(self) -> None:
+        """Raises: MaedferError: ``optim.accum_steps`` below 1; an ``optim.lr``, ``optim.blr``
+        or ``optim.clip_grad`` that is not positive; ``optim.layer_decay`` outside (0, 1]."""
+        if self.accum_steps < 1:
+            raise MaedferError(f"optim.accum_steps ({self.accum_steps}) must be at least 1")
+        for key in ("lr", "blr", "clip_grad"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise MaedferError(f"optim.{key} ({value}) must be positive")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise MaedferError(f"optim.layer_decay ({self.layer_decay}) must be in (0, 1]")
+
 
 @dataclass
 class FinetuneOptimConfig(OptimConfig):
@@ -144,6 +156,18 @@ class ScheduleConfig:
     min_blr: float = opt(1e-5, "cosine end per 256 clips (scaled like blr)")
     max_steps: int | None = opt(None, "stop after this many optimiser steps (a trial run)")
 
+    def validate(self) -> None:
+        """Raises: MaedferError: ``schedule.epochs`` or ``schedule.max_steps`` below 1, a
+        non-positive ``schedule.min_blr``, a negative ``schedule.warmup_epochs``."""
+        if self.epochs < 1:
+            raise MaedferError(f"schedule.epochs ({self.epochs}) must be at least 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise MaedferError(f"schedule.max_steps ({self.max_steps}) must be at least 1")
+        if not self.min_blr > 0:
+            raise MaedferError(f"schedule.min_blr ({self.min_blr}) must be positive")
+        if self.warmup_epochs < 0:
+            raise MaedferError(f"schedule.warmup_epochs ({self.warmup_epochs}) must be >= 0")
+
 
 @dataclass
 class FinetuneScheduleConfig(ScheduleConfig):
@@ -159,6 +183,20 @@ class LossConfig:
     switch_prob: float = opt(0.5, "probability of CutMix instead of mixup")
     smoothing: float = opt(0.1, "label smoothing (folded into the mixed targets)")
 
+    def validate(self, batch_size: int) -> None:
+        """Raises: MaedferError: ``loss.smoothing`` outside [0, 1), negative mixup or cutmix
+        alphas, an odd ``batch_size`` with mixup/cutmix (pairs are mixed)."""
+        if not 0 <= self.smoothing < 1 or self.mixup < 0 or self.cutmix < 0:
+            raise MaedferError(
+                f"loss.smoothing ({self.smoothing}) must be in [0, 1) and the loss.mixup "
+                f"({self.mixup}) and loss.cutmix ({self.cutmix}) alphas >= 0"
+            )
+        if (self.mixup > 0 or self.cutmix > 0) and batch_size % 2:
+            raise MaedferError(
+                f"mixup/cutmix mix pairs of clips: data.batch_size ({batch_size}) must "
+                "be even (or set loss.mixup and loss.cutmix to 0)"
+            )
+
 
 @dataclass
 class EvalConfig:
@@ -167,6 +205,14 @@ class EvalConfig:
     test_batch_size: int | None = opt(None, "test batch (null: data.batch_size)")
     eval_every: int | None = opt(None, "also test every N epochs (logged only; null: at the "
                                  "end only)")
+
+    def validate(self) -> None:
+        """Raises: MaedferError: ``eval.test_views``, ``eval.eval_every`` or
+        ``eval.test_batch_size`` below 1."""
+        for key in ("test_views", "eval_every", "test_batch_size"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise MaedferError(f"eval.{key} ({value}) must be at least 1")
 
 
 @dataclass
@@ -189,6 +235,13 @@ class RunConfig:
     log_every: int = opt(10, "optimiser steps per metrics line")
     max_nonfinite: int = opt(5, "stop after this many non-finite losses in a row")
 
+    def validate(self) -> None:
+        """Raises: MaedferError: ``run.log_every`` or ``run.max_nonfinite`` below 1."""
+        for key in ("log_every", "max_nonfinite"):
+            value = getattr(self, key)
+            if value < 1:
+                raise MaedferError(f"run.{key} ({value}) must be at least 1")
+
 
 @dataclass
 class PretrainConfig:
@@ -200,6 +253,17 @@ class PretrainConfig:
     optim: OptimConfig = section(OptimConfig, "AdamW")
     schedule: ScheduleConfig = section(ScheduleConfig, "per-step warmup + cosine lr")
     run: RunConfig = section(RunConfig, "where, how and how often")
+
+    def validate(self) -> None:
+        """Check every section (in the constructor of the recipe, before any work).
+
+        Raises:
+            MaedferError: a value a section refuses (:meth:`OptimConfig.validate`, ...), or
+                ``model.mask_ratio`` outside (0, 1).
+        """
+        _validate_sections(self)
+        if not 0 < self.model.mask_ratio < 1:
+            raise MaedferError(f"model.mask_ratio ({self.model.mask_ratio}) must be in (0, 1)")
 
 
 @dataclass
@@ -215,6 +279,25 @@ class FinetuneConfig:
     loss: LossConfig = section(LossConfig, "mixup/CutMix and label smoothing")
     eval: EvalConfig = section(EvalConfig, "the test protocol")
     run: RunConfig = section(RunConfig, "where, how and how often")
+
+    def validate(self) -> None:
+        """Check every section (in the constructor of the recipe, before any work).
+
+        Raises:
+            MaedferError: a value a section refuses (:meth:`OptimConfig.validate`, ...,
+                :meth:`EvalConfig.validate`, :meth:`LossConfig.validate`).
+        """
+        _validate_sections(self)
+        self.eval.validate()
+        self.loss.validate(self.data.batch_size)
+
+
+def _validate_sections(cfg: PretrainConfig | FinetuneConfig) -> None:
+    """The sections both recipes have, in the order a reader meets them."""
+    cfg.schedule.validate()
+    cfg.data.validate()
+    cfg.optim.validate()
+    cfg.run.validate()
 
 
 RecipeConfig = PretrainConfig | FinetuneConfig

@@ -1,6 +1,7 @@
 """Fine-tuning recipe: ``maedfer finetune`` (MODEL.md §4.2, §5.2; DESIGN.md §6).
 
-A torchtune-style recipe like :mod:`maedfer.recipes.pretrain`, over the same shared loop
+A torchtune-style recipe like :mod:`maedfer.recipes.pretrain` (the
+:class:`maedfer.recipes.interface.Recipe` Protocol), over the same shared loop
 (:mod:`maedfer.training.loop`); its config is :class:`maedfer.recipes.config.FinetuneConfig`, whose
 defaults are the official recipe, the reference training window included. The classifier starts
 from ``model.init`` (``--init``): our pre-training checkpoint (its encoder), one of our
@@ -26,7 +27,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,13 +42,23 @@ from maedfer.evaluation.heldout import (
     write_results,
 )
 from maedfer.model import model_info
+from maedfer.recipes import common
 from maedfer.recipes import config as config_io
 from maedfer.recipes.config import FinetuneConfig
-from maedfer.training import badclips, loop
+from maedfer.recipes.interface import execute
+from maedfer.training import badclips
 from maedfer.training import checkpoint as ckpt_io
-from maedfer.training.distributed import gather_objects
+from maedfer.training import describe as describing
+from maedfer.training import run as run_io
+from maedfer.training import setup as building
+from maedfer.training.distributed import DistEnv, gather_objects
+from maedfer.training.loop import TrainLoop, TrainParts
 from maedfer.training.precision import autocast, grad_scaler
+from maedfer.training.run import RunStart, resume_value
 from maedfer.training.runtime import MetricsLog, step_seed
+
+if TYPE_CHECKING:
+    from maedfer.pipelines.loader import ClipLoader
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +69,11 @@ class FinetuneRecipe:
     """Fine-tune a classifier on one fold (or the fixed split) and test it.
 
     Raises:
-        MaedferError: in the constructor, for the options of :func:`loop.check_common`,
+        MaedferError: in the constructor, for a value the config refuses
+            (:meth:`FinetuneConfig.validate`: counts below 1, a non-positive lr,
             ``eval.test_views``, ``eval.eval_every`` or ``eval.test_batch_size`` below 1,
             ``loss.smoothing`` outside [0, 1), negative mixup or cutmix alphas, an odd batch
-            size with mixup/cutmix (pairs are mixed), a model that is not a classifier, or no
+            size with mixup/cutmix: pairs are mixed), a model that is not a classifier, or no
             manifest; in ``setup()`` for a fold the manifest does not have (or a fold given for
             a fixed-split manifest, or none for a k-fold one), a ``model.num_classes`` other
             than the manifest's, ``--resume`` without a checkpoint, a checkpoint or ``--init``
@@ -70,23 +82,8 @@ class FinetuneRecipe:
             ``run.max_nonfinite`` steps in a row.
     """
 
-    def __init__(self, cfg: FinetuneConfig) -> None:
-        loop.check_common(cfg)
-        for key in ("test_views", "eval_every", "test_batch_size"):
-            value = getattr(cfg.eval, key)
-            if value is not None and value < 1:
-                raise MaedferError(f"eval.{key} ({value}) must be at least 1")
-        lo = cfg.loss
-        if not 0 <= lo.smoothing < 1 or lo.mixup < 0 or lo.cutmix < 0:
-            raise MaedferError(
-                f"loss.smoothing ({lo.smoothing}) must be in [0, 1) and the loss.mixup "
-                f"({lo.mixup}) and loss.cutmix ({lo.cutmix}) alphas >= 0"
-            )
-        if (lo.mixup > 0 or lo.cutmix > 0) and cfg.data.batch_size % 2:
-            raise MaedferError(
-                f"mixup/cutmix mix pairs of clips: data.batch_size ({cfg.data.batch_size}) must "
-                "be even (or set loss.mixup and loss.cutmix to 0)"
-            )
+    def __init__(self, cfg: FinetuneConfig, *, dry_run: bool = False) -> None:
+        common.check_config(cfg)
         if model_info(cfg.model.name)["kind"] != "classifier":
             raise MaedferError(
                 f"finetune needs a classifier (lgi_former_*, videomae_*, marlin_*, svfap_*, "
@@ -101,8 +98,12 @@ class FinetuneRecipe:
         self.out = (Path(cfg.run.out) if cfg.run.out
                     else Path("runs/finetune") / f"{self.dataset}{suffix}")
         self.checkpoint_path = self.out / "checkpoints" / ckpt_io.LAST
-        self.dry_run = False  # set by loop.execute: a dry run builds even a finished run
-        self.finished = None  # the decision, when --out holds a finished run
+        self.dry_run = dry_run  # a dry run builds even a finished run, and writes nothing
+        self.start: RunStart | None = None
+        self._env: DistEnv | None = None
+        self._state: dict[str, Any] | None = None  # the checkpoint resumed from
+        self._model: torch.nn.Module | None = None
+        self._loop: TrainLoop | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -110,34 +111,36 @@ class FinetuneRecipe:
         """Build everything; write nothing (``train()`` writes the run's records first)."""
         cfg = self.cfg
         # 1. process group, device, precision, seeds
-        self._env, self._precision = loop.init_run(cfg.run)
+        self._env, self._precision = building.init_run(
+            device=cfg.run.device, precision=cfg.run.precision, seed=cfg.run.seed)
         # 2. which rows train and test; 3. the checkpoint to resume
         self._selection = self._select_rows()
-        if loop.open_run(self, final_outputs=("report.json",)):
+        self.start = common.open_recipe_run(cfg, self.out, self._env, dry_run=self.dry_run,
+                                            final_outputs=("report.json",))
+        if self.start.finished and not self.dry_run:
             return
+        self._state = self.start.state
         # 4. model (init or resumed, DDP-wrapped); 5. data; 6. optimiser, schedule, scaler
-        self._raw, self._model = loop.place_model(self._setup_model(), self._env, self._state,
-                                                  self.checkpoint_path)
+        self._raw, self._model = building.place_model(self._setup_model(), self._env,
+                                                      self._state, self.checkpoint_path)
         self._loader, self._test_loader = self._setup_data()
         if (self._loader.table.label < 0).any():  # checked once here, not per batch
             raise MaedferError("the training selection holds unlabelled clips (label -1)")
-        self._steps_per_epoch = loop.steps_per_epoch(self._loader, cfg.optim.accum_steps)
-        self._lr = loop.lr_range(cfg.optim, cfg.schedule, self.total_batch)
-        self._optimizer = loop.build_optimizer(self._raw, cfg.optim, self._lr[0], self._state)
-        self._scheduler = loop.build_schedule(
-            self._optimizer, optim=cfg.optim, schedule=cfg.schedule, lr=self._lr,
-            steps_per_epoch=self._steps_per_epoch, state=self._state)  # fmt: skip
+        self._steps_per_epoch = building.steps_per_epoch(self._loader, cfg.optim.accum_steps)
+        self._opt = common.optimisation(cfg, self._raw, total_batch=self.total_batch,
+                                        steps_per_epoch=self._steps_per_epoch, state=self._state)
         self._mixup, self._criterion = self._setup_loss()
-        self._loop = loop.TrainLoop(
-            name="finetune", env=self._env, model=self._model, raw=self._raw,
-            optimizer=self._optimizer, scheduler=self._scheduler,
-            scaler=grad_scaler(self._env.device, self._precision), loader=self._loader,
+        parts = TrainParts(
+            env=self._env, model=self._model, raw=self._raw, optimizer=self._opt.optimizer,
+            scheduler=self._opt.scheduler, scaler=grad_scaler(self._env.device, self._precision),
+            loader=self._loader,
             metrics=MetricsLog(self.out / "metrics.jsonl", enabled=self._env.is_main),
-            cfg=cfg, steps_per_epoch=self._steps_per_epoch,
-            checkpoint_path=self.checkpoint_path, loss_step=self._loss_step,
+            steps_per_epoch=self._steps_per_epoch, checkpoint_path=self.checkpoint_path,
+            loss_step=self._loss_step,
             extra_state={"config": self.resolved_config(), "classes": self.classes,
                          "recipe": config_io.to_dict(cfg)},
         )  # fmt: skip
+        self._loop = TrainLoop(parts, common.loop_settings(cfg, "finetune"))
         if self._state is not None:
             self._loop.restore(self._state)
         log.info(
@@ -145,12 +148,13 @@ class FinetuneRecipe:
             "%d, peak lr %.3g, %s", cfg.model.name, self.dataset,
             f" fold {cfg.data.fold}" if cfg.data.fold is not None else "",
             self._loader.dataset_size, self._test_loader.dataset_size, self._steps_per_epoch,
-            self.total_batch, self._lr[0], self._precision,
+            self.total_batch, self._opt.lr[0], self._precision,
         )  # fmt: skip
 
     @property
     def total_batch(self) -> int:
-        return self.cfg.data.batch_size * self.cfg.optim.accum_steps * self._env.world_size
+        assert self._env is not None, "setup() first"
+        return common.total_batch(self.cfg, self._env)
 
     def _select_rows(self) -> dict[str, dict[str, Any]]:
         fold, k = self.cfg.data.fold, self.num_folds
@@ -185,31 +189,33 @@ class FinetuneRecipe:
         return own
 
     def _setup_model(self) -> torch.nn.Module:
-        model = loop.build_model(self.cfg.model.name, dict(self.cfg.model.overrides),
-                                 self._own_model_args())
+        model = building.build_model(self.cfg.model.name, dict(self.cfg.model.overrides),
+                                     self._own_model_args())
         if self._state is None and self.cfg.model.init is not None:
             log.info("init: %s", ckpt_io.load_init(model, Path(self.cfg.model.init)))
         elif self._state is None:
             log.warning("no --init: fine-tuning from random weights")
         return model
 
-    def _setup_data(self):  # noqa: ANN202 (two maedfer.pipelines.ClipLoader)
+    def _setup_data(self) -> tuple[ClipLoader, ClipLoader]:
         from maedfer.pipelines import build_loader
 
         cfg, data = self.cfg, self.cfg.data
-        common = loop.loader_options(self._raw.config, self._env, cfg.run.seed)
+        assert self._env is not None and data.manifest is not None
+        shared = building.loader_options(self._raw.config, self._env, cfg.run.seed)
         # the section goes whole: every backend runs the recipe's RandAugment, and one that
         # could not would refuse it here in one line naming data.rand_augment, never drop it
         train = build_loader(data.manifest, data, mode="train", **self._selection["train"],
-                             max_bad_share=data.max_bad_share, **common)
+                             max_bad_share=data.max_bad_share, **shared)
         test = build_loader(
             data.manifest, data, mode="test", test_views=cfg.eval.test_views,
             batch_size=cfg.eval.test_batch_size or data.batch_size,
-            **self._selection["test"], **common,
+            **self._selection["test"], **shared,
         )  # fmt: skip
         return train, test
 
-    def _setup_loss(self):  # noqa: ANN202 (mixup or None, criterion)
+    def _setup_loss(self) -> tuple[Any, torch.nn.Module]:
+        """The batch mixer (timm's Mixup, or None) and the criterion."""
         from timm.loss import SoftTargetCrossEntropy
 
         from maedfer.pipelines import make_mixup
@@ -225,6 +231,7 @@ class FinetuneRecipe:
     def resolved_config(self) -> dict[str, Any]:
         """The config with what this run resolved: backend, precision, device, folder,
         class count."""
+        assert self._env is not None, "setup() first"
         return config_io.to_dict(config_io.load(self.cfg, overrides={
             "data.backend": self._loader.backend if hasattr(self, "_loader")
             else self.cfg.data.backend, "run.precision": self._precision,
@@ -243,7 +250,8 @@ class FinetuneRecipe:
         """What this recipe runs (after ``setup()``): the ``--dry-run --json`` object."""
         from maedfer.pipelines.plan import describe_augment
 
-        loader, lo = self._loader, self.cfg.loss
+        loader, lo, env = self._loader, self.cfg.loss, self._env
+        assert env is not None, "setup() first"
         augment = describe_augment(loader.config)
         if self._mixup is not None:
             augment.append({"name": "mixup_cutmix", "mixup_alpha": lo.mixup,
@@ -252,7 +260,7 @@ class FinetuneRecipe:
                             "label_smoothing": lo.smoothing})
         return {
             "recipe": "finetune", "config": self.resolved_config(),
-            "model": {"name": self.cfg.model.name, **loop.count_params(self._raw)},
+            "model": {"name": self.cfg.model.name, **describing.count_params(self._raw)},
             "data": {
                 "backend": loader.backend, "temporal_rule": loader.config.temporal_rule,
                 "augment": augment, "train_clips": loader.dataset_size,
@@ -260,14 +268,16 @@ class FinetuneRecipe:
                 "test_views": self.cfg.eval.test_views, "dataset": self.dataset,
                 "fold": self.cfg.data.fold, "classes": self.classes,
             },
-            **loop.describe_training(self),
+            **common.describe_training(self.cfg, self._opt, steps_per_epoch=self._steps_per_epoch,
+                                       precision=self._precision, env=env),
         }  # fmt: skip
 
     # ------------------------------------------------------------------ training
 
     def _loss_step(self, batch: dict[str, Any], epoch: int, micro: int) -> torch.Tensor:
         """Loss of one micro-batch of this rank (mixup drawn from the step's own seed)."""
-        env = self._env
+        env, model = self._env, self._model
+        assert env is not None and model is not None
         video = batch["video"].to(env.device, non_blocking=True)
         target = batch["label"].to(env.device, non_blocking=True)
         if self._mixup is not None:
@@ -275,8 +285,8 @@ class FinetuneRecipe:
             np.random.seed(step_seed(self.cfg.run.seed, 3, epoch, micro, env.rank) % 2**32)
             video, target = self._mixup(video, target)
         with autocast(env.device, self._precision):
-            logits = self._model(video)
-        loss = self._criterion(logits.float(), target)
+            logits = model(video)
+        loss: torch.Tensor = self._criterion(logits.float(), target)
         # a mixture of experts' load balancing (S4D: the authors' aux_loss_coeff x its term)
         aux = self._raw.aux_loss() if hasattr(self._raw, "aux_loss") else None
         return loss if aux is None else loss + aux.float()
@@ -287,7 +297,8 @@ class FinetuneRecipe:
 
         With ``write``, ``predictions.parquet`` and ``report.json`` go to the run folder.
         """
-        env = self._env
+        env, lp = self._env, self._loop
+        assert env is not None and lp is not None, "setup() first"
         rows = view_probabilities(self._raw, self._test_loader, device=env.device,
                                   precision=self._precision, progress=env.is_main)
         gathered = gather_objects(rows, env)
@@ -296,11 +307,11 @@ class FinetuneRecipe:
         # test clips that failed to decode were replaced, so they are absent: score_views says
         result = score_views([r for part in gathered for r in part], self.classes,
                              self._test_loader.table.clip_ids())  # fmt: skip
-        report, progress = result.report, self._loop.progress
+        report, progress = result.report, lp.progress
         report.update({"dataset": self.dataset, "fold": self.cfg.data.fold,
                        "epoch": progress.epochs_run, "step": progress.global_step,
                        "bad_train_clips": badclips.count(self.out)})
-        self._loop.metrics.write({"kind": "test", "epoch": progress.epochs_run,
+        lp.metrics.write({"kind": "test", "epoch": progress.epochs_run,
                                   "step": progress.global_step, "uar": report["uar"],
                                   "war": report["war"], "final": write,
                                   "clips_expected": report["clips_expected"],
@@ -315,8 +326,9 @@ class FinetuneRecipe:
 
     def train(self) -> dict[str, Any]:
         """Run the remaining epochs, then the final test; returns :func:`run`'s summary."""
-        cfg, started, lp = self.cfg, time.perf_counter(), self._loop
-        loop.start_records(lp, self._decision, self.resolved_config(), "finetune")
+        cfg, started, lp, start = self.cfg, time.perf_counter(), self._loop, self.start
+        assert lp is not None and start is not None, "setup() first"
+        run_io.start_records(lp, start.decision, self.resolved_config(), "finetune")
 
         def after_epoch(outcome: str) -> None:
             done = lp.progress.epochs_run
@@ -327,7 +339,7 @@ class FinetuneRecipe:
         outcome = lp.run(after_epoch)
         report = None if outcome == "stopped" else self.test(write=True)
         if report is not None and lp.progress.epochs_run >= cfg.schedule.epochs:
-            loop.finish_run(lp, self.out)
+            run_io.finish_run(lp, self.out)
         return {
             "out": str(self.out), "checkpoint": str(self.checkpoint_path),
             "epochs": lp.progress.epochs_run, "steps": lp.progress.global_step,
@@ -338,36 +350,12 @@ class FinetuneRecipe:
         }  # fmt: skip
 
     def save_checkpoint(self) -> None:
+        assert self._loop is not None, "setup() first"
         self._loop.save_checkpoint()
 
     def cleanup(self, *, completed: bool = True) -> None:
-        loop.close(self, completed=completed)
-
-
-def _summary(result: dict[str, Any], classes: list[str]) -> str:
-    lines = [
-        f"finetune: {result['epochs']} epoch(s), {result['steps']} optimiser steps in "
-        f"{result['time_s']:.1f} s" + (f", stopped by {result['stopped_by']}"
-                                       if result["stopped_by"] else ""),
-    ]
-    report = result["report"]
-    if report is not None:
-        present = sum(r is not None for r in report["per_class_recall"].values())
-        scored, expected = report["clips_scored"], report["clips_expected"]
-        lines.append(
-            f"  test: UAR {report['uar']:.4f}  WAR {report['war']:.4f}  on {scored} of {expected} "
-            f"clips, {report['views']} views (chance UAR {1 / max(present, 1):.4f})"
-        )
-        if not report["complete"]:
-            missing = report["missing_clips"]
-            lines.append(f"  INCOMPLETE: {describe_missing(len(missing), expected, missing)} "
-                         "(all listed in report.json under missing_clips)")
-        lines.append(f"  report: {Path(result['out']) / 'report.json'}")
-    lines.append(f"  checkpoint: {result['checkpoint']}")
-    if result["nonfinite_steps"]:
-        lines.append(f"  non-finite loss: {result['nonfinite_steps']} step(s) skipped")
-    lines += badclips.summary_lines(result)
-    return "\n".join(lines)
+        self._model = None  # the DDP wrapper holds the process group
+        run_io.close(env=self._env, loop=self._loop, start=self.start, completed=completed)
 
 
 def run(
@@ -383,10 +371,8 @@ def run(
     overwrite: bool | None = None,
     save_every: int | None = None,
     dry_run: bool = False,
-    as_json: bool = False,
-    quiet: bool = False,
 ) -> dict[str, Any]:
-    """Fine-tune and test (``maedfer finetune``).
+    """Fine-tune and test (``maedfer finetune``); prints nothing (the command line does).
 
     Args:
         config: a :class:`FinetuneConfig`, a shipped config name (``finetune-dfew``), a YAML
@@ -395,19 +381,18 @@ def run(
         data, fold, init, out, device, resume: the CLI's common flags (``data.manifest``,
             ``data.fold``, ``model.init``, ``run.out``, ``run.device``, ``run.resume``); they
             win over the config and the overrides.
-        dry_run: build everything, print what would run, train nothing; returns ``describe()``.
-        as_json: with ``dry_run``, print the description as one JSON object.
+        dry_run: build everything, train nothing; returns ``describe()``.
 
     Returns:
         The summary dict (``out``, ``checkpoint``, ``epochs``, ``steps``, ``loss`` of the last
         epoch, ``report`` (the report.json dict, ``None`` off rank 0 or when stopped),
-        ``stopped_by``, ``nonfinite_steps``, ``time_s``), or the description. After
-        SIGINT/SIGTERM the checkpoint is written and ``SystemExit(130 / 143)`` is raised.
+        ``stopped_by``, ``nonfinite_steps``, ``time_s``), the description, or
+        ``{"finished": True, ...}`` (:func:`maedfer.recipes.interface.execute`). After
+        SIGINT/SIGTERM the checkpoint is written and ``stopped_by`` names the signal.
     """
     flags = {"data.manifest": data, "data.fold": fold, "model.init": init, "run.out": out,
-             "run.device": device, "run.resume": loop.resume_value(resume),
+             "run.device": device, "run.resume": resume_value(resume),
              "run.overwrite": overwrite, "run.save_every": save_every}
     cfg = config_io.resolve(config, recipe="finetune", overrides=overrides, flags=flags)
-    recipe = FinetuneRecipe(cfg)
-    return loop.execute(recipe, dry_run=dry_run, as_json=as_json, quiet=quiet,
-                        summary=lambda result: _summary(result, recipe.classes))
+    assert isinstance(cfg, FinetuneConfig)
+    return execute(FinetuneRecipe(cfg, dry_run=dry_run))

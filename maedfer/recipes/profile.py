@@ -15,7 +15,6 @@ compute kept (MODEL.md §7.13).
 from __future__ import annotations
 
 import contextlib
-import json
 import statistics
 import time
 import types
@@ -177,7 +176,6 @@ def run(
     batch: int | None = None,
     batches: int | None = None,
     device: str | None = None,
-    as_json: bool = False,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``maedfer profile train``: clips/s of one training step of ``name`` (default
@@ -190,19 +188,19 @@ def run(
     if batch % 2 and name in list_models() and model_info(name)["kind"] != "pretrain":
         raise MaedferError(f"--batch ({batch}) must be even: the fine-tuning step mixes pairs")
     row = measure(name, batch=batch, batches=batches, device=dev, overrides=overrides)
-    result = {"stage": "train", "device": str(dev), **row}
-    if as_json:
-        print(json.dumps(result))
-    else:
-        spread = row["step_s"]
-        lines = [
-            f"train-step profile on {dev} ({row['precision']}): {name}, {row['kind']} step, "
-            f"batch {batch}",
-            f"  clips/s       {row['clips_per_s']:.2f}",
-            f"  s / step      {spread['median']:.4f} [p25 {spread['p25']:.4f}, "
-            f"p75 {spread['p75']:.4f}] over {batches} steps",
-        ]
-        if "peak_mem_gib" in row:
-            lines.append(f"  peak memory   {row['peak_mem_gib']:.2f} GiB")
-        print("\n".join(lines))
-    return result
+    return {"stage": "train", "device": str(dev), "batch": batch, "batches": batches, **row}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The lines ``maedfer profile train`` prints."""
+    spread = result["step_s"]
+    lines = [
+        f"train-step profile on {result['device']} ({result['precision']}): {result['name']}, "
+        f"{result['kind']} step, batch {result['batch']}",
+        f"  clips/s       {result['clips_per_s']:.2f}",
+        f"  s / step      {spread['median']:.4f} [p25 {spread['p25']:.4f}, "
+        f"p75 {spread['p75']:.4f}] over {result['batches']} steps",
+    ]
+    if "peak_mem_gib" in result:
+        lines.append(f"  peak memory   {result['peak_mem_gib']:.2f} GiB")
+    return "\n".join(lines)

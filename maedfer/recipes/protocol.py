@@ -35,11 +35,9 @@ import contextlib
 import json
 import logging
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import typer
 
 from maedfer.atomic import write_text
 from maedfer.errors import MaedferError
@@ -268,7 +266,7 @@ def summarize(out: Path, folds: list, dataset: str, config: str | Path,
     """Cross-fold evaluation of the finished folds; writes and returns ``summary.json``, with
     the figure ``model``'s paper publishes beside them."""
     folders = [fold_dir(out, f) for f in folds]
-    payload = evaluate.run(folders, out=Path(out), echo=False, html=False)
+    payload = evaluate.run(folders, out=Path(out), html=False)
     per_fold = []
     for fold, folder, entry in zip(folds, folders, payload["runs"], strict=True):
         per_fold.append({"fold": fold, "run": str(folder), **_figures(entry["report"]),
@@ -385,7 +383,7 @@ def run(
     sbatch: Path | None = None,
     overrides: Sequence[str] | None = None,
     models: Sequence[str] | None = None,
-    as_json: bool = False,
+    notify: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or write the commands of) every fold of ``data``, then the cross-fold summary.
 
@@ -397,12 +395,13 @@ def run(
         out: the protocol folder (``fold_K/``, ``summary.json``; with ``models``, one such
             folder per model, ``OUT/NAME``, and ``comparison.json``).
         folds: only these folds (``"1,3"`` or a list); default all.
-        print_commands: print the per-fold commands and the final evaluation, run nothing.
+        print_commands: make the per-fold commands and the final evaluation, run nothing.
         sbatch: write a SLURM array job script there instead of running (one model only).
         overrides: ``key=value`` recipe overrides, passed to every fold.
         models: ``NAME`` or ``NAME=INIT`` (:func:`parse_models`): the protocol of each, then
             one table of all.
-        as_json: print ``summary.json`` (``comparison.json``) instead of the table.
+        notify: takes each line of progress (which fold runs, which was kept, the script
+            written); default: the log at INFO. ``maedfer protocol`` prints them on stderr.
 
     Returns:
         ``summary.json``'s dict (``comparison.json``'s with ``models``); with
@@ -414,30 +413,24 @@ def run(
             ended without its final test, no init, or bad ``models``.
     """
     overrides = list(overrides or [])
+    notify = notify or log.info
     if print_commands and sbatch is not None:
         raise MaedferError("give --print-commands or --sbatch FILE, not both")
     if models:
         return _run_models(config=config, data=data, init=init, out=Path(out), folds=folds,
                            print_commands=print_commands, sbatch=sbatch, overrides=overrides,
-                           models=models, as_json=as_json)  # fmt: skip
+                           models=models, notify=notify)  # fmt: skip
     if init is None:
         raise MaedferError("give --init CKPT (every fold starts from it), or --model "
                            "NAME=CKPT for each model to compare")  # fmt: skip
-    summary = _run_one(config=config, data=data, init=Path(init), out=Path(out), folds=folds,
-                       print_commands=print_commands, sbatch=sbatch, overrides=overrides)
-    if "commands" in summary or "sbatch" in summary:
-        return summary
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
-    else:
-        typer.echo(format_summary(summary))
-        typer.echo(f"\nwrote {Path(out) / SUMMARY}, {Path(out) / 'report.html'}")
-    return summary
+    return _run_one(config=config, data=data, init=Path(init), out=Path(out), folds=folds,
+                    print_commands=print_commands, sbatch=sbatch, overrides=overrides,
+                    notify=notify)  # fmt: skip
 
 
 def _run_one(*, config: str | Path, data: Path, init: Path | None, out: Path,
              folds: str | Sequence[int] | None, print_commands: bool, sbatch: Path | None,
-             overrides: list[str]) -> dict[str, Any]:  # fmt: skip
+             overrides: list[str], notify: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
     """One model's protocol (run, or its commands/script); its summary."""
     dataset, _, num_folds = manifest_info(Path(data))
     chosen = parse_folds(folds, num_folds, dataset)
@@ -452,32 +445,30 @@ def _run_one(*, config: str | Path, data: Path, init: Path | None, out: Path,
         commands = [finetune_command(config, data, f, init, d, overrides)
                     for f, d in zip(chosen, folders, strict=True)]  # fmt: skip
         commands.append(evaluate_command(folders, Path(out)))
-        typer.echo("\n".join(commands))
         return {"commands": commands}
     if sbatch is not None:
         Path(out).mkdir(parents=True, exist_ok=True)  # SLURM opens its --output files there
         write_text(Path(sbatch), sbatch_script(config, data, chosen, init, out, overrides,
                                                dataset))  # fmt: skip
-        typer.echo(f"wrote {sbatch}: {len(chosen)} array task(s); submit with: sbatch {sbatch}",
-                   err=True)  # fmt: skip
+        notify(f"wrote {sbatch}: {len(chosen)} array task(s); submit with: sbatch {sbatch}")
         return {"sbatch": str(sbatch)}
     if init is None:
-        typer.echo(f"protocol: {model} starts from random weights (no init given)", err=True)
+        notify(f"protocol: {model} starts from random weights (no init given)")
     with hold(Path(out)):  # one command writes a folder at a time (maedfer.lock)
         return _run_folds(config, Path(data), init, Path(out), chosen, folders, overrides,
-                          dataset, model)  # fmt: skip
+                          dataset, model, notify)  # fmt: skip
 
 
 def _run_folds(config: str | Path, data: Path, init: Path | None, out: Path, chosen: list,
                folders: list[Path], overrides: list[str], dataset: str,
-               model: str) -> dict[str, Any]:  # fmt: skip
+               model: str, notify: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
     """Fine-tune every unfinished fold in turn, then the cross-fold summary."""
     for position, (fold, folder) in enumerate(zip(chosen, folders, strict=True), 1):
         name = f"fold {fold}" if fold is not None else "the test split"
         if fold_finished(folder, fold):
-            typer.echo(f"protocol: {name} finished earlier ({folder / REPORT}), kept", err=True)
+            notify(f"protocol: {name} finished earlier ({folder / REPORT}), kept")
             continue
-        typer.echo(f"protocol: {name} ({position} of {len(chosen)}) -> {folder}", err=True)
+        notify(f"protocol: {name} ({position} of {len(chosen)}) -> {folder}")
         _finetune_fold(config, data, fold, init, folder, overrides)
         if not fold_finished(folder, fold):
             raise MaedferError(f"{name} ended without {folder / REPORT} (training stopped "
@@ -488,7 +479,7 @@ def _run_folds(config: str | Path, data: Path, init: Path | None, out: Path, cho
 def _run_models(*, config: str | Path, data: Path, init: Path | None, out: Path,
                 folds: str | Sequence[int] | None, print_commands: bool, sbatch: Path | None,
                 overrides: list[str], models: Sequence[str],
-                as_json: bool) -> dict[str, Any]:  # fmt: skip
+                notify: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
     """Each model's protocol in ``OUT/NAME``, then the comparison table."""
     if sbatch is not None:
         raise MaedferError("--sbatch writes one model's array job: run it once per model, "
@@ -504,13 +495,13 @@ def _run_models(*, config: str | Path, data: Path, init: Path | None, out: Path,
     with held:
         return _compare_models(config=config, data=data, out=out, folds=folds,
                                print_commands=print_commands, overrides=overrides,
-                               entries=entries, as_json=as_json)  # fmt: skip
+                               entries=entries, notify=notify)  # fmt: skip
 
 
 def _compare_models(*, config: str | Path, data: Path, out: Path,
                     folds: str | Sequence[int] | None, print_commands: bool,
                     overrides: list[str], entries: list,
-                    as_json: bool) -> dict[str, Any]:  # fmt: skip
+                    notify: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
     """Each model's protocol, then the comparison table (:func:`_run_models`, locked)."""
     from maedfer.evaluation import comparison
 
@@ -518,17 +509,12 @@ def _compare_models(*, config: str | Path, data: Path, out: Path,
     for name, model_init in entries:
         result = _run_one(config=config, data=data, init=model_init, out=out / name,
                           folds=folds, print_commands=print_commands, sbatch=None,
-                          overrides=[*overrides, f"model.name={name}"])  # fmt: skip
+                          overrides=[*overrides, f"model.name={name}"],
+                          notify=notify)  # fmt: skip
         if print_commands:
             commands += result["commands"]
             continue
         summaries.append((name, model_init, result))
     if print_commands:
         return {"commands": commands}
-    table = comparison.compare(out, summaries, config)
-    if as_json:
-        typer.echo(json.dumps(table, indent=2))
-    else:
-        typer.echo(comparison.format_table(table))
-        typer.echo(f"\nwrote {out / comparison.COMPARISON}")
-    return table
+    return comparison.compare(out, summaries, config)

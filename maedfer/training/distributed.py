@@ -139,6 +139,14 @@ def slurm_launch(environ: Mapping[str, str] | None = None) -> dict[str, str] | N
             "MASTER_ADDR": addr, "MASTER_PORT": port}  # fmt: skip
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 (or alone), by torchrun's variables (or those
+    :func:`init_distributed` set under Slurm): the process that prints and writes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return True
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device: str | None = None) -> DistEnv:
     """Join the process group when torchrun's or Slurm's variables say so; return this process's
     place.

@@ -1,27 +1,24 @@
-"""The training loop both recipes share: progress, resume, non-finite guard, logging, checkpoints.
+"""The training loop the recipes share: progress, the epoch skeleton, the one checkpoint writer.
 
-A recipe (:mod:`maedfer.recipes.pretrain`, :mod:`maedfer.recipes.finetune`) builds its own model,
-data and loss step; everything that is bookkeeping lives here once (torchtune keeps the same
-pieces in ``torchtune/training/``):
+A recipe (:mod:`maedfer.recipes.pretrain`, :mod:`maedfer.recipes.finetune`) builds its own
+model, data and loss step and hands them over as :class:`TrainParts`, with the values the loop
+runs by as :class:`LoopSettings` (torchtune's rule: the library reads no recipe config;
+docs/design.md, "Wings"):
 
 - :class:`TrainingProgress` — where the run is (epochs, steps, the current epoch's loss sums,
   the metrics window, non-finite counts), one dataclass with ``state_dict()``;
-- :func:`decide_run` — **the one place that decides whether a run starts, resumes, is already
-  finished or is refused** (``run.resume`` auto/true/false, ``run.overwrite``);
-- :func:`start_records` — **the one place where a run writes its records at start**
-  (``config.yaml``, ``env.json``, ``metrics.jsonl``, TensorBoard events), and
-  :func:`finish_run` the mark of a finished run (``final.pt``, ``run_state.json``);
 - :class:`TrainLoop` — the epoch skeleton (micro-batches, gradient accumulation, one reduction
   per step, the non-finite guard, the schedule, metrics lines, the stop signals) and
-  :meth:`TrainLoop.save_checkpoint`, **the one place that writes a checkpoint**;
-- small builders shared by the recipes' ``setup()`` (process group and precision, the lr range,
-  the optimiser and schedule) and the parts of ``describe()`` that do not depend on the recipe.
+  :meth:`TrainLoop.save_checkpoint`, **the one place that writes a checkpoint**.
+
+The rest of the shared bookkeeping lives beside it: :mod:`maedfer.training.run` (deciding,
+recording and closing a run), :mod:`maedfer.training.setup` (the builders of ``setup()``) and
+:mod:`maedfer.training.describe` (what ``--dry-run`` reports).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -29,35 +26,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from maedfer.atomic import remove_stale
 from maedfer.errors import MaedferError
-from maedfer.lock import RunLock
-from maedfer.model import create_model
 from maedfer.pipelines.loader import TooManyBadClips
-from maedfer.recipes import config as config_io
 from maedfer.training import badclips
 from maedfer.training import checkpoint as ckpt_io
 from maedfer.training import distributed as dist_io
-from maedfer.training.distributed import (
-    DistEnv,
-    all_reduce_sum,
-    cleanup,
-    init_distributed,
-    wrap_ddp,
-)
-from maedfer.training.optim import create_optimizer, scaled_lr
-from maedfer.training.precision import resolve_precision
-from maedfer.training.records import CONFIG_YAML, TensorBoardLog, write_config_yaml, write_env_json
-from maedfer.training.resume import ResumeDecision, decide_resume, mark_finished, prepare_run_dir
+from maedfer.training.distributed import DistEnv, all_reduce_sum
 from maedfer.training.runtime import MetricsLog, StopSignals, nonfinite_stop, step_seed
 from maedfer.training.schedule import WarmupCosine
 from maedfer.training.tally import DeviceTally
 
 log = logging.getLogger(__name__)
+
+LossStep = Callable[[Any, int, int], torch.Tensor]
 
 
 @dataclass
@@ -87,247 +71,108 @@ class TrainingProgress:
         self.epoch_stats = [float(v) for v in state.get("epoch_stats", [0.0, 0.0])]
         self.window = list(state.get("log_window", [0.0, 0.0, 0]))
 
+@dataclass(frozen=True)
+class LoopSettings:
+    """The values a :class:`TrainLoop` runs by (a recipe reads them off its config).
 
-# ---------------------------------------------------------------------------- setup pieces
-
-
-def init_run(run_cfg: Any) -> tuple[DistEnv, str]:
-    """Process group, device and precision; non-zero ranks keep quiet; global seeds set."""
-    env = init_distributed(run_cfg.device)
-    if not env.is_main:
-        logging.getLogger("maedfer").setLevel(logging.ERROR)
-    precision = resolve_precision(run_cfg.precision, env.device)
-    torch.manual_seed(run_cfg.seed)
-    np.random.seed(run_cfg.seed % 2**32)
-    return env, precision
-
-
-def resume_value(resume: str | bool | None) -> str | None:
-    """``run.resume`` from a flag: ``True``/``False`` (the Python API) as ``true``/``false``."""
-    if isinstance(resume, bool):
-        return "true" if resume else "false"
-    return resume
-
-
-def decide_run(cfg: Any, out: Path, *, final_outputs: tuple[str, ...] = ()) -> ResumeDecision:
-    """Start, resume, leave a finished run alone, or refuse: the one place a recipe decides it
-    (:func:`maedfer.training.resume.decide_resume`; nothing on disk changes here).
+    Attributes:
+        name: the progress bar's label (``pretrain``, ``finetune``).
+        epochs: epochs scheduled; max_steps: stop after this many optimiser steps (None: no cap).
+        batch_size: clips per process and micro-batch; accum_steps: micro-batches per step.
+        log_every: optimiser steps per metrics line; max_nonfinite: stop after this many
+            non-finite losses in a row.
+        clip_grad: clip the gradient norm to this (None: no clipping).
+        seed: the run's seed (per-step seeds derive from it).
+        save_every: also keep ``checkpoints/epoch-NNNN.pt`` every N epochs (None: only
+            ``last.pt``); keep_checkpoints: how many of them (None: all).
+        max_bad_share: the run stops once more than this share of its training clips were
+            faulty (1: never).
 
     Raises:
-        MaedferError: a checkpoint of another recipe (the keys that differ), ``resume`` true
-            without a checkpoint, false with a run in ``out``, an unreadable checkpoint.
+        MaedferError: a count (epochs, batch size, accumulation, logging, non-finite steps, a
+            step cap) below 1, or a non-positive ``clip_grad``.
     """
-    return decide_resume(out, config_io.to_dict(cfg), resume=cfg.run.resume,
-                         overwrite=cfg.run.overwrite, final_outputs=final_outputs)
+
+    name: str
+    epochs: int
+    batch_size: int
+    accum_steps: int = 1
+    max_steps: int | None = None
+    log_every: int = 10
+    max_nonfinite: int = 5
+    clip_grad: float | None = None
+    seed: int = 0
+    save_every: int | None = None
+    keep_checkpoints: int | None = 3
+    max_bad_share: float = 1.0
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "accum_steps", "log_every", "max_nonfinite"):
+            if getattr(self, key) < 1:
+                raise MaedferError(f"{key} ({getattr(self, key)}) must be at least 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise MaedferError(f"max_steps ({self.max_steps}) must be at least 1")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise MaedferError(f"clip_grad ({self.clip_grad}) must be positive")
 
 
-def open_run(recipe: Any, *, final_outputs: tuple[str, ...] = ()) -> bool:
-    """Take the run folder's lock (rank 0; not for a dry run, which writes nothing) and decide
-    the run (:func:`decide_run`) for ``recipe``; True when ``--out`` holds a finished run and
-    nothing is to be built (a dry run builds it all the same). The lock is held until
-    :func:`close`: a second command into the same folder is refused (:mod:`maedfer.lock`)."""
-    recipe._lock = RunLock()
-    if recipe._env.is_main and not recipe.dry_run:
-        recipe._lock.take(recipe.out, what="choose another --out (run.out)")
-        for folder in (recipe.out, recipe.checkpoint_path.parent):  # a killed save's temporary
-            remove_stale(folder)
-    recipe._decision = decide_run(recipe.cfg, recipe.out, final_outputs=final_outputs)
-    recipe._state = recipe._decision.state
-    if recipe._decision.action == "finished" and not recipe.dry_run:
-        recipe.finished = recipe._decision
-        return True
-    return False
+@dataclass
+class TrainParts:
+    """What a recipe's ``setup()`` built, handed to the loop.
 
-
-def describe_training(recipe: Any) -> dict[str, Any]:
-    """The part of ``describe()`` both recipes share: optimiser groups, schedule, precision,
-    world size and total batch."""
-    return {
-        "optimizer": describe_optimizer(recipe._optimizer),
-        "schedule": describe_schedule(recipe._scheduler, recipe._lr, recipe._steps_per_epoch,
-                                      recipe.cfg.schedule),
-        "precision": recipe._precision, "world_size": recipe._env.world_size,
-        "total_batch": recipe.total_batch,
-    }  # fmt: skip
-
-
-def start_records(lp: TrainLoop, decision: ResumeDecision, resolved: dict[str, Any],
-                  recipe: str) -> None:
-    """Write the run's records at its start: the one place for it (rank 0 writes).
-
-    A fresh start first removes what an earlier start left (``--overwrite``: the whole run);
-    ``metrics.jsonl`` starts afresh, or on resume loses the lines written after the
-    checkpoint; ``config.yaml`` (the resolved recipe: replay it with ``--config``),
-    ``env.json`` (versions, commit, devices) and TensorBoard events under ``tb/`` follow.
+    Attributes:
+        env: this process's place (:class:`~maedfer.training.distributed.DistEnv`).
+        model: the model the loss step calls (DDP-wrapped when distributed); raw: unwrapped.
+        optimizer, scheduler, scaler: AdamW, its warmup-cosine schedule, the gradient scaler.
+        loader: the training loader (``set_epoch``, ``len``, iteration, ``num_bad``,
+            ``dataset_size``, ``faults``).
+        metrics: the run's ``metrics.jsonl``.
+        steps_per_epoch: optimiser steps per epoch.
+        checkpoint_path: ``RUN/checkpoints/last.pt``.
+        loss_step: ``(batch, epoch, micro) -> loss`` of one micro-batch of this rank.
+        extra_state: what the recipe adds to the checkpoint (``config``, ``classes``,
+            ``recipe``).
     """
-    env, state, out = lp.env, decision.state, decision.run_dir
-    if env.is_main:
-        prepare_run_dir(decision)
-    if state is None:
-        lp.metrics.reset()
-    else:
-        lp.metrics.truncate_after(int(state["step"]))
-    if env.is_main:
-        facts = {"world_size": env.world_size, "total_batch": lp.total_batch,
-                 "peak_lr": lp.scheduler.params["lr"], "min_lr": lp.scheduler.params["min_lr"],
-                 "steps_per_epoch": lp.steps_per_epoch}  # fmt: skip
-        resolved = {**resolved, config_io.RESOLVED: facts}
-        write_config_yaml(out, resolved, header=f"resolved {recipe} recipe; replay it with: "
-                          f"maedfer {recipe} --config {out / CONFIG_YAML} --out NEW_FOLDER")
-        write_env_json(out, {"recipe": recipe}, world_size=env.world_size)
-    purge = int(state["step"]) + 1 if state is not None else None
-    lp.metrics.mirrors.append(TensorBoardLog(out, enabled=env.is_main, purge_step=purge))
 
-
-def finish_run(lp: TrainLoop, out: Path) -> None:
-    """A run that did all its epochs: the weights-only export, then ``run_state.json`` (the
-    mark a re-run reads to leave the run alone), rank 0."""
-    if lp.env.is_main:
-        ckpt_io.export_weights(lp.checkpoint_path)
-        mark_finished(out, epoch=lp.progress.epochs_run, step=lp.progress.global_step)
-
-
-def lr_range(optim: Any, schedule: Any, total_batch: int) -> tuple[float, float]:
-    """(peak lr, cosine end): ``blr``/``min_blr`` × total batch / 256, or an absolute ``lr``
-    with the reference's min/peak ratio."""
-    peak = optim.lr or scaled_lr(optim.blr, total_batch)
-    low = scaled_lr(schedule.min_blr, total_batch)
-    if optim.lr is not None:
-        low = optim.lr * schedule.min_blr / optim.blr
-    return peak, low
-
-
-def build_model(name: str, overrides: dict[str, Any], own: dict[str, Any]) -> torch.nn.Module:
-    """``create_model(name, **overrides, **own)`` with its errors as one-line ``MaedferError``.
-
-    ``own`` are the constructor arguments the config declares as fields of its own
-    (``model.num_frames`` -> ``num_frames``); ``model.overrides`` may not set them too.
-    """
-    fields = {"num_frames": "num_frames", "img_size": "img_size", "drop_path_rate": "drop_path",
-              "mask_ratio": "mask_ratio", "num_classes": "num_classes",
-              "official_decoder_order": "official_decoder_order",
-              "skip_unused_tail": "skip_unused_tail"}
-    for key in overrides:
-        if key in fields:
-            raise MaedferError(f"model.overrides.{key}: set model.{fields[key]} instead")
-    overrides = {**overrides, **own}
-    try:
-        return create_model(name, **overrides)
-    except (ValueError, TypeError) as exc:
-        raise MaedferError(f"model {name} with {overrides}: {exc}") from None
-
-
-def place_model(model: torch.nn.Module, env: DistEnv, state: dict[str, Any] | None,
-                checkpoint_path: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Load the resumed weights (checked to fit), move to the device; (raw, DDP-wrapped)."""
-    if state is not None:
-        ckpt_io.check_model_matches(state, model, path=checkpoint_path)
-        model.load_state_dict(state["model"])
-    raw = model.to(env.device)
-    return raw, wrap_ddp(raw, env)
-
-
-def build_optimizer(raw: torch.nn.Module, optim: Any, peak_lr: float,
-                    state: dict[str, Any] | None) -> torch.optim.Optimizer:
-    optimizer = create_optimizer(raw, lr=peak_lr, weight_decay=optim.weight_decay,
-                                 betas=tuple(optim.betas), eps=optim.eps,
-                                 layer_decay=optim.layer_decay)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    return optimizer
-
-
-def build_schedule(optimizer: torch.optim.Optimizer, *, optim: Any, schedule: Any,
-                   lr: tuple[float, float], steps_per_epoch: int,
-                   state: dict[str, Any] | None) -> WarmupCosine:
-    scheduler = WarmupCosine(
-        optimizer, lr=lr[0], min_lr=lr[1], epochs=schedule.epochs,
-        steps_per_epoch=steps_per_epoch, warmup_epochs=schedule.warmup_epochs,
-        weight_decay=optim.weight_decay,
-    )  # fmt: skip
-    if state is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    return scheduler
-
-
-def loader_options(model_config: dict[str, Any], env: DistEnv, seed: int) -> dict[str, Any]:
-    """The ``build_loader`` arguments both recipes pass beside their ``data`` section: the
-    model's input (the model decides frames and side), the run's seed and this rank's share."""
-    return {
-        "num_frames": model_config["num_frames"], "size": model_config["img_size"],
-        "seed": seed, "device": str(env.device) if env.device.type == "cuda" else None,
-        "rank": env.rank, "world_size": env.world_size,
-    }  # fmt: skip
-
-
-def steps_per_epoch(loader: Any, accum_steps: int) -> int:
-    steps = len(loader) // accum_steps
-    if steps < 1:
-        raise MaedferError(
-            f"{len(loader)} batches per epoch make no optimiser step with accum_steps "
-            f"{accum_steps}; lower data.batch_size or optim.accum_steps"
-        )
-    return steps
-
-
-def describe_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """One entry per distinct (lr scale, weight decay): ``params`` (tensors) and ``numel``."""
-    merged: dict[tuple[float, float], dict[str, Any]] = {}
-    for group in optimizer.param_groups:
-        key = (float(group["lr_scale"]), float(group["weight_decay"]))
-        entry = merged.setdefault(key, {"lr_scale": key[0], "weight_decay": key[1],
-                                        "params": 0, "numel": 0})
-        entry["params"] += len(group["params"])
-        entry["numel"] += sum(p.numel() for p in group["params"])
-    first = optimizer.param_groups[0]
-    return {
-        "name": "adamw", "betas": list(first["betas"]), "eps": first["eps"],
-        "groups": sorted(merged.values(), key=lambda g: (g["lr_scale"], -g["weight_decay"])),
-    }
-
-
-def describe_schedule(scheduler: WarmupCosine, lr: tuple[float, float],
-                      steps_per_epoch: int, schedule: Any) -> dict[str, Any]:
-    total = schedule.epochs * steps_per_epoch
-    warmup = min(max(int(schedule.warmup_epochs * steps_per_epoch), 0), total)
-    return {
-        "steps": total, "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup,
-        "peak_lr": lr[0], "min_lr": lr[1], "max_steps": schedule.max_steps,
-    }  # fmt: skip
-
-
-# ---------------------------------------------------------------------------- the loop
+    env: DistEnv
+    model: torch.nn.Module
+    raw: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: WarmupCosine
+    scaler: torch.amp.GradScaler
+    loader: Any
+    metrics: MetricsLog
+    steps_per_epoch: int
+    checkpoint_path: Path
+    loss_step: LossStep
+    extra_state: dict[str, Any] = field(default_factory=dict)
 
 
 class TrainLoop:
-    """The epoch skeleton shared by the recipes; the recipe gives the loss of a micro-batch.
+    """The epoch skeleton shared by the recipes; the recipe gives the loss of a micro-batch
+    (:attr:`TrainParts.loss_step`) and the values it runs by (:class:`LoopSettings`); the loop
+    reads no recipe config."""
 
-    Args:
-        name: the bar's label (``pretrain``, ``finetune``).
-        loss_step: ``(batch, epoch, micro) -> loss`` of one micro-batch of this rank.
-        extra_state: what the recipe adds to the checkpoint (``config``, ``classes``).
-    """
-
-    def __init__(self, *, name: str, env: DistEnv, model: torch.nn.Module, raw: torch.nn.Module,
-                 optimizer: torch.optim.Optimizer, scheduler: WarmupCosine,
-                 scaler: torch.amp.GradScaler, loader: Any, metrics: MetricsLog, cfg: Any,
-                 steps_per_epoch: int, checkpoint_path: Path,
-                 loss_step: Callable[[Any, int, int], torch.Tensor],
-                 extra_state: dict[str, Any]) -> None:
-        self.name, self.env, self.model, self.raw = name, env, model, raw
-        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
-        self.loader, self.metrics, self.cfg = loader, metrics, cfg
-        self.steps_per_epoch, self.checkpoint_path = steps_per_epoch, checkpoint_path
-        self.loss_step, self.extra_state = loss_step, extra_state
+    def __init__(self, parts: TrainParts, settings: LoopSettings) -> None:
+        self.parts, self.settings = parts, settings
+        self.name, self.env, self.model, self.raw = settings.name, parts.env, parts.model, parts.raw
+        self.optimizer, self.scheduler, self.scaler = parts.optimizer, parts.scheduler, parts.scaler
+        self.loader, self.metrics = parts.loader, parts.metrics
+        self.steps_per_epoch, self.checkpoint_path = parts.steps_per_epoch, parts.checkpoint_path
+        self.loss_step, self.extra_state = parts.loss_step, parts.extra_state
         self.progress = TrainingProgress()
         self.good_checkpoint: Path | None = None  # saved or resumed by this run
         self.stopped_by: str | None = None
-        self.tally = DeviceTally(env.device, cfg.run.max_nonfinite)
+        self.tally = DeviceTally(self.env.device, settings.max_nonfinite)
         self._skip: torch.Tensor | None = None  # the current step's "skip it" device flag
+        self._bar: Any = None  # the epoch's progress bar (tqdm)
+        self._window_started = 0.0
 
     @property
     def total_batch(self) -> int:
-        return self.cfg.data.batch_size * self.cfg.optim.accum_steps * self.env.world_size
+        """Clips per optimiser step over every process."""
+        s = self.settings
+        return s.batch_size * s.accum_steps * self.env.world_size
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint's progress, scaler and RNG states."""
@@ -346,7 +191,7 @@ class TrainLoop:
         scaler in fp16 (the gradients of a non-finite loss are not finite), else on the host.
         """
         grad_norm, skip = None, self._skip
-        clip = self.cfg.optim.clip_grad
+        clip = self.settings.clip_grad
         if clip is not None:
             self.scaler.unscale_(self.optimizer)
             params = [p for p in self.raw.parameters() if p.requires_grad]
@@ -373,14 +218,14 @@ class TrainLoop:
         loader's batches are a pure function of seed, epoch and position). Nothing is read
         from the device between log points (:mod:`maedfer.training.tally`).
         """
-        env, accum, seed = self.env, self.cfg.optim.accum_steps, self.cfg.run.seed
+        env, accum, seed = self.env, self.settings.accum_steps, self.settings.seed
         self.loader.set_epoch(epoch)
         skip = self.progress.epoch_step * accum
         if skip:
             log.info("epoch %d: skipping the %d batches trained before the resume", epoch + 1, skip)
         self._bar = tqdm(total=self.steps_per_epoch, initial=self.progress.epoch_step,
                          disable=not env.is_main,
-                         desc=f"{self.name} {epoch + 1}/{self.cfg.schedule.epochs}",
+                         desc=f"{self.name} {epoch + 1}/{self.settings.epochs}",
                          unit="step", leave=False)
         self._window_started = time.perf_counter()
         self.tally.start(self.progress.epoch_stats, self.progress.window)
@@ -427,7 +272,7 @@ class TrainLoop:
             p.nonfinite_run += 1
             log.warning("non-finite loss at epoch %d, step %d: step skipped (%d so far)",
                         epoch + 1, step, p.nonfinite_steps)
-            if p.nonfinite_run >= self.cfg.run.max_nonfinite:
+            if p.nonfinite_run >= self.settings.max_nonfinite:
                 raise nonfinite_stop(p.nonfinite_run, epoch=epoch + 1, step=step,
                                      checkpoint=self.good_checkpoint)
         return reading.grad_norm
@@ -443,8 +288,8 @@ class TrainLoop:
 
     def _log_point(self, step: int, epoch_step: int) -> bool:
         """Whether step ``step`` (``epoch_step`` of its epoch) writes a metrics line."""
-        max_steps = self.cfg.schedule.max_steps
-        return (step % self.cfg.run.log_every == 0 or epoch_step == self.steps_per_epoch
+        max_steps = self.settings.max_steps
+        return (step % self.settings.log_every == 0 or epoch_step == self.steps_per_epoch
                 or (max_steps is not None and step >= max_steps))  # fmt: skip
 
     def record_step(self, epoch: int, lr: float, stop: StopSignals, stopping: bool) -> str:
@@ -456,7 +301,7 @@ class TrainLoop:
         window[2] += 1
         self._bar.update()
         end_of_epoch = p.epoch_step == self.steps_per_epoch
-        max_steps = self.cfg.schedule.max_steps
+        max_steps = self.settings.max_steps
         at_max = max_steps is not None and p.global_step >= max_steps
         log_point = self._log_point(p.global_step, p.epoch_step)
         if stopping:
@@ -507,17 +352,26 @@ class TrainLoop:
             return None
         return badclips.record(self.checkpoint_path.parent.parent, found,
                                train_clips=self.loader.dataset_size,
-                               max_bad_share=self.cfg.data.max_bad_share, stopped=stopped)
+                               max_bad_share=self.settings.max_bad_share, stopped=stopped)
 
     def run(self, after_epoch: Callable[[str], None] | None = None) -> str:
         """The remaining epochs, a checkpoint after each (and on a stop); returns the last
         outcome (``done``, ``stopped``, ``max_steps``). ``after_epoch(outcome)`` runs after
-        each completed epoch, before its checkpoint (the fine-tuning recipe tests there)."""
+        each completed epoch, before its checkpoint (the fine-tuning recipe tests there).
+
+        Raises:
+            MaedferError: the loss stayed non-finite for ``max_nonfinite`` steps in a row, or
+                more than ``max_bad_share`` of the training clips were faulty (after listing
+                them in ``RUN/bad_clips.json``).
+        """
         outcome = "done"
         with StopSignals() as stop:
-            for epoch in range(self.progress.epochs_run, self.cfg.schedule.epochs):
+            for epoch in range(self.progress.epochs_run, self.settings.epochs):
                 epoch_started = time.perf_counter()
-                outcome = self.train_epoch(epoch, stop)
+                try:
+                    outcome = self.train_epoch(epoch, stop)
+                except TooManyBadClips as exc:
+                    raise self.bad_clips_stop(exc) from None
                 if self.progress.epoch_step == self.steps_per_epoch:
                     self.end_epoch(epoch, time.perf_counter() - epoch_started)
                     if after_epoch is not None:
@@ -549,138 +403,18 @@ class TrainLoop:
             **self.progress.state_dict(), "rng": ckpt_io.rng_state(),
             **self.extra_state,
         })  # fmt: skip
-        run, p = self.cfg.run, self.progress
-        if run.save_every and p.epoch_step == 0 and p.epochs_run and \
-                p.epochs_run % run.save_every == 0:
+        s, p = self.settings, self.progress
+        if s.save_every and p.epoch_step == 0 and p.epochs_run and \
+                p.epochs_run % s.save_every == 0:
             ckpt_io.save_numbered(self.checkpoint_path.parent.parent, self.checkpoint_path,
-                                  p.epochs_run, keep=run.keep_checkpoints)
+                                  p.epochs_run, keep=s.keep_checkpoints)
 
+    def bad_clips_stop(self, exc: TooManyBadClips) -> MaedferError:
+        """The one line of a run stopped for too many faulty clips, after listing them."""
+        path = self.record_bad_clips(stopped=True)
+        where = f"; all are listed in {path}" if path is not None else ""
+        return MaedferError(
+            f"{exc}{where}: restore or re-prepare those clips (or raise data.max_bad_share), "
+            "then run the same command again (it resumes from the last checkpoint)"
+        )
 
-def close(recipe: Any, *, completed: bool) -> None:
-    """Leave the process group; ``completed`` is False after an error (no barrier then:
-    another rank may never reach it)."""
-    env = getattr(recipe, "_env", None)
-    recipe._model = None  # the DDP wrapper holds the process group (see cleanup())
-    loop = getattr(recipe, "_loop", None)
-    if loop is not None:
-        loop.model = None
-        loop.metrics.close()  # flushes TensorBoard's events
-    if env is not None:
-        cleanup(env, synchronize=completed)
-    lock = getattr(recipe, "_lock", None)
-    if lock is not None:
-        lock.release()
-
-
-def check_common(cfg: Any) -> None:
-    """The checks of options both recipes share (in the constructor, before any work).
-
-    Raises:
-        MaedferError: ``schedule.epochs``, ``data.batch_size``, ``optim.accum_steps``,
-            ``run.log_every`` or ``run.max_nonfinite`` below 1, ``schedule.max_steps`` below 1,
-            an ``optim.lr``, ``optim.blr`` or ``optim.clip_grad`` that is not positive, a
-            negative ``schedule.warmup_epochs``, ``data.stride`` below 1, or an unknown
-            ``model.name``. A ``data.stride`` of null becomes the model's (its input contract).
-    """
-    if cfg.data.stride is None:
-        from maedfer.model import input_contract
-
-        cfg.data.stride = input_contract(cfg.model.name).stride
-    for key in ("schedule.epochs", "data.batch_size", "optim.accum_steps", "run.log_every",
-                "run.max_nonfinite", "data.stride"):
-        value = _get(cfg, key)
-        if value < 1:
-            raise MaedferError(f"{key} ({value}) must be at least 1")
-    for key in ("schedule.max_steps", "data.workers"):
-        value = _get(cfg, key)
-        if value is not None and value < (1 if key == "schedule.max_steps" else 0):
-            raise MaedferError(f"{key} ({value}) must be at least "
-                               f"{1 if key == 'schedule.max_steps' else 0}")
-    for key in ("optim.lr", "optim.blr", "optim.clip_grad", "schedule.min_blr"):
-        value = _get(cfg, key)
-        if value is not None and not value > 0:
-            raise MaedferError(f"{key} ({value}) must be positive")
-    if cfg.schedule.warmup_epochs < 0:
-        raise MaedferError(f"schedule.warmup_epochs ({cfg.schedule.warmup_epochs}) must be >= 0")
-    if cfg.optim.layer_decay is not None and not 0 < cfg.optim.layer_decay <= 1:
-        raise MaedferError(f"optim.layer_decay ({cfg.optim.layer_decay}) must be in (0, 1]")
-
-
-def _get(cfg: Any, key: str) -> Any:
-    for name in key.split("."):
-        cfg = getattr(cfg, name)
-    return cfg
-
-
-def count_params(model: torch.nn.Module) -> dict[str, int]:
-    params = list(model.parameters())
-    return {"params": sum(p.numel() for p in params),
-            "trainable_params": sum(p.numel() for p in params if p.requires_grad),
-            "tensors": len(params)}
-
-
-def format_description(d: dict[str, Any]) -> str:
-    """The human-readable ``--dry-run`` text of a ``describe()`` dict."""
-    data, sched, opt = d["data"], d["schedule"], d["optimizer"]
-    aug = ", ".join(a["name"] + (f" {a['policy']}" if "policy" in a else "")
-                    for a in data["augment"]) or "none"
-    lines = [
-        f"{d['recipe']} (dry run: built, nothing trained or written)",
-        f"  model: {d['model']['name']}, {d['model']['params']:,} parameters "
-        f"({d['model']['trainable_params']:,} trainable)",
-        f"  data: {data['train_clips']} train clips"
-        + (f", {data['test_clips']} test clips" if data.get("test_clips") is not None else "")
-        + f", backend {data['backend']}, window {data['temporal_rule']} "
-        f"(stride {d['config']['data']['stride']})",
-        f"  augment: {aug}",
-        f"  optimizer: AdamW betas {tuple(opt['betas'])}, {len(opt['groups'])} groups of "
-        "(lr scale, weight decay)",
-        f"  schedule: {sched['steps']} steps ({sched['steps_per_epoch']}/epoch), warmup "
-        f"{sched['warmup_steps']}, peak lr {sched['peak_lr']:.4g}, min lr {sched['min_lr']:.4g}",
-        f"  precision {d['precision']}, world size {d['world_size']}, total batch "
-        f"{d['total_batch']}",
-        f"  run folder: {d['config']['run']['out']}",
-    ]
-    return "\n".join(lines)
-
-
-def _bad_clips_stop(recipe: Any, exc: TooManyBadClips) -> MaedferError:
-    """The one line of a run stopped for too many faulty clips, after listing them."""
-    lp = getattr(recipe, "_loop", None)
-    path = lp.record_bad_clips(stopped=True) if lp is not None else None
-    where = f"; all are listed in {path}" if path is not None else ""
-    return MaedferError(
-        f"{exc}{where}: restore or re-prepare those clips (or raise data.max_bad_share), then "
-        "run the same command again (it resumes from the last checkpoint)"
-    )
-
-
-def execute(recipe: Any, *, dry_run: bool, as_json: bool, quiet: bool, summary: Any) -> dict:
-    """Set up, then describe (dry run) or train; always clean up (shared by both recipes)."""
-    completed = False
-    recipe.dry_run = dry_run
-    try:
-        recipe.setup()
-        if recipe.finished is not None:  # a finished run in --out: nothing is touched
-            completed = True
-            if recipe._env.is_main and not quiet:
-                print(recipe.finished.message)
-            return {"finished": True, "out": str(recipe.out),
-                    "message": recipe.finished.message}
-        try:
-            result = recipe.describe() if dry_run else recipe.train()
-        except TooManyBadClips as exc:
-            raise _bad_clips_stop(recipe, exc) from None
-        completed = True
-    finally:
-        recipe.cleanup(completed=completed)
-    if not recipe._env.is_main:
-        return result
-    if dry_run:
-        print(json.dumps(result, indent=2) if as_json else format_description(result))
-        return result
-    if not quiet:
-        print(summary(result))
-    if result["stopped_by"]:
-        raise SystemExit(130 if result["stopped_by"] == "SIGINT" else 143)
-    return result

@@ -47,7 +47,6 @@ from typing import Any, Literal
 
 from maedfer.atomic import write_text
 from maedfer.errors import MaedferError
-from maedfer.recipes.config import PATH_KEYS
 from maedfer.training import checkpoint as ckpt_io
 from maedfer.training.badclips import BAD_CLIPS
 
@@ -126,7 +125,7 @@ _ABSENT = object()  # a key one side lacks (shown as absent)
 
 def config_differences(
     saved: Mapping[str, Any], new: Mapping[str, Any], *,
-    ignored: frozenset[str] = RESUME_IGNORED,
+    ignored: frozenset[str] = RESUME_IGNORED, path_keys: tuple[str, ...] = (),
 ) -> list[tuple[str, Any, Any]]:
     """``(dotted key, saved value, new value)`` for every recipe key that differs, sorted.
 
@@ -136,21 +135,23 @@ def config_differences(
     keys = sorted(k for k in set(old) | set(ours) if not is_ignored(k, ignored))
     return [
         (k, old.get(k, _ABSENT), ours.get(k, _ABSENT))
-        for k in keys if _comparable(k, old.get(k, _ABSENT)) != _comparable(k, ours.get(k, _ABSENT))
+        for k in keys
+        if _comparable(k, old.get(k, _ABSENT), path_keys)
+        != _comparable(k, ours.get(k, _ABSENT), path_keys)
     ]  # fmt: skip
 
 
-def _comparable(key: str, value: Any) -> Any:
+def _comparable(key: str, value: Any, path_keys: tuple[str, ...]) -> Any:
     """A file-naming option by the file it names (``m.parquet``, ``./m.parquet`` and its
     absolute path are one manifest; a relative one is read from the current folder, as the
     run that stored it did); any other value as it is."""
-    if key in PATH_KEYS and isinstance(value, str) and value:
+    if key in path_keys and isinstance(value, str) and value:
         return os.path.realpath(os.path.expanduser(value))
     return value
 
 
-def recipe_differences(ckpt: Mapping[str, Any], config: Mapping[str, Any]
-                       ) -> list[tuple[str, Any, Any]]:  # fmt: skip
+def recipe_differences(ckpt: Mapping[str, Any], config: Mapping[str, Any], *,
+                       path_keys: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:  # fmt: skip
     """Where a new run's options differ from the recipe of a checkpoint.
 
     A checkpoint holds the recipe as it was asked for (``recipe``: ``backend: auto``) and as
@@ -159,9 +160,9 @@ def recipe_differences(ckpt: Mapping[str, Any], config: Mapping[str, Any]
     """
     asked, ran = ckpt.get("recipe"), ckpt.get("config") or {}
     if asked is None:
-        return config_differences(ran, config)
+        return config_differences(ran, config, path_keys=path_keys)
     ran_flat, new_flat = flatten(ran), flatten(config)
-    return [d for d in config_differences(asked, config)
+    return [d for d in config_differences(asked, config, path_keys=path_keys)
             if ran_flat.get(d[0], _ABSENT) != new_flat.get(d[0], _ABSENT)]  # fmt: skip
 
 
@@ -260,7 +261,7 @@ def _refuse(run_dir: Path, why: str, *, hint: str = "") -> MaedferError:
 
 def decide_resume(
     run_dir: Path, config: Mapping[str, Any], *, resume: ResumeMode | bool | str | None = "auto",
-    overwrite: bool = False, final_outputs: tuple[str, ...] = (),
+    overwrite: bool = False, final_outputs: tuple[str, ...] = (), path_keys: tuple[str, ...] = (),
 ) -> ResumeDecision:
     """Decide what a run about to start in ``run_dir`` does (nothing is changed here).
 
@@ -273,6 +274,8 @@ def decide_resume(
         overwrite: delete the old run's files and start over.
         final_outputs: files the recipe writes at its end (``("report.json",)`` for
             fine-tuning): used only for folders without ``run_state.json``.
+        path_keys: dotted keys of ``config`` that name files, compared by the file they name
+            (``m.parquet``, ``./m.parquet`` and its absolute path are one manifest).
     Returns:
         The decision; ``resume`` carries the loaded checkpoint.
     Raises:
@@ -305,7 +308,7 @@ def decide_resume(
                       hint="pass --resume auto to continue it, --overwrite to delete it and "
                       "start over, or choose another --out")  # fmt: skip
     if ckpt is not None:
-        differ = recipe_differences(ckpt, config)
+        differ = recipe_differences(ckpt, config, path_keys=path_keys)
         if differ:
             raise _refuse(run_dir, f"holds a checkpoint ({last}) of another recipe: "
                           f"{describe_differences(differ)}",

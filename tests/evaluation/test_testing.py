@@ -103,7 +103,7 @@ def test_official_checkpoint_gives_load_official_probabilities(manifest, officia
 
 def test_own_checkpoint_reproduces_the_runs_report(manifest, tmp_path) -> None:
     run = tmp_path / "run"
-    finetune.run(data=manifest, fold=1, out=run, quiet=True, overrides={
+    finetune.run(data=manifest, fold=1, out=run, overrides={
         **TINY_FINETUNE_KEYS, "schedule.epochs": 2, "data.batch_size": 4, "data.workers": 0,
         "optim.lr": 3e-3, "schedule.warmup_epochs": 1})  # fmt: skip
     out = tmp_path / "eval"

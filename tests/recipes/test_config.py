@@ -20,7 +20,7 @@ from maedfer.pipelines.select import ClipTable
 from maedfer.recipes import config as config_io
 from maedfer.recipes import finetune
 from maedfer.recipes.finetune import FinetuneRecipe
-from maedfer.training import loop
+from maedfer.training import setup
 from maedfer.training.distributed import DistEnv
 from tests.recipes.clipdata import (
     TINY_FINETUNE_KEYS,
@@ -187,7 +187,7 @@ def _official_train_window(n: int, end: int | None, clip_len: int = 16,
 def test_default_finetune_window_is_the_reference_rule(n: int) -> None:
     cfg = config_io.FinetuneConfig()
     inputs = input_contract(cfg.model.name)  # model.num_frames/img_size null: the model's
-    options = loop.loader_options({"num_frames": inputs.num_frames,
+    options = setup.loader_options({"num_frames": inputs.num_frames,
                                    "img_size": inputs.img_size}, DistEnv(),
                                   cfg.run.seed)  # what the recipe gives build_loader
     sample = SampleConfig.from_data(cfg.data, mode="train", num_frames=options["num_frames"],

@@ -31,7 +31,7 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(manifest: Path, out: Path, sets: dict | None = None, **flags) -> dict:
-    flags = {"fold": 1, "quiet": True, **flags}
+    flags = {"fold": 1, **flags}
     return finetune.run(overrides={**BASE, **(sets or {})}, data=manifest, out=out, **flags)
 
 
@@ -68,7 +68,7 @@ def test_replaying_config_yaml_gives_the_same_losses(manifest, tmp_path) -> None
     first = tmp_path / "first"
     _run(manifest, first)
     replay = tmp_path / "replay"
-    finetune.run(first / "config.yaml", out=replay, quiet=True)
+    finetune.run(first / "config.yaml", out=replay)
     assert _losses(replay) == _losses(first) and len(_losses(first)) >= 2
     a = json.loads((first / "report.json").read_text())
     b = json.loads((replay / "report.json").read_text())

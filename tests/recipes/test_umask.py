@@ -37,7 +37,7 @@ def test_outputs_get_the_umask_mode(umask: int, expected: int, tmp_path: Path) -
     out = tmp_path / "run"
     finetune.run(overrides={**TINY_FINETUNE_KEYS, "schedule.epochs": 1, "data.batch_size": 2,
                             "data.workers": 0, "loss.mixup": 0, "loss.cutmix": 0},
-                 data=manifest, fold=1, out=out, quiet=True)  # fmt: skip
+                 data=manifest, fold=1, out=out)  # fmt: skip
     files = [manifest, out / "report.json", out / "predictions.parquet",
              out / "checkpoints" / "last.pt"]  # fmt: skip
     assert {str(p.relative_to(tmp_path)): oct(_mode(p)) for p in files} == {

@@ -18,11 +18,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from maedfer.devices import resolve_device
 from maedfer.errors import MaedferError
 from maedfer.recipes import config as config_io
 from maedfer.recipes import finetune, pretrain
 from maedfer.recipes.pretrain import PretrainRecipe
-from maedfer.training import distributed, loop
+from maedfer.training import distributed, setup
 from maedfer.training.distributed import all_reduce_sum, gather_objects, init_distributed
 from tests.recipes.clipdata import TINY_FINETUNE_KEYS, TINY_PRETRAIN_KEYS, make_dataset, one_thread
 
@@ -36,13 +37,12 @@ FINETUNE = {**TINY_FINETUNE_KEYS, **COMMON, "model.drop_path": 0.0, "loss.mixup"
 
 
 def _pretrain(manifest: Path, out: Path, batch_size: int) -> None:
-    pretrain.run(overrides={**PRETRAIN, "data.batch_size": batch_size}, data=manifest, out=out,
-                 quiet=True)
+    pretrain.run(overrides={**PRETRAIN, "data.batch_size": batch_size}, data=manifest, out=out)
 
 
 def _finetune(manifest: Path, out: Path, batch_size: int) -> None:
     finetune.run(overrides={**FINETUNE, "data.batch_size": batch_size}, data=manifest, fold=1,
-                 out=out, quiet=True)
+                 out=out)
 
 
 def _free_ports() -> tuple[int, int]:
@@ -65,7 +65,7 @@ def _one_step_grads(manifest: Path, out: Path) -> dict[str, torch.Tensor]:
     recipe._env, recipe._precision = init_distributed("cpu"), "fp32"
     torch.manual_seed(0)
     env = recipe._env
-    recipe._raw, recipe._model = loop.place_model(recipe._setup_model(), env, None, out)
+    recipe._raw, recipe._model = setup.place_model(recipe._setup_model(), env, None, out)
     recipe._loss_step({"video": _video()[env.rank :: env.world_size]}, 0, 0).backward()
     return {n: p.grad.clone() for n, p in recipe._raw.named_parameters()}
 
@@ -265,11 +265,11 @@ def test_cuda_device_of_a_local_rank(monkeypatch, count: int, local_rank: int, i
     # srun --gpus-per-task=1 shows each task one GPU, whatever its local rank
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
-    assert distributed.resolve_device("cuda", local_rank) == torch.device("cuda", index)
+    assert resolve_device("cuda", local_rank) == torch.device("cuda", index)
 
 
 def test_more_local_ranks_than_gpus_is_refused(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     with pytest.raises(MaedferError, match="local rank 5 needs a CUDA device .* sees 4"):
-        distributed.resolve_device("cuda", 5)
+        resolve_device("cuda", 5)
