@@ -1,5 +1,8 @@
 """The one exception type the library raises for bad input; the command line turns it into one
-line (:func:`maedfer.cli.common.failures`)."""
+line (:func:`maedfer.cli.common.failures`).
+
+Documented in docs/design.md, "Wings".
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ class Terminated(KeyboardInterrupt):
 
 
 # Failures of the machine rather than of the input: a re-run may succeed once they are fixed, so
-# they are never recorded as a verdict on a clip (prepare retries them; DESIGN.md §4).
+# they are never recorded as a verdict on a clip (prepare retries them; docs/design.md).
 ENVIRONMENTAL_ERRNOS = frozenset(
     getattr(errno, name)
     for name in ("ENOSPC", "EDQUOT", "EACCES", "EPERM", "EROFS", "EIO", "ENOMEM", "EMFILE",

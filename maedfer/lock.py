@@ -21,6 +21,8 @@ model beside the other's report.
   shards run side by side while an unsharded run, a merge, or the same shard twice is refused.
 - Within one process a folder can be held again (the protocol holds its folder while the
   fold it runs holds the fold's); the lock goes when the outermost holder releases it.
+
+Documented in docs/design.md, "Wings".
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ those paths goes through this module:
 - :func:`output_path` is where an output goes under ``--out``: from a clip *key* that was
   itself derived from a normalised path, checked again to stay under ``--out`` before anything
   is written (a key is never joined as user text).
+
+Documented in docs/design.md, "Wings".
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Each stage's own profiler runs with bounded settings; the data stage reads clips
 first from a committed portrait (so it needs no prepared dataset). On CPU the training step is
 measured on ``lgi_former_tiny`` cut to 4 blocks at batch 2 (the base model takes minutes per step
 there); on CUDA on ``lgi_former_base`` at batch 32. The table names what each row measured.
+
+Documented in docs/design.md, "Wings".
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""``python -m maedfer.cli``: the ``maedfer`` command line."""
+"""``python -m maedfer.cli``: the ``maedfer`` command line.
+
+Documented in docs/design.md, "The command line".
+"""
 
 import sys
 

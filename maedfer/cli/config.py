@@ -1,5 +1,8 @@
 """``maedfer config list`` and ``maedfer config show``: the shipped recipe configs
-(:mod:`maedfer.recipes.config`)."""
+(:mod:`maedfer.recipes.config`).
+
+Documented in docs/design.md, "The command line".
+"""
 
 from __future__ import annotations
 

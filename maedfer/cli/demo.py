@@ -1,4 +1,7 @@
-"""``maedfer demo``: the whole pipeline on built-in data (:mod:`maedfer.demo`)."""
+"""``maedfer demo``: the whole pipeline on built-in data (:mod:`maedfer.demo`).
+
+Documented in docs/design.md, "The command line".
+"""
 
 from __future__ import annotations
 

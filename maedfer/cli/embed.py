@@ -1,4 +1,7 @@
-"""``maedfer embed``: pooled features per window or clip (:mod:`maedfer.inference.embed`)."""
+"""``maedfer embed``: pooled features per window or clip (:mod:`maedfer.inference.embed`).
+
+Documented in docs/design.md, "The command line".
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 
 ``evaluate --checkpoint CKPT --data M.parquet --out DIR``, the old spelling of ``maedfer test``,
 still works: it says once that the command is now ``test`` and runs it.
+
+Documented in docs/design.md, "The command line".
 """
 
 from __future__ import annotations

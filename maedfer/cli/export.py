@@ -1,4 +1,7 @@
-"""``maedfer export``: the classifier as safetensors or ONNX (:mod:`maedfer.inference.export`)."""
+"""``maedfer export``: the classifier as safetensors or ONNX (:mod:`maedfer.inference.export`).
+
+Documented in docs/design.md, "The command line".
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""``maedfer finetune``: fine-tune and test one fold (:func:`maedfer.recipes.finetune.run`)."""
+"""``maedfer finetune``: fine-tune and test one fold (:func:`maedfer.recipes.finetune.run`).
+
+Documented in docs/design.md, "The command line".
+"""
 
 from __future__ import annotations
 

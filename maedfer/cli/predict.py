@@ -1,5 +1,8 @@
 """``maedfer predict``: per-window class probabilities, from files or live
-(:mod:`maedfer.inference.predict`, :mod:`maedfer.inference.live`)."""
+(:mod:`maedfer.inference.predict`, :mod:`maedfer.inference.live`).
+
+Documented in docs/design.md, "The command line".
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """``maedfer prepare``: index a raw dataset, prepare its face clips, write the manifest
-(:func:`maedfer.preprocess.driver.run`)."""
+(:func:`maedfer.preprocess.driver.run`).
+
+Documented in docs/design.md, "The command line".
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""``maedfer pretrain``: MAE pre-training (:func:`maedfer.recipes.pretrain.run`)."""
+"""``maedfer pretrain``: MAE pre-training (:func:`maedfer.recipes.pretrain.run`).
+
+Documented in docs/design.md, "The command line".
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""``maedfer profile``: the throughput of one stage on this machine, or of all of them."""
+"""``maedfer profile``: the throughput of one stage on this machine, or of all of them.
+
+Documented in docs/design.md, "The command line".
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """``maedfer protocol``: fine-tune and test every fold, then the cross-fold summary
-(:func:`maedfer.recipes.protocol.run`)."""
+(:func:`maedfer.recipes.protocol.run`).
+
+Documented in docs/design.md, "The command line".
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """``maedfer reconstruct``: what a pre-trained MAE reconstructs
-(:mod:`maedfer.inference.reconstruct_run`)."""
+(:mod:`maedfer.inference.reconstruct_run`).
+
+Documented in docs/design.md, "The command line".
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """``maedfer test CHECKPOINT --data M.parquet --out DIR``: the reference test of any fine-tuned
 checkpoint on one fold (:func:`maedfer.evaluation.testing.run`). The same options, declared
-here once, also serve ``maedfer evaluate --checkpoint``, its old spelling."""
+here once, also serve ``maedfer evaluate --checkpoint``, its old spelling.
+
+Documented in docs/design.md, "The command line".
+"""
 
 from __future__ import annotations
 

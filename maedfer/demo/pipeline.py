@@ -1,6 +1,6 @@
 """``maedfer demo``: the whole pipeline on a dataset rendered from the committed portraits.
 
-Stages, each the real command a user would run (DESIGN.md §8, issue 6):
+Stages, each the real command a user would run (docs/design.md, issue 6):
 
 1. render   — :mod:`maedfer.demo.render` writes videos and ``labels.csv`` under ``OUT/raw``;
 2. prepare  — ``maedfer prepare folder --labels OUT/raw/labels.csv`` on them (the demo is the

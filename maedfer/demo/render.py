@@ -1,4 +1,4 @@
-"""Synthesis of the labelled demo dataset from the committed portraits (DESIGN.md §8).
+"""Synthesis of the labelled demo dataset from the committed portraits (docs/design.md).
 
 Each portrait is one subject; each class is a non-rigid face movement around the MTCNN landmarks
 (similarity alignment removes rigid motion, so rigid classes would become identical after
@@ -75,7 +75,7 @@ CLASSES: tuple[DemoClass, ...] = (
 )
 #: The labels table at the raw root (``prepare folder --labels``).
 LABELS = "labels.csv"
-# Not in the default set: weaker after alignment at 64 pixels (DESIGN.md §8), kept for
+# Not in the default set: weaker after alignment at 64 pixels (docs/design.md), kept for
 # experiments through ``motion_field``.
 EXTRA_CLASSES: tuple[DemoClass, ...] = (
     DemoClass("smile", 0.09),  # lip corners out and up (AU12)
@@ -110,7 +110,7 @@ def detect_face(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     boxes, probs, points = MTCNN(keep_all=True, device="cpu").detect(image, landmarks=True)
     if boxes is None:
         raise MaedferError("demo: MTCNN found no face in a portrait; use a frontal face image")
-    # numpy 2 can hand back object arrays (DESIGN.md §7)
+    # numpy 2 can hand back object arrays (docs/design.md)
     best = int(np.argmax(np.asarray(probs, dtype=np.float64)))
     return np.asarray(boxes[best], np.float64), np.asarray(points[best], np.float64)
 

@@ -6,6 +6,8 @@ Each model's protocol (:mod:`maedfer.recipes.protocol`) leaves its ``summary.jso
 aggregation every paper of the lineage reports), the pooled figures, what the model's own paper
 publishes for the dataset, and the difference (mean minus published, in points). Same faces,
 same folds, same test views, same metric code: the differences between rows are the models'.
+
+Documented in docs/models.md, "Fine-tune, evaluate, compare".
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ shrank would be scored as if complete, perhaps with a class gone from the UAR. T
 recipe writes the counts into ``report.json`` (``clips_expected``, ``clips_scored``,
 ``missing_clips``, ``complete``) and prints them; ``maedfer evaluate`` reads them back and flags
 the run.
+
+Documented in docs/runs.md.
 """
 
 from __future__ import annotations

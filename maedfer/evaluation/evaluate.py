@@ -1,6 +1,6 @@
 """``maedfer evaluate RUN...``: metrics of one run, or the cross-fold summary of several.
 
-DESIGN.md §2 and §6, DATASETS.md §1.2. Each run folder holds ``predictions.parquet`` (written by
+docs/design.md, docs/datasets.md. Each run folder holds ``predictions.parquet`` (written by
 the fine-tuning recipe; one row per clip, test views already merged) and usually ``report.json``.
 Everything is recomputed from the predictions, so a report is never trusted blindly.
 

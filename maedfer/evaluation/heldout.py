@@ -1,8 +1,8 @@
-"""The held-out test phase of fine-tuning (MODEL.md §4.2; DESIGN.md §6).
+"""The held-out test phase of fine-tuning (docs/recipe.md; docs/runs.md).
 
 Each test clip is seen in ``test_views`` temporal views; each view's logits go through a
 softmax and a clip's probabilities are the mean over its distinct views (the reference's
-``merge``, without its view-id ambiguity, MODEL.md §7.9). The manifest's metadata names the
+``merge``, without its view-id ambiguity, docs/reference.md). The manifest's metadata names the
 classes and says whether the protocol is k-fold or a fixed split.
 
 :func:`score_views` turns the views into the run's report (UAR, WAR, coverage) and
@@ -30,7 +30,7 @@ REPORT = "report.json"
 
 
 def manifest_info(path: Path) -> tuple[str, list[str], int]:
-    """``(dataset, classes, num_folds)`` from a manifest's metadata (DESIGN.md §3).
+    """``(dataset, classes, num_folds)`` from a manifest's metadata (docs/design.md).
 
     Raises:
         MaedferError: unreadable file, or no ``maedfer.classes`` key (a fine-tuning manifest
@@ -51,7 +51,7 @@ def manifest_info(path: Path) -> tuple[str, list[str], int]:
 def merge_views(
     rows: list[tuple[list[str], list[int], list[int], np.ndarray]],
 ) -> tuple[list[str], np.ndarray, np.ndarray, int]:
-    """Average each clip's view probabilities (MODEL.md §4.2: softmax, then mean over distinct
+    """Average each clip's view probabilities (docs/recipe.md: softmax, then mean over distinct
     views). ``rows`` are batches ``(clip_ids, views, labels, probs (B, C))``; a view seen twice
     counts once. Returns clip ids (sorted), labels, probabilities ``(N, C)``, views per clip."""
     clips: dict[str, tuple[int, dict[int, np.ndarray]]] = {}

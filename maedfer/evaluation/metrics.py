@@ -1,4 +1,4 @@
-"""Classification metrics and result files of a run (DESIGN.md §6, DATASETS.md §1.2).
+"""Classification metrics and result files of a run (docs/runs.md, docs/datasets.md).
 
 UAR (unweighted average recall) is the mean over classes of the per-class recall, read off the
 confusion matrix (rows = true class): ``diag / row sum``. WAR (weighted average recall) is the
@@ -87,7 +87,7 @@ def scores_from_confusion(matrix: np.ndarray) -> tuple[float, float, list[float 
 def classification_report(
     labels: np.ndarray, preds: np.ndarray, class_names: list[str], views: int
 ) -> dict:
-    """The ``report.json`` dict of one run (DESIGN.md §6).
+    """The ``report.json`` dict of one run (docs/runs.md).
 
     Args:
         labels: ``(N,)`` true class indices.
@@ -128,7 +128,7 @@ def classification_report(
 def cross_fold_summary(
     folds: Sequence[tuple[np.ndarray, np.ndarray]], class_names: list[str], views: int
 ) -> dict:
-    """Both aggregations over the folds of one dataset (DATASETS.md §1.2).
+    """Both aggregations over the folds of one dataset (docs/datasets.md).
 
     Args:
         folds: per fold, ``(labels, preds)`` class index arrays.
@@ -171,7 +171,7 @@ def write_predictions(
     probs: np.ndarray,
     class_names: list[str],
 ) -> None:
-    """Write ``predictions.parquet`` atomically: one row per clip (DESIGN.md §6).
+    """Write ``predictions.parquet`` atomically: one row per clip (docs/runs.md).
 
     Args:
         path: target file.

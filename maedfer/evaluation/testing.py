@@ -19,6 +19,8 @@ Two kinds of checkpoint are told apart by their content:
   released ones), the weights go through :func:`maedfer.model.load_official`, the class names
   come from the manifest, whose class count must equal the head's rows. The saved ``args``
   give the frame stride (``sampling_rate``) where present, else the model's input contract.
+
+Documented in docs/design.md, "The command line".
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from maedfer.evaluation.heldout import (
 )
 from maedfer.lock import hold
 from maedfer.model import input_contract
+from maedfer.model.official import build_official_classifier
 from maedfer.training import badclips
 from maedfer.training import checkpoint as ckpt_io
 from maedfer.training.precision import resolve_precision
@@ -93,22 +96,14 @@ def _selection(data: Path, fold: int | None, split: str | None) -> dict[str, Any
 
 def _own_model(ckpt: Mapping[str, Any], path: Path, classes: list[str]) -> tuple[nn.Module, dict]:
     """Rebuild the classifier of one of our checkpoints; its test settings from its recipe."""
-    name = ckpt.get("model_name")
-    if not isinstance(name, str) or name.startswith("mae_"):
-        raise MaedferError(
-            f"{path} is a pre-training checkpoint ({name}); evaluate needs a fine-tuned "
-            "classifier (a finetune run's checkpoints/last.pt)"
-        )
     saved = list(ckpt.get("classes") or [])
     if saved and saved != classes:
         raise MaedferError(
             f"checkpoint {path} was trained on classes {saved} but the manifest names {classes}"
         )
-    try:
-        model = ckpt_io.model_from_checkpoint(ckpt)
-    except RuntimeError as exc:  # load_state_dict: missing, unexpected or mis-shaped tensors
-        first = str(exc).strip().splitlines()[0]
-        raise MaedferError(f"{path}: the weights do not fit {name}: {first}") from None
+    model = ckpt_io.classifier_from_checkpoint(
+        ckpt, path, purpose="evaluate needs a fine-tuned classifier (a finetune run's "
+        "checkpoints/last.pt)")
     _check_head(model.config["num_classes"], path, classes)
     config = ckpt.get("config") or {}
     settings = {
@@ -136,8 +131,6 @@ def _official_model(
 ) -> tuple[nn.Module, dict]:
     """Build the classifier an official fine-tuned checkpoint fits and load it (the one
     builder inference uses too), then check its head against the manifest's classes."""
-    from maedfer.inference.loading import build_official_classifier
-
     model, args = build_official_classifier(obj, path, overrides)
     _check_head(int(model.config["num_classes"]), path, classes)
     settings = {

@@ -8,6 +8,8 @@
   token-frames (each tubelet's first frame) with its heat, and the "which frames mattered"
   curve over it;
 - :func:`sparkline`: the same curve in one line of text, for the terminal table.
+
+Documented in docs/inference.md.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ slow) drops the newest frames, and the run restarts the same way.
 
 Ctrl-C stops cleanly: the reader is stopped, the results written so far stay, and a summary
 (windows, frames read and dropped, latency p50/p95) goes to stderr.
+
+Documented in docs/inference.md.
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from maedfer.errors import MaedferError
-from maedfer.inference.loading import official_state
 from maedfer.model import MaskedLGIFormer, create_model, input_contract, load_official
+from maedfer.model.official import official_state
 from maedfer.training import checkpoint as ckpt_io
 from maedfer.training.runtime import parse_overrides
 

@@ -11,6 +11,8 @@ with ``explain`` its relevance maps.
 alignment segment at the last frame of a window instead, so a window is scored as soon as its
 last frame is in rather than when a 256-frame segment fills; landmark smoothing and the
 search for the face's size then restart every window hop, which changes the crops slightly.
+
+Documented in docs/inference.md.
 """
 
 from __future__ import annotations

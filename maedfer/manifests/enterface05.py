@@ -1,4 +1,4 @@
-"""eNTERFACE'05 (DATASETS.md §8): 1,287 clips of 43 subjects, subject-independent 5 folds.
+"""eNTERFACE'05 (docs/datasets.md): 1,287 clips of 43 subjects, subject-independent 5 folds.
 
 Layout (``project2_database.zip``, root folder name varies): ``subject N/<emotion>/sentence k/
 <stem>.avi`` with spaces in folder names. Everything is derived from the folders, never from
@@ -61,7 +61,7 @@ def _locate(parts: tuple[str, ...]) -> tuple[int, tuple[str, ...]] | None:
     return None
 
 
-#: DATASETS.md's published fingerprints of the full protocol (keys as in
+#: docs/datasets.md's published fingerprints of the full protocol (keys as in
 #: ``detailed_fingerprints``).
 PUBLISHED_FINGERPRINTS = {
     "1": "a15c96a5586b8c47",

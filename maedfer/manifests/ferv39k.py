@@ -1,4 +1,4 @@
-"""FERV39k (DATASETS.md §4): 31,088 train + 7,847 test clips, one fixed split, 7 classes.
+"""FERV39k (docs/datasets.md): 31,088 train + 7,847 test clips, one fixed split, 7 classes.
 
 Layout: ``4_setups/All_scenes/{train_All,test_All}.csv`` (no header, ``Action/Sad/0010 Sad``) and
 the official face crops ``2_ClipsforFaceCrop/<Scene>/<Emotion>/<clip>/*.jpg``. Downloads nest
@@ -146,7 +146,7 @@ def _videos(root: Path) -> dict[str, Path]:
     return out
 
 
-#: DATASETS.md's published fingerprints of the full protocol (keys as in
+#: docs/datasets.md's published fingerprints of the full protocol (keys as in
 #: ``detailed_fingerprints``).
 PUBLISHED_FINGERPRINTS = {
     "train": "a4446aefa2b01136",

@@ -23,6 +23,8 @@ one fold, class proportions as even as the subjects allow, a function of the cli
 ``--seed``) or, without subjects, ``folds.stratified_folds`` with a warning that they are not
 subject-independent. A table that cannot be right (a missing column, a path that does not
 exist, a label outside ``--classes``, a subject in two splits) is refused with one line.
+
+Documented in docs/datasets.md.
 """
 
 from __future__ import annotations

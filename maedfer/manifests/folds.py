@@ -1,4 +1,4 @@
-"""Fold rules shared by the subject-independent protocols (DATASETS.md §6-§8) and ``folder``.
+"""Fold rules shared by the subject-independent protocols (docs/datasets.md) and ``folder``.
 
 CREMA-D, RAVDESS and eNTERFACE05 deal the sorted subject ids of the full corpus into consecutive
 blocks; the last fold takes the remainder. The blocks are fixed by the full id list, not by the

@@ -1,7 +1,7 @@
-"""Parquet IO of manifests and rejects, with the metadata of DESIGN.md §3.
+"""Parquet IO of manifests and rejects, with the metadata of docs/design.md.
 
 ``write_manifest`` casts to the exact Arrow schema, checks the rows against the protocol (unique
-keys, labels in range, folds in 1..K), computes the fold fingerprints (DATASETS.md §9) and writes
+keys, labels in range, folds in 1..K), computes the fold fingerprints (docs/datasets.md) and writes
 atomically. ``read_manifest`` accepts any Parquet file with the required columns and metadata keys
 (another tool's included) and returns the rows plus the decoded metadata.
 """
@@ -151,7 +151,7 @@ def write_manifest(
     raw_root: Path | str,
     extra: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, str]:
-    """Write ``manifest.parquet`` with the exact schema and metadata of DESIGN.md §3, atomically.
+    """Write ``manifest.parquet`` with the exact schema and metadata of docs/design.md, atomically.
 
     Args:
         df: rows with ``MANIFEST_COLUMNS`` (absent optional columns are written as nulls; a null

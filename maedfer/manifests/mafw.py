@@ -1,4 +1,4 @@
-"""MAFW (DATASETS.md §5): 9,172 single-expression clips, 11 classes, official 5-fold CV.
+"""MAFW (docs/datasets.md): 9,172 single-expression clips, 11 classes, official 5-fold CV.
 
 Layout: ``Train & Test Set/single/no_caption/set_{1..5}/{train,test}.txt`` (MAE-DFER calls the top
 folder ``split``: any name works, the ``single/no_caption`` folders are found by search) with
@@ -144,7 +144,7 @@ def _videos(root: Path) -> dict[int, Path]:
     return out
 
 
-#: DATASETS.md's published fingerprints of the full protocol (keys as in
+#: docs/datasets.md's published fingerprints of the full protocol (keys as in
 #: ``detailed_fingerprints``).
 PUBLISHED_FINGERPRINTS = {
     "1": "5edadc076562197a",

@@ -1,4 +1,4 @@
-"""The dataset registry: each protocol module declares itself (DESIGN.md §1, §3).
+"""The dataset registry: each protocol module declares itself (docs/design.md).
 
 A dataset is one module under ``maedfer/manifests/`` whose protocol class carries the
 ``@register_dataset`` decorator, as timm's models carry ``@register_model``::
@@ -53,7 +53,7 @@ class DatasetInfo:
         crop: the crop rule of in-place clips.
         media: what the raw tree holds: ``videos``, ``frames`` (official face frames, resized
             without detection) or both (DFEW, FERV39k, MAFW: ``--from-video`` picks the videos).
-        published: DATASETS.md's published fingerprints (keys as in ``detailed_fingerprints``),
+        published: docs/datasets.md's published fingerprints (keys as in ``detailed_fingerprints``),
             empty where none are published.
         results: MAE-DFER's published test figures (``{"uar", "war", ...}``), None where none.
         module: the module that registered it.

@@ -1,4 +1,4 @@
-"""The manifest's columns, its exact Arrow schema and its metadata keys (DESIGN.md §3).
+"""The manifest's columns, its exact Arrow schema and its metadata keys (docs/design.md).
 
 One table per prepared dataset. The schema is the contract between ``manifests/`` (which writes
 it), ``preprocess/`` (which fills the pixel fields) and ``pipelines/`` (which reads it); a manifest
@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from maedfer.errors import MaedferError
 
-#: Column order of a manifest, as in the table of DESIGN.md §3.
+#: Column order of a manifest, as in the table of docs/design.md.
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "clip_id",
     "dataset",
@@ -61,7 +61,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("clip_id", "path", "label")
 #: Filled by the preprocess driver; null in an ``--index-only`` manifest.
 PIXEL_COLUMNS: tuple[str, ...] = ("num_frames", "fps", "width", "height", "crop", "face_ratio")
 
-#: Rejected clips (DESIGN.md §3): files that cannot be used, and those the protocol leaves out.
+#: Rejected clips (docs/design.md): files that cannot be used, and those the protocol leaves out.
 REJECT_COLUMNS: tuple[str, ...] = ("clip_id", "source", "reason")
 REJECTS_SCHEMA: pa.Schema = pa.schema(
     [

@@ -1,4 +1,4 @@
-"""Models: LGI-Former and MAE-DFER pre-training, and the encoders of its lineage (DESIGN.md §5).
+"""Models: LGI-Former and MAE-DFER pre-training, and the encoders of its lineage (docs/design.md).
 
 ``create_model(name, **overrides)`` builds any of ``list_models()``: ``lgi_former_*`` and
 ``mae_lgi_former_*`` (MAE-DFER), ``videomae_*`` (``vit_base`` is ``videomae_base``),

@@ -20,6 +20,8 @@ authors initialise them) and the fine-tuned audio-visual classifier (the video e
 ``video_layer_weights`` are taken; the audio and fusion encoders, ``audio_layer_weights`` and the
 audio-visual ``fc_norm`` and head are dropped, so ``fc_norm`` and the head start fresh: a
 starting point for fine-tuning on video, not a classifier).
+
+Documented in docs/models.md.
 """
 
 from __future__ import annotations

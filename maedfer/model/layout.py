@@ -10,6 +10,8 @@ shape agrees; anything else is one error line naming the keys.
 
 The checks run on shapes alone (:func:`plan`), so a full-size layout can be checked against a
 model built on the ``meta`` device without allocating it.
+
+Documented in docs/models.md.
 """
 
 from __future__ import annotations

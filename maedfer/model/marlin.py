@@ -17,6 +17,8 @@ Released layout it loads (:data:`MARLIN`): the encoder file (``marlin_vit_*_ytf.
 and the full model (``.full.pt``, whose decoder and ``enc_dec_proj`` are dropped), both
 ``encoder.*`` keys as ``Marlin.from_file`` reads them (a Lightning ``.ckpt``'s
 ``discriminator.*`` is dropped as ``from_file`` drops it).
+
+Documented in docs/models.md.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ and HiCMAE layouts live in :mod:`maedfer.model.videomae`, :mod:`~maedfer.model.m
 :mod:`~maedfer.model.svfap`, :mod:`~maedfer.model.s4d` and :mod:`~maedfer.model.hicmae`.
 
 :func:`official_classifier` tells which registered classifier a released fine-tuned state dict
-belongs to (and its config), for ``evaluate --checkpoint``, ``predict`` and ``export``.
+belongs to (and its config), for ``test``, ``predict`` and ``export``;
+:func:`build_official_classifier` builds it and loads the weights (the one builder evaluation
+and inference share, docs/design.md).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from maedfer.errors import MaedferError
 from maedfer.model import hicmae, marlin, s4d, svfap, videomae
 from maedfer.model.layout import (
     Layout,
@@ -34,9 +38,11 @@ from maedfer.model.layout import (
 )
 from maedfer.model.lgi_former import LGIFormer
 from maedfer.model.pretrain import MaskedLGIFormer
+from maedfer.model.registry import create_model, model_info
 
-__all__ = ["LoadReport", "OfficialCheckpointError", "convert_key", "load_official",
-           "official_classifier", "official_classifier_config"]  # fmt: skip
+__all__ = ["LoadReport", "OfficialCheckpointError", "build_official_classifier", "convert_key",
+           "load_official", "official_classifier", "official_classifier_config",
+           "official_state"]  # fmt: skip
 
 # The LGI-Former encoder, relative to the official fine-tuning model (or to `encoder.` of the
 # pre-training model) -> relative to our `encoder.`.
@@ -295,3 +301,55 @@ def official_classifier(
         f"this is {layout.description}, not a classifier; fine-tune from it: maedfer finetune "
         f"--set model.name={model} --init FILE"
     )
+
+
+def official_state(obj: Any, path: Path) -> tuple[Mapping[str, torch.Tensor], dict[str, Any]]:
+    """The state dict and saved run ``args`` of an official checkpoint object.
+
+    Raises:
+        MaedferError: no dict of tensors under ``model``, ``module``, ``state_dict`` or on top.
+    """
+    state, args = obj, {}
+    if isinstance(obj, Mapping):
+        for key in ("model", "module", "state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                state = obj[key]
+                break
+        raw_args = obj.get("args")
+        args = vars(raw_args) if hasattr(raw_args, "__dict__") else dict(raw_args or {})
+    if not isinstance(state, Mapping) or not state or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise MaedferError(
+            f"{path} is neither a maedfer checkpoint nor an official one (expected "
+            "{'model': state_dict, ...} of tensors)"
+        )
+    return state, args
+
+
+def build_official_classifier(
+    obj: Any, path: Path, overrides: Mapping[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The classifier a released fine-tuned checkpoint of the lineage fits, its weights loaded;
+    and its args.
+
+    Raises:
+        MaedferError: not a released fine-tuned state dict, or weights that do not fit.
+    """
+    state, args = official_state(obj, path)
+    try:
+        name, config = official_classifier(state, args=args, overrides=dict(overrides or {}))
+    except MaedferError as exc:
+        raise MaedferError(f"{path}: {exc}") from None
+    if model_info(name)["unused_tail"]:
+        # Region pooling never reads the last block's cross-attention: skip it (same logits).
+        config.setdefault("skip_unused_tail", config.get("pooling", "region") == "region")
+    try:
+        model = create_model(name, **config)
+    except (ValueError, TypeError) as exc:
+        raise MaedferError(f"{path}: model {name} with {config}: {exc}") from None
+    try:
+        load_official(model, state)
+    except MaedferError as exc:
+        raise MaedferError(f"{path}: {exc}") from None
+    return model, args

@@ -1,13 +1,13 @@
 """MAE-DFER pre-training model: LGI-Former on visible tokens, ViT decoder, joint targets.
 
-MODEL.md §3.
+docs/reference.md.
 
 ``forward(video, mask) -> pred``: the encoder sees only the visible tokens (equal counts per
 region, region-major order); the decoder sees them plus a mask token for every masked position,
 each with its fixed sinusoid position, and predicts, for every masked token in raster order,
 ``3 * tubelet_size * patch_size**2`` values laid out ``(p0, p1, p2, c)`` with c fastest: the
 ``p0 = 0`` half is the appearance (first frame of the tubelet) and the ``p0 = 1`` half the motion
-(frame difference). ``targets(video, mask)`` and ``loss(pred, targets)`` follow §3.5.
+(frame difference). ``targets(video, mask)`` and ``loss(pred, targets)`` follow docs/reference.md.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def init_mae_weights(module: nn.Module) -> None:
 
 
 def _trunc_normal_one_sigma_(tensor: torch.Tensor, std: float = 0.02) -> None:
-    # The reference pre-training code truncates at +-1 std (MODEL.md §7.11).
+    # The reference pre-training code truncates at +-1 std (docs/reference.md).
     trunc_normal_(tensor, std=std, a=-std, b=std)
 
 
@@ -80,7 +80,7 @@ class MaskedLGIFormer(nn.Module):
         normalize_target: standardise each tubelet and channel of the target.
         frame_diff_target: the second frame of each tubelet becomes a frame difference.
         official_decoder_order: give the decoder the reference's mismatched positions for the
-            visible tokens (MODEL.md §3.4), to continue an official checkpoint exactly.
+            visible tokens (docs/reference.md), to continue an official checkpoint exactly.
 
     Raises:
         ValueError: ``frame_diff_target`` with ``tubelet_size`` other than 2.
@@ -165,7 +165,7 @@ class MaskedLGIFormer(nn.Module):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
-        """Part-window tube masks ``(B, N)`` bool, True = masked (MODEL.md §3.1)."""
+        """Part-window tube masks ``(B, N)`` bool, True = masked (docs/reference.md)."""
         return self.masking(batch_size, generator=generator, device=device)
 
     def visible_order(self, mask: torch.Tensor) -> torch.Tensor:
@@ -233,7 +233,8 @@ class MaskedLGIFormer(nn.Module):
     @torch.no_grad()
     def targets(self, video: torch.Tensor, mask: torch.Tensor,
                 masked: torch.Tensor | None = None) -> torch.Tensor:
-        """Reconstruction targets ``(B, N_masked, 3*t*p*p)`` of the masked tokens (MODEL.md §3.5).
+        """Reconstruction targets ``(B, N_masked, 3*t*p*p)`` of the masked tokens
+        (docs/reference.md).
 
         The input is un-normalised to [0, 1]; each tubelet and channel is standardised by its own
         mean and unbiased std (+1e-6); with the frame-difference target the tubelet's second frame
@@ -287,7 +288,7 @@ class MaskedLGIFormer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Exempt from weight decay besides 1-D tensors. The reference's pre-training exempts
-        ``mask_token`` but, by an exact-name check, not the region tokens (MODEL.md §7.6)."""
+        ``mask_token`` but, by an exact-name check, not the region tokens (docs/reference.md)."""
         return {"mask_token"}
 
     @property

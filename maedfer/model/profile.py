@@ -4,7 +4,7 @@ several models beside LGI-Former.
 Figures per clip: parameters, GMACs (batch 1, :mod:`maedfer.model.flops`), forward and
 forward+backward seconds (median over ``batches`` timed batches after one warm-up), and peak
 memory on CUDA. The chosen model and ``vit_base`` run on the same device in the same call, so
-their ratios are the figures to quote (DESIGN.md §9).
+their ratios are the figures to quote (docs/design.md).
 
 ``--name lineage`` (or a comma-separated list of names) measures every model of the lineage
 (:data:`LINEAGE`, docs/models.md), each on its own input contract (16 frames of 160 or 224 px),

@@ -8,6 +8,8 @@ Each entry also states the model's input contract (:class:`InputContract`: frame
 stride, normalisation, face crop), which the loaders, ``predict`` and ``export`` read: a model
 built without ``num_frames``/``img_size`` overrides gets the contract's. An alias
 (:func:`register_alias`) is a second name of an entry; models built by it carry the entry's name.
+
+Documented in docs/models.md.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ outside training), and the capacity makes a clip's output depend on the batch it
 
 Released layout it loads (:data:`FINETUNE`): the fine-tuned classifier, whose keys are ours
 but for ``head.video`` -> ``head`` and ``head.image`` -> ``image_head``.
+
+Documented in docs/models.md.
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ the authors' loader skips tensors whose shapes differ. ``svfap_base`` is the fin
 a pre-trained file of the other width fails here in one line naming the shapes (give
 ``--set model.overrides.embed_dim=768 --set model.overrides.num_heads=12`` to fine-tune that
 width).
+
+Documented in docs/models.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""VideoMAE ViT: the plain video ViT with joint space-time attention (MODEL.md §2.5).
+"""VideoMAE ViT: the plain video ViT with joint space-time attention (docs/reference.md).
 
 Tong et al., "VideoMAE: Masked Autoencoders are Data-Efficient Learners for Self-Supervised Video
 Pre-Training", NeurIPS 2022; code: https://github.com/MCG-NJU/VideoMAE (``modeling_finetune.py``,

@@ -1,4 +1,4 @@
-"""The stream of clips that feeds training and evaluation (DESIGN.md §1, MODEL.md §4).
+"""The stream of clips that feeds training and evaluation (docs/design.md, docs/recipe.md).
 
 ``build_loader(manifest, data, mode=...)`` (or ``build_loader(manifest, mode=...,
 batch_size=...)``) returns a :class:`ClipLoader` of :class:`ClipBatch` dicts. Modules:

@@ -1,4 +1,4 @@
-"""Spatial augmentation and normalisation of clips (MODEL.md §4.1, §4.2, §5.2).
+"""Spatial augmentation and normalisation of clips (docs/recipe.md).
 
 Random parameters (crop boxes, flips, erasing boxes, seeds) are drawn on the CPU from a numpy
 ``Generator`` by pure functions, so the DALI pipeline and the PyAV loader apply the same
@@ -14,9 +14,9 @@ augmentation to the same sample; the pixels are then changed by whichever backen
 - :func:`normalise` — the ImageNet normalisation of every backend; :func:`clip_from_frames` —
   frames to a normalised model input (inference).
 - :func:`finish_clip` — after ImageNet normalisation: the optional clip-mean subtraction
-  (DESIGN.md §8) and random erasing (p 0.25, pixel mode, one box, the same box on every frame).
-- :func:`make_mixup` — timm Mixup/CutMix with the §5.2 defaults, for 5-D video batches; the
-  train loop applies it (the loader does not).
+  (docs/design.md) and random erasing (p 0.25, pixel mode, one box, the same box on every frame).
+- :func:`make_mixup` — timm Mixup/CutMix with the official fine-tuning defaults, for 5-D video
+  batches; the train loop applies it (the loader does not).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def multi_scale_crop_box(
     scales: Sequence[float] = MULTI_SCALES,
     max_distort: int = 1,
 ) -> Box:
-    """TSN multi-scale crop (MODEL.md §4.1): a (w, h) pair of scaled sides, then a fixed offset.
+    """TSN multi-scale crop (docs/recipe.md): a (w, h) pair of scaled sides, then a fixed offset.
 
     Sides are ``int(min(height, width) * s)`` for each scale, snapped to ``out_size`` when within
     2 px; (w, h) pairs whose scale ranks differ by at most ``max_distort`` are equally likely.
@@ -232,7 +232,7 @@ def finish_clip(
 ) -> torch.Tensor:
     """The last steps on a normalised clip ``(3, T, H, W)``, the same on every backend.
 
-    ``subtract_mean`` removes the clip's mean frame (over T) from every frame (DESIGN.md §8):
+    ``subtract_mean`` removes the clip's mean frame (over T) from every frame (docs/design.md):
     the result is ``(x - mean_t x) / (255 · std)``, i.e. ImageNet scaling with the clip's own
     mean in place of the ImageNet mean. ``erase`` fills that box with standard-normal noise in
     every frame (timm "pixel" mode, the same box in all frames); the noise comes from a CPU
@@ -301,7 +301,7 @@ def make_mixup(
     mode: str = "batch",
     label_smoothing: float = 0.1,
 ) -> VideoMixup | None:
-    """Mixup/CutMix with MODEL.md §5.2's defaults (α 0.8 / 1.0, prob 1, switch 0.5, batch mode,
+    """Mixup/CutMix with docs/recipe.md's defaults (α 0.8 / 1.0, prob 1, switch 0.5, batch mode,
     label smoothing 0.1 folded into the soft targets); use with ``SoftTargetCrossEntropy``.
 
     Returns ``None`` when both alphas are 0 (no mixing: use plain label-smoothed cross-entropy).

@@ -23,6 +23,8 @@ the frames ``spec.frame_indices``; the plan's crop, RandAugment ops, box and fli
 choices and the command line's ``--backend`` choices are read from it. Adding a backend (say
 torchcodec) is one module defining ``BACKEND`` and one row here. This module imports neither
 torch nor a decoder, so the command line and the configs read the table cheaply.
+
+Documented in docs/design.md, "Decoding backends".
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ The GPU backends (DALI, hybrid) augment a batch of frames where it lies. For eve
 (:mod:`maedfer.pipelines.backend`). Values equal the per-sample torch executors' (RandAugment
 exactly; the crop's bilinear resize within 1e-3/255 of ``interpolate``: one ``grid_sample``
 over the batch, whose float32 coordinates differ from the resize's by 1e-5 pixel).
+
+Documented in docs/design.md, "Decoding backends".
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ last so one OpenCV call covers every frame), the later ones on the normalised cl
 ``(3, T, H, W)``. Work later steps do not need is not done: RandAugment computes only the part
 of the frames the crop box keeps (:func:`maedfer.pipelines.rand_augment.source_region`), and the
 flip is folded into the normalisation pass (:func:`maedfer.pipelines.augment.normalised_clip`).
+
+Documented in docs/design.md, "Decoding backends".
 """
 
 from __future__ import annotations

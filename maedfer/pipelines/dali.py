@@ -2,7 +2,7 @@
 
 Imported only when this backend is chosen (``import maedfer`` works without DALI). The same
 pipeline definition runs on the GPU (``device="mixed"`` decoder: H.264, HEVC, VP9, AV1, …) and on
-the CPU (``device_id=None``: DALI 2.4 decodes only VP8, VP9 and MJPEG there, DESIGN.md §7), which
+the CPU (``device_id=None``: DALI 2.4 decodes only VP8, VP9 and MJPEG there, docs/design.md), which
 is how the CPU tests run it.
 
 A loader builds its pipeline once (:class:`DaliSession`, kept across epochs; a new one only after
@@ -188,11 +188,11 @@ def _build(source: Any, *, batch_size: int, threads: int, device_id: int | None,
         video = fn.slice(video, start=crop_start, end=crop_end + full * frame_hw,
                          axis_names="HW", out_of_bounds_policy="trim_to_shape")
         video = fn.resize(video, **linear)
-        if rand_augment:  # RandAugment works on these uint8 frames, before the box (§4.2)
+        if rand_augment:  # RandAugment works on these uint8 frames, before the box (docs/recipe.md)
             return video
         video = fn.slice(video, start=box_start, end=box_end, axis_names="HW",
                          out_of_bounds_policy="trim_to_shape")
-        # float output: the augmentation resize is not rounded (as in torch, MODEL.md §4.2)
+        # float output: the augmentation resize is not rounded (as in torch, docs/recipe.md)
         video = fn.resize(video, dtype=types.FLOAT, **linear)
         # layout and flip only: the normalisation is augment.normalise, after DALI
         return fn.crop_mirror_normalize(video, dtype=types.FLOAT, output_layout="CFHW",

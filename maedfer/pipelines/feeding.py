@@ -10,6 +10,8 @@ device work on a side CUDA stream, one batch ahead.
   device it is a no-op.
 - :func:`one_ahead` asks for batch ``k + 1`` (which enqueues its device work) before it yields
   batch ``k``.
+
+Documented in docs/design.md, "Decoding backends".
 """
 
 from __future__ import annotations

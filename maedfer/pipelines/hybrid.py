@@ -19,6 +19,8 @@ it). Tolerance against PyAV on the same plan: the conversion is equal; after the
 2/255 (torch's and OpenCV's bilinear weights round differently); with RandAugment, the
 whole-clip tolerance of :mod:`maedfer.pipelines.rand_augment`. Faulty files are replaced as
 PyAV's backend replaces them (every codec PyAV reads).
+
+Documented in docs/design.md, "Decoding backends".
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``build_loader``: the stream of clip batches that feeds training and evaluation (DESIGN.md §1).
+"""``build_loader``: the stream of clip batches that feeds training and evaluation (docs/design.md).
 
 One call reads a manifest, selects the fold or split, and returns a :class:`ClipLoader` that
 yields :class:`ClipBatch` dicts from one backend of the table
@@ -55,7 +55,7 @@ def resolve_backend(backend: str, device: str | None) -> tuple[str, torch.device
     ``auto`` takes the first backend of the table that is installed and, for a GPU backend,
     has CUDA (and no CPU device asked for): DALI on a CUDA machine with the ``gpu`` extra, else
     PyAV. A GPU backend without a device takes ``cuda:$LOCAL_RANK`` (``cpu`` where CUDA is
-    absent: DALI's CPU pipeline, VP8/VP9/MJPEG only, DESIGN.md §7).
+    absent: DALI's CPU pipeline, VP8/VP9/MJPEG only, docs/design.md).
     """
     if backend not in backends.choices():
         raise backends.unknown_backend(backend)
@@ -212,7 +212,7 @@ def build_loader(
     random_sign: bool | None = None,
     max_bad_share: float | None = None,
 ) -> ClipLoader:
-    """A loader of clip batches from a manifest (DESIGN.md §1, §3; MODEL.md §4).
+    """A loader of clip batches from a manifest (docs/design.md; docs/recipe.md).
 
     The options of the clip stream are a ``data`` section
     (:class:`~maedfer.pipelines.options.TrainDataOptions`, or a recipe's ``data`` section,
@@ -226,7 +226,7 @@ def build_loader(
             ``fold`` or ``split``, ``num_frames`` (probed from the file where absent) and
             ``crop`` (optional).
         data: the ``data`` section (default: :class:`TrainDataOptions`'s defaults).
-        mode: ``pretrain`` (§4.1 window, multi-scale crop), ``train`` (training window,
+        mode: ``pretrain`` (the pre-training window, multi-scale crop), ``train`` (training window,
             RandAugment, random resized crop, flip, random erasing) or ``test``
             (``test_views`` fixed windows per clip, consecutive in the batches, never augmented).
         fold: k-fold protocols: train/pretrain take the rows whose fold is not ``fold``, test
@@ -239,7 +239,7 @@ def build_loader(
         device: where batches land (PyAV default: CPU; GPU backends: ``cuda:$LOCAL_RANK``;
             DALI on ``cpu`` decodes VP8/VP9/MJPEG only).
         rank, world_size: this process's shard (torchrun); each rank gets ``1/world_size``.
-        test_views: windows per clip in test mode (MODEL.md §4.2: 2).
+        test_views: windows per clip in test mode (docs/recipe.md: 2).
         drop_last: default on for pretrain/train (equal batches), off for test.
         batch_size, workers, backend, stride, temporal_rule, augment, subtract_mean,
             num_sample, flip_only, random_sign: the section's options of those names.

@@ -3,6 +3,8 @@
 DALI's mixed video decoder loads ``libnvcuvid`` from the NVIDIA driver at run time. Containers
 often mount only the driver's compute libraries (``NVIDIA_DRIVER_CAPABILITIES=compute,utility``),
 and then every GPU decode fails: this module tells that apart from faulty files, without DALI.
+
+Documented in docs/design.md, "Decoding backends".
 """
 
 from __future__ import annotations

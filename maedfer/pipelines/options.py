@@ -7,6 +7,8 @@ fold), so a loader option has one default and one help line, here. Which augment
 option turns on, and in which modes, is the step table's (:mod:`maedfer.pipelines.steps`).
 
 Torch-free: the command line and the configs import it cheaply.
+
+Documented in docs/design.md, "Decoding backends".
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ gives ``num_sample`` consecutive samples of one temporal window with their own s
 the CPU backend decodes the window once for all of them.
 The plan is built lazily: one permutation per epoch, nothing per row, so a million-row manifest
 costs milliseconds.
+
+Documented in docs/design.md, "Decoding backends".
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``maedfer profile data``: how fast a manifest's clips reach the model (DESIGN.md §2).
+"""``maedfer profile data``: how fast a manifest's clips reach the model (docs/design.md).
 
 Builds the training loader (``train`` mode with its augmentation; ``pretrain`` for an unlabelled
 manifest), takes the first batch (time to first batch includes reading the manifest and starting

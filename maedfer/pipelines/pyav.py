@@ -1,4 +1,4 @@
-"""The CPU backend: PyAV decoding in torch ``DataLoader`` workers (every codec of DESIGN.md §7).
+"""The CPU backend: PyAV decoding in torch ``DataLoader`` workers (every codec of docs/design.md).
 
 Output contract of one sample (the DALI backend honours the same): ``video`` float32
 ``(3, T, size, size)``, RGB, ImageNet-normalised (minus the clip's mean frame when asked),
@@ -81,7 +81,7 @@ def decode_window(path: str, indices: np.ndarray, crop: augment.Box | None = Non
 
     Indices past the last frame get the last frame (DALI's ``pad_mode="edge"``). Frame ``k`` is
     the ``k``-th frame in presentation order; a window deep in a long clip seeks to the preceding
-    keyframe and recovers indices from timestamps (constant frame rate, DESIGN.md §4). Values
+    keyframe and recovers indices from timestamps (constant frame rate, docs/design.md). Values
     are rounded like the uint8 frames DALI decodes, but kept as floats for the next steps;
     channels and time are the last axes, so one OpenCV call resizes every frame at once, and
     time is innermost, so per-channel arithmetic runs over contiguous memory.

@@ -1,4 +1,4 @@
-"""Video RandAugment (timm ``rand-m7-n4-mstd0.5-inc1``, MODEL.md §4.2), drawn once, run anywhere.
+"""Video RandAugment (timm ``rand-m7-n4-mstd0.5-inc1``, docs/recipe.md), drawn once, run anywhere.
 
 The draw and the pixels are separate:
 

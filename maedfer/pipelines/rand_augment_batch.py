@@ -13,6 +13,8 @@ Values: the same as :func:`maedfer.pipelines.rand_augment.apply_torch` sample by
 same device, the same expressions written over a batch dimension (exactly equal on the CPU, as
 tests/pipelines/test_batch_augment.py checks); hence the same tolerance against the numpy
 executor: colour ops exact, the affine warp within 1/255.
+
+Documented in docs/design.md, "Decoding backends".
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Manifest rows a loader reads: the columns the pipelines need, the fold or split, the root.
 
 Reads only ``clip_id``, ``path``, ``label``, ``fold``, ``split``, ``num_frames`` and ``crop``
-(DESIGN.md §3) of a Parquet manifest, or takes a DataFrame with those columns, and keeps them as
+(docs/design.md) of a Parquet manifest, or takes a DataFrame with those columns, and keeps them as
 compact arrays: a million rows load in about a second and are shared by forked workers without
 per-row Python objects. Selection rules (contract of ``build_loader``):
 

@@ -18,6 +18,8 @@ A :class:`Step` declares
 Adding an augmentation is one row here plus its two executors. The clip-mean subtraction and
 the ImageNet normalisation are not steps: they run in every mode, between the ``geometry`` and
 ``values`` stages.
+
+Documented in docs/design.md, "Decoding backends".
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ the edge repeated (weights 1/4 and 3/4: exact on whole numbers, whatever the ord
 scaled by 255/224 in studio range, then the YCbCr matrix in float32 with the constants rounded to
 float32 as numpy rounds them, rounded half to even and clipped to 0..255. Hence the same values
 as the CPU conversion (tests/pipelines/test_hybrid.py).
+
+Documented in docs/design.md, "Decoding backends".
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""One clip of a raw dataset -> one manifest row or one reject (DESIGN.md §3, §4).
+"""One clip of a raw dataset -> one manifest row or one reject (docs/design.md).
 
 `process_clip` decides by the entry's kind and the dataset:
 
 - a video (CREMA-D, RAVDESS, eNTERFACE05, and DFEW/FERV39k/MAFW with ``--from-video``): decode,
   find and align the face (`FaceAligner`), encode the crops;
 - a frame folder (the official faces of DFEW, FERV39k, MAFW): resize each frame to the square
-  size and encode, no detection (self-extracted faces cost MAFW ~25 UAR points, DATASETS.md §10);
+  size and encode, no detection (self-extracted faces cost MAFW ~25 UAR points, docs/datasets.md);
 - an in-place dataset (VoxCeleb2, ``folder --in-place``; the registry's ``in_place``): probe
   the file and record its crop (VoxCeleb2's upper-centre box, a folder's centred square),
   reading it in place; with ``--reencode``, decode, crop and encode instead.

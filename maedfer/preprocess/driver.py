@@ -1,4 +1,4 @@
-"""``maedfer prepare``: the resumable driver (DESIGN.md §2-§4).
+"""``maedfer prepare``: the resumable driver (docs/design.md).
 
 It only loops, keeps state and shows progress; the work per clip is `maedfer.preprocess.clip`.
 
@@ -553,7 +553,7 @@ def run(
     retry_rejects: bool = False,
     dataset_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Index a raw dataset, prepare its clips, write manifest and rejects (DESIGN.md §2-§4).
+    """Index a raw dataset, prepare its clips, write manifest and rejects (docs/design.md).
 
     Args:
         dataset: a registered name (`maedfer.manifests.list_datasets()`).

@@ -1,7 +1,7 @@
-"""Encoding prepared clips with PyAV (DESIGN.md §4).
+"""Encoding prepared clips with PyAV (docs/design.md).
 
 H.264 in MP4 (libx264, yuv420p) by default, VP9 in WebM (libvpx-vp9) as an option -- the codec
-DALI decodes on CPU (DESIGN.md §7). Constant frame rate (frame ``i`` has timestamp ``i / fps``)
+DALI decodes on CPU (docs/design.md). Constant frame rate (frame ``i`` has timestamp ``i / fps``)
 and a keyframe at least every `KEYFRAME_INTERVAL` frames, so a 16-frame window never decodes
 more than 16 frames before its first. Files are written under a temporary name in the same
 folder and renamed when complete: a killed run never leaves a half-written clip under the

@@ -1,4 +1,4 @@
-"""Faces in a clip: find, track, align (DESIGN.md §4).
+"""Faces in a clip: find, track, align (docs/design.md).
 
 `FaceAligner.align_frames` turns a clip's frames into square, similarity-aligned face crops. The
 work per clip, and why it is fast enough for a million clips:
@@ -282,7 +282,7 @@ class _Chunk:
 
 
 class FaceAligner:
-    """MTCNN + 5-point similarity alignment of whole clips (DESIGN.md §4).
+    """MTCNN + 5-point similarity alignment of whole clips (docs/design.md).
 
     Args:
         size: side of the square output crops.

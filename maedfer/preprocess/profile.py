@@ -1,4 +1,4 @@
-"""``maedfer profile faces``: frames/s of the face pipeline on this machine (DESIGN.md §2, §4).
+"""``maedfer profile faces``: frames/s of the face pipeline on this machine (docs/design.md).
 
 The input is a committed portrait (``assets/portraits/obama.jpg``) animated into a clip at 360p
 (640x360) and 720p (1280x720), the face a third of the frame height and moving, encoded to H.264

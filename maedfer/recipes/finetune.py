@@ -1,4 +1,4 @@
-"""Fine-tuning recipe: ``maedfer finetune`` (MODEL.md §4.2, §5.2; DESIGN.md §6).
+"""Fine-tuning recipe: ``maedfer finetune`` (docs/recipe.md; docs/runs.md).
 
 A torchtune-style recipe like :mod:`maedfer.recipes.pretrain` (the
 :class:`maedfer.recipes.interface.Recipe` Protocol), over the same shared loop

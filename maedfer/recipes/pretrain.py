@@ -1,4 +1,4 @@
-"""MAE pre-training recipe: ``maedfer pretrain`` (MODEL.md §3, §5.1; DESIGN.md §6).
+"""MAE pre-training recipe: ``maedfer pretrain`` (docs/reference.md; docs/runs.md).
 
 A torchtune-style recipe (the :class:`maedfer.recipes.interface.Recipe` Protocol):
 :class:`PretrainRecipe` checks its config (:class:`maedfer.recipes.config.PretrainConfig`,

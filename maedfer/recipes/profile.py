@@ -1,4 +1,4 @@
-"""``maedfer profile train``: training-step throughput (DESIGN.md §2; issue 5 benchmarks).
+"""``maedfer profile train``: training-step throughput (docs/design.md; issue 5 benchmarks).
 
 One step is what the recipes do per optimiser step, on a synthetic batch (decoding is measured
 by ``maedfer profile data``): for a classifier, timm mixup/cutmix, forward under autocast,
@@ -9,7 +9,7 @@ second (batch / median step time), the step time's median and p25/p75, peak CUDA
 :func:`build_step` also serves ``bench/train_speed.py``, which compares our path with a
 reference-style one on the same device: attention written out as matmul-softmax-matmul (as the
 official code), fp16 autocast with a gradient scaler, and the classifier's dead last-block
-compute kept (MODEL.md §7.13).
+compute kept (docs/reference.md).
 """
 
 from __future__ import annotations

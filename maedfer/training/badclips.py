@@ -5,6 +5,8 @@ A faulty training clip is replaced by another sample (the loaders' contract,
 reason, at the end of each epoch and when it stops for too many of them (``data.max_bad_share``,
 :class:`maedfer.pipelines.loader.TooManyBadClips`). A resumed run adds to the same file, so the
 count in ``report.json`` (``bad_train_clips``) and in the summary covers the whole run.
+
+Documented in docs/runs.md.
 """
 
 from __future__ import annotations

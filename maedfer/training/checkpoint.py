@@ -1,4 +1,4 @@
-"""Run checkpoints: atomic ``last.pt``, exact resume, model initialisation (DESIGN.md §6).
+"""Run checkpoints: atomic ``last.pt``, exact resume, model initialisation (docs/runs.md).
 
 A checkpoint is a plain dict that ``torch.load(weights_only=True)`` reads back:
 
@@ -53,7 +53,7 @@ from torch import nn
 
 from maedfer.atomic import atomic_path
 from maedfer.errors import MaedferError
-from maedfer.model import LGIFormer, create_model, load_official
+from maedfer.model import LGIFormer, create_model, load_official, model_info
 from maedfer.model.lgi_former import ENCODER_FIELDS, encoder_state
 from maedfer.training.optim import unwrap
 
@@ -285,6 +285,34 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], **overrides: Any) -> nn.Modul
     model = create_model(ckpt["model_name"], **config)
     model.load_state_dict(ckpt["model"])
     return model
+
+
+def classifier_from_checkpoint(ckpt: Mapping[str, Any], path: Path, *, purpose: str) -> nn.Module:
+    """The fine-tuned classifier of one of our checkpoints (``last.pt``, ``final.pt``), its
+    weights loaded: the one loader ``test`` and inference share (docs/design.md, "Checkpoints").
+
+    Args:
+        purpose: who needs it and what to give instead, for the message refusing a
+            pre-training checkpoint (``"inference needs a fine-tuned classifier (...)"``).
+
+    Raises:
+        MaedferError: a checkpoint of a model that is not a classifier, or weights that do not
+            fit the model it names.
+    """
+    name = ckpt.get("model_name")
+    kind = None
+    if isinstance(name, str):
+        try:
+            kind = model_info(name)["kind"]
+        except MaedferError:
+            kind = None
+    if kind == "pretrain" or not isinstance(name, str):
+        raise MaedferError(f"{path} is a pre-training checkpoint ({name}); {purpose}")
+    try:
+        return model_from_checkpoint(ckpt)
+    except RuntimeError as exc:  # load_state_dict: missing, unexpected or mis-shaped tensors
+        first = str(exc).strip().splitlines()[0]
+        raise MaedferError(f"{path}: the weights do not fit {name}: {first}") from None
 
 
 # ---------------------------------------------------------------- initialisation (--init)

@@ -1,4 +1,4 @@
-"""torch.distributed set-up for ``torchrun`` and Slurm launches (DESIGN.md §2; docs/cluster.md).
+"""torch.distributed set-up for ``torchrun`` and Slurm launches (docs/design.md; docs/cluster.md).
 
 ``torchrun --nproc-per-node N -m maedfer.cli finetune ...`` sets ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_distributed` reads them and joins
@@ -187,7 +187,7 @@ def wrap_ddp(model: nn.Module, env: DistEnv) -> nn.Module:
 
     Parameters that never get a gradient must be frozen before (``requires_grad=False``):
     the recipes do so for the classifier's dead last-block cross-attention, which lets DDP run
-    without ``find_unused_parameters`` (the reference needed it, MODEL.md §7.13).
+    without ``find_unused_parameters`` (the reference needed it, docs/reference.md).
     """
     if not env.distributed:
         return model

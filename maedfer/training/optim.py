@@ -1,14 +1,14 @@
-"""AdamW with the reference's parameter groups (MODEL.md §5.1, §5.2; DESIGN.md §6).
+"""AdamW with the reference's parameter groups (docs/recipe.md; docs/runs.md).
 
 Rules, as in MAE-DFER's ``optim_factory.get_parameter_groups``:
 
 - no weight decay for every 1-D tensor, every ``*.bias`` and the names the model lists in
   ``no_weight_decay()`` (exact names: the classifier lists ``encoder.region_tokens``, the
-  pre-training model only ``mask_token``, MODEL.md §7.6);
+  pre-training model only ``mask_token``, docs/reference.md);
 - layer-wise lr decay (fine-tuning): a parameter of layer ``i`` (``model.layer_id``) gets the
   lr scale ``decay ** (num_layer_ids - 1 - i)``; with 16 blocks, 18 layer ids and decay 0.75 the
   patch embedding gets ``0.75**17 ≈ 0.0075``, block 0 ``0.75**16``, block 15 ``0.75``, and the
-  head, ``fc_norm`` and the region tokens ``1`` (MODEL.md §7.7);
+  head, ``fc_norm`` and the region tokens ``1`` (docs/reference.md);
 - frozen parameters (``requires_grad=False``) are left out;
 - the peak lr is ``base lr × total batch / 256`` (:func:`scaled_lr`), total batch = per-device
   batch × gradient-accumulation steps × processes.

@@ -1,7 +1,7 @@
-"""Numeric precision of a training run (DESIGN.md §6).
+"""Numeric precision of a training run (docs/runs.md).
 
 ``auto``: bf16 autocast on a GPU that supports it, fp16 autocast with a gradient scaler on an
-older GPU, fp32 on CPU. ``fp16`` (the reference's choice, MODEL.md §5) always uses the scaler;
+older GPU, fp32 on CPU. ``fp16`` (the reference's choice, docs/recipe.md) always uses the scaler;
 ``bf16`` needs no scaler (same exponent range as fp32). Weights and optimiser state stay fp32.
 """
 

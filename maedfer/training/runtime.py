@@ -1,6 +1,6 @@
 """Pieces both training recipes share: the metrics log, signal handling, per-step seeds.
 
-- :class:`MetricsLog`: ``<run>/metrics.jsonl``, one JSON object per line (DESIGN.md §6), written
+- :class:`MetricsLog`: ``<run>/metrics.jsonl``, one JSON object per line (docs/runs.md), written
   by rank 0 only; on resume, lines past the checkpoint's step are dropped so the file reads as
   one uninterrupted run. Each record also goes to its ``mirrors`` (TensorBoard:
   :class:`maedfer.training.records.TensorBoardLog`).

@@ -1,4 +1,4 @@
-"""Per-step warmup + cosine schedules of the lr and the weight decay (MODEL.md §5.1, §5.2).
+"""Per-step warmup + cosine schedules of the lr and the weight decay (docs/recipe.md).
 
 The reference (MAE-DFER ``utils.cosine_scheduler``) builds one value per optimiser step for the
 whole run: ``warmup_epochs × steps_per_epoch`` values from ``np.linspace(start, base, n)``

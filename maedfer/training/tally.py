@@ -14,6 +14,8 @@ gradients are not: the flag :meth:`DeviceTally.end_step` returns goes to the opt
 (``found_inf`` of a fused AdamW), so no value is read. A run of ``run.max_nonfinite`` bad steps
 in a row trips the stop, and every later step is skipped too, so the model stays as it was at
 that step; the loop raises the stop, naming that exact step, at its next read.
+
+Documented in docs/runs.md.
 """
 
 from __future__ import annotations
