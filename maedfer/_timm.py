@@ -45,16 +45,25 @@ def _cfg(name: str, **extra: Any) -> dict[str, Any]:
     from maedfer.model import input_contract
 
     contract = input_contract(name)
-    return {"url": "", "hf_hub_id": None,
-            "input_size": (3, contract.num_frames, contract.img_size, contract.img_size),
-            "fixed_input_size": True, "mean": tuple(contract.mean), "std": tuple(contract.std),
-            "crop_pct": 1.0, "first_conv": "encoder.patch_embed.proj", "classifier": "head",
-            "license": "see the checkpoint's source", **extra}
+    return {
+        "url": "",
+        "hf_hub_id": None,
+        "input_size": (3, contract.num_frames, contract.img_size, contract.img_size),
+        "fixed_input_size": True,
+        "mean": tuple(contract.mean),
+        "std": tuple(contract.std),
+        "crop_pct": 1.0,
+        "first_conv": "encoder.patch_embed.proj",
+        "classifier": "head",
+        "license": "see the checkpoint's source",
+        **extra,
+    }
 
 
 def _entrypoint(name: str):
-    def create(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
-               **kwargs: Any):  # fmt: skip
+    def create(
+        pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, **kwargs: Any
+    ):
         from timm.models._builder import resolve_pretrained_cfg
 
         from maedfer.model import create_model

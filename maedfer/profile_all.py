@@ -42,9 +42,14 @@ def sample_manifest(folder: Path) -> Path:
     for i in range(SAMPLE_CLIPS):
         write_clip(frames, folder / f"clip{i}.mp4", fps=25)
         rows.append(
-            {"clip_id": f"clip{i}", "path": f"clip{i}.mp4", "label": i % 2, "fold": 1 + i % 2,
-             "num_frames": SAMPLE_FRAMES}
-        )  # fmt: skip
+            {
+                "clip_id": f"clip{i}",
+                "path": f"clip{i}.mp4",
+                "label": i % 2,
+                "fold": 1 + i % 2,
+                "num_frames": SAMPLE_FRAMES,
+            }
+        )
     path = folder / "manifest.parquet"
     pd.DataFrame(rows).to_parquet(path)
     return path
@@ -63,31 +68,50 @@ def run(*, device: str | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="maedfer-profile-") as tmp:
         data = sample_manifest(Path(tmp))
         stages["data"] = data_profile.run(
-            data=data, backend="auto", batch=4, batches=3, workers=None, device=str(dev),
-        )  # fmt: skip
+            data=data,
+            backend="auto",
+            batch=4,
+            batches=3,
+            workers=None,
+            device=str(dev),
+        )
     stages["faces"] = faces_profile.run(batch=None, batches=1, device=str(dev))
     stages["model"] = model_profile.run(name=None, batch=None, batches=1, device=str(dev))
     stages["train"] = train_profile.run(
         name="lgi_former_base" if cuda else "lgi_former_tiny",
-        batch=32 if cuda else 2, batches=2, device=str(dev),
+        batch=32 if cuda else 2,
+        batches=2,
+        device=str(dev),
         overrides=None if cuda else {"depth": 4},
-    )  # fmt: skip
+    )
     return {"stage": "all", "device": str(dev), "versions": versions(), "stages": stages}
 
 
 def format_table(result: dict[str, Any]) -> str:
     s = result["stages"]
     rows = [
-        ("decode + augment", f"{s['data']['clips_per_s']:.1f} clips/s",
-         f"{s['data'].get('backend', '?')}, 160x160 H.264, batch 4"),
-        ("faces", f"{s['faces']['frames_per_s']:.1f} frames/s",
-         "detect + align + encode, 720p input"),
-        ("model forward", f"{1 / s['model']['fwd_s_per_clip']:.2f} clips/s",
-         f"{s['model']['name']}, {s['model']['gmacs']:.2f} GMACs/clip"),
-        ("train step", f"{s['train']['clips_per_s']:.2f} clips/s",
-         f"{s['train'].get('name', '')}{'' if 'cuda' in result['device'] else ' (4 blocks)'}"
-         f", fwd+bwd+AdamW"),
-    ]  # fmt: skip
+        (
+            "decode + augment",
+            f"{s['data']['clips_per_s']:.1f} clips/s",
+            f"{s['data'].get('backend', '?')}, 160x160 H.264, batch 4",
+        ),
+        (
+            "faces",
+            f"{s['faces']['frames_per_s']:.1f} frames/s",
+            "detect + align + encode, 720p input",
+        ),
+        (
+            "model forward",
+            f"{1 / s['model']['fwd_s_per_clip']:.2f} clips/s",
+            f"{s['model']['name']}, {s['model']['gmacs']:.2f} GMACs/clip",
+        ),
+        (
+            "train step",
+            f"{s['train']['clips_per_s']:.2f} clips/s",
+            f"{s['train'].get('name', '')}{'' if 'cuda' in result['device'] else ' (4 blocks)'}"
+            f", fwd+bwd+AdamW",
+        ),
+    ]
     v = result["versions"]
     lines = [
         f"maedfer profile on {result['device']}: torch {v['torch']}, "

@@ -15,9 +15,25 @@ from __future__ import annotations
 import warnings
 
 #: Packages whose warnings concern their own code.
-LIBRARIES = ("torch", "torchvision", "timm", "matplotlib", "onnx", "onnxscript", "onnxruntime",
-             "facenet_pytorch", "av", "numpy", "pandas", "pyarrow", "cv2", "PIL", "copyreg",
-             "tensorboard", "nvidia")  # fmt: skip
+LIBRARIES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "matplotlib",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "facenet_pytorch",
+    "av",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "cv2",
+    "PIL",
+    "copyreg",
+    "tensorboard",
+    "nvidia",
+)
 
 
 def quiet_library_warnings() -> None:

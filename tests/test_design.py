@@ -79,8 +79,10 @@ def test_imports_point_down_the_layers() -> None:
             if other == source or other not in known:
                 continue
             if known[other] >= known[source]:
-                wrong.append(f"{name} ({source}, layer {known[source]}) imports {target} "
-                             f"({other}, layer {known[other]})")  # fmt: skip
+                wrong.append(
+                    f"{name} ({source}, layer {known[source]}) imports {target} "
+                    f"({other}, layer {known[other]})"
+                )
     assert not wrong, "\n".join(sorted(set(wrong)))
 
 
@@ -110,23 +112,34 @@ def test_no_file_of_the_new_wings_is_over_600_lines() -> None:
     assert not long, long
 
 
-@pytest.mark.parametrize("old, new", [
-    ("maedfer.train.finetune", "maedfer.recipes.finetune"),
-    ("maedfer.train.config", "maedfer.recipes.config"),
-    ("maedfer.train.checkpoint", "maedfer.training.checkpoint"),
-    ("maedfer.train.loop", "maedfer.training.loop"),
-    ("maedfer.train.evaluate_checkpoint", "maedfer.evaluation.testing"),
-    ("maedfer.train.metrics", "maedfer.evaluation.metrics"),
-    ("maedfer.options", "maedfer.config"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("maedfer.train.finetune", "maedfer.recipes.finetune"),
+        ("maedfer.train.config", "maedfer.recipes.config"),
+        ("maedfer.train.checkpoint", "maedfer.training.checkpoint"),
+        ("maedfer.train.loop", "maedfer.training.loop"),
+        ("maedfer.train.evaluate_checkpoint", "maedfer.evaluation.testing"),
+        ("maedfer.train.metrics", "maedfer.evaluation.metrics"),
+        ("maedfer.options", "maedfer.config"),
+    ],
+)
 def test_old_import_paths_still_import_with_a_warning(old: str, new: str) -> None:
     """In a fresh interpreter (a module is imported once per process)."""
-    code = (f"import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
-            f"try:\n    import {old}\nexcept DeprecationWarning as w:\n    print(w)\n"
-            f"warnings.simplefilter('ignore')\nimport {old} as a, {new} as b\n"
-            f"print(a is b)")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=REPO, timeout=300, check=True)  # fmt: skip
+    code = (
+        f"import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
+        f"try:\n    import {old}\nexcept DeprecationWarning as w:\n    print(w)\n"
+        f"warnings.simplefilter('ignore')\nimport {old} as a, {new} as b\n"
+        f"print(a is b)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        check=True,
+    )
     lines = done.stdout.strip().splitlines()
     assert lines[-1] == "True" and new in lines[0], done.stdout
 

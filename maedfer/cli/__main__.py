@@ -3,8 +3,6 @@
 Documented in docs/design.md, "The command line".
 """
 
-import sys
-
 from maedfer.cli.main import main
 
-sys.exit(main())
+main()

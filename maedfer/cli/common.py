@@ -31,30 +31,30 @@ from maedfer.quiet import quiet_library_warnings
 _LIST_TYPE = re.compile(r"<list\[(\w+)\]>")
 
 
-def _quiet_types(params: list[click.Parameter], ctx: click.Context) -> list[click.Parameter]:
+def _quiet_types(params: list[Any], ctx: Any) -> list[Any]:
     """Help without type noise: a flag shows no ``<bool>``, a list ``<path>...`` rather than
     ``<list[Path]>`` (typer's own display, adjusted per parameter)."""
     for param in params:
         if param.metavar is not None:
             continue
         if getattr(param, "is_flag", False):
-            param.display_type_rich = lambda ctx=None: None  # type: ignore[attr-defined]
+            param.display_type_rich = lambda ctx=None: None
         elif hasattr(param, "display_type"):
             shown = _LIST_TYPE.sub(
                 lambda m: f"<{m.group(1).lower()}>...", str(param.display_type(ctx) or "")
             )
             if shown.endswith(">..."):
-                param.display_type_rich = lambda ctx=None, s=shown: s  # type: ignore[attr-defined]
+                param.display_type_rich = lambda ctx=None, s=shown: s
     return params
 
 
 class Command(TyperCommand):
-    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+    def get_params(self, ctx: Any) -> list[Any]:
         return _quiet_types(super().get_params(ctx), ctx)
 
 
 class Group(TyperGroup):
-    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+    def get_params(self, ctx: Any) -> list[Any]:
         return _quiet_types(super().get_params(ctx), ctx)
 
 
@@ -68,8 +68,8 @@ def failures() -> Iterator[None]:
     quiet_library_warnings()
     try:
         yield
-    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-        raise
+    except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException):
+        raise  # the command line's own endings, not failures
     except KeyboardInterrupt as exc:
         # What was finished is kept (prepare's journal, the last checkpoint): say how to go on.
         how, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
@@ -135,8 +135,7 @@ def _registered_datasets() -> type[enum.Enum]:
     (one module each)."""
     from maedfer.manifests import list_datasets
 
-    return enum.Enum("PrepareDataset", {n.replace("-", "_"): n for n in list_datasets()},
-                     type=str)  # type: ignore[return-value]  # fmt: skip
+    return enum.Enum("PrepareDataset", {n.replace("-", "_"): n for n in list_datasets()}, type=str)  # type: ignore[return-value]
 
 
 PrepareDataset: Any = _registered_datasets()
@@ -173,15 +172,22 @@ DeviceOpt = Annotated[
 ]
 ConfigOpt = Annotated[
     str | None,
-    typer.Option("--config", help="Shipped config name (maedfer config list) or a YAML file; "
-                 "default: the official recipe."),
-]  # fmt: skip
+    typer.Option(
+        "--config",
+        help="Shipped config name (maedfer config list) or a YAML file; "
+        "default: the official recipe.",
+    ),
+]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", metavar="KEY=VALUE", help="Dotted override (YAML value), "
-                 "repeatable, e.g. --set optim.lr=1e-3 --set model.overrides.depth=2; a mapping "
-                 "sets its entries only, an entry set to null is removed."),
-]  # fmt: skip
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Dotted override (YAML value), "
+        "repeatable, e.g. --set optim.lr=1e-3 --set model.overrides.depth=2; a mapping "
+        "sets its entries only, an entry set to null is removed.",
+    ),
+]
 DryRunOpt = Annotated[
     bool, typer.Option(help="Build the whole recipe, print what would run, train nothing.")
 ]
@@ -192,42 +198,56 @@ DataOpt = Annotated[
 ]
 ResumeOpt = Annotated[
     Resume | None,
-    typer.Option(help="auto (default): continue a run of the same recipe in OUT, leave a "
-                 "finished one alone; true: a checkpoint must be there; false: OUT must hold "
-                 "no run (run.resume)."),
-]  # fmt: skip
+    typer.Option(
+        help="auto (default): continue a run of the same recipe in OUT, leave a "
+        "finished one alone; true: a checkpoint must be there; false: OUT must hold "
+        "no run (run.resume)."
+    ),
+]
 OverwriteOpt = Annotated[
     bool, typer.Option(help="Delete the run's files in OUT and start over (run.overwrite).")
 ]
 SaveEveryOpt = Annotated[
     int | None,
-    typer.Option(min=1, help="Also keep checkpoints/epoch-NNNN.pt every N epochs "
-                 "(run.save_every; run.keep_checkpoints of them)."),
-]  # fmt: skip
+    typer.Option(
+        min=1,
+        help="Also keep checkpoints/epoch-NNNN.pt every N epochs "
+        "(run.save_every; run.keep_checkpoints of them).",
+    ),
+]
 TrainDeviceOpt = Annotated[
-    Device, typer.Option(help="Where to train: cuda, cpu, or auto (CUDA when present; "
-                         "run.device).")
-]  # fmt: skip
+    Device, typer.Option(help="Where to train: cuda, cpu, or auto (CUDA when present; run.device).")
+]
 CheckpointOpt = Annotated[
     Path,
-    typer.Option(exists=True, dir_okay=False, help="A finetune run's last.pt, its final.pt, or "
-                 "an official MAE-DFER fine-tuned .pth."),
-]  # fmt: skip
+    typer.Option(
+        exists=True,
+        dir_okay=False,
+        help="A finetune run's last.pt, its final.pt, or an official MAE-DFER fine-tuned .pth.",
+    ),
+]
 DatasetClassesOpt = Annotated[
     PrepareDataset | None,
-    typer.Option("--dataset", help="Official checkpoints: the dataset it was fine-tuned on; "
-                 "its label order names the outputs."),
-]  # fmt: skip
+    typer.Option(
+        "--dataset",
+        help="Official checkpoints: the dataset it was fine-tuned on; "
+        "its label order names the outputs.",
+    ),
+]
 ClassesOpt = Annotated[
     str | None,
     typer.Option(help="Official checkpoints: the output names in order, comma-separated."),
 ]
 ModelSetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", metavar="KEY=VALUE", help="Official checkpoints: model field "
-                 "key=value the weights do not show (num_heads, img_size, num_frames; a YAML "
-                 "value), repeatable."),
-]  # fmt: skip
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Official checkpoints: model field "
+        "key=value the weights do not show (num_heads, img_size, num_frames; a YAML "
+        "value), repeatable.",
+    ),
+]
 HopOpt = Annotated[
     int | None,
     typer.Option(min=1, help="Window hop in sampled frames (default: half a window)."),

@@ -29,8 +29,14 @@ def config_list() -> None:
 
         width = max(60, shutil.get_terminal_size((100, 24)).columns)
         for name in list_configs():
-            typer.echo(textwrap.fill(describe_config(name), width=width,
-                                     initial_indent=f"{name:24s} ", subsequent_indent=" " * 25))
+            typer.echo(
+                textwrap.fill(
+                    describe_config(name),
+                    width=width,
+                    initial_indent=f"{name:24s} ",
+                    subsequent_indent=" " * 25,
+                )
+            )
 
 
 @app.command("show")

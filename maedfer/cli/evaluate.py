@@ -46,9 +46,13 @@ def evaluate(
     ] = None,
     checkpoint: Annotated[
         Path | None,
-        typer.Option(exists=True, dir_okay=False, help="Test this fine-tuned checkpoint "
-                     "(a finetune run's last.pt, or an official MAE-DFER .pth) instead; now "
-                     "`maedfer test CHECKPOINT`."),
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="Test this fine-tuned checkpoint "
+            "(a finetune run's last.pt, or an official MAE-DFER .pth) instead; now "
+            "`maedfer test CHECKPOINT`.",
+        ),
     ] = None,
     data: TestDataOpt = None,
     fold: FoldOpt = None,
@@ -59,7 +63,7 @@ def evaluate(
     batch_size: BatchSizeOpt = None,
     workers: WorkersOpt = None,
     set_: TestSetOpt = None,
-) -> None:  # fmt: skip
+) -> None:
     """Metrics of one run, or the cross-fold summary of several (per-fold mean and pooled); or,
     with --checkpoint, the reference test of a checkpoint (now `maedfer test`)."""
     if checkpoint is not None:
@@ -67,23 +71,47 @@ def evaluate(
             usage("give run folders or --checkpoint, not both")
         if data is None or out is None:
             usage("--checkpoint needs --data M.parquet and --out DIR")
-        run_test(checkpoint=checkpoint, data=data, out=out, fold=fold, split=split,
-                 dataset=dataset, device=device, backend=backend, batch_size=batch_size,
-                 workers=workers, set_=set_, as_json=json_)  # fmt: skip
+        run_test(
+            checkpoint=checkpoint,
+            data=data,
+            out=out,
+            fold=fold,
+            split=split,
+            dataset=dataset,
+            device=device,
+            backend=backend,
+            batch_size=batch_size,
+            workers=workers,
+            set_=set_,
+            as_json=json_,
+        )
         # said once, after the work (a failure stays one line)
-        typer.echo("maedfer: note: `evaluate --checkpoint` is now `maedfer test CHECKPOINT "
-                   "--data M.parquet --out DIR`", err=True)  # fmt: skip
+        typer.echo(
+            "maedfer: note: `evaluate --checkpoint` is now `maedfer test CHECKPOINT "
+            "--data M.parquet --out DIR`",
+            err=True,
+        )
         return
-    given = [f"--{name.replace('_', '-')}" for name, value in (
-        ("data", data), ("fold", fold), ("split", split), ("dataset", dataset),
-        ("batch_size", batch_size), ("workers", workers), ("set", set_),
-    ) if value is not None]  # fmt: skip
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name, value in (
+            ("data", data),
+            ("fold", fold),
+            ("split", split),
+            ("dataset", dataset),
+            ("batch_size", batch_size),
+            ("workers", workers),
+            ("set", set_),
+        )
+        if value is not None
+    ]
     if not runs:
-        usage("give run folder(s), or --checkpoint CKPT --data M.parquet --out DIR (now: "
-              "maedfer test CKPT --data M.parquet --out DIR)")  # fmt: skip
+        usage(
+            "give run folder(s), or --checkpoint CKPT --data M.parquet --out DIR (now: "
+            "maedfer test CKPT --data M.parquet --out DIR)"
+        )
     if given:
-        usage(f"{', '.join(given)} go with a checkpoint only (maedfer test), not with run "
-              "folders")  # fmt: skip
+        usage(f"{', '.join(given)} go with a checkpoint only (maedfer test), not with run folders")
     with failures():
         from maedfer.evaluation.evaluate import evaluate_runs
 

@@ -33,8 +33,11 @@ def finetune(
     data: DataOpt = None,
     fold: Annotated[
         int | None,
-        typer.Option(help="Test fold of a k-fold dataset, 1..K (data.fold); none for a "
-                     "fixed train/test split.", show_default="none"),
+        typer.Option(
+            help="Test fold of a k-fold dataset, 1..K (data.fold); none for a "
+            "fixed train/test split.",
+            show_default="none",
+        ),
     ] = None,
     init: Annotated[
         Path | None,
@@ -42,8 +45,7 @@ def finetune(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(help="Run folder (run.out).",
-                     show_default="runs/finetune/<dataset>_fold<K>"),
+        typer.Option(help="Run folder (run.out).", show_default="runs/finetune/<dataset>_fold<K>"),
     ] = None,
     device: TrainDeviceOpt = Device.auto,
     resume: ResumeOpt = None,
@@ -51,7 +53,7 @@ def finetune(
     save_every: SaveEveryOpt = None,
     dry_run: DryRunOpt = False,
     json_: JsonOpt = False,
-) -> None:  # fmt: skip
+) -> None:
     """Fine-tune a classifier on one fold and test it (default config: finetune-dfew)."""
     from maedfer.cli.training import finetune_summary, present
 
@@ -59,8 +61,16 @@ def finetune(
         from maedfer.recipes.finetune import run
 
         result = run(
-            config, overrides=set_, data=data, fold=fold, init=init, out=out,
-            device=opt_device(device), resume=opt_value(resume), overwrite=overwrite or None,
-            save_every=save_every, dry_run=dry_run,
-        )  # fmt: skip
+            config,
+            overrides=set_,
+            data=data,
+            fold=fold,
+            init=init,
+            out=out,
+            device=opt_device(device),
+            resume=opt_value(resume),
+            overwrite=overwrite or None,
+            save_every=save_every,
+            dry_run=dry_run,
+        )
     present(result, dry_run=dry_run, as_json=json_, summary=finetune_summary(result))

@@ -3,6 +3,7 @@ one-file-per-command layout; docs/design.md, "The command line")."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -47,21 +48,32 @@ def _version(value: bool) -> None:
 def _main(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True,
-                     help="Print maedfer's version and exit."),
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print maedfer's version and exit."
+        ),
     ] = False,
-) -> None:  # fmt: skip
+) -> None:
     pass
 
 
 # In the order `maedfer --help` lists them: the pipeline from raw videos to a score, then the
 # tools around it.
-for _command in (prepare.prepare, pretrain.pretrain, finetune.finetune):
+_FIRST: list[Callable[..., None]] = [prepare.prepare, pretrain.pretrain, finetune.finetune]
+_THEN: list[Callable[..., None]] = [
+    evaluate.evaluate,
+    test.test,
+    protocol.protocol,
+    predict.predict,
+    reconstruct.reconstruct,
+    export.export,
+    embed.embed,
+    profile.profile,
+    demo.demo,
+]
+for _command in _FIRST:
     app.command(cls=Command)(_command)
 app.add_typer(config.app, name="config")
-for _command in (evaluate.evaluate, test.test, protocol.protocol, predict.predict,
-                 reconstruct.reconstruct, export.export, embed.embed, profile.profile,
-                 demo.demo):  # fmt: skip
+for _command in _THEN:
     app.command(cls=Command)(_command)
 for _info in config.app.registered_commands:
     if _info.cls in (None, TyperCommand):

@@ -27,6 +27,7 @@ from maedfer.cli.common import (
 
 
 def predict(
+    checkpoint: CheckpointOpt,
     videos: Annotated[
         list[str] | None,
         typer.Argument(
@@ -34,7 +35,6 @@ def predict(
             "--camera or --stream."
         ),
     ] = None,
-    checkpoint: CheckpointOpt = ...,
     out: Annotated[
         Path | None,
         typer.Option(

@@ -137,10 +137,22 @@ def prepare(
         from maedfer.preprocess.driver import run
 
         run(
-        dataset=dataset.value, raw=raw, out=out, workers=workers, size=size,
-        index_only=index_only, codec=codec.value, from_video=from_video, reencode=reencode,
-        shard=shard, merge=merge, device=opt_device(device), detect_every=detect_every,
-        limit=limit, min_frames=min_frames, min_face_ratio=min_face_ratio,
-        retry_rejects=retry_rejects,
-        dataset_options={k: v for k, v in own.items() if v not in (None, False)},
-        )  # fmt: skip
+            dataset=dataset.value,
+            raw=raw,
+            out=out,
+            workers=workers,
+            size=size,
+            index_only=index_only,
+            codec=codec.value,
+            from_video=from_video,
+            reencode=reencode,
+            shard=shard,
+            merge=merge,
+            device=opt_device(device),
+            detect_every=detect_every,
+            limit=limit,
+            min_frames=min_frames,
+            min_face_ratio=min_face_ratio,
+            retry_rejects=retry_rejects,
+            dataset_options={k: v for k, v in own.items() if v not in (None, False)},
+        )

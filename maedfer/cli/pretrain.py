@@ -49,8 +49,14 @@ def pretrain(
         from maedfer.recipes.pretrain import run
 
         result = run(
-            config, overrides=set_, data=data, out=out, device=opt_device(device),
-            resume=opt_value(resume), overwrite=overwrite or None, save_every=save_every,
+            config,
+            overrides=set_,
+            data=data,
+            out=out,
+            device=opt_device(device),
+            resume=opt_value(resume),
+            overwrite=overwrite or None,
+            save_every=save_every,
             dry_run=dry_run,
-        )  # fmt: skip
+        )
     present(result, dry_run=dry_run, as_json=json_, summary=pretrain_summary(result))

@@ -67,29 +67,36 @@ def profile(
     dev = opt_device(device)
     with failures():
         if stage is None:
-            from maedfer import profile_all as chosen
+            from maedfer import profile_all
 
-            result = chosen.run(device=dev)
+            result = profile_all.run(device=dev)
+            text = profile_all.format_table
         elif stage is Stage.model:
-            from maedfer.model import profile as chosen  # type: ignore[no-redef]
+            from maedfer.model import profile as model_profile
 
-            result = chosen.run(name=name, batch=batch, batches=batches, device=dev)
+            result = model_profile.run(name=name, batch=batch, batches=batches, device=dev)
+            lineage = "models" in result  # --name lineage, or several names
+            text = model_profile.format_lineage if lineage else model_profile.format_table
         elif stage is Stage.train:
-            from maedfer.recipes import profile as chosen  # type: ignore[no-redef]
+            from maedfer.recipes import profile as train_profile
 
-            result = chosen.run(name=name, batch=batch, batches=batches, device=dev)
+            result = train_profile.run(name=name, batch=batch, batches=batches, device=dev)
+            text = train_profile.format_table
         elif stage is Stage.faces:
-            from maedfer.preprocess import profile as chosen  # type: ignore[no-redef]
+            from maedfer.preprocess import profile as faces_profile
 
-            result = chosen.run(batch=batch, batches=batches, device=dev)
+            result = faces_profile.run(batch=batch, batches=batches, device=dev)
+            text = faces_profile.format_table
         else:
-            from maedfer.pipelines import profile as chosen  # type: ignore[no-redef]
+            from maedfer.pipelines import profile as data_profile
 
-            result = chosen.run(data=data, backend=backend.value, batch=batch, batches=batches,
-                                workers=workers, device=dev)  # fmt: skip
-        if as_json:
-            typer.echo(json.dumps(result))
-        elif stage is Stage.model and "models" in result:
-            typer.echo(chosen.format_lineage(result))  # type: ignore[attr-defined]
-        else:
-            typer.echo(chosen.format_table(result))
+            result = data_profile.run(
+                data=data,
+                backend=backend.value,
+                batch=batch,
+                batches=batches,
+                workers=workers,
+                device=dev,
+            )
+            text = data_profile.format_table
+    typer.echo(json.dumps(result) if as_json else text(result))

@@ -67,10 +67,17 @@ def protocol(
         from maedfer.recipes.protocol import run
 
         result = run(
-            config=config, data=data, init=init, out=out, folds=folds,
-            print_commands=print_commands, sbatch=sbatch, overrides=set_, models=model,
+            config=config,
+            data=data,
+            init=init,
+            out=out,
+            folds=folds,
+            print_commands=print_commands,
+            sbatch=sbatch,
+            overrides=set_,
+            models=model,
             notify=notify,
-        )  # fmt: skip
+        )
     if "commands" in result:
         typer.echo("\n".join(result["commands"]))
     elif "sbatch" in result:

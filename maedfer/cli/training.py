@@ -37,8 +37,10 @@ def present(result: dict[str, Any], *, dry_run: bool, as_json: bool, summary: st
 def format_description(d: dict[str, Any]) -> str:
     """The human-readable ``--dry-run`` text of a recipe's ``describe()`` dict."""
     data, sched, opt = d["data"], d["schedule"], d["optimizer"]
-    aug = ", ".join(a["name"] + (f" {a['policy']}" if "policy" in a else "")
-                    for a in data["augment"]) or "none"  # fmt: skip
+    aug = (
+        ", ".join(a["name"] + (f" {a['policy']}" if "policy" in a else "") for a in data["augment"])
+        or "none"
+    )
     lines = [
         f"{d['recipe']} (dry run: built, nothing trained or written)",
         f"  model: {d['model']['name']}, {d['model']['params']:,} parameters "
@@ -61,8 +63,10 @@ def format_description(d: dict[str, Any]) -> str:
 
 def _headline(recipe: str, result: dict[str, Any]) -> str:
     stopped = f", stopped by {result['stopped_by']}" if result["stopped_by"] else ""
-    return (f"{recipe}: {result['epochs']} epoch(s), {result['steps']} optimiser steps in "
-            f"{result['time_s']:.1f} s{stopped}")  # fmt: skip
+    return (
+        f"{recipe}: {result['epochs']} epoch(s), {result['steps']} optimiser steps in "
+        f"{result['time_s']:.1f} s{stopped}"
+    )
 
 
 def _tail(result: dict[str, Any]) -> list[str]:
@@ -105,8 +109,10 @@ def finetune_summary(result: dict[str, Any]) -> str:
         )
         if not report["complete"]:
             missing = report["missing_clips"]
-            lines.append(f"  INCOMPLETE: {describe_missing(len(missing), expected, missing)} "
-                         "(all listed in report.json under missing_clips)")  # fmt: skip
+            lines.append(
+                f"  INCOMPLETE: {describe_missing(len(missing), expected, missing)} "
+                "(all listed in report.json under missing_clips)"
+            )
         lines.append(f"  report: {Path(result['out']) / 'report.json'}")
     lines.append(f"  checkpoint: {result['checkpoint']}")
     return "\n".join(lines + _tail(result))

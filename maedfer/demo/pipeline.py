@@ -52,11 +52,12 @@ class DemoConfig:
 
 
 QUICK = DemoConfig(
-    actors_per_portrait=1, clips_per_class=2, folds=(1, 2),
-    pretrain_overrides={"schedule.epochs": 1, "schedule.warmup_epochs": 0.25,
-                        "data.batch_size": 8},
+    actors_per_portrait=1,
+    clips_per_class=2,
+    folds=(1, 2),
+    pretrain_overrides={"schedule.epochs": 1, "schedule.warmup_epochs": 0.25, "data.batch_size": 8},
     finetune_overrides={"schedule.epochs": 2, "data.batch_size": 8},
-)  # fmt: skip
+)
 
 
 @dataclass
@@ -119,43 +120,59 @@ def run_config(cfg: DemoConfig, *, out: Path, device: str | None = None) -> dict
     folds = cfg.folds or tuple(range(1, len(portraits) + 1))
     stages: list[Stage] = []
     paths = {
-        "raw": out / "raw", "prepared": out / "prepared", "pretrain": out / "pretrain",
+        "raw": out / "raw",
+        "prepared": out / "prepared",
+        "pretrain": out / "pretrain",
         "finetune": out / "finetune",
-    }  # fmt: skip
+    }
     frames = cfg.num_frames
     cores = os.cpu_count() or 1
     common = {"data.workers": min(4, cores), "run.seed": cfg.seed}
     recipes = (
-        config_io.load(cfg.pretrain_config, recipe="pretrain",
-                       overrides={**common, **cfg.pretrain_overrides}),
-        config_io.load(cfg.finetune_config, recipe="finetune",
-                       overrides={**common, **cfg.finetune_overrides}),
+        config_io.load(
+            cfg.pretrain_config, recipe="pretrain", overrides={**common, **cfg.pretrain_overrides}
+        ),
+        config_io.load(
+            cfg.finetune_config, recipe="finetune", overrides={**common, **cfg.finetune_overrides}
+        ),
     )
     clip_size = recipes[1].model.img_size  # the prepared clips are the model's input size
 
     def do_render() -> tuple[list[render.RenderedClip], float]:
         clips = render.render_dataset(
-            paths["raw"], portraits=portraits, actors_per_portrait=cfg.actors_per_portrait,
-            clips_per_class=cfg.clips_per_class, num_frames=frames, frame_size=cfg.frame_size,
-            seed=cfg.seed, workers=min(2, os.cpu_count() or 1),
-        )  # fmt: skip
+            paths["raw"],
+            portraits=portraits,
+            actors_per_portrait=cfg.actors_per_portrait,
+            clips_per_class=cfg.clips_per_class,
+            num_frames=frames,
+            frame_size=cfg.frame_size,
+            seed=cfg.seed,
+            workers=min(2, os.cpu_count() or 1),
+        )
         return clips, len(clips)
 
     clips = _timed(stages, "render", "clips", do_render)
 
     def do_prepare() -> tuple[dict[str, Any], float]:
         summary = driver.run(
-            dataset="folder", raw=paths["raw"], out=paths["prepared"], size=clip_size,
-            workers=min(2, os.cpu_count() or 1), device=device,
-            dataset_options={"labels": paths["raw"] / render.LABELS,
-                             "classes": [c.name for c in render.CLASSES]},
-        )  # fmt: skip
+            dataset="folder",
+            raw=paths["raw"],
+            out=paths["prepared"],
+            size=clip_size,
+            workers=min(2, os.cpu_count() or 1),
+            device=device,
+            dataset_options={
+                "labels": paths["raw"] / render.LABELS,
+                "classes": [c.name for c in render.CLASSES],
+            },
+        )
         return summary, summary["ok"] * frames
 
     prepared = _timed(stages, "prepare (faces)", "frames", do_prepare)
     if prepared["rejected"]:
-        log.warning("demo: %d clips rejected by prepare: %s", prepared["rejected"],
-                    prepared["reasons"])  # fmt: skip
+        log.warning(
+            "demo: %d clips rejected by prepare: %s", prepared["rejected"], prepared["reasons"]
+        )
     manifest = paths["prepared"] / "manifest.parquet"
     train_clips = prepared["ok"]
 
@@ -180,9 +197,14 @@ def run_config(cfg: DemoConfig, *, out: Path, device: str | None = None) -> dict
 
 
 def _train(
-    stages: list[Stage], recipes: tuple[Any, Any], paths: dict[str, Path], manifest: Path,
-    device: str | None, folds: tuple[int, ...], train_clips: int,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
+    stages: list[Stage],
+    recipes: tuple[Any, Any],
+    paths: dict[str, Path],
+    manifest: Path,
+    device: str | None,
+    folds: tuple[int, ...],
+    train_clips: int,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Pre-train once, then fine-tune and test each fold from the pre-trained weights."""
     from maedfer.recipes import finetune, pretrain
 
@@ -198,9 +220,13 @@ def _train(
 
         def do_finetune(fold: int = fold) -> tuple[dict[str, Any], float]:
             result = finetune.run(
-                ft_cfg, data=manifest, fold=fold, init=Path(pre["checkpoint"]),
-                out=paths["finetune"] / f"fold_{fold}", device=device,
-            )  # fmt: skip
+                ft_cfg,
+                data=manifest,
+                fold=fold,
+                init=Path(pre["checkpoint"]),
+                out=paths["finetune"] / f"fold_{fold}",
+                device=device,
+            )
             seen = result["steps"] * ft_cfg.data.batch_size
             return result, seen
 
@@ -216,15 +242,22 @@ def _summary(cfg, out, paths, clips, prepared, pre, runs, evaluation, stages, st
     return {
         "classes": [c.name for c in classes],
         "subjects": sorted({c.subject for c in clips}),
-        "clips": {"rendered": len(clips), "prepared": prepared["ok"],
-                  "rejected": prepared["rejected"]},
+        "clips": {
+            "rendered": len(clips),
+            "prepared": prepared["ok"],
+            "rejected": prepared["rejected"],
+        },
         "chance": chance,
         "uar": mean["uar"],
         "war": mean["war"],
         "uar_over_chance": mean["uar"] / chance,
         "folds": [
-            {"fold": r["report"]["fold"], "uar": r["report"]["uar"], "war": r["report"]["war"],
-             "report": str(Path(r["out"]) / "report.json")}
+            {
+                "fold": r["report"]["fold"],
+                "uar": r["report"]["uar"],
+                "war": r["report"]["war"],
+                "report": str(Path(r["out"]) / "report.json"),
+            }
             for r in runs
         ],
         "pooled": {"uar": evaluation["pooled"]["uar"], "war": evaluation["pooled"]["war"]},

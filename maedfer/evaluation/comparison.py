@@ -22,8 +22,9 @@ from maedfer.evaluation import metrics
 COMPARISON = "comparison.json"
 
 
-def compare(out: Path, summaries: Sequence[tuple[str, Path | None, Mapping[str, Any]]],
-            config: str | Path) -> dict[str, Any]:  # fmt: skip
+def compare(
+    out: Path, summaries: Sequence[tuple[str, Path | None, Mapping[str, Any]]], config: str | Path
+) -> dict[str, Any]:
     """``OUT/comparison.json`` from each model's ``(name, init, summary)``; returned.
 
     Raises:
@@ -35,20 +36,34 @@ def compare(out: Path, summaries: Sequence[tuple[str, Path | None, Mapping[str, 
     folds = [row["fold"] for row in first["folds"]]
     for name, _, summary in summaries:
         if summary["dataset"] != first["dataset"] or [r["fold"] for r in summary["folds"]] != folds:
-            raise MaedferError(f"{name} ran on {summary['dataset']} folds "
-                               f"{[r['fold'] for r in summary['folds']]}, not {first['dataset']} "
-                               f"folds {folds}: not one protocol")  # fmt: skip
-    rows = [{
-        "model": name, "init": None if init is None else str(init), "out": str(out / name),
-        "folds": [{k: row[k] for k in ("fold", "uar", "war", "num_clips", "complete")}
-                  for row in summary["folds"]],
-        "mean_over_folds": {k: summary["mean_over_folds"][k] for k in ("uar", "war")},
-        "pooled": {k: summary["pooled"][k] for k in ("uar", "war", "num_clips")},
-        "published": summary["published"], "difference": summary["difference"],
-    } for name, init, summary in summaries]  # fmt: skip
-    table = {"dataset": first["dataset"], "config": str(config), "folds": folds,
-             "figures": "fractions (UAR, WAR); published as fractions too, with as_published",
-             "models": rows}  # fmt: skip
+            raise MaedferError(
+                f"{name} ran on {summary['dataset']} folds "
+                f"{[r['fold'] for r in summary['folds']]}, not {first['dataset']} "
+                f"folds {folds}: not one protocol"
+            )
+    rows = [
+        {
+            "model": name,
+            "init": None if init is None else str(init),
+            "out": str(out / name),
+            "folds": [
+                {k: row[k] for k in ("fold", "uar", "war", "num_clips", "complete")}
+                for row in summary["folds"]
+            ],
+            "mean_over_folds": {k: summary["mean_over_folds"][k] for k in ("uar", "war")},
+            "pooled": {k: summary["pooled"][k] for k in ("uar", "war", "num_clips")},
+            "published": summary["published"],
+            "difference": summary["difference"],
+        }
+        for name, init, summary in summaries
+    ]
+    table = {
+        "dataset": first["dataset"],
+        "config": str(config),
+        "folds": folds,
+        "figures": "fractions (UAR, WAR); published as fractions too, with as_published",
+        "models": rows,
+    }
     metrics.write_report(Path(out) / COMPARISON, table)
     return table
 
@@ -67,8 +82,12 @@ def format_table(table: Mapping[str, Any]) -> str:
     folds = table["folds"]
     heads = [("model", "model")]
     heads += [(f"fold {f}" if f is not None else "test split", f"fold:{f}") for f in folds]
-    heads += [("mean", "mean"), ("pooled", "pooled"), ("published", "published"),
-              ("difference", "difference")]
+    heads += [
+        ("mean", "mean"),
+        ("pooled", "pooled"),
+        ("published", "published"),
+        ("difference", "difference"),
+    ]
     rows = []
     for entry in table["models"]:
         cells = {"model": entry["model"]}
@@ -85,8 +104,11 @@ def format_table(table: Mapping[str, Any]) -> str:
     lines = [f"{table['dataset']}: UAR / WAR in %, mean over folds as the papers report"]
     lines.append("  ".join(title.ljust(widths[key]) for title, key in heads).rstrip())
     lines += ["  ".join(r[key].ljust(widths[key]) for _, key in heads).rstrip() for r in rows]
-    sources = {e["published"]["source"]: e["published"]["aggregation"]
-               for e in table["models"] if e["published"]}  # fmt: skip
+    sources = {
+        e["published"]["source"]: e["published"]["aggregation"]
+        for e in table["models"]
+        if e["published"]
+    }
     lines += [f"published: {source} ({aggregation})" for source, aggregation in sources.items()]
     if any(r["complete"] is False for e in table["models"] for r in e["folds"]):
         lines.append("* incomplete: some test clips were not scored (report.json lists them)")

@@ -50,21 +50,28 @@ def run_coverage(report: Mapping[str, Any], num_scored: int) -> dict[str, Any]:
     """
     expected = report.get("clips_expected")
     if expected is None:
-        return {"complete": None, "clips_expected": None, "clips_scored": num_scored,
-                "missing_clips": None, "num_missing": None}  # fmt: skip
+        return {
+            "complete": None,
+            "clips_expected": None,
+            "clips_scored": num_scored,
+            "missing_clips": None,
+            "num_missing": None,
+        }
     missing = [str(c) for c in report.get("missing_clips") or []]
     num_missing = max(len(missing), int(expected) - num_scored)
     return {
-        "complete": num_missing == 0, "clips_expected": int(expected), "clips_scored": num_scored,
-        "missing_clips": missing, "num_missing": num_missing,
-    }  # fmt: skip
+        "complete": num_missing == 0,
+        "clips_expected": int(expected),
+        "clips_scored": num_scored,
+        "missing_clips": missing,
+        "num_missing": num_missing,
+    }
 
 
 def describe_missing(num_missing: int, expected: int, missing: Sequence[str] = ()) -> str:
     """One phrase, e.g. ``40 of 160 test clips were not scored (files missing or undecodable):
     c0_01, c0_03, c1_00, c1_07, c2_02 and 35 more``."""
-    text = (f"{num_missing} of {expected} test clips were not scored (files missing or "
-            "undecodable)")  # fmt: skip
+    text = f"{num_missing} of {expected} test clips were not scored (files missing or undecodable)"
     if missing:
         shown = ", ".join(missing[:SHOWN])
         more = f" and {len(missing) - SHOWN} more" if len(missing) > SHOWN else ""

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +58,7 @@ class RunPredictions:
     class_names: list[str]
     views: int | None
     dataset: str | None = None
-    coverage: dict | None = None  # coverage.run_coverage: test clips expected, scored, missing
+    coverage: dict = field(default_factory=dict)  # coverage.run_coverage: clips expected, ...
 
 
 def _report_json(folder: Path) -> dict:
@@ -153,8 +153,10 @@ def _check_runs(results: list[RunPredictions]) -> None:
                 logger.warning(
                     "runs %s and %s share %d clip ids: the pooled figures count them twice "
                     "(folds of one dataset have disjoint test sets)",
-                    results[i].run, results[j].run, shared,
-                )  # fmt: skip
+                    results[i].run,
+                    results[j].run,
+                    shared,
+                )
 
 
 def _views(results: list[RunPredictions]) -> int:
@@ -201,9 +203,11 @@ def _footnotes(results: list[RunPredictions]) -> list[str]:
     states = {r.coverage["complete"] for r in results}
     lines = []
     if False in states:
-        lines.append("* incomplete: test clips whose files were missing or undecodable were not "
-                     "scored; UAR/WAR (and the summaries below) cover only the clips scored "
-                     "(report.json lists them under missing_clips)")  # fmt: skip
+        lines.append(
+            "* incomplete: test clips whose files were missing or undecodable were not "
+            "scored; UAR/WAR (and the summaries below) cover only the clips scored "
+            "(report.json lists them under missing_clips)"
+        )
     if None in states:
         lines.append("? unknown: report.json does not say how many test clips were expected")
     return lines
@@ -220,8 +224,11 @@ def _format(results: list[RunPredictions], reports: list[dict], summary: dict | 
         )
     lines += _footnotes(results)
     class_names = reports[0]["class_names"]
-    partial = [r for r in [*reports, *([summary["pooled"]] if summary else [])]
-               if None in r["per_class_recall"].values()]  # fmt: skip
+    partial = [
+        r
+        for r in [*reports, *([summary["pooled"]] if summary else [])]
+        if None in r["per_class_recall"].values()
+    ]
     if partial:
         lines.append(f"note: UAR is the {partial[0]['uar_classes']} where a class has no clip")
     if summary is None:
@@ -254,7 +261,7 @@ def incomplete_warnings(results: list[RunPredictions]) -> list[str]:
     """One line per incomplete run, for stderr (stdout stays the table or the JSON)."""
     lines = []
     for result in results:
-        coverage = result.coverage or {}
+        coverage = result.coverage
         if coverage.get("complete") is False:
             lines.append(
                 f"maedfer: warning: run {result.run} is incomplete: "
@@ -274,20 +281,29 @@ def _default_out(results: list[RunPredictions]) -> Path:
     return Path(os.path.commonpath([r.folder.resolve() for r in results]))
 
 
-def _write_html(results: list[RunPredictions], reports: list[dict], payload: dict,
-                target: Path) -> Path:  # fmt: skip
+def _write_html(
+    results: list[RunPredictions], reports: list[dict], payload: dict, target: Path
+) -> Path:
     from maedfer.evaluation.report_html import RunEntry, published_percent, write_report_html
 
     names = [r.folder.name for r in results]
     if len(set(names)) < len(names):
         names = [str(r.run) for r in results]
-    entries = [RunEntry(n, r.folder, rep, r.coverage["complete"])
-               for n, r, rep in zip(names, results, reports, strict=True)]  # fmt: skip
+    entries = [
+        RunEntry(n, r.folder, rep, r.coverage["complete"])
+        for n, r, rep in zip(names, results, reports, strict=True)
+    ]
     dataset = results[0].dataset
     title = f"maedfer evaluate: {dataset or results[0].folder.name}"
-    return write_report_html(target, title=title, runs=entries, dataset=dataset,
-                             mean=payload.get("mean_over_folds"), pooled=payload.get("pooled"),
-                             published=published_percent(dataset))  # fmt: skip
+    return write_report_html(
+        target,
+        title=title,
+        runs=entries,
+        dataset=dataset,
+        mean=payload.get("mean_over_folds"),
+        pooled=payload.get("pooled"),
+        published=published_percent(dataset),
+    )
 
 
 @dataclass
@@ -307,8 +323,7 @@ class Evaluation:
             written += [self.payload["pooled_confusion_png"], self.payload["summary_json"]]
         if "report_html" in self.payload:
             written.append(self.payload["report_html"])
-        return _format(self.results, self.reports, self.summary) + "\n\nwrote " + ", ".join(
-            written)
+        return _format(self.results, self.reports, self.summary) + "\n\nwrote " + ", ".join(written)
 
     def warnings(self) -> list[str]:
         """A line per incomplete run (stderr)."""
@@ -357,8 +372,9 @@ def evaluate_runs(runs: list[Path], out: Path | None = None, *, html: bool = Tru
         )
         reports = summary["folds"]
     else:
-        reports = [metrics.classification_report(results[0].labels, results[0].preds,
-                                                 class_names, views)]  # fmt: skip
+        reports = [
+            metrics.classification_report(results[0].labels, results[0].preds, class_names, views)
+        ]
     payload: dict = {"runs": []}
     for result, report in zip(results, reports, strict=True):
         png = result.folder / CONFUSION_PNG
@@ -382,6 +398,7 @@ def evaluate_runs(runs: list[Path], out: Path | None = None, *, html: bool = Tru
     if html:
         from maedfer.evaluation.report_html import REPORT_HTML
 
-        target = (Path(out) if summary is not None else results[0].folder) / REPORT_HTML
+        folder = Path(out) if summary is not None and out is not None else results[0].folder
+        target = folder / REPORT_HTML
         payload["report_html"] = str(_write_html(results, reports, payload, target))
     return Evaluation(results, reports, summary, payload)

@@ -38,8 +38,10 @@ def manifest_info(path: Path) -> tuple[str, list[str], int]:
     """
     meta = read_metadata(path)
     if meta["num_rows"] == 0:
-        raise MaedferError(f"manifest {path} holds no clips (0 rows): prepare the dataset again "
-                           "(its rejects.parquet says why clips were left out)")  # fmt: skip
+        raise MaedferError(
+            f"manifest {path} holds no clips (0 rows): prepare the dataset again "
+            "(its rejects.parquet says why clips were left out)"
+        )
     if "classes" not in meta:
         raise MaedferError(f"manifest {path} has no maedfer.classes metadata (class names)")
     classes = meta["classes"]
@@ -59,10 +61,10 @@ def merge_views(
         for clip_id, view, label, prob in zip(clip_ids, views, labels, probs, strict=True):
             clips.setdefault(clip_id, (int(label), {}))[1].setdefault(int(view), prob)
     ids = sorted(clips)
-    labels = np.array([clips[c][0] for c in ids], dtype=np.int64)
+    label_array = np.array([clips[c][0] for c in ids], dtype=np.int64)
     probs = np.stack([np.mean(list(clips[c][1].values()), axis=0) for c in ids])
-    views = max(len(clips[c][1]) for c in ids)
-    return ids, labels, probs.astype(np.float32), views
+    num_views = max(len(clips[c][1]) for c in ids)
+    return ids, label_array, probs.astype(np.float32), num_views
 
 
 @torch.no_grad()
@@ -83,8 +85,9 @@ def view_probabilities(
         with autocast(device, precision):
             logits = model(video)
         probs = logits.float().softmax(-1).cpu().numpy()
-        rows.append((list(batch["clip_id"]), batch["view"].tolist(), batch["label"].tolist(),
-                     probs))
+        rows.append(
+            (list(batch["clip_id"]), batch["view"].tolist(), batch["label"].tolist(), probs)
+        )
     model.train(was_training)
     return rows
 
@@ -128,6 +131,7 @@ def write_results(out: Path, result: TestResult, classes: list[str]) -> None:
     after removing the old report: a report beside its predictions means both are whole and of
     one test; a kill in between leaves predictions without a report, never another test's)."""
     (Path(out) / REPORT).unlink(missing_ok=True)
-    metrics.write_predictions(Path(out) / PREDICTIONS, result.clip_ids, result.labels,
-                              result.probs, classes)  # fmt: skip
+    metrics.write_predictions(
+        Path(out) / PREDICTIONS, result.clip_ids, result.labels, result.probs, classes
+    )
     metrics.write_report(Path(out) / REPORT, result.report)

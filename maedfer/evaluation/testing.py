@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from maedfer.devices import resolve_device
 from maedfer.errors import MaedferError
@@ -78,23 +77,25 @@ def _selection(data: Path, fold: int | None, split: str | None) -> dict[str, Any
                 f"{data} is a {num_folds}-fold protocol ({dataset}): give --fold K, not --split"
             )
         if fold is None:
-            raise MaedferError(f"{dataset} is a {num_folds}-fold protocol: give --fold K "
-                               f"(1..{num_folds}), the fold to test on")  # fmt: skip
+            raise MaedferError(
+                f"{dataset} is a {num_folds}-fold protocol: give --fold K "
+                f"(1..{num_folds}), the fold to test on"
+            )
         if not 1 <= fold <= num_folds:
             raise MaedferError(
-                f"--fold {fold} must be in 1..{num_folds} for {dataset} ({num_folds}-fold "
-                "protocol)"
+                f"--fold {fold} must be in 1..{num_folds} for {dataset} ({num_folds}-fold protocol)"
             )
-        rows = {"fold": fold}
+        rows: dict[str, Any] = {"fold": fold}
     else:
         if fold is not None:
-            raise MaedferError(f"{dataset} has a fixed train/test split: give --split test, "
-                               f"not --fold {fold}")  # fmt: skip
+            raise MaedferError(
+                f"{dataset} has a fixed train/test split: give --split test, not --fold {fold}"
+            )
         rows = {"split": split or "test"}
     return {"dataset": dataset, "classes": classes, "rows": rows}
 
 
-def _own_model(ckpt: Mapping[str, Any], path: Path, classes: list[str]) -> tuple[nn.Module, dict]:
+def _own_model(ckpt: Mapping[str, Any], path: Path, classes: list[str]) -> tuple[Any, dict]:
     """Rebuild the classifier of one of our checkpoints; its test settings from its recipe."""
     saved = list(ckpt.get("classes") or [])
     if saved and saved != classes:
@@ -102,8 +103,10 @@ def _own_model(ckpt: Mapping[str, Any], path: Path, classes: list[str]) -> tuple
             f"checkpoint {path} was trained on classes {saved} but the manifest names {classes}"
         )
     model = ckpt_io.classifier_from_checkpoint(
-        ckpt, path, purpose="evaluate needs a fine-tuned classifier (a finetune run's "
-        "checkpoints/last.pt)")
+        ckpt,
+        path,
+        purpose="evaluate needs a fine-tuned classifier (a finetune run's checkpoints/last.pt)",
+    )
     _check_head(model.config["num_classes"], path, classes)
     config = ckpt.get("config") or {}
     settings = {
@@ -113,8 +116,10 @@ def _own_model(ckpt: Mapping[str, Any], path: Path, classes: list[str]) -> tuple
         "precision": _recipe_value(config, "precision"),
         "batch_size": _recipe_value(config, "test_batch_size")
         or _recipe_value(config, "batch_size"),
-        "epoch": ckpt.get("epoch"), "step": ckpt.get("step"), "format": "maedfer",
-    }  # fmt: skip
+        "epoch": ckpt.get("epoch"),
+        "step": ckpt.get("step"),
+        "format": "maedfer",
+    }
     return model, settings
 
 
@@ -128,7 +133,7 @@ def _check_head(num_classes: int, path: Path, classes: list[str]) -> None:
 
 def _official_model(
     obj: Any, path: Path, classes: list[str], overrides: dict[str, Any]
-) -> tuple[nn.Module, dict]:
+) -> tuple[Any, dict]:
     """Build the classifier an official fine-tuned checkpoint fits and load it (the one
     builder inference uses too), then check its head against the manifest's classes."""
     model, args = build_official_classifier(obj, path, overrides)
@@ -136,16 +141,19 @@ def _official_model(
     settings = {
         "stride": int(args.get("sampling_rate") or input_contract(model).stride),
         "test_views": int(args.get("test_num_segment") or DEFAULT_VIEWS),
-        "subtract_mean": False, "precision": None, "batch_size": None,
-        "epoch": obj.get("epoch") if isinstance(obj, Mapping) else None, "step": None,
+        "subtract_mean": False,
+        "precision": None,
+        "batch_size": None,
+        "epoch": obj.get("epoch") if isinstance(obj, Mapping) else None,
+        "step": None,
         "format": "official",
-    }  # fmt: skip
+    }
     return model, settings
 
 
 def load_for_test(
     checkpoint: Path, classes: list[str], overrides: Mapping[str, Any] | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> tuple[Any, dict[str, Any]]:
     """The classifier in ``checkpoint`` (ours or official) and its test settings.
 
     Returns:
@@ -207,20 +215,41 @@ def run(
             :func:`load_for_test`).
     """
     if out is None:
-        raise MaedferError("--checkpoint needs --out DIR (where report.json and "
-                           "predictions.parquet go)")  # fmt: skip
+        raise MaedferError(
+            "--checkpoint needs --out DIR (where report.json and predictions.parquet go)"
+        )
     with hold(Path(out)):  # one command writes a folder at a time (maedfer.lock)
         return _evaluate(
-            checkpoint=checkpoint, data=data, out=Path(out), fold=fold, split=split,
-            dataset=dataset, device=device, backend=backend, batch_size=batch_size,
-            workers=workers, model_overrides=model_overrides, quiet=quiet,
-        )  # fmt: skip
+            checkpoint=checkpoint,
+            data=data,
+            out=Path(out),
+            fold=fold,
+            split=split,
+            dataset=dataset,
+            device=device,
+            backend=backend,
+            batch_size=batch_size,
+            workers=workers,
+            model_overrides=model_overrides,
+            quiet=quiet,
+        )
 
 
-def _evaluate(*, checkpoint: Path, data: Path, out: Path, fold: int | None, split: str | None,
-              dataset: str | None, device: str | None, backend: str, batch_size: int | None,
-              workers: int | None, model_overrides: Mapping[str, Any] | list[str] | None,
-              quiet: bool) -> dict[str, Any]:  # fmt: skip
+def _evaluate(
+    *,
+    checkpoint: Path,
+    data: Path,
+    out: Path,
+    fold: int | None,
+    split: str | None,
+    dataset: str | None,
+    device: str | None,
+    backend: str,
+    batch_size: int | None,
+    workers: int | None,
+    model_overrides: Mapping[str, Any] | list[str] | None,
+    quiet: bool,
+) -> dict[str, Any]:
     """:func:`run` once it holds ``out``'s lock."""
     chosen = _selection(Path(data), fold, split)
     if dataset is not None and dataset.lower() != chosen["dataset"].lower():
@@ -234,25 +263,41 @@ def _evaluate(*, checkpoint: Path, data: Path, out: Path, fold: int | None, spli
 
     loader_options: dict[str, Any] = {"workers": workers} if workers is not None else {}
     loader = build_loader(
-        Path(data), mode="test", batch_size=batch_size or settings["batch_size"] or DEFAULT_BATCH,
-        num_frames=model.config["num_frames"], stride=int(settings["stride"]),
-        size=model.config["img_size"], backend=backend, seed=0,
-        device=str(dev) if dev.type == "cuda" else None, subtract_mean=settings["subtract_mean"],
-        test_views=int(settings["test_views"]), **chosen["rows"], **loader_options,
-    )  # fmt: skip
+        Path(data),
+        mode="test",
+        batch_size=batch_size or settings["batch_size"] or DEFAULT_BATCH,
+        num_frames=model.config["num_frames"],
+        stride=int(settings["stride"]),
+        size=model.config["img_size"],
+        backend=backend,
+        seed=0,
+        device=str(dev) if dev.type == "cuda" else None,
+        subtract_mean=settings["subtract_mean"],
+        test_views=int(settings["test_views"]),
+        **chosen["rows"],
+        **loader_options,
+    )
     # a model that draws random numbers in evaluation (S4D's router noise, its authors' code)
     # gives the same report for the same checkpoint and data
     torch.manual_seed(0)
     rows = view_probabilities(model, loader, device=dev, precision=precision, progress=not quiet)
     result = score_views(rows, classes, loader.table.clip_ids())
     # the keys of a fine-tuning run's report (dataset, fold, epoch, step), then what was tested
-    result.report.update({
-        "dataset": chosen["dataset"], "fold": fold, "epoch": settings["epoch"],
-        "step": settings["step"], "split": chosen["rows"].get("split"),
-        "checkpoint": str(checkpoint), "checkpoint_format": settings["format"],
-        "model": model.model_name, "precision": precision, "stride": int(settings["stride"]),
-        "bad_train_clips": _bad_train_clips(Path(checkpoint), settings["format"]),
-    })  # fmt: skip
+    result.report.update(
+        {
+            "dataset": chosen["dataset"],
+            "fold": fold,
+            "epoch": settings["epoch"],
+            "step": settings["step"],
+            "split": chosen["rows"].get("split"),
+            "checkpoint": str(checkpoint),
+            "checkpoint_format": settings["format"],
+            "model": model.model_name,
+            "precision": precision,
+            "stride": int(settings["stride"]),
+            "bad_train_clips": _bad_train_clips(Path(checkpoint), settings["format"]),
+        }
+    )
     out = Path(out)
     write_results(out, result, classes)
     report = result.report
@@ -265,13 +310,15 @@ def _write_html(out: Path, report: dict[str, Any], checkpoint: Path) -> Path:
     from maedfer.evaluation import report_html as page
 
     where = f"fold {report['fold']}" if report["fold"] is not None else f"split {report['split']}"
-    entry = page.RunEntry(f"{Path(checkpoint).name}, {where}", None, report,
-                          report.get("complete"))  # fmt: skip
+    entry = page.RunEntry(f"{Path(checkpoint).name}, {where}", None, report, report.get("complete"))
     return page.write_report_html(
-        out / page.REPORT_HTML, title=f"maedfer evaluate: {report['dataset']}", runs=[entry],
-        dataset=report["dataset"], published=page.published_percent(report["dataset"]),
+        out / page.REPORT_HTML,
+        title=f"maedfer evaluate: {report['dataset']}",
+        runs=[entry],
+        dataset=report["dataset"],
+        published=page.published_percent(report["dataset"]),
         note=f"checkpoint {checkpoint} ({report['checkpoint_format']})",
-    )  # fmt: skip
+    )
 
 
 def _bad_train_clips(checkpoint: Path, form: str) -> int | None:
@@ -279,8 +326,7 @@ def _bad_train_clips(checkpoint: Path, form: str) -> int | None:
     this is, as its report counts them; None for an official checkpoint or a loose file."""
     if form == "official":
         return None
-    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else \
-        checkpoint.parent
+    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     return badclips.count(run) if (run / "config.yaml").is_file() else None
 
 

@@ -88,14 +88,20 @@ def _datasets_with(count: int) -> list[str]:
 
 
 def _class_names(
-    path: Path, head: int, saved: Sequence[str], dataset: str | None,
+    path: Path,
+    head: int,
+    saved: Sequence[str],
+    dataset: str | None,
     classes: Sequence[str] | None,
-) -> list[str]:  # fmt: skip
+) -> list[str]:
     """The names of ``head`` outputs: saved in the checkpoint, or from --dataset / --classes."""
     if dataset is not None and classes is not None:
         raise MaedferError("give --dataset or --classes, not both")
-    given = dataset_classes(dataset) if dataset is not None else (
-        [str(c).strip() for c in classes] if classes is not None else None)  # fmt: skip
+    given = (
+        dataset_classes(dataset)
+        if dataset is not None
+        else ([str(c).strip() for c in classes] if classes is not None else None)
+    )
     source = f"dataset {dataset}" if dataset is not None else "--classes"
     if saved:
         if given is not None and list(given) != list(saved):
@@ -125,8 +131,11 @@ def _own(
     ckpt: Mapping[str, Any], path: Path, dataset: str | None, classes: Sequence[str] | None
 ) -> tuple[nn.Module, ModelSettings]:
     model = ckpt_io.classifier_from_checkpoint(
-        ckpt, path, purpose="inference needs a fine-tuned classifier (a finetune run's "
-        "checkpoints/last.pt or final.pt)")
+        ckpt,
+        path,
+        purpose="inference needs a fine-tuned classifier (a finetune run's "
+        "checkpoints/last.pt or final.pt)",
+    )
     built = model.config
     # Recipe configs are nested (``data.stride``, ``model.img_size``); checkpoints written
     # before them hold one flat dict (``stride``, ``size``): both are read.

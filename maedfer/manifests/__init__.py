@@ -78,8 +78,9 @@ def __getattr__(name: str):
     if name == "DATASET_NAMES":
         return tuple(list_datasets())
     if name == "PUBLISHED":
-        return {n: dict(get_dataset(n).published) for n in list_datasets()
-                if get_dataset(n).published}  # fmt: skip
+        return {
+            n: dict(get_dataset(n).published) for n in list_datasets() if get_dataset(n).published
+        }
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

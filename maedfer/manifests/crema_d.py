@@ -74,9 +74,15 @@ def _entry(stem: str, source: str) -> tuple[ClipEntry | None, str | None]:
     label = EMOTION_CODES.index(emotion.upper())
     fold = block_fold(actor - ACTORS.start, per_fold=ACTORS_PER_FOLD, num_folds=NUM_FOLDS)
     entry = ClipEntry(
-        clip_id=stem, source=source, kind="video", subject=str(actor), label=label,
-        label_name=CLASSES[label], fold=fold, split=None,
-    )  # fmt: skip
+        clip_id=stem,
+        source=source,
+        kind="video",
+        subject=str(actor),
+        label=label,
+        label_name=CLASSES[label],
+        fold=fold,
+        split=None,
+    )
     return entry, None
 
 
@@ -144,9 +150,15 @@ class CremaD(Protocol):
             )
         log.info("crema-d: %d clips, %d rejects under %s", len(kept), len(rejects), root)
         return RawIndex(
-            dataset=self.name, protocol=self.protocol, raw_root=root, classes=list(CLASSES),
-            num_folds=NUM_FOLDS, entries=kept, rejects=rejects, warnings=warnings,
-        )  # fmt: skip
+            dataset=self.name,
+            protocol=self.protocol,
+            raw_root=root,
+            classes=list(CLASSES),
+            num_folds=NUM_FOLDS,
+            entries=kept,
+            rejects=rejects,
+            warnings=warnings,
+        )
 
 
 def _warnings(entries: list[ClipEntry], stubs: int) -> list[str]:

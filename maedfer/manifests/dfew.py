@@ -204,6 +204,12 @@ class Dfew(Protocol):
             )
         log.info("dfew: %d clips, %d rejects under %s", len(entries), len(rejects), root)
         return RawIndex(
-            dataset=self.name, protocol=self.protocol, raw_root=root, classes=list(CLASSES),
-            num_folds=NUM_FOLDS, entries=entries, rejects=rejects, warnings=warnings,
-        )  # fmt: skip
+            dataset=self.name,
+            protocol=self.protocol,
+            raw_root=root,
+            classes=list(CLASSES),
+            num_folds=NUM_FOLDS,
+            entries=entries,
+            rejects=rejects,
+            warnings=warnings,
+        )

@@ -185,10 +185,18 @@ class Ferv39k(Protocol):
             if not from_video and first_file(path, IMAGE_EXTS) is None:
                 rejects.append((key, source, "no frames: the frame folder holds no images"))
                 continue
-            entries.append(ClipEntry(
-                clip_id=key, source=source, kind="video" if from_video else "frames",
-                subject=None, label=label, label_name=CLASSES[label], fold=None, split=split,
-            ))  # fmt: skip
+            entries.append(
+                ClipEntry(
+                    clip_id=key,
+                    source=source,
+                    kind="video" if from_video else "frames",
+                    subject=None,
+                    label=label,
+                    label_name=CLASSES[label],
+                    fold=None,
+                    split=split,
+                )
+            )
         if not entries:
             raise no_clips_error(self.name, root, expected, "no split clip has media")
         if missing:
@@ -198,6 +206,12 @@ class Ferv39k(Protocol):
             )
         log.info("ferv39k: %d clips, %d rejects under %s", len(entries), len(rejects), root)
         return RawIndex(
-            dataset=self.name, protocol=self.protocol, raw_root=root, classes=list(CLASSES),
-            num_folds=0, entries=entries, rejects=rejects, warnings=warnings,
-        )  # fmt: skip
+            dataset=self.name,
+            protocol=self.protocol,
+            raw_root=root,
+            classes=list(CLASSES),
+            num_folds=0,
+            entries=entries,
+            rejects=rejects,
+            warnings=warnings,
+        )

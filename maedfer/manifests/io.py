@@ -100,8 +100,10 @@ def _check_rows(df: pd.DataFrame, *, classes: Sequence[str], num_folds: int, dat
     climbs = df["path"].astype(str).str.contains(r"(?:^|[/\\])\.\.(?:[/\\]|$)", regex=True)
     if climbs.any():  # the one path rule (maedfer.paths): nothing outside the root
         i = int(np.flatnonzero(climbs.to_numpy())[0])
-        raise MaedferError(f"{dataset}: clip {ids.iloc[i]} has path {df['path'].iloc[i]!r}, "
-                           "which climbs out of its root with '..'")  # fmt: skip
+        raise MaedferError(
+            f"{dataset}: clip {ids.iloc[i]} has path {df['path'].iloc[i]!r}, "
+            "which climbs out of its root with '..'"
+        )
     keys = ids.tolist()
     if len(set(keys)) != len(keys):
         dup = ids[ids.duplicated()]

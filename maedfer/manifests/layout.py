@@ -234,8 +234,16 @@ def numbered_fold_entries(
         if not from_video and first_file(media[vid], IMAGE_EXTS) is None:
             rejects.append((key, source, "no frames: the frame folder holds no images"))
             continue
-        entries.append(ClipEntry(
-            clip_id=key, source=source, kind="video" if from_video else "frames",
-            subject=None, label=label, label_name=classes[label], fold=fold, split=None,
-        ))  # fmt: skip
+        entries.append(
+            ClipEntry(
+                clip_id=key,
+                source=source,
+                kind="video" if from_video else "frames",
+                subject=None,
+                label=label,
+                label_name=classes[label],
+                fold=fold,
+                split=None,
+            )
+        )
     return entries, rejects, missing

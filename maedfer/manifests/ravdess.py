@@ -183,9 +183,15 @@ class Ravdess(Protocol):
         warnings.extend(_missing(kept))
         log.info("ravdess: %d clips, %d rejects under %s", len(kept), len(rejects), root)
         return RawIndex(
-            dataset=self.name, protocol=self.protocol, raw_root=root, classes=list(CLASSES),
-            num_folds=NUM_FOLDS, entries=kept, rejects=rejects, warnings=warnings,
-        )  # fmt: skip
+            dataset=self.name,
+            protocol=self.protocol,
+            raw_root=root,
+            classes=list(CLASSES),
+            num_folds=NUM_FOLDS,
+            entries=kept,
+            rejects=rejects,
+            warnings=warnings,
+        )
 
 
 def _missing(entries: list[ClipEntry]) -> list[str]:

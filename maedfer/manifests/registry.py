@@ -36,8 +36,19 @@ Media = Literal["videos", "frames"]
 CropRule = Literal["upper-centre", "centre"]
 
 # Shared modules of the package: never dataset protocols.
-_SHARED = frozenset({"base", "fingerprints", "folds", "io", "layout", "registry", "schema",
-                     "splitfiles", "voxceleb2_excluded"})  # fmt: skip
+_SHARED = frozenset(
+    {
+        "base",
+        "fingerprints",
+        "folds",
+        "io",
+        "layout",
+        "registry",
+        "schema",
+        "splitfiles",
+        "voxceleb2_excluded",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -97,11 +108,15 @@ def register_dataset(
             raise ValueError(f"dataset {name!r} registered twice ({_REGISTRY[name].module})")
         cls.name = name
         _REGISTRY[name] = DatasetInfo(
-            name=name, protocol=cls(), in_place=in_place, crop=crop,
-            media=tuple(media), published=MappingProxyType(dict(published or {})),
+            name=name,
+            protocol=cls(),
+            in_place=in_place,
+            crop=crop,
+            media=tuple(media),
+            published=MappingProxyType(dict(published or {})),
             results=None if results is None else MappingProxyType(dict(results)),
             module=cls.__module__,
-        )  # fmt: skip
+        )
         return cls
 
     return decorate

@@ -145,9 +145,17 @@ class VoxCeleb2(Protocol):
                     continue
                 spk = key.split("/", 1)[0]
                 entries.append(
-                    ClipEntry(clip_id=key, source=source, kind="video", subject=str(int(spk[2:])),
-                              label=-1, label_name="unlabeled", fold=None, split="pretrain")
-                )  # fmt: skip
+                    ClipEntry(
+                        clip_id=key,
+                        source=source,
+                        kind="video",
+                        subject=str(int(spk[2:])),
+                        label=-1,
+                        label_name="unlabeled",
+                        fold=None,
+                        split="pretrain",
+                    )
+                )
         if not entries:
             raise no_clips_error(self.name, root, _EXPECTED, "no videos in the speaker folders")
         entries.sort(key=lambda e: e.clip_id)
@@ -159,6 +167,12 @@ class VoxCeleb2(Protocol):
             )
         log.info("voxceleb2: %d clips, %d rejects under %s", len(entries), len(rejects), root)
         return RawIndex(
-            dataset=self.name, protocol=self.protocol, raw_root=root, classes=[],
-            num_folds=0, entries=entries, rejects=rejects, warnings=warnings,
-        )  # fmt: skip
+            dataset=self.name,
+            protocol=self.protocol,
+            raw_root=root,
+            classes=[],
+            num_folds=0,
+            entries=entries,
+            rejects=rejects,
+            warnings=warnings,
+        )

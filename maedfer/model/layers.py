@@ -195,8 +195,13 @@ class Renormalise(nn.Module):
     predictor and an exported model feed every model the same tensor.
     """
 
-    def __init__(self, source_mean: tuple[float, ...], source_std: tuple[float, ...],
-                 mean: tuple[float, ...], std: tuple[float, ...]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        source_mean: tuple[float, ...],
+        source_std: tuple[float, ...],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+    ) -> None:
         super().__init__()
         # x_model = x * scale + shift, computed in float64 and cast once
         src_mean, src_std, own_mean, own_std = (

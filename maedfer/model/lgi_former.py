@@ -313,9 +313,17 @@ class LGIFormer(nn.Module):
 
 #: Fields that fix the encoder's tensors and token grid: an init must agree on all of them.
 ENCODER_FIELDS: tuple[str, ...] = (
-    "embed_dim", "depth", "num_heads", "mlp_ratio", "img_size", "patch_size", "tubelet_size",
-    "num_frames", "region_size", "qkv_bias",
-)  # fmt: skip
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "img_size",
+    "patch_size",
+    "tubelet_size",
+    "num_frames",
+    "region_size",
+    "qkv_bias",
+)
 ENCODER_PREFIX = "encoder."
 
 

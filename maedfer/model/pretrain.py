@@ -210,8 +210,9 @@ class MaskedLGIFormer(nn.Module):
         x = self.encoder.forward_regions(tokens)[:, :, 1:]
         return self.encoder_norm(x.flatten(1, 2))
 
-    def forward(self, video: torch.Tensor, mask: torch.Tensor,
-                order: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, video: torch.Tensor, mask: torch.Tensor, order: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``video (B, 3, T, H, W)``, ``mask (B, N)`` -> ``pred (B, N_masked, 3*t*p*p)``.
 
         ``order``: :meth:`visible_order` of ``mask`` if already at hand (the training loop makes
@@ -231,8 +232,9 @@ class MaskedLGIFormer(nn.Module):
         return self.decoder(x, self.num_tokens - num_visible)
 
     @torch.no_grad()
-    def targets(self, video: torch.Tensor, mask: torch.Tensor,
-                masked: torch.Tensor | None = None) -> torch.Tensor:
+    def targets(
+        self, video: torch.Tensor, mask: torch.Tensor, masked: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Reconstruction targets ``(B, N_masked, 3*t*p*p)`` of the masked tokens
         (docs/reference.md).
 

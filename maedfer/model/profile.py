@@ -27,8 +27,16 @@ from maedfer.model.registry import create_model, list_models
 BASELINE = "vit_base"
 LINEAGE_BASELINE = "lgi_former_base"
 #: ``--name lineage``: MAE-DFER's classifier and the encoders of its lineage, at full size
-LINEAGE = ("lgi_former_base", "videomae_base", "videomae_base_224", "marlin_base",
-           "marlin_large", "svfap_base", "s4d_base", "hicmae_base")  # fmt: skip
+LINEAGE = (
+    "lgi_former_base",
+    "videomae_base",
+    "videomae_base_224",
+    "marlin_base",
+    "marlin_large",
+    "svfap_base",
+    "s4d_base",
+    "hicmae_base",
+)
 
 
 def _sync(device: torch.device) -> None:
@@ -163,8 +171,9 @@ def _row(cells: tuple[str, ...], widths: list[int]) -> str:
     )
 
 
-def run_lineage(names: list[str], *, batch: int, batches: int,
-                device: torch.device) -> dict[str, Any]:  # fmt: skip
+def run_lineage(
+    names: list[str], *, batch: int, batches: int, device: torch.device
+) -> dict[str, Any]:
     """Measure ``names`` and ``lgi_former_base`` on one device in one call; a row per model with
     its ratios to LGI-Former (parameters, GMACs, forward and forward+backward speed)."""
     order = [LINEAGE_BASELINE, *[n for n in names if n != LINEAGE_BASELINE]]
@@ -172,27 +181,37 @@ def run_lineage(names: list[str], *, batch: int, batches: int,
     base = rows[LINEAGE_BASELINE]
     for row in rows.values():
         row["ratio_to_lgi_former"] = {
-            "params": row["params"] / base["params"], "gmacs": row["gmacs"] / base["gmacs"],
+            "params": row["params"] / base["params"],
+            "gmacs": row["gmacs"] / base["gmacs"],
             "fwd_time": row["fwd_s_per_clip"] / base["fwd_s_per_clip"],
             "fwd_bwd_time": row["fwd_bwd_s_per_clip"] / base["fwd_bwd_s_per_clip"],
-        }  # fmt: skip
-    result = {"stage": "model", "device": str(device),
-              "precision": "bf16 autocast" if device.type == "cuda" else "fp32", "batch": batch,
-              "baseline": LINEAGE_BASELINE, "models": list(rows.values())}  # fmt: skip
+        }
+    result = {
+        "stage": "model",
+        "device": str(device),
+        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "batch": batch,
+        "baseline": LINEAGE_BASELINE,
+        "models": list(rows.values()),
+    }
     return result
 
 
 def format_lineage(result: dict[str, Any]) -> str:
     """One row per model; ratios are to LGI-Former (time: > 1 is slower)."""
-    header = (f"model profile on {result['device']} ({result['precision']}, batch "
-              f"{result['batch']}); x = ratio to {result['baseline']}")  # fmt: skip
+    header = (
+        f"model profile on {result['device']} ({result['precision']}, batch "
+        f"{result['batch']}); x = ratio to {result['baseline']}"
+    )
     titles = ("model", "input", "params (M)", "GMACs", "fwd s/clip", "fwd+bwd s/clip")
     lines = [header, f"{titles[0]:<20}{titles[1]:>11}" + "".join(f"{t:>22}" for t in titles[2:])]
     for row in result["models"]:
         r = row["ratio_to_lgi_former"]
-        cells = (f"{row['params'] / 1e6:.2f} ({r['params']:.2f}x)",
-                 f"{row['gmacs']:.2f} ({r['gmacs']:.2f}x)",
-                 f"{row['fwd_s_per_clip']:.4f} ({r['fwd_time']:.2f}x)",
-                 f"{row['fwd_bwd_s_per_clip']:.4f} ({r['fwd_bwd_time']:.2f}x)")  # fmt: skip
+        cells = (
+            f"{row['params'] / 1e6:.2f} ({r['params']:.2f}x)",
+            f"{row['gmacs']:.2f} ({r['gmacs']:.2f}x)",
+            f"{row['fwd_s_per_clip']:.4f} ({r['fwd_time']:.2f}x)",
+            f"{row['fwd_bwd_s_per_clip']:.4f} ({r['fwd_bwd_time']:.2f}x)",
+        )
         lines.append(f"{row['name']:<20}{row['input']:>11}" + "".join(f"{c:>22}" for c in cells))
     return "\n".join(lines)

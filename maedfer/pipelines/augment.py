@@ -171,8 +171,7 @@ def resize_frames(frames: torch.Tensor, box: Box | None, size: int) -> torch.Ten
     return frames
 
 
-def normalise(video: torch.Tensor, *, channel_dim: int = -3,
-              inplace: bool = False) -> torch.Tensor:
+def normalise(video: torch.Tensor, *, channel_dim: int = -3, inplace: bool = False) -> torch.Tensor:
     """ImageNet normalisation of values in [0, 255] → float32: ``(x - 255·mean) / (255·std)``.
 
     The one normalisation of every backend and of inference. ``channel_dim`` is the axis of
@@ -211,15 +210,15 @@ def normalised_clip(video: np.ndarray, *, flip: bool = False) -> torch.Tensor:
 _BAND_ROWS = 32  # 32 rows of a 160-wide clip of 16 frames: 1 MB, in cache
 
 
-def clip_from_frames(frames: np.ndarray | torch.Tensor, *,
-                     subtract_mean: bool = False) -> torch.Tensor:
+def clip_from_frames(
+    frames: np.ndarray | torch.Tensor, *, subtract_mean: bool = False
+) -> torch.Tensor:
     """Model input ``(3, T, H, W)`` float32 from ``(T, H, W, 3)`` uint8 RGB frames, normalised as
     the loaders' clips are (:func:`normalise`, then :func:`finish_clip`'s mean-frame subtraction).
     What inference (``predict``) feeds the model for one window."""
     clip = torch.as_tensor(np.asarray(frames) if isinstance(frames, np.ndarray) else frames)
     clip = clip.permute(3, 0, 1, 2).float()
-    return finish_clip(normalise(clip, channel_dim=-4, inplace=True),
-                       subtract_mean=subtract_mean)
+    return finish_clip(normalise(clip, channel_dim=-4, inplace=True), subtract_mean=subtract_mean)
 
 
 def finish_clip(
@@ -253,8 +252,7 @@ def erase_noise(erase: Box, frames: int, seed: int) -> torch.Tensor:
     """The noise random erasing writes into ``erase`` on ``frames`` frames: standard normal
     ``(3, frames, h, w)`` float32 from a CPU generator seeded with ``seed`` (every backend, on any
     device, writes these same values)."""
-    return torch.randn((3, frames, erase.h, erase.w),
-                       generator=torch.Generator().manual_seed(seed))
+    return torch.randn((3, frames, erase.h, erase.w), generator=torch.Generator().manual_seed(seed))
 
 
 def erased(video: torch.Tensor, erase: Box, seed: int) -> torch.Tensor:

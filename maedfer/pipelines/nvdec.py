@@ -13,9 +13,11 @@ import ctypes
 import functools
 
 #: What to say when the library is missing.
-MISSING = ("NVDEC's driver library (libnvcuvid.so.1) is not on this machine, so DALI cannot "
-           "decode video on the GPU; in a container, add 'video' to NVIDIA_DRIVER_CAPABILITIES "
-           "(or use backend pyav: --set data.backend=pyav)")
+MISSING = (
+    "NVDEC's driver library (libnvcuvid.so.1) is not on this machine, so DALI cannot "
+    "decode video on the GPU; in a container, add 'video' to NVIDIA_DRIVER_CAPABILITIES "
+    "(or use backend pyav: --set data.backend=pyav)"
+)
 
 
 @functools.cache

@@ -34,8 +34,9 @@ def _mode_for(data: Path) -> str:
     return "pretrain" if (labels < 0).any() else "train"
 
 
-def measure(data: Path, *, backend: str, batch: int, batches: int, workers: int | None,
-            device: str | None) -> dict[str, Any]:
+def measure(
+    data: Path, *, backend: str, batch: int, batches: int, workers: int | None, device: str | None
+) -> dict[str, Any]:
     """Profile the loader on ``data``; returns the figures (see the module docstring)."""
     if data is None:
         raise MaedferError("profile data needs --data manifest.parquet")
@@ -44,8 +45,15 @@ def measure(data: Path, *, backend: str, batch: int, batches: int, workers: int 
         raise MaedferError(f"manifest {data} does not exist; expected a manifest.parquet file")
     mode = _mode_for(data)
     cpu0, start = _cpu_seconds(), time.perf_counter()
-    loader = build_loader(data, mode=mode, batch_size=batch, backend=backend, workers=workers,
-                          device=device, drop_last=False)
+    loader = build_loader(
+        data,
+        mode=mode,
+        batch_size=batch,
+        backend=backend,
+        workers=workers,
+        device=device,
+        drop_last=False,
+    )
     batches = min(batches, max(1, len(loader) - 1))
     iterator = iter(loader)
     clips = frames = 0
@@ -94,9 +102,13 @@ def run(
     table is :func:`format_table`'s."""
     on_gpu = torch.cuda.is_available() and device != "cpu"
     result = measure(
-        data, backend=backend, batch=batch or (32 if on_gpu else 8),
-        batches=batches or (20 if on_gpu else 5), workers=workers, device=device,
-    )  # fmt: skip
+        data,
+        backend=backend,
+        batch=batch or (32 if on_gpu else 8),
+        batches=batches or (20 if on_gpu else 5),
+        workers=workers,
+        device=device,
+    )
     return result
 
 

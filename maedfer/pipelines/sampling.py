@@ -94,8 +94,9 @@ def reference_train_window(
     return np.clip(index, 0, n - 1).astype(np.int64)
 
 
-def subsampled_frames(num_video_frames: int, *, num_frames: int = 16,
-                      stride: int = 4) -> np.ndarray:
+def subsampled_frames(
+    num_video_frames: int, *, num_frames: int = 16, stride: int = 4
+) -> np.ndarray:
     """Every ``stride``-th frame of the clip (``0, 4, 8, …``), padded with the last of those to
     at least ``num_frames`` entries: the list the test views and inference windows cut from
     (the one window padding of docs/recipe.md)."""
@@ -130,8 +131,9 @@ def test_window(
     return every[start : start + num_frames]
 
 
-def sliding_windows(num_video_frames: int, *, num_frames: int = 16, stride: int = 4,
-                    hop: int | None = None) -> np.ndarray:
+def sliding_windows(
+    num_video_frames: int, *, num_frames: int = 16, stride: int = 4, hop: int | None = None
+) -> np.ndarray:
     """Every inference window of a video, ``(W, num_frames)`` int64 frame indices.
 
     Windows of :func:`subsampled_frames` (the test views' list) starting every ``hop``

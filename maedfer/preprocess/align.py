@@ -147,9 +147,14 @@ def warp_frames(frames: np.ndarray | torch.Tensor, transforms: np.ndarray, size:
         m = matrix.copy()
         m[:, 2] += 0.5 * m[:, :2].sum(1) - 0.5
         cv2.warpAffine(
-            frame, m, (size, size), dst=out[t], flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_CONSTANT, borderValue=0,
-        )  # fmt: skip
+            frame,
+            m,
+            (size, size),
+            dst=out[t],
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
     return out
 
 

@@ -102,8 +102,9 @@ def rgb_to_yuv420p(image: np.ndarray) -> np.ndarray:
     u = ((block @ _COEFFS[1] + quarter) >> (_SHIFT + 2)) + 128
     v = ((block @ _COEFFS[2] + quarter) >> (_SHIFT + 2)) + 128
     planes = [np.clip(plane, 0, 255).astype(np.uint8) for plane in (y, u, v)]
-    return np.concatenate([planes[0].reshape(-1), planes[1].reshape(-1), planes[2].reshape(-1)]
-                          ).reshape(height * 3 // 2, width)  # fmt: skip
+    return np.concatenate(
+        [planes[0].reshape(-1), planes[1].reshape(-1), planes[2].reshape(-1)]
+    ).reshape(height * 3 // 2, width)
 
 
 def write_clip(

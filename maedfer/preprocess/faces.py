@@ -180,9 +180,18 @@ class _Frames:
                 sel = torch.as_tensor(index[start : start + batch], device=self.device)
                 x = self.gpu[sel]
                 if (h, w) != (self.height, self.width):
-                    x = F.interpolate(
-                        x.float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False
-                    ).round_().clamp_(0, 255).to(torch.uint8)  # fmt: skip
+                    x = (
+                        F.interpolate(
+                            x.float(),
+                            size=(h, w),
+                            mode="bilinear",
+                            antialias=True,
+                            align_corners=False,
+                        )
+                        .round_()
+                        .clamp_(0, 255)
+                        .to(torch.uint8)
+                    )
                 parts.append(x)
             return torch.cat(parts)
         if (h, w) == (self.height, self.width):
@@ -380,8 +389,9 @@ class FaceAligner:
         for frame in frames:
             chunk.add(self._check_frame(frame, chunk.first), 1)
             if chunk.full:
-                yield from self._warp_chunk(chunk.frames, transforms[done : done + chunk.count],
-                                            scale)  # fmt: skip
+                yield from self._warp_chunk(
+                    chunk.frames, transforms[done : done + chunk.count], scale
+                )
                 done += chunk.count
                 chunk.count = 0
         if chunk.count:

@@ -44,9 +44,16 @@ def open_recipe_run(
 ) -> RunStart:
     """:func:`maedfer.training.run.open_run` with the recipe's ``run.resume``,
     ``run.overwrite`` and options."""
-    return open_run(out, recipe=to_dict(cfg), resume=str(cfg.run.resume),
-                    overwrite=cfg.run.overwrite, is_main=env.is_main, dry_run=dry_run,
-                    final_outputs=final_outputs, path_keys=PATH_KEYS)  # fmt: skip
+    return open_run(
+        out,
+        recipe=to_dict(cfg),
+        resume=str(cfg.run.resume),
+        overwrite=cfg.run.overwrite,
+        is_main=env.is_main,
+        dry_run=dry_run,
+        final_outputs=final_outputs,
+        path_keys=PATH_KEYS,
+    )
 
 
 @dataclass
@@ -59,33 +66,54 @@ class Optimisation:
 
 
 def optimisation(
-    cfg: RecipeConfig, raw: torch.nn.Module, *, total_batch: int, steps_per_epoch: int,
+    cfg: RecipeConfig,
+    raw: torch.nn.Module,
+    *,
+    total_batch: int,
+    steps_per_epoch: int,
     state: dict[str, Any] | None,
-) -> Optimisation:  # fmt: skip
+) -> Optimisation:
     """The lr range (``optim.lr`` or ``optim.blr`` by the total batch), AdamW and the
     warmup-cosine schedule, resumed from ``state``."""
     o, s = cfg.optim, cfg.schedule
     lr = building.lr_range(lr=o.lr, blr=o.blr, min_blr=s.min_blr, total_batch=total_batch)
     optimizer = building.build_optimizer(
-        raw, peak_lr=lr[0], weight_decay=o.weight_decay, betas=o.betas, eps=o.eps,
-        layer_decay=o.layer_decay, state=state,
-    )  # fmt: skip
+        raw,
+        peak_lr=lr[0],
+        weight_decay=o.weight_decay,
+        betas=o.betas,
+        eps=o.eps,
+        layer_decay=o.layer_decay,
+        state=state,
+    )
     scheduler = building.build_schedule(
-        optimizer, lr=lr, epochs=s.epochs, warmup_epochs=s.warmup_epochs,
-        steps_per_epoch=steps_per_epoch, weight_decay=o.weight_decay, state=state,
-    )  # fmt: skip
+        optimizer,
+        lr=lr,
+        epochs=s.epochs,
+        warmup_epochs=s.warmup_epochs,
+        steps_per_epoch=steps_per_epoch,
+        weight_decay=o.weight_decay,
+        state=state,
+    )
     return Optimisation(lr, optimizer, scheduler)
 
 
 def loop_settings(cfg: RecipeConfig, name: str) -> LoopSettings:
     """The values :class:`~maedfer.training.loop.TrainLoop` runs by, from the config."""
     return LoopSettings(
-        name=name, epochs=cfg.schedule.epochs, batch_size=cfg.data.batch_size,
-        accum_steps=cfg.optim.accum_steps, max_steps=cfg.schedule.max_steps,
-        log_every=cfg.run.log_every, max_nonfinite=cfg.run.max_nonfinite,
-        clip_grad=cfg.optim.clip_grad, seed=cfg.run.seed, save_every=cfg.run.save_every,
-        keep_checkpoints=cfg.run.keep_checkpoints, max_bad_share=cfg.data.max_bad_share,
-    )  # fmt: skip
+        name=name,
+        epochs=cfg.schedule.epochs,
+        batch_size=cfg.data.batch_size,
+        accum_steps=cfg.optim.accum_steps,
+        max_steps=cfg.schedule.max_steps,
+        log_every=cfg.run.log_every,
+        max_nonfinite=cfg.run.max_nonfinite,
+        clip_grad=cfg.optim.clip_grad,
+        seed=cfg.run.seed,
+        save_every=cfg.run.save_every,
+        keep_checkpoints=cfg.run.keep_checkpoints,
+        max_bad_share=cfg.data.max_bad_share,
+    )
 
 
 def total_batch(cfg: RecipeConfig, env: DistEnv) -> int:
@@ -99,10 +127,16 @@ def describe_training(
     """The part of ``describe()`` both recipes share: optimiser groups, schedule, precision,
     world size and total batch."""
     schedule = describing.describe_schedule(
-        lr=opt.lr, steps_per_epoch=steps_per_epoch, epochs=cfg.schedule.epochs,
-        warmup_epochs=cfg.schedule.warmup_epochs, max_steps=cfg.schedule.max_steps,
-    )  # fmt: skip
+        lr=opt.lr,
+        steps_per_epoch=steps_per_epoch,
+        epochs=cfg.schedule.epochs,
+        warmup_epochs=cfg.schedule.warmup_epochs,
+        max_steps=cfg.schedule.max_steps,
+    )
     return describing.describe_training(
-        optimizer=opt.optimizer, schedule=schedule, precision=precision,
-        world_size=env.world_size, total_batch=total_batch(cfg, env),
-    )  # fmt: skip
+        optimizer=opt.optimizer,
+        schedule=schedule,
+        precision=precision,
+        world_size=env.world_size,
+        total_batch=total_batch(cfg, env),
+    )

@@ -42,10 +42,27 @@ from maedfer.constants import TemporalRule
 from maedfer.errors import MaedferError
 from maedfer.pipelines.options import DataOptions, TrainDataOptions
 
-__all__ = ["CONFIG_CLASSES", "CONFIG_DIR", "PATH_KEYS", "RECIPES", "RESOLVED", "FinetuneConfig",
-           "PretrainConfig", "RecipeConfig", "apply_overrides", "config_path", "from_dict",
-           "keys", "list_configs", "load", "markdown_tables", "parse_overrides", "resolve",
-           "to_dict", "to_yaml"]
+__all__ = [
+    "CONFIG_CLASSES",
+    "CONFIG_DIR",
+    "PATH_KEYS",
+    "RECIPES",
+    "RESOLVED",
+    "FinetuneConfig",
+    "PretrainConfig",
+    "RecipeConfig",
+    "apply_overrides",
+    "config_path",
+    "from_dict",
+    "keys",
+    "list_configs",
+    "load",
+    "markdown_tables",
+    "parse_overrides",
+    "resolve",
+    "to_dict",
+    "to_yaml",
+]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 RECIPES: tuple[str, ...] = ("pretrain", "finetune")
@@ -59,74 +76,100 @@ class DataConfig(DataOptions):
     options (:class:`maedfer.pipelines.options.DataOptions`, declared there) and the manifest."""
 
     manifest: str | None = opt(None, "manifest.parquet of a prepared dataset (--data)")
-    max_bad_share: float = opt(0.01, "a missing or undecodable training clip is replaced by "
-                               "another and counted (report.json, the summary, "
-                               "RUN/bad_clips.json); the run stops once more than this share "
-                               "of the training clips are (1: never)")
+    max_bad_share: float = opt(
+        0.01,
+        "a missing or undecodable training clip is replaced by "
+        "another and counted (report.json, the summary, "
+        "RUN/bad_clips.json); the run stops once more than this share "
+        "of the training clips are (1: never)",
+    )
 
 
 @dataclass
 class FinetuneDataConfig(DataConfig, TrainDataOptions):
     """The fine-tuning recipe's data: the loader's train-mode options too, and the fold."""
 
-    fold: int | None = opt(None, "test fold of a k-fold protocol (--fold); null for a fixed "
-                           "train/test split")
+    fold: int | None = opt(
+        None, "test fold of a k-fold protocol (--fold); null for a fixed train/test split"
+    )
     temporal_rule: TemporalRule = opt(
-        "reference", "training window: reference = the official rule (int(linspace) over a "
+        "reference",
+        "training window: reference = the official rule (int(linspace) over a "
         "num_frames*stride window, effective stride 64/15; short clips spread over the whole "
         "clip); stride = exactly `stride` apart, equal to the test views' stride (a maedfer "
-        "option)")
+        "option)",
+    )
 
 
 @dataclass
 class ModelConfig:
     name: str = opt("lgi_former_base", "registered model name (maedfer.model.list_models())")
-    num_frames: int = opt(16, "frames per clip (model input)")
-    img_size: int = opt(160, "clip side in pixels (model input)")
+    num_frames: int | None = opt(16, "frames per clip (model input)")
+    img_size: int | None = opt(160, "clip side in pixels (model input)")
     drop_path: float = opt(0.1, "stochastic depth rate of the last block (linear ramp)")
-    overrides: dict[str, Any] = opt({}, "other constructor arguments of the model, e.g. "
-                                    "{embed_dim: 64, depth: 2}")
+    overrides: dict[str, Any] = opt(
+        {}, "other constructor arguments of the model, e.g. {embed_dim: 64, depth: 2}"
+    )
 
 
 @dataclass
 class PretrainModelConfig(ModelConfig):
     name: str = opt("mae_lgi_former_base", "registered pre-training model name")
+    num_frames: int = opt(16, "frames per clip (model input)")
+    img_size: int = opt(160, "clip side in pixels (model input)")
     drop_path: float = opt(0.0, "encoder stochastic depth rate")
     mask_ratio: float = opt(0.9, "fraction of tokens masked (part-window tube masking)")
     official_decoder_order: bool = opt(
-        False, "false: maedfer gives the decoder the positions of the tokens it predicts; true: "
-        "the official code's mismatched decoder positions")
+        False,
+        "false: maedfer gives the decoder the positions of the tokens it predicts; true: "
+        "the official code's mismatched decoder positions",
+    )
 
 
 @dataclass
 class FinetuneModelConfig(ModelConfig):
-    num_frames: int | None = opt(None, "frames per clip (model input; null: the model's input "
-                                 "contract, 16 for every model of docs/models.md)")
-    img_size: int | None = opt(None, "clip side in pixels (model input; null: the model's "
-                               "input contract: 160, videomae_base_224 and marlin_* 224)")
-    init: str | None = opt(None, "checkpoint to start from (--init): maedfer pre-training or "
-                           "fine-tuning, or the authors' released .pth of the model's family "
-                           "(docs/models.md); null: random weights")
-    num_classes: int | None = opt(None, "classes (null: from the manifest; set, it must "
-                                  "match the manifest)")
+    num_frames: int | None = opt(
+        None,
+        "frames per clip (model input; null: the model's input "
+        "contract, 16 for every model of docs/models.md)",
+    )
+    img_size: int | None = opt(
+        None,
+        "clip side in pixels (model input; null: the model's "
+        "input contract: 160, videomae_base_224 and marlin_* 224)",
+    )
+    init: str | None = opt(
+        None,
+        "checkpoint to start from (--init): maedfer pre-training or "
+        "fine-tuning, or the authors' released .pth of the model's family "
+        "(docs/models.md); null: random weights",
+    )
+    num_classes: int | None = opt(
+        None, "classes (null: from the manifest; set, it must match the manifest)"
+    )
     skip_unused_tail: bool = opt(
-        True, "LGI-Former with region pooling: skip and freeze the last block's cross-attention,"
+        True,
+        "LGI-Former with region pooling: skip and freeze the last block's cross-attention,"
         " which cannot reach the logits (same logits, less compute; the official code "
-        "computes it: false)")
+        "computes it: false)",
+    )
 
 
 @dataclass
 class OptimConfig:
     lr: float | None = opt(None, "absolute peak lr (null: blr * total batch / 256)")
     blr: float = opt(3e-4, "base lr per 256 clips of total batch")
-    weight_decay: float = opt(0.05, "AdamW weight decay (constant; 1-D tensors, biases and "
-                              "the model's no-decay list exempt)")
+    weight_decay: float = opt(
+        0.05,
+        "AdamW weight decay (constant; 1-D tensors, biases and the model's no-decay list exempt)",
+    )
     betas: tuple[float, float] = opt((0.9, 0.95), "AdamW betas")
     eps: float = opt(1e-8, "AdamW eps")
     layer_decay: float | None = opt(None, "layer-wise lr decay (null: none)")
     clip_grad: float | None = opt(None, "clip the gradient norm to this (null: no clipping)")
-    accum_steps: int = opt(1, "micro-batches per optimiser step (total batch = batch_size * "
-                           "accum_steps * world size)")
+    accum_steps: int = opt(
+        1, "micro-batches per optimiser step (total batch = batch_size * accum_steps * world size)"
+    )
 
     def validate(self) -> None:
         """Raises: MaedferError: ``optim.accum_steps`` below 1; an ``optim.lr``, ``optim.blr``
@@ -150,8 +193,9 @@ class FinetuneOptimConfig(OptimConfig):
 
 @dataclass
 class ScheduleConfig:
-    epochs: int = opt(100, "epochs scheduled (the released pre-training checkpoint is "
-                      "epoch 50 of 100)")
+    epochs: int = opt(
+        100, "epochs scheduled (the released pre-training checkpoint is epoch 50 of 100)"
+    )
     warmup_epochs: float = opt(5.0, "linear warmup from 0 (per optimiser step)")
     min_blr: float = opt(1e-5, "cosine end per 256 clips (scaled like blr)")
     max_steps: int | None = opt(None, "stop after this many optimiser steps (a trial run)")
@@ -200,11 +244,15 @@ class LossConfig:
 
 @dataclass
 class EvalConfig:
-    test_views: int = opt(2, "temporal test views per clip, softmax-averaged (the official "
-                          "2 segments x 2 identical crops)")
+    test_views: int = opt(
+        2,
+        "temporal test views per clip, softmax-averaged (the official "
+        "2 segments x 2 identical crops)",
+    )
     test_batch_size: int | None = opt(None, "test batch (null: data.batch_size)")
-    eval_every: int | None = opt(None, "also test every N epochs (logged only; null: at the "
-                                 "end only)")
+    eval_every: int | None = opt(
+        None, "also test every N epochs (logged only; null: at the end only)"
+    )
 
     def validate(self) -> None:
         """Raises: MaedferError: ``eval.test_views``, ``eval.eval_every`` or
@@ -220,17 +268,23 @@ class RunConfig:
     out: str | None = opt(None, "run folder (--out; null: runs/<recipe>[/<dataset>_fold<k>])")
     device: str | None = opt(None, "cpu, cuda or cuda:N (--device; null: CUDA when present)")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = opt(
-        "auto", "auto = bf16 where the GPU supports it, else fp16 with a gradient scaler, fp32 "
-        "on CPU (the official code: fp16 with a scaler: set fp16)")
+        "auto",
+        "auto = bf16 where the GPU supports it, else fp16 with a gradient scaler, fp32 "
+        "on CPU (the official code: fp16 with a scaler: set fp16)",
+    )
     seed: int = opt(0, "seed of shuffling, augmentation, masks and mixup")
     resume: Literal["auto", "true", "false"] = opt(
-        "auto", "auto: continue a run of the same recipe in <out>, leave a finished one alone, "
+        "auto",
+        "auto: continue a run of the same recipe in <out>, leave a finished one alone, "
         "refuse one of another recipe; true: a checkpoint must be there; false: <out> must "
-        "hold no run (--resume)")
+        "hold no run (--resume)",
+    )
     overwrite: bool = opt(False, "delete the run's files in <out> and start over (--overwrite)")
     save_every: int | None = opt(
-        None, "also keep checkpoints/epoch-NNNN.pt every N epochs (--save-every; null: only "
-        "last.pt; the official code keeps numbered checkpoints too)")
+        None,
+        "also keep checkpoints/epoch-NNNN.pt every N epochs (--save-every; null: only "
+        "last.pt; the official code keeps numbered checkpoints too)",
+    )
     keep_checkpoints: int | None = opt(3, "numbered checkpoints kept, newest first (null: all)")
     log_every: int = opt(10, "optimiser steps per metrics line")
     max_nonfinite: int = opt(5, "stop after this many non-finite losses in a row")
@@ -274,8 +328,9 @@ class FinetuneConfig:
     data: FinetuneDataConfig = section(FinetuneDataConfig, "clips and their sampling")
     model: FinetuneModelConfig = section(FinetuneModelConfig, "the classifier")
     optim: FinetuneOptimConfig = section(FinetuneOptimConfig, "AdamW with layer decay")
-    schedule: FinetuneScheduleConfig = section(FinetuneScheduleConfig,
-                                               "per-step warmup + cosine lr")
+    schedule: FinetuneScheduleConfig = section(
+        FinetuneScheduleConfig, "per-step warmup + cosine lr"
+    )
     loss: LossConfig = section(LossConfig, "mixup/CutMix and label smoothing")
     eval: EvalConfig = section(EvalConfig, "the test protocol")
     run: RunConfig = section(RunConfig, "where, how and how often")
@@ -322,8 +377,12 @@ def apply_overrides(cfg: Any, overrides: Sequence[str] | Mapping[str, Any] | Non
         given = [item for item in overrides if item.partition("=")[0].strip() != "recipe"]
     set_values(cfg, given)
     optim = getattr(cfg, "optim", None)
-    if "optim.blr" in parsed and "optim.lr" not in parsed and optim is not None \
-            and optim.lr is not None:
+    if (
+        "optim.blr" in parsed
+        and "optim.lr" not in parsed
+        and optim is not None
+        and optim.lr is not None
+    ):
         raise MaedferError(
             f"--set optim.blr={parsed['optim.blr']} would be ignored: the config sets "
             f"optim.lr={optim.lr}, an absolute peak lr that wins over blr; add --set "
@@ -373,8 +432,9 @@ def from_dict(data: Mapping[str, Any], *, recipe: str | None = None) -> RecipeCo
     if name not in CONFIG_CLASSES:
         raise MaedferError(f"config recipe {name!r} is unknown; expected one of {RECIPES}")
     if recipe is not None and name != recipe:
-        raise MaedferError(f"that is a {name} config; {recipe} needs a {recipe} config "
-                           f"(see maedfer config list)")
+        raise MaedferError(
+            f"that is a {name} config; {recipe} needs a {recipe} config (see maedfer config list)"
+        )
     cfg = CONFIG_CLASSES[name]()
     # ``resolved`` is what a run's config.yaml adds for the record (world size, total batch,
     # lr range): facts of that run, not options, so a replay reads past it.
@@ -382,8 +442,12 @@ def from_dict(data: Mapping[str, Any], *, recipe: str | None = None) -> RecipeCo
     return cfg
 
 
-def load(source: str | Path | None = None, *, recipe: str | None = None,
-         overrides: Sequence[str] | Mapping[str, Any] | None = None) -> RecipeConfig:
+def load(
+    source: str | Path | RecipeConfig | None = None,
+    *,
+    recipe: str | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
+) -> RecipeConfig:
     """A shipped config by name, a YAML file, or (``None``) the recipe's defaults; then
     ``overrides``.
 
@@ -412,18 +476,26 @@ def markdown_tables() -> str:
     return "\n".join(out)
 
 
-def resolve(config: Any, *, recipe: str,
-            overrides: Sequence[str] | Mapping[str, Any] | None = None,
-            flags: Mapping[str, Any] | None = None) -> RecipeConfig:
+def resolve(
+    config: Any,
+    *,
+    recipe: str,
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> RecipeConfig:
     """:func:`load` then the CLI's common flags (dotted key -> value; ``None`` = not given),
     which win over the config and the overrides."""
     cfg = load(config, recipe=recipe, overrides=overrides)
-    given = {k: str(v) if isinstance(v, Path) else v for k, v in (flags or {}).items()
-             if v is not None}
+    given = {
+        k: str(v) if isinstance(v, Path) else v for k, v in (flags or {}).items() if v is not None
+    }
     cfg = apply_overrides(cfg, given)
     # the files a run reads, absolute: its config.yaml replays from any folder
-    absolute = {key: os.path.abspath(os.path.expanduser(value)) for key in PATH_KEYS
-                if isinstance(value := get(cfg, key), str) and value}  # fmt: skip
+    absolute = {
+        key: os.path.abspath(os.path.expanduser(value))
+        for key in PATH_KEYS
+        if isinstance(value := get(cfg, key), str) and value
+    }
     return apply_overrides(cfg, absolute)
 
 

@@ -95,8 +95,9 @@ class FinetuneRecipe:
         self.dataset, self.classes, self.num_folds = manifest_info(Path(cfg.data.manifest))
         fold = cfg.data.fold
         suffix = f"_fold{fold}" if fold is not None else ""
-        self.out = (Path(cfg.run.out) if cfg.run.out
-                    else Path("runs/finetune") / f"{self.dataset}{suffix}")
+        self.out = (
+            Path(cfg.run.out) if cfg.run.out else Path("runs/finetune") / f"{self.dataset}{suffix}"
+        )
         self.checkpoint_path = self.out / "checkpoints" / ckpt_io.LAST
         self.dry_run = dry_run  # a dry run builds even a finished run, and writes nothing
         self.start: RunStart | None = None
@@ -104,6 +105,7 @@ class FinetuneRecipe:
         self._state: dict[str, Any] | None = None  # the checkpoint resumed from
         self._model: torch.nn.Module | None = None
         self._loop: TrainLoop | None = None
+        self._raw: Any = None  # the model unwrapped: the registry's API (config, loss, ...)
 
     # ------------------------------------------------------------------ setup
 
@@ -112,44 +114,66 @@ class FinetuneRecipe:
         cfg = self.cfg
         # 1. process group, device, precision, seeds
         self._env, self._precision = building.init_run(
-            device=cfg.run.device, precision=cfg.run.precision, seed=cfg.run.seed)
+            device=cfg.run.device, precision=cfg.run.precision, seed=cfg.run.seed
+        )
         # 2. which rows train and test; 3. the checkpoint to resume
         self._selection = self._select_rows()
-        self.start = common.open_recipe_run(cfg, self.out, self._env, dry_run=self.dry_run,
-                                            final_outputs=("report.json",))
+        self.start = common.open_recipe_run(
+            cfg, self.out, self._env, dry_run=self.dry_run, final_outputs=("report.json",)
+        )
         if self.start.finished and not self.dry_run:
             return
         self._state = self.start.state
         # 4. model (init or resumed, DDP-wrapped); 5. data; 6. optimiser, schedule, scaler
-        self._raw, self._model = building.place_model(self._setup_model(), self._env,
-                                                      self._state, self.checkpoint_path)
+        self._raw, self._model = building.place_model(
+            self._setup_model(), self._env, self._state, self.checkpoint_path
+        )
         self._loader, self._test_loader = self._setup_data()
         if (self._loader.table.label < 0).any():  # checked once here, not per batch
             raise MaedferError("the training selection holds unlabelled clips (label -1)")
         self._steps_per_epoch = building.steps_per_epoch(self._loader, cfg.optim.accum_steps)
-        self._opt = common.optimisation(cfg, self._raw, total_batch=self.total_batch,
-                                        steps_per_epoch=self._steps_per_epoch, state=self._state)
+        self._opt = common.optimisation(
+            cfg,
+            self._raw,
+            total_batch=self.total_batch,
+            steps_per_epoch=self._steps_per_epoch,
+            state=self._state,
+        )
         self._mixup, self._criterion = self._setup_loss()
         parts = TrainParts(
-            env=self._env, model=self._model, raw=self._raw, optimizer=self._opt.optimizer,
-            scheduler=self._opt.scheduler, scaler=grad_scaler(self._env.device, self._precision),
+            env=self._env,
+            model=self._model,
+            raw=self._raw,
+            optimizer=self._opt.optimizer,
+            scheduler=self._opt.scheduler,
+            scaler=grad_scaler(self._env.device, self._precision),
             loader=self._loader,
             metrics=MetricsLog(self.out / "metrics.jsonl", enabled=self._env.is_main),
-            steps_per_epoch=self._steps_per_epoch, checkpoint_path=self.checkpoint_path,
+            steps_per_epoch=self._steps_per_epoch,
+            checkpoint_path=self.checkpoint_path,
             loss_step=self._loss_step,
-            extra_state={"config": self.resolved_config(), "classes": self.classes,
-                         "recipe": config_io.to_dict(cfg)},
-        )  # fmt: skip
+            extra_state={
+                "config": self.resolved_config(),
+                "classes": self.classes,
+                "recipe": config_io.to_dict(cfg),
+            },
+        )
         self._loop = TrainLoop(parts, common.loop_settings(cfg, "finetune"))
         if self._state is not None:
             self._loop.restore(self._state)
         log.info(
             "finetune %s on %s%s: %d train clips, %d test clips, %d steps/epoch, total batch "
-            "%d, peak lr %.3g, %s", cfg.model.name, self.dataset,
+            "%d, peak lr %.3g, %s",
+            cfg.model.name,
+            self.dataset,
             f" fold {cfg.data.fold}" if cfg.data.fold is not None else "",
-            self._loader.dataset_size, self._test_loader.dataset_size, self._steps_per_epoch,
-            self.total_batch, self._opt.lr[0], self._precision,
-        )  # fmt: skip
+            self._loader.dataset_size,
+            self._test_loader.dataset_size,
+            self._steps_per_epoch,
+            self.total_batch,
+            self._opt.lr[0],
+            self._precision,
+        )
 
     @property
     def total_batch(self) -> int:
@@ -160,17 +184,17 @@ class FinetuneRecipe:
         fold, k = self.cfg.data.fold, self.num_folds
         if k > 0:
             if fold is None:
-                raise MaedferError(f"{self.dataset} is a {k}-fold protocol: give --fold K "
-                                   f"(1..{k}), the fold to test on")  # fmt: skip
+                raise MaedferError(
+                    f"{self.dataset} is a {k}-fold protocol: give --fold K "
+                    f"(1..{k}), the fold to test on"
+                )
             if not 1 <= fold <= k:
                 raise MaedferError(
                     f"--fold {fold} must be in 1..{k} for {self.dataset} ({k}-fold protocol)"
                 )
             return {"train": {"fold": fold}, "test": {"fold": fold}}
         if fold is not None:
-            raise MaedferError(
-                f"{self.dataset} has a fixed train/test split: drop --fold {fold}"
-            )
+            raise MaedferError(f"{self.dataset} has a fixed train/test split: drop --fold {fold}")
         return {"train": {"split": "train"}, "test": {"split": "test"}}
 
     def _own_model_args(self) -> dict[str, Any]:
@@ -181,16 +205,21 @@ class FinetuneRecipe:
                 f"model.num_classes ({m.num_classes}) differs from the manifest's "
                 f"{len(self.classes)} classes {self.classes}"
             )
-        own = {"num_classes": len(self.classes), "num_frames": m.num_frames,
-               "img_size": m.img_size, "drop_path_rate": m.drop_path}
+        own = {
+            "num_classes": len(self.classes),
+            "num_frames": m.num_frames,
+            "img_size": m.img_size,
+            "drop_path_rate": m.drop_path,
+        }
         region = m.overrides.get("pooling", "region") == "region"
         if m.skip_unused_tail and region and model_info(m.name)["unused_tail"]:
             own["skip_unused_tail"] = True
         return own
 
     def _setup_model(self) -> torch.nn.Module:
-        model = building.build_model(self.cfg.model.name, dict(self.cfg.model.overrides),
-                                     self._own_model_args())
+        model = building.build_model(
+            self.cfg.model.name, dict(self.cfg.model.overrides), self._own_model_args()
+        )
         if self._state is None and self.cfg.model.init is not None:
             log.info("init: %s", ckpt_io.load_init(model, Path(self.cfg.model.init)))
         elif self._state is None:
@@ -205,13 +234,23 @@ class FinetuneRecipe:
         shared = building.loader_options(self._raw.config, self._env, cfg.run.seed)
         # the section goes whole: every backend runs the recipe's RandAugment, and one that
         # could not would refuse it here in one line naming data.rand_augment, never drop it
-        train = build_loader(data.manifest, data, mode="train", **self._selection["train"],
-                             max_bad_share=data.max_bad_share, **shared)
+        train = build_loader(
+            data.manifest,
+            data,
+            mode="train",
+            **self._selection["train"],
+            max_bad_share=data.max_bad_share,
+            **shared,
+        )
         test = build_loader(
-            data.manifest, data, mode="test", test_views=cfg.eval.test_views,
+            data.manifest,
+            data,
+            mode="test",
+            test_views=cfg.eval.test_views,
             batch_size=cfg.eval.test_batch_size or data.batch_size,
-            **self._selection["test"], **shared,
-        )  # fmt: skip
+            **self._selection["test"],
+            **shared,
+        )
         return train, test
 
     def _setup_loss(self) -> tuple[Any, torch.nn.Module]:
@@ -221,9 +260,14 @@ class FinetuneRecipe:
         from maedfer.pipelines import make_mixup
 
         lo = self.cfg.loss
-        mixup = make_mixup(len(self.classes), mixup_alpha=lo.mixup, cutmix_alpha=lo.cutmix,
-                           prob=lo.mix_prob, switch_prob=lo.switch_prob,
-                           label_smoothing=lo.smoothing)
+        mixup = make_mixup(
+            len(self.classes),
+            mixup_alpha=lo.mixup,
+            cutmix_alpha=lo.cutmix,
+            prob=lo.mix_prob,
+            switch_prob=lo.switch_prob,
+            label_smoothing=lo.smoothing,
+        )
         if mixup is None:
             return None, torch.nn.CrossEntropyLoss(label_smoothing=lo.smoothing)
         return mixup, SoftTargetCrossEntropy()
@@ -232,12 +276,21 @@ class FinetuneRecipe:
         """The config with what this run resolved: backend, precision, device, folder,
         class count."""
         assert self._env is not None, "setup() first"
-        return config_io.to_dict(config_io.load(self.cfg, overrides={
-            "data.backend": self._loader.backend if hasattr(self, "_loader")
-            else self.cfg.data.backend, "run.precision": self._precision,
-            "run.device": str(self._env.device), "run.out": str(self.out.absolute()),
-            "model.num_classes": len(self.classes), **self._model_inputs(),
-        }))  # fmt: skip
+        return config_io.to_dict(
+            config_io.load(
+                self.cfg,
+                overrides={
+                    "data.backend": self._loader.backend
+                    if hasattr(self, "_loader")
+                    else self.cfg.data.backend,
+                    "run.precision": self._precision,
+                    "run.device": str(self._env.device),
+                    "run.out": str(self.out.absolute()),
+                    "model.num_classes": len(self.classes),
+                    **self._model_inputs(),
+                },
+            )
+        )
 
     def _model_inputs(self) -> dict[str, Any]:
         """The frames and side the model was built for (null in the config: its contract)."""
@@ -254,23 +307,40 @@ class FinetuneRecipe:
         assert env is not None, "setup() first"
         augment = describe_augment(loader.config)
         if self._mixup is not None:
-            augment.append({"name": "mixup_cutmix", "mixup_alpha": lo.mixup,
-                            "cutmix_alpha": lo.cutmix, "prob": lo.mix_prob,
-                            "switch_prob": lo.switch_prob, "mode": "batch",
-                            "label_smoothing": lo.smoothing})
+            augment.append(
+                {
+                    "name": "mixup_cutmix",
+                    "mixup_alpha": lo.mixup,
+                    "cutmix_alpha": lo.cutmix,
+                    "prob": lo.mix_prob,
+                    "switch_prob": lo.switch_prob,
+                    "mode": "batch",
+                    "label_smoothing": lo.smoothing,
+                }
+            )
         return {
-            "recipe": "finetune", "config": self.resolved_config(),
+            "recipe": "finetune",
+            "config": self.resolved_config(),
             "model": {"name": self.cfg.model.name, **describing.count_params(self._raw)},
             "data": {
-                "backend": loader.backend, "temporal_rule": loader.config.temporal_rule,
-                "augment": augment, "train_clips": loader.dataset_size,
+                "backend": loader.backend,
+                "temporal_rule": loader.config.temporal_rule,
+                "augment": augment,
+                "train_clips": loader.dataset_size,
                 "test_clips": self._test_loader.dataset_size,
-                "test_views": self.cfg.eval.test_views, "dataset": self.dataset,
-                "fold": self.cfg.data.fold, "classes": self.classes,
+                "test_views": self.cfg.eval.test_views,
+                "dataset": self.dataset,
+                "fold": self.cfg.data.fold,
+                "classes": self.classes,
             },
-            **common.describe_training(self.cfg, self._opt, steps_per_epoch=self._steps_per_epoch,
-                                       precision=self._precision, env=env),
-        }  # fmt: skip
+            **common.describe_training(
+                self.cfg,
+                self._opt,
+                steps_per_epoch=self._steps_per_epoch,
+                precision=self._precision,
+                env=env,
+            ),
+        }
 
     # ------------------------------------------------------------------ training
 
@@ -299,27 +369,49 @@ class FinetuneRecipe:
         """
         env, lp = self._env, self._loop
         assert env is not None and lp is not None, "setup() first"
-        rows = view_probabilities(self._raw, self._test_loader, device=env.device,
-                                  precision=self._precision, progress=env.is_main)
+        rows = view_probabilities(
+            self._raw,
+            self._test_loader,
+            device=env.device,
+            precision=self._precision,
+            progress=env.is_main,
+        )
         gathered = gather_objects(rows, env)
         if not env.is_main:
             return None
         # test clips that failed to decode were replaced, so they are absent: score_views says
-        result = score_views([r for part in gathered for r in part], self.classes,
-                             self._test_loader.table.clip_ids())  # fmt: skip
+        result = score_views(
+            [r for part in gathered for r in part], self.classes, self._test_loader.table.clip_ids()
+        )
         report, progress = result.report, lp.progress
-        report.update({"dataset": self.dataset, "fold": self.cfg.data.fold,
-                       "epoch": progress.epochs_run, "step": progress.global_step,
-                       "bad_train_clips": badclips.count(self.out)})
-        lp.metrics.write({"kind": "test", "epoch": progress.epochs_run,
-                                  "step": progress.global_step, "uar": report["uar"],
-                                  "war": report["war"], "final": write,
-                                  "clips_expected": report["clips_expected"],
-                                  "clips_scored": report["clips_scored"]})  # fmt: skip
+        report.update(
+            {
+                "dataset": self.dataset,
+                "fold": self.cfg.data.fold,
+                "epoch": progress.epochs_run,
+                "step": progress.global_step,
+                "bad_train_clips": badclips.count(self.out),
+            }
+        )
+        lp.metrics.write(
+            {
+                "kind": "test",
+                "epoch": progress.epochs_run,
+                "step": progress.global_step,
+                "uar": report["uar"],
+                "war": report["war"],
+                "final": write,
+                "clips_expected": report["clips_expected"],
+                "clips_scored": report["clips_scored"],
+            }
+        )
         if write and not report["complete"]:
-            log.warning("incomplete test set: %s", describe_missing(
-                len(report["missing_clips"]), report["clips_expected"],
-                report["missing_clips"]))  # fmt: skip
+            log.warning(
+                "incomplete test set: %s",
+                describe_missing(
+                    len(report["missing_clips"]), report["clips_expected"], report["missing_clips"]
+                ),
+            )
         if write:
             write_results(self.out, result, self.classes)
         return report
@@ -341,13 +433,17 @@ class FinetuneRecipe:
         if report is not None and lp.progress.epochs_run >= cfg.schedule.epochs:
             run_io.finish_run(lp, self.out)
         return {
-            "out": str(self.out), "checkpoint": str(self.checkpoint_path),
-            "epochs": lp.progress.epochs_run, "steps": lp.progress.global_step,
-            "loss": lp.last_epoch_loss(), "report": report, "stopped_by": lp.stopped_by,
+            "out": str(self.out),
+            "checkpoint": str(self.checkpoint_path),
+            "epochs": lp.progress.epochs_run,
+            "steps": lp.progress.global_step,
+            "loss": lp.last_epoch_loss(),
+            "report": report,
+            "stopped_by": lp.stopped_by,
             "nonfinite_steps": lp.progress.nonfinite_steps,
             "bad_train_clips": badclips.count(self.out),
             "time_s": time.perf_counter() - started,
-        }  # fmt: skip
+        }
 
     def save_checkpoint(self) -> None:
         assert self._loop is not None, "setup() first"
@@ -390,9 +486,16 @@ def run(
         ``{"finished": True, ...}`` (:func:`maedfer.recipes.interface.execute`). After
         SIGINT/SIGTERM the checkpoint is written and ``stopped_by`` names the signal.
     """
-    flags = {"data.manifest": data, "data.fold": fold, "model.init": init, "run.out": out,
-             "run.device": device, "run.resume": resume_value(resume),
-             "run.overwrite": overwrite, "run.save_every": save_every}
+    flags = {
+        "data.manifest": data,
+        "data.fold": fold,
+        "model.init": init,
+        "run.out": out,
+        "run.device": device,
+        "run.resume": resume_value(resume),
+        "run.overwrite": overwrite,
+        "run.save_every": save_every,
+    }
     cfg = config_io.resolve(config, recipe="finetune", overrides=overrides, flags=flags)
     assert isinstance(cfg, FinetuneConfig)
     return execute(FinetuneRecipe(cfg, dry_run=dry_run))

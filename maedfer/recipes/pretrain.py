@@ -80,6 +80,7 @@ class PretrainRecipe:
         self._env: DistEnv | None = None
         self._model: torch.nn.Module | None = None
         self._loop: TrainLoop | None = None
+        self._raw: Any = None  # the model unwrapped: the registry's API (config, loss, ...)
 
     # ------------------------------------------------------------------ setup
 
@@ -88,37 +89,57 @@ class PretrainRecipe:
         cfg = self.cfg
         # 1. process group, device, precision, seeds; 2. the checkpoint to resume
         self._env, self._precision = building.init_run(
-            device=cfg.run.device, precision=cfg.run.precision, seed=cfg.run.seed)
-        self.start = common.open_recipe_run(cfg, self.out, self._env, dry_run=self.dry_run,
-                                            final_outputs=())
+            device=cfg.run.device, precision=cfg.run.precision, seed=cfg.run.seed
+        )
+        self.start = common.open_recipe_run(
+            cfg, self.out, self._env, dry_run=self.dry_run, final_outputs=()
+        )
         if self.start.finished and not self.dry_run:
             return
         state = self.start.state
         # 3. model (DDP-wrapped when distributed); 4. data; 5. optimiser; 6. schedule; 7. scaler
-        self._raw, self._model = building.place_model(self._setup_model(), self._env, state,
-                                                      self.checkpoint_path)
+        self._raw, self._model = building.place_model(
+            self._setup_model(), self._env, state, self.checkpoint_path
+        )
         self._loader = self._setup_data()
         self._steps_per_epoch = building.steps_per_epoch(self._loader, cfg.optim.accum_steps)
-        self._opt = common.optimisation(cfg, self._raw, total_batch=self.total_batch,
-                                        steps_per_epoch=self._steps_per_epoch, state=state)
+        self._opt = common.optimisation(
+            cfg,
+            self._raw,
+            total_batch=self.total_batch,
+            steps_per_epoch=self._steps_per_epoch,
+            state=state,
+        )
         parts = TrainParts(
-            env=self._env, model=self._model, raw=self._raw, optimizer=self._opt.optimizer,
-            scheduler=self._opt.scheduler, scaler=grad_scaler(self._env.device, self._precision),
+            env=self._env,
+            model=self._model,
+            raw=self._raw,
+            optimizer=self._opt.optimizer,
+            scheduler=self._opt.scheduler,
+            scaler=grad_scaler(self._env.device, self._precision),
             loader=self._loader,
             metrics=MetricsLog(self.out / "metrics.jsonl", enabled=self._env.is_main),
-            steps_per_epoch=self._steps_per_epoch, checkpoint_path=self.checkpoint_path,
+            steps_per_epoch=self._steps_per_epoch,
+            checkpoint_path=self.checkpoint_path,
             loss_step=self._loss_step,
-            extra_state={"config": self.resolved_config(), "classes": [],
-                         "recipe": config_io.to_dict(cfg)},
-        )  # fmt: skip
+            extra_state={
+                "config": self.resolved_config(),
+                "classes": [],
+                "recipe": config_io.to_dict(cfg),
+            },
+        )
         self._loop = TrainLoop(parts, common.loop_settings(cfg, "pretrain"))
         if state is not None:
             self._loop.restore(state)
         log.info(
             "pretrain %s: %d clips, %d steps/epoch, total batch %d, peak lr %.3g, %s",
-            cfg.model.name, self._loader.dataset_size, self._steps_per_epoch, self.total_batch,
-            self._opt.lr[0], self._precision,
-        )  # fmt: skip
+            cfg.model.name,
+            self._loader.dataset_size,
+            self._steps_per_epoch,
+            self.total_batch,
+            self._opt.lr[0],
+            self._precision,
+        )
 
     @property
     def total_batch(self) -> int:
@@ -127,8 +148,13 @@ class PretrainRecipe:
 
     def _setup_model(self) -> torch.nn.Module:
         m = self.cfg.model
-        own = {"num_frames": m.num_frames, "img_size": m.img_size, "drop_path_rate": m.drop_path,
-               "mask_ratio": m.mask_ratio, "official_decoder_order": m.official_decoder_order}
+        own = {
+            "num_frames": m.num_frames,
+            "img_size": m.img_size,
+            "drop_path_rate": m.drop_path,
+            "mask_ratio": m.mask_ratio,
+            "official_decoder_order": m.official_decoder_order,
+        }
         return building.build_model(m.name, dict(m.overrides), own)
 
     def _setup_data(self) -> ClipLoader:
@@ -136,18 +162,30 @@ class PretrainRecipe:
 
         cfg, env = self.cfg, self._env
         assert env is not None and cfg.data.manifest is not None
-        return build_loader(cfg.data.manifest, cfg.data, mode="pretrain",
-                            max_bad_share=cfg.data.max_bad_share,
-                            **building.loader_options(self._raw.config, env, cfg.run.seed))
+        return build_loader(
+            cfg.data.manifest,
+            cfg.data,
+            mode="pretrain",
+            max_bad_share=cfg.data.max_bad_share,
+            **building.loader_options(self._raw.config, env, cfg.run.seed),
+        )
 
     def resolved_config(self) -> dict[str, Any]:
         """The config with what this run resolved: backend, precision, device, folder."""
         assert self._env is not None, "setup() first"
-        return config_io.to_dict(config_io.load(self.cfg, overrides={
-            "data.backend": self._loader.backend if hasattr(self, "_loader") else
-            self.cfg.data.backend, "run.precision": self._precision,
-            "run.device": str(self._env.device), "run.out": str(self.out.absolute()),
-        }))  # fmt: skip
+        return config_io.to_dict(
+            config_io.load(
+                self.cfg,
+                overrides={
+                    "data.backend": self._loader.backend
+                    if hasattr(self, "_loader")
+                    else self.cfg.data.backend,
+                    "run.precision": self._precision,
+                    "run.device": str(self._env.device),
+                    "run.out": str(self.out.absolute()),
+                },
+            )
+        )
 
     def describe(self) -> dict[str, Any]:
         """What this recipe runs (after ``setup()``): the ``--dry-run --json`` object."""
@@ -156,16 +194,24 @@ class PretrainRecipe:
         loader, env = self._loader, self._env
         assert env is not None, "setup() first"
         return {
-            "recipe": "pretrain", "config": self.resolved_config(),
+            "recipe": "pretrain",
+            "config": self.resolved_config(),
             "model": {"name": self.cfg.model.name, **describing.count_params(self._raw)},
             "data": {
-                "backend": loader.backend, "temporal_rule": loader.config.temporal_rule,
-                "augment": describe_augment(loader.config), "train_clips": loader.dataset_size,
+                "backend": loader.backend,
+                "temporal_rule": loader.config.temporal_rule,
+                "augment": describe_augment(loader.config),
+                "train_clips": loader.dataset_size,
                 "test_clips": None,
             },
-            **common.describe_training(self.cfg, self._opt, steps_per_epoch=self._steps_per_epoch,
-                                       precision=self._precision, env=env),
-        }  # fmt: skip
+            **common.describe_training(
+                self.cfg,
+                self._opt,
+                steps_per_epoch=self._steps_per_epoch,
+                precision=self._precision,
+                env=env,
+            ),
+        }
 
     # ------------------------------------------------------------------ training
 
@@ -194,13 +240,16 @@ class PretrainRecipe:
         if lp.progress.epochs_run >= self.cfg.schedule.epochs:
             run_io.finish_run(lp, self.out)
         return {
-            "out": str(self.out), "checkpoint": str(self.checkpoint_path),
-            "epochs": lp.progress.epochs_run, "steps": lp.progress.global_step,
-            "loss": lp.last_epoch_loss(), "stopped_by": lp.stopped_by,
+            "out": str(self.out),
+            "checkpoint": str(self.checkpoint_path),
+            "epochs": lp.progress.epochs_run,
+            "steps": lp.progress.global_step,
+            "loss": lp.last_epoch_loss(),
+            "stopped_by": lp.stopped_by,
             "nonfinite_steps": lp.progress.nonfinite_steps,
             "bad_train_clips": badclips.count(self.out),
             "time_s": time.perf_counter() - started,
-        }  # fmt: skip
+        }
 
     def save_checkpoint(self) -> None:
         assert self._loop is not None, "setup() first"
@@ -246,9 +295,14 @@ def run(
         ``{"finished": True, ...}`` (:func:`maedfer.recipes.interface.execute`). After
         SIGINT/SIGTERM the checkpoint is written and ``stopped_by`` names the signal.
     """
-    flags = {"data.manifest": data, "run.out": out, "run.device": device,
-             "run.resume": resume_value(resume), "run.overwrite": overwrite,
-             "run.save_every": save_every}  # fmt: skip
+    flags = {
+        "data.manifest": data,
+        "run.out": out,
+        "run.device": device,
+        "run.resume": resume_value(resume),
+        "run.overwrite": overwrite,
+        "run.save_every": save_every,
+    }
     cfg = config_io.resolve(config, recipe="pretrain", overrides=overrides, flags=flags)
     assert isinstance(cfg, PretrainConfig)
     return execute(PretrainRecipe(cfg, dry_run=dry_run))

@@ -41,10 +41,13 @@ def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **_: Any
 @contextlib.contextmanager
 def reference_attention() -> Iterator[None]:
     """Within the block, maedfer's attention layers use :func:`manual_attention` (not SDPA)."""
-    proxy = types.SimpleNamespace(**{
-        name: getattr(torch.nn.functional, name) for name in dir(torch.nn.functional)
-        if not name.startswith("__")
-    })  # fmt: skip
+    proxy = types.SimpleNamespace(
+        **{
+            name: getattr(torch.nn.functional, name)
+            for name in dir(torch.nn.functional)
+            if not name.startswith("__")
+        }
+    )
     proxy.scaled_dot_product_attention = manual_attention
     with mock.patch.object(model_layers, "F", proxy):
         yield
@@ -82,12 +85,16 @@ def build_step(
     model = create_model(name, **overrides).to(device)
     # (a model built with skip_unused_tail freezes its dead tail itself, as in the recipe)
     cfg = model.config
-    video = torch.randn(batch, 3, cfg["num_frames"], cfg["img_size"], cfg["img_size"],
-                        device=device)
+    video = torch.randn(
+        batch, 3, cfg["num_frames"], cfg["img_size"], cfg["img_size"], device=device
+    )
     optimizer = create_optimizer(
-        model, lr=1e-4, betas=(0.9, 0.95) if pretraining else (0.9, 0.999),
-        layer_decay=None if pretraining else 0.75, fused=False if reference_style else None,
-    )  # fmt: skip
+        model,
+        lr=1e-4,
+        betas=(0.9, 0.95) if pretraining else (0.9, 0.999),
+        layer_decay=None if pretraining else 0.75,
+        fused=False if reference_style else None,
+    )
     scaler = grad_scaler(device, precision)
     model.train()
     if isinstance(model, MaskedLGIFormer):
@@ -123,8 +130,9 @@ def build_step(
     return step, model, precision
 
 
-def time_steps(step: Callable[[], float], device: torch.device, *, warmup: int,
-               repeats: int) -> list[float]:
+def time_steps(
+    step: Callable[[], float], device: torch.device, *, warmup: int, repeats: int
+) -> list[float]:
     """Seconds per call of ``step`` after ``warmup`` untimed calls (CUDA synchronised)."""
     for _ in range(warmup):
         step()
@@ -146,12 +154,26 @@ def quartiles(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "p25": q[0], "p75": q[2]}
 
 
-def measure(name: str, *, batch: int, batches: int, device: torch.device,
-            precision: str = "auto", overrides: dict[str, Any] | None = None,
-            reference_style: bool = False, warmup: int = 1) -> dict[str, Any]:
+def measure(
+    name: str,
+    *,
+    batch: int,
+    batches: int,
+    device: torch.device,
+    precision: str = "auto",
+    overrides: dict[str, Any] | None = None,
+    reference_style: bool = False,
+    warmup: int = 1,
+) -> dict[str, Any]:
     """Profile one training step; returns the figures of one row."""
-    step, model, precision = build_step(name, batch=batch, device=device, precision=precision,
-                                        overrides=overrides, reference_style=reference_style)
+    step, model, precision = build_step(
+        name,
+        batch=batch,
+        device=device,
+        precision=precision,
+        overrides=overrides,
+        reference_style=reference_style,
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     context = reference_attention() if reference_style else contextlib.nullcontext()
@@ -159,11 +181,14 @@ def measure(name: str, *, batch: int, batches: int, device: torch.device,
         times = time_steps(step, device, warmup=warmup, repeats=batches)
     spread = quartiles(times)
     row: dict[str, Any] = {
-        "name": name, "batch": batch, "precision": precision,
+        "name": name,
+        "batch": batch,
+        "precision": precision,
         "kind": "pretrain" if model_info(name)["kind"] == "pretrain" else "finetune",
-        "clips_per_s": batch / spread["median"], "step_s": spread,
+        "clips_per_s": batch / spread["median"],
+        "step_s": spread,
         "clips_per_s_p25_p75": [batch / spread["p75"], batch / spread["p25"]],
-    }  # fmt: skip
+    }
     if device.type == "cuda":
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     del step, model

@@ -35,21 +35,26 @@ import contextlib
 import json
 import logging
 import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from maedfer.atomic import write_text
 from maedfer.errors import MaedferError
-from maedfer.evaluation import evaluate, metrics
 from maedfer.evaluation.heldout import REPORT, manifest_info
+from maedfer.evaluation.protocol_summary import (  # the names protocol users have had
+    PUBLISHED_LABEL,
+    SUMMARY,
+    difference,
+    fold_dir,
+    format_summary,
+    published_figure,
+    summarize,
+)
 from maedfer.lock import hold
-from maedfer.manifests import DATASET_NAMES, published_results
 
 log = logging.getLogger(__name__)
 
-SUMMARY = "summary.json"
-PUBLISHED_LABEL = "published MAE-DFER"
 # Options the protocol sets per fold; a config may not set them.
 # Config keys the protocol sets for each fold (its flags), never taken from --set.
 PER_FOLD_KEYS = ("data.manifest", "data.fold", "model.init", "run.out", "run.resume")
@@ -68,22 +73,35 @@ def _check_config(config: str | Path, overrides: Sequence[str]) -> str:
 
     fixed = sorted({item.partition("=")[0].strip() for item in overrides} & set(PER_FOLD_KEYS))
     if fixed:
-        raise MaedferError(f"--set {', '.join(fixed)}: the protocol sets those per fold "
-                           "(--data, --folds, --init, --out)")  # fmt: skip
+        raise MaedferError(
+            f"--set {', '.join(fixed)}: the protocol sets those per fold "
+            "(--data, --folds, --init, --out)"
+        )
     cfg = config_io.load(str(config), recipe="finetune", overrides=list(overrides))
     return canonical_name(cfg.model.name)
 
 
 def _finetune_fold(
-    config: str | Path, data: Path, fold: int | None, init: Path | None, out: Path,
+    config: str | Path,
+    data: Path,
+    fold: int | None,
+    init: Path | None,
+    out: Path,
     overrides: Sequence[str],
-) -> None:  # fmt: skip
+) -> None:
     """Fine-tune and test one fold into ``out``: ``maedfer finetune --config CONFIG`` with
     ``--resume auto`` (a killed fold continues from its checkpoint, a finished one is kept)."""
     from maedfer.recipes import finetune
 
-    finetune.run(str(config), overrides=list(overrides), data=data, fold=fold, init=init,
-                 out=out, resume="auto")
+    finetune.run(
+        str(config),
+        overrides=list(overrides),
+        data=data,
+        fold=fold,
+        init=init,
+        out=out,
+        resume="auto",
+    )
 
 
 # ---------------------------------------------------------------- folds, commands, scripts
@@ -111,15 +129,13 @@ def parse_folds(folds: str | Sequence[int] | None, num_folds: int, dataset: str)
     chosen = list(folds)
     bad = [f for f in chosen if not 1 <= f <= num_folds]
     if not chosen or bad:
-        raise MaedferError(f"--folds ({', '.join(map(str, bad)) or 'none'}) must be in "
-                           f"1..{num_folds} for {dataset} ({num_folds}-fold protocol)")  # fmt: skip
+        raise MaedferError(
+            f"--folds ({', '.join(map(str, bad)) or 'none'}) must be in "
+            f"1..{num_folds} for {dataset} ({num_folds}-fold protocol)"
+        )
     if len(set(chosen)) != len(chosen):
         raise MaedferError(f"--folds {','.join(map(str, chosen))} names a fold twice")
     return sorted(chosen)
-
-
-def fold_dir(out: Path, fold: int | None) -> Path:
-    return Path(out) / (f"fold_{fold}" if fold is not None else "test")
 
 
 def fold_finished(folder: Path, fold: int | None) -> bool:
@@ -134,19 +150,25 @@ def fold_finished(folder: Path, fold: int | None) -> bool:
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise MaedferError(f"{path} is not readable JSON ({exc}); move it away to rerun the "
-                           "fold") from None  # fmt: skip
+        raise MaedferError(
+            f"{path} is not readable JSON ({exc}); move it away to rerun the fold"
+        ) from None
     if not isinstance(report, dict) or report.get("fold") != fold:
         found = report.get("fold") if isinstance(report, dict) else None
-        raise MaedferError(f"{path} is the report of fold {found}, not fold {fold}; give each "
-                           "fold its own folder")  # fmt: skip
+        raise MaedferError(
+            f"{path} is the report of fold {found}, not fold {fold}; give each fold its own folder"
+        )
     return True
 
 
 def finetune_command(
-    config: str | Path, data: Path, fold: int | str | None, init: Path | None, out: Path | str,
+    config: str | Path,
+    data: Path,
+    fold: int | str | None,
+    init: Path | None,
+    out: Path | str,
     overrides: Sequence[str],
-) -> str:  # fmt: skip
+) -> str:
     """The ``maedfer finetune --config ...`` command line of one fold (shell-quoted; a word
     starting with ``"$`` is the shell's and left as it is)."""
     words = ["maedfer", "finetune", "--config", str(config), "--data", str(data)]
@@ -168,9 +190,14 @@ def _array_spec(folds: list[int]) -> str:
 
 
 def sbatch_script(
-    config: str | Path, data: Path, folds: list, init: Path, out: Path, overrides: Sequence[str],
+    config: str | Path,
+    data: Path,
+    folds: list,
+    init: Path | None,
+    out: Path,
+    overrides: Sequence[str],
     dataset: str,
-) -> str:  # fmt: skip
+) -> str:
     """A SLURM array job: one task per fold, then ``maedfer evaluate`` by the last to finish.
 
     Paths are made absolute (tasks may start elsewhere); a config that is a file too.
@@ -185,166 +212,31 @@ def sbatch_script(
     fold_arg, fold_out = ('"$FOLD"', '"$OUT/fold_$FOLD"') if k_fold else (None, '"$OUT/test"')
     command = finetune_command(config, data, fold_arg, init, fold_out, overrides)
     checks = " ".join(shlex.quote(str(f / REPORT)) for f in folders)
-    return "\n".join([
-        "#!/bin/bash",
-        f"# maedfer protocol: {dataset}, " + (f"folds {','.join(map(str, tasks))}" if k_fold
-                                              else "the fixed test split") + ".",
-        "# Written by `maedfer protocol --sbatch`; submit with: sbatch THIS_FILE",
-        "# Add what your cluster needs (--partition, --gres=gpu:N, --time, --cpus-per-task).",
-        f"#SBATCH --job-name=maedfer-{dataset}",
-        f"#SBATCH --array={_array_spec(tasks)}",
-        f"#SBATCH --output={out}/slurm-%A_%a.out",
-        "set -euo pipefail",
-        'FOLD="${SLURM_ARRAY_TASK_ID:?submit this script with sbatch (an array job)}"',
-        f"OUT={shlex.quote(str(out))}",
-        "",
-        command,
-        "",
-        "# The task that finds every fold's report.json runs the cross-fold evaluation.",
-        f"for report in {checks}; do",
-        '    [[ -f "$report" ]] || exit 0',
-        "done",
-        evaluate_command(folders, out),
-        "",
-    ])  # fmt: skip
-
-
-# ---------------------------------------------------------------- summary
-
-
-def _figures(report: Mapping[str, Any]) -> dict[str, Any]:
-    return {"uar": report["uar"], "war": report["war"], "num_clips": report["num_clips"]}
-
-
-def published_figure(model: str, dataset: str) -> dict[str, Any] | None:
-    """What the paper of ``model`` publishes for ``dataset``: ``uar``/``war`` as fractions
-    (``None`` where the source gives none), ``as_published`` (percent), ``aggregation``,
-    ``source``, ``note`` and the row's ``label``; ``None`` when it publishes nothing.
-
-    ``lgi_former_*`` (and a name the registry does not know) get MAE-DFER's figures
-    (:func:`maedfer.manifests.published_results`); the lineage's models their registry entry's.
-    """
-    from maedfer.model import model_info
-
-    try:
-        own = model_info(model)["published"]
-    except MaedferError:  # a name this maedfer does not know
-        own = None
-    if own is None or model.startswith("lgi_former"):
-        found = published_results(dataset) if dataset in DATASET_NAMES else None
-        if found is None:
-            return None
-        return _published_row(found["uar"], found["war"], found["aggregation"], found["source"],
-                              "")  # fmt: skip
-    entry = own.get(dataset)
-    if entry is None:
-        return None
-    return _published_row(entry.uar, entry.war, entry.aggregation, entry.source, entry.note)
-
-
-def _published_row(uar: float | None, war: float | None, aggregation: str, source: str,
-                   note: str) -> dict[str, Any]:  # fmt: skip
-    """Percent as published; fractions like every other figure here."""
-    shown = ", ".join(f"{k} {v:.2f} %" for k, v in (("UAR", uar), ("WAR", war)) if v is not None)
-    return {"label": "published " + source.split(" (")[0],
-            "uar": None if uar is None else uar / 100, "war": None if war is None else war / 100,
-            "as_published": shown, "aggregation": aggregation, "source": source,
-            "note": note}  # fmt: skip
-
-
-def difference(ours: Mapping[str, Any], published: Mapping[str, Any] | None) -> dict | None:
-    """Ours minus the published figure (fractions; ``None`` where nothing was published).
-    ``ours`` is the mean over folds: the aggregation every paper here reports (one run for a
-    fixed split)."""
-    if published is None:
-        return None
-    return {k: None if published[k] is None else ours[k] - published[k] for k in ("uar", "war")}
-
-
-def summarize(out: Path, folds: list, dataset: str, config: str | Path,
-              model: str = "lgi_former_base") -> dict[str, Any]:  # fmt: skip
-    """Cross-fold evaluation of the finished folds; writes and returns ``summary.json``, with
-    the figure ``model``'s paper publishes beside them."""
-    folders = [fold_dir(out, f) for f in folds]
-    payload = evaluate.run(folders, out=Path(out), html=False)
-    per_fold = []
-    for fold, folder, entry in zip(folds, folders, payload["runs"], strict=True):
-        per_fold.append({"fold": fold, "run": str(folder), **_figures(entry["report"]),
-                         "complete": entry["complete"]})  # fmt: skip
-    if "mean_over_folds" in payload:
-        mean = dict(payload["mean_over_folds"])
-        pooled = {"label": payload["pooled"]["label"], **_figures(payload["pooled"]),
-                  "complete": payload["pooled"]["complete"]}  # fmt: skip
-    else:  # one run: its own figures are both aggregations
-        only = per_fold[0]
-        mean = {"label": metrics.MEAN_OVER_FOLDS, "uar": only["uar"], "war": only["war"],
-                "uar_std": 0.0, "war_std": 0.0, "num_folds": 1, "complete": only["complete"]}
-        pooled = {"label": f"pooled over {only['num_clips']} clips", **_figures(only),
-                  "complete": only["complete"]}  # fmt: skip
-    published = published_figure(model, dataset)
-    summary = {
-        "dataset": dataset, "config": str(config), "model": model, "folds": per_fold,
-        "mean_over_folds": mean, "pooled": pooled, "published": published,
-        "difference": difference(mean, published),
-        "evaluation_json": payload.get("summary_json"),
-    }  # fmt: skip
-    metrics.write_report(Path(out) / SUMMARY, summary)
-    _write_html(Path(out), summary, payload, folders, dataset, config)
-    return summary
-
-
-def _write_html(out: Path, summary: Mapping[str, Any], payload: Mapping[str, Any],
-                folders: list[Path], dataset: str, config: str | Path) -> Path:  # fmt: skip
-    """``out/report.html``: the protocol's page (:mod:`maedfer.evaluation.report_html`)."""
-    from maedfer.evaluation import report_html as page
-
-    entries = []
-    for row, folder, entry in zip(summary["folds"], folders, payload["runs"], strict=True):
-        name = f"fold {row['fold']}" if row["fold"] is not None else "test split"
-        entries.append(page.RunEntry(name, folder, entry["report"], row["complete"]))
-    pooled = payload.get("pooled") or {**entries[0].report, **summary["pooled"]}
-    return page.write_report_html(
-        out / page.REPORT_HTML, title=f"maedfer protocol: {dataset}", runs=entries,
-        dataset=dataset, mean=summary["mean_over_folds"], pooled=pooled,
-        published=page.as_percent(summary["published"]),
-        note=f"{summary.get('model') or 'model'}, fine-tuning config {config}",
-    )  # fmt: skip
-
-
-def _pct(value: float | None, sign: bool = False) -> str:
-    if value is None:
-        return f"{'-':>7}"
-    return f"{100 * value:+7.2f}" if sign else f"{100 * value:7.2f}"
-
-
-def format_summary(summary: Mapping[str, Any]) -> str:
-    """The printed table: per fold, mean over folds, pooled, published."""
-    mean, pooled, published = summary["mean_over_folds"], summary["pooled"], summary["published"]
-    width = max(len(mean["label"]), len(pooled["label"]), len(PUBLISHED_LABEL) + 30,
-                len(published["label"]) + 30 if published else 0)
-    lines = [f"{'':<{width}} {'clips':>7} {'UAR %':>7} {'WAR %':>7}"]
-    for row in summary["folds"]:
-        name = f"fold {row['fold']}" if row["fold"] is not None else "test split"
-        mark = "" if row["complete"] is not False else " *"
-        lines.append(f"{name + mark:<{width}} {row['num_clips']:>7} {_pct(row['uar'])} "
-                     f"{_pct(row['war'])}")  # fmt: skip
-    lines.append(f"{mean['label']:<{width}} {'':>7} {_pct(mean['uar'])} {_pct(mean['war'])}")
-    lines.append(f"{pooled['label']:<{width}} {pooled['num_clips']:>7} {_pct(pooled['uar'])} "
-                 f"{_pct(pooled['war'])}")  # fmt: skip
-    if published is not None:
-        label = f"{published['label']} ({published['aggregation']})"
-        lines.append(f"{label:<{width}} {'':>7} {_pct(published['uar'])} "
-                     f"{_pct(published['war'])}")  # fmt: skip
-        diff = summary.get("difference") or {}
-        lines.append(f"{'difference (mean - published)':<{width}} {'':>7} "
-                     f"{_pct(diff.get('uar'), True)} {_pct(diff.get('war'), True)}")
-    else:
-        model = summary.get("model", "lgi_former_base")
-        whose = "MAE-DFER" if model.startswith("lgi_former") else model
-        lines.append(f"published {whose}: none for {summary['dataset']}")
-    if any(row["complete"] is False for row in summary["folds"]):
-        lines.append("* incomplete: some test clips were not scored (report.json lists them)")
-    return "\n".join(lines)
+    return "\n".join(
+        [
+            "#!/bin/bash",
+            f"# maedfer protocol: {dataset}, "
+            + (f"folds {','.join(map(str, tasks))}" if k_fold else "the fixed test split")
+            + ".",
+            "# Written by `maedfer protocol --sbatch`; submit with: sbatch THIS_FILE",
+            "# Add what your cluster needs (--partition, --gres=gpu:N, --time, --cpus-per-task).",
+            f"#SBATCH --job-name=maedfer-{dataset}",
+            f"#SBATCH --array={_array_spec(tasks)}",
+            f"#SBATCH --output={out}/slurm-%A_%a.out",
+            "set -euo pipefail",
+            'FOLD="${SLURM_ARRAY_TASK_ID:?submit this script with sbatch (an array job)}"',
+            f"OUT={shlex.quote(str(out))}",
+            "",
+            command,
+            "",
+            "# The task that finds every fold's report.json runs the cross-fold evaluation.",
+            f"for report in {checks}; do",
+            '    [[ -f "$report" ]] || exit 0',
+            "done",
+            evaluate_command(folders, out),
+            "",
+        ]
+    )
 
 
 # ---------------------------------------------------------------- run
@@ -417,20 +309,48 @@ def run(
     if print_commands and sbatch is not None:
         raise MaedferError("give --print-commands or --sbatch FILE, not both")
     if models:
-        return _run_models(config=config, data=data, init=init, out=Path(out), folds=folds,
-                           print_commands=print_commands, sbatch=sbatch, overrides=overrides,
-                           models=models, notify=notify)  # fmt: skip
+        return _run_models(
+            config=config,
+            data=data,
+            init=init,
+            out=Path(out),
+            folds=folds,
+            print_commands=print_commands,
+            sbatch=sbatch,
+            overrides=overrides,
+            models=models,
+            notify=notify,
+        )
     if init is None:
-        raise MaedferError("give --init CKPT (every fold starts from it), or --model "
-                           "NAME=CKPT for each model to compare")  # fmt: skip
-    return _run_one(config=config, data=data, init=Path(init), out=Path(out), folds=folds,
-                    print_commands=print_commands, sbatch=sbatch, overrides=overrides,
-                    notify=notify)  # fmt: skip
+        raise MaedferError(
+            "give --init CKPT (every fold starts from it), or --model "
+            "NAME=CKPT for each model to compare"
+        )
+    return _run_one(
+        config=config,
+        data=data,
+        init=Path(init),
+        out=Path(out),
+        folds=folds,
+        print_commands=print_commands,
+        sbatch=sbatch,
+        overrides=overrides,
+        notify=notify,
+    )
 
 
-def _run_one(*, config: str | Path, data: Path, init: Path | None, out: Path,
-             folds: str | Sequence[int] | None, print_commands: bool, sbatch: Path | None,
-             overrides: list[str], notify: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+def _run_one(
+    *,
+    config: str | Path,
+    data: Path,
+    init: Path | None,
+    out: Path,
+    folds: str | Sequence[int] | None,
+    print_commands: bool,
+    sbatch: Path | None,
+    overrides: list[str],
+    notify: Callable[[str], None],
+) -> dict[str, Any]:
     """One model's protocol (run, or its commands/script); its summary."""
     dataset, _, num_folds = manifest_info(Path(data))
     chosen = parse_folds(folds, num_folds, dataset)
@@ -438,30 +358,42 @@ def _run_one(*, config: str | Path, data: Path, init: Path | None, out: Path,
     # what every fold's command needs, checked before any command is printed, written or run:
     # a printed command that cannot work is worse than none
     if init is not None and not Path(init).is_file():
-        raise MaedferError(f"--init {init} does not exist; give the pre-trained checkpoint "
-                           "every fold starts from")  # fmt: skip
+        raise MaedferError(
+            f"--init {init} does not exist; give the pre-trained checkpoint every fold starts from"
+        )
     model = _check_config(config, overrides)  # a bad config fails now, not after training
     if print_commands:
-        commands = [finetune_command(config, data, f, init, d, overrides)
-                    for f, d in zip(chosen, folders, strict=True)]  # fmt: skip
+        commands = [
+            finetune_command(config, data, f, init, d, overrides)
+            for f, d in zip(chosen, folders, strict=True)
+        ]
         commands.append(evaluate_command(folders, Path(out)))
         return {"commands": commands}
     if sbatch is not None:
         Path(out).mkdir(parents=True, exist_ok=True)  # SLURM opens its --output files there
-        write_text(Path(sbatch), sbatch_script(config, data, chosen, init, out, overrides,
-                                               dataset))  # fmt: skip
+        write_text(Path(sbatch), sbatch_script(config, data, chosen, init, out, overrides, dataset))
         notify(f"wrote {sbatch}: {len(chosen)} array task(s); submit with: sbatch {sbatch}")
         return {"sbatch": str(sbatch)}
     if init is None:
         notify(f"protocol: {model} starts from random weights (no init given)")
     with hold(Path(out)):  # one command writes a folder at a time (maedfer.lock)
-        return _run_folds(config, Path(data), init, Path(out), chosen, folders, overrides,
-                          dataset, model, notify)  # fmt: skip
+        return _run_folds(
+            config, Path(data), init, Path(out), chosen, folders, overrides, dataset, model, notify
+        )
 
 
-def _run_folds(config: str | Path, data: Path, init: Path | None, out: Path, chosen: list,
-               folders: list[Path], overrides: list[str], dataset: str,
-               model: str, notify: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+def _run_folds(
+    config: str | Path,
+    data: Path,
+    init: Path | None,
+    out: Path,
+    chosen: list,
+    folders: list[Path],
+    overrides: list[str],
+    dataset: str,
+    model: str,
+    notify: Callable[[str], None],
+) -> dict[str, Any]:
     """Fine-tune every unfinished fold in turn, then the cross-fold summary."""
     for position, (fold, folder) in enumerate(zip(chosen, folders, strict=True), 1):
         name = f"fold {fold}" if fold is not None else "the test split"
@@ -471,19 +403,32 @@ def _run_folds(config: str | Path, data: Path, init: Path | None, out: Path, cho
         notify(f"protocol: {name} ({position} of {len(chosen)}) -> {folder}")
         _finetune_fold(config, data, fold, init, folder, overrides)
         if not fold_finished(folder, fold):
-            raise MaedferError(f"{name} ended without {folder / REPORT} (training stopped "
-                               "early?); run the same command again to continue")  # fmt: skip
+            raise MaedferError(
+                f"{name} ended without {folder / REPORT} (training stopped "
+                "early?); run the same command again to continue"
+            )
     return summarize(out, chosen, dataset, config, model)
 
 
-def _run_models(*, config: str | Path, data: Path, init: Path | None, out: Path,
-                folds: str | Sequence[int] | None, print_commands: bool, sbatch: Path | None,
-                overrides: list[str], models: Sequence[str],
-                notify: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+def _run_models(
+    *,
+    config: str | Path,
+    data: Path,
+    init: Path | None,
+    out: Path,
+    folds: str | Sequence[int] | None,
+    print_commands: bool,
+    sbatch: Path | None,
+    overrides: list[str],
+    models: Sequence[str],
+    notify: Callable[[str], None],
+) -> dict[str, Any]:
     """Each model's protocol in ``OUT/NAME``, then the comparison table."""
     if sbatch is not None:
-        raise MaedferError("--sbatch writes one model's array job: run it once per model, "
-                           "with --set model.name=NAME")  # fmt: skip
+        raise MaedferError(
+            "--sbatch writes one model's array job: run it once per model, "
+            "with --set model.name=NAME"
+        )
     if any(item.partition("=")[0].strip() == "model.name" for item in overrides):
         raise MaedferError("--set model.name and --model: give the models with --model only")
     entries = parse_models(models, init)
@@ -493,24 +438,45 @@ def _run_models(*, config: str | Path, data: Path, init: Path | None, out: Path,
     if not print_commands:  # the comparison's folder, for the life of the command
         held.enter_context(hold(out))
     with held:
-        return _compare_models(config=config, data=data, out=out, folds=folds,
-                               print_commands=print_commands, overrides=overrides,
-                               entries=entries, notify=notify)  # fmt: skip
+        return _compare_models(
+            config=config,
+            data=data,
+            out=out,
+            folds=folds,
+            print_commands=print_commands,
+            overrides=overrides,
+            entries=entries,
+            notify=notify,
+        )
 
 
-def _compare_models(*, config: str | Path, data: Path, out: Path,
-                    folds: str | Sequence[int] | None, print_commands: bool,
-                    overrides: list[str], entries: list,
-                    notify: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+def _compare_models(
+    *,
+    config: str | Path,
+    data: Path,
+    out: Path,
+    folds: str | Sequence[int] | None,
+    print_commands: bool,
+    overrides: list[str],
+    entries: list,
+    notify: Callable[[str], None],
+) -> dict[str, Any]:
     """Each model's protocol, then the comparison table (:func:`_run_models`, locked)."""
     from maedfer.evaluation import comparison
 
     summaries, commands = [], []
     for name, model_init in entries:
-        result = _run_one(config=config, data=data, init=model_init, out=out / name,
-                          folds=folds, print_commands=print_commands, sbatch=None,
-                          overrides=[*overrides, f"model.name={name}"],
-                          notify=notify)  # fmt: skip
+        result = _run_one(
+            config=config,
+            data=data,
+            init=model_init,
+            out=out / name,
+            folds=folds,
+            print_commands=print_commands,
+            sbatch=None,
+            overrides=[*overrides, f"model.name={name}"],
+            notify=notify,
+        )
         if print_commands:
             commands += result["commands"]
             continue
@@ -518,3 +484,22 @@ def _compare_models(*, config: str | Path, data: Path, out: Path,
     if print_commands:
         return {"commands": commands}
     return comparison.compare(out, summaries, config)
+
+
+__all__ = [
+    "PER_FOLD_KEYS",
+    "PUBLISHED_LABEL",
+    "SUMMARY",
+    "difference",
+    "evaluate_command",
+    "finetune_command",
+    "fold_dir",
+    "fold_finished",
+    "format_summary",
+    "parse_folds",
+    "parse_models",
+    "published_figure",
+    "run",
+    "sbatch_script",
+    "summarize",
+]

@@ -52,8 +52,12 @@ def alias(name: str) -> ModuleType:
     """Make ``maedfer.train.<name>`` the module it moved to, saying so once per import."""
     short = name.rpartition(".")[2]
     target = MOVED[short]
-    warnings.warn(f"maedfer.train.{short} moved to {target} (docs/design.md); the old path "
-                  "goes in the next release", DeprecationWarning, stacklevel=3)
+    warnings.warn(
+        f"maedfer.train.{short} moved to {target} (docs/design.md); the old path "
+        "goes in the next release",
+        DeprecationWarning,
+        stacklevel=3,
+    )
     module = importlib.import_module(target)
     sys.modules[name] = module
     return module

@@ -31,8 +31,14 @@ def read(run_dir: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in clips.items()} if isinstance(clips, dict) else {}
 
 
-def record(run_dir: Path, found: Mapping[str, str], *, train_clips: int,
-           max_bad_share: float | None, stopped: bool = False) -> Path | None:  # fmt: skip
+def record(
+    run_dir: Path,
+    found: Mapping[str, str],
+    *,
+    train_clips: int,
+    max_bad_share: float | None,
+    stopped: bool = False,
+) -> Path | None:
     """Add ``found`` (file -> reason) to ``RUN/bad_clips.json``; None when nothing is to say."""
     clips = read(run_dir)
     if not found and not clips:
@@ -42,11 +48,13 @@ def record(run_dir: Path, found: Mapping[str, str], *, train_clips: int,
         return Path(run_dir) / BAD_CLIPS
     clips.update(new)
     document: dict[str, Any] = {
-        "bad_clips": len(clips), "train_clips": int(train_clips),
+        "bad_clips": len(clips),
+        "train_clips": int(train_clips),
         "share": round(len(clips) / max(int(train_clips), 1), 6),
-        "max_bad_share": max_bad_share, "stopped": bool(stopped),
+        "max_bad_share": max_bad_share,
+        "stopped": bool(stopped),
         "clips": dict(sorted(clips.items())),
-    }  # fmt: skip
+    }
     path = Path(run_dir) / BAD_CLIPS
     write_text(path, json.dumps(document, indent=2) + "\n")
     return path
@@ -61,5 +69,7 @@ def summary_lines(result: Mapping[str, Any]) -> list[str]:
     n = result.get("bad_train_clips") or 0
     if not n:
         return []
-    return [f"  faulty training clips: {n} replaced by other samples (listed in "
-            f"{Path(result['out']) / BAD_CLIPS})"]
+    return [
+        f"  faulty training clips: {n} replaced by other samples (listed in "
+        f"{Path(result['out']) / BAD_CLIPS})"
+    ]

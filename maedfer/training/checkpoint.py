@@ -100,9 +100,14 @@ def set_rng_state(state: Mapping[str, torch.Tensor]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     pos, has_gauss = (int(v) for v in state["numpy_pos"])
     np.random.set_state(
-        ("MT19937", state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss,
-         float(state["numpy_gauss"]))
-    )  # fmt: skip
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            pos,
+            has_gauss,
+            float(state["numpy_gauss"]),
+        )
+    )
     version, *internal = (int(v) for v in state["python"])
     has_next, value = state["python_gauss"].tolist()
     random.setstate((version, tuple(internal), value if has_next else None))
@@ -128,7 +133,7 @@ def numbered_checkpoints(run_dir: Path) -> list[Path]:
     """The run's ``checkpoints/epoch-NNNN.pt``, oldest epoch first."""
     folder = Path(run_dir) / "checkpoints"
     found = [p for p in folder.glob("epoch-*.pt") if NUMBERED.fullmatch(p.name)]
-    return sorted(found, key=lambda p: int(NUMBERED.fullmatch(p.name).group(1)))
+    return sorted(found, key=lambda p: int(p.stem.removeprefix("epoch-")))
 
 
 def save_numbered(
@@ -189,8 +194,12 @@ def export_weights(source: Path, out_path: Path | None = None) -> Path:
     if out_path is None:
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
         out_path = run_dir / FINAL
-    weights = {"format": FORMAT, "version": VERSION, "kind": "weights",
-               **{k: ckpt[k] for k in WEIGHTS_KEYS if k in ckpt}}  # fmt: skip
+    weights = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": "weights",
+        **{k: ckpt[k] for k in WEIGHTS_KEYS if k in ckpt},
+    }
     weights.setdefault("classes", [])
     save_checkpoint(Path(out_path), weights)
     return Path(out_path)
@@ -207,8 +216,11 @@ def _unreadable(path: Path, exc: Exception) -> MaedferError:
     if not (legacy or zipfile.is_zipfile(path)):  # torch.save writes zip archives
         return MaedferError(f"{path} is not a PyTorch checkpoint (torch.load cannot read it)")
     found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-    why = (f"it holds a {found.group(1)}, which is neither a tensor nor a plain value" if found
-           else "it is damaged or holds objects other than tensors and plain values")
+    why = (
+        f"it holds a {found.group(1)}, which is neither a tensor nor a plain value"
+        if found
+        else "it is damaged or holds objects other than tensors and plain values"
+    )
     return MaedferError(f"checkpoint {path} cannot be read safely: {why}")
 
 
@@ -248,7 +260,10 @@ def _describe(name: str, config: Mapping[str, Any], keys: list[str]) -> str:
 
 
 def config_mismatch(
-    saved_name: str, saved: Mapping[str, Any], name: str, config: Mapping[str, Any],
+    saved_name: str,
+    saved: Mapping[str, Any],
+    name: str,
+    config: Mapping[str, Any],
     fields: tuple[str, ...] | None = None,
 ) -> str | None:
     """One phrase naming how two model configs differ, or ``None`` when they agree.
@@ -271,15 +286,13 @@ def check_model_matches(ckpt: Mapping[str, Any], model: nn.Module, *, path: Path
         MaedferError: e.g. ``checkpoint runs/x/checkpoints/last.pt holds lgi_former_tiny with
             num_classes 7, but this run builds lgi_former_tiny with num_classes 5``.
     """
-    model = unwrap(model)
-    problem = config_mismatch(
-        ckpt["model_name"], ckpt["model_config"], model.model_name, model.config
-    )
+    net = unwrap(model)
+    problem = config_mismatch(ckpt["model_name"], ckpt["model_config"], net.model_name, net.config)
     if problem:
         raise MaedferError(f"checkpoint {path} holds {problem}")
 
 
-def model_from_checkpoint(ckpt: Mapping[str, Any], **overrides: Any) -> nn.Module:
+def model_from_checkpoint(ckpt: Mapping[str, Any], **overrides: Any) -> Any:
     """Rebuild the model a checkpoint was written for and load its weights (strictly)."""
     config = {**ckpt["model_config"], **overrides}
     model = create_model(ckpt["model_name"], **config)
@@ -287,7 +300,7 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], **overrides: Any) -> nn.Modul
     return model
 
 
-def classifier_from_checkpoint(ckpt: Mapping[str, Any], path: Path, *, purpose: str) -> nn.Module:
+def classifier_from_checkpoint(ckpt: Mapping[str, Any], path: Path, *, purpose: str) -> Any:
     """The fine-tuned classifier of one of our checkpoints (``last.pt``, ``final.pt``), its
     weights loaded: the one loader ``test`` and inference share (docs/design.md, "Checkpoints").
 
@@ -334,7 +347,7 @@ def _encoder_parts(model: nn.Module, ckpt: Mapping[str, Any]):  # noqa: ANN202 (
     return (), ours, source
 
 
-def _load_own_encoder(model: nn.Module, ckpt: Mapping[str, Any], path: Path) -> str:
+def _load_own_encoder(model: Any, ckpt: Mapping[str, Any], path: Path) -> str:
     fields, ours, source = _encoder_parts(model, ckpt)
     problem = config_mismatch(
         ckpt["model_name"], ckpt["model_config"], model.model_name, model.config, fields
@@ -344,10 +357,15 @@ def _load_own_encoder(model: nn.Module, ckpt: Mapping[str, Any], path: Path) -> 
     shaped = [k for k in ours if k in source and source[k].shape != ours[k].shape]
     if shaped or (fields == () and set(source) - set(ours)):
         extra = sorted(set(source) - set(ours))
-        what = (f"{shaped[0]} {list(source[shaped[0]].shape)} vs {list(ours[shaped[0]].shape)}"
-                if shaped else f"tensors this model lacks: {', '.join(extra[:5])}")
-        raise MaedferError(f"--init {path} holds {ckpt['model_name']}, but this run builds "
-                           f"{model.model_name}; their encoders differ ({what})")
+        what = (
+            f"{shaped[0]} {list(source[shaped[0]].shape)} vs {list(ours[shaped[0]].shape)}"
+            if shaped
+            else f"tensors this model lacks: {', '.join(extra[:5])}"
+        )
+        raise MaedferError(
+            f"--init {path} holds {ckpt['model_name']}, but this run builds "
+            f"{model.model_name}; their encoders differ ({what})"
+        )
     missing = sorted(set(ours) - set(source))
     if missing:
         raise MaedferError(f"--init {path} lacks encoder tensors: {', '.join(missing[:5])}")

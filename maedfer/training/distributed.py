@@ -79,8 +79,13 @@ def _master_host(nodelist: str) -> str:
     Slurm can write), else :func:`first_host`."""
     if shutil.which("scontrol"):
         try:
-            done = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
-                                  text=True, timeout=30, check=False)  # fmt: skip
+            done = subprocess.run(
+                ["scontrol", "show", "hostnames", nodelist],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
             hosts = done.stdout.split() if done.returncode == 0 else []
             if hosts:
                 return hosts[0]
@@ -113,30 +118,47 @@ def slurm_launch(environ: Mapping[str, str] | None = None) -> dict[str, str] | N
     size = env.get("SLURM_STEP_NUM_TASKS")
     if size is None:
         if env.get("SLURM_NTASKS", "1") not in ("", "0", "1"):
-            log.info("SLURM_NTASKS is %s but this process was not started by srun: one "
-                     "process (start maedfer with srun for one task per GPU)",
-                     env["SLURM_NTASKS"])  # fmt: skip
+            log.info(
+                "SLURM_NTASKS is %s but this process was not started by srun: one "
+                "process (start maedfer with srun for one task per GPU)",
+                env["SLURM_NTASKS"],
+            )
         return None
     try:
         world_size, rank = int(size), int(env["SLURM_PROCID"])
         local_rank = int(env.get("SLURM_LOCALID", "0"))
         job = int(env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID") or 0)
     except ValueError:
-        raise MaedferError(f"cannot read Slurm's task numbers (SLURM_PROCID "
-                           f"{env['SLURM_PROCID']!r}, tasks {size!r})") from None  # fmt: skip
+        raise MaedferError(
+            f"cannot read Slurm's task numbers (SLURM_PROCID "
+            f"{env['SLURM_PROCID']!r}, tasks {size!r})"
+        ) from None
     if world_size <= 1:
         return None
     addr = env.get("MASTER_ADDR")
     if not addr:
-        nodelist = next((env[k] for k in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST",
-                                          "SLURM_NODELIST") if env.get(k)), None)  # fmt: skip
+        nodelist = next(
+            (
+                env[k]
+                for k in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
+                if env.get(k)
+            ),
+            None,
+        )
         if nodelist is None:
-            raise MaedferError("an srun step of several tasks without SLURM_STEP_NODELIST: set "
-                               "MASTER_ADDR to the first node's host name")  # fmt: skip
+            raise MaedferError(
+                "an srun step of several tasks without SLURM_STEP_NODELIST: set "
+                "MASTER_ADDR to the first node's host name"
+            )
         addr = _master_host(nodelist)
     port = env.get("MASTER_PORT") or str(DEFAULT_PORT + job % 1000)
-    return {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(local_rank),
-            "MASTER_ADDR": addr, "MASTER_PORT": port}  # fmt: skip
+    return {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+        "LOCAL_RANK": str(local_rank),
+        "MASTER_ADDR": addr,
+        "MASTER_PORT": port,
+    }
 
 
 def is_main_process() -> bool:
@@ -174,9 +196,9 @@ def init_distributed(device: str | None = None) -> DistEnv:
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group(
-            backend="nccl" if dev.type == "cuda" else "gloo", device_id=dev if dev.type == "cuda"
-            else None,
-        )  # fmt: skip
+            backend="nccl" if dev.type == "cuda" else "gloo",
+            device_id=dev if dev.type == "cuda" else None,
+        )
     launcher = "slurm" if slurm is not None else "torchrun"
     log.info("process %d of %d on %s (%s)", rank, world_size, dev, launcher)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)

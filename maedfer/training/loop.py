@@ -59,10 +59,13 @@ class TrainingProgress:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "epoch": self.epochs_run, "step": self.global_step, "epoch_step": self.epoch_step,
-            "epoch_stats": list(self.epoch_stats), "log_window": list(self.window),
+            "epoch": self.epochs_run,
+            "step": self.global_step,
+            "epoch_step": self.epoch_step,
+            "epoch_stats": list(self.epoch_stats),
+            "log_window": list(self.window),
             "nonfinite_steps": self.nonfinite_steps,
-        }  # fmt: skip
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epochs_run, self.global_step = int(state["epoch"]), int(state["step"])
@@ -70,6 +73,7 @@ class TrainingProgress:
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         self.epoch_stats = [float(v) for v in state.get("epoch_stats", [0.0, 0.0])]
         self.window = list(state.get("log_window", [0.0, 0.0, 0]))
+
 
 @dataclass(frozen=True)
 class LoopSettings:
@@ -155,7 +159,8 @@ class TrainLoop:
 
     def __init__(self, parts: TrainParts, settings: LoopSettings) -> None:
         self.parts, self.settings = parts, settings
-        self.name, self.env, self.model, self.raw = settings.name, parts.env, parts.model, parts.raw
+        self.model: Any = parts.model  # None after close(): the DDP wrapper holds the group
+        self.name, self.env, self.raw = settings.name, parts.env, parts.raw
         self.optimizer, self.scheduler, self.scaler = parts.optimizer, parts.scheduler, parts.scaler
         self.loader, self.metrics = parts.loader, parts.metrics
         self.steps_per_epoch, self.checkpoint_path = parts.steps_per_epoch, parts.checkpoint_path
@@ -181,8 +186,12 @@ class TrainLoop:
         self.progress.load_state_dict(state)
         ckpt_io.set_rng_state(state["rng"])
         self.good_checkpoint = self.checkpoint_path
-        log.info("resumed %s at epoch %d, step %d", self.checkpoint_path,
-                 self.progress.epochs_run, self.progress.global_step)
+        log.info(
+            "resumed %s at epoch %d, step %d",
+            self.checkpoint_path,
+            self.progress.epochs_run,
+            self.progress.global_step,
+        )
 
     def optimizer_step(self) -> torch.Tensor | None:
         """Clip (optionally), step and zero; returns the gradient norm (on the device) when
@@ -200,11 +209,12 @@ class TrainLoop:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         elif self.optimizer.defaults.get("fused"):
-            self.optimizer.found_inf = skip.float()
+            assert skip is not None, "train_epoch sets the step's flag"
+            setattr(self.optimizer, "found_inf", skip.float())  # noqa: B010 (fused AdamW reads it)
             try:
                 self.optimizer.step()
             finally:
-                del self.optimizer.found_inf
+                delattr(self.optimizer, "found_inf")
         elif not bool(skip):  # a host read: free on the CPU (CUDA optimisers are fused)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -223,10 +233,14 @@ class TrainLoop:
         skip = self.progress.epoch_step * accum
         if skip:
             log.info("epoch %d: skipping the %d batches trained before the resume", epoch + 1, skip)
-        self._bar = tqdm(total=self.steps_per_epoch, initial=self.progress.epoch_step,
-                         disable=not env.is_main,
-                         desc=f"{self.name} {epoch + 1}/{self.settings.epochs}",
-                         unit="step", leave=False)
+        self._bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=self.progress.epoch_step,
+            disable=not env.is_main,
+            desc=f"{self.name} {epoch + 1}/{self.settings.epochs}",
+            unit="step",
+            leave=False,
+        )
         self._window_started = time.perf_counter()
         self.tally.start(self.progress.epoch_stats, self.progress.window)
         with self._bar:
@@ -247,8 +261,10 @@ class TrainLoop:
                 self._skip = self.tally.end_step(accum, env, self.progress.global_step + 1)
                 # a stop asked for from here on stops after the next step (as the reduction
                 # that carried the request used to come first)
-                stopping = self._stopping(stop, self._log_point(self.progress.global_step + 1,
-                                                                self.progress.epoch_step + 1))
+                stopping = self._stopping(
+                    stop,
+                    self._log_point(self.progress.global_step + 1, self.progress.epoch_step + 1),
+                )
                 self.tally.grad_norm = self.optimizer_step()
                 self.scheduler.step()
                 outcome = self.record_step(epoch, lr, stop, stopping)
@@ -270,11 +286,16 @@ class TrainLoop:
                 continue
             p.nonfinite_steps += 1
             p.nonfinite_run += 1
-            log.warning("non-finite loss at epoch %d, step %d: step skipped (%d so far)",
-                        epoch + 1, step, p.nonfinite_steps)
+            log.warning(
+                "non-finite loss at epoch %d, step %d: step skipped (%d so far)",
+                epoch + 1,
+                step,
+                p.nonfinite_steps,
+            )
             if p.nonfinite_run >= self.settings.max_nonfinite:
-                raise nonfinite_stop(p.nonfinite_run, epoch=epoch + 1, step=step,
-                                     checkpoint=self.good_checkpoint)
+                raise nonfinite_stop(
+                    p.nonfinite_run, epoch=epoch + 1, step=step, checkpoint=self.good_checkpoint
+                )
         return reading.grad_norm
 
     def _stopping(self, stop: StopSignals, log_point: bool) -> bool:
@@ -289,8 +310,11 @@ class TrainLoop:
     def _log_point(self, step: int, epoch_step: int) -> bool:
         """Whether step ``step`` (``epoch_step`` of its epoch) writes a metrics line."""
         max_steps = self.settings.max_steps
-        return (step % self.settings.log_every == 0 or epoch_step == self.steps_per_epoch
-                or (max_steps is not None and step >= max_steps))  # fmt: skip
+        return (
+            step % self.settings.log_every == 0
+            or epoch_step == self.steps_per_epoch
+            or (max_steps is not None and step >= max_steps)
+        )
 
     def record_step(self, epoch: int, lr: float, stop: StopSignals, stopping: bool) -> str:
         """Count a finished optimiser step, update the bar and, at log points, the metrics;
@@ -312,12 +336,18 @@ class TrainLoop:
             clips = window[2] * self.total_batch / max(elapsed, 1e-9)
             mean = f"{window[0] / window[1]:.4f}" if window[1] else "nan"
             self._bar.set_postfix(loss=mean, lr=f"{lr:.2e}", clips_s=f"{clips:.1f}")
-            self.metrics.write({
-                "kind": "train", "epoch": epoch + 1, "step": p.global_step,
-                "loss": window[0] / window[1] if window[1] else None, "lr": lr,
-                "clips_per_s": clips, "grad_norm": grad_norm,
-                "nonfinite_steps": p.nonfinite_steps,
-            })  # fmt: skip
+            self.metrics.write(
+                {
+                    "kind": "train",
+                    "epoch": epoch + 1,
+                    "step": p.global_step,
+                    "loss": window[0] / window[1] if window[1] else None,
+                    "lr": lr,
+                    "clips_per_s": clips,
+                    "grad_norm": grad_norm,
+                    "nonfinite_steps": p.nonfinite_steps,
+                }
+            )
             window[:], self._window_started = [0.0, 0.0, 0], time.perf_counter()
             self.tally.reset_window()
         if stopping:
@@ -331,11 +361,17 @@ class TrainLoop:
         total, count = p.epoch_stats
         num_bad = all_reduce_sum([float(self.loader.num_bad)], self.env)[0]
         p.epochs_run, p.epoch_step, p.epoch_stats = epoch + 1, 0, [0.0, 0.0]
-        self.metrics.write({
-            "kind": "epoch", "epoch": epoch + 1, "step": p.global_step,
-            "loss": total / count if count else None, "time_s": seconds,
-            "num_bad": int(num_bad), "nonfinite_steps": p.nonfinite_steps,
-        })  # fmt: skip
+        self.metrics.write(
+            {
+                "kind": "epoch",
+                "epoch": epoch + 1,
+                "step": p.global_step,
+                "loss": total / count if count else None,
+                "time_s": seconds,
+                "num_bad": int(num_bad),
+                "nonfinite_steps": p.nonfinite_steps,
+            }
+        )
         self.record_bad_clips()
 
     def record_bad_clips(self, *, stopped: bool = False) -> Path | None:
@@ -350,9 +386,13 @@ class TrainLoop:
             found = merged
         if not (self.env.is_main or stopped):
             return None
-        return badclips.record(self.checkpoint_path.parent.parent, found,
-                               train_clips=self.loader.dataset_size,
-                               max_bad_share=self.settings.max_bad_share, stopped=stopped)
+        return badclips.record(
+            self.checkpoint_path.parent.parent,
+            found,
+            train_clips=self.loader.dataset_size,
+            max_bad_share=self.settings.max_bad_share,
+            stopped=stopped,
+        )
 
     def run(self, after_epoch: Callable[[str], None] | None = None) -> str:
         """The remaining epochs, a checkpoint after each (and on a stop); returns the last
@@ -382,8 +422,9 @@ class TrainLoop:
         return outcome
 
     def last_epoch_loss(self) -> float | None:
-        last = next((r for r in reversed(list(self.metrics.records()))
-                     if r.get("kind") == "epoch"), {})  # fmt: skip
+        last: dict[str, Any] = next(
+            (r for r in reversed(list(self.metrics.records())) if r.get("kind") == "epoch"), {}
+        )
         return last.get("loss")
 
     def save_checkpoint(self) -> None:
@@ -395,19 +436,30 @@ class TrainLoop:
         if not self.env.is_main:
             return
         raw = self.raw
-        ckpt_io.save_checkpoint(self.checkpoint_path, {
-            "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION,
-            "model_name": raw.model_name, "model_config": ckpt_io.plain(raw.config),
-            "model": raw.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            **self.progress.state_dict(), "rng": ckpt_io.rng_state(),
-            **self.extra_state,
-        })  # fmt: skip
+        ckpt_io.save_checkpoint(
+            self.checkpoint_path,
+            {
+                "format": ckpt_io.FORMAT,
+                "version": ckpt_io.VERSION,
+                "model_name": raw.model_name,
+                "model_config": ckpt_io.plain(raw.config),
+                "model": raw.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                **self.progress.state_dict(),
+                "rng": ckpt_io.rng_state(),
+                **self.extra_state,
+            },
+        )
         s, p = self.settings, self.progress
-        if s.save_every and p.epoch_step == 0 and p.epochs_run and \
-                p.epochs_run % s.save_every == 0:
-            ckpt_io.save_numbered(self.checkpoint_path.parent.parent, self.checkpoint_path,
-                                  p.epochs_run, keep=s.keep_checkpoints)
+        if s.save_every and p.epoch_step == 0 and p.epochs_run and p.epochs_run % s.save_every == 0:
+            ckpt_io.save_numbered(
+                self.checkpoint_path.parent.parent,
+                self.checkpoint_path,
+                p.epochs_run,
+                keep=s.keep_checkpoints,
+            )
 
     def bad_clips_stop(self, exc: TooManyBadClips) -> MaedferError:
         """The one line of a run stopped for too many faulty clips, after listing them."""
@@ -417,4 +469,3 @@ class TrainLoop:
             f"{exc}{where}: restore or re-prepare those clips (or raise data.max_bad_share), "
             "then run the same command again (it resumes from the last checkpoint)"
         )
-

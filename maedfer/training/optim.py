@@ -19,6 +19,7 @@ Each group carries ``lr_scale``; the schedule sets ``lr = schedule value × lr_s
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,8 +36,9 @@ def scaled_lr(base_lr: float, total_batch: int) -> float:
     return base_lr * total_batch / REFERENCE_BATCH
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DDP (or ``torch.compile``) wrapper, so names match the model's own."""
+def unwrap(model: nn.Module) -> Any:
+    """The module inside a DDP (or ``torch.compile``) wrapper, so names match the model's own:
+    a model of the registry, with its API (``config``, ``model_name``, ``layer_id``, ...)."""
     while True:
         inner = getattr(model, "module", None)
         if not isinstance(inner, nn.Module):
@@ -73,16 +75,16 @@ def param_groups(
         Groups ordered by (layer id, decay first), each with ``params``, ``weight_decay``,
         ``lr_scale`` and ``group`` (a name such as ``layer_3_decay``).
     """
-    model = unwrap(model)
-    skip = set(skip if skip is not None else getattr(model, "no_weight_decay", set)())
+    net = unwrap(model)
+    skip = set(skip if skip is not None else getattr(net, "no_weight_decay", set)())
     use_layers = layer_decay is not None
-    scales = layer_scales(model.num_layer_ids, layer_decay) if use_layers else [1.0]
+    scales = layer_scales(net.num_layer_ids, layer_decay) if use_layers else [1.0]
     groups: dict[tuple[int, bool], dict] = {}
-    for name, param in model.named_parameters():
+    for name, param in net.named_parameters():
         if not param.requires_grad:
             continue
         no_decay = param.ndim <= 1 or name.endswith(".bias") or name in skip
-        layer = model.layer_id(name) if use_layers else 0
+        layer = net.layer_id(name) if use_layers else 0
         key = (layer, no_decay)
         if key not in groups:
             label = f"layer_{layer}_" if use_layers else ""

@@ -45,9 +45,15 @@ TB_DIR = "tb"
 # Distributions whose versions env.json names (key: how env.json calls it). DALI's name carries
 # its CUDA major version (nvidia-dali-cuda130, ...): any of them counts.
 PACKAGES = {
-    "torch": "torch", "torchvision": "torchvision", "timm": "timm", "numpy": "numpy",
-    "pyav": "av", "dali": "nvidia-dali*", "tensorboard": "tensorboard", "pyarrow": "pyarrow",
-}  # fmt: skip
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "timm": "timm",
+    "numpy": "numpy",
+    "pyav": "av",
+    "dali": "nvidia-dali*",
+    "tensorboard": "tensorboard",
+    "pyarrow": "pyarrow",
+}
 # Record fields that are bookkeeping, not scalars to plot.
 _NOT_SCALARS = frozenset({"kind", "epoch", "step", "final"})
 
@@ -73,8 +79,9 @@ def write_config_yaml(
     Returns:
         The path written.
     """
-    text = yaml.safe_dump(_plain(dict(config)), sort_keys=False, default_flow_style=False,
-                          allow_unicode=True)  # fmt: skip
+    text = yaml.safe_dump(
+        _plain(dict(config)), sort_keys=False, default_flow_style=False, allow_unicode=True
+    )
     if header:
         text = "".join(f"# {line}\n" for line in header.splitlines()) + text
     path = Path(run_dir) / CONFIG_YAML
@@ -140,8 +147,13 @@ def git_state(root: Path | None = None) -> dict[str, Any] | None:
 
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True,
-                                  text=True, timeout=10, check=False)  # fmt: skip
+            done = subprocess.run(
+                ["git", "-C", str(root), *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
         except (OSError, subprocess.SubprocessError):
             return None
         return done.stdout.strip() if done.returncode == 0 else None
@@ -175,7 +187,8 @@ def environment(*, world_size: int = 1) -> dict[str, Any]:
         "python": platform.python_version(),
         "packages": _package_versions(),
         "cuda": {
-            "version": torch.version.cuda, "available": available,
+            "version": torch.version.cuda,
+            "available": available,
             "cudnn": torch.backends.cudnn.version() if available else None,
         },
         "devices": _devices(),
@@ -224,8 +237,10 @@ def _summary_writer_class() -> Any:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         if not _said_missing:
-            log.info("tensorboard is not installed: no TensorBoard events, metrics.jsonl only "
-                     "(pip install 'maedfer[tensorboard]')")  # fmt: skip
+            log.info(
+                "tensorboard is not installed: no TensorBoard events, metrics.jsonl only "
+                "(pip install 'maedfer[tensorboard]')"
+            )
             _said_missing = True
         return None
     return SummaryWriter

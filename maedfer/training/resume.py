@@ -60,15 +60,37 @@ RUN_STATE = "run_state.json"
 # where the run lives, its devices and workers, how often it logs, saves or shows a mid-run
 # test, how many faulty clips it tolerates, and the flags of the command itself. A key is
 # ignored when its dotted name or its last part is listed (``device`` and ``run.device`` alike).
-RESUME_IGNORED = frozenset({
-    "out", "device", "workers", "resume", "overwrite", "quiet", "log_every", "eval_every",
-    "test_batch_size", "save_every", "keep_checkpoints", "dry_run", "json", "max_bad_share",
-})  # fmt: skip
+RESUME_IGNORED = frozenset(
+    {
+        "out",
+        "device",
+        "workers",
+        "resume",
+        "overwrite",
+        "quiet",
+        "log_every",
+        "eval_every",
+        "test_batch_size",
+        "save_every",
+        "keep_checkpoints",
+        "dry_run",
+        "json",
+        "max_bad_share",
+    }
+)
 # Everything a run writes into its folder: what --overwrite deletes (and nothing else).
 RUN_FILES = (
-    "checkpoints", ckpt_io.FINAL, "report.json", "predictions.parquet", RUN_STATE,
-    "metrics.jsonl", "config.yaml", "env.json", "tb", BAD_CLIPS,
-)  # fmt: skip
+    "checkpoints",
+    ckpt_io.FINAL,
+    "report.json",
+    "predictions.parquet",
+    RUN_STATE,
+    "metrics.jsonl",
+    "config.yaml",
+    "env.json",
+    "tb",
+    BAD_CLIPS,
+)
 # Of those, the ones a start that never saved a checkpoint leaves: a fresh start replaces them.
 BOOKKEEPING = frozenset({"metrics.jsonl", "config.yaml", "env.json", "tb", BAD_CLIPS})
 
@@ -124,8 +146,11 @@ _ABSENT = object()  # a key one side lacks (shown as absent)
 
 
 def config_differences(
-    saved: Mapping[str, Any], new: Mapping[str, Any], *,
-    ignored: frozenset[str] = RESUME_IGNORED, path_keys: tuple[str, ...] = (),
+    saved: Mapping[str, Any],
+    new: Mapping[str, Any],
+    *,
+    ignored: frozenset[str] = RESUME_IGNORED,
+    path_keys: tuple[str, ...] = (),
 ) -> list[tuple[str, Any, Any]]:
     """``(dotted key, saved value, new value)`` for every recipe key that differs, sorted.
 
@@ -138,7 +163,7 @@ def config_differences(
         for k in keys
         if _comparable(k, old.get(k, _ABSENT), path_keys)
         != _comparable(k, ours.get(k, _ABSENT), path_keys)
-    ]  # fmt: skip
+    ]
 
 
 def _comparable(key: str, value: Any, path_keys: tuple[str, ...]) -> Any:
@@ -150,8 +175,9 @@ def _comparable(key: str, value: Any, path_keys: tuple[str, ...]) -> Any:
     return value
 
 
-def recipe_differences(ckpt: Mapping[str, Any], config: Mapping[str, Any], *,
-                       path_keys: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:  # fmt: skip
+def recipe_differences(
+    ckpt: Mapping[str, Any], config: Mapping[str, Any], *, path_keys: tuple[str, ...] = ()
+) -> list[tuple[str, Any, Any]]:
     """Where a new run's options differ from the recipe of a checkpoint.
 
     A checkpoint holds the recipe as it was asked for (``recipe``: ``backend: auto``) and as
@@ -162,9 +188,11 @@ def recipe_differences(ckpt: Mapping[str, Any], config: Mapping[str, Any], *,
     if asked is None:
         return config_differences(ran, config, path_keys=path_keys)
     ran_flat, new_flat = flatten(ran), flatten(config)
-    return [d for d in config_differences(asked, config, path_keys=path_keys)
-            if ran_flat.get(d[0], _ABSENT) != new_flat.get(d[0], _ABSENT)]  # fmt: skip
-
+    return [
+        d
+        for d in config_differences(asked, config, path_keys=path_keys)
+        if ran_flat.get(d[0], _ABSENT) != new_flat.get(d[0], _ABSENT)
+    ]
 
 
 def _show(value: Any) -> str:
@@ -189,10 +217,12 @@ def mark_finished(run_dir: Path, *, epoch: int, step: int, **extra: Any) -> Path
         The path written.
     """
     record = {
-        "status": "finished", "epoch": int(epoch), "step": int(step),
+        "status": "finished",
+        "epoch": int(epoch),
+        "step": int(step),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **ckpt_io.plain(extra),
-    }  # fmt: skip
+    }
     path = Path(run_dir) / RUN_STATE
     write_text(path, json.dumps(record, indent=2) + "\n")
     return path
@@ -225,7 +255,9 @@ def _epochs_of(config: Mapping[str, Any]) -> int | None:
 
 
 def _finished(
-    run_dir: Path, run_state: Mapping[str, Any] | None, ckpt: Mapping[str, Any] | None,
+    run_dir: Path,
+    run_state: Mapping[str, Any] | None,
+    ckpt: Mapping[str, Any] | None,
     final_outputs: tuple[str, ...],
 ) -> bool:
     if run_state is not None:
@@ -235,9 +267,11 @@ def _finished(
     # A folder from before run_state.json: all epochs in the checkpoint, final outputs there.
     epochs = _epochs_of(ckpt.get("config") or {})
     return (
-        epochs is not None and int(ckpt.get("epoch", 0)) >= epochs
-        and not ckpt.get("epoch_step") and all((run_dir / f).exists() for f in final_outputs)
-    )  # fmt: skip
+        epochs is not None
+        and int(ckpt.get("epoch", 0)) >= epochs
+        and not ckpt.get("epoch_step")
+        and all((run_dir / f).exists() for f in final_outputs)
+    )
 
 
 # ---------------------------------------------------------------- the decision
@@ -260,8 +294,13 @@ def _refuse(run_dir: Path, why: str, *, hint: str = "") -> MaedferError:
 
 
 def decide_resume(
-    run_dir: Path, config: Mapping[str, Any], *, resume: ResumeMode | bool | str | None = "auto",
-    overwrite: bool = False, final_outputs: tuple[str, ...] = (), path_keys: tuple[str, ...] = (),
+    run_dir: Path,
+    config: Mapping[str, Any],
+    *,
+    resume: ResumeMode | bool | str | None = "auto",
+    overwrite: bool = False,
+    final_outputs: tuple[str, ...] = (),
+    path_keys: tuple[str, ...] = (),
 ) -> ResumeDecision:
     """Decide what a run about to start in ``run_dir`` does (nothing is changed here).
 
@@ -291,44 +330,66 @@ def decide_resume(
             raise MaedferError("--resume true and --overwrite contradict each other: choose one")
         if present:
             names = ", ".join(p.name for p in present)
-            return ResumeDecision("overwrite", run_dir, f"--overwrite: deleting {names} in "
-                                  f"{run_dir} and starting over", remove=present)  # fmt: skip
+            return ResumeDecision(
+                "overwrite",
+                run_dir,
+                f"--overwrite: deleting {names} in {run_dir} and starting over",
+                remove=present,
+            )
         return ResumeDecision("fresh", run_dir, f"starting a new run in {run_dir}")
 
     last = run_dir / "checkpoints" / ckpt_io.LAST
     run_state = read_run_state(run_dir)
     ckpt = ckpt_io.load_checkpoint(last) if last.is_file() else None
     if ckpt is not None and ckpt_io.is_weights_only(ckpt):
-        raise _refuse(run_dir, f"holds {last} with weights only (no optimiser state): it "
-                      "cannot be resumed")  # fmt: skip
+        raise _refuse(
+            run_dir, f"holds {last} with weights only (no optimiser state): it cannot be resumed"
+        )
     finished = _finished(run_dir, run_state, ckpt, final_outputs)
     if mode == "false" and present and (ckpt is not None or finished):
-        what = "a finished run" if finished else f"a run (checkpoint at epoch {ckpt['epoch']})"
-        raise _refuse(run_dir, f"holds {what} and --resume is false",
-                      hint="pass --resume auto to continue it, --overwrite to delete it and "
-                      "start over, or choose another --out")  # fmt: skip
+        what = (
+            "a finished run"
+            if finished
+            else f"a run (checkpoint at epoch {(ckpt or {}).get('epoch')})"
+        )
+        raise _refuse(
+            run_dir,
+            f"holds {what} and --resume is false",
+            hint="pass --resume auto to continue it, --overwrite to delete it and "
+            "start over, or choose another --out",
+        )
     if ckpt is not None:
         differ = recipe_differences(ckpt, config, path_keys=path_keys)
         if differ:
-            raise _refuse(run_dir, f"holds a checkpoint ({last}) of another recipe: "
-                          f"{describe_differences(differ)}",
-                          hint="run it with its own options, or pass --overwrite to delete "
-                          "it and start over, or choose another --out")  # fmt: skip
+            raise _refuse(
+                run_dir,
+                f"holds a checkpoint ({last}) of another recipe: {describe_differences(differ)}",
+                hint="run it with its own options, or pass --overwrite to delete "
+                "it and start over, or choose another --out",
+            )
     if finished:
         epoch = (run_state or ckpt or {}).get("epoch")
-        return ResumeDecision("finished", run_dir, f"{run_dir} holds a finished run ({epoch} "
-                              "epoch(s)): nothing to do (--overwrite starts it over)")  # fmt: skip
+        return ResumeDecision(
+            "finished",
+            run_dir,
+            f"{run_dir} holds a finished run ({epoch} "
+            "epoch(s)): nothing to do (--overwrite starts it over)",
+        )
     if ckpt is not None:
         return ResumeDecision(
-            "resume", run_dir, f"resuming {run_dir} from {last} (epoch {ckpt['epoch']}, step "
-            f"{ckpt['step']})", checkpoint=last, state=ckpt,
-        )  # fmt: skip
+            "resume",
+            run_dir,
+            f"resuming {run_dir} from {last} (epoch {ckpt['epoch']}, step {ckpt['step']})",
+            checkpoint=last,
+            state=ckpt,
+        )
     if mode == "true":
         raise MaedferError(f"--resume: no checkpoint at {last}")
     results = [p.name for p in present if p.name not in BOOKKEEPING]
     if results:
-        raise _refuse(run_dir, f"holds {', '.join(results)} but no {last.relative_to(run_dir)} "
-                      "to resume from")  # fmt: skip
+        raise _refuse(
+            run_dir, f"holds {', '.join(results)} but no {last.relative_to(run_dir)} to resume from"
+        )
     remove = tuple(p for p in present if p.name in BOOKKEEPING)
     return ResumeDecision("fresh", run_dir, f"starting a new run in {run_dir}", remove=remove)
 

@@ -66,9 +66,16 @@ def resume_value(resume: str | bool | None) -> str | None:
 
 
 def open_run(
-    out: Path, *, recipe: Mapping[str, Any], resume: str, overwrite: bool, is_main: bool,
-    dry_run: bool = False, final_outputs: tuple[str, ...] = (), path_keys: tuple[str, ...] = (),
-) -> RunStart:  # fmt: skip
+    out: Path,
+    *,
+    recipe: Mapping[str, Any],
+    resume: str,
+    overwrite: bool,
+    is_main: bool,
+    dry_run: bool = False,
+    final_outputs: tuple[str, ...] = (),
+    path_keys: tuple[str, ...] = (),
+) -> RunStart:
     """Take the run folder's lock (rank 0; not for a dry run, which writes nothing), remove a
     killed save's temporary, and decide the run (:func:`maedfer.training.resume.decide_resume`;
     nothing else on disk changes here).
@@ -90,8 +97,14 @@ def open_run(
         for folder in (out, out / "checkpoints"):  # a killed save's temporary
             remove_stale(folder)
     try:
-        decision = decide_resume(out, recipe, resume=resume, overwrite=overwrite,
-                                 final_outputs=final_outputs, path_keys=path_keys)  # fmt: skip
+        decision = decide_resume(
+            out,
+            recipe,
+            resume=resume,
+            overwrite=overwrite,
+            final_outputs=final_outputs,
+            path_keys=path_keys,
+        )
     except BaseException:
         lock.release()
         raise
@@ -117,12 +130,20 @@ def start_records(
     else:
         lp.metrics.truncate_after(int(state["step"]))
     if env.is_main:
-        facts = {"world_size": env.world_size, "total_batch": lp.total_batch,
-                 "peak_lr": lp.scheduler.params["lr"], "min_lr": lp.scheduler.params["min_lr"],
-                 "steps_per_epoch": lp.steps_per_epoch}  # fmt: skip
+        facts = {
+            "world_size": env.world_size,
+            "total_batch": lp.total_batch,
+            "peak_lr": lp.scheduler.params["lr"],
+            "min_lr": lp.scheduler.params["min_lr"],
+            "steps_per_epoch": lp.steps_per_epoch,
+        }
         resolved = {**resolved, RESOLVED: facts}
-        write_config_yaml(out, resolved, header=f"resolved {recipe} recipe; replay it with: "
-                          f"maedfer {recipe} --config {out / CONFIG_YAML} --out NEW_FOLDER")
+        write_config_yaml(
+            out,
+            resolved,
+            header=f"resolved {recipe} recipe; replay it with: "
+            f"maedfer {recipe} --config {out / CONFIG_YAML} --out NEW_FOLDER",
+        )
         write_env_json(out, {"recipe": recipe}, world_size=env.world_size)
     purge = int(state["step"]) + 1 if state is not None else None
     lp.metrics.mirrors.append(TensorBoardLog(out, enabled=env.is_main, purge_step=purge))

@@ -122,9 +122,10 @@ class MetricsLog:
         if not self.enabled or not self.path.is_file():
             return
         kept = [
-            line for line in self.path.read_text(encoding="utf-8").splitlines()
+            line
+            for line in self.path.read_text(encoding="utf-8").splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step
-        ]  # fmt: skip
+        ]
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         os.replace(tmp, self.path)
@@ -174,9 +175,10 @@ class StopSignals:
     """
 
     SIGNALS = tuple(
-        sig for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None))
+        sig
+        for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None))
         if sig is not None  # no SIGUSR1 on Windows
-    )  # fmt: skip
+    )
 
     def __init__(self) -> None:
         self.signum: int | None = None

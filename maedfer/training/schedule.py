@@ -92,9 +92,12 @@ class WarmupCosine:
             "weight_decay_end": None if weight_decay_end is None else float(weight_decay_end),
         }
         self.lr_values = cosine_schedule(
-            lr, min_lr, epochs=epochs, steps_per_epoch=steps_per_epoch,
+            lr,
+            min_lr,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
             warmup_epochs=warmup_epochs,
-        )  # fmt: skip
+        )
         end = weight_decay if weight_decay_end is None else weight_decay_end
         self.wd_values = cosine_schedule(
             weight_decay, end, epochs=epochs, steps_per_epoch=steps_per_epoch
@@ -137,7 +140,8 @@ class WarmupCosine:
         ]
         if differ:
             raise MaedferError(
-                "the checkpoint's lr schedule differs from this run's (" + ", ".join(differ)
+                "the checkpoint's lr schedule differs from this run's ("
+                + ", ".join(differ)
                 + "); resume with the same epochs, batch size, accumulation, processes and lr"
             )
         self.step_index = int(state["step_index"])

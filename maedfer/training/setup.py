@@ -27,10 +27,14 @@ from maedfer.training.schedule import WarmupCosine
 #: Model constructor arguments a recipe declares as config fields of its own
 #: (``model.num_frames`` -> ``num_frames``), never through ``model.overrides``.
 OWN_MODEL_FIELDS = {
-    "num_frames": "num_frames", "img_size": "img_size", "drop_path_rate": "drop_path",
-    "mask_ratio": "mask_ratio", "num_classes": "num_classes",
-    "official_decoder_order": "official_decoder_order", "skip_unused_tail": "skip_unused_tail",
-}  # fmt: skip
+    "num_frames": "num_frames",
+    "img_size": "img_size",
+    "drop_path_rate": "drop_path",
+    "mask_ratio": "mask_ratio",
+    "num_classes": "num_classes",
+    "official_decoder_order": "official_decoder_order",
+    "skip_unused_tail": "skip_unused_tail",
+}
 
 
 def init_run(*, device: str | None, precision: str, seed: int) -> tuple[DistEnv, str]:
@@ -75,10 +79,13 @@ def loader_options(model_config: dict[str, Any], env: DistEnv, seed: int) -> dic
     """The ``build_loader`` arguments both recipes pass beside their ``data`` section: the
     model's input (the model decides frames and side), the run's seed and this rank's share."""
     return {
-        "num_frames": model_config["num_frames"], "size": model_config["img_size"],
-        "seed": seed, "device": str(env.device) if env.device.type == "cuda" else None,
-        "rank": env.rank, "world_size": env.world_size,
-    }  # fmt: skip
+        "num_frames": model_config["num_frames"],
+        "size": model_config["img_size"],
+        "seed": seed,
+        "device": str(env.device) if env.device.type == "cuda" else None,
+        "rank": env.rank,
+        "world_size": env.world_size,
+    }
 
 
 def steps_per_epoch(loader: Any, accum_steps: int) -> int:
@@ -109,29 +116,51 @@ def lr_range(
 
 
 def build_optimizer(
-    raw: torch.nn.Module, *, peak_lr: float, weight_decay: float, betas: tuple[float, float],
-    eps: float, layer_decay: float | None, state: dict[str, Any] | None,
-) -> torch.optim.Optimizer:  # fmt: skip
+    raw: torch.nn.Module,
+    *,
+    peak_lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float,
+    layer_decay: float | None,
+    state: dict[str, Any] | None,
+) -> torch.optim.Optimizer:
     """AdamW over the model's parameter groups (:func:`maedfer.training.optim.create_optimizer`),
     its resumed state loaded."""
-    optimizer = create_optimizer(raw, lr=peak_lr, weight_decay=weight_decay, betas=tuple(betas),
-                                 eps=eps, layer_decay=layer_decay)  # fmt: skip
+    optimizer = create_optimizer(
+        raw,
+        lr=peak_lr,
+        weight_decay=weight_decay,
+        betas=(betas[0], betas[1]),
+        eps=eps,
+        layer_decay=layer_decay,
+    )
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
     return optimizer
 
 
 def build_schedule(
-    optimizer: torch.optim.Optimizer, *, lr: tuple[float, float], epochs: int,
-    warmup_epochs: float, steps_per_epoch: int, weight_decay: float,
+    optimizer: torch.optim.Optimizer,
+    *,
+    lr: tuple[float, float],
+    epochs: int,
+    warmup_epochs: float,
+    steps_per_epoch: int,
+    weight_decay: float,
     state: dict[str, Any] | None,
-) -> WarmupCosine:  # fmt: skip
+) -> WarmupCosine:
     """Per-step linear warmup then cosine from ``lr[0]`` to ``lr[1]``, its resumed state
     loaded."""
     scheduler = WarmupCosine(
-        optimizer, lr=lr[0], min_lr=lr[1], epochs=epochs, steps_per_epoch=steps_per_epoch,
-        warmup_epochs=warmup_epochs, weight_decay=weight_decay,
-    )  # fmt: skip
+        optimizer,
+        lr=lr[0],
+        min_lr=lr[1],
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        warmup_epochs=warmup_epochs,
+        weight_decay=weight_decay,
+    )
     if state is not None:
         scheduler.load_state_dict(state["scheduler"])
     return scheduler

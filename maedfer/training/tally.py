@@ -68,8 +68,9 @@ class DeviceTally:
         """Close optimiser step ``step`` (its number, from 1): one reduction over the ranks
         (loss sum, finite count, non-finite count), the sums of a good step added; returns
         the device flag "skip this step" (a bad one, or any after the stop tripped)."""
-        sums = all_reduce_sum_(torch.stack([self.step_loss, accum - self.step_bad,
-                                            self.step_bad]), env)
+        sums = all_reduce_sum_(
+            torch.stack([self.step_loss, accum - self.step_bad, self.step_bad]), env
+        )
         bad = sums[2] > 0
         keep = (~bad).double()
         self.epoch += sums[:2] * keep
@@ -84,12 +85,15 @@ class DeviceTally:
 
     def read(self) -> Reading:
         """Everything since the last read, in one device-to-host copy."""
-        parts = [self.epoch, self.window, torch.stack([b for _, b in self.pending]).double()
-                 if self.pending else self.epoch[:0]]  # fmt: skip
-        norm = self.grad_norm is not None and self.last_bad is not None
-        if norm:
-            parts += [self.grad_norm.detach().double().view(1),
-                      self.last_bad.double().view(1)]
+        parts = [
+            self.epoch,
+            self.window,
+            torch.stack([b for _, b in self.pending]).double() if self.pending else self.epoch[:0],
+        ]
+        grad, last_bad = self.grad_norm, self.last_bad
+        norm = grad is not None and last_bad is not None
+        if grad is not None and last_bad is not None:
+            parts += [grad.detach().double().view(1), last_bad.double().view(1)]
         values = torch.cat(parts).tolist()
         flags = values[4 : 4 + len(self.pending)]
         bad_steps = [(step, bool(f)) for (step, _), f in zip(self.pending, flags, strict=True)]

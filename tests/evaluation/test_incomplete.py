@@ -28,11 +28,30 @@ BROKEN = "c1_00"
 
 
 def _finetune(data: Path, fold: int, out: Path, **keys):  # noqa: ANN202 (a click Result)
-    sets = cli_sets({**TINY_FINETUNE_KEYS, "schedule.epochs": 1, "data.batch_size": 4,
-                     "data.workers": 0, "loss.mixup": 0, "loss.cutmix": 0, **keys})
-    return runner.invoke(app, [
-        "finetune", "--data", str(data), "--fold", str(fold), "--out", str(out), *sets,
-    ])  # fmt: skip
+    sets = cli_sets(
+        {
+            **TINY_FINETUNE_KEYS,
+            "schedule.epochs": 1,
+            "data.batch_size": 4,
+            "data.workers": 0,
+            "loss.mixup": 0,
+            "loss.cutmix": 0,
+            **keys,
+        }
+    )
+    return runner.invoke(
+        app,
+        [
+            "finetune",
+            "--data",
+            str(data),
+            "--fold",
+            str(fold),
+            "--out",
+            str(out),
+            *sets,
+        ],
+    )
 
 
 def test_finetune_reports_missing_test_clips(tmp_path: Path) -> None:
@@ -49,9 +68,10 @@ def test_finetune_reports_missing_test_clips(tmp_path: Path) -> None:
     columns, _ = metrics.read_predictions(tmp_path / "fold1" / "predictions.parquet")
     assert len(columns["clip_id"]) == 7
     assert "on 7 of 12 clips" in result.stdout
-    assert ("INCOMPLETE: 5 of 12 test clips were not scored (files missing or undecodable): "
-            "c0_00, c0_02, c0_04, c0_06, c1_00 (all listed in report.json under missing_clips)"
-            ) in result.stdout  # fmt: skip
+    assert (
+        "INCOMPLETE: 5 of 12 test clips were not scored (files missing or undecodable): "
+        "c0_00, c0_02, c0_04, c0_06, c1_00 (all listed in report.json under missing_clips)"
+    ) in result.stdout
     # fold 2's test clips are all there: complete, and the summary says nothing is missing;
     # its training clips (fold 1's) lack 5 of 12, tolerated here (data.max_bad_share)
     result = _finetune(manifest, 2, tmp_path / "fold2", **{"data.max_bad_share": 0.5})
@@ -67,8 +87,9 @@ def _with_coverage(run: Path, expected: int, missing: list[str]) -> Path:
     path = run / "report.json"
     report = json.loads(path.read_text())
     scored = report["num_clips"]
-    report.update(clips_expected=expected, clips_scored=scored, missing_clips=missing,
-                  complete=not missing)  # fmt: skip
+    report.update(
+        clips_expected=expected, clips_scored=scored, missing_clips=missing, complete=not missing
+    )
     metrics.write_report(path, report)
     return run
 
@@ -84,8 +105,11 @@ def test_evaluate_flags_an_incomplete_run(tmp_path: Path) -> None:
         f"maedfer: warning: run {short} is incomplete: 3 of 11 test clips were not scored "
         "(files missing or undecodable); its figures cover only the 8 clips scored"
     ]
-    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()
-            if line.startswith(str(tmp_path))}  # fmt: skip
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in result.stdout.splitlines()
+        if line.startswith(str(tmp_path))
+    }
     assert rows[str(short)][:3] == ["8", "3", "*"] and rows[str(whole)][:2] == ["6", "0"]
     assert "*" not in rows[str(whole)]
     assert any(line.startswith("* incomplete: ") for line in result.stdout.splitlines())
@@ -110,8 +134,12 @@ def test_evaluate_without_coverage_keys_says_unknown(tmp_path: Path) -> None:
 
 def test_coverage_counts() -> None:
     keys = coverage_keys(["a", "b", "c", "d"], ["d", "b", "b"])
-    assert keys == {"clips_expected": 4, "clips_scored": 2, "missing_clips": ["a", "c"],
-                    "complete": False}  # fmt: skip
+    assert keys == {
+        "clips_expected": 4,
+        "clips_scored": 2,
+        "missing_clips": ["a", "c"],
+        "complete": False,
+    }
     # the predictions are the truth: fewer rows than expected is incomplete even with no ids
     assert run_coverage({"clips_expected": 5, "missing_clips": []}, 3)["num_missing"] == 2
     assert run_coverage({"clips_expected": 3, "missing_clips": []}, 3)["complete"] is True

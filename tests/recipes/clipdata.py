@@ -23,17 +23,28 @@ TINTS = np.array([[220, 60, 60], [60, 200, 60], [60, 80, 230], [200, 200, 60]], 
 
 # Tiny models: 32×32×8 input, 16-px patches, tubelet 2 -> token grid (4, 2, 2), regions (2, 2, 2).
 TINY_CLASSIFIER = {
-    "embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": SIZE, "num_frames": 8,
+    "embed_dim": 32,
+    "depth": 2,
+    "num_heads": 2,
+    "img_size": SIZE,
+    "num_frames": 8,
     "region_size": (2, 2, 2),
-}  # fmt: skip
+}
 TINY_MAE = {
-    **TINY_CLASSIFIER, "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2,
+    **TINY_CLASSIFIER,
+    "decoder_embed_dim": 32,
+    "decoder_depth": 1,
+    "decoder_num_heads": 2,
     "mask_ratio": 0.75,
-}  # fmt: skip
+}
 
 
-_OWN_FIELDS = {"num_frames": "model.num_frames", "img_size": "model.img_size",
-               "mask_ratio": "model.mask_ratio", "drop_path_rate": "model.drop_path"}
+_OWN_FIELDS = {
+    "num_frames": "model.num_frames",
+    "img_size": "model.img_size",
+    "mask_ratio": "model.mask_ratio",
+    "drop_path_rate": "model.drop_path",
+}
 
 
 def model_keys(name: str, arguments: dict) -> dict:
@@ -92,16 +103,31 @@ def make_dataset(
             clip_id = f"c{label}_{i:02d}"
             rel = f"clips/{clip_id}.mp4"
             write_clip(folder / rel, clip_frames(label, rng), fps=25, gop=8)
-            rows.append({
-                "clip_id": clip_id, "path": rel, "source": rel, "subject": str(i % folds + 1),
-                "label": label, "label_name": f"class{label}", "fold": i % folds + 1,
-                "num_frames": FRAMES, "fps": 25.0, "width": SIZE, "height": SIZE,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "clip_id": clip_id,
+                    "path": rel,
+                    "source": rel,
+                    "subject": str(i % folds + 1),
+                    "label": label,
+                    "label_name": f"class{label}",
+                    "fold": i % folds + 1,
+                    "num_frames": FRAMES,
+                    "fps": 25.0,
+                    "width": SIZE,
+                    "height": SIZE,
+                }
+            )
     path = folder / "manifest.parquet"
     write_manifest(
-        pd.DataFrame(rows), path, dataset="ravdess", protocol="test-tints",
-        classes=[f"class{c}" for c in range(num_classes)], num_folds=folds, raw_root=folder,
-    )  # fmt: skip
+        pd.DataFrame(rows),
+        path,
+        dataset="ravdess",
+        protocol="test-tints",
+        classes=[f"class{c}" for c in range(num_classes)],
+        num_folds=folds,
+        raw_root=folder,
+    )
     return path
 
 

@@ -32,19 +32,51 @@ runner = CliRunner()
 
 
 def finetune(data: Path, out: Path, *extra: str) -> Result:
-    return runner.invoke(app, [
-        "finetune", "--data", str(data), "--fold", "1", "--out", str(out),
-        *cli_sets({**TINY_FINETUNE_KEYS, "schedule.epochs": 2, "data.batch_size": 2,
-                   "data.workers": 0, "loss.mixup": 0, "loss.cutmix": 0}), *extra,
-    ])  # fmt: skip
+    return runner.invoke(
+        app,
+        [
+            "finetune",
+            "--data",
+            str(data),
+            "--fold",
+            "1",
+            "--out",
+            str(out),
+            *cli_sets(
+                {
+                    **TINY_FINETUNE_KEYS,
+                    "schedule.epochs": 2,
+                    "data.batch_size": 2,
+                    "data.workers": 0,
+                    "loss.mixup": 0,
+                    "loss.cutmix": 0,
+                }
+            ),
+            *extra,
+        ],
+    )
 
 
 def pretrain(data: Path, out: Path, *extra: str) -> Result:
-    return runner.invoke(app, [
-        "pretrain", "--data", str(data), "--out", str(out),
-        *cli_sets({**TINY_PRETRAIN_KEYS, "schedule.epochs": 1, "data.batch_size": 2,
-                   "data.workers": 0}), *extra,
-    ])  # fmt: skip
+    return runner.invoke(
+        app,
+        [
+            "pretrain",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            *cli_sets(
+                {
+                    **TINY_PRETRAIN_KEYS,
+                    "schedule.epochs": 1,
+                    "data.batch_size": 2,
+                    "data.workers": 0,
+                }
+            ),
+            *extra,
+        ],
+    )
 
 
 def error_line(result: Result) -> str:
@@ -79,8 +111,12 @@ def _rewrite(manifest: Path, target: Path, column: str, values: pa.Array) -> Pat
 
 def test_string_labels(manifest: Path, tmp_path: Path) -> None:
     labels = pq.read_table(manifest).column("label").to_pylist()
-    bad = _rewrite(manifest, manifest.parent / "strings.parquet", "label",
-                   pa.array([f"class{v}" for v in labels]))  # fmt: skip
+    bad = _rewrite(
+        manifest,
+        manifest.parent / "strings.parquet",
+        "label",
+        pa.array([f"class{v}" for v in labels]),
+    )
     line = error_line(finetune(bad, tmp_path / "run"))
     assert str(bad) in line and "column 'label' holds string values; expected integers" in line
 
@@ -88,8 +124,9 @@ def test_string_labels(manifest: Path, tmp_path: Path) -> None:
 def test_label_past_the_classes(manifest: Path, tmp_path: Path) -> None:
     labels = pq.read_table(manifest).column("label").to_pylist()
     labels[1] = 7  # c0_01 is in fold 2: a training clip of fold 1
-    bad = _rewrite(manifest, manifest.parent / "label7.parquet", "label",
-                   pa.array(labels, pa.int16()))  # fmt: skip
+    bad = _rewrite(
+        manifest, manifest.parent / "label7.parquet", "label", pa.array(labels, pa.int16())
+    )
     line = error_line(finetune(bad, tmp_path / "run"))
     assert str(bad) in line and "clip c0_01 has label 7" in line
     assert "names 3 classes (labels 0..2)" in line
@@ -101,8 +138,10 @@ def test_all_clip_files_missing(tmp_path: Path) -> None:
     # a worker process, as by default: its failure used to come back as a worker traceback
     line = error_line(finetune(gone, tmp_path / "run", "--set", "data.workers=1"))
     first = tmp_path / "gone" / "clips" / "c0_01.mp4"
-    assert f"manifest {gone}: all 3 clip files of the train rows (folds other than 1) are " \
-           f"missing, e.g. {first}" in line  # fmt: skip
+    assert (
+        f"manifest {gone}: all 3 clip files of the train rows (folds other than 1) are "
+        f"missing, e.g. {first}" in line
+    )
     line = error_line(pretrain(gone, tmp_path / "pt"))
     assert "all 6 clip files of the pretrain rows are missing" in line
 

@@ -22,11 +22,29 @@ runner = CliRunner()
 
 
 def _finetune(data: Path, out: Path, workers: int, **keys):  # noqa: ANN202 (a click Result)
-    return runner.invoke(app, [
-        "finetune", "--data", str(data), "--fold", "1", "--out", str(out),
-        *cli_sets({**TINY_FINETUNE_KEYS, "schedule.epochs": 1, "data.batch_size": 2,
-                   "data.workers": workers, "loss.mixup": 0, "loss.cutmix": 0, **keys}),
-    ])  # fmt: skip
+    return runner.invoke(
+        app,
+        [
+            "finetune",
+            "--data",
+            str(data),
+            "--fold",
+            "1",
+            "--out",
+            str(out),
+            *cli_sets(
+                {
+                    **TINY_FINETUNE_KEYS,
+                    "schedule.epochs": 1,
+                    "data.batch_size": 2,
+                    "data.workers": workers,
+                    "loss.mixup": 0,
+                    "loss.cutmix": 0,
+                    **keys,
+                }
+            ),
+        ],
+    )
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -62,8 +80,10 @@ def test_a_tolerated_bad_clip_is_replaced_and_counted(tmp_path: Path) -> None:
     report = json.loads((out / "report.json").read_text())
     assert report["bad_train_clips"] == 1 and report["complete"] is True
     listed_in = out / "bad_clips.json"
-    assert f"faulty training clips: 1 replaced by other samples (listed in {listed_in})" \
+    assert (
+        f"faulty training clips: 1 replaced by other samples (listed in {listed_in})"
         in result.stdout
+    )
     listed = json.loads((out / "bad_clips.json").read_text())
     assert list(listed["clips"]) == [str(tmp_path / "data" / "clips" / "c1_01.mp4")]
     assert listed["stopped"] is False and listed["max_bad_share"] == 0.5

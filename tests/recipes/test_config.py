@@ -32,11 +32,28 @@ from tests.recipes.clipdata import (
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 runner = CliRunner()
-SHIPPED = ["demo-finetune", "demo-pretrain", "finetune-crema-d", "finetune-dfew",
-           "finetune-enterface05", "finetune-ferv39k", "finetune-mafw", "finetune-ravdess",
-           "pretrain-voxceleb2"]  # fmt: skip
-DESCRIBE_KEYS = {"recipe", "config", "model", "data", "optimizer", "schedule", "precision",
-                 "world_size", "total_batch"}  # fmt: skip
+SHIPPED = [
+    "demo-finetune",
+    "demo-pretrain",
+    "finetune-crema-d",
+    "finetune-dfew",
+    "finetune-enterface05",
+    "finetune-ferv39k",
+    "finetune-mafw",
+    "finetune-ravdess",
+    "pretrain-voxceleb2",
+]
+DESCRIBE_KEYS = {
+    "recipe",
+    "config",
+    "model",
+    "data",
+    "optimizer",
+    "schedule",
+    "precision",
+    "world_size",
+    "total_batch",
+}
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +71,7 @@ def test_every_shipped_config_is_listed_and_loads() -> None:
 
 
 def test_shipped_configs_hold_the_published_per_dataset_values() -> None:
-    classes = {"dfew": 7, "ferv39k": 7, "mafw": 11, "crema-d": 6, "ravdess": 8,
-               "enterface05": 6}  # fmt: skip
+    classes = {"dfew": 7, "ferv39k": 7, "mafw": 11, "crema-d": 6, "ravdess": 8, "enterface05": 6}
     for dataset, count in classes.items():
         cfg = config_io.load(f"finetune-{dataset}")
         assert cfg.model.num_classes == count
@@ -74,17 +90,26 @@ def test_shipped_configs_hold_the_published_per_dataset_values() -> None:
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_dry_run_json_builds_every_shipped_config(name: str, manifest: Path,
-                                                  tmp_path: Path) -> None:
+def test_dry_run_json_builds_every_shipped_config(
+    name: str, manifest: Path, tmp_path: Path
+) -> None:
     pretraining = config_io.load(name).recipe == "pretrain"
-    keys = TINY_PRETRAIN_KEYS if pretraining else {**TINY_FINETUNE_KEYS,
-                                                    "model.num_classes": None}
+    keys = TINY_PRETRAIN_KEYS if pretraining else {**TINY_FINETUNE_KEYS, "model.num_classes": None}
     args = [
-        "pretrain" if pretraining else "finetune", "--config", name, "--data", str(manifest),
-        "--out", str(tmp_path / "run"), "--device", "cpu", "--dry-run", "--json",
+        "pretrain" if pretraining else "finetune",
+        "--config",
+        name,
+        "--data",
+        str(manifest),
+        "--out",
+        str(tmp_path / "run"),
+        "--device",
+        "cpu",
+        "--dry-run",
+        "--json",
         *cli_sets({**keys, "data.batch_size": 4, "data.workers": 0}),
         *([] if pretraining else ["--fold", "1"]),
-    ]  # fmt: skip
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     described = json.loads(result.stdout)
@@ -99,12 +124,23 @@ def test_dry_run_json_builds_every_shipped_config(name: str, manifest: Path,
 
 
 def test_config_show_round_trips(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["config", "show", "finetune-mafw", "--set", "optim.lr=1e-3",
-                                 "--set", "model.overrides.depth=2"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "config",
+            "show",
+            "finetune-mafw",
+            "--set",
+            "optim.lr=1e-3",
+            "--set",
+            "model.overrides.depth=2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     shown = config_io.from_dict(yaml.safe_load(result.stdout))
-    expected = config_io.load("finetune-mafw", overrides=["optim.lr=1e-3",
-                                                          "model.overrides.depth=2"])
+    expected = config_io.load(
+        "finetune-mafw", overrides=["optim.lr=1e-3", "model.overrides.depth=2"]
+    )
     assert shown == expected and shown.optim.lr == 0.001 and shown.model.overrides == {"depth": 2}
     # the printed file, edited and run, is a config: load it back by path
     path = tmp_path / "mine.yaml"
@@ -112,34 +148,48 @@ def test_config_show_round_trips(tmp_path: Path) -> None:
     assert config_io.load(path, recipe="finetune") == expected
 
 
-@pytest.mark.parametrize(("command", "item", "expected"), [
-    ("finetune", "optim.lrr=1", "unknown config key 'optim.lrr'; nearest valid: optim.lr"),
-    ("pretrain", "data.strde=2", "unknown config key 'data.strde'; nearest valid: data.stride"),
-    ("finetune", "run.precision=fp8", "run.precision ('fp8') must be one of auto, bf16"),
-    ("finetune", "optim.lr", "expected key=value"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("command", "item", "expected"),
+    [
+        ("finetune", "optim.lrr=1", "unknown config key 'optim.lrr'; nearest valid: optim.lr"),
+        ("pretrain", "data.strde=2", "unknown config key 'data.strde'; nearest valid: data.stride"),
+        ("finetune", "run.precision=fp8", "run.precision ('fp8') must be one of auto, bf16"),
+        ("finetune", "optim.lr", "expected key=value"),
+    ],
+)
 def test_a_bad_set_is_one_line(command: str, item: str, expected: str, manifest: Path) -> None:
     result = runner.invoke(app, [command, "--data", str(manifest), "--set", item])
     assert result.exit_code == 1
-    assert len(result.output.strip().splitlines()) == 1 and expected in result.output, (
-        result.output
-    )
+    assert len(result.output.strip().splitlines()) == 1 and expected in result.output, result.output
 
 
 def test_a_config_of_the_other_recipe_or_a_doubled_key_is_refused(manifest: Path) -> None:
     with pytest.raises(MaedferError, match="that is a pretrain config; finetune needs"):
         config_io.load("pretrain-voxceleb2", recipe="finetune")
     with pytest.raises(MaedferError, match="model.overrides.num_frames: set model.num_frames"):
-        finetune.run(overrides={**TINY_FINETUNE_KEYS, "model.overrides.num_frames": 8},
-                     data=manifest, fold=1, device="cpu", dry_run=True)
+        finetune.run(
+            overrides={**TINY_FINETUNE_KEYS, "model.overrides.num_frames": 8},
+            data=manifest,
+            fold=1,
+            device="cpu",
+            dry_run=True,
+        )
 
 
 def test_describe_gives_the_optimizer_groups_and_the_schedule(manifest: Path) -> None:
-    cfg = config_io.load(recipe="finetune", overrides={
-        **TINY_FINETUNE_KEYS, "data.manifest": str(manifest), "data.fold": 1,
-        "data.batch_size": 4, "data.workers": 0, "run.device": "cpu", "schedule.epochs": 2,
-        "schedule.warmup_epochs": 1,
-    })  # fmt: skip
+    cfg = config_io.load(
+        recipe="finetune",
+        overrides={
+            **TINY_FINETUNE_KEYS,
+            "data.manifest": str(manifest),
+            "data.fold": 1,
+            "data.batch_size": 4,
+            "data.workers": 0,
+            "run.device": "cpu",
+            "schedule.epochs": 2,
+            "schedule.warmup_epochs": 1,
+        },
+    )
     recipe = FinetuneRecipe(cfg)
     recipe.setup()
     try:
@@ -157,21 +207,27 @@ def test_describe_gives_the_optimizer_groups_and_the_schedule(manifest: Path) ->
     assert described["model"]["trainable_params"] == sum(p.numel() for p in trainable)
     # 12 train clips, batch 4 -> 3 steps per epoch; lr = blr * 4 / 256
     assert described["schedule"] == {
-        "steps": 6, "steps_per_epoch": 3, "warmup_steps": 3, "peak_lr": 1e-3 * 4 / 256,
-        "min_lr": 1e-6 * 4 / 256, "max_steps": None,
-    }  # fmt: skip
+        "steps": 6,
+        "steps_per_epoch": 3,
+        "warmup_steps": 3,
+        "peak_lr": 1e-3 * 4 / 256,
+        "min_lr": 1e-6 * 4 / 256,
+        "max_steps": None,
+    }
     assert described["total_batch"] == 4 and described["world_size"] == 1
     assert described["data"]["temporal_rule"] == "reference"
     assert [a["name"] for a in described["data"]["augment"]] == [
-        "rand_augment", "random_resized_crop", "horizontal_flip", "random_erasing",
+        "rand_augment",
+        "random_resized_crop",
+        "horizontal_flip",
+        "random_erasing",
         "mixup_cutmix",
-    ]  # fmt: skip
+    ]
     assert described["data"]["augment"][0]["policy"] == "rand-m7-n4-mstd0.5-inc1"
     assert (described["data"]["train_clips"], described["data"]["test_clips"]) == (12, 12)
 
 
-def _official_train_window(n: int, end: int | None, clip_len: int = 16,
-                           rate: int = 4) -> list[int]:
+def _official_train_window(n: int, end: int | None, clip_len: int = 16, rate: int = 4) -> list[int]:
     """The official fine-tuning loader's rule, written out (VideoMAE ``VideoClsDataset``)."""
     converted = clip_len * rate
     if n <= converted:
@@ -187,19 +243,31 @@ def _official_train_window(n: int, end: int | None, clip_len: int = 16,
 def test_default_finetune_window_is_the_reference_rule(n: int) -> None:
     cfg = config_io.FinetuneConfig()
     inputs = input_contract(cfg.model.name)  # model.num_frames/img_size null: the model's
-    options = setup.loader_options({"num_frames": inputs.num_frames,
-                                   "img_size": inputs.img_size}, DistEnv(),
-                                  cfg.run.seed)  # what the recipe gives build_loader
-    sample = SampleConfig.from_data(cfg.data, mode="train", num_frames=options["num_frames"],
-                                    size=options["size"], seed=options["seed"], test_views=2)
+    options = setup.loader_options(
+        {"num_frames": inputs.num_frames, "img_size": inputs.img_size}, DistEnv(), cfg.run.seed
+    )  # what the recipe gives build_loader
+    sample = SampleConfig.from_data(
+        cfg.data,
+        mode="train",
+        num_frames=options["num_frames"],
+        size=options["size"],
+        seed=options["seed"],
+        test_views=2,
+    )
     rows = 40
     table = ClipTable(
-        clip_id=pa.array([f"c{i}" for i in range(rows)]), path=pa.array(["x.mp4"] * rows),
-        label=np.zeros(rows, np.int64), num_frames=np.full(rows, n, np.int64),
-        crop=np.full((rows, 4), -1, np.int64), root=Path("/"),
-    )  # fmt: skip
-    official = {tuple(_official_train_window(n, end)) for end in range(64, n)} if n > 64 else {
-        tuple(_official_train_window(n, None))}
+        clip_id=pa.array([f"c{i}" for i in range(rows)]),
+        path=pa.array(["x.mp4"] * rows),
+        label=np.zeros(rows, np.int64),
+        num_frames=np.full(rows, n, np.int64),
+        crop=np.full((rows, 4), -1, np.int64),
+        root=Path("/"),
+    )
+    official = (
+        {tuple(_official_train_window(n, end)) for end in range(64, n)}
+        if n > 64
+        else {tuple(_official_train_window(n, None))}
+    )
     for epoch in range(3):
         plan = EpochPlan(table, sample, epoch=epoch)
         windows = {tuple(plan.spec(i).frame_indices.tolist()) for i in range(len(plan))}

@@ -33,8 +33,15 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("finetune-data"))  # 3 classes x 8, 2 folds
 
 
-BASE = {**TINY_FINETUNE_KEYS, "schedule.epochs": 2, "data.batch_size": 4, "data.workers": 0,
-        "run.log_every": 1, "optim.lr": 3e-3, "schedule.warmup_epochs": 1}
+BASE = {
+    **TINY_FINETUNE_KEYS,
+    "schedule.epochs": 2,
+    "data.batch_size": 4,
+    "data.workers": 0,
+    "run.log_every": 1,
+    "optim.lr": 3e-3,
+    "schedule.warmup_epochs": 1,
+}
 
 
 def _run(manifest: Path, out: Path, sets: dict | None = None, **flags) -> dict:
@@ -49,30 +56,45 @@ def _records(out: Path, kind: str) -> list[dict]:
 
 def test_merge_views_averages_distinct_views() -> None:
     p = np.eye(3, dtype=np.float32)
-    rows = [(["b", "a"], [0, 0], [1, 0], p[[1, 0]]), (["b", "a", "a"], [1, 1, 1], [1, 0, 0],
-                                                      p[[2, 2, 0]])]
+    rows = [
+        (["b", "a"], [0, 0], [1, 0], p[[1, 0]]),
+        (["b", "a", "a"], [1, 1, 1], [1, 0, 0], p[[2, 2, 0]]),
+    ]
     ids, labels, probs, views = merge_views(rows)
     assert ids == ["a", "b"] and labels.tolist() == [0, 1] and views == 2
     np.testing.assert_allclose(probs, [[0.5, 0, 0.5], [0, 0.5, 0.5]])  # a's view 1 counted once
 
 
 def test_learns_from_a_pretraining_init_and_writes_results(manifest, tmp_path) -> None:
-    pretrain.run(overrides={**TINY_PRETRAIN_KEYS, "schedule.epochs": 2, "data.batch_size": 4,
-                            "data.workers": 0, "optim.lr": 2e-3, "schedule.warmup_epochs": 1},
-                 data=manifest, out=tmp_path / "pt")
+    pretrain.run(
+        overrides={
+            **TINY_PRETRAIN_KEYS,
+            "schedule.epochs": 2,
+            "data.batch_size": 4,
+            "data.workers": 0,
+            "optim.lr": 2e-3,
+            "schedule.warmup_epochs": 1,
+        },
+        data=manifest,
+        out=tmp_path / "pt",
+    )
     init = tmp_path / "pt" / "checkpoints" / "last.pt"
-    result = _run(manifest, tmp_path / "ft", {"schedule.epochs": 20, "eval.eval_every": 10,
-                                              "run.log_every": 10}, init=init)
+    result = _run(
+        manifest,
+        tmp_path / "ft",
+        {"schedule.epochs": 20, "eval.eval_every": 10, "run.log_every": 10},
+        init=init,
+    )
     report = result["report"]
     # 3 classes (chance 1/3); 20 epochs of 3 steps with mixup reached UAR 1.0 when measured
     assert report["uar"] >= 0.75 and report["war"] >= 0.75, report
     assert report["views"] == 2 and report["num_clips"] == 12 and report["fold"] == 1
     saved = json.loads((tmp_path / "ft" / "report.json").read_text())
-    assert saved["uar"] == report["uar"] and saved["class_names"] == ["class0", "class1",
-                                                                      "class2"]
+    assert saved["uar"] == report["uar"] and saved["class_names"] == ["class0", "class1", "class2"]
     columns, classes = metrics.read_predictions(tmp_path / "ft" / "predictions.parquet")
-    assert len(columns["clip_id"]) == 12 and all(c.endswith(("_00", "_02", "_04", "_06"))
-                                                for c in columns["clip_id"])  # fold 1 only
+    assert len(columns["clip_id"]) == 12 and all(
+        c.endswith(("_00", "_02", "_04", "_06")) for c in columns["clip_id"]
+    )  # fold 1 only
     np.testing.assert_allclose(columns["probabilities"].sum(1), 1.0, rtol=1e-5)
     tests = _records(tmp_path / "ft", "test")
     assert [(r["epoch"], r["final"]) for r in tests] == [(10, False), (20, True)]
@@ -131,8 +153,10 @@ def test_fold_choice_is_checked(manifest, tmp_path) -> None:
 
 
 def test_dead_tail_is_frozen_and_everything_else_learns(manifest) -> None:
-    cfg = config_io.load(recipe="finetune", overrides={
-        **TINY_FINETUNE_KEYS, "data.manifest": str(manifest), "data.fold": 1})
+    cfg = config_io.load(
+        recipe="finetune",
+        overrides={**TINY_FINETUNE_KEYS, "data.manifest": str(manifest), "data.fold": 1},
+    )
     recipe = FinetuneRecipe(cfg)
     recipe._env, recipe._state = DistEnv(), None
     model = recipe._setup_model()
@@ -143,11 +167,29 @@ def test_dead_tail_is_frozen_and_everything_else_learns(manifest) -> None:
 
 
 def test_cli_finetune(manifest: Path, tmp_path: Path) -> None:
-    sets = cli_sets({**TINY_FINETUNE_KEYS, "schedule.epochs": 1, "data.batch_size": 4,
-                     "data.workers": 0, "loss.mixup": 0, "loss.cutmix": 0})
-    result = CliRunner().invoke(app, [
-        "finetune", "--data", str(manifest), "--fold", "2", "--out", str(tmp_path), *sets,
-    ])  # fmt: skip
+    sets = cli_sets(
+        {
+            **TINY_FINETUNE_KEYS,
+            "schedule.epochs": 1,
+            "data.batch_size": 4,
+            "data.workers": 0,
+            "loss.mixup": 0,
+            "loss.cutmix": 0,
+        }
+    )
+    result = CliRunner().invoke(
+        app,
+        [
+            "finetune",
+            "--data",
+            str(manifest),
+            "--fold",
+            "2",
+            "--out",
+            str(tmp_path),
+            *sets,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "UAR" in result.output and (tmp_path / "predictions.parquet").is_file()
 
@@ -155,6 +197,7 @@ def test_cli_finetune(manifest: Path, tmp_path: Path) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_half_precision_on_cuda(manifest: Path, tmp_path: Path, precision: str) -> None:
-    result = _run(manifest, tmp_path, {"run.precision": precision, "data.backend": "pyav"},
-                  device="cuda")
+    result = _run(
+        manifest, tmp_path, {"run.precision": precision, "data.backend": "pyav"}, device="cuda"
+    )
     assert result["nonfinite_steps"] == 0 and result["report"]["num_clips"] == 12

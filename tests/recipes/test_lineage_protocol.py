@@ -34,24 +34,59 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("lineage-demo")
     portraits = render.default_portraits()[:2]
-    render.render_dataset(root / "raw", portraits=portraits, actors_per_portrait=1,
-                          clips_per_class=2, num_frames=16, frame_size=192, seed=0, workers=1)
-    driver.run(dataset="folder", raw=root / "raw", out=root / "prepared", size=32, workers=1,
-               device="cpu", dataset_options={"labels": root / "raw" / render.LABELS,
-                                              "classes": [c.name for c in render.CLASSES]})
+    render.render_dataset(
+        root / "raw",
+        portraits=portraits,
+        actors_per_portrait=1,
+        clips_per_class=2,
+        num_frames=16,
+        frame_size=192,
+        seed=0,
+        workers=1,
+    )
+    driver.run(
+        dataset="folder",
+        raw=root / "raw",
+        out=root / "prepared",
+        size=32,
+        workers=1,
+        device="cpu",
+        dataset_options={
+            "labels": root / "raw" / render.LABELS,
+            "classes": [c.name for c in render.CLASSES],
+        },
+    )
     config = root / "tiny.yaml"
-    config.write_text(config_io.to_yaml(config_io.load("demo-finetune", overrides={
-        "model.num_frames": 8, "model.img_size": 32, "schedule.epochs": 1,
-        "model.overrides": {"embed_dim": 32, "depth": 1, "num_heads": 2},
-        "data.batch_size": 4, "data.workers": 0})))  # fmt: skip
+    config.write_text(
+        config_io.to_yaml(
+            config_io.load(
+                "demo-finetune",
+                overrides={
+                    "model.num_frames": 8,
+                    "model.img_size": 32,
+                    "schedule.epochs": 1,
+                    "model.overrides": {"embed_dim": 32, "depth": 1, "num_heads": 2},
+                    "data.batch_size": 4,
+                    "data.workers": 0,
+                },
+            )
+        )
+    )
     return {"data": root / "prepared" / "manifest.parquet", "config": config}
 
 
 def test_several_models_one_table(demo: dict, tmp_path: Path) -> None:
     out = tmp_path / "compare"
     torch.manual_seed(0)
-    args = ["protocol", str(demo["config"]), "--data", str(demo["data"]), "--out", str(out),
-            *[a for m in MODELS for a in ("--model", m)]]  # fmt: skip
+    args = [
+        "protocol",
+        str(demo["config"]),
+        "--data",
+        str(demo["data"]),
+        "--out",
+        str(out),
+        *[a for m in MODELS for a in ("--model", m)],
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     table = json.loads((out / comparison.COMPARISON).read_text())
@@ -61,12 +96,14 @@ def test_several_models_one_table(demo: dict, tmp_path: Path) -> None:
         assert summary["model"] == entry["model"]
         assert [f["uar"] for f in entry["folds"]] == [f["uar"] for f in summary["folds"]]
         assert entry["mean_over_folds"]["uar"] == pytest.approx(
-            sum(f["uar"] for f in entry["folds"]) / 2)
+            sum(f["uar"] for f in entry["folds"]) / 2
+        )
         assert (out / entry["model"] / "fold_2" / "report.json").is_file()
     lines = result.stdout.splitlines()
     header = next(line for line in lines if line.startswith("model"))
-    assert all(word in header for word in ("fold 1", "fold 2", "mean", "pooled", "published",
-                                           "difference"))  # fmt: skip
+    assert all(
+        word in header for word in ("fold 1", "fold 2", "mean", "pooled", "published", "difference")
+    )
     assert sum(line.startswith(tuple(MODELS)) for line in lines) == len(MODELS)
     # a second run trains nothing and prints the same table
     again = runner.invoke(app, args)
@@ -80,8 +117,9 @@ def test_each_model_beside_its_own_papers_figure(tmp_path: Path) -> None:
     for name in ("lgi_former_base", "svfap_base", "videomae_base"):
         make_run(tmp_path / name / "fold_1", *FOLD_A, dataset="dfew")
         make_run(tmp_path / name / "fold_2", *FOLD_B, dataset="dfew")
-        summaries.append((name, None, protocol.summarize(tmp_path / name, [1, 2], "dfew",
-                                                         "finetune-dfew", name)))
+        summaries.append(
+            (name, None, protocol.summarize(tmp_path / name, [1, 2], "dfew", "finetune-dfew", name))
+        )
     table = comparison.compare(tmp_path, summaries, "finetune-dfew")
     rows = {m["model"]: m for m in table["models"]}
     assert rows["svfap_base"]["published"]["uar"] == pytest.approx(0.6283)
@@ -96,12 +134,20 @@ def test_each_model_beside_its_own_papers_figure(tmp_path: Path) -> None:
 
 
 def test_bad_model_lists_are_one_line(demo: dict, tmp_path: Path) -> None:
-    base = ["protocol", str(demo["config"]), "--data", str(demo["data"]), "--out",
-            str(tmp_path / "x")]  # fmt: skip
-    for extra, says in ((["--model", "nope"], "unknown model 'nope'"),
-                        (["--model", "videomae_base", "--model", "vit_base"], "given twice"),
-                        (["--model", f"marlin_base={tmp_path / 'missing.pt'}"], "does not exist"),
-                        ([], "give --init CKPT")):  # fmt: skip
+    base = [
+        "protocol",
+        str(demo["config"]),
+        "--data",
+        str(demo["data"]),
+        "--out",
+        str(tmp_path / "x"),
+    ]
+    for extra, says in (
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--model", "videomae_base", "--model", "vit_base"], "given twice"),
+        (["--model", f"marlin_base={tmp_path / 'missing.pt'}"], "does not exist"),
+        ([], "give --init CKPT"),
+    ):
         result = runner.invoke(app, [*base, *extra])
         assert result.exit_code == 1 and says in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1

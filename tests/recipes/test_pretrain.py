@@ -23,13 +23,19 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("pretrain-data"))  # 24 clips
 
 
-BASE = {**TINY_PRETRAIN_KEYS, "schedule.epochs": 2, "data.batch_size": 4, "data.workers": 0,
-        "run.log_every": 1, "optim.lr": 2e-3, "schedule.warmup_epochs": 1}
+BASE = {
+    **TINY_PRETRAIN_KEYS,
+    "schedule.epochs": 2,
+    "data.batch_size": 4,
+    "data.workers": 0,
+    "run.log_every": 1,
+    "optim.lr": 2e-3,
+    "schedule.warmup_epochs": 1,
+}
 
 
 def _run(manifest: Path, out: Path, sets: dict | None = None, **flags) -> dict:
-    return pretrain.run(overrides={**BASE, **(sets or {})}, data=manifest, out=out,
-                        **flags)
+    return pretrain.run(overrides={**BASE, **(sets or {})}, data=manifest, out=out, **flags)
 
 
 def _records(out: Path, kind: str) -> list[dict]:
@@ -95,16 +101,25 @@ def test_non_finite_loss_skips_the_step_then_stops_the_run(manifest, tmp_path, m
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
     assert _records(tmp_path / "once", "train")[2]["loss"] is None  # the skipped step
 
-    monkeypatch.setattr(MaskedLGIFormer, "loss", lambda self, p, t, **kw: original(self, p, t)
-                        * float("inf"))
+    monkeypatch.setattr(
+        MaskedLGIFormer, "loss", lambda self, p, t, **kw: original(self, p, t) * float("inf")
+    )
     with pytest.raises(MaedferError, match="not finite for 5 optimiser steps in a row"):
         _run(manifest, tmp_path / "always", {"schedule.epochs": 1})
 
 
 def test_cli_pretrain_and_its_errors(manifest: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    sets = cli_sets({**TINY_PRETRAIN_KEYS, "schedule.epochs": 1, "data.batch_size": 4,
-                     "data.workers": 0, "schedule.max_steps": 2, "optim.clip_grad": 1.0})
+    sets = cli_sets(
+        {
+            **TINY_PRETRAIN_KEYS,
+            "schedule.epochs": 1,
+            "data.batch_size": 4,
+            "data.workers": 0,
+            "schedule.max_steps": 2,
+            "optim.clip_grad": 1.0,
+        }
+    )
     args = ["pretrain", "--data", str(manifest), "--out", str(tmp_path / "cli"), *sets]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -134,8 +149,12 @@ def test_refused_options_fail_before_any_work(manifest: Path, tmp_path: Path) ->
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_half_precision_on_cuda(manifest: Path, tmp_path: Path, precision: str) -> None:
-    result = _run(manifest, tmp_path, {"schedule.epochs": 1, "run.precision": precision,
-                                       "data.backend": "pyav"}, device="cuda")
+    result = _run(
+        manifest,
+        tmp_path,
+        {"schedule.epochs": 1, "run.precision": precision, "data.backend": "pyav"},
+        device="cuda",
+    )
     assert result["nonfinite_steps"] == 0 and result["loss"] is not None
     ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["config"]["run"]["precision"] == precision

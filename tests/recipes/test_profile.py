@@ -31,8 +31,9 @@ def test_manual_attention_is_what_the_reference_path_runs() -> None:
     torch.testing.assert_close(reference, ours, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name, overrides", [("lgi_former_tiny", TINY_CLASSIFIER),
-                                             ("mae_lgi_former_tiny", TINY_MAE)])
+@pytest.mark.parametrize(
+    "name, overrides", [("lgi_former_tiny", TINY_CLASSIFIER), ("mae_lgi_former_tiny", TINY_MAE)]
+)
 def test_profile_train_gives_one_json_object(name, overrides) -> None:
     result = profile.run(name=name, batch=2, batches=2, device="cpu", overrides=overrides)
     printed = json.loads(json.dumps(result))

@@ -39,31 +39,64 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.manual_seed(0)
     model = create_model("lgi_former_tiny", num_classes=3, **TINY_CLASSIFIER)
     init = root / "init.pt"
-    torch.save({"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION,
-                "model_name": model.model_name, "model_config": ckpt_io.plain(model.config),
-                "model": model.state_dict(), "epoch": 0}, init)  # fmt: skip
+    torch.save(
+        {
+            "format": ckpt_io.FORMAT,
+            "version": ckpt_io.VERSION,
+            "model_name": model.model_name,
+            "model_config": ckpt_io.plain(model.config),
+            "model": model.state_dict(),
+            "epoch": 0,
+        },
+        init,
+    )
     config = root / "tiny.yaml"  # a user's copy of a shipped config, edited
-    config.write_text(config_io.to_yaml(config_io.load("finetune-dfew", overrides={
-        **TINY_FINETUNE_KEYS, "model.num_classes": 3, "schedule.epochs": 1,
-        "data.batch_size": 4, "data.workers": 0, "optim.lr": 3e-3, "schedule.warmup_epochs": 1,
-    })))  # fmt: skip
+    config.write_text(
+        config_io.to_yaml(
+            config_io.load(
+                "finetune-dfew",
+                overrides={
+                    **TINY_FINETUNE_KEYS,
+                    "model.num_classes": 3,
+                    "schedule.epochs": 1,
+                    "data.batch_size": 4,
+                    "data.workers": 0,
+                    "optim.lr": 3e-3,
+                    "schedule.warmup_epochs": 1,
+                },
+            )
+        )
+    )
     return {"data": manifest, "init": init, "config": config}
 
 
 def _args(setup: dict, out: Path, *extra: str) -> list[str]:
-    return ["protocol", str(setup["config"]), "--data", str(setup["data"]), "--init",
-            str(setup["init"]), "--out", str(out), *extra]  # fmt: skip
+    return [
+        "protocol",
+        str(setup["config"]),
+        "--data",
+        str(setup["data"]),
+        "--init",
+        str(setup["init"]),
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _state(folder: Path) -> dict[str, tuple[int, bytes]]:
     """(mtime, bytes) of every file a fold's training wrote (the cross-fold evaluation redraws
     its confusion.png)."""
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "confusion.png"}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "confusion.png"
+    }
 
 
-def test_runs_both_folds_resumes_after_a_kill_and_prints_the_table(setup, tmp_path,
-                                                                   monkeypatch) -> None:
+def test_runs_both_folds_resumes_after_a_kill_and_prints_the_table(
+    setup, tmp_path, monkeypatch
+) -> None:
     out = tmp_path / "dfew_like"
     calls: list = []
     original = protocol._finetune_fold
@@ -125,8 +158,7 @@ def test_summary_sits_beside_the_published_figures(tmp_path) -> None:
 
 def test_print_commands(setup, tmp_path) -> None:
     out = tmp_path / "p"
-    result = runner.invoke(app, _args(setup, out, "--print-commands", "--set",
-                                      "schedule.epochs=3"))  # fmt: skip
+    result = runner.invoke(app, _args(setup, out, "--print-commands", "--set", "schedule.epochs=3"))
     assert result.exit_code == 0, result.output
     c, d, i = (shlex.quote(str(setup[k])) for k in ("config", "data", "init"))
     assert result.stdout.splitlines() == [
@@ -158,9 +190,21 @@ def test_sbatch_script_runs_each_fold_then_evaluates(setup, tmp_path) -> None:
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": "2"}
     subprocess.run(["bash", str(script)], env=env, check=True)
     calls = [line.split("|")[:-1] for line in log.read_text().splitlines()]
-    assert calls == [["finetune", "--config", str(setup["config"]), "--data",
-                      str(setup["data"]), "--fold", "2", "--init", str(setup["init"]), "--out",
-                      f"{out}/fold_2"]]  # fmt: skip
+    assert calls == [
+        [
+            "finetune",
+            "--config",
+            str(setup["config"]),
+            "--data",
+            str(setup["data"]),
+            "--fold",
+            "2",
+            "--init",
+            str(setup["init"]),
+            "--out",
+            f"{out}/fold_2",
+        ]
+    ]
     # once the fold's report exists, the task runs the cross-fold evaluation
     (out / "fold_2").mkdir(parents=True)
     (out / "fold_2" / "report.json").write_text("{}")
@@ -184,12 +228,24 @@ def test_bad_inputs_are_one_line(setup, tmp_path) -> None:
     out = tmp_path / "o"
     assert "--folds (3) must be in 1..2" in _error(_args(setup, out, "--folds", "1,3"))
     assert "fold numbers" in _error(_args(setup, out, "--folds", "one"))
-    assert "not both" in _error(_args(setup, out, "--print-commands", "--sbatch",
-                                      str(tmp_path / "j.sh")))  # fmt: skip
-    assert "unknown config key 'learning_rate'" in _error(_args(setup, out, "--set",
-                                                                "learning_rate=1"))  # fmt: skip
+    assert "not both" in _error(
+        _args(setup, out, "--print-commands", "--sbatch", str(tmp_path / "j.sh"))
+    )
+    assert "unknown config key 'learning_rate'" in _error(
+        _args(setup, out, "--set", "learning_rate=1")
+    )
     assert "sets those per fold" in _error(_args(setup, out, "--set", "data.fold=2"))
     bad = tmp_path / "missing.yaml"
-    assert "nor a file" in _error(["protocol", str(bad), "--data", str(setup["data"]),
-                                      "--init", str(setup["init"]), "--out", str(out)])  # fmt: skip
+    assert "nor a file" in _error(
+        [
+            "protocol",
+            str(bad),
+            "--data",
+            str(setup["data"]),
+            "--init",
+            str(setup["init"]),
+            "--out",
+            str(out),
+        ]
+    )
     assert not out.exists()

@@ -21,8 +21,13 @@ from tests.recipes.clipdata import TINY_FINETUNE_KEYS, cli_sets, make_dataset, o
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
-BASE = {**TINY_FINETUNE_KEYS, "schedule.epochs": 2, "data.batch_size": 4, "data.workers": 0,
-        "eval.test_batch_size": 4}  # fmt: skip
+BASE = {
+    **TINY_FINETUNE_KEYS,
+    "schedule.epochs": 2,
+    "data.batch_size": 4,
+    "data.workers": 0,
+    "eval.test_batch_size": 4,
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +46,9 @@ def _losses(out: Path) -> list[float]:
 
 
 def _files(out: Path) -> dict[Path, tuple[int, bytes]]:
-    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(out.rglob("*"))
-            if p.is_file()}  # fmt: skip
+    return {
+        p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(out.rglob("*")) if p.is_file()
+    }
 
 
 def test_a_run_records_its_recipe_environment_and_events(manifest, tmp_path) -> None:
@@ -90,8 +96,16 @@ def test_a_finished_run_is_left_untouched(manifest, tmp_path) -> None:
 
 
 def test_the_cli_says_a_finished_run_is_done_and_exits_0(manifest, tmp_path) -> None:
-    args = ["finetune", "--data", str(manifest), "--fold", "1", "--out", str(tmp_path / "run"),
-            *cli_sets(BASE)]  # fmt: skip
+    args = [
+        "finetune",
+        "--data",
+        str(manifest),
+        "--fold",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+        *cli_sets(BASE),
+    ]
     runner = CliRunner()
     assert runner.invoke(app, args).exit_code == 0
     before = _files(tmp_path / "run")

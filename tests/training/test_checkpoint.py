@@ -27,11 +27,18 @@ def _state(model: torch.nn.Module) -> dict:
     model(torch.randn(2, 3, 8, 32, 32)).sum().backward()
     opt.step()  # so the optimiser holds moment tensors
     return {
-        "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "model_name": model.model_name,
-        "model_config": ckpt_io.plain(model.config), "model": model.state_dict(),
-        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-        "scaler": grad_scaler(torch.device("cpu"), "fp32").state_dict(), "epoch": 1,
-        "step": 3, "epoch_step": 0, "rng": ckpt_io.rng_state(),
+        "format": ckpt_io.FORMAT,
+        "version": ckpt_io.VERSION,
+        "model_name": model.model_name,
+        "model_config": ckpt_io.plain(model.config),
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "scaler": grad_scaler(torch.device("cpu"), "fp32").state_dict(),
+        "epoch": 1,
+        "step": 3,
+        "epoch_step": 0,
+        "rng": ckpt_io.rng_state(),
         "config": ckpt_io.plain({"data": Path("/x/m.parquet"), "betas": (0.9, 0.999)}),
         "classes": ["a", "b", "c"],
     }
@@ -93,7 +100,8 @@ def test_other_class_count_or_architecture_fails_in_one_line(tmp_path: Path, cla
         ckpt_io.check_model_matches(state, deeper, path=tmp_path / "last.pt")
     with pytest.raises(MaedferError, match="holds lgi_former_tiny.*builds lgi_former_small"):
         ckpt_io.check_model_matches(
-            state, create_model("lgi_former_small", num_classes=3, **TINY_CLASSIFIER),
+            state,
+            create_model("lgi_former_small", num_classes=3, **TINY_CLASSIFIER),
             path=tmp_path / "last.pt",
         )
 
@@ -116,10 +124,16 @@ def test_init_from_our_pretraining_takes_the_encoder(tmp_path: Path, classifier)
     torch.manual_seed(1)
     mae = create_model("mae_lgi_former_tiny", **TINY_MAE)
     path = tmp_path / "pretrain.pt"
-    ckpt_io.save_checkpoint(path, {
-        "format": ckpt_io.FORMAT, "model_name": mae.model_name,
-        "model_config": ckpt_io.plain(mae.config), "model": mae.state_dict(), "epoch": 5,
-    })  # fmt: skip
+    ckpt_io.save_checkpoint(
+        path,
+        {
+            "format": ckpt_io.FORMAT,
+            "model_name": mae.model_name,
+            "model_config": ckpt_io.plain(mae.config),
+            "model": mae.state_dict(),
+            "epoch": 5,
+        },
+    )
     head, fc_norm = classifier.head.weight.clone(), classifier.fc_norm.weight.clone()
     assert "encoder of mae_lgi_former_tiny" in ckpt_io.load_init(classifier, path)
     ours = classifier.state_dict()
@@ -155,11 +169,9 @@ def test_init_from_an_official_checkpoint(tmp_path: Path) -> None:
 def test_numbered_checkpoints_keep_the_newest(tmp_path: Path) -> None:
     run = tmp_path / "run"
     for epoch in (1, 2, 3, 10):
-        path = ckpt_io.save_numbered(run, {"format": ckpt_io.FORMAT, "epoch": epoch}, epoch,
-                                     keep=2)  # fmt: skip
+        path = ckpt_io.save_numbered(run, {"format": ckpt_io.FORMAT, "epoch": epoch}, epoch, keep=2)
         assert path.name == f"epoch-{epoch:04d}.pt"
-    assert [p.name for p in ckpt_io.numbered_checkpoints(run)] == ["epoch-0003.pt",
-                                                                   "epoch-0010.pt"]
+    assert [p.name for p in ckpt_io.numbered_checkpoints(run)] == ["epoch-0003.pt", "epoch-0010.pt"]
     assert ckpt_io.load_checkpoint(run / "checkpoints" / "epoch-0010.pt")["epoch"] == 10
     ckpt_io.save_numbered(run, {"format": ckpt_io.FORMAT, "epoch": 11}, 11, keep=None)
     assert len(ckpt_io.numbered_checkpoints(run)) == 3  # keep=None deletes nothing
@@ -202,8 +214,10 @@ def test_weights_only_export_loads_where_a_checkpoint_does(tmp_path: Path, class
     torch.manual_seed(5)
     fresh = create_model("lgi_former_tiny", num_classes=3, **TINY_CLASSIFIER)
     assert "encoder of lgi_former_tiny" in ckpt_io.load_init(fresh, final)  # --init
-    assert torch.equal(fresh.state_dict()["encoder.patch_embed.proj.weight"],
-                       classifier.state_dict()["encoder.patch_embed.proj.weight"])  # fmt: skip
+    assert torch.equal(
+        fresh.state_dict()["encoder.patch_embed.proj.weight"],
+        classifier.state_dict()["encoder.patch_embed.proj.weight"],
+    )
     # from a checkpoint file: beside its run's checkpoints/ folder, or where asked
     assert ckpt_io.export_weights(run / "checkpoints" / ckpt_io.LAST) == final
     assert ckpt_io.export_weights(final, tmp_path / "x.pt") == tmp_path / "x.pt"

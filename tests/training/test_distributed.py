@@ -29,11 +29,21 @@ from tests.recipes.clipdata import TINY_FINETUNE_KEYS, TINY_PRETRAIN_KEYS, make_
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
-COMMON = {"schedule.epochs": 1, "data.workers": 0, "run.log_every": 1, "optim.lr": 1e-3,
-          "schedule.warmup_epochs": 0}
+COMMON = {
+    "schedule.epochs": 1,
+    "data.workers": 0,
+    "run.log_every": 1,
+    "optim.lr": 1e-3,
+    "schedule.warmup_epochs": 0,
+}
 PRETRAIN = {**TINY_PRETRAIN_KEYS, **COMMON}
-FINETUNE = {**TINY_FINETUNE_KEYS, **COMMON, "model.drop_path": 0.0, "loss.mixup": 0.0,
-            "loss.cutmix": 0.0}
+FINETUNE = {
+    **TINY_FINETUNE_KEYS,
+    **COMMON,
+    "model.drop_path": 0.0,
+    "loss.mixup": 0.0,
+    "loss.cutmix": 0.0,
+}
 
 
 def _pretrain(manifest: Path, out: Path, batch_size: int) -> None:
@@ -41,8 +51,9 @@ def _pretrain(manifest: Path, out: Path, batch_size: int) -> None:
 
 
 def _finetune(manifest: Path, out: Path, batch_size: int) -> None:
-    finetune.run(overrides={**FINETUNE, "data.batch_size": batch_size}, data=manifest, fold=1,
-                 out=out)
+    finetune.run(
+        overrides={**FINETUNE, "data.batch_size": batch_size}, data=manifest, fold=1, out=out
+    )
 
 
 def _free_ports() -> tuple[int, int]:
@@ -58,9 +69,15 @@ def _video() -> torch.Tensor:
 
 def _one_step_grads(manifest: Path, out: Path) -> dict[str, torch.Tensor]:
     """Gradients of one pre-training micro-step over this rank's share of a fixed batch."""
-    cfg = config_io.load(recipe="pretrain", overrides={
-        **TINY_PRETRAIN_KEYS, "data.manifest": str(manifest), "run.out": str(out),
-        "run.precision": "fp32"})
+    cfg = config_io.load(
+        recipe="pretrain",
+        overrides={
+            **TINY_PRETRAIN_KEYS,
+            "data.manifest": str(manifest),
+            "run.out": str(out),
+            "run.precision": "fp32",
+        },
+    )
     recipe = PretrainRecipe(cfg)
     recipe._env, recipe._precision = init_distributed("cpu"), "fp32"
     torch.manual_seed(0)
@@ -71,8 +88,13 @@ def _one_step_grads(manifest: Path, out: Path) -> dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, ports: tuple[int, int], manifest: Path, out: Path) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]))
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(ports[0]),
+    )
     torch.set_num_threads(1)
     grads = _one_step_grads(manifest, out / "grad")
     env = init_distributed("cpu")
@@ -171,17 +193,26 @@ def test_unreadable_node_list_is_refused() -> None:
         distributed.first_host("gpu[01-04")
 
 
-SLURM_STEP = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "8",
-              "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123456",
-              "SLURM_STEP_NODELIST": "gpu[03-06]", "SLURM_JOB_NODELIST": "gpu[01-06]"}
+SLURM_STEP = {
+    "SLURM_PROCID": "5",
+    "SLURM_NTASKS": "8",
+    "SLURM_STEP_NUM_TASKS": "8",
+    "SLURM_LOCALID": "1",
+    "SLURM_JOB_ID": "123456",
+    "SLURM_STEP_NODELIST": "gpu[03-06]",
+    "SLURM_JOB_NODELIST": "gpu[01-06]",
+}
 
 
 def test_slurm_variables_become_torchrun_ones(monkeypatch) -> None:
     monkeypatch.setattr(distributed.shutil, "which", lambda name: None)  # no scontrol here
     assert distributed.slurm_launch(SLURM_STEP) == {
-        "RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu03",
+        "RANK": "5",
+        "WORLD_SIZE": "8",
+        "LOCAL_RANK": "1",
+        "MASTER_ADDR": "gpu03",
         "MASTER_PORT": str(29500 + 456),
-    }  # fmt: skip
+    }
     given = {**SLURM_STEP, "MASTER_ADDR": "head", "MASTER_PORT": "4000"}
     assert distributed.slurm_launch(given)["MASTER_ADDR"] == "head"
     assert distributed.slurm_launch(given)["MASTER_PORT"] == "4000"
@@ -232,22 +263,38 @@ def test_incomplete_slurm_step_is_refused() -> None:
 def test_init_distributed_joins_from_slurm_variables(clean_environ, monkeypatch) -> None:
     joined = []
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(distributed.dist, "init_process_group",
-                        lambda **kw: joined.append({**kw, **{k: os.environ[k] for k in
-                                                             LAUNCH_KEYS}}))  # fmt: skip
+    monkeypatch.setattr(
+        distributed.dist,
+        "init_process_group",
+        lambda **kw: joined.append({**kw, **{k: os.environ[k] for k in LAUNCH_KEYS}}),
+    )
     monkeypatch.setattr(distributed.shutil, "which", lambda name: None)
     clean_environ.update({**SLURM_STEP, "MASTER_PORT": "4001"})
     env = init_distributed("cpu")
     assert (env.rank, env.world_size, env.local_rank) == (5, 8, 1)
-    assert joined == [{"backend": "gloo", "device_id": None, "RANK": "5", "WORLD_SIZE": "8",
-                       "LOCAL_RANK": "1", "MASTER_ADDR": "gpu03",
-                       "MASTER_PORT": "4001"}]  # fmt: skip
+    assert joined == [
+        {
+            "backend": "gloo",
+            "device_id": None,
+            "RANK": "5",
+            "WORLD_SIZE": "8",
+            "LOCAL_RANK": "1",
+            "MASTER_ADDR": "gpu03",
+            "MASTER_PORT": "4001",
+        }
+    ]
 
 
 def _slurm_worker(rank: int, port: int, out: Path) -> None:
-    os.environ.update(SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NTASKS="2",
-                      SLURM_STEP_NUM_TASKS="2", SLURM_JOB_ID="1",
-                      SLURM_STEP_NODELIST="localhost", MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        SLURM_PROCID=str(rank),
+        SLURM_LOCALID=str(rank),
+        SLURM_NTASKS="2",
+        SLURM_STEP_NUM_TASKS="2",
+        SLURM_JOB_ID="1",
+        SLURM_STEP_NODELIST="localhost",
+        MASTER_PORT=str(port),
+    )
     env = init_distributed("cpu")
     total = all_reduce_sum([rank + 1.0], env)
     torch.save({"rank": env.rank, "world": env.world_size, "sum": total}, out / f"{rank}.pt")

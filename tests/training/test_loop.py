@@ -39,8 +39,9 @@ class Tiny(nn.Module):
         super().__init__()
         self.config = {"classes": 3}
         torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(48, 32), nn.GELU(), nn.Dropout(0.2),
-                                 nn.Linear(32, 3))
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(48, 32), nn.GELU(), nn.Dropout(0.2), nn.Linear(32, 3)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -51,8 +52,13 @@ class Tiny(nn.Module):
 
 def batches(count: int) -> list[dict]:
     g = torch.Generator().manual_seed(3)
-    return [{"video": torch.randn(4, 3, 4, 2, 2, generator=g),
-             "label": torch.randint(0, 3, (4,), generator=g)} for _ in range(count)]
+    return [
+        {
+            "video": torch.randn(4, 3, 4, 2, 2, generator=g),
+            "label": torch.randint(0, 3, (4,), generator=g),
+        }
+        for _ in range(count)
+    ]
 
 
 class Loader(list):
@@ -66,8 +72,15 @@ class Loader(list):
 def parts(fused: bool) -> tuple[Tiny, torch.optim.Optimizer, WarmupCosine]:
     model = Tiny()
     optimizer = create_optimizer(model, lr=1e-2, weight_decay=0.05, fused=fused)
-    scheduler = WarmupCosine(optimizer, lr=1e-2, min_lr=1e-4, epochs=1, steps_per_epoch=STEPS,
-                             warmup_epochs=0.3, weight_decay=0.05)
+    scheduler = WarmupCosine(
+        optimizer,
+        lr=1e-2,
+        min_lr=1e-4,
+        epochs=1,
+        steps_per_epoch=STEPS,
+        warmup_epochs=0.3,
+        weight_decay=0.05,
+    )
     return model, optimizer, scheduler
 
 
@@ -108,27 +121,55 @@ def step_as_before(bad: set[int], clip: float | None) -> tuple[list, dict]:
     return losses, model.state_dict()
 
 
-def make_loop(tmp_path: Path, bad: set[int] = frozenset(), clip: float | None = None, *,
-              fused: bool = False, steps: int = STEPS, **settings) -> TrainLoop:
+def make_loop(
+    tmp_path: Path,
+    bad: set[int] = frozenset(),
+    clip: float | None = None,
+    *,
+    fused: bool = False,
+    steps: int = STEPS,
+    **settings,
+) -> TrainLoop:
     """A loop over ``steps`` optimiser steps of the tiny model (micro-batches in ``bad`` give
     a non-finite loss)."""
     model, optimizer, scheduler = parts(fused=fused)
     loop_parts = TrainParts(
-        env=DistEnv(), model=model, raw=model, optimizer=optimizer, scheduler=scheduler,
+        env=DistEnv(),
+        model=model,
+        raw=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
         scaler=torch.amp.GradScaler("cpu", enabled=False),
-        loader=Loader(batches(steps * ACCUM)), metrics=MetricsLog(tmp_path / "metrics.jsonl"),
-        steps_per_epoch=steps, checkpoint_path=tmp_path / "checkpoints" / "last.pt",
+        loader=Loader(batches(steps * ACCUM)),
+        metrics=MetricsLog(tmp_path / "metrics.jsonl"),
+        steps_per_epoch=steps,
+        checkpoint_path=tmp_path / "checkpoints" / "last.pt",
         loss_step=lambda batch, epoch, micro: loss_of(model, batch, micro, bad),
-    )  # fmt: skip
-    values = {"name": "test", "epochs": 1, "batch_size": 4, "accum_steps": ACCUM, "seed": SEED,
-              "clip_grad": clip, **settings}  # fmt: skip
+    )
+    values = {
+        "name": "test",
+        "epochs": 1,
+        "batch_size": 4,
+        "accum_steps": ACCUM,
+        "seed": SEED,
+        "clip_grad": clip,
+        **settings,
+    }
     return TrainLoop(loop_parts, LoopSettings(**values))
 
 
-def step_now(tmp_path: Path, bad: set[int], clip: float | None, *, fused: bool,
-             max_nonfinite: int = 5, log_every: int = 1) -> tuple[list, dict]:
-    loop = make_loop(tmp_path, bad, clip, fused=fused, max_nonfinite=max_nonfinite,
-                     log_every=log_every)
+def step_now(
+    tmp_path: Path,
+    bad: set[int],
+    clip: float | None,
+    *,
+    fused: bool,
+    max_nonfinite: int = 5,
+    log_every: int = 1,
+) -> tuple[list, dict]:
+    loop = make_loop(
+        tmp_path, bad, clip, fused=fused, max_nonfinite=max_nonfinite, log_every=log_every
+    )
     with StopSignals() as stop:
         assert loop.train_epoch(0, stop) == "done"
     losses = [r["loss"] for r in loop.metrics.records() if r["kind"] == "train"]
@@ -137,9 +178,12 @@ def step_now(tmp_path: Path, bad: set[int], clip: float | None, *, fused: bool,
 
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize(("bad", "clip"), [(set(), None), ({5, 12}, 1.0)])
-def test_losses_and_weights_equal_the_step_that_read_every_loss(tmp_path: Path, fused: bool,
-                                                                bad: set, clip: float | None,
-                                                                ) -> None:
+def test_losses_and_weights_equal_the_step_that_read_every_loss(
+    tmp_path: Path,
+    fused: bool,
+    bad: set,
+    clip: float | None,
+) -> None:
     """``fused``: the skip goes to AdamW as ``found_inf``; else the CPU decides it."""
     want_losses, want_weights = step_as_before(bad, clip)
     got_losses, got_weights = step_now(tmp_path, bad, clip, fused=fused)
@@ -158,12 +202,19 @@ def test_the_non_finite_stop_names_the_exact_step(tmp_path: Path, log_every: int
     """Bad steps 3, 4 and 5 (micro-batches 4..9) trip a stop of 3 in a row at step 5; it is
     raised at the next read (step 5, or the log point at step 8), naming step 5."""
     with pytest.raises(MaedferError, match=r"3 optimiser steps in a row \(epoch 1, step 5\)"):
-        step_now(tmp_path, set(range(4, 10)) | {11}, None, fused=True, max_nonfinite=3,
-                 log_every=log_every)
+        step_now(
+            tmp_path,
+            set(range(4, 10)) | {11},
+            None,
+            fused=True,
+            max_nonfinite=3,
+            log_every=log_every,
+        )
 
 
-def test_the_step_reads_the_device_only_at_log_points(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_step_reads_the_device_only_at_log_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With a fused optimiser and clipping: one read (a ``tolist``) per log point (steps 4, 8
     and 9, the epoch's end), nothing else read back."""
     calls: list[str] = []
@@ -172,6 +223,7 @@ def test_the_step_reads_the_device_only_at_log_points(tmp_path: Path,
         def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
             calls.append(name)
             return original(*args, **kwargs)
+
         return wrapper
 
     for name in ("cpu", "item", "tolist", "numpy", "__bool__", "__float__", "__int__"):
@@ -180,12 +232,15 @@ def test_the_step_reads_the_device_only_at_log_points(tmp_path: Path,
     assert calls == ["tolist"] * 3 and len(losses) == 3
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    ({"epochs": 0}, r"epochs \(0\) must be at least 1"),
-    ({"accum_steps": 0}, r"accum_steps \(0\) must be at least 1"),
-    ({"max_steps": 0}, r"max_steps \(0\) must be at least 1"),
-    ({"clip_grad": 0.0}, r"clip_grad \(0.0\) must be positive"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"epochs": 0}, r"epochs \(0\) must be at least 1"),
+        ({"accum_steps": 0}, r"accum_steps \(0\) must be at least 1"),
+        ({"max_steps": 0}, r"max_steps \(0\) must be at least 1"),
+        ({"clip_grad": 0.0}, r"clip_grad \(0.0\) must be positive"),
+    ],
+)
 def test_settings_are_checked_in_one_line(values: dict, message: str) -> None:
     with pytest.raises(MaedferError, match=message):
         LoopSettings(**{"name": "x", "epochs": 1, "batch_size": 2, **values})
@@ -212,8 +267,9 @@ def test_epochs_end_in_a_checkpoint_that_resumes_exactly(tmp_path: Path) -> None
     assert epochs == [r["loss"] for r in whole.metrics.records() if r["kind"] == "epoch"]
 
 
-def test_max_steps_and_a_stop_signal_end_the_run_after_the_step(tmp_path: Path,
-                                                                 monkeypatch) -> None:
+def test_max_steps_and_a_stop_signal_end_the_run_after_the_step(
+    tmp_path: Path, monkeypatch
+) -> None:
     capped = make_loop(tmp_path / "capped", max_steps=2, epochs=3, steps=4)
     assert capped.run() == "max_steps" and capped.progress.global_step == 2
     assert capped.checkpoint_path.is_file()
@@ -241,10 +297,14 @@ def test_too_many_faulty_clips_stop_in_one_line_after_listing_them(tmp_path: Pat
 
         def __iter__(self):  # noqa: ANN204
             yield from ()
-            raise TooManyBadClips("2 of 8 training clips are faulty (more than 10%)",
-                                  {"c1": "undecodable"}, 8)
+            raise TooManyBadClips(
+                "2 of 8 training clips are faulty (more than 10%)", {"c1": "undecodable"}, 8
+            )
 
     loop.loader = Faulty()
-    with pytest.raises(MaedferError, match=r"faulty.*all are listed in .*bad_clips.json.*"
-                       r"run the same command again"):  # fmt: skip
+    with pytest.raises(
+        MaedferError,
+        match=r"faulty.*all are listed in .*bad_clips.json.*"
+        r"run the same command again",
+    ):
         loop.run()

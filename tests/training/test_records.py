@@ -89,13 +89,29 @@ def test_env_json_keeps_earlier_starts(tmp_path: Path) -> None:
 
 
 RECORDS = [
-    {"kind": "train", "epoch": 1, "step": 1, "loss": 2.0, "lr": 1e-4, "clips_per_s": 50.0,
-     "grad_norm": None, "nonfinite_steps": 0},
-    {"kind": "train", "epoch": 1, "step": 2, "loss": 1.5, "lr": 2e-4, "clips_per_s": 60.0,
-     "grad_norm": float("nan"), "nonfinite_steps": 0},
+    {
+        "kind": "train",
+        "epoch": 1,
+        "step": 1,
+        "loss": 2.0,
+        "lr": 1e-4,
+        "clips_per_s": 50.0,
+        "grad_norm": None,
+        "nonfinite_steps": 0,
+    },
+    {
+        "kind": "train",
+        "epoch": 1,
+        "step": 2,
+        "loss": 1.5,
+        "lr": 2e-4,
+        "clips_per_s": 60.0,
+        "grad_norm": float("nan"),
+        "nonfinite_steps": 0,
+    },
     {"kind": "epoch", "epoch": 1, "step": 2, "loss": 1.75, "time_s": 3.0},
     {"kind": "test", "epoch": 1, "step": 2, "uar": 0.5, "war": 0.625, "final": True},
-]  # fmt: skip
+]
 
 
 def test_tensorboard_events_hold_the_metrics_scalars(tmp_path: Path) -> None:
@@ -120,8 +136,9 @@ def test_metrics_log_mirrors_records_and_a_resume_purges_later_events(tmp_path: 
         log.write({"kind": "train", "step": step, "loss": float(step)})
     log.close()
     # resumed from a checkpoint at step 2: steps 3 and 4 are written again
-    log = MetricsLog(tmp_path / "metrics.jsonl",
-                     mirrors=[records.TensorBoardLog(tmp_path, purge_step=3)])  # fmt: skip
+    log = MetricsLog(
+        tmp_path / "metrics.jsonl", mirrors=[records.TensorBoardLog(tmp_path, purge_step=3)]
+    )
     log.truncate_after(2)
     for step in (3, 4):
         log.write({"kind": "train", "step": step, "loss": 10.0 * step})

@@ -34,11 +34,22 @@ def _config(**changes: object) -> dict:
 
 def _save(run: Path, *, epoch: int, config: dict | None = None, **extra: object) -> Path:
     path = run / "checkpoints" / ckpt_io.LAST
-    ckpt_io.save_checkpoint(path, {
-        "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "model_name": "m",
-        "model_config": {}, "model": {}, "optimizer": {}, "epoch": epoch, "step": 4 * epoch,
-        "epoch_step": 0, "config": config or CONFIG, **extra,
-    })  # fmt: skip
+    ckpt_io.save_checkpoint(
+        path,
+        {
+            "format": ckpt_io.FORMAT,
+            "version": ckpt_io.VERSION,
+            "model_name": "m",
+            "model_config": {},
+            "model": {},
+            "optimizer": {},
+            "epoch": epoch,
+            "step": 4 * epoch,
+            "epoch_step": 0,
+            "config": config or CONFIG,
+            **extra,
+        },
+    )
     return path
 
 
@@ -48,13 +59,17 @@ def _files(run: Path) -> dict[str, bytes]:
 
 def test_flatten_to_dotted_keys() -> None:
     assert flatten({"a": {"b": 1, "c": {"d": (2, 3)}}, "e": Path("/x"), "f": {}}) == {
-        "a.b": 1, "a.c.d": [2, 3], "e": "/x", "f": {},
-    }  # fmt: skip
+        "a.b": 1,
+        "a.c.d": [2, 3],
+        "e": "/x",
+        "f": {},
+    }
 
 
 def test_differences_ignore_where_and_how_fast_a_run_goes() -> None:
-    moved = _config(**{"run.device": "cpu", "run.workers": 2, "run.out": "/scratch/a",
-                       "run.log_every": 1})  # fmt: skip
+    moved = _config(
+        **{"run.device": "cpu", "run.workers": 2, "run.out": "/scratch/a", "run.log_every": 1}
+    )
     assert config_differences(CONFIG, moved) == []
     assert {"device", "workers", "out", "resume", "log_every"} <= RESUME_IGNORED
     flat_old, flat_new = {"lr": 1e-3, "device": "cuda"}, {"lr": 2e-3, "device": "cpu"}
@@ -153,8 +168,14 @@ def test_resume_modes(tmp_path: Path) -> None:
 def test_overwrite_deletes_the_run_files_only(tmp_path: Path) -> None:
     _save(tmp_path, epoch=3)
     ckpt_io.save_numbered(tmp_path, tmp_path / "checkpoints" / ckpt_io.LAST, 3, keep=2)
-    for name in ("report.json", "predictions.parquet", "metrics.jsonl", "config.yaml",
-                 "env.json", ckpt_io.FINAL):
+    for name in (
+        "report.json",
+        "predictions.parquet",
+        "metrics.jsonl",
+        "config.yaml",
+        "env.json",
+        ckpt_io.FINAL,
+    ):
         (tmp_path / name).write_text("x")
     (tmp_path / "tb").mkdir()
     (tmp_path / "tb" / "events.out.tfevents.1").write_text("x")
@@ -168,9 +189,16 @@ def test_overwrite_deletes_the_run_files_only(tmp_path: Path) -> None:
 
 
 def test_weights_only_last_pt_cannot_be_resumed(tmp_path: Path) -> None:
-    ckpt_io.save_checkpoint(tmp_path / "checkpoints" / ckpt_io.LAST, {
-        "format": ckpt_io.FORMAT, "kind": "weights", "model": {}, "epoch": 1, "step": 1,
-    })  # fmt: skip
+    ckpt_io.save_checkpoint(
+        tmp_path / "checkpoints" / ckpt_io.LAST,
+        {
+            "format": ckpt_io.FORMAT,
+            "kind": "weights",
+            "model": {},
+            "epoch": 1,
+            "step": 1,
+        },
+    )
     with pytest.raises(MaedferError, match="weights only"):
         decide_resume(tmp_path, CONFIG)
 

@@ -53,8 +53,16 @@ def _optimizer() -> torch.optim.Optimizer:
 
 def test_apply_sets_scaled_lr_and_decay_only_on_decaying_groups() -> None:
     opt = _optimizer()
-    sched = WarmupCosine(opt, lr=2.0, min_lr=0.0, epochs=2, steps_per_epoch=2, warmup_epochs=1,
-                         weight_decay=0.05, weight_decay_end=0.15)
+    sched = WarmupCosine(
+        opt,
+        lr=2.0,
+        min_lr=0.0,
+        epochs=2,
+        steps_per_epoch=2,
+        warmup_epochs=1,
+        weight_decay=0.05,
+        weight_decay_end=0.15,
+    )
     assert sched.apply(1) == 2.0
     decaying = [g for g in opt.param_groups if g["weight_decay"] > 0]
     exempt = [g for g in opt.param_groups if g["weight_decay"] == 0]
@@ -69,8 +77,7 @@ def test_apply_sets_scaled_lr_and_decay_only_on_decaying_groups() -> None:
 
 def test_constant_weight_decay_by_default_and_state_round_trip() -> None:
     opt = _optimizer()
-    kw = dict(lr=1.0, min_lr=0.1, epochs=3, steps_per_epoch=2, warmup_epochs=1,
-              weight_decay=0.05)
+    kw = dict(lr=1.0, min_lr=0.1, epochs=3, steps_per_epoch=2, warmup_epochs=1, weight_decay=0.05)
     sched = WarmupCosine(opt, **kw)
     assert np.all(sched.wd_values == 0.05)
     sched.step()
