@@ -33,7 +33,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import PORTRAITS, portrait_frames, system  # noqa: E402
+from _common import PORTRAITS, portrait_frames, system  # noqa: E402
+
 from maedfer.pipelines import augment, batch_augment  # noqa: E402
 from maedfer.pipelines.options import TrainDataOptions  # noqa: E402
 from maedfer.pipelines.plan import EpochPlan, SampleConfig  # noqa: E402

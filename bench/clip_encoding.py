@@ -32,7 +32,6 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
 from _common import PORTRAITS, portrait_frames  # noqa: E402
 

@@ -28,7 +28,6 @@ import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
 from _common import portrait_frames, quartiles, system  # noqa: E402
 

@@ -25,7 +25,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path[:0] = [str(REPO), str(HERE)]
+# maedfer from this checkout without an install (PYTHONPATH=<repo> on a cluster node,
+# docs/cluster.md); _common is found in this script's own folder, which Python puts first
+sys.path.insert(0, str(REPO))
 
 from _common import portrait_frames, portraits, quartiles, system  # noqa: E402
 

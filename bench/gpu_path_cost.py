@@ -42,7 +42,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import PORTRAITS, portrait_frames, system  # noqa: E402
+from _common import PORTRAITS, portrait_frames, system  # noqa: E402
+
 from maedfer.pipelines import build_loader, hybrid, pyav  # noqa: E402
 from maedfer.pipelines.loader import dali_available  # noqa: E402
 from maedfer.pipelines.plan import EpochPlan  # noqa: E402

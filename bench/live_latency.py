@@ -38,7 +38,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import portraits, system  # noqa: E402
+from _common import portraits, system  # noqa: E402
+
 from maedfer.inference import live  # noqa: E402
 from maedfer.inference.predictor import Predictor  # noqa: E402
 from maedfer.model import create_model  # noqa: E402

@@ -31,7 +31,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import PORTRAITS, portrait_frames, system  # noqa: E402
+from _common import PORTRAITS, portrait_frames, system  # noqa: E402
+
 from maedfer.pipelines import augment  # noqa: E402
 from maedfer.pipelines.rand_augment import (  # noqa: E402
     RAND_AUGMENT,

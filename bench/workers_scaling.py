@@ -34,7 +34,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
 from faces_speed import prepare_run  # noqa: E402
 from loader_vs_reference import make_content, run_maedfer, system  # noqa: E402
