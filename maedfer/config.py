@@ -71,6 +71,13 @@ def field_default(cls: type, name: str) -> Any:
     return found.default
 
 
+def help_of(cls: type, name: str) -> str:
+    """The help line of option ``name`` of the options class ``cls`` (the command line shows
+    it beside the flag that sets the option)."""
+    found = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return str(found.metadata.get("help", ""))
+
+
 def option_names(cls: type) -> tuple[str, ...]:
     """The options of a section class (or of its instance's class)."""
     return tuple(f.name for f in dataclasses.fields(cls))

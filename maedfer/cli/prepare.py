@@ -1,7 +1,11 @@
 """``maedfer prepare``: index a raw dataset, prepare its face clips, write the manifest
 (:func:`maedfer.preprocess.driver.run`).
 
-Documented in docs/design.md, "The command line".
+Every flag's default and help line are the options' own: :class:`PrepareConfig` for what any
+dataset takes, and the dataset registry's ``options`` class for a dataset's own (``folder``:
+:class:`maedfer.manifests.folder.FolderArgs`).
+
+Documented in docs/datasets.md and docs/design.md, "The command line".
 """
 
 from __future__ import annotations
@@ -13,7 +17,11 @@ from typing import Annotated
 import typer
 
 from maedfer.cli.common import Device, PrepareDataset, failures, opt_device
-from maedfer.preprocess import MIN_FACE_RATIO, MIN_FRAMES
+from maedfer.config import field_default, help_of
+from maedfer.manifests.folder import FolderArgs
+from maedfer.preprocess.options import PrepareConfig
+
+P, F = PrepareConfig, FolderArgs
 
 
 class Codec(str, enum.Enum):
@@ -31,97 +39,49 @@ def prepare(
     ],
     raw: Annotated[Path, typer.Option(help="The dataset as downloaded (its root folder).")],
     out: Annotated[Path, typer.Option(help="Where manifest.parquet and clips/ go.")],
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
-    size: Annotated[int, typer.Option(min=16, help="Side of the square face clips.")] = 160,
-    index_only: Annotated[
-        bool, typer.Option(help="Write the manifest from the layout alone, touch no pixels.")
-    ] = False,
-    codec: Annotated[Codec, typer.Option(help="Clip codec: H.264 MP4 or VP9 WebM.")] = Codec.h264,
-    from_video: Annotated[
-        bool, typer.Option(help="DFEW/FERV39k/MAFW: detect faces in the original clips.")
-    ] = False,
-    reencode: Annotated[
-        bool, typer.Option(help="VoxCeleb2: write cropped clips instead of reading in place.")
-    ] = False,
-    shard: Annotated[
-        str | None,
-        typer.Option(
-            help="i/N: prepare the i-th of N shards (1-based), balanced by file size; "
-            "auto: this Slurm array task's (SLURM_ARRAY_TASK_ID/_MIN/_COUNT)."
-        ),
-    ] = None,
-    merge: Annotated[bool, typer.Option(help="Combine the shard manifests in --out.")] = False,
-    device: Annotated[
-        Device, typer.Option(help="Face detection device: cuda, cpu, or auto (CUDA when present).")
-    ] = Device.auto,
+    workers: Annotated[int, typer.Option(min=1, help=help_of(P, "workers"))] = field_default(
+        P, "workers"
+    ),
+    size: Annotated[int, typer.Option(min=16, help=help_of(P, "size"))] = field_default(P, "size"),
+    index_only: Annotated[bool, typer.Option(help=help_of(P, "index_only"))] = field_default(
+        P, "index_only"
+    ),
+    codec: Annotated[Codec, typer.Option(help=help_of(P, "codec"))] = Codec(
+        field_default(P, "codec")
+    ),
+    from_video: Annotated[bool, typer.Option(help=help_of(P, "from_video"))] = field_default(
+        P, "from_video"
+    ),
+    reencode: Annotated[bool, typer.Option(help=help_of(P, "reencode"))] = field_default(
+        P, "reencode"
+    ),
+    shard: Annotated[str | None, typer.Option(help=help_of(P, "shard"))] = field_default(
+        P, "shard"
+    ),
+    merge: Annotated[bool, typer.Option(help=help_of(P, "merge"))] = field_default(P, "merge"),
+    device: Annotated[Device, typer.Option(help=help_of(P, "device"))] = Device.auto,
     detect_every: Annotated[
-        int, typer.Option(min=1, help="Detect faces on every k-th frame, track in between.")
-    ] = 4,
-    limit: Annotated[
-        int | None, typer.Option(min=1, help="Prepare only the first N clips (a trial run).")
-    ] = None,
-    min_frames: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Reject videos with fewer frames ('too short'); official "
-            "face-frame folders are exempt.",
-        ),
-    ] = MIN_FRAMES,
+        int, typer.Option(min=1, help=help_of(P, "detect_every"))
+    ] = field_default(P, "detect_every"),
+    limit: Annotated[int | None, typer.Option(min=1, help=help_of(P, "limit"))] = field_default(
+        P, "limit"
+    ),
+    min_frames: Annotated[int, typer.Option(min=1, help=help_of(P, "min_frames"))] = (
+        field_default(P, "min_frames")
+    ),
     min_face_ratio: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            max=1.0,
-            help="Reject face-detected clips with a face in fewer of their frames ('face_ratio').",
-        ),
-    ] = MIN_FACE_RATIO,
-    retry_rejects: Annotated[
-        bool, typer.Option(help="Judge every reject of an earlier run in --out again.")
-    ] = False,
-    labels: Annotated[
-        Path | None,
-        typer.Option(
-            help="folder: labels table (.csv/.tsv/.parquet): path (relative to --raw), "
-            "label, optionally subject, split or fold; other columns are kept."
-        ),
-    ] = None,
-    subject_from: Annotated[
-        str | None,
-        typer.Option(
-            help="folder: regex taking the subject from each file name (its "
-            "'subject' group, else group 1, else the match), e.g. '^(P\\d+)_'."
-        ),
-    ] = None,
-    unlabeled: Annotated[
-        bool,
-        typer.Option(help="folder: a pre-training corpus: every video, label -1, split pretrain."),
-    ] = False,
-    classes: Annotated[
-        str | None,
-        typer.Option(
-            help="folder: class names in label order, comma-separated (default: "
-            "the labels found, sorted)."
-        ),
-    ] = None,
-    folds: Annotated[
-        int | None,
-        typer.Option(
-            min=2,
-            help="folder, no split/fold column: build K subject-independent, "
-            "stratified folds (default 5).",
-        ),
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="folder: seed of the built folds (default 0).")
-    ] = None,
-    in_place: Annotated[
-        bool,
-        typer.Option(
-            help="folder: the videos are face crops already: read them in place "
-            "(centred square crop), no face detection; --reencode writes the crops."
-        ),
-    ] = False,
+        float, typer.Option(min=0.0, max=1.0, help=help_of(P, "min_face_ratio"))
+    ] = field_default(P, "min_face_ratio"),
+    retry_rejects: Annotated[bool, typer.Option(help=help_of(P, "retry_rejects"))] = (
+        field_default(P, "retry_rejects")
+    ),
+    labels: Annotated[Path | None, typer.Option(help=help_of(F, "labels"))] = None,
+    subject_from: Annotated[str | None, typer.Option(help=help_of(F, "subject_from"))] = None,
+    unlabeled: Annotated[bool, typer.Option(help=help_of(F, "unlabeled"))] = False,
+    classes: Annotated[str | None, typer.Option(help=help_of(F, "classes"))] = None,
+    folds: Annotated[int | None, typer.Option(min=2, help=help_of(F, "folds"))] = None,
+    seed: Annotated[int | None, typer.Option(help=help_of(F, "seed"))] = None,
+    in_place: Annotated[bool, typer.Option(help=help_of(F, "in_place"))] = False,
 ) -> None:
     """Index a raw dataset, detect and align faces, encode clips, write the manifest."""
     own = {

@@ -154,8 +154,12 @@ class Protocol(abc.ABC):
         """
         given = sorted(k for k, v in options.items() if v not in (None, False))
         if given:
+            from maedfer.manifests.registry import datasets_with_option
+
             flags = ", ".join("--" + k.replace("_", "-") for k in given)
-            raise MaedferError(f"{flags}: option(s) of `prepare folder`, not of {self.name}")
+            owners = sorted({d for k in given for d in datasets_with_option(k)})
+            where = " or ".join(f"`prepare {d}`" for d in owners) or "no dataset"
+            raise MaedferError(f"{flags}: option(s) of {where}, not of {self.name}")
         return self
 
     @abc.abstractmethod

@@ -39,6 +39,7 @@ from typing import Any
 
 import pandas as pd
 
+from maedfer.config import opt
 from maedfer.errors import MaedferError
 from maedfer.manifests.base import ClipEntry, Protocol, RawIndex
 from maedfer.manifests.folds import stratified_folds, subject_folds
@@ -86,6 +87,41 @@ class FolderOptions:
     folds: int | None = None
     seed: int = 0
     in_place: bool = False
+
+
+@dataclass
+class FolderArgs:
+    """``prepare folder``'s own options as the command line gives them (its flags: defaults
+    and help lines from here); :meth:`Folder.configure` checks them into :class:`FolderOptions`.
+    Registered with the dataset (``@register_dataset(..., options=FolderArgs)``)."""
+
+    labels: Path | None = opt(
+        None,
+        "folder: labels table (.csv/.tsv/.parquet): path (relative to --raw), label, optionally "
+        "subject, split or fold; other columns are kept.",
+    )
+    subject_from: str | None = opt(
+        None,
+        "folder: regex taking the subject from each file name (its 'subject' group, else group "
+        "1, else the match), e.g. '^(P\\d+)_'.",
+    )
+    unlabeled: bool = opt(
+        False, "folder: a pre-training corpus: every video, label -1, split pretrain."
+    )
+    classes: str | None = opt(
+        None,
+        "folder: class names in label order, comma-separated (default: the labels found, sorted).",
+    )
+    folds: int | None = opt(
+        None,
+        "folder, no split/fold column: build K subject-independent, stratified folds (default 5).",
+    )
+    seed: int | None = opt(None, "folder: seed of the built folds (default 0).")
+    in_place: bool = opt(
+        False,
+        "folder: the videos are face crops already: read them in place (centred square crop), "
+        "no face detection; --reencode writes the crops.",
+    )
 
 
 @dataclass
@@ -374,7 +410,9 @@ def _key(row: _Row) -> str:
     return os.path.splitext(row.source)[0] if row.kind == "video" else row.source
 
 
-@register_dataset(NAME, in_place=False, crop="centre", media=("videos", "frames"))
+@register_dataset(
+    NAME, in_place=False, crop="centre", media=("videos", "frames"), options=FolderArgs
+)
 class Folder(Protocol):
     """A user's own dataset; ``configure`` sets its options (``FolderOptions``)."""
 

@@ -67,6 +67,8 @@ class DatasetInfo:
         published: docs/datasets.md's published fingerprints (keys as in ``detailed_fingerprints``),
             empty where none are published.
         results: MAE-DFER's published test figures (``{"uar", "war", ...}``), None where none.
+        options: the dataclass of the dataset's own ``prepare`` options (its fields are the
+            flags, with their defaults and help lines); None for a dataset without any.
         module: the module that registered it.
     """
 
@@ -77,6 +79,7 @@ class DatasetInfo:
     media: tuple[Media, ...] = ("videos",)
     published: Mapping[str, str] = field(default_factory=dict)
     results: Mapping[str, object] | None = None
+    options: type | None = None
     module: str = ""
 
 
@@ -92,6 +95,7 @@ def register_dataset(
     media: tuple[Media, ...] = ("videos",),
     published: Mapping[str, str] | None = None,
     results: Mapping[str, object] | None = None,
+    options: type | None = None,
 ) -> Callable[[type[Protocol]], type[Protocol]]:
     """Class decorator: register a :class:`~maedfer.manifests.base.Protocol` under ``name``.
 
@@ -115,6 +119,7 @@ def register_dataset(
             media=tuple(media),
             published=MappingProxyType(dict(published or {})),
             results=None if results is None else MappingProxyType(dict(results)),
+            options=options,
             module=cls.__module__,
         )
         return cls
@@ -160,6 +165,18 @@ def get_dataset(name: str) -> DatasetInfo:
     return info
 
 
+def datasets_with_option(option: str) -> list[str]:
+    """The datasets whose own ``prepare`` options include ``option``, sorted."""
+    from dataclasses import fields
+
+    _load_all()
+    return sorted(
+        n
+        for n, i in _REGISTRY.items()
+        if i.options is not None and option in {f.name for f in fields(i.options)}
+    )
+
+
 def published_fingerprints(name: str) -> dict[str, str]:
     """The published fingerprints of ``name``; empty for unknown names and datasets without."""
     _load_all()
@@ -170,6 +187,7 @@ def published_fingerprints(name: str) -> dict[str, str]:
 __all__ = [
     "CropRule",
     "DatasetInfo",
+    "datasets_with_option",
     "Media",
     "get_dataset",
     "list_datasets",

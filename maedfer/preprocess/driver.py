@@ -78,7 +78,8 @@ from maedfer.preprocess.clip import (
     planned_path,
     source_stamp,
 )
-from maedfer.preprocess.encode import CODECS, PARTIAL_MARK
+from maedfer.preprocess.encode import PARTIAL_MARK
+from maedfer.preprocess.options import PrepareConfig
 from maedfer.quiet import quiet_library_warnings
 
 logger = logging.getLogger(__name__)
@@ -598,6 +599,9 @@ def run(
 ) -> dict[str, Any]:
     """Index a raw dataset, prepare its clips, write manifest and rejects (docs/design.md).
 
+    The options are :class:`maedfer.preprocess.options.PrepareConfig`'s (declared and checked
+    there); ``dataset_options`` are the dataset's own (its registry entry's ``options``).
+
     Args:
         dataset: a registered name (`maedfer.manifests.list_datasets()`).
         raw: the dataset's folder as downloaded; out: where manifest, rejects and clips go.
@@ -624,18 +628,12 @@ def run(
             or clips that failed for environmental reasons (after the summary is printed).
     """
     start = time.perf_counter()
-    if min_frames < 1:
-        raise MaedferError(f"--min-frames {min_frames} must be >= 1")
-    if not 0.0 <= min_face_ratio <= 1.0:
-        raise MaedferError(f"--min-face-ratio {min_face_ratio} must be between 0 and 1")
-    if size % 2:
-        raise MaedferError(f"--size {size} must be even (H.264/VP9 4:2:0 needs even sides)")
-    if codec not in CODECS:
-        raise MaedferError(f"--codec {codec!r} must be one of {', '.join(CODECS)}")
-    if merge and shard is not None:
-        raise MaedferError("--merge combines the shards: run it without --shard")
-    if limit is not None and limit < 1:
-        raise MaedferError(f"--limit {limit} must be >= 1")
+    PrepareConfig(
+        workers=workers, size=size, index_only=index_only, codec=codec, from_video=from_video,
+        reencode=reencode, shard=shard, merge=merge, device=device, detect_every=detect_every,
+        limit=limit, min_frames=min_frames, min_face_ratio=min_face_ratio,
+        retry_rejects=retry_rejects,
+    ).validate()  # fmt: skip
     part = parse_shard(shard)
     if not index_only and not merge:
         resolve_device(device)  # a CUDA request without CUDA fails here, not once per clip
