@@ -169,6 +169,20 @@ def parse_overrides(items: Sequence[str] | Mapping[str, Any] | None) -> dict[str
     return parsed
 
 
+def parse_model_overrides(items: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """A model's ``--set`` (``predict``, ``export``, ``test``, ...): the grammar of a recipe's
+    ``--set`` (:func:`parse_overrides`), keyed by the model's own fields (``depth=2``,
+    ``region_size=2,5,10``); lists come out as plain lists, for the model's constructor.
+
+    Raises:
+        MaedferError: an item without ``=``.
+    """
+    return {
+        key: list(value) if isinstance(value, CommaList) else value
+        for key, value in parse_overrides(items).items()
+    }
+
+
 def coerce(value: Any, hint: Any, key: str) -> Any:
     """``value`` as the type ``hint`` asks for (YAML reads ``1e-3`` as a string, say)."""
     origin = typing.get_origin(hint)
@@ -304,16 +318,23 @@ def get(cfg: Any, key: str) -> Any:
 
 
 def plain(value: Any) -> Any:
-    """``value`` as plain YAML/JSON types: dataclasses and mappings as dicts (string keys),
-    tuples as lists, paths (and any other object) as strings."""
+    """``value`` as plain YAML/JSON types, recursively: dataclasses and mappings as dicts (string
+    keys), tuples as lists, numbers and text as the built-in types (a numpy float, an enum), paths
+    and any other object as text. The one converter for configs, run records and checkpoints."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     if isinstance(value, Mapping):
         return {str(k): plain(v) for k, v in value.items()}
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str.__str__(value)  # a str subclass (an enum's value) as the text itself
     return str(value)
 
 

@@ -29,4 +29,8 @@ def demo(
     with failures():
         from maedfer.demo import run as demo_run
 
-        demo_run(out=out, device=opt_device(device), quick=quick)
+        demo_run(out=out, device=opt_device(device), quick=quick, show=typer.echo, notify=_stderr)
+
+
+def _stderr(line: str) -> None:
+    typer.echo(line, err=True)

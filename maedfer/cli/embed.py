@@ -66,4 +66,5 @@ def embed(
             classes=classes,
             batch_size=batch_size,
             workers=workers,
+            show=typer.echo,
         )

@@ -53,4 +53,5 @@ def export(
             dataset=opt_value(dataset),
             classes=classes,
             model_overrides=set_,
+            show=typer.echo,
         )

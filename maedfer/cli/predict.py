@@ -119,6 +119,8 @@ def predict(
                 classes=classes,
                 hop=hop,
                 model_overrides=set_,
+                show=typer.echo,
+                notify=_stderr,
             )
         return
     if not videos:
@@ -140,4 +142,9 @@ def predict(
             hop=hop,
             model_overrides=set_,
             explain=explain,
+            show=typer.echo,
         )
+
+
+def _stderr(line: str) -> None:
+    typer.echo(line, err=True)

@@ -115,4 +115,5 @@ def prepare(
             min_face_ratio=min_face_ratio,
             retry_rejects=retry_rejects,
             dataset_options={k: v for k, v in own.items() if v not in (None, False)},
+            show=typer.echo,
         )

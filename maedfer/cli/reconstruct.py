@@ -77,4 +77,5 @@ def reconstruct(
             split=split,
             limit=limit,
             model_overrides=set_,
+            show=typer.echo,
         )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -72,9 +71,15 @@ class Stage:
         return self.amount / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _timed(stages: list[Stage], name: str, unit: str, work: Callable[[], tuple[Any, float]]) -> Any:
+def _timed(
+    stages: list[Stage],
+    name: str,
+    unit: str,
+    work: Callable[[], tuple[Any, float]],
+    show: Callable[[str], None],
+) -> Any:
     """Run ``work`` (returning its result and the amount it processed) and record the stage."""
-    print(f"\n== {name} ==", flush=True)
+    show(f"\n== {name} ==")
     start = time.perf_counter()
     result, amount = work()
     stages.append(Stage(name, time.perf_counter() - start, float(amount), unit))
@@ -82,7 +87,12 @@ def _timed(stages: list[Stage], name: str, unit: str, work: Callable[[], tuple[A
 
 
 def run(
-    *, out: Path = Path("runs/demo"), device: str | None = None, quick: bool = False
+    *,
+    out: Path = Path("runs/demo"),
+    device: str | None = None,
+    quick: bool = False,
+    show: Callable[[str], None] | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Render, prepare, pre-train, fine-tune per fold, evaluate and profile; print a summary.
 
@@ -90,6 +100,8 @@ def run(
         out: everything goes under this folder (created; reused by a re-run).
         device: "cpu" or "cuda" (None: CUDA when present).
         quick: a shortened run (2 folds, 2 clips per class, 1 + 2 epochs) for the tests.
+        show, notify: take the lines for stdout (each stage, the summary) and stderr (warnings);
+            the command line prints them, nothing is printed here.
 
     Returns:
         The summary written to ``out/summary.json``.
@@ -101,11 +113,19 @@ def run(
 
     cfg = QUICK if quick else DemoConfig()
     with hold(Path(out)):
-        return run_config(cfg, out=Path(out), device=device)
+        return run_config(cfg, out=Path(out), device=device, show=show, notify=notify)
 
 
-def run_config(cfg: DemoConfig, *, out: Path, device: str | None = None) -> dict[str, Any]:
+def run_config(
+    cfg: DemoConfig,
+    *,
+    out: Path,
+    device: str | None = None,
+    show: Callable[[str], None] | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """:func:`run` with an explicit :class:`DemoConfig`."""
+    emit, warn = show or (lambda _line: None), notify or (lambda _line: None)
     from maedfer.evaluation import evaluate, metrics
     from maedfer.preprocess import driver
     from maedfer.preprocess.faces import cpu_threads
@@ -151,7 +171,7 @@ def run_config(cfg: DemoConfig, *, out: Path, device: str | None = None) -> dict
         )
         return clips, len(clips)
 
-    clips = _timed(stages, "render", "clips", do_render)
+    clips = _timed(stages, "render", "clips", do_render, emit)
 
     def do_prepare() -> tuple[dict[str, Any], float]:
         summary = driver.run(
@@ -165,10 +185,11 @@ def run_config(cfg: DemoConfig, *, out: Path, device: str | None = None) -> dict
                 "labels": paths["raw"] / render.LABELS,
                 "classes": [c.name for c in render.CLASSES],
             },
+            show=emit,
         )
         return summary, summary["ok"] * frames
 
-    prepared = _timed(stages, "prepare (faces)", "frames", do_prepare)
+    prepared = _timed(stages, "prepare (faces)", "frames", do_prepare, emit)
     if prepared["rejected"]:
         log.warning(
             "demo: %d clips rejected by prepare: %s", prepared["rejected"], prepared["reasons"]
@@ -179,20 +200,20 @@ def run_config(cfg: DemoConfig, *, out: Path, device: str | None = None) -> dict
     # Decoding the small clips is the bottleneck of a tiny model on CPU: the loader's workers
     # take the cores and torch one thread (measured 1.65x faster than torch's default on 2 cores).
     with cpu_threads(max(1, cores - common["data.workers"])):
-        pre, runs = _train(stages, recipes, paths, manifest, device, folds, train_clips)
+        pre, runs = _train(stages, recipes, paths, manifest, device, folds, train_clips, emit)
 
     def do_evaluate() -> tuple[dict[str, Any], float]:
         found = evaluate.evaluate_runs([Path(r["out"]) for r in runs], out=out)
         for line in found.warnings():
-            print(line, file=sys.stderr)
-        print(found.text())
+            warn(line)
+        emit(found.text())
         return found.payload, len(runs)
 
-    evaluation = _timed(stages, "evaluate", "runs", do_evaluate)
+    evaluation = _timed(stages, "evaluate", "runs", do_evaluate, emit)
     summary = _summary(cfg, out, paths, clips, prepared, pre, runs, evaluation, stages, started)
     metrics.write_report(out / "profile.json", {"stages": summary["stages"]})
     metrics.write_report(out / "summary.json", summary)
-    print(format_summary(summary))
+    emit(format_summary(summary))
     return summary
 
 
@@ -204,6 +225,7 @@ def _train(
     device: str | None,
     folds: tuple[int, ...],
     train_clips: int,
+    emit: Callable[[str], None],
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Pre-train once, then fine-tune and test each fold from the pre-trained weights."""
     from maedfer.recipes import finetune, pretrain
@@ -214,7 +236,7 @@ def _train(
         result = pretrain.run(pre_cfg, data=manifest, out=paths["pretrain"], device=device)
         return result, train_clips * result["epochs"]
 
-    pre = _timed(stages, "pretrain", "clips", do_pretrain)
+    pre = _timed(stages, "pretrain", "clips", do_pretrain, emit)
     runs = []
     for fold in folds:
 
@@ -230,7 +252,7 @@ def _train(
             seen = result["steps"] * ft_cfg.data.batch_size
             return result, seen
 
-        runs.append(_timed(stages, f"finetune fold {fold}", "clips", do_finetune))
+        runs.append(_timed(stages, f"finetune fold {fold}", "clips", do_finetune, emit))
 
     return pre, runs
 

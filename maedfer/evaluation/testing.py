@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from maedfer.config import parse_model_overrides as parse_overrides
 from maedfer.devices import resolve_device
 from maedfer.errors import MaedferError
 from maedfer.evaluation.coverage import describe_missing
@@ -48,7 +49,6 @@ from maedfer.model.official import build_official_classifier
 from maedfer.training import badclips
 from maedfer.training import checkpoint as ckpt_io
 from maedfer.training.precision import resolve_precision
-from maedfer.training.runtime import parse_overrides
 
 log = logging.getLogger(__name__)
 

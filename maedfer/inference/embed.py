@@ -17,7 +17,7 @@ tokens averaged, then ``fc_norm``), the head's input, ``(C,)`` float32 (512 for
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,13 +186,16 @@ def run(
     batch_size: int | None = None,
     workers: int | None = None,
     progress: bool = True,
+    show: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
-    """Write the features of videos or of a manifest's clips to ``out`` (``.parquet``).
+    """Write the features of videos or of a manifest's clips to ``out`` (``.parquet``); the
+    summary goes to ``show`` (the command line prints it; nothing is printed here).
 
     Raises:
         MaedferError: ``out`` not ``.parquet``, a manifest mixed with videos, a checkpoint
             that cannot be used; a single video that fails.
     """
+    emit = show or (lambda _line: None)
     started = time.perf_counter()
     out = Path(out)
     if out.suffix.lower() != ".parquet":
@@ -231,7 +234,7 @@ def run(
         )
         failed = videos[videos["status"] != "ok"]
         for row in failed.itertuples():
-            print(f"failed: {row.video}: {row.reason}")
+            emit(f"failed: {row.video}: {row.reason}")
         what = (
             f"{len(frame)} windows ({int(frame['face'].sum())} with a face) of "
             f"{len(videos) - len(failed)} of {len(videos)} videos"
@@ -242,6 +245,6 @@ def run(
         out,
         {"checkpoint": checkpoint, "features": "forward_features (fc_norm)", "dim": width},
     )
-    print(f"embed: {what}, {width}-dim features, {time.perf_counter() - started:.1f} s")
-    print(f"wrote {out}")
+    emit(f"embed: {what}, {width}-dim features, {time.perf_counter() - started:.1f} s")
+    emit(f"wrote {out}")
     return frame

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -139,7 +139,11 @@ def check_onnx(
 
 
 def export_onnx(
-    model: torch.nn.Module, settings: ModelSettings, out: Path, opset: int = ONNX_OPSET
+    model: torch.nn.Module,
+    settings: ModelSettings,
+    out: Path,
+    opset: int = ONNX_OPSET,
+    show: Callable[[str], None] | None = None,
 ) -> tuple[list[Path], float]:
     out.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
@@ -147,10 +151,11 @@ def export_onnx(
     if getattr(model, "router_noise", None) == "always":
         model.router_noise = "train"  # the graph cannot replay torch's random draws
         extra["router_noise"] = "train"
-        print(
-            f"note: {settings.model}'s router adds noise in evaluation in its authors' code; "
-            "the ONNX model routes without it (deterministic)"
-        )
+        if show is not None:
+            show(
+                f"note: {settings.model}'s router adds noise in evaluation in its authors' code; "
+                "the ONNX model routes without it (deterministic)"
+            )
     example = torch.zeros((2, 3, settings.num_frames, settings.size, settings.size))
     batch = torch.export.Dim("batch", min=1, max=4096)
     target = out / "model.onnx"
@@ -196,9 +201,10 @@ def run(
     dataset: str | None = None,
     classes: Sequence[str] | str | None = None,
     model_overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    show: Callable[[str], None] | None = None,
 ) -> list[Path]:
-    """Export ``checkpoint`` (any classifier of docs/models.md) to ``out`` in ``format``; print
-    what was written.
+    """Export ``checkpoint`` (any classifier of docs/models.md) to ``out`` in ``format``; what
+    was written goes to ``show`` (the command line prints it; nothing is printed here).
 
     Raises:
         MaedferError: an unknown format, a checkpoint that cannot be used, or an ONNX model
@@ -221,13 +227,14 @@ def run(
                 written = export_safetensors(model, settings, bundle)
                 note = ""
             else:
-                written, worst = export_onnx(model, settings, bundle)
+                written, worst = export_onnx(model, settings, bundle, show=show)
                 note = f"; onnxruntime matches PyTorch to {worst:.1e}"
     written = [out / path.name for path in written]
-    print(
+    emit = show or (lambda _line: None)
+    emit(
         f"exported {settings.model} ({len(settings.class_names)} classes: "
         f"{', '.join(settings.class_names)}) from {checkpoint} as {format}{note}"
     )
     for path in written:
-        print(f"wrote {path}")
+        emit(f"wrote {path}")
     return written

@@ -31,7 +31,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,12 +279,20 @@ def run_live(
     max_lag: float | None = None,
     explain: bool = False,
     echo: bool = True,
+    show: Callable[[str], None] | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> LiveResult:
     """Score ``source`` live with ``predictor`` (module docstring); returns what was done.
+
+    Each window's JSON line goes to ``out`` (``.jsonl``), else to ``show`` (the command line
+    prints it on stdout as it comes); the opening line, a source's error and the summary go to
+    ``notify`` (stderr) when ``echo``. Nothing is printed here.
 
     Raises:
         MaedferError: the source cannot be opened, or ``out`` is not ``.jsonl``.
     """
+    emit = show or (lambda _line: None)
+    say = notify or (lambda _line: None)
     if out is not None and Path(out).suffix.lower() != ".jsonl":
         raise MaedferError(
             f"--out {out}: live results are written as they come, one JSON line "
@@ -303,10 +311,9 @@ def run_live(
         hop_seconds = predictor.hop * s.stride / fps
         lag = max(hop_seconds, MIN_LAG) if max_lag is None else max_lag
         if echo:
-            print(
+            say(
                 f"live: {source.name} at {fps:.2f} fps; a window every {hop_seconds:.2f} s; "
-                f"frames waiting over {lag:.2f} s are dropped",
-                file=sys.stderr,
+                f"frames waiting over {lag:.2f} s are dropped"
             )
         number = 0
         while True:
@@ -328,7 +335,7 @@ def run_live(
                         sink.write(line + "\n")
                         sink.flush()
                     else:
-                        print(line, flush=True)
+                        emit(line)
             except MaedferError as exc:
                 if "no frames given" not in str(exc):  # a run that ended before its first frame
                     raise
@@ -336,10 +343,7 @@ def run_live(
             if feed.source_ended:
                 break
         if reader.error is not None and not reader.stop_event.is_set():
-            print(
-                f"maedfer: warning: {source.name} ended with an error: {reader.error}",
-                file=sys.stderr,
-            )
+            say(f"maedfer: warning: {source.name} ended with an error: {reader.error}")
     except KeyboardInterrupt:
         result.stopped = True
     finally:
@@ -350,9 +354,9 @@ def run_live(
         if sink is not None:
             sink.close()
     if echo:
-        print(result.summary(), file=sys.stderr)
+        say(result.summary())
         if out is not None:
-            print(f"wrote {out}", file=sys.stderr)
+            say(f"wrote {out}")
     return result
 
 
@@ -387,6 +391,8 @@ def run(
     classes: Sequence[str] | str | None = None,
     hop: int | None = None,
     model_overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    show: Callable[[str], None] | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> LiveResult:
     """``maedfer predict`` on a live source: exactly one of ``camera``, ``stream`` or ``video``
     (with ``realtime``); other arguments as :func:`maedfer.inference.predict.run`.
@@ -430,6 +436,8 @@ def run(
         out=Path(out) if out is not None else None,
         max_lag=max_lag,
         explain=explain,
+        show=show,
+        notify=notify,
     )
 
 

@@ -27,11 +27,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from maedfer.config import parse_model_overrides as parse_overrides
 from maedfer.errors import MaedferError
 from maedfer.model import input_contract
 from maedfer.model.official import build_official_classifier
 from maedfer.training import checkpoint as ckpt_io
-from maedfer.training.runtime import parse_overrides
 
 CheckpointFormat = Literal["maedfer", "weights", "official"]
 

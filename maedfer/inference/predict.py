@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,8 +300,10 @@ def run(
     model_overrides: Mapping[str, Any] | Sequence[str] | None = None,
     explain: bool = False,
     progress: bool = True,
+    show: Callable[[str], None] | None = None,
 ) -> BatchResult:
-    """Predict every video; print a summary; write the tables, plots and overlays asked for.
+    """Predict every video; write the tables, plots and overlays asked for; the summary goes to
+    ``show`` (the command line prints it; nothing is printed here).
 
     Args:
         videos: files, folders and glob patterns.
@@ -317,7 +319,7 @@ def run(
         MaedferError: bad inputs or outputs, a checkpoint that cannot be used, or a single
             video that fails (with several, failures are rows of the table).
     """
-    started = time.perf_counter()
+    started, emit = time.perf_counter(), show or (lambda _line: None)
     if out is not None and Path(out).suffix.lower() not in OUT_SUFFIXES:
         raise MaedferError(f"--out {out} must end in {', '.join(OUT_SUFFIXES)}")
     found = find_videos(videos)
@@ -370,11 +372,11 @@ def run(
         text = format_single(prediction)
         if out is not None:  # the table goes to the file; the summary alone here
             text = text.split("\n\n", 1)[1]
-        print(text)
+        emit(text)
     else:
-        print(format_batch(result, time.perf_counter() - started))
+        emit(format_batch(result, time.perf_counter() - started))
     if out is not None:
         written = write_tables(result, Path(out)) + written
     for path in written:
-        print(f"wrote {path}")
+        emit(f"wrote {path}")
     return result

@@ -28,11 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from maedfer.config import parse_model_overrides as parse_overrides
 from maedfer.errors import MaedferError
 from maedfer.model import MaskedLGIFormer, create_model, input_contract, load_official
 from maedfer.model.official import official_state
 from maedfer.training import checkpoint as ckpt_io
-from maedfer.training.runtime import parse_overrides
 
 #: What the official pre-training script trains
 #: (``pretrain_videomae_base_dim512_no_depth_patch16_160``).

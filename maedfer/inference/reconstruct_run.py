@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -161,8 +161,10 @@ def run(
     limit: int | None = None,
     model_overrides: Mapping[str, Any] | Sequence[str] | None = None,
     progress: bool = True,
+    show: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
-    """Reconstruct every window of every input; write the grids, the MP4s and ``losses.csv``.
+    """Reconstruct every window of every input; write the grids, the MP4s and ``losses.csv``;
+    the table and the summary go to ``show`` (the command line prints them).
 
     Args:
         inputs: videos (files, folders, globs) or one ``manifest.parquet``.
@@ -218,16 +220,17 @@ def run(
         table[column] = table[column].astype("Int64")
     with atomic_path(out / TABLE) as tmp:
         table.to_csv(tmp, index=False)
-    print(format_table(table))
+    emit = show or (lambda _line: None)
+    emit(format_table(table))
     faces = table[table["face"] == True]  # noqa: E712 (a nullable column)
-    print(
+    emit(
         f"\nreconstruct: {len(faces)} windows of {len(items)} input(s) at mask ratio "
         f"{rec.mask_ratio:g} (seed {rec.seed}), {time.perf_counter() - started:.1f} s"
     )
     if len(faces):
-        print(
+        emit(
             f"mean loss {faces['loss'].mean():.4f} (appearance "
             f"{faces['loss_appearance'].mean():.4f}, motion {faces['loss_motion'].mean():.4f})"
         )
-    print(f"wrote {out / TABLE}, {len(written)} pictures and videos under {out}")
+    emit(f"wrote {out / TABLE}, {len(written)} pictures and videos under {out}")
     return table

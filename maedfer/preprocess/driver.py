@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
@@ -526,7 +526,7 @@ def _summary(
     return "\n".join(lines)
 
 
-def _merge(index: RawIndex, out: Path) -> dict[str, Any]:
+def _merge(index: RawIndex, out: Path, emit: Callable[[str], None]) -> dict[str, Any]:
     """Combine ``manifest.shard-i-of-N.parquet`` (all N of them) into ``manifest.parquet``."""
     found: dict[int, set[int]] = {}
     for p in out.glob("manifest.shard-*-of-*.parquet") if out.is_dir() else []:
@@ -572,7 +572,7 @@ def _merge(index: RawIndex, out: Path) -> dict[str, Any]:
         fingerprints,
         warnings,
     )
-    print(f"merged {n} shards\n{text}")
+    emit(f"merged {n} shards\n{text}")
     return {"ok": len(df), "rejected": len(rejects), "fingerprints": fingerprints}
 
 
@@ -596,6 +596,7 @@ def run(
     min_face_ratio: float = MIN_FACE_RATIO,
     retry_rejects: bool = False,
     dataset_options: dict[str, Any] | None = None,
+    show: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Index a raw dataset, prepare its clips, write manifest and rejects (docs/design.md).
 
@@ -618,6 +619,8 @@ def run(
             ("face_ratio"); retry_rejects: judge the rejects of an earlier run again.
         dataset_options: the dataset's own options (`Protocol.configure`; ``folder``:
             labels, subject_from, unlabeled, classes, folds, seed, in_place).
+        show: takes the summary's lines (the command line prints them); nothing is printed
+            here.
 
     Returns:
         A summary: ``ok``, ``rejected``, ``reasons`` (prefix -> count), ``seconds``,
@@ -659,6 +662,7 @@ def run(
             retry_rejects=retry_rejects,
             dataset_options=dataset_options,
             start=start,
+            emit=show or (lambda _line: None),
         )
 
 
@@ -683,6 +687,7 @@ def _run_held(
     retry_rejects,
     dataset_options,
     start,
+    emit: Callable[[str], None],
 ) -> dict[str, Any]:
     """:func:`run` once it holds ``out``'s lock."""
     remove_stale(out)  # a killed run's half-written manifest or rejects
@@ -695,7 +700,7 @@ def _run_held(
     for warning in index.warnings:
         logger.warning(warning)
     if merge:
-        return _merge(index, out)
+        return _merge(index, out, emit)
     _check_apart(index.raw_root, out, in_place=in_place and not reencode)
     options = PrepareOptions(
         dataset=index.dataset,
@@ -730,14 +735,14 @@ def _run_held(
             retry_rejects=retry_rejects,
         )
         if failures:
-            _report_failures(index.dataset, failures, len(results), out)
+            _report_failures(index.dataset, failures, len(results), out, emit)
         rejects += [(r.clip_id, r.source, r.reason) for r in results if not r.ok]
         carried = sum(not r.ok and r.clip_id not in judged for r in results)
         df = _frame(results, entries, index)
         fingerprints = _write_outputs(df, rejects, index, out, part)
         ok = len(df)
     seconds = time.perf_counter() - start
-    print(
+    emit(
         _summary(
             index.dataset,
             ok,
@@ -771,17 +776,19 @@ def _check_apart(raw_root: Path, out: Path, *, in_place: bool) -> None:
         )
 
 
-def _report_failures(dataset: str, failures: list[ClipResult], done: int, out: Path) -> None:
-    """Print the clips that failed for environmental reasons and end the run non-zero."""
-    print(
+def _report_failures(
+    dataset: str, failures: list[ClipResult], done: int, out: Path, emit: Callable[[str], None]
+) -> None:
+    """Say which clips failed for environmental reasons and end the run non-zero."""
+    emit(
         f"prepare {dataset}: {done} clips done, {len(failures)} failed for environmental "
         f"reasons (not rejected; the manifest in {out} is not written):"
     )
     failures = sorted(failures, key=lambda f: f.clip_id)
     for f in failures[:10]:
-        print(f"  {f.clip_id}: {f.failure}")
+        emit(f"  {f.clip_id}: {f.failure}")
     if len(failures) > 10:
-        print(f"  ... (+{len(failures) - 10} more)")
+        emit(f"  ... (+{len(failures) - 10} more)")
     first = failures[0]
     raise MaedferError(
         f"{len(failures)} clip(s) failed for environmental reasons (e.g. {first.clip_id}: "

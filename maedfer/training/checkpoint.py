@@ -36,7 +36,6 @@ MAE-DFER ones (through :func:`maedfer.model.load_official`).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import random
@@ -52,6 +51,7 @@ import torch
 from torch import nn
 
 from maedfer.atomic import atomic_path
+from maedfer.config import plain
 from maedfer.errors import MaedferError
 from maedfer.model import LGIFormer, create_model, load_official, model_info
 from maedfer.model.lgi_former import ENCODER_FIELDS, encoder_state
@@ -66,11 +66,6 @@ FINAL = "final.pt"  # the weights-only export, in the run folder
 NUMBERED = re.compile(r"epoch-(\d+)\.pt")
 # What a weights-only file keeps of a full checkpoint.
 WEIGHTS_KEYS = ("model_name", "model_config", "model", "classes", "config", "epoch", "step")
-
-
-def plain(value: Any) -> Any:
-    """``value`` with tuples as lists and paths as strings (JSON types), recursively."""
-    return json.loads(json.dumps(value, default=str))
 
 
 # ---------------------------------------------------------------- RNG states as tensors

@@ -5,7 +5,7 @@ run folder holds:
 
 - ``config.yaml``: the fully resolved options (the backend and precision actually used, world
   size, total batch, peak lr), so ``--config RUN/config.yaml`` replays the run
-  (:func:`write_config_yaml`, :func:`read_config_yaml`);
+  (:func:`write_config_yaml`; read back by ``maedfer.config.read_yaml``);
 - ``env.json``: maedfer's version and git commit, Python, torch, CUDA, DALI, PyAV, timm and
   numpy versions, the devices and the world size (:func:`environment`, :func:`write_env_json`);
   a resumed run writes it again and keeps the earlier starts under ``previous``;
@@ -35,7 +35,7 @@ import yaml
 
 import maedfer
 from maedfer.atomic import write_text
-from maedfer.errors import MaedferError
+from maedfer.config import plain
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,6 @@ PACKAGES = {
 _NOT_SCALARS = frozenset({"kind", "epoch", "step", "final"})
 
 
-def _plain(value: Any) -> Any:
-    """``value`` with tuples as lists and paths as strings (JSON types), recursively."""
-    return json.loads(json.dumps(value, default=str))
-
-
 # ---------------------------------------------------------------- config.yaml
 
 
@@ -80,37 +75,13 @@ def write_config_yaml(
         The path written.
     """
     text = yaml.safe_dump(
-        _plain(dict(config)), sort_keys=False, default_flow_style=False, allow_unicode=True
+        plain(dict(config)), sort_keys=False, default_flow_style=False, allow_unicode=True
     )
     if header:
         text = "".join(f"# {line}\n" for line in header.splitlines()) + text
     path = Path(run_dir) / CONFIG_YAML
     write_text(path, text)
     return path
-
-
-def read_config_yaml(path: Path) -> dict[str, Any]:
-    """Read a ``config.yaml`` back (what :func:`write_config_yaml` wrote, or a user's edit).
-
-    Raises:
-        MaedferError: a missing file, invalid YAML or a top level that is not a mapping.
-    """
-    path = Path(path)
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MaedferError(f"config {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
-        raise MaedferError(f"config {path} is not valid YAML{line}") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise MaedferError(
-            f"config {path} holds a {type(loaded).__name__}; expected a mapping of options"
-        )
-    return loaded
 
 
 # ---------------------------------------------------------------- env.json
@@ -213,7 +184,7 @@ def write_env_json(
         The path written.
     """
     path = Path(run_dir) / ENV_JSON
-    record = {**environment(world_size=world_size), **_plain(dict(extra or {}))}
+    record = {**environment(world_size=world_size), **plain(dict(extra or {}))}
     try:
         earlier = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

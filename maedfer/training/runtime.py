@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from maedfer.config import parse_model_overrides as parse_overrides  # noqa: F401 (old name)
 from maedfer.errors import MaedferError
 
 log = logging.getLogger(__name__)
@@ -40,35 +41,6 @@ def step_seed(*keys: int) -> int:
     """A 63-bit seed derived from integer ``keys`` (numpy ``SeedSequence`` hashing)."""
     state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
-
-
-def parse_overrides(value: Mapping[str, Any] | list[str] | None) -> dict[str, Any]:
-    """Model overrides from a dict, or from CLI ``--set key=value`` strings.
-
-    A value is read as JSON (``depth=2``, ``qkv_bias=false``, ``region_size=[2,5,10]``), else
-    as comma-separated numbers (``region_size=2,5,10``), else kept as a string (``pooling=org``).
-
-    Raises:
-        MaedferError: an item without ``=``.
-    """
-    if value is None:
-        return {}
-    if isinstance(value, Mapping):
-        return dict(value)
-    parsed: dict[str, Any] = {}
-    for item in value:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise MaedferError(f"--set {item!r}: expected key=value, e.g. --set depth=2")
-        try:
-            parsed[key.strip()] = json.loads(text)
-        except ValueError:
-            parts = text.split(",")
-            try:
-                parsed[key.strip()] = [json.loads(p) for p in parts] if len(parts) > 1 else text
-            except ValueError:
-                parsed[key.strip()] = text
-    return parsed
 
 
 def nonfinite_stop(steps: int, *, epoch: int, step: int, checkpoint: Path | None) -> MaedferError:

@@ -298,3 +298,26 @@ def test_shipped_documents_cite_only_the_repository() -> None:
         assert "../shared" not in text and "shared/" not in text, path
         for name in ("MODEL.md", "DESIGN.md", "DATASETS.md", "STYLE.md"):
             assert name not in text, (path, name)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("region_size=2,5,10", [2, 5, 10]),
+        ("region_size=[2, 5, 10]", [2, 5, 10]),
+        ("qkv_bias=false", False),
+        ("drop_path_rate=1e-1", 0.1),
+        ("depth=2", 2),
+        ("pooling=org", "org"),
+    ],
+)
+def test_one_set_grammar_for_recipes_and_models(text: str, value: object) -> None:
+    """A recipe's ``--set model.overrides.K=V`` and a model's ``--set K=V`` (predict, export,
+    test) read the same text as the same value."""
+    from maedfer.config import parse_model_overrides, parse_overrides
+
+    key = text.partition("=")[0]
+    recipe = parse_overrides([f"model.overrides.{text}"])[f"model.overrides.{key}"]
+    model = parse_model_overrides([text])[key]
+    assert recipe == model == value
+    assert type(model) is type(value)
