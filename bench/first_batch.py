@@ -1,12 +1,12 @@
 """Time to first batch on a 1,000,000-row manifest, and why DALI's file-list reader is not used.
 
-The manifest has the columns of DESIGN.md §3 and 1M rows pointing at a few real clips (160×160,
+The manifest has the columns of docs/design.md and 1M rows pointing at a few real clips (160×160,
 80 frames, made like prepared clips). Each case runs in a fresh Python process and times
 ``build_loader(...)`` + ``next(iter(loader))`` — reading the manifest, selecting fold 1, starting
 workers or the DALI pipeline, decoding the first batch; the import of ``maedfer.pipelines`` is
 timed apart. For contrast, DALI's file-list reader (``fn.experimental.readers.video``, CPU, VP9)
 is built over N distinct files for two values of N: its start-up per file, times 1M, is what an
-in-place VoxCeleb2 manifest would cost before the first batch (DESIGN.md §7).
+in-place VoxCeleb2 manifest would cost before the first batch (docs/design.md).
 
     .venv/bin/python bench/first_batch.py [--rows 1000000] [--repeats 3] [--gpu]
 

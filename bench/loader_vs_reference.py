@@ -1,6 +1,6 @@
 """maedfer's CPU loader beside the official MAE-DFER loaders, on the same content (issue 14).
 
-The reference side is written here after MODEL.md §4 (the official pipelines as they run, not
+The reference side is written here after docs/recipe.md (the official pipelines as they run, not
 their code): fine-tuning reads folders of JPEG frames with PIL (``VideoClsDatasetFrame``),
 pre-training reads the mp4 with decord (``VideoMAE``; PyAV stands in if decord is not
 installed, and the report says so). maedfer reads what ``prepare`` would give it: 160×160

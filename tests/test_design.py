@@ -101,6 +101,21 @@ def test_module_docstrings_cite_docs_and_nothing_outside_the_repository() -> Non
     assert not uncited, f"module docstrings without a docs/ page: {uncited}"
 
 
+def test_bench_scripts_and_tests_cite_nothing_outside_the_repository() -> None:
+    """The repository stands on its own: its benchmarks, scripts and tests point at docs/ too
+    (this file and the shipped-documents guard name the outside files to look for them)."""
+    guards = {Path(__file__).resolve(), REPO / "tests" / "recipes" / "test_config.py"}
+    found = [
+        str(path.relative_to(REPO))
+        for folder in ("bench", "scripts", "tests")
+        for path in sorted((REPO / folder).rglob("*"))
+        if path.suffix in (".py", ".sh")
+        and path.resolve() not in guards
+        and OUTSIDE.search(path.read_text(encoding="utf-8"))
+    ]
+    assert not found, f"cite files outside the repository: {found}"
+
+
 def test_no_file_of_the_new_wings_is_over_600_lines() -> None:
     long = {}
     for wing in ("training", "recipes", "evaluation", "cli"):

@@ -1,4 +1,4 @@
-"""Manifest schema, Parquet IO and metadata (DESIGN.md §3)."""
+"""Manifest schema, Parquet IO and metadata (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""RAVDESS, CREMA-D, eNTERFACE05: keys, subjects, labels and fold rules (DATASETS.md §6-§9).
+"""RAVDESS, CREMA-D, eNTERFACE05: keys, subjects, labels and fold rules (docs/datasets.md).
 
 The full-size trees carry the complete name lists, so the manifests written from them must
-reproduce every fingerprint published in DATASETS.md; the miniatures check single rules.
+reproduce every fingerprint published in docs/datasets.md; the miniatures check single rules.
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def test_classifier_shapes_and_gradients(name: str, pooling: str) -> None:
     logits.square().sum().backward()
     depth = TINY["depth"]
     # With region pooling the last block's cross-attention only updates local tokens, which the
-    # logits never read: those parameters rightly get no gradient (DESIGN.md §9).
+    # logits never read: those parameters rightly get no gradient (docs/design.md).
     unused = f"encoder.blocks.{depth - 1}.cross" if pooling == "region" else None
     for pname, p in model.named_parameters():
         if unused and name.startswith("lgi_") and pname.startswith(unused):

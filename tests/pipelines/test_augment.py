@@ -1,4 +1,4 @@
-"""Augmentation parameters and ops (MODEL.md §4.1, §4.2, §5.2; DESIGN.md §8)."""
+"""Augmentation parameters and ops (docs/recipe.md; docs/design.md)."""
 
 from __future__ import annotations
 

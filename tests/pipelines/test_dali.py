@@ -1,6 +1,6 @@
 """The DALI pipeline, run on the CPU on VP9 clips through the definition the GPU uses.
 
-DALI 2.4 decodes VP8/VP9/MJPEG on the CPU (DESIGN.md §7), so these tests compare the DALI and
+DALI 2.4 decodes VP8/VP9/MJPEG on the CPU (docs/design.md), so these tests compare the DALI and
 PyAV backends sample by sample there. Tolerance 2/255 without RandAugment: both convert 4:2:0
 with bilinear chroma and BT.601 (measured max difference 1/255, from rounding); the GPU test does
 the same on H.264. With RandAugment (torch ops on DALI's frames, PIL/OpenCV on PyAV's), the

@@ -1,4 +1,4 @@
-"""``maedfer profile data`` through the real CLI (DESIGN.md §2)."""
+"""``maedfer profile data`` through the real CLI (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Manifest reading and fold/split selection for the loaders (DESIGN.md §3)."""
+"""Manifest reading and fold/split selection for the loaders (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Real face media for the preprocess tests, made in the test (DESIGN.md §8).
+"""Real face media for the preprocess tests, made in the test (docs/design.md).
 
 - `portrait_clip`: a committed portrait animated into a short clip (small shifts, zoom and
   in-plane rotation, the face about 64 px in a 160x128 frame);

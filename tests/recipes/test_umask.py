@@ -1,4 +1,4 @@
-"""Run outputs and manifests honour the umask (DESIGN.md §6, maedfer.atomic).
+"""Run outputs and manifests honour the umask (docs/design.md, maedfer.atomic).
 
 ``tempfile.mkstemp`` creates files owner-only (0600) whatever the umask; a file renamed into
 place from there would stay unreadable to teammates on a shared disk.

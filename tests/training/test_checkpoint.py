@@ -54,7 +54,7 @@ def test_round_trip_with_weights_only(tmp_path: Path, classifier) -> None:
     path = tmp_path / "run" / "checkpoints" / "last.pt"
     state = _state(classifier)
     ckpt_io.save_checkpoint(path, state)
-    torch.load(path, weights_only=True)  # the contract of DESIGN.md §6, checked directly
+    torch.load(path, weights_only=True)  # the contract of docs/design.md, checked directly
     loaded = ckpt_io.load_checkpoint(path)
     assert loaded["config"] == {"data": "/x/m.parquet", "betas": [0.9, 0.999]}
     rebuilt = ckpt_io.model_from_checkpoint(loaded)
@@ -153,7 +153,7 @@ def test_init_from_an_official_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "checkpoint-49.pth"
     # the official wrapper also pickles the run's argparse arguments
     torch.save({"model": official, "epoch": 49, "args": argparse.Namespace(lr=1e-3)}, path)
-    # the official pre-training encoder is built for 16 frames (MODEL.md §7.10)
+    # the official pre-training encoder is built for 16 frames (docs/recipe.md)
     cfg = {k: v for k, v in fixture["config"].items() if k != "num_frames"}
     model = create_model("lgi_former_tiny", num_classes=7, **cfg)
     assert ckpt_io.load_init(model, path).startswith("official pretrain weights")

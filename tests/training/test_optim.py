@@ -1,4 +1,4 @@
-"""AdamW parameter groups: no-decay rules, layer-wise lr decay, lr scaling (MODEL.md §5)."""
+"""AdamW parameter groups: no-decay rules, layer-wise lr decay, lr scaling (docs/recipe.md)."""
 
 import pytest
 import torch
@@ -21,7 +21,7 @@ def _groups_by_name(model, **kw) -> dict[str, dict]:
 
 
 def test_lr_scales_with_total_batch() -> None:
-    # MODEL.md §5.2: blr 1e-3 at 3 GPUs x 32 = 96 clips -> 3.75e-4
+    # docs/recipe.md: blr 1e-3 at 3 GPUs x 32 = 96 clips -> 3.75e-4
     assert scaled_lr(1e-3, 96) == pytest.approx(3.75e-4)
     assert scaled_lr(3e-4, 160) == pytest.approx(1.875e-4)  # the released pre-training run
     with pytest.raises(MaedferError):
@@ -46,12 +46,12 @@ def test_classifier_groups_decay_rules_and_layers() -> None:
     assert scale["encoder.patch_embed.proj.weight"] == pytest.approx(0.75**3)
     assert scale["encoder.blocks.0.mlp.fc1.weight"] == pytest.approx(0.75**2)
     assert scale["encoder.blocks.1.intra_attn.q_bias"] == pytest.approx(0.75)
-    # the region tokens take the top scale, like the head (MODEL.md §7.7)
+    # the region tokens take the top scale, like the head (docs/recipe.md)
     assert scale["encoder.region_tokens"] == scale["head.weight"] == scale["fc_norm.bias"] == 1.0
 
 
 def test_pretraining_groups_decay_region_tokens_but_not_mask_token() -> None:
-    # MODEL.md §7.6: the reference's exact-name check exempts mask_token only
+    # docs/recipe.md: the reference's exact-name check exempts mask_token only
     groups = _groups_by_name(create_model("mae_lgi_former_tiny", **TINY_MAE), weight_decay=0.05)
     assert groups["mask_token"]["weight_decay"] == 0.0
     assert groups["encoder.region_tokens"]["weight_decay"] == 0.05

@@ -1,4 +1,4 @@
-"""Per-step warmup + cosine schedule, as MAE-DFER's ``utils.cosine_scheduler`` (MODEL.md §5)."""
+"""Per-step warmup + cosine schedule, as MAE-DFER's ``utils.cosine_scheduler`` (docs/recipe.md)."""
 
 import math
 
