@@ -31,8 +31,14 @@ def commit() -> str:
     """This checkout's commit: ``git rev-parse``, else ``$MAEDFER_COMMIT`` (a copy of the tree
     without .git or without git), else ``unknown``."""
     try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=False, cwd=REPO, timeout=10)
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=REPO,
+            timeout=10,
+        )
         if done.returncode == 0 and done.stdout.strip():
             return done.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -61,12 +67,19 @@ def cpu_model() -> str:
 def system() -> dict[str, str | None]:
     """Date, commit, machine and the versions that matter for a figure."""
     info: dict[str, str | None] = {
-        "date": dt.date.today().isoformat(), "commit": commit(), "cpu": cpu_model(),
-        "cpu_count": str(os.cpu_count()), "python": platform.python_version(),
+        "date": dt.date.today().isoformat(),
+        "commit": commit(),
+        "cpu": cpu_model(),
+        "cpu_count": str(os.cpu_count()),
+        "python": platform.python_version(),
         "load_avg_1min": f"{os.getloadavg()[0]:.2f}",
-    }  # fmt: skip
-    for name, dist in (("torch", "torch"), ("pyav", "av"), ("dali", "nvidia-dali-cuda130"),
-                       ("timm", "timm")):
+    }
+    for name, dist in (
+        ("torch", "torch"),
+        ("pyav", "av"),
+        ("dali", "nvidia-dali-cuda130"),
+        ("timm", "timm"),
+    ):
         info[name] = version(dist)
     try:
         torch = importlib.import_module("torch")

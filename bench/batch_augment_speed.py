@@ -33,7 +33,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import PORTRAITS, portrait_frames, system  # noqa: E402
+from _common import PORTRAITS, portrait_frames, system  # noqa: E402
+
 from maedfer.pipelines import augment, batch_augment  # noqa: E402
 from maedfer.pipelines.options import TrainDataOptions  # noqa: E402
 from maedfer.pipelines.plan import EpochPlan, SampleConfig  # noqa: E402
@@ -54,26 +55,44 @@ def per_sample(frames: torch.Tensor, specs: list, config: SampleConfig) -> torch
         x = augment.resize_frames(x, spec.box, config.size)
         clips.append((x.flip(-1) if spec.flip else x).transpose(0, 1))
     video = augment.normalise(torch.stack(clips), channel_dim=-4, inplace=True)
-    return torch.stack([augment.finish_clip(v, subtract_mean=config.subtract_mean,
-                                            erase=s.erase, erase_seed=s.erase_seed,
-                                            negate=s.negate)
-                        for v, s in zip(video, specs, strict=True)])  # fmt: skip
+    return torch.stack(
+        [
+            augment.finish_clip(
+                v,
+                subtract_mean=config.subtract_mean,
+                erase=s.erase,
+                erase_seed=s.erase_seed,
+                negate=s.negate,
+            )
+            for v, s in zip(video, specs, strict=True)
+        ]
+    )
 
 
 def batch_inputs(rand_augment: str | None) -> tuple[torch.Tensor, list, SampleConfig]:
-    config = SampleConfig.from_data(TrainDataOptions(rand_augment=rand_augment), mode="train",
-                                    num_frames=FRAMES, size=SIZE, seed=0, test_views=2)
+    config = SampleConfig.from_data(
+        TrainDataOptions(rand_augment=rand_augment),
+        mode="train",
+        num_frames=FRAMES,
+        size=SIZE,
+        seed=0,
+        test_views=2,
+    )
     rows = BATCH
     table = ClipTable(
-        clip_id=pa.array([f"c{i}" for i in range(rows)]), path=pa.array(["x.mp4"] * rows),
-        label=np.zeros(rows, np.int64), num_frames=np.full(rows, 80, np.int64),
-        crop=np.full((rows, 4), -1, np.int64), root=Path("/"),
-    )  # fmt: skip
+        clip_id=pa.array([f"c{i}" for i in range(rows)]),
+        path=pa.array(["x.mp4"] * rows),
+        label=np.zeros(rows, np.int64),
+        num_frames=np.full(rows, 80, np.int64),
+        crop=np.full((rows, 4), -1, np.int64),
+        root=Path("/"),
+    )
     plan = EpochPlan(table, config, epoch=0)
     specs = [plan.spec(i) for i in range(BATCH)]
     images = sorted(p for p in PORTRAITS.iterdir() if p.suffix in (".png", ".jpg"))
-    frames = np.stack([portrait_frames(images[i % len(images)], FRAMES, SIZE)
-                       for i in range(BATCH)])  # fmt: skip
+    frames = np.stack(
+        [portrait_frames(images[i % len(images)], FRAMES, SIZE) for i in range(BATCH)]
+    )
     return torch.from_numpy(frames), specs, config
 
 
@@ -94,18 +113,23 @@ def measure(rand_augment: str | None, rounds: int, rng: np.random.Generator) -> 
             else:
                 p, prepared = cpu_time(lambda: batch_augment.prepare(specs, config))
                 seconds["prepare"].append(p)
-                s, out = cpu_time(lambda p=prepared: batch_augment.augment_batch(
-                    frames.permute(0, 4, 1, 2, 3), p))  # fmt: skip
+                s, out = cpu_time(
+                    lambda p=prepared: batch_augment.augment_batch(frames.permute(0, 4, 1, 2, 3), p)
+                )
             seconds[name].append(s)
             if r == 0:
                 checked[name] = out
     std = torch.tensor(augment.IMAGENET_STD).view(1, 3, 1, 1, 1) * 255
     diff = ((checked["batched"] - checked["per_sample"]) * std).abs()
     ms = {k: 1000 * statistics.median(v) for k, v in seconds.items()}
-    return {"rand_augment": rand_augment, "ms_per_batch": ms,
-            "ratio_per_sample_over_batched": ms["per_sample"] / ms["batched"],
-            "max_diff_255": float(diff.max()), "mean_diff_255": float(diff.mean()),
-            "share_beyond_2_255": float((diff > 2).float().mean())}
+    return {
+        "rand_augment": rand_augment,
+        "ms_per_batch": ms,
+        "ratio_per_sample_over_batched": ms["per_sample"] / ms["batched"],
+        "max_diff_255": float(diff.max()),
+        "mean_diff_255": float(diff.mean()),
+        "share_beyond_2_255": float((diff > 2).float().mean()),
+    }
 
 
 def main() -> None:
@@ -114,10 +138,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
-    results = {"system": system(), "batch": BATCH, "frames": FRAMES, "size": SIZE,
-               "torch_threads": 1,
-               "cases": [measure(policy, args.rounds, rng)
-                         for policy in ("rand-m7-n4-mstd0.5-inc1", None)]}
+    results = {
+        "system": system(),
+        "batch": BATCH,
+        "frames": FRAMES,
+        "size": SIZE,
+        "torch_threads": 1,
+        "cases": [
+            measure(policy, args.rounds, rng) for policy in ("rand-m7-n4-mstd0.5-inc1", None)
+        ],
+    }
     print(json.dumps(results, indent=2))
     out = REPO / "bench" / "out"
     out.mkdir(exist_ok=True)

@@ -32,7 +32,6 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
 from _common import PORTRAITS, portrait_frames  # noqa: E402
 
@@ -55,13 +54,17 @@ def clips_frames(count: int) -> list[np.ndarray]:
     out = []
     for i in range(count):
         frames = portrait_frames(images[i % len(images)], 60 + (i * 41) % 101, size=224)
-        out.append(np.stack([np.asarray(Image.fromarray(f).resize((160, 160), Image.BILINEAR))
-                             for f in frames]))
+        out.append(
+            np.stack(
+                [np.asarray(Image.fromarray(f).resize((160, 160), Image.BILINEAR)) for f in frames]
+            )
+        )
     return out
 
 
-def decode_rate(paths: list[tuple[str, int]], mode: str, rng: np.random.Generator,
-                repeats: int) -> float:
+def decode_rate(
+    paths: list[tuple[str, int]], mode: str, rng: np.random.Generator, repeats: int
+) -> float:
     start, count = time.process_time(), 0
     for _ in range(repeats):
         for path, n in paths:
@@ -100,9 +103,13 @@ def main() -> None:
                 psnr.append(10 * np.log10(255**2 / mse))
                 size += os.path.getsize(path)
                 paths[name].append((path, len(frames)))
-            rows[name] = {"options": {**CODECS["h264"][3], **options},
-                          "kB_per_100_frames": size / frames_total * 100 / 1000,
-                          "psnr_db": statistics.mean(psnr), "train": [], "test": []}
+            rows[name] = {
+                "options": {**CODECS["h264"][3], **options},
+                "kB_per_100_frames": size / frames_total * 100 / 1000,
+                "psnr_db": statistics.mean(psnr),
+                "train": [],
+                "test": [],
+            }
         for r in range(args.rounds):
             names = list(SETTINGS) if r % 2 == 0 else list(reversed(SETTINGS))
             for name in names:
@@ -111,8 +118,9 @@ def main() -> None:
                     rows[name][mode].append(decode_rate(paths[name], mode, rng, args.repeats))
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     base = next(iter(rows.values()))
-    print("| x264 setting | kB / 100 frames | PSNR dB | train windows / CPU-s | test clips / "
-          "CPU-s |")
+    print(
+        "| x264 setting | kB / 100 frames | PSNR dB | train windows / CPU-s | test clips / CPU-s |"
+    )
     print("|---|---|---|---|---|")
     for name, row in rows.items():
         cells = []
@@ -120,8 +128,10 @@ def main() -> None:
             rate, ref = statistics.median(row[mode]), statistics.median(base[mode])
             row[f"{mode}_median"] = rate
             cells.append(f"{rate:.0f} ({rate / ref:.2f}×)")
-        print(f"| {name} | {row['kB_per_100_frames']:.0f} | {row['psnr_db']:.2f} | "
-              f"{cells[0]} | {cells[1]} |")
+        print(
+            f"| {name} | {row['kB_per_100_frames']:.0f} | {row['psnr_db']:.2f} | "
+            f"{cells[0]} | {cells[1]} |"
+        )
     print(json.dumps({"load_avg_1min": os.getloadavg()[0], "cpu_count": os.cpu_count()}))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

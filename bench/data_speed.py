@@ -48,10 +48,21 @@ def make_clips(folder: Path, *, clips: int, frames: int) -> dict[str, Path]:
         for i in range(clips):
             rel = f"{codec}/clip{i:03d}.{ext}"
             if not (folder / rel).exists():
-                write_clip(portrait_frames(images[i % len(images)], frames + i % 7),
-                           folder / rel, fps=25, codec=codec)
-            rows.append({"clip_id": f"c{i}", "path": rel, "label": i % 7,
-                         "num_frames": frames + i % 7, "fold": i % 2 + 1})
+                write_clip(
+                    portrait_frames(images[i % len(images)], frames + i % 7),
+                    folder / rel,
+                    fps=25,
+                    codec=codec,
+                )
+            rows.append(
+                {
+                    "clip_id": f"c{i}",
+                    "path": rel,
+                    "label": i % 7,
+                    "num_frames": frames + i % 7,
+                    "fold": i % 2 + 1,
+                }
+            )
         manifests[codec] = folder / f"manifest-{codec}.parquet"
         pd.DataFrame(rows).to_parquet(manifests[codec])
     return manifests
@@ -73,17 +84,26 @@ def time_case(repeats: int, **kw) -> dict:
         wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
         rates.append(clips / wall)
         per_cpu.append(clips / cpu)
-    return {"clips_per_s": quartiles(rates), "clips_per_cpu_s": quartiles(per_cpu),
-            "clips_per_epoch": clips}
+    return {
+        "clips_per_s": quartiles(rates),
+        "clips_per_cpu_s": quartiles(per_cpu),
+        "clips_per_epoch": clips,
+    }
 
 
 def max_difference(manifest: Path, *, dali_device: str, mode: str) -> float:
     """Largest |DALI − PyAV| over one batch, in 0..255 units (outputs must agree first)."""
     videos = []
     for backend in ("pyav", "dali"):
-        loader = build_loader(manifest, mode=mode, batch_size=4, backend=backend,
-                              workers=0 if backend == "pyav" else 2, rand_augment=False,
-                              device=dali_device if backend == "dali" else None)
+        loader = build_loader(
+            manifest,
+            mode=mode,
+            batch_size=4,
+            backend=backend,
+            workers=0 if backend == "pyav" else 2,
+            rand_augment=False,
+            device=dali_device if backend == "dali" else None,
+        )
         videos.append(next(iter(loader))["video"].cpu())
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1) * 255
     return float(((videos[0] - videos[1]) * std).abs().max())
@@ -92,28 +112,63 @@ def max_difference(manifest: Path, *, dali_device: str, mode: str) -> float:
 def cases(manifests: dict[str, Path], gpu: bool) -> list[tuple[str, dict]]:
     one_core = {"backend": "pyav", "workers": 0, "batch_size": 8}
     rows = [
-        ("pyav 1 core, test (2 views, no augmentation), H.264",
-         {**one_core, "manifest": manifests["h264"], "mode": "test"}),
-        ("pyav 1 core, train (RRC, flip, erasing), H.264",
-         {**one_core, "manifest": manifests["h264"], "mode": "train", "rand_augment": False}),
-        ("pyav 1 core, train + RandAugment, H.264",
-         {**one_core, "manifest": manifests["h264"], "mode": "train"}),
-        ("pyav 1 core, pretrain (multi-scale crop), H.264",
-         {**one_core, "manifest": manifests["h264"], "mode": "pretrain"}),
+        (
+            "pyav 1 core, test (2 views, no augmentation), H.264",
+            {**one_core, "manifest": manifests["h264"], "mode": "test"},
+        ),
+        (
+            "pyav 1 core, train (RRC, flip, erasing), H.264",
+            {**one_core, "manifest": manifests["h264"], "mode": "train", "rand_augment": False},
+        ),
+        (
+            "pyav 1 core, train + RandAugment, H.264",
+            {**one_core, "manifest": manifests["h264"], "mode": "train"},
+        ),
+        (
+            "pyav 1 core, pretrain (multi-scale crop), H.264",
+            {**one_core, "manifest": manifests["h264"], "mode": "pretrain"},
+        ),
         ("pyav 1 core, test, VP9", {**one_core, "manifest": manifests["vp9"], "mode": "test"}),
-        (f"pyav {os.cpu_count()} workers, train + RandAugment, H.264",
-         {"backend": "pyav", "workers": os.cpu_count(), "batch_size": 8,
-          "manifest": manifests["h264"], "mode": "train"}),
+        (
+            f"pyav {os.cpu_count()} workers, train + RandAugment, H.264",
+            {
+                "backend": "pyav",
+                "workers": os.cpu_count(),
+                "batch_size": 8,
+                "manifest": manifests["h264"],
+                "mode": "train",
+            },
+        ),
     ]
     if dali_available():
-        rows.append(("dali CPU 1 thread, test, VP9",
-                     {"backend": "dali", "device": "cpu", "workers": 1, "batch_size": 8,
-                      "manifest": manifests["vp9"], "mode": "test"}))
+        rows.append(
+            (
+                "dali CPU 1 thread, test, VP9",
+                {
+                    "backend": "dali",
+                    "device": "cpu",
+                    "workers": 1,
+                    "batch_size": 8,
+                    "manifest": manifests["vp9"],
+                    "mode": "test",
+                },
+            )
+        )
     if gpu:
         for mode in ("test", "train"):
-            rows.append((f"dali GPU (NVDEC), {mode}, H.264",
-                         {"backend": "dali", "device": "cuda", "workers": 4, "batch_size": 32,
-                          "manifest": manifests["h264"], "mode": mode}))
+            rows.append(
+                (
+                    f"dali GPU (NVDEC), {mode}, H.264",
+                    {
+                        "backend": "dali",
+                        "device": "cuda",
+                        "workers": 4,
+                        "batch_size": 32,
+                        "manifest": manifests["h264"],
+                        "mode": mode,
+                    },
+                )
+            )
     return rows
 
 
@@ -128,15 +183,23 @@ def main() -> None:
     torch.set_num_threads(1)  # per-core figures: one thread in the decoding process
     gpu = args.gpu and torch.cuda.is_available() and dali_available()
     manifests = make_clips(args.cache, clips=args.clips, frames=args.frames)
-    results = {"system": system(), "clips": args.clips, "frames_per_clip": args.frames,
-               "repeats": args.repeats, "agreement_max_abs_255": {}, "cases": {}}
+    results = {
+        "system": system(),
+        "clips": args.clips,
+        "frames_per_clip": args.frames,
+        "repeats": args.repeats,
+        "agreement_max_abs_255": {},
+        "cases": {},
+    }
     if dali_available():
         results["agreement_max_abs_255"]["dali_cpu_vs_pyav_vp9_test"] = max_difference(
-            manifests["vp9"], dali_device="cpu", mode="test")
+            manifests["vp9"], dali_device="cpu", mode="test"
+        )
     if gpu:
         for mode in ("test", "train"):
             results["agreement_max_abs_255"][f"dali_gpu_vs_pyav_h264_{mode}"] = max_difference(
-                manifests["h264"], dali_device="cuda", mode=mode)
+                manifests["h264"], dali_device="cuda", mode=mode
+            )
     for name, kw in cases(manifests, gpu):
         print(f"timing: {name}", file=sys.stderr)
         results["cases"][name] = time_case(args.repeats, **kw)

@@ -32,7 +32,9 @@ SETTINGS = {
     "no B-frames": {"bf": "0"},
     "no mb-tree": {"x264-params": "mbtree=0"},
     "layered B-frames, no mb-tree": {
-        "bf": "3", "x264-params": "b-pyramid=none:b-adapt=0:scenecut=0:mbtree=0"},
+        "bf": "3",
+        "x264-params": "b-pyramid=none:b-adapt=0:scenecut=0:mbtree=0",
+    },
     "maedfer (CODECS)": CODECS["h264"][3],
 }
 

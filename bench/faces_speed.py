@@ -38,9 +38,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from maedfer.devices import resolve_device  # noqa: E402
 from maedfer.preprocess import profile  # noqa: E402
 from maedfer.preprocess.encode import write_clip  # noqa: E402
-from maedfer.preprocess.faces import resolve_device  # noqa: E402
 
 MEDIA = Path(os.environ.get("MAEDFER_TEST_MEDIA", Path.home() / ".cache/maedfer/test-media"))
 
@@ -57,15 +57,33 @@ def real_inputs(tmp: Path) -> dict[str, tuple[Path, np.ndarray]]:
     return {"real 360p": (src, frames), "real 720p": (tmp / "single_face_720p.mp4", big)}
 
 
-def prepare_run(workers: int, clips: int, tmp: Path, device: str,
-                measure: Callable[[Callable[[], None]], dict] | None = None) -> dict:
+def prepare_run(
+    workers: int,
+    clips: int,
+    tmp: Path,
+    device: str,
+    measure: Callable[[Callable[[], None]], dict] | None = None,
+) -> dict:
     """The full `maedfer prepare ravdess` on `clips` 720p clips of 64 frames; ``measure(run)``,
     if given, wraps the prepare subprocess alone (not the rendering of its input) and adds
     what it returns to the result."""
     raw, clips = make_ravdess_tree(tmp / f"rav{workers}", clips)
     out = tmp / f"out{workers}"
-    cmd = [sys.executable, "-m", "maedfer.cli", "prepare", "ravdess", "--raw", str(raw),
-           "--out", str(out), "--workers", str(workers), "--device", device]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "maedfer.cli",
+        "prepare",
+        "ravdess",
+        "--raw",
+        str(raw),
+        "--out",
+        str(out),
+        "--workers",
+        str(workers),
+        "--device",
+        device,
+    ]
     done: list[subprocess.CompletedProcess] = []
 
     def run() -> None:
@@ -78,9 +96,17 @@ def prepare_run(workers: int, clips: int, tmp: Path, device: str,
     ok = f"{clips} clips ok" in stdout
     # The driver's own time (from its summary line): without the interpreter's start-up.
     inner = float(re.search(r" in ([0-9.]+) s", stdout)[1])
-    return {"workers": workers, "clips": clips, "frames": 64 * clips, "seconds": seconds,
-            "frames_per_s": 64 * clips / seconds, "driver_seconds": inner,
-            "driver_frames_per_s": 64 * clips / inner, "all_ok": ok, **extra}  # fmt: skip
+    return {
+        "workers": workers,
+        "clips": clips,
+        "frames": 64 * clips,
+        "seconds": seconds,
+        "frames_per_s": 64 * clips / seconds,
+        "driver_seconds": inner,
+        "driver_frames_per_s": 64 * clips / inner,
+        "all_ok": ok,
+        **extra,
+    }
 
 
 def make_ravdess_tree(raw: Path, clips: int) -> tuple[Path, int]:
@@ -97,26 +123,33 @@ def make_ravdess_tree(raw: Path, clips: int) -> tuple[Path, int]:
             stems.append(path.stem)
         return path.stem in stems
 
-    writer = MediaWriter(raw.parent / f"work-{raw.name}", portraits, frames=64,
-                         frame_size=(1280, 720), keep=keep)
+    writer = MediaWriter(
+        raw.parent / f"work-{raw.name}", portraits, frames=64, frame_size=(1280, 720), keep=keep
+    )
     make_ravdess(raw, actors=[1], write=writer, full_av=False, songs=False)
     return raw, len(stems)
 
 
 def system() -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                            capture_output=True, text=True).stdout.strip()  # fmt: skip
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "maedfer"], cwd=REPO,
-                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "maedfer"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     if dirty:
         commit += " + uncommitted changes"
     return {
-        "date": dt.date.today().isoformat(), "commit": commit, "cpu_count": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-        "pyav": av.__version__, "opencv": cv2.__version__,
+        "date": dt.date.today().isoformat(),
+        "commit": commit,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "pyav": av.__version__,
+        "opencv": cv2.__version__,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "load_avg_1m": os.getloadavg()[0],
-    }  # fmt: skip
+    }
 
 
 def fmt(f: dict) -> str:
@@ -198,8 +231,11 @@ def markdown(res: dict) -> str:
         "exercised on CPU by `tests/preprocess/test_faces.py::test_torch_frame_path_matches_"
         "opencv` and on CUDA by the `gpu`-marked test.",
     ]
-    lines += ["", "Rerun: `.venv/bin/python bench/faces_speed.py --write-results`; on a GPU add "
-              "`--device cuda` (not measured here: no GPU was lent to this session)."]  # fmt: skip
+    lines += [
+        "",
+        "Rerun: `.venv/bin/python bench/faces_speed.py --write-results`; on a GPU add "
+        "`--device cuda` (not measured here: no GPU was lent to this session).",
+    ]
     return "\n".join(lines) + "\n"
 
 

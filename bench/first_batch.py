@@ -1,12 +1,12 @@
 """Time to first batch on a 1,000,000-row manifest, and why DALI's file-list reader is not used.
 
-The manifest has the columns of DESIGN.md §3 and 1M rows pointing at a few real clips (160×160,
+The manifest has the columns of docs/design.md and 1M rows pointing at a few real clips (160×160,
 80 frames, made like prepared clips). Each case runs in a fresh Python process and times
 ``build_loader(...)`` + ``next(iter(loader))`` — reading the manifest, selecting fold 1, starting
 workers or the DALI pipeline, decoding the first batch; the import of ``maedfer.pipelines`` is
 timed apart. For contrast, DALI's file-list reader (``fn.experimental.readers.video``, CPU, VP9)
 is built over N distinct files for two values of N: its start-up per file, times 1M, is what an
-in-place VoxCeleb2 manifest would cost before the first batch (DESIGN.md §7).
+in-place VoxCeleb2 manifest would cost before the first batch (docs/design.md).
 
     .venv/bin/python bench/first_batch.py [--rows 1000000] [--repeats 3] [--gpu]
 
@@ -28,7 +28,6 @@ import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
 from _common import portrait_frames, quartiles, system  # noqa: E402
 
@@ -81,18 +80,24 @@ def make_manifest(folder: Path, rows: int) -> dict[str, Path]:
             files.append(rel)
         index = np.arange(rows)
         crop = pa.FixedSizeListArray.from_arrays(
-            pa.array(np.tile(np.array([0, 0, 160, 160], np.int16), rows)), 4)
-        table = pa.table({
-            "clip_id": pa.array([f"v{i:07d}" for i in index]),
-            "dataset": pa.array(["bench"] * rows),
-            "path": pa.array([files[i % len(files)] for i in index]),
-            "label": pa.array((index % 7).astype(np.int16)),
-            "fold": pa.array((index % 5 + 1).astype(np.int8)),
-            "num_frames": pa.array(np.full(rows, 80, np.int32)),
-            "crop": crop,
-        })  # fmt: skip
-        meta = {b"maedfer.dataset": b"bench", b"maedfer.num_folds": b"5",
-                b"maedfer.classes": json.dumps([f"c{k}" for k in range(7)]).encode()}
+            pa.array(np.tile(np.array([0, 0, 160, 160], np.int16), rows)), 4
+        )
+        table = pa.table(
+            {
+                "clip_id": pa.array([f"v{i:07d}" for i in index]),
+                "dataset": pa.array(["bench"] * rows),
+                "path": pa.array([files[i % len(files)] for i in index]),
+                "label": pa.array((index % 7).astype(np.int16)),
+                "fold": pa.array((index % 5 + 1).astype(np.int8)),
+                "num_frames": pa.array(np.full(rows, 80, np.int32)),
+                "crop": crop,
+            }
+        )
+        meta = {
+            b"maedfer.dataset": b"bench",
+            b"maedfer.num_folds": b"5",
+            b"maedfer.classes": json.dumps([f"c{k}" for k in range(7)]).encode(),
+        }
         out[codec] = folder / f"manifest-{codec}-{rows}.parquet"
         pq.write_table(table.replace_schema_metadata(meta), out[codec])
     return out
@@ -101,8 +106,13 @@ def make_manifest(folder: Path, rows: int) -> dict[str, Path]:
 def run_case(kw: dict, repeats: int) -> dict:
     runs = []
     for _ in range(repeats):
-        done = subprocess.run([sys.executable, "-c", CASE, json.dumps(kw)], capture_output=True,
-                              text=True, check=True, cwd=REPO)
+        done = subprocess.run(
+            [sys.executable, "-c", CASE, json.dumps(kw)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO,
+        )
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return {
         "first_batch_s": quartiles([r["first_batch_s"] for r in runs]),
@@ -126,13 +136,20 @@ def reader_startup(folder: Path, counts: list[int]) -> dict:
             if not path.exists():
                 shutil.copyfile(source, path)
             files.append(str(path))
-        done = subprocess.run([sys.executable, "-c", READER, json.dumps(files)],
-                              capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", READER, json.dumps(files)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         points[n] = json.loads(done.stdout.strip().splitlines()[-1])["first_batch_s"]
     (small, t_small), (large, t_large) = sorted(points.items())
     per_file = (t_large - t_small) / (large - small)
-    return {"first_batch_s": points, "s_per_file": per_file,
-            "extrapolated_1m_rows_s": t_small + per_file * (1_000_000 - small)}
+    return {
+        "first_batch_s": points,
+        "s_per_file": per_file,
+        "extrapolated_1m_rows_s": t_small + per_file * (1_000_000 - small),
+    }
 
 
 def main() -> None:
@@ -147,20 +164,39 @@ def main() -> None:
     common = {"fold": 1, "batch_size": 8}
     cases = {
         "pyav, train (RandAugment), 1 worker": {
-            "manifest": str(manifests["h264"]), "mode": "train", "backend": "pyav",
-            "workers": 1, **common},
+            "manifest": str(manifests["h264"]),
+            "mode": "train",
+            "backend": "pyav",
+            "workers": 1,
+            **common,
+        },
         "pyav, test, 1 worker": {
-            "manifest": str(manifests["h264"]), "mode": "test", "backend": "pyav",
-            "workers": 1, **common},
-    }  # fmt: skip
+            "manifest": str(manifests["h264"]),
+            "mode": "test",
+            "backend": "pyav",
+            "workers": 1,
+            **common,
+        },
+    }
     if dali_available():
-        cases["dali CPU, train, VP9"] = {"manifest": str(manifests["vp9"]), "mode": "train",
-                                         "backend": "dali", "device": "cpu", "workers": 1,
-                                         **common}
+        cases["dali CPU, train, VP9"] = {
+            "manifest": str(manifests["vp9"]),
+            "mode": "train",
+            "backend": "dali",
+            "device": "cpu",
+            "workers": 1,
+            **common,
+        }
     if args.gpu:
         cases["dali GPU (NVDEC), train, H.264, batch 32"] = {
-            "manifest": str(manifests["h264"]), "mode": "train", "backend": "dali",
-            "device": "cuda", "workers": 4, "fold": 1, "batch_size": 32}
+            "manifest": str(manifests["h264"]),
+            "mode": "train",
+            "backend": "dali",
+            "device": "cuda",
+            "workers": 4,
+            "fold": 1,
+            "batch_size": 32,
+        }
     results = {"system": system(), "rows": args.rows, "repeats": args.repeats, "cases": {}}
     for name, kw in cases.items():
         print(f"timing: {name}", file=sys.stderr)
@@ -176,18 +212,24 @@ def main() -> None:
 
 
 def table(results: dict) -> str:
-    lines = [f"| case ({results['rows']:,} rows) | first batch s | import s | max RSS MiB |",
-             "|---|---|---|---|"]
+    lines = [
+        f"| case ({results['rows']:,} rows) | first batch s | import s | max RSS MiB |",
+        "|---|---|---|---|",
+    ]
     for name, row in results["cases"].items():
         fb, imp = row["first_batch_s"], row["import_s"]
-        lines.append(f"| {name} | {fb['median']:.2f} [{fb['p25']:.2f}, {fb['p75']:.2f}] | "
-                     f"{imp['median']:.2f} | {row['max_rss_mib']:.0f} |")
+        lines.append(
+            f"| {name} | {fb['median']:.2f} [{fb['p25']:.2f}, {fb['p75']:.2f}] | "
+            f"{imp['median']:.2f} | {row['max_rss_mib']:.0f} |"
+        )
     reader = results.get("dali_file_list_reader")
     if reader:
         points = ", ".join(f"{n} files {s:.2f} s" for n, s in reader["first_batch_s"].items())
-        lines.append(f"\nDALI file-list reader start-up: {points}; "
-                     f"{reader['s_per_file'] * 1000:.2f} ms per file → "
-                     f"{reader['extrapolated_1m_rows_s'] / 60:.1f} min at 1M files")
+        lines.append(
+            f"\nDALI file-list reader start-up: {points}; "
+            f"{reader['s_per_file'] * 1000:.2f} ms per file → "
+            f"{reader['extrapolated_1m_rows_s'] / 60:.1f} min at 1M files"
+        )
     return "\n".join(lines)
 
 

@@ -25,7 +25,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path[:0] = [str(REPO), str(HERE)]
+# maedfer from this checkout without an install (PYTHONPATH=<repo> on a cluster node,
+# docs/cluster.md); _common is found in this script's own folder, which Python puts first
+sys.path.insert(0, str(REPO))
 
 from _common import portrait_frames, portraits, quartiles, system  # noqa: E402
 
@@ -64,6 +66,7 @@ def synchronize(ctx: Context) -> None:
 
 
 # --- needs ----------------------------------------------------------------------------------------
+
 
 def importable(module: str, what: str) -> None:
     try:
@@ -107,19 +110,21 @@ def check_needs(ctx: Context) -> None:
 
 # --- set-up: the clips, made before the clock starts ----------------------------------------------
 
+
 def clip_plan(ctx: Context) -> dict[str, Any]:
     """What set-up makes: prepared-encoding clips (H.264; VP9 for the dry run, which DALI decodes
     on the CPU) and marker clips, at 160^2 (64^2 dry)."""
     small = dry(ctx)
     return {
-        "codec": "vp9" if small else "h264", "size": 64 if small else 160,
+        "codec": "vp9" if small else "h264",
+        "size": 64 if small else 160,
         "prepared": [40 + i % 7 if small else 80 + i % 7 for i in range(8 if small else 64)],
         # shorter and longer than the 64-frame span: windows past the end are padded
         "markers": [24, 40, 56] if small else [40, 56, 80, 97],
         "rows": 96 if small else 4096,  # the loaders' manifests reuse the clips
         "faces": (320, 180, 16) if small else (1280, 720, 64),
         "million": 10_000 if small else 1_000_000,
-    }  # fmt: skip
+    }
 
 
 def _encode(job: tuple[str, str, int, int, str]) -> str:
@@ -147,8 +152,16 @@ def setup(ctx: Context) -> dict:
     for kind in ("prepared", "markers"):
         for i, frames in enumerate(plan[kind]):
             rel = f"{kind}-{plan['codec']}-{plan['size']}/clip{i:03d}{ext}"
-            rows[kind].append({"clip_id": f"{kind[0]}{i}", "path": rel, "label": i % 7,
-                               "num_frames": frames, "fold": i % 2 + 1, "split": "train"})
+            rows[kind].append(
+                {
+                    "clip_id": f"{kind[0]}{i}",
+                    "path": rel,
+                    "label": i % 7,
+                    "num_frames": frames,
+                    "fold": i % 2 + 1,
+                    "split": "train",
+                }
+            )
             if not (cache / rel).exists():
                 jobs.append((kind, str(cache / rel), frames, plan["size"], plan["codec"]))
     width, height, count = plan["faces"]
@@ -164,8 +177,12 @@ def setup(ctx: Context) -> dict:
             from maedfer.preprocess.profile import portrait_video
 
             write_clip(portrait_video(width, height, count), faces, fps=25)
-    clips = {"codec": plan["codec"], "size": plan["size"], "faces_video": str(faces),
-             "faces_frames": count}
+    clips = {
+        "codec": plan["codec"],
+        "size": plan["size"],
+        "faces_video": str(faces),
+        "faces_frames": count,
+    }
     for kind in ("prepared", "markers"):
         path = cache / f"{kind}.parquet"
         pd.DataFrame(rows[kind]).to_parquet(path)
@@ -180,11 +197,15 @@ def setup(ctx: Context) -> dict:
         table.to_parquet(path)
         clips[name] = str(path)
     made = len(jobs)
-    return {"clips": clips, "headline": f"{len(plan['prepared'])} + {len(plan['markers'])} "
-            f"{plan['codec']} clips at {plan['size']}^2 ({made} made, the rest from the cache)"}
+    return {
+        "clips": clips,
+        "headline": f"{len(plan['prepared'])} + {len(plan['markers'])} "
+        f"{plan['codec']} clips at {plan['size']}^2 ({made} made, the rest from the cache)",
+    }
 
 
 # --- the measurements -----------------------------------------------------------------------------
+
 
 def preflight(ctx: Context) -> dict:
     import shutil
@@ -194,30 +215,51 @@ def preflight(ctx: Context) -> dict:
 
     from maedfer.pipelines import nvdec
 
-    out: dict[str, Any] = {"system": system(), "torch": torch.__version__,
-                           "torch_cuda": torch.version.cuda,
-                           "cuda_available": torch.cuda.is_available(),
-                           "cpu_count": os.cpu_count(),
-                           "cpus_usable": len(os.sched_getaffinity(0)),
-                           "git": shutil.which("git"), "xz": shutil.which("xz")}
+    out: dict[str, Any] = {
+        "system": system(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "git": shutil.which("git"),
+        "xz": shutil.which("xz"),
+    }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        out["device"] = {"name": props.name, "capability": f"{props.major}.{props.minor}",
-                         "memory_gib": round(props.total_memory / 2**30, 1),
-                         "multiprocessors": props.multi_processor_count}
+        out["device"] = {
+            "name": props.name,
+            "capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "multiprocessors": props.multi_processor_count,
+        }
     if shutil.which("nvidia-smi"):
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version",
-                              "--format=csv,noheader"], capture_output=True, text=True,
-                             check=False, timeout=20)
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=20,
+        )
         out["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()[:200]
     out["libnvcuvid"] = nvdec.library()
     modules = {}
-    for module in ("nvidia.dali", "av", "timm", "facenet_pytorch", "numpy", "cv2", "pandas",
-                   "pyarrow"):
+    for module in (
+        "nvidia.dali",
+        "av",
+        "timm",
+        "facenet_pytorch",
+        "numpy",
+        "cv2",
+        "pandas",
+        "pyarrow",
+    ):
         try:
             mod = importlib.import_module(module)
-            modules[module] = {"version": getattr(mod, "__version__", "?"),
-                               "file": getattr(mod, "__file__", None)}
+            modules[module] = {
+                "version": getattr(mod, "__version__", "?"),
+                "file": getattr(mod, "__file__", None),
+            }
         except Exception as exc:  # noqa: BLE001
             modules[module] = {"missing": f"{type(exc).__name__}: {exc}"[:200]}
     out["modules"] = modules
@@ -229,8 +271,10 @@ def preflight(ctx: Context) -> dict:
     missing = [m for m, v in modules.items() if "missing" in v]
     device_name = out.get("device", {}).get("name", "no CUDA device")
     nv = "libnvcuvid found" if out["libnvcuvid"] else "NO libnvcuvid"
-    out["headline"] = (f"{device_name}; torch {torch.__version__}; {nv}; missing: "
-                       f"{', '.join(missing) or 'nothing'}")
+    out["headline"] = (
+        f"{device_name}; torch {torch.__version__}; {nv}; missing: "
+        f"{', '.join(missing) or 'nothing'}"
+    )
     return out
 
 
@@ -257,10 +301,14 @@ def ceilings(ctx: Context) -> dict:
     big = torch.empty(2**28 if not dry(ctx) else 2**25, dtype=torch.uint8, device=dev)
     other = torch.empty_like(big)
     copy = 2 * big.numel() / timed(lambda: other.copy_(big), 5 if dry(ctx) else 20) / 1e9
-    return {"gemm_tflops": sig(gemm), "gemm": f"{n}^3 {str(dtype)[6:]}",
-            "copy_gb_s": sig(copy), "copy_bytes": big.numel(),
-            "headline": f"GEMM {gemm:.3g} TFLOP/s ({str(dtype)[6:]}), copy {copy:.3g} GB/s "
-                        "(read + write)"}
+    return {
+        "gemm_tflops": sig(gemm),
+        "gemm": f"{n}^3 {str(dtype)[6:]}",
+        "copy_gb_s": sig(copy),
+        "copy_bytes": big.numel(),
+        "headline": f"GEMM {gemm:.3g} TFLOP/s ({str(dtype)[6:]}), copy {copy:.3g} GB/s "
+        "(read + write)",
+    }
 
 
 def to_uint8_frames(video):  # noqa: ANN001, ANN201 (torch tensors)
@@ -282,16 +330,27 @@ def frame_identity(ctx: Context) -> dict:
     from tests.pipelines.media import read_markers
 
     clips = ctx["clips"]
-    cases = {"train_stride": ({"mode": "train", "augment": False}, 3),
-             "train_reference_rule": ({"mode": "train", "augment": False,
-                                       "temporal_rule": "reference"}, 2),
-             "test_views": ({"mode": "test"}, 1)}
+    cases = {
+        "train_stride": ({"mode": "train", "augment": False}, 3),
+        "train_reference_rule": (
+            {"mode": "train", "augment": False, "temporal_rule": "reference"},
+            2,
+        ),
+        "test_views": ({"mode": "test"}, 1),
+    }
     figures: dict[str, Any] = {}
     total = wrong = 0
     for name, (options, epochs) in cases.items():
-        loader = build_loader(clips["markers"], backend="dali", device=dali_device(ctx),
-                              batch_size=4, size=clips["size"], seed=11, drop_last=False,
-                              **options)
+        loader = build_loader(
+            clips["markers"],
+            backend="dali",
+            device=dali_device(ctx),
+            batch_size=4,
+            size=clips["size"],
+            seed=11,
+            drop_last=False,
+            **options,
+        )
         samples = frames = bad = 0
         examples = []
         for epoch in range(epochs):
@@ -299,8 +358,9 @@ def frame_identity(ctx: Context) -> dict:
             plan = EpochPlan(loader.table, loader.config, epoch=epoch)
             position = 0
             for batch in loader:
-                for clip_id, clip in zip(batch["clip_id"], to_uint8_frames(batch["video"]),
-                                         strict=True):
+                for clip_id, clip in zip(
+                    batch["clip_id"], to_uint8_frames(batch["video"]), strict=True
+                ):
                     spec = plan.spec(position)
                     position += 1
                     got = read_markers(clip)
@@ -310,14 +370,25 @@ def frame_identity(ctx: Context) -> dict:
                     miss = int((got != expected).sum()) + int(clip_id != spec.clip_id)
                     bad += miss
                     if miss and len(examples) < 3:
-                        examples.append({"clip": spec.clip_id, "got_clip": clip_id,
-                                         "expected": expected.tolist(), "got": got.tolist()})
-        figures[name] = {"samples": samples, "frames": frames, "wrong_frames": bad,
-                         "examples": examples}
+                        examples.append(
+                            {
+                                "clip": spec.clip_id,
+                                "got_clip": clip_id,
+                                "expected": expected.tolist(),
+                                "got": got.tolist(),
+                            }
+                        )
+        figures[name] = {
+            "samples": samples,
+            "frames": frames,
+            "wrong_frames": bad,
+            "examples": examples,
+        }
         total, wrong = total + frames, wrong + bad
     figures["exact"] = wrong == 0
-    figures["headline"] = (f"{total} frames, all exact" if not wrong
-                           else f"{wrong} of {total} frames WRONG")
+    figures["headline"] = (
+        f"{total} frames, all exact" if not wrong else f"{wrong} of {total} frames WRONG"
+    )
     return figures
 
 
@@ -330,9 +401,12 @@ def difference(a, b) -> dict:  # noqa: ANN001 (torch tensors)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1) * 255
     diff = ((a - b) * std).abs().flatten()
     k = max(1, int(0.9999 * diff.numel()))
-    return {"max": round(float(diff.max()), 3), "p99_99": round(float(diff.kthvalue(k).values), 3),
-            "mean": round(float(diff.mean()), 4),
-            "share_beyond_2": round(float((diff > 2).float().mean()), 5)}
+    return {
+        "max": round(float(diff.max()), 3),
+        "p99_99": round(float(diff.kthvalue(k).values), 3),
+        "mean": round(float(diff.mean()), 4),
+        "share_beyond_2": round(float((diff > 2).float().mean()), 5),
+    }
 
 
 def pixel_equality(ctx: Context, other: str = "dali") -> dict:
@@ -350,24 +424,42 @@ def pixel_equality(ctx: Context, other: str = "dali") -> dict:
     def videos(mode: str, **kw: Any) -> list:
         out = []
         for backend in ("pyav", other):
-            loader = build_loader(manifest, mode=mode, batch_size=batch, size=size, seed=3,
-                                  backend=backend, workers=0 if backend == "pyav" else 2,
-                                  device=None if backend == "pyav" else dali_device(ctx), **kw)
+            loader = build_loader(
+                manifest,
+                mode=mode,
+                batch_size=batch,
+                size=size,
+                seed=3,
+                backend=backend,
+                workers=0 if backend == "pyav" else 2,
+                device=None if backend == "pyav" else dali_device(ctx),
+                **kw,
+            )
             out.append(torch.cat([b["video"].cpu() for b in itertools.islice(loader, batches)]))
         return out
 
     test = difference(*videos("test"))
     train = difference(*videos("train", rand_augment=True))
     mean_limit, share_limit = CLIP_TOLERANCE
-    passed = (test["max"] <= 2.0 and train["mean"] <= mean_limit
-              and train["share_beyond_2"] <= share_limit)
-    return {"test": test, "train_rand_augment": train, "samples": batch * batches,
-            "tolerance": {"test_max": 2.0, "train_mean": mean_limit,
-                          "train_share_beyond_2": share_limit},
-            "within_tolerance": passed,
-            "headline": f"test max {test['max']:.2f}; train+RA mean {train['mean']:.3f}, "
-                        f"{100 * train['share_beyond_2']:.3f} % > 2/255: "
-                        f"{'within' if passed else 'OUTSIDE'} tolerance"}
+    passed = (
+        test["max"] <= 2.0
+        and train["mean"] <= mean_limit
+        and train["share_beyond_2"] <= share_limit
+    )
+    return {
+        "test": test,
+        "train_rand_augment": train,
+        "samples": batch * batches,
+        "tolerance": {
+            "test_max": 2.0,
+            "train_mean": mean_limit,
+            "train_share_beyond_2": share_limit,
+        },
+        "within_tolerance": passed,
+        "headline": f"test max {test['max']:.2f}; train+RA mean {train['mean']:.3f}, "
+        f"{100 * train['share_beyond_2']:.3f} % > 2/255: "
+        f"{'within' if passed else 'OUTSIDE'} tolerance",
+    }
 
 
 def hybrid_equality(ctx: Context) -> dict:
@@ -397,8 +489,9 @@ def nvdec_ceiling(ctx: Context) -> dict:
         position["k"] += 1
         return [data[i] for i in chosen]
 
-    @pipeline_def(batch_size=batch, num_threads=threads,
-                  device_id=None if dry(ctx) else 0, exec_dynamic=True)
+    @pipeline_def(
+        batch_size=batch, num_threads=threads, device_id=None if dry(ctx) else 0, exec_dynamic=True
+    )
     def decode():  # noqa: ANN202 (DALI graph)
         encoded = fn.external_source(source=source, batch=True, batch_info=True)
         return fn.decoders.video(encoded, device="cpu" if dry(ctx) else "mixed")
@@ -411,11 +504,17 @@ def nvdec_ceiling(ctx: Context) -> dict:
         frames += sum(int(shape[0]) for shape in out.shape())
     seconds = time.perf_counter() - start
     rate = frames / seconds
-    return {"decoded_frames_per_s": round(rate), "frames": frames, "seconds": round(seconds, 2),
-            "batch": batch, "threads": threads, "clip_side": ctx["clips"]["size"],
-            "codec": ctx["clips"]["codec"],
-            "headline": f"{rate:,.0f} decoded frames/s ({ctx['clips']['codec']}, "
-                        f"{ctx['clips']['size']}^2, {threads} threads)"}
+    return {
+        "decoded_frames_per_s": round(rate),
+        "frames": frames,
+        "seconds": round(seconds, 2),
+        "batch": batch,
+        "threads": threads,
+        "clip_side": ctx["clips"]["size"],
+        "codec": ctx["clips"]["codec"],
+        "headline": f"{rate:,.0f} decoded frames/s ({ctx['clips']['codec']}, "
+        f"{ctx['clips']['size']}^2, {threads} threads)",
+    }
 
 
 def loader_rates(ctx: Context, backend: str, workers: int) -> dict:
@@ -430,9 +529,16 @@ def loader_rates(ctx: Context, backend: str, workers: int) -> dict:
     per_mode = ctx["budget_s"] / 3 * 0.6  # seconds of timing per mode at most
     out: dict[str, Any] = {"workers": workers, "batch": batch, "size": size}
     for mode in ("train", "test", "pretrain"):
-        loader = build_loader(ctx["clips"]["big"], mode=mode, fold=1, batch_size=batch,
-                              size=size, backend=backend, workers=workers,
-                              device=None if backend == "pyav" else dali_device(ctx))
+        loader = build_loader(
+            ctx["clips"]["big"],
+            mode=mode,
+            fold=1,
+            batch_size=batch,
+            size=size,
+            backend=backend,
+            workers=workers,
+            device=None if backend == "pyav" else dali_device(ctx),
+        )
         it = iter(loader)
         for _ in range(2):
             next(it)
@@ -448,14 +554,19 @@ def loader_rates(ctx: Context, backend: str, workers: int) -> dict:
         seconds = time.perf_counter() - start
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         host = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
-        out[mode] = {"clips_per_s": round(clips / seconds, 1), "batches_timed": timed,
-                     "enough_batches": timed >= at_least,
-                     "main_process_cpu_s_per_clip": round(host / clips, 5),
-                     "rows": loader.dataset_size}
+        out[mode] = {
+            "clips_per_s": round(clips / seconds, 1),
+            "batches_timed": timed,
+            "enough_batches": timed >= at_least,
+            "main_process_cpu_s_per_clip": round(host / clips, 5),
+            "rows": loader.dataset_size,
+        }
         del it, loader
         save_partial(ctx, out)
-    out["headline"] = ", ".join(f"{m} {out[m]['clips_per_s']:.0f}"
-                                for m in ("train", "test", "pretrain")) + " clips/s"
+    out["headline"] = (
+        ", ".join(f"{m} {out[m]['clips_per_s']:.0f}" for m in ("train", "test", "pretrain"))
+        + " clips/s"
+    )
     return out
 
 
@@ -496,7 +607,7 @@ def step_flops(step: Callable[[], float]) -> float:
 def time_step(ctx: Context, step: Callable[[], float], warmup: int, repeats: int) -> dict:
     import torch
 
-    from maedfer.train.profile import time_steps
+    from maedfer.recipes.profile import time_steps
 
     dev = device(ctx)
     if dev.type == "cuda":
@@ -514,7 +625,7 @@ def step_eager(ctx: Context) -> dict:
 
     import torch
 
-    from maedfer.train.profile import build_step, reference_attention
+    from maedfer.recipes.profile import build_step, reference_attention
 
     dev, small = device(ctx), dry(ctx)
     batch, warmup, repeats = (2, 1, 2) if small else (32, 3, 10)
@@ -522,34 +633,45 @@ def step_eager(ctx: Context) -> dict:
     out: dict[str, Any] = {"batch": batch, "gemm_ceiling_tflops": ceiling}
     for recipe, (name, overrides) in models(ctx).items():
         rows: dict[str, Any] = {"model": name}
-        for label, precision, reference in (("ours", "bf16", False),
-                                            ("reference", "fp16", True)):
+        for label, precision, reference in (("ours", "bf16", False), ("reference", "fp16", True)):
             precision = "fp32" if small else precision
-            step, model, _ = build_step(name, batch=batch, device=dev, precision=precision,
-                                        overrides=overrides, reference_style=reference)
+            step, model, _ = build_step(
+                name,
+                batch=batch,
+                device=dev,
+                precision=precision,
+                overrides=overrides,
+                reference_style=reference,
+            )
             context = reference_attention() if reference else contextlib.nullcontext()
             with context:
                 row = time_step(ctx, step, warmup, repeats)
                 flops = step_flops(step)
             median = row["step_s"]["median"]
-            row.update(precision=precision, clips_per_s=round(batch / median, 1),
-                       tflops_per_step=sig(flops / 1e12),
-                       achieved_tflops=sig(flops / median / 1e12))
+            row.update(
+                precision=precision,
+                clips_per_s=round(batch / median, 1),
+                tflops_per_step=sig(flops / 1e12),
+                achieved_tflops=sig(flops / median / 1e12),
+            )
             if ceiling:
                 row["share_of_gemm_ceiling"] = sig(flops / median / 1e12 / ceiling)
             rows[label] = row
             del step, model
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-        rows["ours_over_reference"] = round(rows["ours"]["clips_per_s"]
-                                            / rows["reference"]["clips_per_s"], 3)
+        rows["ours_over_reference"] = round(
+            rows["ours"]["clips_per_s"] / rows["reference"]["clips_per_s"], 3
+        )
         out[recipe] = rows
         save_partial(ctx, out)
     ft = out["finetune"]["ours"]
     share = f", {100 * ft['share_of_gemm_ceiling']:.0f} % of GEMM" if ceiling else ""
-    out["headline"] = (f"finetune {ft['clips_per_s']:.0f} clips/s{share} "
-                       f"({out['finetune']['ours_over_reference']:.2f}x ref); pretrain "
-                       f"{out['pretrain']['ours']['clips_per_s']:.0f} clips/s")
+    out["headline"] = (
+        f"finetune {ft['clips_per_s']:.0f} clips/s{share} "
+        f"({out['finetune']['ours_over_reference']:.2f}x ref); pretrain "
+        f"{out['pretrain']['ours']['clips_per_s']:.0f} clips/s"
+    )
     return out
 
 
@@ -559,8 +681,8 @@ def fed_step(ctx: Context, backend: str, workers: int) -> dict:
 
     from maedfer.model import create_model
     from maedfer.pipelines import build_loader, make_mixup
-    from maedfer.train.optim import create_optimizer
-    from maedfer.train.precision import autocast
+    from maedfer.training.optim import create_optimizer
+    from maedfer.training.precision import autocast
 
     dev, small = device(ctx), dry(ctx)
     name, overrides = models(ctx)["finetune"]
@@ -571,10 +693,17 @@ def fed_step(ctx: Context, backend: str, workers: int) -> dict:
     optimizer = create_optimizer(model, lr=1e-4, betas=(0.9, 0.999), layer_decay=0.75)
     mixup, criterion = make_mixup(cfg["num_classes"]), SoftTargetCrossEntropy()
     precision = "fp32" if small else "bf16"
-    loader = build_loader(ctx["clips"]["big"], mode="train", fold=1, batch_size=batch,
-                          size=cfg["img_size"], num_frames=cfg["num_frames"], backend=backend,
-                          workers=workers,
-                          device=None if backend == "pyav" else dali_device(ctx))
+    loader = build_loader(
+        ctx["clips"]["big"],
+        mode="train",
+        fold=1,
+        batch_size=batch,
+        size=cfg["img_size"],
+        num_frames=cfg["num_frames"],
+        backend=backend,
+        workers=workers,
+        device=None if backend == "pyav" else dali_device(ctx),
+    )
     it = iter(loader)
     done, wait, start = 0, 0.0, None
     while done < steps + 1:
@@ -596,11 +725,17 @@ def fed_step(ctx: Context, backend: str, workers: int) -> dict:
     seconds = time.perf_counter() - start
     rate = steps * batch / seconds
     synthetic = ctx["prior"].get("step_eager", {}).get("finetune", {}).get("ours", {})
-    return {"backend": backend, "workers": workers, "model": name, "batch": batch,
-            "steps": steps, "clips_per_s": round(rate, 1),
-            "share_waiting_for_data": round(wait / seconds, 3),
-            "synthetic_step_clips_per_s": synthetic.get("clips_per_s"),
-            "headline": f"{rate:.0f} clips/s, {100 * wait / seconds:.0f} % waiting for data"}
+    return {
+        "backend": backend,
+        "workers": workers,
+        "model": name,
+        "batch": batch,
+        "steps": steps,
+        "clips_per_s": round(rate, 1),
+        "share_waiting_for_data": round(wait / seconds, 3),
+        "synthetic_step_clips_per_s": synthetic.get("clips_per_s"),
+        "headline": f"{rate:.0f} clips/s, {100 * wait / seconds:.0f} % waiting for data",
+    }
 
 
 def fed_step_dali(ctx: Context) -> dict:
@@ -664,11 +799,14 @@ class SyncCounter:
 
 
 def syncs(ctx: Context) -> dict:
-    from maedfer.train.profile import build_step
+    from maedfer.recipes.profile import build_step
 
     cuda = not dry(ctx)
-    out: dict[str, Any] = {"method": "torch.cuda.set_sync_debug_mode('warn')" if cuda else
-                           "CPU proxy: calls of " + ", ".join(SyncCounter.PROXY)}
+    out: dict[str, Any] = {
+        "method": "torch.cuda.set_sync_debug_mode('warn')"
+        if cuda
+        else "CPU proxy: calls of " + ", ".join(SyncCounter.PROXY)
+    }
     try:
         importable("nvidia.dali", "NVIDIA DALI")
         if cuda:
@@ -680,8 +818,15 @@ def syncs(ctx: Context) -> dict:
 
         size, batch = (32, 4) if dry(ctx) else (160, 32)
         for mode in ("train", "test"):
-            loader = build_loader(ctx["clips"]["big"], mode=mode, fold=1, batch_size=batch,
-                                  size=size, backend="dali", device=dali_device(ctx))
+            loader = build_loader(
+                ctx["clips"]["big"],
+                mode=mode,
+                fold=1,
+                batch_size=batch,
+                size=size,
+                backend="dali",
+                device=dali_device(ctx),
+            )
             it = iter(loader)
             next(it), next(it)
             with SyncCounter(cuda) as counter:
@@ -707,7 +852,7 @@ def step_compiled(ctx: Context) -> dict:
     import torch
     import torch._dynamo
 
-    from maedfer.train.profile import build_step
+    from maedfer.recipes.profile import build_step
 
     dev, small = device(ctx), dry(ctx)
     batch, warmup, repeats = (2, 1, 2) if small else (32, 2, 10)
@@ -719,8 +864,13 @@ def step_compiled(ctx: Context) -> dict:
             continue
         torch._dynamo.reset()
         torch._dynamo.utils.counters.clear()
-        step, model, _ = build_step(name, batch=batch, device=dev,
-                                    precision="fp32" if small else "bf16", overrides=overrides)
+        step, model, _ = build_step(
+            name,
+            batch=batch,
+            device=dev,
+            precision="fp32" if small else "bf16",
+            overrides=overrides,
+        )
         model.compile(backend=backend)
         start = time.perf_counter()
         step()
@@ -728,17 +878,21 @@ def step_compiled(ctx: Context) -> dict:
         compile_s = time.perf_counter() - start
         row = time_step(ctx, step, warmup, repeats)
         counters = torch._dynamo.utils.counters
-        row.update(clips_per_s=round(batch / row["step_s"]["median"], 1),
-                   first_step_s=round(compile_s, 1),
-                   graph_breaks=int(sum(counters["graph_break"].values())),
-                   break_reasons=sorted(counters["graph_break"])[:5],
-                   unique_graphs=int(counters["stats"].get("unique_graphs", 0)))
+        row.update(
+            clips_per_s=round(batch / row["step_s"]["median"], 1),
+            first_step_s=round(compile_s, 1),
+            graph_breaks=int(sum(counters["graph_break"].values())),
+            break_reasons=sorted(counters["graph_break"])[:5],
+            unique_graphs=int(counters["stats"].get("unique_graphs", 0)),
+        )
         out[recipe] = {"model": name, **row}
         del step, model
         save_partial(ctx, out)
     ft = out["finetune"]
-    out["headline"] = (f"finetune {ft['clips_per_s']:.0f} clips/s compiled, "
-                       f"{ft['graph_breaks']} graph breaks, first step {ft['first_step_s']:.0f} s")
+    out["headline"] = (
+        f"finetune {ft['clips_per_s']:.0f} clips/s compiled, "
+        f"{ft['graph_breaks']} graph breaks, first step {ft['first_step_s']:.0f} s"
+    )
     return out
 
 
@@ -769,14 +923,20 @@ def faces(ctx: Context) -> dict:
         return len(frames) / quartiles(times)["median"]
 
     alone = timed(lambda: aligner.align_frames(frames))
-    end_to_end = timed(lambda: write_clip(aligner.align_frames(
-        np.asarray(read_video_frames(video)[0])).frames, out_clip, fps=fps))
+    end_to_end = timed(
+        lambda: write_clip(
+            aligner.align_frames(np.asarray(read_video_frames(video)[0])).frames, out_clip, fps=fps
+        )
+    )
     height, width = frames.shape[1:3]
-    return {"input": f"{width}x{height}", "frames": len(frames),
-            "alignment_frames_per_s": round(alone, 1),
-            "end_to_end_frames_per_s": round(end_to_end, 1),
-            "headline": f"{width}x{height}: alignment {alone:.0f} frames/s, end to end "
-                        f"{end_to_end:.0f} frames/s"}
+    return {
+        "input": f"{width}x{height}",
+        "frames": len(frames),
+        "alignment_frames_per_s": round(alone, 1),
+        "end_to_end_frames_per_s": round(end_to_end, 1),
+        "headline": f"{width}x{height}: alignment {alone:.0f} frames/s, end to end "
+        f"{end_to_end:.0f} frames/s",
+    }
 
 
 def first_batch(ctx: Context) -> dict:
@@ -787,27 +947,49 @@ def first_batch(ctx: Context) -> dict:
     from maedfer.pipelines import build_loader
 
     imported = time.perf_counter()
-    loader = build_loader(ctx["clips"]["million"], mode="train", fold=1, batch_size=32,
-                          size=ctx["clips"]["size"], backend="dali", device=dali_device(ctx))
+    loader = build_loader(
+        ctx["clips"]["million"],
+        mode="train",
+        fold=1,
+        batch_size=32,
+        size=ctx["clips"]["size"],
+        backend="dali",
+        device=dali_device(ctx),
+    )
     batch = next(iter(loader))
     synchronize(ctx)
     done = time.perf_counter()
-    return {"rows": loader.dataset_size * 2, "import_s": round(imported - start, 2),
-            "first_batch_s": round(done - imported, 2), "shape": list(batch["video"].shape),
-            "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "headline": f"first batch {done - imported:.1f} s after a {imported - start:.1f} s "
-                        f"import ({loader.dataset_size * 2:,} rows)"}
+    return {
+        "rows": loader.dataset_size * 2,
+        "import_s": round(imported - start, 2),
+        "first_batch_s": round(done - imported, 2),
+        "shape": list(batch["video"].shape),
+        "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "headline": f"first batch {done - imported:.1f} s after a {imported - start:.1f} s "
+        f"import ({loader.dataset_size * 2:,} rows)",
+    }
 
 
 STEPS: dict[str, Callable[[Context], dict]] = {
-    "setup": setup, "preflight": preflight, "ceilings": ceilings,
-    "frame_identity": frame_identity, "pixel_equality": pixel_equality,
-    "hybrid_equality": hybrid_equality, "nvdec_ceiling": nvdec_ceiling,
-    "loader_dali": loader_dali, "loader_pyav": loader_pyav, "loader_hybrid": loader_hybrid,
-    "step_eager": step_eager, "fed_step_dali": fed_step_dali, "fed_step_pyav": fed_step_pyav,
+    "setup": setup,
+    "preflight": preflight,
+    "ceilings": ceilings,
+    "frame_identity": frame_identity,
+    "pixel_equality": pixel_equality,
+    "hybrid_equality": hybrid_equality,
+    "nvdec_ceiling": nvdec_ceiling,
+    "loader_dali": loader_dali,
+    "loader_pyav": loader_pyav,
+    "loader_hybrid": loader_hybrid,
+    "step_eager": step_eager,
+    "fed_step_dali": fed_step_dali,
+    "fed_step_pyav": fed_step_pyav,
     "fed_step_hybrid": fed_step_hybrid,
-    "syncs": syncs, "step_compiled": step_compiled, "faces": faces, "first_batch": first_batch,
-}  # fmt: skip
+    "syncs": syncs,
+    "step_compiled": step_compiled,
+    "faces": faces,
+    "first_batch": first_batch,
+}
 
 
 def failure(exc: BaseException) -> str:
@@ -815,8 +997,10 @@ def failure(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     from_dali = any("nvidia/dali" in f.filename for f in frames) or "DALI" in str(exc)[:200]
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    informative = next((b for a, b in zip(lines, lines[1:], strict=False)
-                        if a.startswith("encountered")), lines[0] if lines else repr(exc))
+    informative = next(
+        (b for a, b in zip(lines, lines[1:], strict=False) if a.startswith("encountered")),
+        lines[0] if lines else repr(exc),
+    )
     return f"{'DALI: ' if from_dali else ''}{type(exc).__name__}: {informative}"[:400]
 
 

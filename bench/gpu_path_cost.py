@@ -42,7 +42,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import PORTRAITS, portrait_frames, system  # noqa: E402
+from _common import PORTRAITS, portrait_frames, system  # noqa: E402
+
 from maedfer.pipelines import build_loader, hybrid, pyav  # noqa: E402
 from maedfer.pipelines.loader import dali_available  # noqa: E402
 from maedfer.pipelines.plan import EpochPlan  # noqa: E402
@@ -56,20 +57,33 @@ def make_clips(folder: Path) -> dict[str, Path]:
     """Manifests of the same pans encoded three ways: prepare's H.264 (keyframe every 16,
     non-reference B-frames), intra-only H.264, and VP9 (DALI's CPU decoder reads only VP9)."""
     images = sorted(p for p in PORTRAITS.iterdir() if p.suffix in (".png", ".jpg"))
-    variants = {"h264": ("h264", None, "mp4"),
-                "intra": ("h264", {"x264-params": _X264_GOP + ":keyint=1:min-keyint=1",
-                                   "bf": "0"}, "mp4"),
-                "vp9": ("vp9", None, "webm")}  # fmt: skip
+    variants = {
+        "h264": ("h264", None, "mp4"),
+        "intra": ("h264", {"x264-params": _X264_GOP + ":keyint=1:min-keyint=1", "bf": "0"}, "mp4"),
+        "vp9": ("vp9", None, "webm"),
+    }
     manifests = {}
     for name, (codec, quality, ext) in variants.items():
         rows = []
         for i in range(CLIPS):
             rel = f"{name}/clip{i:02d}.{ext}"
             if not (folder / rel).exists():
-                write_clip(portrait_frames(images[i % len(images)], FRAMES, SIZE), folder / rel,
-                           fps=25, codec=codec, quality=quality)
-            rows.append({"clip_id": f"c{i}", "path": rel, "label": i % 7,
-                         "num_frames": FRAMES, "split": "train" if i % 2 else "test"})
+                write_clip(
+                    portrait_frames(images[i % len(images)], FRAMES, SIZE),
+                    folder / rel,
+                    fps=25,
+                    codec=codec,
+                    quality=quality,
+                )
+            rows.append(
+                {
+                    "clip_id": f"c{i}",
+                    "path": rel,
+                    "label": i % 7,
+                    "num_frames": FRAMES,
+                    "split": "train" if i % 2 else "test",
+                }
+            )
         manifests[name] = folder / f"manifest-{name}.parquet"
         pd.DataFrame(rows).to_parquet(manifests[name])
     return manifests
@@ -123,8 +137,9 @@ def keyframes(path: Path) -> list[int]:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         index_of = pyav._pts_indexer(stream)
-        return sorted(index_of(p.pts) for p in container.demux(stream)
-                      if p.is_keyframe and p.pts is not None)  # fmt: skip
+        return sorted(
+            index_of(p.pts) for p in container.demux(stream) if p.is_keyframe and p.pts is not None
+        )
 
 
 def dali_decodes(frames: np.ndarray, keys: list[int]) -> int:
@@ -152,8 +167,14 @@ def cpu(run) -> float:  # noqa: ANN001
 
 def host_seconds(manifest: Path, mode: str, rounds: int) -> dict[str, float]:
     """Median host CPU-seconds per sample of each design over ``rounds`` epochs."""
-    loader = build_loader(manifest, mode=mode, batch_size=8, backend="pyav", workers=0,
-                          split="train" if mode == "train" else "test")
+    loader = build_loader(
+        manifest,
+        mode=mode,
+        batch_size=8,
+        backend="pyav",
+        workers=0,
+        split="train" if mode == "train" else "test",
+    )
     plan = EpochPlan(loader.table, loader.config, epoch=0)
     n = len(plan)
     per: dict[str, list[float]] = {"pyav": [], "hybrid": []}
@@ -162,8 +183,9 @@ def host_seconds(manifest: Path, mode: str, rounds: int) -> dict[str, float]:
         from maedfer.pipelines.backend import Faults
         from maedfer.pipelines.dali import DaliSession
 
-        dali_session = DaliSession(loader.config, batch_size=8, threads=1,
-                                   device=torch.device("cpu"), faults=Faults())
+        dali_session = DaliSession(
+            loader.config, batch_size=8, threads=1, device=torch.device("cpu"), faults=Faults()
+        )
         per["dali"] = []
     collate = hybrid.Collate(loader.config)
     for r in range(rounds):
@@ -175,11 +197,19 @@ def host_seconds(manifest: Path, mode: str, rounds: int) -> dict[str, float]:
                 per[name].append(cpu(lambda d=data: [d[i] for i in range(n)]) / n)
             elif name == "hybrid":
                 data = hybrid.PlaneDataset(plan)
-                per[name].append(cpu(lambda d=data: [collate([d[i] for i in range(k, k + 8)])
-                                                     for k in range(0, n, 8)]) / n)
+                per[name].append(
+                    cpu(
+                        lambda d=data: [
+                            collate([d[i] for i in range(k, k + 8)]) for k in range(0, n, 8)
+                        ]
+                    )
+                    / n
+                )
             else:
-                per[name].append(cpu(lambda p=plan: [dali_session._make(p, k)
-                                                     for k in range(n // 8)]) / (n // 8 * 8))
+                per[name].append(
+                    cpu(lambda p=plan: [dali_session._make(p, k) for k in range(n // 8)])
+                    / (n // 8 * 8)
+                )
     if dali_session is not None:
         dali_session.close()
     return {name: statistics.median(v) for name, v in per.items()}
@@ -190,21 +220,31 @@ def decodes_per_sample(manifests: dict[str, Path], mode: str) -> dict[str, float
     out = {}
     split = "train" if mode == "train" else "test"
     for name in ("h264", "intra"):
-        loader = build_loader(manifests[name], mode=mode, batch_size=8, backend="pyav",
-                              workers=0, split=split)
+        loader = build_loader(
+            manifests[name], mode=mode, batch_size=8, backend="pyav", workers=0, split=split
+        )
         plan = EpochPlan(loader.table, loader.config, epoch=0)
         root = Path(manifests[name]).parent
         keys = {p: keyframes(root / p) for p in pd.read_parquet(manifests[name]).path}
         specs = [plan.spec(i) for i in range(len(plan))]
         rel = {s.path: str(Path(s.path).relative_to(root)) for s in specs}
-        out[f"dali {name}"] = float(np.mean([dali_decodes(s.frame_indices, keys[rel[s.path]])
-                                             for s in specs]))  # fmt: skip
+        out[f"dali {name}"] = float(
+            np.mean([dali_decodes(s.frame_indices, keys[rel[s.path]]) for s in specs])
+        )
         if mode == "test":  # (c): both views of a clip in one DALI sample
             views = plan.views
-            out[f"dali {name}, one decode per clip"] = float(np.mean([
-                dali_decodes(np.concatenate([s.frame_indices for s in specs[k : k + views]]),
-                             keys[rel[specs[k].path]]) / views
-                for k in range(0, len(specs), views)]))  # fmt: skip
+            out[f"dali {name}, one decode per clip"] = float(
+                np.mean(
+                    [
+                        dali_decodes(
+                            np.concatenate([s.frame_indices for s in specs[k : k + views]]),
+                            keys[rel[specs[k].path]],
+                        )
+                        / views
+                        for k in range(0, len(specs), views)
+                    ]
+                )
+            )
         if name == "h264":
             with DecodeCounter() as counter:
                 data = pyav.ClipDataset(plan)
@@ -227,11 +267,14 @@ def dali_cpu_decode_times(manifest: Path) -> dict[str, float] | None:
     root = manifest.parent
     paths = [root / p for p in pd.read_parquet(manifest).path]
     data = [np.fromfile(p, dtype=np.uint8) for p in paths]
-    sets = {"16 frames at stride 4": np.arange(8, 8 + 61, 4),
-            "16 consecutive frames": np.arange(8, 24),
-            "61 consecutive frames": np.arange(8, 69)}
+    sets = {
+        "16 frames at stride 4": np.arange(8, 8 + 61, 4),
+        "16 consecutive frames": np.arange(8, 24),
+        "61 consecutive frames": np.arange(8, 69),
+    }
     out = {}
     for name, frames in sets.items():
+
         @pipeline_def(batch_size=len(data), num_threads=1, device_id=None)
         def decode(frames=frames):  # noqa: ANN202
             encoded = fn.external_source(source=lambda: data, dtype=types.UINT8)
@@ -253,12 +296,19 @@ def main() -> None:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     manifests = make_clips(args.cache)
-    sizes = {name: statistics.mean((m.parent / p).stat().st_size
-                                   for p in pd.read_parquet(m).path)
-             for name, m in manifests.items()}  # fmt: skip
-    results = {"system": system(), "clips": CLIPS, "frames": FRAMES, "size": SIZE,
-               "bytes_per_clip": sizes, "host_cpu_ms_per_sample": {},
-               "decoded_frames_per_sample": {}}  # fmt: skip
+    sizes = {
+        name: statistics.mean((m.parent / p).stat().st_size for p in pd.read_parquet(m).path)
+        for name, m in manifests.items()
+    }
+    results = {
+        "system": system(),
+        "clips": CLIPS,
+        "frames": FRAMES,
+        "size": SIZE,
+        "bytes_per_clip": sizes,
+        "host_cpu_ms_per_sample": {},
+        "decoded_frames_per_sample": {},
+    }
     for mode in ("train", "test"):
         seconds = host_seconds(manifests["h264"], mode, args.rounds)
         results["host_cpu_ms_per_sample"][mode] = {k: 1000 * v for k, v in seconds.items()}

@@ -38,21 +38,32 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import portraits, system  # noqa: E402
+from _common import portraits, system  # noqa: E402
+
 from maedfer.inference import live  # noqa: E402
 from maedfer.inference.predictor import Predictor  # noqa: E402
 from maedfer.model import create_model  # noqa: E402
 from maedfer.preprocess.encode import write_clip  # noqa: E402
-from maedfer.train import checkpoint  # noqa: E402
+from maedfer.training import checkpoint  # noqa: E402
 
 FPS = 25
 WIDTH, HEIGHT = 640, 360
-DEMO = {"num_classes": 5, "img_size": 64, "depth": 2, "embed_dim": 64, "num_heads": 2,
-        "region_size": (2, 2, 2), "skip_unused_tail": True}  # fmt: skip
+DEMO = {
+    "num_classes": 5,
+    "img_size": 64,
+    "depth": 2,
+    "embed_dim": 64,
+    "num_heads": 2,
+    "region_size": (2, 2, 2),
+    "skip_unused_tail": True,
+}
 MODELS = {
     "demo": ("lgi_former_tiny", DEMO, {"stride": 1, "subtract_mean": True, "size": 64}),
-    "base": ("lgi_former_base", {"num_classes": 7, "skip_unused_tail": True},
-             {"stride": 4, "subtract_mean": False, "size": 160}),
+    "base": (
+        "lgi_former_base",
+        {"num_classes": 7, "skip_unused_tail": True},
+        {"stride": 4, "subtract_mean": False, "size": 160},
+    ),
 }
 
 
@@ -64,10 +75,14 @@ def camera_video(path: Path, seconds: float) -> Path:
     frames = np.empty((count, HEIGHT, WIDTH, 3), np.uint8)
     for t in range(count):
         phase = 2 * np.pi * t / (4 * FPS)
-        m = cv2.getRotationMatrix2D((image.shape[1] / 2, image.shape[0] / 2), 2 * np.sin(phase),
-                                    scale * (1 + 0.04 * np.cos(phase)))  # fmt: skip
+        m = cv2.getRotationMatrix2D(
+            (image.shape[1] / 2, image.shape[0] / 2),
+            2 * np.sin(phase),
+            scale * (1 + 0.04 * np.cos(phase)),
+        )
         m[:, 2] += np.array([WIDTH / 2 + 20 * np.sin(phase), HEIGHT / 2]) - np.array(
-            [image.shape[1] / 2, image.shape[0] / 2])  # fmt: skip
+            [image.shape[1] / 2, image.shape[0] / 2]
+        )
         cv2.warpAffine(image, m, (WIDTH, HEIGHT), dst=frames[t], borderMode=cv2.BORDER_REPLICATE)
     write_clip(frames, path, fps=FPS, quality={"crf": "20", "preset": "veryfast"})
     return path
@@ -80,9 +95,17 @@ def model_checkpoint(name: str, folder: Path, demo: Path | None) -> Path:
     torch.manual_seed(0)
     model = create_model(registry, **overrides)
     classes = [f"class{i}" for i in range(overrides["num_classes"])]
-    state = dict(format=checkpoint.FORMAT, version=checkpoint.VERSION, model_name=registry,
-                 model_config=checkpoint.plain(model.config), model=model.state_dict(), epoch=0,
-                 step=0, classes=classes, config=dict(num_frames=16, **options))  # fmt: skip
+    state = dict(
+        format=checkpoint.FORMAT,
+        version=checkpoint.VERSION,
+        model_name=registry,
+        model_config=checkpoint.plain(model.config),
+        model=model.state_dict(),
+        epoch=0,
+        step=0,
+        classes=classes,
+        config=dict(num_frames=16, **options),
+    )
     path = folder / f"{name}.pt"
     checkpoint.save_checkpoint(path, state)
     return path
@@ -95,13 +118,16 @@ def measure(ckpt: Path, video: Path, device: str) -> dict:
     result = live.run_live(predictor, live.video_source(video), out=out, echo=False)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     return {
-        "windows": len(result.rows), "face_windows": sum(r["face"] for r in result.rows),
+        "windows": len(result.rows),
+        "face_windows": sum(r["face"] for r in result.rows),
         "latency_p50_s": round(result.latency(50), 3),
         "latency_p95_s": round(result.latency(95), 3),
-        "frames_read": result.frames_read, "frames_dropped": result.dropped,
-        "cpu_s_per_video_s": round(cpu / (result.frames_read / FPS), 2), "wall_s": round(wall, 1),
+        "frames_read": result.frames_read,
+        "frames_dropped": result.dropped,
+        "cpu_s_per_video_s": round(cpu / (result.frames_read / FPS), 2),
+        "wall_s": round(wall, 1),
         "hop_s": predictor.hop * predictor.settings.stride / FPS,
-    }  # fmt: skip
+    }
 
 
 def check(ckpt: Path, video: Path, device: str) -> None:
@@ -116,8 +142,13 @@ def check(ckpt: Path, video: Path, device: str) -> None:
     with av.open(str(short)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     expected = [w.row for w in predictor.stream(iter(frames), FPS, low_latency=True)]
-    got = live.run_live(predictor, live.video_source(short), out=short.with_suffix(".jsonl"),
-                        max_lag=1e9, echo=False).rows  # fmt: skip
+    got = live.run_live(
+        predictor,
+        live.video_source(short),
+        out=short.with_suffix(".jsonl"),
+        max_lag=1e9,
+        echo=False,
+    ).rows
     assert len(got) == len(expected), (len(got), len(expected))
     for a, b in zip(got, expected, strict=True):
         keys = [k for k in b if k.startswith("prob_")]
@@ -131,13 +162,20 @@ def main() -> None:
     parser.add_argument("--models", default="demo,base")
     parser.add_argument("--demo-checkpoint", type=Path, default=None)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: "
-                        "torch's)")  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = {"system": system(), "fps": FPS, "frame": f"{WIDTH}x{HEIGHT}",
-               "seconds": args.seconds, "torch_threads": torch.get_num_threads(), "models": {}}
+    results = {
+        "system": system(),
+        "fps": FPS,
+        "frame": f"{WIDTH}x{HEIGHT}",
+        "seconds": args.seconds,
+        "torch_threads": torch.get_num_threads(),
+        "models": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         video = camera_video(folder / "camera.mp4", args.seconds)
@@ -153,8 +191,10 @@ def main() -> None:
     print("\n| model | windows | latency p50 s | p95 s | dropped / read | CPU-s per video-s |")
     print("|---|---|---|---|---|---|")
     for name, r in results["models"].items():
-        print(f"| {name} | {r['windows']} | {r['latency_p50_s']} | {r['latency_p95_s']} | "
-              f"{r['frames_dropped']} / {r['frames_read']} | {r['cpu_s_per_video_s']} |")
+        print(
+            f"| {name} | {r['windows']} | {r['latency_p50_s']} | {r['latency_p95_s']} | "
+            f"{r['frames_dropped']} / {r['frames_read']} | {r['cpu_s_per_video_s']} |"
+        )
     print(f"\nwrote {out}")
 
 

@@ -1,6 +1,6 @@
 """maedfer's CPU loader beside the official MAE-DFER loaders, on the same content (issue 14).
 
-The reference side is written here after MODEL.md §4 (the official pipelines as they run, not
+The reference side is written here after docs/recipe.md (the official pipelines as they run, not
 their code): fine-tuning reads folders of JPEG frames with PIL (``VideoClsDatasetFrame``),
 pre-training reads the mp4 with decord (``VideoMAE``; PyAV stands in if decord is not
 installed, and the report says so). maedfer reads what ``prepare`` would give it: 160×160
@@ -61,7 +61,6 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
 from _common import PORTRAITS, portrait_frames  # noqa: E402
 
@@ -115,8 +114,12 @@ def make_content(folder: Path, clips: int) -> dict:
     rows, folder = [], (folder / CONTENT_VERSION).resolve()
     for i in range(clips):
         n = 60 + (i * 37) % 61
-        jpg, raw, prep, crop = (folder / f"jpg/c{i:03d}", folder / f"raw/c{i:03d}.mp4",
-                                folder / f"prep/c{i:03d}.mp4", folder / f"crop/c{i:03d}.mp4")
+        jpg, raw, prep, crop = (
+            folder / f"jpg/c{i:03d}",
+            folder / f"raw/c{i:03d}.mp4",
+            folder / f"prep/c{i:03d}.mp4",
+            folder / f"crop/c{i:03d}.mp4",
+        )
         if not crop.exists():
             frames = portrait_frames(images[i % len(images)], n, size=RAW)
             jpg.mkdir(parents=True, exist_ok=True)
@@ -124,41 +127,75 @@ def make_content(folder: Path, clips: int) -> dict:
                 Image.fromarray(frame).save(jpg / f"{k + 1:05d}.jpg", quality=95)
             raw.parent.mkdir(parents=True, exist_ok=True)
             write_like_voxceleb2(frames, raw)
-            small = np.stack([np.asarray(Image.fromarray(f).resize((SIZE, SIZE),
-                                                                  Image.BILINEAR))
-                              for f in frames])
+            small = np.stack(
+                [
+                    np.asarray(Image.fromarray(f).resize((SIZE, SIZE), Image.BILINEAR))
+                    for f in frames
+                ]
+            )
             write_clip(small, prep, fps=25, codec="h264")
             c = VOX_CROP
             in_place = decode_frames(str(raw), np.arange(n))
             write_clip(in_place[:, c.y : c.y + c.h, c.x : c.x + c.w], crop, fps=25)
-        rows.append({"clip_id": f"c{i}", "n": n, "jpg": str(jpg), "raw": str(raw),
-                     "prep": str(prep), "crop": str(crop)})
+        rows.append(
+            {
+                "clip_id": f"c{i}",
+                "n": n,
+                "jpg": str(jpg),
+                "raw": str(raw),
+                "prep": str(prep),
+                "crop": str(crop),
+            }
+        )
     table = pd.DataFrame(rows)
-    ft = pd.DataFrame({"clip_id": table.clip_id, "path": table.prep, "label": np.arange(clips) % 7,
-                       "num_frames": table.n, "fold": 1})
-    pt = pd.DataFrame({"clip_id": table.clip_id, "path": table.raw, "label": -1,
-                       "num_frames": table.n, "fold": 1,
-                       "crop": [list(VOX_CROP)] * clips})
+    ft = pd.DataFrame(
+        {
+            "clip_id": table.clip_id,
+            "path": table.prep,
+            "label": np.arange(clips) % 7,
+            "num_frames": table.n,
+            "fold": 1,
+        }
+    )
+    pt = pd.DataFrame(
+        {
+            "clip_id": table.clip_id,
+            "path": table.raw,
+            "label": -1,
+            "num_frames": table.n,
+            "fold": 1,
+            "crop": [list(VOX_CROP)] * clips,
+        }
+    )
     reencoded = pt.drop(columns="crop").assign(path=table.crop)
     ft.to_parquet(folder / "finetune.parquet")
     pt.to_parquet(folder / "pretrain.parquet")
     reencoded.to_parquet(folder / "reencoded.parquet")
-    return {"table": table, "finetune": folder / "finetune.parquet",
-            "pretrain": folder / "pretrain.parquet", "reencoded": folder / "reencoded.parquet"}
+    return {
+        "table": table,
+        "finetune": folder / "finetune.parquet",
+        "pretrain": folder / "pretrain.parquet",
+        "reencoded": folder / "reencoded.parquet",
+    }
 
 
 # ------------------------------------------------------------------------- reference side
 
 
 def _read_jpegs(folder: str, indices) -> list[Image.Image]:
-    return [Image.open(os.path.join(folder, f"{int(k) + 1:05d}.jpg")).convert("RGB")
-            for k in indices]
+    return [
+        Image.open(os.path.join(folder, f"{int(k) + 1:05d}.jpg")).convert("RGB") for k in indices
+    ]
 
 
 def _to_tensor_normalised(images: list) -> torch.Tensor:
     """ToTensor per frame, stacked, ImageNet-normalised → (C, T, H, W)."""
-    frames = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.uint8)).permute(2, 0, 1)
-                          for im in images]).float() / 255  # (T, C, H, W)
+    frames = (
+        torch.stack(
+            [torch.from_numpy(np.asarray(im, dtype=np.uint8)).permute(2, 0, 1) for im in images]
+        ).float()
+        / 255
+    )  # (T, C, H, W)
     return (frames.permute(1, 0, 2, 3) - MEAN) / STD
 
 
@@ -179,16 +216,22 @@ class Reference:
             images = [timm_op.aug_fn(im, *op.args, **dict(timm_op.kwargs)) for im in images]
         clip = _to_tensor_normalised(images)
         box = augment.random_resized_crop_box(SIZE, SIZE, generator=self.rng)
-        clip = F.interpolate(clip[:, :, box.y : box.y + box.h, box.x : box.x + box.w],
-                             size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+        clip = F.interpolate(
+            clip[:, :, box.y : box.y + box.h, box.x : box.x + box.w],
+            size=(SIZE, SIZE),
+            mode="bilinear",
+            align_corners=False,
+        )
         if self.rng.random() < 0.5:
             clip = clip.flip(-1)
         return self.erase(clip.permute(1, 0, 2, 3)).permute(1, 0, 2, 3)
 
     def test_view(self, row, view: int) -> torch.Tensor:
         every = np.arange(0, row.n, 4)
-        frames = [cv2.resize(np.asarray(im), (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
-                  for im in _read_jpegs(row.jpg, every)]
+        frames = [
+            cv2.resize(np.asarray(im), (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
+            for im in _read_jpegs(row.jpg, every)
+        ]
         if len(frames) < 16:
             frames += [frames[-1]] * (16 - len(frames))
         start = int(view * max(len(frames) - 16, 0))
@@ -198,11 +241,16 @@ class Reference:
         idx = sampling.stride_window(row.n, generator=self.rng)
         video = read_video_reference(row.raw, idx)
         c = VOX_CROP
-        images = [Image.fromarray(f[c.y : c.y + c.h, c.x : c.x + c.w]).convert("RGB")
-                  for f in video]
+        images = [
+            Image.fromarray(f[c.y : c.y + c.h, c.x : c.x + c.w]).convert("RGB") for f in video
+        ]
         box = augment.multi_scale_crop_box(SIZE, SIZE, out_size=SIZE, generator=self.rng)
-        images = [im.crop((box.x, box.y, box.x + box.w, box.y + box.h))
-                  .resize((SIZE, SIZE), Image.BILINEAR) for im in images]
+        images = [
+            im.crop((box.x, box.y, box.x + box.w, box.y + box.h)).resize(
+                (SIZE, SIZE), Image.BILINEAR
+            )
+            for im in images
+        ]
         return _to_tensor_normalised(images)
 
 
@@ -239,16 +287,20 @@ def check_same_frames(content: dict, samples: int = 6) -> dict:
             near = np.arange(k - 2, k + 3)
             if name == "finetune":
                 mine = decode_frames(row.prep, np.array([k]))[0].astype(np.float32)
-                theirs = [np.asarray(im.resize((SIZE, SIZE), Image.BILINEAR), np.float32)
-                          for im in _read_jpegs(row.jpg, near)]
+                theirs = [
+                    np.asarray(im.resize((SIZE, SIZE), Image.BILINEAR), np.float32)
+                    for im in _read_jpegs(row.jpg, near)
+                ]
             else:
                 mine = decode_frames(row.raw, np.array([k]))[0].astype(np.float32)
                 theirs = list(read_video_reference(row.raw, near).astype(np.float32))
             d = [float(np.abs(mine - t).mean()) for t in theirs]
             hits += int(np.argmin(d) == 2)
             diffs.append(d[2])
-        report[name] = {"same_frame": f"{hits}/{samples}",
-                        "mean_abs_255": round(statistics.mean(diffs), 2)}
+        report[name] = {
+            "same_frame": f"{hits}/{samples}",
+            "mean_abs_255": round(statistics.mean(diffs), 2),
+        }
         if hits != samples:
             raise SystemExit(f"{name}: the two sides do not read the same frames: {report}")
     return report
@@ -287,25 +339,44 @@ def run_reference(ref: Reference, table: pd.DataFrame, mode: str) -> int:
 
 
 def system(rounds_load: list[float]) -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False, cwd=REPO).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, check=False, cwd=REPO).stdout.strip()
-    return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes"),
-            "commit": commit + ("+dirty" if dirty else ""), "cpu_count": os.cpu_count(),
-            "load_avg_1min_during": [round(x, 2) for x in rounds_load],
-            "reference_pretrain_decoder": "decord " + decord.__version__ if HAVE_DECORD
-            else "PyAV (decord not installed)"}
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    ).stdout.strip()
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes"),
+        "commit": commit + ("+dirty" if dirty else ""),
+        "cpu_count": os.cpu_count(),
+        "load_avg_1min_during": [round(x, 2) for x in rounds_load],
+        "reference_pretrain_decoder": "decord " + decord.__version__
+        if HAVE_DECORD
+        else "PyAV (decord not installed)",
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--passes", type=int, default=3,
-                        help="passes over the clips per side and round (longer rounds, less noise)")
-    parser.add_argument("--modes", default="train,test,pretrain,pretrain-reencoded,"
-                        "pretrain-num_sample2")
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=3,
+        help="passes over the clips per side and round (longer rounds, less noise)",
+    )
+    parser.add_argument(
+        "--modes", default="train,test,pretrain,pretrain-reencoded,pretrain-num_sample2"
+    )
     parser.add_argument("--cache", type=Path, default=REPO / "bench" / "out" / "ref-clips")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -318,18 +389,32 @@ def main() -> None:
     print(f"same frames: {same}", file=sys.stderr)
     modes = args.modes.split(",")
     loaders = {
-        "train": build_loader(content["finetune"], mode="train", batch_size=8,
-                              backend="pyav", workers=0, temporal_rule="reference"),
-        "test": build_loader(content["finetune"], mode="test", batch_size=8,
-                             backend="pyav", workers=0),
-        "pretrain": build_loader(content["pretrain"], mode="pretrain", batch_size=8,
-                                 backend="pyav", workers=0),
-        "pretrain-reencoded": build_loader(content["reencoded"], mode="pretrain",
-                                           batch_size=8, backend="pyav", workers=0),
+        "train": build_loader(
+            content["finetune"],
+            mode="train",
+            batch_size=8,
+            backend="pyav",
+            workers=0,
+            temporal_rule="reference",
+        ),
+        "test": build_loader(
+            content["finetune"], mode="test", batch_size=8, backend="pyav", workers=0
+        ),
+        "pretrain": build_loader(
+            content["pretrain"], mode="pretrain", batch_size=8, backend="pyav", workers=0
+        ),
+        "pretrain-reencoded": build_loader(
+            content["reencoded"], mode="pretrain", batch_size=8, backend="pyav", workers=0
+        ),
         # repeated sampling (data.num_sample, off by default): 2 samples per decoded window
-        "pretrain-num_sample2": build_loader(content["pretrain"], mode="pretrain",
-                                             batch_size=8, backend="pyav", workers=0,
-                                             num_sample=2),
+        "pretrain-num_sample2": build_loader(
+            content["pretrain"],
+            mode="pretrain",
+            batch_size=8,
+            backend="pyav",
+            workers=0,
+            num_sample=2,
+        ),
     }
     ref = Reference()
     table = content["table"]
@@ -344,22 +429,37 @@ def main() -> None:
             rate = {}
             for side in order:
                 if side == "maedfer":
-                    cpu, n = cpu_time(lambda m=mode: sum(run_maedfer(loaders[m])
-                                                         for _ in range(args.passes)))
+                    cpu, n = cpu_time(
+                        lambda m=mode: sum(run_maedfer(loaders[m]) for _ in range(args.passes))
+                    )
                 else:
-                    cpu, n = cpu_time(lambda m=mode: sum(run_reference(ref, table, m)
-                                                         for _ in range(args.passes)))
+                    cpu, n = cpu_time(
+                        lambda m=mode: sum(run_reference(ref, table, m) for _ in range(args.passes))
+                    )
                 rate[side] = n / cpu
                 per[mode][side].append(rate[side])
             per[mode]["ratio"].append(rate["maedfer"] / rate["reference"])
         loads.append(os.getloadavg()[0])
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(
-            f"{m} {per[m]['ratio'][-1]:.2f}x" for m in modes), file=sys.stderr)
-    results = {"system": system(loads), "clips": args.clips, "rounds": args.rounds,
-               "passes": args.passes,
-               "same_frames": same, "modes": {}}
-    unit = {"train": "clips", "test": "views", "pretrain": "clips",
-            "pretrain-reencoded": "clips", "pretrain-num_sample2": "samples"}
+        print(
+            f"round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{m} {per[m]['ratio'][-1]:.2f}x" for m in modes),
+            file=sys.stderr,
+        )
+    results = {
+        "system": system(loads),
+        "clips": args.clips,
+        "rounds": args.rounds,
+        "passes": args.passes,
+        "same_frames": same,
+        "modes": {},
+    }
+    unit = {
+        "train": "clips",
+        "test": "views",
+        "pretrain": "clips",
+        "pretrain-reencoded": "clips",
+        "pretrain-num_sample2": "samples",
+    }
     print("| mode | maedfer per CPU-s | reference per CPU-s | ratio (median [min, max]) |")
     print("|---|---|---|---|")
     for mode in modes:
@@ -367,8 +467,10 @@ def main() -> None:
         row = {k: statistics.median(v) for k, v in p.items()}
         row.update(ratio_min=min(p["ratio"]), ratio_max=max(p["ratio"]), unit=unit[mode])
         results["modes"][mode] = row
-        print(f"| {mode} ({unit[mode]}) | {row['maedfer']:.1f} | {row['reference']:.1f} | "
-              f"{row['ratio']:.2f}× [{row['ratio_min']:.2f}, {row['ratio_max']:.2f}] |")
+        print(
+            f"| {mode} ({unit[mode]}) | {row['maedfer']:.1f} | {row['reference']:.1f} | "
+            f"{row['ratio']:.2f}× [{row['ratio_min']:.2f}, {row['ratio_max']:.2f}] |"
+        )
     print(json.dumps(results["system"]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

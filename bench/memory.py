@@ -97,8 +97,9 @@ def _tree_rss(root: int) -> tuple[int, int]:
 def _peak(cmd: list[str]) -> dict:
     """Run `cmd`; its wall time and the peak tree / single-process RSS in MiB."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     peak_sum = peak_one = 0
     done = threading.Event()
     output: list[str] = []
@@ -113,9 +114,12 @@ def _peak(cmd: list[str]) -> dict:
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{''.join(output)[-2000:]}")
     mib = 1 << 20
-    return {"seconds": round(time.perf_counter() - start, 1),
-            "peak_tree_mib": round(peak_sum / mib), "peak_process_mib": round(peak_one / mib),
-            "output": "".join(output)}  # fmt: skip
+    return {
+        "seconds": round(time.perf_counter() - start, 1),
+        "peak_tree_mib": round(peak_sum / mib),
+        "peak_process_mib": round(peak_one / mib),
+        "output": "".join(output),
+    }
 
 
 BASELINE = """
@@ -145,9 +149,21 @@ def bench_prepare(work: Path) -> dict:
     python = sys.executable
     result = {"video": "3840x2160, 50 frames (2 s), face 900 px"}
     for workers in (1, 2):
-        run = _peak([python, "-m", "maedfer.cli", "prepare", "ravdess", "--raw",
-                     str(work / "RAVDESS"), "--out", str(work / f"out{workers}"),
-                     "--workers", str(workers)])  # fmt: skip
+        run = _peak(
+            [
+                python,
+                "-m",
+                "maedfer.cli",
+                "prepare",
+                "ravdess",
+                "--raw",
+                str(work / "RAVDESS"),
+                "--out",
+                str(work / f"out{workers}"),
+                "--workers",
+                str(workers),
+            ]
+        )
         assert "1 clips ok" in run.pop("output")
         result[f"workers_{workers}"] = run
     base = _peak([python, "-c", BASELINE, str(video)])
@@ -183,9 +199,22 @@ def bench_predict(work: Path, minutes: list[float], model: str = "tiny") -> dict
         count = int(length * 60 * 25)
         video = work / f"predict-{length:g}min.mp4"
         _encode(lambda i: loop[i % 50], count, video, 640, 360)
-        run = _peak([sys.executable, "-m", "maedfer.cli", "predict", str(video),
-                     "--checkpoint", str(ckpt), "--out", str(work / f"p{length:g}.parquet"),
-                     "--device", "cpu", *extra])  # fmt: skip
+        run = _peak(
+            [
+                sys.executable,
+                "-m",
+                "maedfer.cli",
+                "predict",
+                str(video),
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(work / f"p{length:g}.parquet"),
+                "--device",
+                "cpu",
+                *extra,
+            ]
+        )
         run.pop("output")
         run["model"] = model
         run["frames"] = count
@@ -204,17 +233,22 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="maedfer-mem-") as tmp:
         work = Path(tmp)
-        result = {"predict": bench_predict(work / "predict", args.predict_minutes,
-                                           args.predict_model)}  # fmt: skip
+        result = {
+            "predict": bench_predict(work / "predict", args.predict_minutes, args.predict_model)
+        }
         if not args.skip_prepare:
             result["prepare"] = bench_prepare(work / "prepare")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"predict ({args.predict_model}), 640x360 at 25 fps    peak tree MiB  frames/s  "
-          "decoded video MiB")
+    print(
+        f"predict ({args.predict_model}), 640x360 at 25 fps    peak tree MiB  frames/s  "
+        "decoded video MiB"
+    )
     for key, r in result["predict"].items():
-        print(f"  {key:<38}{r['peak_tree_mib']:>13}{r['frames_per_s']:>10}"
-              f"{r['decoded_video_mib']:>19}")  # fmt: skip
+        print(
+            f"  {key:<38}{r['peak_tree_mib']:>13}{r['frames_per_s']:>10}"
+            f"{r['decoded_video_mib']:>19}"
+        )
     if "prepare" not in result:
         return
     p = result["prepare"]

@@ -1,7 +1,7 @@
 """LGI-Former vs. the VideoMAE ViT-B baseline: GMACs and forward / forward+backward time per clip.
 
 Both models run in the same process on the same input, alternating, so the ratio is the figure to
-quote (DESIGN.md §9). Median and p25/p75 over --repeats after one warm-up; JSON to bench/out/.
+quote (docs/design.md). Median and p25/p75 over --repeats after one warm-up; JSON to bench/out/.
 
     .venv/bin/python bench/model_speed.py [--device cpu|cuda] [--batch 2] [--repeats 5]
 """
@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from maedfer.devices import resolve_device
 from maedfer.model import create_model
 from maedfer.model.flops import count_gmacs, count_params
-from maedfer.model.profile import resolve_device, time_calls
+from maedfer.model.profile import time_calls
 
 
 def quartiles(xs: list[float]) -> dict[str, float]:

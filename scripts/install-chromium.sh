@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Headless Chromium for tests/train/test_report_html.py, which renders report.html.
+# Headless Chromium for tests/recipes/test_report_html.py, which renders report.html.
 #
 # Idempotent and quick when a browser is there (it returns at once). Otherwise it installs
 # Debian's `chromium` package with apt-get where it may (root, or passwordless sudo);

@@ -42,15 +42,35 @@ MIB = 2**20
 #: opencv) lacks for maedfer's GPU path. DALI's own requirements include more (nvimgcodec,
 #: nvcomp, nvtx, makefun, libcst): maedfer never loads them — a DALI without them imports,
 #: decodes video on the CPU and the GPU, and passes the project's DALI tests.
-PACKAGES = ("nvidia-dali-cuda130", "av", "facenet-pytorch", "timm",
-            "astunparse", "gast", "optree")  # the last three: `import nvidia.dali` needs them
+PACKAGES = (
+    "nvidia-dali-cuda130",
+    "av",
+    "facenet-pytorch",
+    "timm",
+    "astunparse",
+    "gast",
+    "optree",
+)  # the last three: `import nvidia.dali` needs them
 #: Modules maedfer imports; ``install`` checks each with the resulting path and names the
 #: missing ones (a node without pandas, say, needs ``--with pandas`` at build time).
-IMPORTS = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "pandas": "pandas",
-           "pyarrow": "pyarrow", "einops": "einops", "typer": "typer", "tqdm": "tqdm",
-           "PIL": "pillow", "matplotlib": "matplotlib", "cv2": "opencv-python-headless",
-           "yaml": "pyyaml", "timm": "timm", "av": "av", "facenet_pytorch": "facenet-pytorch",
-           "nvidia.dali": "nvidia-dali-cuda130"}
+IMPORTS = {
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "numpy": "numpy",
+    "pandas": "pandas",
+    "pyarrow": "pyarrow",
+    "einops": "einops",
+    "typer": "typer",
+    "tqdm": "tqdm",
+    "PIL": "pillow",
+    "matplotlib": "matplotlib",
+    "cv2": "opencv-python-headless",
+    "yaml": "pyyaml",
+    "timm": "timm",
+    "av": "av",
+    "facenet_pytorch": "facenet-pytorch",
+    "nvidia.dali": "nvidia-dali-cuda130",
+}
 #: The namespace shim: DALI ships no ``nvidia/__init__.py``, and a regular ``nvidia`` package
 #: elsewhere on the path (nvimgcodec, nvjpeg2k and nvtiff install one) would hide it.
 #: What the wheelhouse never carries: the node's own torch, built for its CUDA.
@@ -60,6 +80,7 @@ DEFAULT_PLATFORM = "manylinux_2_28_x86_64"
 
 
 # --- build ----------------------------------------------------------------------------------------
+
 
 def pins(path: Path = REPO / "constraints.txt") -> dict[str, str]:
     """``name -> version`` of the tested set (``==`` and ``===`` pins)."""
@@ -106,13 +127,33 @@ def cpython_tag(python: str) -> str:
 def stage_download(stage: Path, names: list[str], python: str, platform: str | None) -> None:
     """pip installs the wheels, for the target Python and platform, without dependencies."""
     tested = pins()
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile",
-           "--only-binary=:all:", "--target", str(stage)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--no-compile",
+        "--only-binary=:all:",
+        "--target",
+        str(stage),
+    ]
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     if python != here or platform is not None:
         tag = cpython_tag(python)
-        cmd += ["--python-version", python, "--implementation", "cp",
-                "--abi", f"cp{tag}", "--abi", "abi3", "--abi", "none"]
+        cmd += [
+            "--python-version",
+            python,
+            "--implementation",
+            "cp",
+            "--abi",
+            f"cp{tag}",
+            "--abi",
+            "abi3",
+            "--abi",
+            "none",
+        ]
         for tag_ in platform_tags(platform or DEFAULT_PLATFORM):
             cmd += ["--platform", tag_]
     cmd += [requirement(name, tested) for name in names]
@@ -126,8 +167,10 @@ def stage_from_env(stage: Path, names: list[str]) -> None:
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
-            raise SystemExit(f"wheelhouse: {name} is not installed here (--from-env packs "
-                             "what this environment has)") from None
+            raise SystemExit(
+                f"wheelhouse: {name} is not installed here (--from-env packs "
+                "what this environment has)"
+            ) from None
         for file in dist.files or []:
             parts = Path(file).parts
             if ".." in parts or "__pycache__" in parts:  # console scripts; caches
@@ -170,8 +213,7 @@ def tar_members(stage: Path) -> Iterator[tuple[tarfile.TarInfo, Path | None]]:
             info.type, info.mode = tarfile.DIRTYPE, 0o755
             yield info, None
         else:
-            info.size, info.mode = path.stat().st_size, 0o755 if os.access(path, os.X_OK) \
-                else 0o644
+            info.size, info.mode = path.stat().st_size, 0o755 if os.access(path, os.X_OK) else 0o644
             yield info, path
 
 
@@ -209,7 +251,7 @@ class PartWriter(io.RawIOBase):
             self._hash.update(chunk)
             self.total.update(chunk)
             self._size += len(chunk)
-            view = view[len(chunk):]
+            view = view[len(chunk) :]
         return len(data)
 
     def close(self) -> None:
@@ -223,8 +265,10 @@ def pack(stage: Path, stem: Path, *, part_size: int, level: int) -> tuple[list[d
     xz = shutil.which("xz")
     tar_bytes = 0
     if xz:  # the xz tool compresses on every core; Python's lzma on one
-        proc = subprocess.Popen([xz, f"-{level}", "-T0", "-c"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [xz, f"-{level}", "-T0", "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+
         def drain() -> None:
             for chunk in iter(lambda: proc.stdout.read(MIB), b""):
                 writer.write(chunk)
@@ -278,15 +322,23 @@ def build(args: argparse.Namespace) -> None:
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     python = args.python or here
     if args.from_env and (python != here or args.platform):
-        raise SystemExit(f"wheelhouse: --from-env packs this environment (Python {here}, "
-                         f"{sysconfig.get_platform()}); drop --python/--platform or download")
+        raise SystemExit(
+            f"wheelhouse: --from-env packs this environment (Python {here}, "
+            f"{sysconfig.get_platform()}); drop --python/--platform or download"
+        )
     without = {normalise(n) for n in (args.without or "").split(",") if n}
-    names = [n for n in list(PACKAGES) + [n for n in (args.with_ or "").split(",") if n]
-             if normalise(n) not in without]
+    names = [
+        n
+        for n in list(PACKAGES) + [n for n in (args.with_ or "").split(",") if n]
+        if normalise(n) not in without
+    ]
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    platform = args.platform or (sysconfig.get_platform().replace("-", "_").replace(".", "_")
-                                 if python == here and not args.platform else DEFAULT_PLATFORM)
+    platform = args.platform or (
+        sysconfig.get_platform().replace("-", "_").replace(".", "_")
+        if python == here and not args.platform
+        else DEFAULT_PLATFORM
+    )
     name = f"maedfer-wheelhouse-cp{cpython_tag(python)}-{platform}"
     stale = [p for p in out.glob(f"{name}.*") if p.is_file()]
     for path in stale:  # a previous build of the same name: its parts would mix with ours
@@ -297,31 +349,49 @@ def build(args: argparse.Namespace) -> None:
         if args.from_env:
             stage_from_env(stage, names)
         else:
-            stage_download(stage, names, python,
-                           args.platform or (None if python == here else DEFAULT_PLATFORM))
+            stage_download(
+                stage,
+                names,
+                python,
+                args.platform or (None if python == here else DEFAULT_PLATFORM),
+            )
         dropped = strip(stage, python)
         staged = sum(p.stat().st_size for p in stage.rglob("*") if p.is_file())
-        print(f"wheelhouse: {staged / MIB:.1f} MiB staged ({sum(dropped.values()) / MIB:.1f} "
-              f"MiB dropped); compressing (xz -{args.level})", file=sys.stderr)
-        parts, digest, tar_bytes = pack(stage, out / f"{name}.tar.xz",
-                                        part_size=int(args.part_size * MIB), level=args.level)
+        print(
+            f"wheelhouse: {staged / MIB:.1f} MiB staged ({sum(dropped.values()) / MIB:.1f} "
+            f"MiB dropped); compressing (xz -{args.level})",
+            file=sys.stderr,
+        )
+        parts, digest, tar_bytes = pack(
+            stage, out / f"{name}.tar.xz", part_size=int(args.part_size * MIB), level=args.level
+        )
         record = {
-            "name": name, "python": python, "platform": platform,
+            "name": name,
+            "python": python,
+            "platform": platform,
             "source": "this environment" if args.from_env else "downloaded with pip",
-            "packages": versions(stage), "sha256": digest,
-            "bytes": sum(p["bytes"] for p in parts), "tar_bytes": tar_bytes,
-            "staged_bytes": staged, "dropped_bytes": dropped, "xz_level": args.level,
-            "part_size_mib": args.part_size, "parts": parts,
-        }  # fmt: skip
+            "packages": versions(stage),
+            "sha256": digest,
+            "bytes": sum(p["bytes"] for p in parts),
+            "tar_bytes": tar_bytes,
+            "staged_bytes": staged,
+            "dropped_bytes": dropped,
+            "xz_level": args.level,
+            "part_size_mib": args.part_size,
+            "parts": parts,
+        }
     (out / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"wheelhouse: {out / name}.json and {len(parts)} part(s):")
     for part in parts:
         print(f"  {out / part['file']}  {part['bytes'] / MIB:.1f} MiB")
-    print(f"  total {record['bytes'] / MIB:.1f} MiB (unpacked {tar_bytes / MIB:.1f} MiB); "
-          f"keep {name}.json beside part 1")
+    print(
+        f"  total {record['bytes'] / MIB:.1f} MiB (unpacked {tar_bytes / MIB:.1f} MiB); "
+        f"keep {name}.json beside part 1"
+    )
 
 
 # --- install --------------------------------------------------------------------------------------
+
 
 class PartReader(io.RawIOBase):
     """The parts, in order, as one stream, hashed as it is read."""
@@ -363,25 +433,33 @@ def find_record(parts: list[Path]) -> tuple[Path, dict]:
         candidate = part.with_name(f"{stem}.json")
         if candidate.is_file():
             return candidate, json.loads(candidate.read_text())
-    raise SystemExit("install-wheelhouse: no record (NAME.json) beside the parts given: it is "
-                     "written by wheelhouse.sh next to them; copy it with part 1")
+    raise SystemExit(
+        "install-wheelhouse: no record (NAME.json) beside the parts given: it is "
+        "written by wheelhouse.sh next to them; copy it with part 1"
+    )
 
 
 def order_parts(parts: list[Path], record: dict) -> list[tuple[Path, dict]]:
     by_name = {p.name: p for p in parts}
     missing = [r["file"] for r in record["parts"] if r["file"] not in by_name]
     if missing:
-        raise SystemExit(f"install-wheelhouse: missing part(s) {', '.join(missing)} of "
-                         f"{record['name']} ({len(record['parts'])} in all)")
+        raise SystemExit(
+            f"install-wheelhouse: missing part(s) {', '.join(missing)} of "
+            f"{record['name']} ({len(record['parts'])} in all)"
+        )
     ordered = []
     for entry in record["parts"]:
         path = by_name[entry["file"]]
         if path.stat().st_size != entry["bytes"]:
-            raise SystemExit(f"install-wheelhouse: {path} has {path.stat().st_size} bytes, the "
-                             f"record says {entry['bytes']}: copy it again")
+            raise SystemExit(
+                f"install-wheelhouse: {path} has {path.stat().st_size} bytes, the "
+                f"record says {entry['bytes']}: copy it again"
+            )
         if sha256_of(path) != entry["sha256"]:  # before unpacking anything
-            raise SystemExit(f"install-wheelhouse: {path} is damaged (its sha256 differs "
-                             "from the record): copy it again")
+            raise SystemExit(
+                f"install-wheelhouse: {path} is damaged (its sha256 differs "
+                "from the record): copy it again"
+            )
         ordered.append((path, entry))
     return ordered
 
@@ -395,22 +473,29 @@ def unpack(ordered: list[tuple[Path, dict]], record: dict, target: Path) -> None
         else:  # pragma: no cover - Python < 3.11.4
             tar.extractall(target)
     if reader.total.hexdigest() != record["sha256"]:
-        raise SystemExit("install-wheelhouse: the joined archive's sha256 differs from the "
-                         "record: copy the parts again")
+        raise SystemExit(
+            "install-wheelhouse: the joined archive's sha256 differs from the "
+            "record: copy the parts again"
+        )
 
 
 def missing_imports(target: Path) -> dict[str, list]:
     """Modules maedfer imports that this Python cannot import with ``target`` first on the path:
     ``module -> [the error, the missing module's name or None]``."""
-    code = ("import importlib, json, sys\nbad = {}\nfor m in sys.argv[1:]:\n"
-            "    try:\n        importlib.import_module(m)\n"
-            "    except Exception as e:\n"
-            "        bad[m] = [f'{type(e).__name__}: {e}'[:200], getattr(e, 'name', None)]\n"
-            "print(json.dumps(bad))")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(target), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    done = subprocess.run([sys.executable, "-c", code, *IMPORTS], capture_output=True,
-                          text=True, env=env, check=False)
+    code = (
+        "import importlib, json, sys\nbad = {}\nfor m in sys.argv[1:]:\n"
+        "    try:\n        importlib.import_module(m)\n"
+        "    except Exception as e:\n"
+        "        bad[m] = [f'{type(e).__name__}: {e}'[:200], getattr(e, 'name', None)]\n"
+        "print(json.dumps(bad))"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(target), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code, *IMPORTS], capture_output=True, text=True, env=env, check=False
+    )
     try:
         return json.loads(done.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -428,24 +513,32 @@ def install(args: argparse.Namespace) -> None:
     if target.exists() and any(target.iterdir()) and not args.force:
         raise SystemExit(f"install-wheelhouse: {target} is not empty (--force unpacks over it)")
     target.mkdir(parents=True, exist_ok=True)
-    print(f"install-wheelhouse: {record['name']} ({len(ordered)} part(s), checked against "
-          f"{where.name}) -> {target}", file=sys.stderr)
+    print(
+        f"install-wheelhouse: {record['name']} ({len(ordered)} part(s), checked against "
+        f"{where.name}) -> {target}",
+        file=sys.stderr,
+    )
     unpack(ordered, record, target)
     if (target / "nvidia").is_dir() and not (target / "nvidia" / "__init__.py").exists():
         (target / "nvidia" / "__init__.py").write_text(SHIM)
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     if record["python"] != here:
-        print(f"install-wheelhouse: warning: built for Python {record['python']}, this is "
-              f"{here}", file=sys.stderr)
+        print(
+            f"install-wheelhouse: warning: built for Python {record['python']}, this is {here}",
+            file=sys.stderr,
+        )
     bad = missing_imports(target)
     for module, (why, _) in bad.items():
         print(f"install-wheelhouse: cannot import {module}: {why}", file=sys.stderr)
     if bad:
         absent = {name.split(".")[0] for _, name in bad.values() if name}
         lacking = sorted({IMPORTS.get(m, m) for m in absent} - set(NODE_OWN))
-        print("install-wheelhouse: where the node lacks a package, build the wheelhouse "
-              f"again with --with {','.join(lacking) or '...'} (torch and torchvision are the "
-              "node's own)", file=sys.stderr)
+        print(
+            "install-wheelhouse: where the node lacks a package, build the wheelhouse "
+            f"again with --with {','.join(lacking) or '...'} (torch and torchvision are the "
+            "node's own)",
+            file=sys.stderr,
+        )
     print(f"export PYTHONPATH={target}${{PYTHONPATH:+:$PYTHONPATH}}")
 
 
@@ -455,19 +548,37 @@ def main(argv: Iterable[str] | None = None) -> None:
     b = commands.add_parser("build", help="stage, strip, pack and split")
     b.add_argument("--out", type=Path, required=True, help="folder for the parts and the record")
     b.add_argument("--python", default=None, help="target Python, e.g. 3.12 (default: this one)")
-    b.add_argument("--platform", default=None,
-                   help=f"target platform tag (default: this machine's; {DEFAULT_PLATFORM} "
-                        "when --python differs)")
-    b.add_argument("--from-env", action="store_true",
-                   help="copy the packages installed here instead of downloading them")
+    b.add_argument(
+        "--platform",
+        default=None,
+        help=f"target platform tag (default: this machine's; {DEFAULT_PLATFORM} "
+        "when --python differs)",
+    )
+    b.add_argument(
+        "--from-env",
+        action="store_true",
+        help="copy the packages installed here instead of downloading them",
+    )
     b.add_argument("--part-size", type=float, default=56.0, help="MiB per part (default 56)")
-    b.add_argument("--with", dest="with_", default="",
-                   help="more packages, comma-separated (e.g. pandas,einops for a bare node)")
-    b.add_argument("--without", default="",
-                   help="packages to leave out, comma-separated (e.g. nvidia-dali-cuda130,"
-                        "astunparse,gast,optree where the node has no libnvcuvid)")
-    b.add_argument("--level", type=int, default=9, choices=range(10),
-                   help="xz preset (default 9; 0 is fast and larger)")
+    b.add_argument(
+        "--with",
+        dest="with_",
+        default="",
+        help="more packages, comma-separated (e.g. pandas,einops for a bare node)",
+    )
+    b.add_argument(
+        "--without",
+        default="",
+        help="packages to leave out, comma-separated (e.g. nvidia-dali-cuda130,"
+        "astunparse,gast,optree where the node has no libnvcuvid)",
+    )
+    b.add_argument(
+        "--level",
+        type=int,
+        default=9,
+        choices=range(10),
+        help="xz preset (default 9; 0 is fast and larger)",
+    )
     b.add_argument("--work", type=Path, default=None, help="scratch folder (default: temp)")
     i = commands.add_parser("install", help="verify, join and unpack the parts")
     i.add_argument("parts", nargs="+", help="the part files (.tar.xz.001 ...), any order")

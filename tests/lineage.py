@@ -14,7 +14,7 @@ import torch
 from maedfer.model import create_model, list_models, model_info
 from maedfer.model.layout import convert_key
 from maedfer.model.official import identify
-from maedfer.train import checkpoint as ckpt_io
+from maedfer.training import checkpoint as ckpt_io
 
 FRAMES, SIZE = 8, 32
 _VIT = {"embed_dim": 32, "depth": 1, "num_heads": 2}
@@ -24,11 +24,15 @@ TINY = {
     "videomae": _VIT,
     "vit_base": _VIT,
     "marlin": _VIT,
-    "svfap": {"embed_dim": 32, "num_heads": 2, "stage_depths": [1, 1, 1],
-              "num_bottleneck_tokens": [2]},
+    "svfap": {
+        "embed_dim": 32,
+        "num_heads": 2,
+        "stage_depths": [1, 1, 1],
+        "num_bottleneck_tokens": [2],
+    },
     "s4d": {"embed_dim": 32, "depth": 2, "num_heads": 2, "moe_start": 1, "num_experts": 2},
     "hicmae": {"embed_dim": 32, "depth": 2, "num_heads": 2},
-}  # fmt: skip
+}
 CLASSIFIERS = [n for n in list_models() if model_info(n)["kind"] == "classifier"]
 #: one registered model per family (the lineage's besides LGI-Former)
 FAMILIES = ["videomae_base", "marlin_base", "svfap_base", "s4d_base", "hicmae_base"]
@@ -41,8 +45,9 @@ def tiny_overrides(name: str) -> dict:
 def tiny_model(name: str, num_classes: int = 3, seed: int = 0) -> torch.nn.Module:
     """The tiny classifier, with a head far from uniform (the softmax is exercised)."""
     torch.manual_seed(seed)
-    model = create_model(name, num_classes=num_classes, num_frames=FRAMES, img_size=SIZE,
-                         **tiny_overrides(name))  # fmt: skip
+    model = create_model(
+        name, num_classes=num_classes, num_frames=FRAMES, img_size=SIZE, **tiny_overrides(name)
+    )
     with torch.no_grad():
         model.head.weight.normal_(0, 1.0)
     return model.eval()
@@ -51,11 +56,21 @@ def tiny_model(name: str, num_classes: int = 3, seed: int = 0) -> torch.nn.Modul
 def save_run_checkpoint(path: Path, model: torch.nn.Module, classes: list[str]) -> Path:
     """As the fine-tuning recipe writes it (docs/runs.md): the frames, side and stride null,
     i.e. the model's own."""
-    config = {"data": {"stride": None, "subtract_mean": False},
-              "model": {"num_frames": None, "img_size": None}}  # fmt: skip
-    state = dict(format=ckpt_io.FORMAT, version=ckpt_io.VERSION, model_name=model.model_name,
-                 model_config=ckpt_io.plain(model.config), model=model.state_dict(), epoch=1,
-                 step=1, config=config, classes=classes)  # fmt: skip
+    config = {
+        "data": {"stride": None, "subtract_mean": False},
+        "model": {"num_frames": None, "img_size": None},
+    }
+    state = dict(
+        format=ckpt_io.FORMAT,
+        version=ckpt_io.VERSION,
+        model_name=model.model_name,
+        model_config=ckpt_io.plain(model.config),
+        model=model.state_dict(),
+        epoch=1,
+        step=1,
+        config=config,
+        classes=classes,
+    )
     ckpt_io.save_checkpoint(path, state)
     return path
 

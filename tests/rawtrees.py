@@ -1,4 +1,4 @@
-"""Raw dataset trees in each dataset's download layout, for tests (DATASETS.md §2-§8).
+"""Raw dataset trees in each dataset's download layout, for tests (docs/datasets.md).
 
 Every generator writes the tree as a user gets it after unpacking, irregularities included
 (eNTERFACE05's ``s12_*`` files under subject 11, ``s_3_*``, ``s16_su_3avi.avi``, subject 6;
@@ -173,9 +173,13 @@ def make_crema_d(
 # --------------------------------------------------------------------------- eNTERFACE05 (§8)
 
 ENT_EMOTIONS = [
-    ("anger", "an"), ("disgust", "di"), ("fear", "fe"),
-    ("happiness", "ha"), ("sadness", "sa"), ("surprise", "su"),
-]  # fmt: skip
+    ("anger", "an"),
+    ("disgust", "di"),
+    ("fear", "fe"),
+    ("happiness", "ha"),
+    ("sadness", "sa"),
+    ("surprise", "su"),
+]
 
 
 def enterface_stem(subject: int, emotion: str, code: str, k: int) -> str:
@@ -285,7 +289,7 @@ def make_ferv39k(
 
     Clip i is ``<scene i%4>/<emotion i%7>/<4-digit>``, in ``test`` when i % 4 == 0. Original
     videos (``--from-video``) go to ``0_7_LabelClips/<Scene>/<Emotion>/<clip>.mp4``; that folder
-    name is this generator's choice (the real one is unverified, DATASETS.md §4).
+    name is this generator's choice (the real one is unverified, docs/datasets.md).
     """
     write = write or empty_file
     tree = RawTree(root)
@@ -312,9 +316,18 @@ def make_ferv39k(
 # --------------------------------------------------------------------------- MAFW (§5)
 
 MAFW_CLASSES = [
-    "anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise",
-    "contempt", "anxiety", "helplessness", "disappointment",
-]  # fmt: skip
+    "anger",
+    "disgust",
+    "fear",
+    "happiness",
+    "neutral",
+    "sadness",
+    "surprise",
+    "contempt",
+    "anxiety",
+    "helplessness",
+    "disappointment",
+]
 
 
 def make_mafw(
@@ -342,12 +355,19 @@ def make_mafw(
             write(root / "data" / "clips" / f"{key}.mp4", "video")
     for k in range(1, 6):
         for part, member in (("train", False), ("test", True)):
-            rows = [f"{c}.mp4 {MAFW_CLASSES[tree.labels[c]]}" for c in ids
-                    if (tree.assign[c] == k) == member]  # fmt: skip
-            _text(root / split_root / "single" / "no_caption" / f"set_{k}" / f"{part}.txt",
-                  "\n".join(rows) + "\n")  # fmt: skip
-            _text(root / split_root / "compound" / "no_caption" / f"set_{k}" / f"{part}.txt",
-                  f"{ids[0]}.mp4 anger_disgust\n")  # fmt: skip
+            rows = [
+                f"{c}.mp4 {MAFW_CLASSES[tree.labels[c]]}"
+                for c in ids
+                if (tree.assign[c] == k) == member
+            ]
+            _text(
+                root / split_root / "single" / "no_caption" / f"set_{k}" / f"{part}.txt",
+                "\n".join(rows) + "\n",
+            )
+            _text(
+                root / split_root / "compound" / "no_caption" / f"set_{k}" / f"{part}.txt",
+                f"{ids[0]}.mp4 anger_disgust\n",
+            )
     _text(root / "Labels" / "single_set.xlsx", "")
     return tree
 
@@ -362,8 +382,12 @@ VOX_CLIPS = [
     ("id00012", "_raOc3-IRsw", ["00110"]),
     ("id09272", "u7VNkYraCw0", ["00027"]),
 ]
-VOX_BROKEN = {"id00379/opd2FtUUfi8/00055", "id00379/opd2FtUUfi8/00056",
-              "id08423/oEx3CRfDXMQ/00048", "id08423/oEx3CRfDXMQ/00049"}  # fmt: skip
+VOX_BROKEN = {
+    "id00379/opd2FtUUfi8/00055",
+    "id00379/opd2FtUUfi8/00056",
+    "id08423/oEx3CRfDXMQ/00048",
+    "id08423/oEx3CRfDXMQ/00049",
+}
 
 
 def make_voxceleb2(

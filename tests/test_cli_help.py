@@ -18,17 +18,30 @@ from typer.testing import CliRunner
 
 import maedfer
 from maedfer.cli import app
-from maedfer.train.config import CONFIG_DIR, list_configs
+from maedfer.recipes.config import CONFIG_DIR, list_configs
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ["prepare", "pretrain", "finetune", "evaluate", "protocol", "predict", "export",
-            "embed", "profile", "demo", "config list", "config show"]  # fmt: skip
+COMMANDS = [
+    "prepare",
+    "pretrain",
+    "finetune",
+    "evaluate",
+    "protocol",
+    "predict",
+    "export",
+    "embed",
+    "profile",
+    "demo",
+    "config list",
+    "config show",
+]
 
 
 def _help(command: str) -> str:
-    result = runner.invoke(app, [*command.split(), "--help"], env={"COLUMNS": "200"},
-                           terminal_width=200)  # fmt: skip
+    result = runner.invoke(
+        app, [*command.split(), "--help"], env={"COLUMNS": "200"}, terminal_width=200
+    )
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -38,7 +51,7 @@ def _row(text: str, option: str) -> str:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if re.search(rf"\s{option}\s", line))
     rows = [lines[start]]
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if re.match(r"^│\s+(--|\*\s+--|[a-z]+\.\.\.)", line) or line.startswith("╰"):
             break
         rows.append(line)
@@ -48,8 +61,13 @@ def _row(text: str, option: str) -> str:
 def test_version() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"maedfer {maedfer.__version__}"
-    done = subprocess.run([sys.executable, "-m", "maedfer.cli", "--version"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "maedfer.cli", "--version"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0 and done.stdout.strip() == f"maedfer {maedfer.__version__}"
 
 
@@ -62,19 +80,22 @@ def test_no_type_noise_and_every_device_has_help(command: str) -> None:
         assert re.search(r"<auto\|cpu\|cuda>\s+\S", row) and "cuda" in row.split(">", 1)[1], row
 
 
-@pytest.mark.parametrize(("command", "option", "default"), [
-    ("finetune", "--out", "runs/finetune/<dataset>_fold<K>"),
-    ("pretrain", "--out", "runs/pretrain"),
-    ("finetune", "--fold", "none"),
-    ("evaluate", "--batch-size", "the checkpoint's recipe's, else 32"),
-    ("evaluate", "--workers", "from the core count"),
-    ("embed", "--batch-size", "8"),
-    ("embed", "--workers", "from the core count"),
-    ("profile", "--name", "lgi_former_base"),
-    ("profile", "--batch", "model 1, train 2, data 8, faces 32 on CPU"),
-    ("profile", "--batches", "model/train/faces 2, data 5 on CPU"),
-    ("profile", "--workers", "from the core count"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("command", "option", "default"),
+    [
+        ("finetune", "--out", "runs/finetune/<dataset>_fold<K>"),
+        ("pretrain", "--out", "runs/pretrain"),
+        ("finetune", "--fold", "none"),
+        ("evaluate", "--batch-size", "the checkpoint's recipe's, else 32"),
+        ("evaluate", "--workers", "from the core count"),
+        ("embed", "--batch-size", "8"),
+        ("embed", "--workers", "from the core count"),
+        ("profile", "--name", "lgi_former_base"),
+        ("profile", "--batch", "model 1, train 2, data 8, faces 32 on CPU"),
+        ("profile", "--batches", "model/train/faces 2, data 5 on CPU"),
+        ("profile", "--workers", "from the core count"),
+    ],
+)
 def test_help_states_the_defaults(command: str, option: str, default: str) -> None:
     row = _row(_help(command), option)
     assert "[default:" in row and default in row, row
@@ -85,9 +106,11 @@ def test_config_list_gives_whole_first_sentences() -> None:
     assert result.exit_code == 0
     text = " ".join(result.output.split())
     for name in list_configs():
-        comment = [line.lstrip("#").strip() for line in
-                   (CONFIG_DIR / f"{name}.yaml").read_text().splitlines()
-                   if line.startswith("#")]  # fmt: skip
+        comment = [
+            line.lstrip("#").strip()
+            for line in (CONFIG_DIR / f"{name}.yaml").read_text().splitlines()
+            if line.startswith("#")
+        ]
         joined = " ".join(" ".join(comment).split())
         sentence = joined[: re.search(r"[.!?](\s|$)", joined).start() + 1]
         assert f"{name} {sentence}" in text, name

@@ -54,8 +54,9 @@ def _copy_clone(dst: Path) -> None:
     """This working tree's files (tracked and untracked, uncommitted edits included), as a clone."""
     listed = subprocess.run(
         ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        capture_output=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        check=False,
+    )
     if listed.returncode != 0:
         pytest.skip("the repository under test is not a git working tree")
     for name in filter(None, listed.stdout.decode().split("\0")):

@@ -40,10 +40,23 @@ if os.environ.get("MAEDFER_GPU_CHECK_STEP", "setup") != "setup":
 
 
 def check(out: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(CHECK), "--dry-run", "--out", str(out),
-                             "--cache", str(out / "clips"), *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(CHECK),
+            "--dry-run",
+            "--out",
+            str(out),
+            "--cache",
+            str(out / "clips"),
+            *args,
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
 
 
 def read(out: Path) -> dict:
@@ -75,8 +88,10 @@ def test_dry_run_gives_every_measurement_a_status_and_survives_a_kill(tmp_path: 
     others = {name: e["status"] for name, e in measured.items() if name != victim}
     assert set(others.values()) == {"ok"}, others
     figures = {name: e["figures"] for name, e in measured.items() if name != victim}
-    assert figures["frame_identity"]["exact"] and figures["frame_identity"]["test_views"][
-        "samples"] > 0
+    assert (
+        figures["frame_identity"]["exact"]
+        and figures["frame_identity"]["test_views"]["samples"] > 0
+    )
     assert figures["pixel_equality"]["within_tolerance"]
     assert figures["loader_dali"]["train"]["enough_batches"]
     assert figures["loader_pyav"]["train"]["clips_per_s"] > 0
@@ -84,7 +99,7 @@ def test_dry_run_gives_every_measurement_a_status_and_survives_a_kill(tmp_path: 
     assert figures["step_compiled"]["finetune"]["graph_breaks"] >= 0
     assert results["summary"]["loader_train_dali_over_pyav"] > 0
     # the table at the end: one line per measurement
-    table = output[output.index("measurement      status"):]
+    table = output[output.index("measurement      status") :]
     assert all(f"\n{m.name:16} " in table for m in MEASUREMENTS)
 
 
@@ -92,8 +107,10 @@ def test_a_missing_package_stops_only_what_needs_it(tmp_path: Path) -> None:
     hide = tmp_path / "hide"
     hide.mkdir()
     (hide / "sitecustomize.py").write_text(HIDE_PYAV)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(hide), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(hide), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
     chosen = ["preflight", "frame_identity", "pixel_equality", "loader_pyav", "syncs", "faces"]
     proc = check(tmp_path, "--only", ",".join(chosen), env=env)
     output, _ = proc.communicate(timeout=600)
@@ -114,11 +131,20 @@ def test_a_missing_package_stops_only_what_needs_it(tmp_path: Path) -> None:
 
 def test_out_is_required_and_only_names_are_checked(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MAEDFER_OUT"}
-    done = subprocess.run([sys.executable, str(CHECK), "--dry-run"], capture_output=True,
-                          text=True, env=env, check=False)
+    done = subprocess.run(
+        [sys.executable, str(CHECK), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert done.returncode == 2 and "--out DIR is required" in done.stderr
-    done = subprocess.run([sys.executable, str(CHECK), "--out", str(tmp_path), "--only",
-                           "preflight,warp_drive"], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, str(CHECK), "--out", str(tmp_path), "--only", "preflight,warp_drive"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 2 and "unknown measurement(s) warp_drive" in done.stderr
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.train.clipdata import (
+from tests.recipes.clipdata import (
     TINY_FINETUNE_KEYS,
     TINY_PRETRAIN_KEYS,
     cli_sets,
@@ -53,9 +53,25 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _finetune_args(manifest: Path, out: Path, epochs: int) -> list[str]:
-    return ["finetune", "--data", str(manifest), "--fold", "1", "--out", str(out),
-            *cli_sets({**TINY_FINETUNE_KEYS, "schedule.epochs": epochs, "data.batch_size": 2,
-                       "data.workers": 0, "loss.mixup": 0, "loss.cutmix": 0})]  # fmt: skip
+    return [
+        "finetune",
+        "--data",
+        str(manifest),
+        "--fold",
+        "1",
+        "--out",
+        str(out),
+        *cli_sets(
+            {
+                **TINY_FINETUNE_KEYS,
+                "schedule.epochs": epochs,
+                "data.batch_size": 2,
+                "data.workers": 0,
+                "loss.mixup": 0,
+                "loss.cutmix": 0,
+            }
+        ),
+    ]
 
 
 def _refused(result) -> str:
@@ -72,8 +88,12 @@ class Holder:
     """Another process holding a folder's lock, as any maedfer command does."""
 
     def __init__(self, folder: Path, shard: str = "") -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), shard], cwd=REPO,
-                                     stdout=subprocess.PIPE, text=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOLD, str(folder), shard],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout.readline().strip() == "held"
 
     def kill(self) -> None:
@@ -85,9 +105,12 @@ class Holder:
 def test_two_finetunes_into_one_folder(manifest: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen([sys.executable, "-m", "maedfer.cli",
-                              *_finetune_args(manifest, out, epochs=500)], cwd=REPO,
-                             stdout=log, stderr=log)  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, "-m", "maedfer.cli", *_finetune_args(manifest, out, epochs=500)],
+        cwd=REPO,
+        stdout=log,
+        stderr=log,
+    )
     try:
         deadline = time.monotonic() + 240
         while not (out / "config.yaml").exists() and first.poll() is None:
@@ -95,14 +118,20 @@ def test_two_finetunes_into_one_folder(manifest: Path, tmp_path: Path) -> None:
             time.sleep(0.1)
         assert first.poll() is None, (tmp_path / "first.log").read_text()
         line = _refused(runner.invoke(_app(), _finetune_args(manifest, out, epochs=2)))
-        assert f"{out} is in use by maedfer finetune (pid {first.pid} on {socket.gethostname()}" \
-            in line and line.endswith("choose another --out (run.out)")
+        assert (
+            f"{out} is in use by maedfer finetune (pid {first.pid} on {socket.gethostname()}"
+            in line
+            and line.endswith("choose another --out (run.out)")
+        )
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
     # the kernel released the killed run's lock: the folder is the first run's to resume
-    result = runner.invoke(_app(), _finetune_args(manifest, out, epochs=500)[:-2] +
-                           ["--set", "schedule.max_steps=1", "--dry-run"])  # fmt: skip
+    result = runner.invoke(
+        _app(),
+        _finetune_args(manifest, out, epochs=500)[:-2]
+        + ["--set", "schedule.max_steps=1", "--dry-run"],
+    )
     assert result.exit_code in (0, 1), result.output
     assert "in use" not in result.output
 
@@ -115,15 +144,38 @@ def test_every_writing_command_is_refused_while_its_folder_is_held(
     fake = tmp_path / "model.pt"
     fake.write_bytes(b"not read: the lock is taken first")
     args = {
-        "pretrain": ["pretrain", "--data", str(manifest), "--out", str(out),
-                     *cli_sets({**TINY_PRETRAIN_KEYS, "data.workers": 0})],
-        "protocol": ["protocol", "demo-finetune", "--data", str(manifest), "--init", str(fake),
-                     "--out", str(out)],
+        "pretrain": [
+            "pretrain",
+            "--data",
+            str(manifest),
+            "--out",
+            str(out),
+            *cli_sets({**TINY_PRETRAIN_KEYS, "data.workers": 0}),
+        ],
+        "protocol": [
+            "protocol",
+            "demo-finetune",
+            "--data",
+            str(manifest),
+            "--init",
+            str(fake),
+            "--out",
+            str(out),
+        ],
         "export": ["export", str(fake), "--format", "onnx", "--out", str(out)],
-        "evaluate": ["evaluate", "--checkpoint", str(fake), "--data", str(manifest), "--fold",
-                     "1", "--out", str(out)],
+        "evaluate": [
+            "evaluate",
+            "--checkpoint",
+            str(fake),
+            "--data",
+            str(manifest),
+            "--fold",
+            "1",
+            "--out",
+            str(out),
+        ],
         "prepare": ["prepare", "ravdess", "--raw", str(tmp_path / "raw"), "--out", str(out)],
-    }[command]  # fmt: skip
+    }[command]
     holder = Holder(out)
     try:
         line = _refused(runner.invoke(_app(), args))
@@ -138,8 +190,17 @@ def test_prepare_shards_share_a_folder_and_a_kill_leaves_nothing_held(tmp_path: 
     (raw / "a").mkdir(parents=True)
     for name in ("x.mp4", "y.mp4"):
         (raw / "a" / name).write_bytes(b"")
-    index_only = ["prepare", "folder", "--raw", str(raw), "--out", str(out), "--index-only",
-                  "--folds", "2"]  # fmt: skip
+    index_only = [
+        "prepare",
+        "folder",
+        "--raw",
+        str(raw),
+        "--out",
+        str(out),
+        "--index-only",
+        "--folds",
+        "2",
+    ]
     shard = Holder(out, shard="shard-1-of-2")
     try:
         other = runner.invoke(_app(), [*index_only, "--shard", "2/2"])
@@ -154,8 +215,7 @@ def test_prepare_shards_share_a_folder_and_a_kill_leaves_nothing_held(tmp_path: 
     assert done.exit_code == 0, done.output  # SIGKILL released both locks
 
 
-def test_a_file_system_without_locks_is_said_not_fatal(tmp_path: Path, monkeypatch,
-                                                         caplog) -> None:  # fmt: skip
+def test_a_file_system_without_locks_is_said_not_fatal(tmp_path: Path, monkeypatch, caplog) -> None:
     def no_locks(*args, **kwargs):
         raise OSError(errno.ENOLCK, "No locks available")
 
@@ -165,8 +225,20 @@ def test_a_file_system_without_locks_is_said_not_fatal(tmp_path: Path, monkeypat
     for name in ("x.mp4", "y.mp4"):
         (raw / "a" / name).write_bytes(b"")
     with caplog.at_level(logging.WARNING, logger="maedfer"):
-        result = runner.invoke(_app(), ["prepare", "folder", "--raw", str(raw), "--out",
-                                        str(tmp_path / "out"), "--index-only", "--folds", "2"])
+        result = runner.invoke(
+            _app(),
+            [
+                "prepare",
+                "folder",
+                "--raw",
+                str(raw),
+                "--out",
+                str(tmp_path / "out"),
+                "--index-only",
+                "--folds",
+                "2",
+            ],
+        )
     assert result.exit_code == 0, result.output
     said = [r.getMessage() for r in caplog.records if "cannot lock" in r.getMessage()]
     assert said and "does not support locks: No locks available" in said[0]

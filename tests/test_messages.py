@@ -31,12 +31,18 @@ from maedfer.cli import app
 from maedfer.manifests import write_manifest
 from tests.preprocess.test_orphans import _descendants
 from tests.preprocess.test_reliability import STEMS, _tree
-from tests.train.clipdata import TINY_FINETUNE_KEYS, cli_sets, make_dataset, one_thread
+from tests.recipes.clipdata import TINY_FINETUNE_KEYS, cli_sets, make_dataset, one_thread
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-FINETUNE_KEYS = {**TINY_FINETUNE_KEYS, "schedule.epochs": 1, "data.batch_size": 2,
-                 "data.workers": 0, "loss.mixup": 0, "loss.cutmix": 0}  # fmt: skip
+FINETUNE_KEYS = {
+    **TINY_FINETUNE_KEYS,
+    "schedule.epochs": 1,
+    "data.batch_size": 2,
+    "data.workers": 0,
+    "loss.mixup": 0,
+    "loss.cutmix": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +60,18 @@ def _line(result) -> str:
 
 
 def _finetune(data: Path, out: Path, *extra: str, keys: dict | None = None):
-    return runner.invoke(app, ["finetune", "--data", str(data), "--out", str(out),
-                               *cli_sets(keys or FINETUNE_KEYS), *extra])  # fmt: skip
+    return runner.invoke(
+        app,
+        [
+            "finetune",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            *cli_sets(keys or FINETUNE_KEYS),
+            *extra,
+        ],
+    )
 
 
 def test_a_label_of_minus_three_is_called_minus_three(manifest: Path, tmp_path: Path) -> None:
@@ -63,8 +79,9 @@ def test_a_label_of_minus_three_is_called_minus_three(manifest: Path, tmp_path: 
     labels = table.column("label").to_pylist()
     labels[2] = -3
     bad = manifest.parent / "minus3.parquet"
-    table = table.set_column(table.column_names.index("label"), "label",
-                             pa.array(labels, pa.int16()))  # fmt: skip
+    table = table.set_column(
+        table.column_names.index("label"), "label", pa.array(labels, pa.int16())
+    )
     pq.write_table(table.replace_schema_metadata(pq.read_schema(manifest).metadata), bad)
     line = _line(_finetune(bad, tmp_path / "run", "--fold", "1", "--dry-run"))
     clip = table.column("clip_id")[2].as_py()
@@ -74,56 +91,114 @@ def test_a_label_of_minus_three_is_called_minus_three(manifest: Path, tmp_path: 
 def test_an_empty_manifest_is_called_empty(tmp_path: Path) -> None:
     empty = tmp_path / "manifest.parquet"
     columns = ["clip_id", "path", "label", "fold"]
-    write_manifest(pd.DataFrame({c: pd.Series([], dtype="int64" if c in ("label", "fold")
-                                              else "object") for c in columns}),
-                   empty, dataset="ravdess", protocol="x", classes=["a", "b"], num_folds=2,
-                   raw_root=tmp_path)  # fmt: skip
+    write_manifest(
+        pd.DataFrame(
+            {
+                c: pd.Series([], dtype="int64" if c in ("label", "fold") else "object")
+                for c in columns
+            }
+        ),
+        empty,
+        dataset="ravdess",
+        protocol="x",
+        classes=["a", "b"],
+        num_folds=2,
+        raw_root=tmp_path,
+    )
     line = _line(_finetune(empty, tmp_path / "run", "--fold", "1", "--dry-run"))
     assert f"manifest {empty} holds no clips (0 rows)" in line and "fixed-split" not in line
 
 
 def test_a_missing_fold_is_asked_for(manifest: Path, tmp_path: Path) -> None:
     line = _line(_finetune(manifest, tmp_path / "run", "--dry-run"))
-    assert line == ("maedfer: error: ravdess is a 2-fold protocol: give --fold K (1..2), the fold "
-                    "to test on")  # fmt: skip
+    assert line == (
+        "maedfer: error: ravdess is a 2-fold protocol: give --fold K (1..2), the fold to test on"
+    )
     assert "None" not in line
 
 
-def test_blr_is_not_silently_ignored_and_mappings_are_merged(manifest: Path,
-                                                             tmp_path: Path) -> None:  # fmt: skip
+def test_blr_is_not_silently_ignored_and_mappings_are_merged(
+    manifest: Path, tmp_path: Path
+) -> None:
     config = tmp_path / "mine.yaml"
-    config.write_text(yaml.safe_dump({"recipe": "finetune", "optim": {"lr": 1e-3},
-                                      "model": {"name": "lgi_former_tiny",
-                                                "overrides": {"embed_dim": 32, "depth": 2,
-                                                              "num_heads": 2,
-                                                              "region_size": [2, 2, 2]}}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "recipe": "finetune",
+                "optim": {"lr": 1e-3},
+                "model": {
+                    "name": "lgi_former_tiny",
+                    "overrides": {
+                        "embed_dim": 32,
+                        "depth": 2,
+                        "num_heads": 2,
+                        "region_size": [2, 2, 2],
+                    },
+                },
+            }
+        )
+    )
     keys = {k: v for k, v in FINETUNE_KEYS.items() if not k.startswith("model.overrides")}
     keys.pop("model.name")
-    result = _finetune(manifest, tmp_path / "run", "--config", str(config), "--fold", "1",
-                       "--set", "optim.blr=2e-3", "--dry-run", keys=keys)  # fmt: skip
+    result = _finetune(
+        manifest,
+        tmp_path / "run",
+        "--config",
+        str(config),
+        "--fold",
+        "1",
+        "--set",
+        "optim.blr=2e-3",
+        "--dry-run",
+        keys=keys,
+    )
     line = _line(result)
     assert "--set optim.blr=0.002 would be ignored: the config sets optim.lr=0.001" in line
     assert "--set optim.lr=null" in line
-    result = _finetune(manifest, tmp_path / "run", "--config", str(config), "--fold", "1",
-                       "--set", "model.overrides={num_heads: 1}", "--dry-run", "--json",
-                       keys=keys)  # fmt: skip
+    result = _finetune(
+        manifest,
+        tmp_path / "run",
+        "--config",
+        str(config),
+        "--fold",
+        "1",
+        "--set",
+        "model.overrides={num_heads: 1}",
+        "--dry-run",
+        "--json",
+        keys=keys,
+    )
     assert result.exit_code == 0, result.output
-    described = json.loads(result.stdout[result.stdout.index("{"):])
+    described = json.loads(result.stdout[result.stdout.index("{") :])
     assert described["config"]["model"]["overrides"] == {
-        "embed_dim": 32, "depth": 2, "num_heads": 1, "region_size": [2, 2, 2]}
-    result = _finetune(manifest, tmp_path / "run", "--config", str(config), "--fold", "1",
-                       "--set", "model.overrides.depth=null", "--dry-run", "--json",
-                       keys=keys)  # fmt: skip
-    described = json.loads(result.stdout[result.stdout.index("{"):])
+        "embed_dim": 32,
+        "depth": 2,
+        "num_heads": 1,
+        "region_size": [2, 2, 2],
+    }
+    result = _finetune(
+        manifest,
+        tmp_path / "run",
+        "--config",
+        str(config),
+        "--fold",
+        "1",
+        "--set",
+        "model.overrides.depth=null",
+        "--dry-run",
+        "--json",
+        keys=keys,
+    )
+    described = json.loads(result.stdout[result.stdout.index("{") :])
     assert "depth" not in described["config"]["model"]["overrides"]
 
 
-def test_a_resumed_prepare_rates_what_it_did_and_says_what_it_carried(tmp_path: Path,
-                                                                      portraits) -> None:
+def test_a_resumed_prepare_rates_what_it_did_and_says_what_it_carried(
+    tmp_path: Path, portraits
+) -> None:
     raw = _tree(tmp_path, portraits, STEMS[:3])
     (raw / "Actor_01" / f"{STEMS[2]}.mp4").write_bytes(b"")  # a reject: empty file
-    args = ["prepare", "ravdess", "--raw", str(raw), "--out", str(tmp_path / "out"), "--size",
-            "64"]  # fmt: skip
+    args = ["prepare", "ravdess", "--raw", str(raw), "--out", str(tmp_path / "out"), "--size", "64"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "carried over" not in first.stdout and "clips/s" in first.stdout
@@ -132,12 +207,15 @@ def test_a_resumed_prepare_rates_what_it_did_and_says_what_it_carried(tmp_path: 
     head = again.stdout.splitlines()[0]
     assert "2 clips ok, 1 rejected" in head and "clips/s" not in head
     assert "0 clip(s) judged by this run, the rest done earlier" in head
-    assert ("1 of the rejects were judged by an earlier run and carried over (their files are "
-            "unchanged); --retry-rejects judges them again") in again.stdout
+    assert (
+        "1 of the rejects were judged by an earlier run and carried over (their files are "
+        "unchanged); --retry-rejects judges them again"
+    ) in again.stdout
 
 
-def test_a_failed_write_without_a_file_name_says_where(tmp_path: Path, portraits,
-                                                      monkeypatch) -> None:  # fmt: skip
+def test_a_failed_write_without_a_file_name_says_where(
+    tmp_path: Path, portraits, monkeypatch
+) -> None:
     from maedfer.preprocess import driver
 
     def full(self, record):
@@ -146,11 +224,16 @@ def test_a_failed_write_without_a_file_name_says_where(tmp_path: Path, portraits
     monkeypatch.setattr(driver.Journal, "_write", full)
     raw = _tree(tmp_path, portraits, STEMS[:1])
     out = tmp_path / "out"
-    line = _line(runner.invoke(app, ["prepare", "ravdess", "--raw", str(raw), "--out", str(out),
-                                     "--size", "64"]))  # fmt: skip
-    assert line == ("maedfer: error: No space left on device; free space on that disk (or choose "
-                    "another folder), then run the same command again: finished work is kept "
-                    f"(while writing into {out})")  # fmt: skip
+    line = _line(
+        runner.invoke(
+            app, ["prepare", "ravdess", "--raw", str(raw), "--out", str(out), "--size", "64"]
+        )
+    )
+    assert line == (
+        "maedfer: error: No space left on device; free space on that disk (or choose "
+        "another folder), then run the same command again: finished work is kept "
+        f"(while writing into {out})"
+    )
 
 
 @pytest.mark.usefixtures(one_thread.__name__)
@@ -160,10 +243,25 @@ def test_ctrl_c_is_noticed_once_not_once_per_loader_worker(tmp_path: Path) -> No
     keys = {**FINETUNE_KEYS, "schedule.epochs": 500, "data.workers": 2, "run.log_every": 1}
     log = tmp_path / "run.log"
     with log.open("w") as handle:
-        proc = subprocess.Popen([sys.executable, "-m", "maedfer.cli", "finetune", "--data",
-                                 str(manifest), "--fold", "1", "--out", str(out),
-                                 *cli_sets(keys)], cwd=REPO, stdout=handle, stderr=handle,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "maedfer.cli",
+                "finetune",
+                "--data",
+                str(manifest),
+                "--fold",
+                "1",
+                "--out",
+                str(out),
+                *cli_sets(keys),
+            ],
+            cwd=REPO,
+            stdout=handle,
+            stderr=handle,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 240
     while len(_descendants(proc.pid)) < 2 or not (out / "metrics.jsonl").exists():
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()

@@ -15,8 +15,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def _section(text: str, title: str) -> str:
     start = text.index(title)
-    following = re.search(r"^## ", text[start + len(title):], re.M)
-    return text[start: start + len(title) + (following.start() if following else len(text))]
+    following = re.search(r"^## ", text[start + len(title) :], re.M)
+    return text[start : start + len(title) + (following.start() if following else len(text))]
 
 
 def test_demo_figures_name_their_machine_and_the_spread_across_machines() -> None:
@@ -29,7 +29,15 @@ def test_demo_figures_name_their_machine_and_the_spread_across_machines() -> Non
 
 def test_the_reliability_section_states_each_promise() -> None:
     section = " ".join(_section(README.read_text(), "## Reliability").split())
-    for promise in ("Nothing outside `--out`", "One command per folder", "One line, never a "
-                    "traceback", "Whole outputs", "No orphans", "Faulty clips",
-                    "`data.max_bad_share` (1 %)", "Runs that replay", "`maedfer --version`"):
+    for promise in (
+        "Nothing outside `--out`",
+        "One command per folder",
+        "One line, never a traceback",
+        "Whole outputs",
+        "No orphans",
+        "Faulty clips",
+        "`data.max_bad_share` (1 %)",
+        "Runs that replay",
+        "`maedfer --version`",
+    ):
         assert promise in section, promise

@@ -29,7 +29,7 @@ from maedfer.cli import app
 from maedfer.manifests import read_manifest, read_rejects
 from tests.inference.media import portrait_frames, save_tiny_checkpoint
 from tests.preprocess.media import encode_video
-from tests.train.clipdata import TINY_FINETUNE_KEYS, cli_sets, make_dataset, one_thread
+from tests.recipes.clipdata import TINY_FINETUNE_KEYS, cli_sets, make_dataset, one_thread
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -54,12 +54,21 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_predict_refuses_what_prepare_refuses(checkpoint: Path, tmp_path: Path) -> None:
     short = tmp_path / "three.mp4"
     encode_video(portrait_frames(3), short)
-    line = _one_line(runner.invoke(app, ["predict", str(short), "--checkpoint",
-                                         str(checkpoint)]))  # fmt: skip
+    line = _one_line(runner.invoke(app, ["predict", str(short), "--checkpoint", str(checkpoint)]))
     assert f"cannot read video {short}: too short: 3 frame(s); predict needs at least 8" in line
     still = REPO / "maedfer" / "assets" / "portraits" / "astronaut.png"
-    result = runner.invoke(app, ["predict", str(short), str(still), "--checkpoint",
-                                 str(checkpoint), "--out", str(tmp_path / "r.json")])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(short),
+            str(still),
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "r.json").read_text())["videos"]
     assert [r["status"] for r in rows] == ["failed", "failed"]
@@ -88,14 +97,25 @@ def _times(path: Path) -> list[float]:
     return [round(t - times[0], 3) for t in times]
 
 
-def test_a_variable_rate_overlay_keeps_every_frames_time(checkpoint: Path,
-                                                         tmp_path: Path) -> None:  # fmt: skip
+def test_a_variable_rate_overlay_keeps_every_frames_time(checkpoint: Path, tmp_path: Path) -> None:
     video = _vfr_video(tmp_path / "vfr.mp4")
     assert _times(video) == [round(t, 3) for t in VFR_TIMES]
     overlay, table = tmp_path / "overlay.mp4", tmp_path / "r.json"
-    result = runner.invoke(app, ["predict", str(video), "--checkpoint", str(checkpoint),
-                                 "--overlay", str(overlay), "--out", str(table),
-                                 "--hop", "2"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(video),
+            "--checkpoint",
+            str(checkpoint),
+            "--overlay",
+            str(overlay),
+            "--out",
+            str(table),
+            "--hop",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert _times(overlay) == _times(video)  # not re-timed at the average rate
     windows = json.loads(table.read_text())["windows"]
@@ -113,12 +133,28 @@ def test_a_forgotten_labels_table_is_said(tmp_path: Path, caplog) -> None:
         (raw / rel).write_bytes(b"")
     (raw / "labels.csv").write_text("path,label\nP01/happy_1.mp4,happy\n")
     with caplog.at_level(logging.WARNING, logger="maedfer"):
-        result = runner.invoke(app, ["prepare", "folder", "--raw", str(raw), "--out",
-                                     str(tmp_path / "out"), "--index-only", "--folds", "2"])
+        result = runner.invoke(
+            app,
+            [
+                "prepare",
+                "folder",
+                "--raw",
+                str(raw),
+                "--out",
+                str(tmp_path / "out"),
+                "--index-only",
+                "--folds",
+                "2",
+            ],
+        )
     assert result.exit_code == 0, result.output
     said = " ".join(r.getMessage() for r in caplog.records)
-    assert f"{raw / 'labels.csv'} is not read: without --labels, each video's class is its top " \
-           "folder (P01, P02)" in said and f"pass --labels {raw / 'labels.csv'}" in said
+    assert (
+        f"{raw / 'labels.csv'} is not read: without --labels, each video's class is its top "
+        "folder (P01, P02)"
+        in said
+        and f"pass --labels {raw / 'labels.csv'}" in said
+    )
 
 
 def test_a_symlink_loop_does_not_index_a_video_under_two_classes(tmp_path: Path) -> None:
@@ -128,8 +164,10 @@ def test_a_symlink_loop_does_not_index_a_video_under_two_classes(tmp_path: Path)
         (raw / rel).write_bytes(rel.encode())
     os.symlink("..", raw / "happy" / "loop")  # happy/loop/sad/c.mp4 is sad/c.mp4
     out = tmp_path / "out"
-    result = runner.invoke(app, ["prepare", "folder", "--raw", str(raw), "--out", str(out),
-                                 "--index-only", "--folds", "2"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        ["prepare", "folder", "--raw", str(raw), "--out", str(out), "--index-only", "--folds", "2"],
+    )
     assert result.exit_code == 0, result.output
     df, _ = read_manifest(out / "manifest.parquet")
     assert sorted(df["source"]) == ["happy/a.mp4", "happy/b.mp4", "sad/c.mp4", "sad/d.mp4"]
@@ -140,30 +178,52 @@ def test_a_symlink_loop_does_not_index_a_video_under_two_classes(tmp_path: Path)
 
 
 @pytest.mark.usefixtures(one_thread.__name__)
-def test_config_yaml_holds_absolute_paths_and_resume_compares_files(tmp_path: Path,
-                                                                    monkeypatch) -> None:
+def test_config_yaml_holds_absolute_paths_and_resume_compares_files(
+    tmp_path: Path, monkeypatch
+) -> None:
     make_dataset(tmp_path / "data", clips_per_class=2)
     monkeypatch.chdir(tmp_path / "data")
-    keys = {**TINY_FINETUNE_KEYS, "schedule.epochs": 1, "data.batch_size": 2,
-            "data.workers": 0, "loss.mixup": 0, "loss.cutmix": 0}  # fmt: skip
-    first = runner.invoke(app, ["finetune", "--data", "manifest.parquet", "--fold", "1",
-                                "--out", "run", *cli_sets(keys)])  # fmt: skip
+    keys = {
+        **TINY_FINETUNE_KEYS,
+        "schedule.epochs": 1,
+        "data.batch_size": 2,
+        "data.workers": 0,
+        "loss.mixup": 0,
+        "loss.cutmix": 0,
+    }
+    first = runner.invoke(
+        app,
+        ["finetune", "--data", "manifest.parquet", "--fold", "1", "--out", "run", *cli_sets(keys)],
+    )
     assert first.exit_code == 0, first.output
     saved = yaml.safe_load((tmp_path / "data" / "run" / "config.yaml").read_text())
     assert saved["data"]["manifest"] == str(tmp_path / "data" / "manifest.parquet")
     assert saved["run"]["out"] == str(tmp_path / "data" / "run")
-    again = runner.invoke(app, ["finetune", "--data", "./manifest.parquet", "--fold", "1",
-                                "--out", str(tmp_path / "data" / "run"), *cli_sets(keys)])
+    again = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--data",
+            "./manifest.parquet",
+            "--fold",
+            "1",
+            "--out",
+            str(tmp_path / "data" / "run"),
+            *cli_sets(keys),
+        ],
+    )
     assert again.exit_code == 0, again.output  # the same file spelled otherwise: same run
     assert "holds a finished run" in again.output
     monkeypatch.chdir(tmp_path)  # a replay from another folder
-    replay = runner.invoke(app, ["finetune", "--config", "data/run/config.yaml", "--out",
-                                 "replay", "--dry-run"])  # fmt: skip
+    replay = runner.invoke(
+        app, ["finetune", "--config", "data/run/config.yaml", "--out", "replay", "--dry-run"]
+    )
     assert replay.exit_code == 0, replay.output
 
 
-def test_predict_finds_an_unwritable_out_before_its_work(checkpoint: Path, tmp_path: Path,
-                                                         monkeypatch) -> None:  # fmt: skip
+def test_predict_finds_an_unwritable_out_before_its_work(
+    checkpoint: Path, tmp_path: Path, monkeypatch
+) -> None:
     from maedfer.inference import predict
 
     def no_work(*args, **kwargs):
@@ -174,17 +234,28 @@ def test_predict_finds_an_unwritable_out_before_its_work(checkpoint: Path, tmp_p
     video = tmp_path / "v.mp4"
     encode_video(portrait_frames(8), video)
     out = tmp_path / "a_file" / "results.json"
-    line = _one_line(runner.invoke(app, ["predict", str(video), "--checkpoint", str(checkpoint),
-                                         "--out", str(out)]))  # fmt: skip
-    assert line.startswith(f"maedfer: error: cannot write {out}: {tmp_path / 'a_file'} is a "
-                           "file, not a folder")
+    line = _one_line(
+        runner.invoke(
+            app, ["predict", str(video), "--checkpoint", str(checkpoint), "--out", str(out)]
+        )
+    )
+    assert line.startswith(
+        f"maedfer: error: cannot write {out}: {tmp_path / 'a_file'} is a file, not a folder"
+    )
 
 
 def test_print_commands_prints_only_commands_that_can_work(tmp_path: Path) -> None:
     manifest = make_dataset(tmp_path / "data", clips_per_class=2)
     init = save_tiny_checkpoint(tmp_path / "init.pt")
-    base = ["protocol", "finetune-ravdess", "--data", str(manifest), "--out", str(tmp_path / "p"),
-            "--print-commands"]  # fmt: skip
+    base = [
+        "protocol",
+        "finetune-ravdess",
+        "--data",
+        str(manifest),
+        "--out",
+        str(tmp_path / "p"),
+        "--print-commands",
+    ]
     line = _one_line(runner.invoke(app, [*base, "--init", str(init), "--set", "epochs=3"]))
     assert "unknown config key 'epochs'" in line and "schedule.epochs" in line
     line = _one_line(runner.invoke(app, [*base, "--init", str(tmp_path / "nope.pt")]))
@@ -200,10 +271,25 @@ def test_readme_does_not_call_the_manifest_byte_identical() -> None:
 
 
 def test_library_warnings_stay_off_the_terminal(checkpoint: Path, tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "maedfer.cli", "export", str(checkpoint),
-                           "--format", "onnx", "--out", str(tmp_path / "onnx")], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "maedfer.cli",
+            "export",
+            str(checkpoint),
+            "--format",
+            "onnx",
+            "--out",
+            str(tmp_path / "onnx"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stderr and "warnings.warn" not in done.stderr, done.stderr
-    assert np.isfinite(json.loads((tmp_path / "onnx" / "inference.json").read_text())
-                       ["onnx_max_abs_diff"])
+    assert np.isfinite(
+        json.loads((tmp_path / "onnx" / "inference.json").read_text())["onnx_max_abs_diff"]
+    )

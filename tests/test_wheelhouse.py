@@ -38,9 +38,24 @@ print(json.dumps({"frames": list(frames.shape), "libs": libs}))
 @pytest.fixture(scope="module")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheelhouse")
-    subprocess.run(["bash", str(REPO / "scripts" / "wheelhouse.sh"), "--out", str(out),
-                    "--from-env", "--level", "0", "--part-size", "48",
-                    "--work", str(out)], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            "bash",
+            str(REPO / "scripts" / "wheelhouse.sh"),
+            "--out",
+            str(out),
+            "--from-env",
+            "--level",
+            "0",
+            "--part-size",
+            "48",
+            "--work",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return out
 
 
@@ -49,23 +64,43 @@ def env_with(site: Path) -> dict[str, str]:
 
 
 def install(parts: list[Path], target: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(REPO / "scripts" / "install-wheelhouse.sh"),
-                           *map(str, parts), "--target", str(target)],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHON": sys.executable}, check=False)
+    return subprocess.run(
+        [
+            "bash",
+            str(REPO / "scripts" / "install-wheelhouse.sh"),
+            *map(str, parts),
+            "--target",
+            str(target),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHON": sys.executable},
+        check=False,
+    )
 
 
-def test_wheelhouse_installs_and_dali_runs_from_it(wheelhouse: Path, tmp_path: Path,
-                                                   vp9_clip: Path) -> None:
+def test_wheelhouse_installs_and_dali_runs_from_it(
+    wheelhouse: Path, tmp_path: Path, vp9_clip: Path
+) -> None:
     (record_path,) = wheelhouse.glob("*.json")
     record = json.loads(record_path.read_text())
     parts = sorted(wheelhouse.glob("*.tar.xz.*"))
     assert len(parts) == len(record["parts"]) >= 2  # split
     assert all(p.stat().st_size <= 48 * 2**20 for p in parts)
-    assert {"nvidia-dali-cuda130", "av", "facenet-pytorch", "timm", "astunparse", "gast",
-            "optree"} <= set(record["packages"])
-    assert not any(name.startswith(("nvidia-nvimgcodec", "nvidia-libnvcomp", "torch"))
-                   for name in record["packages"])
+    assert {
+        "nvidia-dali-cuda130",
+        "av",
+        "facenet-pytorch",
+        "timm",
+        "astunparse",
+        "gast",
+        "optree",
+    } <= set(record["packages"])
+    assert not any(
+        name.startswith(("nvidia-nvimgcodec", "nvidia-libnvcomp", "torch"))
+        for name in record["packages"]
+    )
     assert record["dropped_bytes"]["dali_include"] > 0
 
     site = tmp_path / "site"
@@ -73,7 +108,8 @@ def test_wheelhouse_installs_and_dali_runs_from_it(wheelhouse: Path, tmp_path: P
     done = install(parts, site)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == (
-        f"export PYTHONPATH={site}${{PYTHONPATH:+:$PYTHONPATH}}")
+        f"export PYTHONPATH={site}${{PYTHONPATH:+:$PYTHONPATH}}"
+    )
     assert (site / "nvidia" / "__init__.py").read_text().startswith("__path__")
     assert not (site / "nvidia" / "dali" / "include").exists()
     here = f"cpython-{sys.version_info.major}{sys.version_info.minor}-"
@@ -81,14 +117,28 @@ def test_wheelhouse_installs_and_dali_runs_from_it(wheelhouse: Path, tmp_path: P
 
     # the packages come from the unpacked folder, though this venv has them too
     where = subprocess.run(
-        [sys.executable, "-c", "import nvidia.dali, av, facenet_pytorch, timm, optree;"
-         "print('\\n'.join(m.__file__ for m in (nvidia.dali, av, facenet_pytorch, timm, optree)))"],
-        capture_output=True, text=True, env=env_with(site), check=True)
+        [
+            sys.executable,
+            "-c",
+            "import nvidia.dali, av, facenet_pytorch, timm, optree;"
+            "print('\\n'.join(m.__file__ for m in "
+            "(nvidia.dali, av, facenet_pytorch, timm, optree)))",
+        ],
+        capture_output=True,
+        text=True,
+        env=env_with(site),
+        check=True,
+    )
     assert all(line.startswith(str(site)) for line in where.stdout.split()), where.stdout
 
     # DALI from there decodes without nvimgcodec or nvcomp (dropped: never loaded)
-    listed = subprocess.run([sys.executable, "-c", DECODE_AND_LIST, str(vp9_clip)],
-                            capture_output=True, text=True, env=env_with(site), check=True)
+    listed = subprocess.run(
+        [sys.executable, "-c", DECODE_AND_LIST, str(vp9_clip)],
+        capture_output=True,
+        text=True,
+        env=env_with(site),
+        check=True,
+    )
     loaded = json.loads(listed.stdout.strip().splitlines()[-1])
     assert loaded["frames"][1:] == [24, 64, 64, 3]
     assert any(lib.startswith(str(site / "nvidia" / "dali")) for lib in loaded["libs"])
@@ -96,10 +146,26 @@ def test_wheelhouse_installs_and_dali_runs_from_it(wheelhouse: Path, tmp_path: P
 
     # the project's DALI CPU equality tests, run from the unpacked packages
     tests = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
-         "tests/pipelines/test_dali.py", "-k", "cpu_matches_pyav or cpu_rand_augment"],
-        cwd=REPO, capture_output=True, text=True, env=env_with(site), timeout=600,
-        check=False)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:randomly",
+            "-p",
+            "no:cacheprovider",
+            "tests/pipelines/test_dali.py",
+            "-k",
+            "cpu_matches_pyav or cpu_rand_augment",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env_with(site),
+        timeout=600,
+        check=False,
+    )
     assert tests.returncode == 0, tests.stdout[-3000:]
     assert "7 passed" in tests.stdout, tests.stdout[-1000:]
 
@@ -126,5 +192,4 @@ def test_install_refuses_a_damaged_or_missing_part(wheelhouse: Path, tmp_path: P
 def vp9_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.pipelines.media import marker_frames, write_clip
 
-    return write_clip(tmp_path_factory.mktemp("clip") / "c.webm", marker_frames(24),
-                      codec="vp9")
+    return write_clip(tmp_path_factory.mktemp("clip") / "c.webm", marker_frames(24), codec="vp9")

@@ -1,6 +1,6 @@
 """``maedfer demo``: the whole pipeline on a dataset rendered from the committed portraits.
 
-Stages, each the real command a user would run (DESIGN.md §8, issue 6):
+Stages, each the real command a user would run (docs/design.md, issue 6):
 
 1. render   — :mod:`maedfer.demo.render` writes videos and ``labels.csv`` under ``OUT/raw``;
 2. prepare  — ``maedfer prepare folder --labels OUT/raw/labels.csv`` on them (the demo is the
@@ -51,11 +51,12 @@ class DemoConfig:
 
 
 QUICK = DemoConfig(
-    actors_per_portrait=1, clips_per_class=2, folds=(1, 2),
-    pretrain_overrides={"schedule.epochs": 1, "schedule.warmup_epochs": 0.25,
-                        "data.batch_size": 8},
+    actors_per_portrait=1,
+    clips_per_class=2,
+    folds=(1, 2),
+    pretrain_overrides={"schedule.epochs": 1, "schedule.warmup_epochs": 0.25, "data.batch_size": 8},
     finetune_overrides={"schedule.epochs": 2, "data.batch_size": 8},
-)  # fmt: skip
+)
 
 
 @dataclass
@@ -70,9 +71,15 @@ class Stage:
         return self.amount / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _timed(stages: list[Stage], name: str, unit: str, work: Callable[[], tuple[Any, float]]) -> Any:
+def _timed(
+    stages: list[Stage],
+    name: str,
+    unit: str,
+    work: Callable[[], tuple[Any, float]],
+    show: Callable[[str], None],
+) -> Any:
     """Run ``work`` (returning its result and the amount it processed) and record the stage."""
-    print(f"\n== {name} ==", flush=True)
+    show(f"\n== {name} ==")
     start = time.perf_counter()
     result, amount = work()
     stages.append(Stage(name, time.perf_counter() - start, float(amount), unit))
@@ -80,7 +87,12 @@ def _timed(stages: list[Stage], name: str, unit: str, work: Callable[[], tuple[A
 
 
 def run(
-    *, out: Path = Path("runs/demo"), device: str | None = None, quick: bool = False
+    *,
+    out: Path = Path("runs/demo"),
+    device: str | None = None,
+    quick: bool = False,
+    show: Callable[[str], None] | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Render, prepare, pre-train, fine-tune per fold, evaluate and profile; print a summary.
 
@@ -88,6 +100,8 @@ def run(
         out: everything goes under this folder (created; reused by a re-run).
         device: "cpu" or "cuda" (None: CUDA when present).
         quick: a shortened run (2 folds, 2 clips per class, 1 + 2 epochs) for the tests.
+        show, notify: take the lines for stdout (each stage, the summary) and stderr (warnings);
+            the command line prints them, nothing is printed here.
 
     Returns:
         The summary written to ``out/summary.json``.
@@ -99,15 +113,23 @@ def run(
 
     cfg = QUICK if quick else DemoConfig()
     with hold(Path(out)):
-        return run_config(cfg, out=Path(out), device=device)
+        return run_config(cfg, out=Path(out), device=device, show=show, notify=notify)
 
 
-def run_config(cfg: DemoConfig, *, out: Path, device: str | None = None) -> dict[str, Any]:
+def run_config(
+    cfg: DemoConfig,
+    *,
+    out: Path,
+    device: str | None = None,
+    show: Callable[[str], None] | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """:func:`run` with an explicit :class:`DemoConfig`."""
+    emit, warn = show or (lambda _line: None), notify or (lambda _line: None)
+    from maedfer.evaluation import evaluate, metrics
     from maedfer.preprocess import driver
     from maedfer.preprocess.faces import cpu_threads
-    from maedfer.train import config as config_io
-    from maedfer.train import evaluate, metrics
+    from maedfer.recipes import config as config_io
 
     started = time.perf_counter()
     try:
@@ -118,90 +140,119 @@ def run_config(cfg: DemoConfig, *, out: Path, device: str | None = None) -> dict
     folds = cfg.folds or tuple(range(1, len(portraits) + 1))
     stages: list[Stage] = []
     paths = {
-        "raw": out / "raw", "prepared": out / "prepared", "pretrain": out / "pretrain",
+        "raw": out / "raw",
+        "prepared": out / "prepared",
+        "pretrain": out / "pretrain",
         "finetune": out / "finetune",
-    }  # fmt: skip
+    }
     frames = cfg.num_frames
     cores = os.cpu_count() or 1
     common = {"data.workers": min(4, cores), "run.seed": cfg.seed}
     recipes = (
-        config_io.load(cfg.pretrain_config, recipe="pretrain",
-                       overrides={**common, **cfg.pretrain_overrides}),
-        config_io.load(cfg.finetune_config, recipe="finetune",
-                       overrides={**common, **cfg.finetune_overrides}),
+        config_io.load(
+            cfg.pretrain_config, recipe="pretrain", overrides={**common, **cfg.pretrain_overrides}
+        ),
+        config_io.load(
+            cfg.finetune_config, recipe="finetune", overrides={**common, **cfg.finetune_overrides}
+        ),
     )
     clip_size = recipes[1].model.img_size  # the prepared clips are the model's input size
 
     def do_render() -> tuple[list[render.RenderedClip], float]:
         clips = render.render_dataset(
-            paths["raw"], portraits=portraits, actors_per_portrait=cfg.actors_per_portrait,
-            clips_per_class=cfg.clips_per_class, num_frames=frames, frame_size=cfg.frame_size,
-            seed=cfg.seed, workers=min(2, os.cpu_count() or 1),
-        )  # fmt: skip
+            paths["raw"],
+            portraits=portraits,
+            actors_per_portrait=cfg.actors_per_portrait,
+            clips_per_class=cfg.clips_per_class,
+            num_frames=frames,
+            frame_size=cfg.frame_size,
+            seed=cfg.seed,
+            workers=min(2, os.cpu_count() or 1),
+        )
         return clips, len(clips)
 
-    clips = _timed(stages, "render", "clips", do_render)
+    clips = _timed(stages, "render", "clips", do_render, emit)
 
     def do_prepare() -> tuple[dict[str, Any], float]:
         summary = driver.run(
-            dataset="folder", raw=paths["raw"], out=paths["prepared"], size=clip_size,
-            workers=min(2, os.cpu_count() or 1), device=device,
-            dataset_options={"labels": paths["raw"] / render.LABELS,
-                             "classes": [c.name for c in render.CLASSES]},
-        )  # fmt: skip
+            dataset="folder",
+            raw=paths["raw"],
+            out=paths["prepared"],
+            size=clip_size,
+            workers=min(2, os.cpu_count() or 1),
+            device=device,
+            dataset_options={
+                "labels": paths["raw"] / render.LABELS,
+                "classes": [c.name for c in render.CLASSES],
+            },
+            show=emit,
+        )
         return summary, summary["ok"] * frames
 
-    prepared = _timed(stages, "prepare (faces)", "frames", do_prepare)
+    prepared = _timed(stages, "prepare (faces)", "frames", do_prepare, emit)
     if prepared["rejected"]:
-        log.warning("demo: %d clips rejected by prepare: %s", prepared["rejected"],
-                    prepared["reasons"])  # fmt: skip
+        log.warning(
+            "demo: %d clips rejected by prepare: %s", prepared["rejected"], prepared["reasons"]
+        )
     manifest = paths["prepared"] / "manifest.parquet"
     train_clips = prepared["ok"]
 
     # Decoding the small clips is the bottleneck of a tiny model on CPU: the loader's workers
     # take the cores and torch one thread (measured 1.65x faster than torch's default on 2 cores).
     with cpu_threads(max(1, cores - common["data.workers"])):
-        pre, runs = _train(stages, recipes, paths, manifest, device, folds, train_clips)
+        pre, runs = _train(stages, recipes, paths, manifest, device, folds, train_clips, emit)
 
     def do_evaluate() -> tuple[dict[str, Any], float]:
-        result = evaluate.run([Path(r["out"]) for r in runs], out=out)
-        return result, len(runs)
+        found = evaluate.evaluate_runs([Path(r["out"]) for r in runs], out=out)
+        for line in found.warnings():
+            warn(line)
+        emit(found.text())
+        return found.payload, len(runs)
 
-    evaluation = _timed(stages, "evaluate", "runs", do_evaluate)
+    evaluation = _timed(stages, "evaluate", "runs", do_evaluate, emit)
     summary = _summary(cfg, out, paths, clips, prepared, pre, runs, evaluation, stages, started)
     metrics.write_report(out / "profile.json", {"stages": summary["stages"]})
     metrics.write_report(out / "summary.json", summary)
-    print(format_summary(summary))
+    emit(format_summary(summary))
     return summary
 
 
 def _train(
-    stages: list[Stage], recipes: tuple[Any, Any], paths: dict[str, Path], manifest: Path,
-    device: str | None, folds: tuple[int, ...], train_clips: int,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
+    stages: list[Stage],
+    recipes: tuple[Any, Any],
+    paths: dict[str, Path],
+    manifest: Path,
+    device: str | None,
+    folds: tuple[int, ...],
+    train_clips: int,
+    emit: Callable[[str], None],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Pre-train once, then fine-tune and test each fold from the pre-trained weights."""
-    from maedfer.train import finetune, pretrain
+    from maedfer.recipes import finetune, pretrain
 
     pre_cfg, ft_cfg = recipes
 
     def do_pretrain() -> tuple[dict[str, Any], float]:
-        result = pretrain.run(pre_cfg, data=manifest, out=paths["pretrain"], device=device,
-                              quiet=True)
+        result = pretrain.run(pre_cfg, data=manifest, out=paths["pretrain"], device=device)
         return result, train_clips * result["epochs"]
 
-    pre = _timed(stages, "pretrain", "clips", do_pretrain)
+    pre = _timed(stages, "pretrain", "clips", do_pretrain, emit)
     runs = []
     for fold in folds:
 
         def do_finetune(fold: int = fold) -> tuple[dict[str, Any], float]:
             result = finetune.run(
-                ft_cfg, data=manifest, fold=fold, init=Path(pre["checkpoint"]),
-                out=paths["finetune"] / f"fold_{fold}", device=device, quiet=True,
-            )  # fmt: skip
+                ft_cfg,
+                data=manifest,
+                fold=fold,
+                init=Path(pre["checkpoint"]),
+                out=paths["finetune"] / f"fold_{fold}",
+                device=device,
+            )
             seen = result["steps"] * ft_cfg.data.batch_size
             return result, seen
 
-        runs.append(_timed(stages, f"finetune fold {fold}", "clips", do_finetune))
+        runs.append(_timed(stages, f"finetune fold {fold}", "clips", do_finetune, emit))
 
     return pre, runs
 
@@ -213,15 +264,22 @@ def _summary(cfg, out, paths, clips, prepared, pre, runs, evaluation, stages, st
     return {
         "classes": [c.name for c in classes],
         "subjects": sorted({c.subject for c in clips}),
-        "clips": {"rendered": len(clips), "prepared": prepared["ok"],
-                  "rejected": prepared["rejected"]},
+        "clips": {
+            "rendered": len(clips),
+            "prepared": prepared["ok"],
+            "rejected": prepared["rejected"],
+        },
         "chance": chance,
         "uar": mean["uar"],
         "war": mean["war"],
         "uar_over_chance": mean["uar"] / chance,
         "folds": [
-            {"fold": r["report"]["fold"], "uar": r["report"]["uar"], "war": r["report"]["war"],
-             "report": str(Path(r["out"]) / "report.json")}
+            {
+                "fold": r["report"]["fold"],
+                "uar": r["report"]["uar"],
+                "war": r["report"]["war"],
+                "report": str(Path(r["out"]) / "report.json"),
+            }
             for r in runs
         ],
         "pooled": {"uar": evaluation["pooled"]["uar"], "war": evaluation["pooled"]["war"]},

@@ -1,4 +1,4 @@
-"""Synthesis of the labelled demo dataset from the committed portraits (DESIGN.md §8).
+"""Synthesis of the labelled demo dataset from the committed portraits (docs/design.md).
 
 Each portrait is one subject; each class is a non-rigid face movement around the MTCNN landmarks
 (similarity alignment removes rigid motion, so rigid classes would become identical after
@@ -75,7 +75,7 @@ CLASSES: tuple[DemoClass, ...] = (
 )
 #: The labels table at the raw root (``prepare folder --labels``).
 LABELS = "labels.csv"
-# Not in the default set: weaker after alignment at 64 pixels (DESIGN.md §8), kept for
+# Not in the default set: weaker after alignment at 64 pixels (docs/design.md), kept for
 # experiments through ``motion_field``.
 EXTRA_CLASSES: tuple[DemoClass, ...] = (
     DemoClass("smile", 0.09),  # lip corners out and up (AU12)
@@ -110,7 +110,7 @@ def detect_face(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     boxes, probs, points = MTCNN(keep_all=True, device="cpu").detect(image, landmarks=True)
     if boxes is None:
         raise MaedferError("demo: MTCNN found no face in a portrait; use a frontal face image")
-    # numpy 2 can hand back object arrays (DESIGN.md §7)
+    # numpy 2 can hand back object arrays (docs/design.md)
     best = int(np.argmax(np.asarray(probs, dtype=np.float64)))
     return np.asarray(boxes[best], np.float64), np.asarray(points[best], np.float64)
 
@@ -249,8 +249,10 @@ def _lips_part(f: _FaceCoords, lower_share: float) -> tuple[np.ndarray, np.ndarr
     across = f.across_mouth()
     uy = lower_share * f.amp * lower * across * _gauss(f.fy - f.mouth[1] - 0.25, 0.4)
     uy -= (1 - lower_share) * f.amp * (1 - lower) * across * _gauss(f.fy - f.mouth[1], 0.18)
-    inside = np.exp(-(((f.fx - f.mouth[0]) / (0.36 * f.width)) ** 2)
-                    - (((f.fy - f.mouth[1]) / (0.45 * f.amp + 0.01)) ** 2))  # fmt: skip
+    inside = np.exp(
+        -(((f.fx - f.mouth[0]) / (0.36 * f.width)) ** 2)
+        - (((f.fy - f.mouth[1]) / (0.45 * f.amp + 0.01)) ** 2)
+    )
     return uy, inside
 
 
@@ -320,8 +322,12 @@ def _turn(f: _FaceCoords, axis: int):
 def _segment(f: _FaceCoords, start: np.ndarray, end: np.ndarray, sigma: float) -> np.ndarray:
     """A soft line from ``start`` to ``end`` (face units) of width ``sigma``."""
     direction = end - start
-    t = np.clip(((f.fx - start[0]) * direction[0] + (f.fy - start[1]) * direction[1])
-                / float(direction @ direction), 0, 1)  # fmt: skip
+    t = np.clip(
+        ((f.fx - start[0]) * direction[0] + (f.fy - start[1]) * direction[1])
+        / float(direction @ direction),
+        0,
+        1,
+    )
     gap = np.hypot(f.fx - start[0] - t * direction[0], f.fy - start[1] - t * direction[1])
     return _gauss(gap, sigma)
 
@@ -433,8 +439,9 @@ def render_clip(
         a = float(amps[t])
         map_x = qx - a * dx + float(subject.center[0] - half)
         map_y = qy - a * dy + float(subject.center[1] - half)
-        img = cv2.remap(subject.image, map_x, map_y, cv2.INTER_LINEAR,
-                        borderMode=cv2.BORDER_REFLECT_101)  # fmt: skip
+        img = cv2.remap(
+            subject.image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+        )
         shade = min(1.0, abs(a))
         img *= 1 - shade * dark[..., None]
         alpha = shade * paint[..., None]
@@ -526,8 +533,10 @@ def render_dataset(
                 for clip in range(clips_per_class):
                     rel_path = Path(portrait.stem) / f"{cls.name}_{actor:02d}_{clip + 1}.mp4"
                     jobs.append((portrait, actor, cls_index, clip, rel_path, index + 1))
-    out = [RenderedClip(rel, p.stem, actor, CLASSES[c].name, fold)
-           for p, actor, c, _, rel, fold in jobs]  # fmt: skip
+    out = [
+        RenderedClip(rel, p.stem, actor, CLASSES[c].name, fold)
+        for p, actor, c, _, rel, fold in jobs
+    ]
     todo: dict[tuple[Path, int], list[tuple[int, int, Path]]] = {}
     for portrait, actor, cls_index, clip, rel_path, _ in jobs:
         if not (raw / rel_path).is_file():
@@ -540,10 +549,12 @@ def render_dataset(
         else:
             # one task per variant: each finds its portrait's face once, then renders its clips
             # each worker on a lifeline: a killed demo leaves no renderer behind
-            with ProcessPoolExecutor(min(workers, len(todo)), initializer=die_with,
-                                     initargs=(os.getpid(),)) as pool:
-                tasks = [pool.submit(_render_actor, p, a, c, raw, settings)
-                         for (p, a), c in todo.items()]  # fmt: skip
+            with ProcessPoolExecutor(
+                min(workers, len(todo)), initializer=die_with, initargs=(os.getpid(),)
+            ) as pool:
+                tasks = [
+                    pool.submit(_render_actor, p, a, c, raw, settings) for (p, a), c in todo.items()
+                ]
                 for task in as_completed(tasks):
                     bar.update(task.result())
     write_labels(raw, out)
@@ -560,8 +571,14 @@ def _render_actor(
     for cls_index, clip, rel_path in clips:
         rng = np.random.default_rng([seed, actor, cls_index, clip])
         params = draw_params(rng, frames_per_clip)
-        frames = render_clip(subject, CLASSES[cls_index].name, params,
-                             num_frames=frames_per_clip, frame_size=size, rng=rng)  # fmt: skip
+        frames = render_clip(
+            subject,
+            CLASSES[cls_index].name,
+            params,
+            num_frames=frames_per_clip,
+            frame_size=size,
+            rng=rng,
+        )
         write_video(frames, raw / rel_path, fps=settings["fps"])
     return len(clips)
 

@@ -17,7 +17,7 @@
   reconstructions of masked windows (``maedfer reconstruct``: ``reconstruct_run``, pictures:
   ``reconstruct_render``).
 
-No CLI library is imported here: ``maedfer/cli.py`` declares the commands and calls these.
+No CLI library is imported here: ``maedfer/cli/`` declares the commands and calls these.
 """
 
 from maedfer.inference.explain import Explanation

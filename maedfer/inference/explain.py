@@ -89,8 +89,10 @@ def _site(model: nn.Module) -> tuple[nn.Module, tuple[int, int, int]]:
     blocks, embed = getattr(model, "blocks", None), getattr(model, "patch_embed", None)
     if isinstance(blocks, nn.ModuleList) and len(blocks) and hasattr(embed, "grid"):
         return blocks[-1], tuple(embed.grid)
-    raise MaedferError(f"--explain knows LGI-Former and ViT-style encoders (blocks over the "
-                       f"token grid); {type(model).__name__} is neither")  # fmt: skip
+    raise MaedferError(
+        f"--explain knows LGI-Former and ViT-style encoders (blocks over the "
+        f"token grid); {type(model).__name__} is neither"
+    )
 
 
 def _to_raster(model: nn.Module, tokens: torch.Tensor, batch: int) -> torch.Tensor:
@@ -101,8 +103,10 @@ def _to_raster(model: nn.Module, tokens: torch.Tensor, batch: int) -> torch.Tens
         return local[:, model.encoder.region_rank]
     _, grid = _site(model)
     if tokens.dim() != 3 or tokens.shape[1] != grid[0] * grid[1] * grid[2]:
-        raise MaedferError(f"--explain: {type(model).__name__}'s last block takes "
-                           f"{tuple(tokens.shape)}, not the tokens of the {grid} grid")
+        raise MaedferError(
+            f"--explain: {type(model).__name__}'s last block takes "
+            f"{tuple(tokens.shape)}, not the tokens of the {grid} grid"
+        )
     return tokens
 
 
@@ -124,8 +128,9 @@ def _rep_attention(model: LGIFormer, normed: torch.Tensor, batch: int) -> torch.
 _BLANK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {shape: tokens}
 
 
-def blank_tokens(model: nn.Module, block: nn.Module, shape: tuple[int, ...],
-                 device: torch.device) -> torch.Tensor:  # fmt: skip
+def blank_tokens(
+    model: nn.Module, block: nn.Module, shape: tuple[int, ...], device: torch.device
+) -> torch.Tensor:
     """The last block's input for one blank window (zeros), computed once per model."""
     cache = _BLANK.setdefault(model, {})
     key = (tuple(shape), str(device))
@@ -145,8 +150,9 @@ def blank_tokens(model: nn.Module, block: nn.Module, shape: tuple[int, ...],
     return cache[key]
 
 
-def explain_batch(model: nn.Module, video: torch.Tensor,
-                  class_index: Sequence[int] | None = None) -> dict[str, Any]:  # fmt: skip
+def explain_batch(
+    model: nn.Module, video: torch.Tensor, class_index: Sequence[int] | None = None
+) -> dict[str, Any]:
     """Probabilities and relevance maps of a batch of windows.
 
     Args:
@@ -177,8 +183,11 @@ def explain_batch(model: nn.Module, video: torch.Tensor,
         with torch.inference_mode(False), torch.enable_grad():
             video = video.clone()  # not an inference tensor: autograd may save it
             logits = model(video).float()
-            chosen = (logits.argmax(1) if class_index is None
-                      else torch.as_tensor(list(class_index), device=logits.device))  # fmt: skip
+            chosen = (
+                logits.argmax(1)
+                if class_index is None
+                else torch.as_tensor(list(class_index), device=logits.device)
+            )
             score = logits.gather(1, chosen[:, None]).sum()
             (grad,) = torch.autograd.grad(score, seen["tokens"])
     finally:
@@ -197,9 +206,12 @@ def explain_batch(model: nn.Module, video: torch.Tensor,
             attention = _rep_attention(model, seen["normed"], batch).reshape(batch, *grid)
             attention = attention.cpu().numpy().astype(np.float32)
         probs = torch.softmax(logits.detach(), dim=1).cpu().numpy()
-    return {"probs": probs, "class_index": chosen.cpu().numpy(),
-            "gradcam": cam.reshape(batch, *grid).cpu().numpy().astype(np.float32),
-            "attention": attention}  # fmt: skip
+    return {
+        "probs": probs,
+        "class_index": chosen.cpu().numpy(),
+        "gradcam": cam.reshape(batch, *grid).cpu().numpy().astype(np.float32),
+        "attention": attention,
+    }
 
 
 def frame_relevance(gradcam: np.ndarray) -> np.ndarray:
@@ -230,9 +242,15 @@ def build_explanation(model: nn.Module, maps: Sequence[dict[str, Any] | None]) -
         index[w] = int(item["class_index"])
         if attention is not None:
             attention[w] = item["attention"]
-    return Explanation(grid=tuple(grid), tubelet=tubelet, patch=patch, class_index=index,
-                       gradcam=gradcam, attention=attention,
-                       frame_relevance=frame_relevance(gradcam))  # fmt: skip
+    return Explanation(
+        grid=tuple(grid),
+        tubelet=tubelet,
+        patch=patch,
+        class_index=index,
+        gradcam=gradcam,
+        attention=attention,
+        frame_relevance=frame_relevance(gradcam),
+    )
 
 
 __all__ = ["Explanation", "build_explanation", "explain_batch", "frame_relevance"]

@@ -8,6 +8,8 @@
   token-frames (each tubelet's first frame) with its heat, and the "which frames mattered"
   curve over it;
 - :func:`sparkline`: the same curve in one line of text, for the terminal table.
+
+Documented in docs/inference.md.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ def colour(relevance: np.ndarray) -> np.ndarray:
 
 def enlarge(token_map: np.ndarray, size: int) -> np.ndarray:
     """``(H', W')`` -> ``(size, size)`` float32, bilinear between token centres."""
-    return cv2.resize(np.nan_to_num(token_map).astype(np.float32), (size, size),
-                      interpolation=cv2.INTER_LINEAR)  # fmt: skip
+    return cv2.resize(
+        np.nan_to_num(token_map).astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR
+    )
 
 
 def blend(image: np.ndarray, relevance: np.ndarray) -> np.ndarray:
@@ -63,8 +66,9 @@ def heat_on_crop(crop: np.ndarray, token_map: np.ndarray) -> np.ndarray:
     return blend(crop, enlarge(token_map, crop.shape[0]))
 
 
-def heat_on_frame(frame: np.ndarray, token_map: np.ndarray, transform: np.ndarray,
-                  size: int) -> np.ndarray:  # fmt: skip
+def heat_on_frame(
+    frame: np.ndarray, token_map: np.ndarray, transform: np.ndarray, size: int
+) -> np.ndarray:
     """A video frame with the map drawn where the aligned crop came from.
 
     ``transform`` (2, 3) maps the frame to the ``size`` crop (continuous coordinates, as
@@ -75,8 +79,14 @@ def heat_on_frame(frame: np.ndarray, token_map: np.ndarray, transform: np.ndarra
     m = inverse.copy()  # crop -> frame; continuous -> pixel-centre coordinates, as warp_frames
     m[:, 2] += 0.5 * m[:, :2].sum(1) - 0.5
     height, width = frame.shape[:2]
-    back = cv2.warpAffine(heat, m, (width, height), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)  # fmt: skip
+    back = cv2.warpAffine(
+        heat,
+        m,
+        (width, height),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
     relevance = back[..., 0] * (back[..., 1] > 0.5)  # nothing outside the crop
     return blend(frame, relevance)
 
@@ -116,8 +126,7 @@ def chosen_windows(prediction, max_strips: int = MAX_STRIPS) -> list[int]:
     return sorted({faced[int(round(i))] for i in spread})
 
 
-def strip_rows(prediction, crops: dict[int, np.ndarray] | None,
-               chosen: list[int]) -> list[Strip]:  # fmt: skip
+def strip_rows(prediction, crops: dict[int, np.ndarray] | None, chosen: list[int]) -> list[Strip]:
     """The strips of windows ``chosen`` of ``prediction`` (which has an explanation).
 
     Args:
@@ -133,14 +142,17 @@ def strip_rows(prediction, crops: dict[int, np.ndarray] | None,
         size = 64 if crops is None else crops[w].shape[1]
         tiles = []
         for k in range(t_grid):
-            base = (np.zeros((size, size, 3), np.uint8) if crops is None else crops[w][k])
+            base = np.zeros((size, size, 3), np.uint8) if crops is None else crops[w][k]
             tiles.append(heat_on_crop(base, maps[k]))
         firsts = window_frame_indices(prediction, w)[:: explanation.tubelet]
         labels = [str(int(i)) for i in firsts[:t_grid]]
-        title = (f"window {w} ({row['start_s']:.2f}-{row['end_s']:.2f} s): "
-                 f"{row['top_class']} {row['top_p']:.2f}")  # fmt: skip
-        out.append(Strip(w, title, np.concatenate(tiles, axis=1),
-                         explanation.frame_relevance[w], labels))
+        title = (
+            f"window {w} ({row['start_s']:.2f}-{row['end_s']:.2f} s): "
+            f"{row['top_class']} {row['top_p']:.2f}"
+        )
+        out.append(
+            Strip(w, title, np.concatenate(tiles, axis=1), explanation.frame_relevance[w], labels)
+        )
     return out
 
 
@@ -191,6 +203,17 @@ def sparkline(curve) -> str:
     return "".join(_BLOCKS[int(round(v / top * (len(_BLOCKS) - 1)))] for v in values)
 
 
-__all__ = ["Strip", "blend", "chosen_windows", "colour", "draw_strip", "heat_on_crop",
-           "heat_on_frame", "sparkline", "strip_rows", "token_frame_of", "window_crops",
-           "window_frame_indices"]  # fmt: skip
+__all__ = [
+    "Strip",
+    "blend",
+    "chosen_windows",
+    "colour",
+    "draw_strip",
+    "heat_on_crop",
+    "heat_on_frame",
+    "sparkline",
+    "strip_rows",
+    "token_frame_of",
+    "window_crops",
+    "window_frame_indices",
+]

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,15 +89,27 @@ def export_safetensors(model: torch.nn.Module, settings: ModelSettings, out: Pat
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights = out / "model.safetensors"
     with atomic_path(weights) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "model": settings.model,
-                                             "class_names": json.dumps(settings.class_names)})
+        save_file(
+            state,
+            str(tmp),
+            metadata={
+                "format": "pt",
+                "model": settings.model,
+                "class_names": json.dumps(settings.class_names),
+            },
+        )
     _write_json(out / "config.json", model_kwargs(model))
     _write_json(out / "inference.json", inference_config(settings))
     return [weights, out / "config.json", out / "inference.json"]
 
 
-def check_onnx(path: Path, model: torch.nn.Module, settings: ModelSettings,
-               batches: Sequence[int] = (1, 3), seed: int = 0) -> float:  # fmt: skip
+def check_onnx(
+    path: Path,
+    model: torch.nn.Module,
+    settings: ModelSettings,
+    batches: Sequence[int] = (1, 3),
+    seed: int = 0,
+) -> float:
     """Largest |logit difference| between onnxruntime (CPU) and PyTorch on random inputs of
     each batch size.
 
@@ -111,41 +123,60 @@ def check_onnx(path: Path, model: torch.nn.Module, settings: ModelSettings,
     worst = 0.0
     model = model.cpu().eval()
     for batch in batches:
-        video = torch.randn((batch, 3, settings.num_frames, settings.size, settings.size),
-                            generator=generator)  # fmt: skip
+        video = torch.randn(
+            (batch, 3, settings.num_frames, settings.size, settings.size), generator=generator
+        )
         with torch.inference_mode():
             expected = model(video).numpy()
         got = session.run(["logits"], {"video": video.numpy()})[0]
         worst = max(worst, float(np.abs(got - expected).max()))
     if not worst <= ONNX_TOLERANCE:
-        raise MaedferError(f"the ONNX model's logits differ from PyTorch's by {worst:.2e} "
-                           f"(more than {ONNX_TOLERANCE:g}); {path} is not usable")  # fmt: skip
+        raise MaedferError(
+            f"the ONNX model's logits differ from PyTorch's by {worst:.2e} "
+            f"(more than {ONNX_TOLERANCE:g}); {path} is not usable"
+        )
     return worst
 
 
-def export_onnx(model: torch.nn.Module, settings: ModelSettings, out: Path,
-                opset: int = ONNX_OPSET) -> tuple[list[Path], float]:  # fmt: skip
+def export_onnx(
+    model: torch.nn.Module,
+    settings: ModelSettings,
+    out: Path,
+    opset: int = ONNX_OPSET,
+    show: Callable[[str], None] | None = None,
+) -> tuple[list[Path], float]:
     out.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     extra: dict[str, Any] = {}
     if getattr(model, "router_noise", None) == "always":
         model.router_noise = "train"  # the graph cannot replay torch's random draws
         extra["router_noise"] = "train"
-        print(f"note: {settings.model}'s router adds noise in evaluation in its authors' code; "
-              "the ONNX model routes without it (deterministic)")
+        if show is not None:
+            show(
+                f"note: {settings.model}'s router adds noise in evaluation in its authors' code; "
+                "the ONNX model routes without it (deterministic)"
+            )
     example = torch.zeros((2, 3, settings.num_frames, settings.size, settings.size))
     batch = torch.export.Dim("batch", min=1, max=4096)
     target = out / "model.onnx"
     with atomic_path(target) as tmp:
         program = torch.onnx.export(
-            model, (example,), dynamo=True, input_names=["video"], output_names=["logits"],
-            dynamic_shapes=({0: batch},), opset_version=opset, verbose=False,
-        )  # fmt: skip
+            model,
+            (example,),
+            dynamo=True,
+            input_names=["video"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            verbose=False,
+        )
         # one self-contained file (the official model is ~340 MB, far under ONNX's 2 GB)
         program.save(str(tmp), external_data=False)
     worst = check_onnx(target, model, settings)
-    _write_json(out / "inference.json", {**inference_config(settings), "onnx_opset": opset,
-                                         "onnx_max_abs_diff": worst, **extra})  # fmt: skip
+    _write_json(
+        out / "inference.json",
+        {**inference_config(settings), "onnx_opset": opset, "onnx_max_abs_diff": worst, **extra},
+    )
     return [target, out / "inference.json"], worst
 
 
@@ -169,10 +200,11 @@ def run(
     out: str | Path,
     dataset: str | None = None,
     classes: Sequence[str] | str | None = None,
-    model_overrides: Mapping[str, Any] | None = None,
+    model_overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    show: Callable[[str], None] | None = None,
 ) -> list[Path]:
-    """Export ``checkpoint`` (any classifier of docs/models.md) to ``out`` in ``format``; print
-    what was written.
+    """Export ``checkpoint`` (any classifier of docs/models.md) to ``out`` in ``format``; what
+    was written goes to ``show`` (the command line prints it; nothing is printed here).
 
     Raises:
         MaedferError: an unknown format, a checkpoint that cannot be used, or an ONNX model
@@ -183,18 +215,26 @@ def run(
     out = Path(out)
     with hold(out):
         _check_out(out)
-        model, settings = load_classifier(checkpoint, device="cpu", dataset=dataset,
-                                          classes=classes, model_overrides=model_overrides)
+        model, settings = load_classifier(
+            checkpoint,
+            device="cpu",
+            dataset=dataset,
+            classes=classes,
+            model_overrides=model_overrides,
+        )
         with atomic_folder(out) as bundle:
             if format == "safetensors":
                 written = export_safetensors(model, settings, bundle)
                 note = ""
             else:
-                written, worst = export_onnx(model, settings, bundle)
+                written, worst = export_onnx(model, settings, bundle, show=show)
                 note = f"; onnxruntime matches PyTorch to {worst:.1e}"
     written = [out / path.name for path in written]
-    print(f"exported {settings.model} ({len(settings.class_names)} classes: "
-          f"{', '.join(settings.class_names)}) from {checkpoint} as {format}{note}")
+    emit = show or (lambda _line: None)
+    emit(
+        f"exported {settings.model} ({len(settings.class_names)} classes: "
+        f"{', '.join(settings.class_names)}) from {checkpoint} as {format}{note}"
+    )
     for path in written:
-        print(f"wrote {path}")
+        emit(f"wrote {path}")
     return written

@@ -18,6 +18,8 @@ slow) drops the newest frames, and the run restarts the same way.
 
 Ctrl-C stops cleanly: the reader is stopped, the results written so far stay, and a summary
 (windows, frames read and dropped, latency p50/p95) goes to stderr.
+
+Documented in docs/inference.md.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,14 +70,17 @@ def camera_source(camera: str, platform: str = sys.platform) -> Source:
     if not str(camera).isdigit():
         if platform.startswith("win"):
             return Source(f"video={camera}", "dshow", name=f"camera {camera}")
-        return Source(str(camera), "v4l2" if platform.startswith("linux") else None,
-                      name=f"camera {camera}")  # fmt: skip
+        return Source(
+            str(camera), "v4l2" if platform.startswith("linux") else None, name=f"camera {camera}"
+        )
     if platform.startswith("linux"):
         return Source(f"/dev/video{camera}", "v4l2", name=f"camera {camera}")
     if platform == "darwin":
         return Source(str(camera), "avfoundation", {"framerate": "30"}, name=f"camera {camera}")
-    raise MaedferError(f"--camera {camera}: give the camera's DirectShow name on this platform "
-                       "(e.g. --camera 'Integrated Camera'), or --stream URL")  # fmt: skip
+    raise MaedferError(
+        f"--camera {camera}: give the camera's DirectShow name on this platform "
+        "(e.g. --camera 'Integrated Camera'), or --stream URL"
+    )
 
 
 def stream_source(url: str, realtime: bool) -> Source:
@@ -131,8 +136,9 @@ class Reader(threading.Thread):
 
     def run(self) -> None:
         try:
-            container = av.open(self.source.url, format=self.source.format,
-                                options=self.source.options or None)  # fmt: skip
+            container = av.open(
+                self.source.url, format=self.source.format, options=self.source.options or None
+            )
         except Exception as exc:  # noqa: BLE001 (FFmpeg raises many kinds; all mean "cannot open")
             self.error = exc
             self.opened.set()
@@ -218,8 +224,9 @@ class Feed:
                 self.reader.frames.put(_END)
                 self.source_ended = True
                 return
-            gap = last is not None and (item.index != last + 1
-                                        or self.reader.dropped != self._reader_drops)
+            gap = last is not None and (
+                item.index != last + 1 or self.reader.dropped != self._reader_drops
+            )
             late = last is not None and time.monotonic() - item.arrival > self.max_lag
             if gap or late:
                 drained, ended = self.reader.drain()
@@ -250,10 +257,12 @@ class LiveResult:
     def summary(self) -> str:
         faced = sum(1 for r in self.rows if r["face"])
         how = "stopped by Ctrl-C" if self.stopped else "the source ended"
-        return (f"live: {how}: {len(self.rows)} windows ({faced} with a face), "
-                f"{self.frames_read} frames read, {self.dropped} dropped; latency from a "
-                f"window's last frame to its probabilities p50 {self.latency(50):.3f} s, "
-                f"p95 {self.latency(95):.3f} s")  # fmt: skip
+        return (
+            f"live: {how}: {len(self.rows)} windows ({faced} with a face), "
+            f"{self.frames_read} frames read, {self.dropped} dropped; latency from a "
+            f"window's last frame to its probabilities p50 {self.latency(50):.3f} s, "
+            f"p95 {self.latency(95):.3f} s"
+        )
 
 
 def _clean(value: Any) -> Any:
@@ -262,17 +271,33 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def run_live(predictor: Predictor, source: Source, *, out: Path | None = None,
-             max_lag: float | None = None, explain: bool = False,
-             echo: bool = True) -> LiveResult:  # fmt: skip
+def run_live(
+    predictor: Predictor,
+    source: Source,
+    *,
+    out: Path | None = None,
+    max_lag: float | None = None,
+    explain: bool = False,
+    echo: bool = True,
+    show: Callable[[str], None] | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> LiveResult:
     """Score ``source`` live with ``predictor`` (module docstring); returns what was done.
+
+    Each window's JSON line goes to ``out`` (``.jsonl``), else to ``show`` (the command line
+    prints it on stdout as it comes); the opening line, a source's error and the summary go to
+    ``notify`` (stderr) when ``echo``. Nothing is printed here.
 
     Raises:
         MaedferError: the source cannot be opened, or ``out`` is not ``.jsonl``.
     """
+    emit = show or (lambda _line: None)
+    say = notify or (lambda _line: None)
     if out is not None and Path(out).suffix.lower() != ".jsonl":
-        raise MaedferError(f"--out {out}: live results are written as they come, one JSON line "
-                           "per window: give a .jsonl file")  # fmt: skip
+        raise MaedferError(
+            f"--out {out}: live results are written as they come, one JSON line "
+            "per window: give a .jsonl file"
+        )
     s = predictor.settings
     reader = Reader(source)
     result = LiveResult()
@@ -286,13 +311,14 @@ def run_live(predictor: Predictor, source: Source, *, out: Path | None = None,
         hop_seconds = predictor.hop * s.stride / fps
         lag = max(hop_seconds, MIN_LAG) if max_lag is None else max_lag
         if echo:
-            print(f"live: {source.name} at {fps:.2f} fps; a window every {hop_seconds:.2f} s; "
-                  f"frames waiting over {lag:.2f} s are dropped", file=sys.stderr)  # fmt: skip
+            say(
+                f"live: {source.name} at {fps:.2f} fps; a window every {hop_seconds:.2f} s; "
+                f"frames waiting over {lag:.2f} s are dropped"
+            )
         number = 0
         while True:
             feed = Feed(reader, lag, keep=2 * s.num_frames * s.stride)
-            windows = predictor.stream(feed, fps, low_latency=True, explain=explain,
-                                       start_frame=0)  # fmt: skip
+            windows = predictor.stream(feed, fps, low_latency=True, explain=explain, start_frame=0)
             try:
                 for window in _offset(windows, feed, fps):
                     row = {k: _clean(v) for k, v in window.row.items()}
@@ -309,7 +335,7 @@ def run_live(predictor: Predictor, source: Source, *, out: Path | None = None,
                         sink.write(line + "\n")
                         sink.flush()
                     else:
-                        print(line, flush=True)
+                        emit(line)
             except MaedferError as exc:
                 if "no frames given" not in str(exc):  # a run that ended before its first frame
                     raise
@@ -317,8 +343,7 @@ def run_live(predictor: Predictor, source: Source, *, out: Path | None = None,
             if feed.source_ended:
                 break
         if reader.error is not None and not reader.stop_event.is_set():
-            print(f"maedfer: warning: {source.name} ended with an error: {reader.error}",
-                  file=sys.stderr)  # fmt: skip
+            say(f"maedfer: warning: {source.name} ended with an error: {reader.error}")
     except KeyboardInterrupt:
         result.stopped = True
     finally:
@@ -329,9 +354,9 @@ def run_live(predictor: Predictor, source: Source, *, out: Path | None = None,
         if sink is not None:
             sink.close()
     if echo:
-        print(result.summary(), file=sys.stderr)
+        say(result.summary())
         if out is not None:
-            print(f"wrote {out}", file=sys.stderr)
+            say(f"wrote {out}")
     return result
 
 
@@ -365,7 +390,9 @@ def run(
     dataset: str | None = None,
     classes: Sequence[str] | str | None = None,
     hop: int | None = None,
-    model_overrides: Mapping[str, Any] | None = None,
+    model_overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    show: Callable[[str], None] | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> LiveResult:
     """``maedfer predict`` on a live source: exactly one of ``camera``, ``stream`` or ``video``
     (with ``realtime``); other arguments as :func:`maedfer.inference.predict.run`.
@@ -373,23 +400,55 @@ def run(
     Raises:
         MaedferError: no source or several, a source that cannot be opened, a bad ``out``.
     """
-    given = [name for name, value in (("--camera", camera), ("--stream", stream),
-                                      ("a video", video)) if value is not None]  # fmt: skip
+    given = [
+        name
+        for name, value in (("--camera", camera), ("--stream", stream), ("a video", video))
+        if value is not None
+    ]
     if len(given) != 1:
-        raise MaedferError(f"live prediction reads one source: --camera N, --stream URL or one "
-                           f"VIDEO with --realtime; got {', '.join(given) or 'none'}")  # fmt: skip
+        raise MaedferError(
+            f"live prediction reads one source: --camera N, --stream URL or one "
+            f"VIDEO with --realtime; got {', '.join(given) or 'none'}"
+        )
     if video is not None and not realtime:
         raise MaedferError("a video is played live with --realtime")
     if max_lag is not None and max_lag <= 0:
         raise MaedferError(f"--max-lag ({max_lag}) must be > 0 seconds")
-    source = (camera_source(camera) if camera is not None else
-              stream_source(stream, realtime) if stream is not None else video_source(video))
-    predictor = Predictor(checkpoint, device=device, dataset=dataset, classes=classes, hop=hop,
-                          model_overrides=model_overrides)  # fmt: skip
+    source = (
+        camera_source(camera)
+        if camera is not None
+        else stream_source(stream, realtime)
+        if stream is not None
+        else video_source(video)
+    )
+    predictor = Predictor(
+        checkpoint,
+        device=device,
+        dataset=dataset,
+        classes=classes,
+        hop=hop,
+        model_overrides=model_overrides,
+    )
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-    return run_live(predictor, source, out=Path(out) if out is not None else None,
-                    max_lag=max_lag, explain=explain)
+    return run_live(
+        predictor,
+        source,
+        out=Path(out) if out is not None else None,
+        max_lag=max_lag,
+        explain=explain,
+        show=show,
+        notify=notify,
+    )
 
 
-__all__ = ["Feed", "LiveResult", "Reader", "Source", "camera_source", "run", "run_live",
-           "stream_source", "video_source"]  # fmt: skip
+__all__ = [
+    "Feed",
+    "LiveResult",
+    "Reader",
+    "Source",
+    "camera_source",
+    "run",
+    "run_live",
+    "stream_source",
+    "video_source",
+]

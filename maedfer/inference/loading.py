@@ -5,7 +5,7 @@ Three kinds of file are told apart by their content:
 - a maedfer fine-tuning checkpoint (``checkpoints/last.pt``, docs/runs.md): it names its model,
   the model's config, the class names and the recipe's input options (frames, stride, size,
   mean-frame subtraction);
-- a weights-only export of one (``final.pt``, :func:`maedfer.train.checkpoint.export_weights`):
+- a weights-only export of one (``final.pt``, :func:`maedfer.training.checkpoint.export_weights`):
   the same, without optimiser state;
 - a released fine-tuned ``.pth`` of the lineage (``{'model': state_dict, 'args': ...}``:
   MAE-DFER's, VideoMAE's, SVFAP's, S4D's; docs/models.md): the model and its architecture are
@@ -27,11 +27,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from maedfer.config import parse_model_overrides as parse_overrides
 from maedfer.errors import MaedferError
-from maedfer.model import create_model, input_contract, load_official, model_info
-from maedfer.model.official import official_classifier
-from maedfer.train import checkpoint as ckpt_io
-from maedfer.train.runtime import parse_overrides
+from maedfer.model import input_contract
+from maedfer.model.official import build_official_classifier
+from maedfer.training import checkpoint as ckpt_io
 
 CheckpointFormat = Literal["maedfer", "weights", "official"]
 
@@ -88,14 +88,20 @@ def _datasets_with(count: int) -> list[str]:
 
 
 def _class_names(
-    path: Path, head: int, saved: Sequence[str], dataset: str | None,
+    path: Path,
+    head: int,
+    saved: Sequence[str],
+    dataset: str | None,
     classes: Sequence[str] | None,
-) -> list[str]:  # fmt: skip
+) -> list[str]:
     """The names of ``head`` outputs: saved in the checkpoint, or from --dataset / --classes."""
     if dataset is not None and classes is not None:
         raise MaedferError("give --dataset or --classes, not both")
-    given = dataset_classes(dataset) if dataset is not None else (
-        [str(c).strip() for c in classes] if classes is not None else None)  # fmt: skip
+    given = (
+        dataset_classes(dataset)
+        if dataset is not None
+        else ([str(c).strip() for c in classes] if classes is not None else None)
+    )
     source = f"dataset {dataset}" if dataset is not None else "--classes"
     if saved:
         if given is not None and list(given) != list(saved):
@@ -124,17 +130,12 @@ def _class_names(
 def _own(
     ckpt: Mapping[str, Any], path: Path, dataset: str | None, classes: Sequence[str] | None
 ) -> tuple[nn.Module, ModelSettings]:
-    name = ckpt.get("model_name")
-    if not isinstance(name, str) or name.startswith("mae_"):
-        raise MaedferError(
-            f"{path} is a pre-training checkpoint ({name}); inference needs a fine-tuned "
-            "classifier (a finetune run's checkpoints/last.pt or final.pt)"
-        )
-    try:
-        model = ckpt_io.model_from_checkpoint(ckpt)
-    except RuntimeError as exc:  # load_state_dict: missing, unexpected or mis-shaped tensors
-        first = str(exc).strip().splitlines()[0]
-        raise MaedferError(f"{path}: the weights do not fit {name}: {first}") from None
+    model = ckpt_io.classifier_from_checkpoint(
+        ckpt,
+        path,
+        purpose="inference needs a fine-tuned classifier (a finetune run's "
+        "checkpoints/last.pt or final.pt)",
+    )
     built = model.config
     # Recipe configs are nested (``data.stride``, ``model.img_size``); checkpoints written
     # before them hold one flat dict (``stride``, ``size``): both are read.
@@ -168,58 +169,6 @@ def _own(
                 f"{field}={built[field]}"
             )
     return model, settings
-
-
-def official_state(obj: Any, path: Path) -> tuple[Mapping[str, torch.Tensor], dict[str, Any]]:
-    """The state dict and saved run ``args`` of an official checkpoint object.
-
-    Raises:
-        MaedferError: no dict of tensors under ``model``, ``module``, ``state_dict`` or on top.
-    """
-    state, args = obj, {}
-    if isinstance(obj, Mapping):
-        for key in ("model", "module", "state_dict"):
-            if isinstance(obj.get(key), Mapping):
-                state = obj[key]
-                break
-        raw_args = obj.get("args")
-        args = vars(raw_args) if hasattr(raw_args, "__dict__") else dict(raw_args or {})
-    if not isinstance(state, Mapping) or not state or not all(
-        isinstance(v, torch.Tensor) for v in state.values()
-    ):
-        raise MaedferError(
-            f"{path} is neither a maedfer checkpoint nor an official one (expected "
-            "{'model': state_dict, ...} of tensors)"
-        )
-    return state, args
-
-
-def build_official_classifier(
-    obj: Any, path: Path, overrides: Mapping[str, Any] | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The classifier a released fine-tuned checkpoint of the lineage fits, its weights loaded;
-    and its args.
-
-    Raises:
-        MaedferError: not a released fine-tuned state dict, or weights that do not fit.
-    """
-    state, args = official_state(obj, path)
-    try:
-        name, config = official_classifier(state, args=args, overrides=dict(overrides or {}))
-    except MaedferError as exc:
-        raise MaedferError(f"{path}: {exc}") from None
-    if model_info(name)["unused_tail"]:
-        # Region pooling never reads the last block's cross-attention: skip it (same logits).
-        config.setdefault("skip_unused_tail", config.get("pooling", "region") == "region")
-    try:
-        model = create_model(name, **config)
-    except (ValueError, TypeError) as exc:
-        raise MaedferError(f"{path}: model {name} with {config}: {exc}") from None
-    try:
-        load_official(model, state)
-    except MaedferError as exc:
-        raise MaedferError(f"{path}: {exc}") from None
-    return model, args
 
 
 def load_classifier(

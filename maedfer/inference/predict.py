@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,20 @@ from maedfer.inference.predictor import Prediction, Predictor, prob_columns
 
 logger = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".flv", ".mpg", ".mpeg",
-                  ".wmv", ".ts", ".3gp")  # fmt: skip
+VIDEO_SUFFIXES = (
+    ".mp4",
+    ".mov",
+    ".m4v",
+    ".avi",
+    ".mkv",
+    ".webm",
+    ".flv",
+    ".mpg",
+    ".mpeg",
+    ".wmv",
+    ".ts",
+    ".3gp",
+)
 OUT_SUFFIXES = (".parquet", ".csv", ".json")
 
 
@@ -49,8 +61,9 @@ def find_videos(inputs: Sequence[str | Path]) -> list[Path]:
     for given in inputs:
         path = Path(given)
         if path.is_dir():
-            videos = sorted(p for p in path.rglob("*")
-                            if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)  # fmt: skip
+            videos = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+            )
             if not videos:
                 raise MaedferError(f"folder {path} holds no videos ({', '.join(VIDEO_SUFFIXES)})")
             found += videos
@@ -81,26 +94,42 @@ class BatchResult:
     predictions: dict[str, Prediction]
 
 
-def _video_row(video: Path, prediction: Prediction | None, reason: str | None,
-               class_names: list[str]) -> dict[str, Any]:  # fmt: skip
-    row: dict[str, Any] = {"video": str(video), "status": "ok" if prediction else "failed",
-                           "reason": reason}  # fmt: skip
+def _video_row(
+    video: Path, prediction: Prediction | None, reason: str | None, class_names: list[str]
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "video": str(video),
+        "status": "ok" if prediction else "failed",
+        "reason": reason,
+    }
     if prediction is None:
         return row
     s = prediction.summary
-    row.update(num_frames=prediction.num_frames, fps=prediction.fps,
-               duration_s=prediction.duration_s, face_ratio=s["face_ratio"],
-               num_windows=s["num_windows"], face_windows=s["face_windows"],
-               top_class=s["top_class"])  # fmt: skip
+    row.update(
+        num_frames=prediction.num_frames,
+        fps=prediction.fps,
+        duration_s=prediction.duration_s,
+        face_ratio=s["face_ratio"],
+        num_windows=s["num_windows"],
+        face_windows=s["face_windows"],
+        top_class=s["top_class"],
+    )
     for name, column in zip(class_names, prob_columns(class_names), strict=True):
         value = s["mean_probabilities"][name]
         row[f"mean_{column}"] = math.nan if value is None else value
     return row
 
 
-def predict_many(predictor: Predictor, videos: Sequence[Path], *, progress: bool = True,
-                 keep: bool = False, on_result=None, isolate: bool = True,
-                 explain: bool = False) -> BatchResult:  # fmt: skip
+def predict_many(
+    predictor: Predictor,
+    videos: Sequence[Path],
+    *,
+    progress: bool = True,
+    keep: bool = False,
+    on_result=None,
+    isolate: bool = True,
+    explain: bool = False,
+) -> BatchResult:
     """Predict every video with one predictor; failures become rows with their reason
     (with ``isolate=False`` the first failure is raised instead).
 
@@ -130,10 +159,24 @@ def predict_many(predictor: Predictor, videos: Sequence[Path], *, progress: bool
             on_result(video, prediction)
         if keep:
             kept[str(video)] = prediction
-    columns = ["video", "window", "start_frame", "end_frame", "start_s", "end_s", "face",
-               "face_share", *prob_columns(names), "top_class", "top_p"]  # fmt: skip
-    windows = (pd.concat(window_tables, ignore_index=True) if window_tables
-               else pd.DataFrame(columns=columns))  # fmt: skip
+    columns = [
+        "video",
+        "window",
+        "start_frame",
+        "end_frame",
+        "start_s",
+        "end_s",
+        "face",
+        "face_share",
+        *prob_columns(names),
+        "top_class",
+        "top_p",
+    ]
+    windows = (
+        pd.concat(window_tables, ignore_index=True)
+        if window_tables
+        else pd.DataFrame(columns=columns)
+    )
     table = pd.DataFrame(rows)
     for column in ("num_frames", "num_windows", "face_windows"):
         if column in table:
@@ -145,7 +188,7 @@ def _short_reason(message: str, video: Path) -> str:
     """The reason without the file name (the row has it): ``no face found``, ``unreadable: ...``."""
     for prefix in (f"cannot read video {video}: ", f"no face found in {video}"):
         if message.startswith(prefix):
-            rest = message[len(prefix):]
+            rest = message[len(prefix) :]
             return rest if rest else "no face found"
     return message
 
@@ -155,6 +198,7 @@ def write_tables(result: BatchResult, out: Path) -> list[Path]:
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix == ".json":
+
         def records(frame: pd.DataFrame) -> list[dict]:
             return json.loads(frame.to_json(orient="records"))  # NaN -> null
 
@@ -189,8 +233,10 @@ def format_single(prediction: Prediction) -> str:
     names = prediction.class_names
     width = max(7, *(len(n) for n in names))
     explained = prediction.explain is not None
-    lines = [f"{'window':>6} {'start_s':>8} {'end_s':>8}  {'top class':<{width}}  top p"
-             + ("  which frames mattered" if explained else "")]  # fmt: skip
+    lines = [
+        f"{'window':>6} {'start_s':>8} {'end_s':>8}  {'top class':<{width}}  top p"
+        + ("  which frames mattered" if explained else "")
+    ]
     for row in prediction.windows.itertuples():
         top = row.top_class if row.face else "(no face)"
         p = f"{row.top_p:.3f}" if row.face else "  -"
@@ -213,8 +259,10 @@ def format_single(prediction: Prediction) -> str:
     lines.append(f"top class (mean probability over face windows): {s['top_class']}")
     lines.append(f"  {'class':<{width}}  mean p  share of windows")
     for name in names:
-        lines.append(f"  {name:<{width}}  {s['mean_probabilities'][name]:.3f}  "
-                     f"{s['window_share'][name]:>6.1%}")  # fmt: skip
+        lines.append(
+            f"  {name:<{width}}  {s['mean_probabilities'][name]:.3f}  "
+            f"{s['window_share'][name]:>6.1%}"
+        )
     return "\n".join(lines)
 
 
@@ -225,12 +273,16 @@ def format_batch(result: BatchResult, seconds: float) -> str:
     for row in videos.to_dict(orient="records"):
         name = Path(row["video"]).name[-40:]
         if row["status"] == "ok":
-            lines.append(f"{name:<40} ok      {row['face_ratio']:>5.0%} {row['num_windows']:>7}  "
-                         f"{row['top_class'] or '(no face window)'}")  # fmt: skip
+            lines.append(
+                f"{name:<40} ok      {row['face_ratio']:>5.0%} {row['num_windows']:>7}  "
+                f"{row['top_class'] or '(no face window)'}"
+            )
         else:
             lines.append(f"{name:<40} failed  {'':>5} {'':>7}  {row['reason']}")
-    lines.append(f"{len(ok)} of {len(videos)} videos predicted, {len(videos) - len(ok)} failed, "
-                 f"{len(result.windows)} windows, {seconds:.1f} s")  # fmt: skip
+    lines.append(
+        f"{len(ok)} of {len(videos)} videos predicted, {len(videos) - len(ok)} failed, "
+        f"{len(result.windows)} windows, {seconds:.1f} s"
+    )
     return "\n".join(lines)
 
 
@@ -245,11 +297,13 @@ def run(
     dataset: str | None = None,
     classes: Sequence[str] | str | None = None,
     hop: int | None = None,
-    model_overrides: Mapping[str, Any] | None = None,
+    model_overrides: Mapping[str, Any] | Sequence[str] | None = None,
     explain: bool = False,
     progress: bool = True,
+    show: Callable[[str], None] | None = None,
 ) -> BatchResult:
-    """Predict every video; print a summary; write the tables, plots and overlays asked for.
+    """Predict every video; write the tables, plots and overlays asked for; the summary goes to
+    ``show`` (the command line prints it; nothing is printed here).
 
     Args:
         videos: files, folders and glob patterns.
@@ -265,7 +319,7 @@ def run(
         MaedferError: bad inputs or outputs, a checkpoint that cannot be used, or a single
             video that fails (with several, failures are rows of the table).
     """
-    started = time.perf_counter()
+    started, emit = time.perf_counter(), show or (lambda _line: None)
     if out is not None and Path(out).suffix.lower() not in OUT_SUFFIXES:
         raise MaedferError(f"--out {out} must end in {', '.join(OUT_SUFFIXES)}")
     found = find_videos(videos)
@@ -273,12 +327,22 @@ def run(
     if overlay is not None and not many and Path(overlay).suffix.lower() != ".mp4":
         raise MaedferError(f"--overlay {overlay} must end in .mp4")
     # where results go is checked before any video is read (not after all the work)
-    for flag, target, several in (("--out", out, False), ("--plot", plot, many),
-                                  ("--overlay", overlay, many)):  # fmt: skip
+    for flag, target, several in (
+        ("--out", out, False),
+        ("--plot", plot, many),
+        ("--overlay", overlay, many),
+    ):
         if target is not None:
             check_writable(target, what=flag, folder=several)
-    predictor = Predictor(checkpoint, device=device, dataset=dataset, classes=classes, hop=hop,
-                          model_overrides=model_overrides, progress=not many and progress)
+    predictor = Predictor(
+        checkpoint,
+        device=device,
+        dataset=dataset,
+        classes=classes,
+        hop=hop,
+        model_overrides=model_overrides,
+        progress=not many and progress,
+    )
     used_plot: set[str] = set()
     used_overlay: set[str] = set()
     written: list[Path] = []
@@ -287,24 +351,32 @@ def run(
         from maedfer.inference.render import plot_timeline, render_overlay
 
         if plot is not None:
-            written.append(plot_timeline(prediction, _target(Path(plot), video, many, ".png",
-                                                              used_plot)))  # fmt: skip
+            written.append(
+                plot_timeline(prediction, _target(Path(plot), video, many, ".png", used_plot))
+            )
         if overlay is not None:
             target = _target(Path(overlay), video, many, ".overlay.mp4", used_overlay)
             written.append(render_overlay(prediction, target))
 
-    result = predict_many(predictor, found, progress=progress and many, keep=not many,
-                          on_result=outputs, isolate=many, explain=explain)  # fmt: skip
+    result = predict_many(
+        predictor,
+        found,
+        progress=progress and many,
+        keep=not many,
+        on_result=outputs,
+        isolate=many,
+        explain=explain,
+    )
     if not many:
         prediction = next(iter(result.predictions.values()))
         text = format_single(prediction)
         if out is not None:  # the table goes to the file; the summary alone here
             text = text.split("\n\n", 1)[1]
-        print(text)
+        emit(text)
     else:
-        print(format_batch(result, time.perf_counter() - started))
+        emit(format_batch(result, time.perf_counter() - started))
     if out is not None:
         written = write_tables(result, Path(out)) + written
     for path in written:
-        print(f"wrote {path}")
+        emit(f"wrote {path}")
     return result

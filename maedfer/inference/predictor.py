@@ -28,12 +28,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from maedfer.devices import resolve_device
 from maedfer.errors import MaedferError
 from maedfer.inference.explain import Explanation, build_explanation, explain_batch
 from maedfer.inference.loading import ModelSettings, load_classifier
 from maedfer.inference.windows import default_hop, stream_windows, window_batch, window_indices
 from maedfer.preprocess import MIN_FRAMES
-from maedfer.preprocess.faces import FaceAligner, NoFaceError, resolve_device
+from maedfer.preprocess.faces import FaceAligner, NoFaceError
 from maedfer.preprocess.video import (
     VideoError,
     frame_times,
@@ -138,11 +139,17 @@ class Prediction:
         """A JSON-ready document (NaN probabilities as null)."""
         windows = self.windows.astype(object).where(self.windows.notna(), None)
         return {
-            "video": self.video, "fps": self.fps, "num_frames": self.num_frames,
-            "width": self.width, "height": self.height, "duration_s": self.duration_s,
-            "class_names": self.class_names, "settings": self.settings,
-            "summary": self.summary, "windows": windows.to_dict(orient="records"),
-        }  # fmt: skip
+            "video": self.video,
+            "fps": self.fps,
+            "num_frames": self.num_frames,
+            "width": self.width,
+            "height": self.height,
+            "duration_s": self.duration_s,
+            "class_names": self.class_names,
+            "settings": self.settings,
+            "summary": self.summary,
+            "windows": windows.to_dict(orient="records"),
+        }
 
 
 def _span_ends(times: np.ndarray, fps: float) -> np.ndarray:
@@ -152,8 +159,9 @@ def _span_ends(times: np.ndarray, fps: float) -> np.ndarray:
     return np.append(times[1:], last)
 
 
-def window_seconds(spans: np.ndarray, fps: float, times: np.ndarray | None
-                   ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def window_seconds(
+    spans: np.ndarray, fps: float, times: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """``start_s``, ``end_s`` of windows ``spans`` (first and last frame): at a constant rate
     ``start / fps`` and ``(end + 1) / fps``; with frame times, when those frames are shown."""
     if times is None:
@@ -165,16 +173,18 @@ def prob_columns(class_names: Sequence[str]) -> list[str]:
     return [f"prob_{name}" for name in class_names]
 
 
-def summarise(probs: np.ndarray, face: np.ndarray, face_ratio: float,
-              class_names: Sequence[str]) -> dict[str, Any]:  # fmt: skip
+def summarise(
+    probs: np.ndarray, face: np.ndarray, face_ratio: float, class_names: Sequence[str]
+) -> dict[str, Any]:
     """The per-video summary of ``(W, C)`` window probabilities, face windows only."""
     names = list(class_names)
     shown = probs[face]
     summary: dict[str, Any] = {
-        "num_windows": int(len(probs)), "face_windows": int(face.sum()),
+        "num_windows": int(len(probs)),
+        "face_windows": int(face.sum()),
         "face_ratio": round(float(face_ratio), 4),
         "face_window_share": round(float(face.mean()) if len(face) else 0.0, 4),
-    }  # fmt: skip
+    }
     if len(shown):
         mean = shown.mean(axis=0)
         tops = np.bincount(shown.argmax(axis=1), minlength=len(names)) / len(shown)
@@ -188,13 +198,13 @@ def summarise(probs: np.ndarray, face: np.ndarray, face_ratio: float,
     return summary
 
 
-def add_explanation_columns(windows: pd.DataFrame, explanation: Explanation,
-                            stride: int) -> None:  # fmt: skip
+def add_explanation_columns(windows: pd.DataFrame, explanation: Explanation, stride: int) -> None:
     """``frame_relevance`` (a list per window: the share of each token-frame, None without a
     face) and ``peak_frame`` (the first video frame of the most relevant token-frame)."""
     curves, peaks = [], []
-    spans = zip(windows["start_frame"], windows["end_frame"], explanation.frame_relevance,
-                strict=True)  # fmt: skip
+    spans = zip(
+        windows["start_frame"], windows["end_frame"], explanation.frame_relevance, strict=True
+    )
     for start, end, curve in spans:
         if np.isnan(curve).any():
             curves.append(None)
@@ -205,8 +215,9 @@ def add_explanation_columns(windows: pd.DataFrame, explanation: Explanation,
             peaks.append(pd.NA)
             continue
         # a short video's window repeats its last frame: the peak stays inside the video
-        peaks.append(min(int(end), int(start) + int(np.argmax(curve)) * explanation.tubelet
-                         * stride))  # fmt: skip
+        peaks.append(
+            min(int(end), int(start) + int(np.argmax(curve)) * explanation.tubelet * stride)
+        )
     windows["frame_relevance"] = curves
     windows["peak_frame"] = pd.array(peaks, "Int64")
 
@@ -251,7 +262,7 @@ class Predictor:
         batch_windows: int = BATCH_WINDOWS,
         min_window_face: float = 0.5,
         detect_every: int = 4,
-        model_overrides: Mapping[str, Any] | None = None,
+        model_overrides: Mapping[str, Any] | Sequence[str] | None = None,
         progress: bool = False,
     ) -> None:
         if hop is not None and hop < 1:
@@ -263,15 +274,19 @@ class Predictor:
         self.device = resolve_device(device)
         self.checkpoint = Path(checkpoint)
         self.model, self.settings = load_classifier(
-            checkpoint, device=self.device, dataset=dataset, classes=classes,
+            checkpoint,
+            device=self.device,
+            dataset=dataset,
+            classes=classes,
             model_overrides=model_overrides,
-        )  # fmt: skip
+        )
         self.hop = default_hop(self.settings.num_frames) if hop is None else hop
         self.batch_windows = batch_windows
         self.min_window_face = min_window_face
         self.progress = progress
-        self.aligner = FaceAligner(size=self.settings.size, device=self.device,
-                                   detect_every=detect_every)  # fmt: skip
+        self.aligner = FaceAligner(
+            size=self.settings.size, device=self.device, detect_every=detect_every
+        )
 
     @property
     def class_names(self) -> list[str]:
@@ -287,13 +302,18 @@ class Predictor:
         spans = np.array(table["spans"], np.int64).reshape(-1, 2)
         feats = table["features"]
         start_s, end_s = window_seconds(spans, fps, table.get("times"))
-        return pd.DataFrame({
-            "window": np.arange(len(spans)), "start_frame": spans[:, 0],
-            "end_frame": spans[:, 1], "start_s": start_s, "end_s": end_s,
-            "face": [f is not None for f in feats],
-            "face_share": np.round(np.array(table["shares"], np.float64), 4),
-            "features": [None if f is None else f.astype(np.float32) for f in feats],
-        })  # fmt: skip
+        return pd.DataFrame(
+            {
+                "window": np.arange(len(spans)),
+                "start_frame": spans[:, 0],
+                "end_frame": spans[:, 1],
+                "start_s": start_s,
+                "end_s": end_s,
+                "face": [f is not None for f in feats],
+                "face_share": np.round(np.array(table["shares"], np.float64), 4),
+                "features": [None if f is None else f.astype(np.float32) for f in feats],
+            }
+        )
 
     def predict(self, video: str | Path, *, explain: bool = False) -> Prediction:
         """Window probabilities of the face in ``video`` (any file PyAV decodes); with
@@ -316,20 +336,32 @@ class Predictor:
         except VideoError as exc:  # its message is a bare reason: say which file
             raise VideoError(f"cannot read video {path}: {exc}") from None
         if len(track.valid) < MIN_FRAMES:  # prepare's rule: no motion to read in fewer
-            raise VideoError(f"cannot read video {path}: too short: {len(track.valid)} "
-                             f"frame(s); predict needs at least {MIN_FRAMES}, as prepare "
-                             "does")  # fmt: skip
+            raise VideoError(
+                f"cannot read video {path}: too short: {len(track.valid)} "
+                f"frame(s); predict needs at least {MIN_FRAMES}, as prepare "
+                "does"
+            )
         fps = float(info.fps)
         if not fps or not math.isfinite(fps) or fps <= 0:
             raise VideoError(f"{path} reports no usable frame rate ({fps})")
         transforms = self.aligner.transforms(track)
         faces = FacesFound(track.valid, track.landmarks, transforms, self.settings.size)
-        total = len(window_indices(len(track.valid), num_frames=self.settings.num_frames,
-                                   stride=self.settings.stride, hop=self.hop))  # fmt: skip
+        total = len(
+            window_indices(
+                len(track.valid),
+                num_frames=self.settings.num_frames,
+                stride=self.settings.stride,
+                hop=self.hop,
+            )
+        )
         crops = self.aligner.warp_stream(prefetched(iter_video_frames(path)), transforms)
         try:
-            table = self._classify(zip(crops, track.valid, strict=True), total=total,
-                                   features=features, explain=explain)  # fmt: skip
+            table = self._classify(
+                zip(crops, track.valid, strict=True),
+                total=total,
+                features=features,
+                explain=explain,
+            )
         except VideoError as exc:
             raise VideoError(f"cannot read video {path}: {exc}") from None
         table["times"] = frame_times(path, len(track.valid))
@@ -337,8 +369,9 @@ class Predictor:
 
     # ------------------------------------------------------------------ any frames
 
-    def predict_frames(self, frames: Iterable[np.ndarray], fps: float, *,
-                       explain: bool = False) -> Prediction:  # fmt: skip
+    def predict_frames(
+        self, frames: Iterable[np.ndarray], fps: float, *, explain: bool = False
+    ) -> Prediction:
         """Window probabilities of the face in ``frames``, ``(H, W, 3)`` uint8 RGB each.
 
         The frames are read once, as they come (a live source can be fed); see the module
@@ -358,8 +391,12 @@ class Predictor:
         valid = np.concatenate(parts["valid"])
         if not valid.any():
             raise NoFaceError("no face found in the frames")
-        faces = FacesFound(valid, np.concatenate(parts["landmarks"]),
-                           np.concatenate(parts["transforms"]), self.settings.size)  # fmt: skip
+        faces = FacesFound(
+            valid,
+            np.concatenate(parts["landmarks"]),
+            np.concatenate(parts["transforms"]),
+            self.settings.size,
+        )
         height, width = shape[0][:2]
         return self._result(None, float(fps), width, height, table, faces)
 
@@ -370,8 +407,9 @@ class Predictor:
 
         return stream_windows_of(self, frames, fps, **options)
 
-    def _segments(self, frames: Iterator[np.ndarray], parts: dict, shape: list
-                  ) -> Iterator[tuple[np.ndarray, bool]]:  # fmt: skip
+    def _segments(
+        self, frames: Iterator[np.ndarray], parts: dict, shape: list
+    ) -> Iterator[tuple[np.ndarray, bool]]:
         """``(crop, has face)`` per frame, aligned segment by segment."""
         buffer: list[np.ndarray] = []
         limit = None
@@ -391,8 +429,9 @@ class Predictor:
         if limit is None:
             raise MaedferError("no frames given")
 
-    def _align_segment(self, buffer: list[np.ndarray], parts: dict
-                       ) -> Iterator[tuple[np.ndarray, bool]]:  # fmt: skip
+    def _align_segment(
+        self, buffer: list[np.ndarray], parts: dict
+    ) -> Iterator[tuple[np.ndarray, bool]]:
         frames = np.stack(buffer)
         n, size = len(frames), self.settings.size
         try:
@@ -414,16 +453,22 @@ class Predictor:
     # ------------------------------------------------------------------ shared
 
     @torch.inference_mode()
-    def _classify(self, items: Iterable[tuple[np.ndarray, bool]], total: int | None,
-                  features: bool = False, explain: bool = False) -> dict[str, Any]:  # fmt: skip
+    def _classify(
+        self,
+        items: Iterable[tuple[np.ndarray, bool]],
+        total: int | None,
+        features: bool = False,
+        explain: bool = False,
+    ) -> dict[str, Any]:
         """Stream ``(crop, has face)`` items through the windows and the model: softmax
         probabilities per window, or with ``features`` the pooled features (None where no
         face); with ``explain`` also the relevance maps of each window (None where no face)."""
         s = self.settings
         spans, shares, probs, maps = [], [], [], []
         pending: list[tuple[int, np.ndarray]] = []
-        bar = tqdm(total=total, desc="windows", unit="window", leave=False,
-                   disable=not self.progress)  # fmt: skip
+        bar = tqdm(
+            total=total, desc="windows", unit="window", leave=False, disable=not self.progress
+        )
 
         width = len(s.class_names) if not features else None
 
@@ -432,8 +477,7 @@ class Predictor:
             # a model that draws random numbers in evaluation (S4D's router noise) draws the
             # same ones for every batch: the same video gives the same table, the caller's
             # generator untouched
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda"
-                                       else []):  # fmt: skip
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.manual_seed(0)
                 if features:  # the head's input: pooled tokens after fc_norm
                     out = self.model.forward_features(batch.to(self.device)).float()
@@ -442,8 +486,7 @@ class Predictor:
                     found = explain_batch(self.model, batch.to(self.device))
                     out = found["probs"]
                     for i, (row, _) in enumerate(pending):
-                        maps[row] = {k: (v[i] if v is not None else None)
-                                     for k, v in found.items()}  # fmt: skip
+                        maps[row] = {k: (v[i] if v is not None else None) for k, v in found.items()}
                 else:
                     logits = self.model(batch.to(self.device))
                     out = torch.softmax(logits.float(), dim=1).cpu().numpy()
@@ -475,8 +518,15 @@ class Predictor:
             table["maps"] = maps
         return table
 
-    def _result(self, video: str | None, fps: float, width: int, height: int,
-                table: dict[str, Any], faces: FacesFound) -> Prediction:  # fmt: skip
+    def _result(
+        self,
+        video: str | None,
+        fps: float,
+        width: int,
+        height: int,
+        table: dict[str, Any],
+        faces: FacesFound,
+    ) -> Prediction:
         names = self.class_names
         probs = table["probs"].reshape(-1, len(names))
         spans = np.array(table["spans"], np.int64).reshape(-1, 2)
@@ -484,30 +534,55 @@ class Predictor:
         top = np.where(face, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), -1)
         times = table.get("times")
         start_s, end_s = window_seconds(spans, fps, times)
-        frame = pd.DataFrame({
-            "window": np.arange(len(spans)), "start_frame": spans[:, 0],
-            "end_frame": spans[:, 1], "start_s": start_s, "end_s": end_s, "face": face,
-            "face_share": np.round(np.array(table["shares"], np.float64), 4),
-        })  # fmt: skip
+        frame = pd.DataFrame(
+            {
+                "window": np.arange(len(spans)),
+                "start_frame": spans[:, 0],
+                "end_frame": spans[:, 1],
+                "start_s": start_s,
+                "end_s": end_s,
+                "face": face,
+                "face_share": np.round(np.array(table["shares"], np.float64), 4),
+            }
+        )
         for column, values in zip(prob_columns(names), probs.T, strict=True):
             frame[column] = values
         frame["top_class"] = pd.array([names[i] if i >= 0 else None for i in top], "string")
-        frame["top_p"] = np.where(face, np.nanmax(np.where(face[:, None], probs, 0), axis=1),
-                                  np.nan)  # fmt: skip
-        settings = {**self.settings.to_dict(), "hop": self.hop,
-                    "min_window_face": self.min_window_face}  # fmt: skip
+        frame["top_p"] = np.where(
+            face, np.nanmax(np.where(face[:, None], probs, 0), axis=1), np.nan
+        )
+        settings = {
+            **self.settings.to_dict(),
+            "hop": self.hop,
+            "min_window_face": self.min_window_face,
+        }
         settings.pop("model_config", None)
         explanation = None
         if "maps" in table:
             explanation = build_explanation(self.model, table["maps"])
             add_explanation_columns(frame, explanation, self.settings.stride)
         return Prediction(
-            video=video, fps=fps, num_frames=len(faces.valid), width=int(width),
-            height=int(height), class_names=names, windows=frame,
-            summary=summarise(probs, face, faces.face_ratio, names), faces=faces,
-            settings=settings, explain=explanation, frame_times=times,
-        )  # fmt: skip
+            video=video,
+            fps=fps,
+            num_frames=len(faces.valid),
+            width=int(width),
+            height=int(height),
+            class_names=names,
+            windows=frame,
+            summary=summarise(probs, face, faces.face_ratio, names),
+            faces=faces,
+            settings=settings,
+            explain=explanation,
+            frame_times=times,
+        )
 
 
-__all__ = ["FacesFound", "ModelSettings", "Prediction", "Predictor", "add_explanation_columns",
-           "prob_columns", "summarise"]
+__all__ = [
+    "FacesFound",
+    "ModelSettings",
+    "Prediction",
+    "Predictor",
+    "add_explanation_columns",
+    "prob_columns",
+    "summarise",
+]

@@ -28,11 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from maedfer.config import parse_model_overrides as parse_overrides
 from maedfer.errors import MaedferError
-from maedfer.inference.loading import official_state
 from maedfer.model import MaskedLGIFormer, create_model, input_contract, load_official
-from maedfer.train import checkpoint as ckpt_io
-from maedfer.train.runtime import parse_overrides
+from maedfer.model.official import official_state
+from maedfer.training import checkpoint as ckpt_io
 
 #: What the official pre-training script trains
 #: (``pretrain_videomae_base_dim512_no_depth_patch16_160``).
@@ -40,8 +40,12 @@ OFFICIAL_PRETRAIN = "mae_lgi_former_base"
 # Widths whose head counts the released model fixes (head dim 64): encoder 512, decoder 384.
 _KNOWN_HEADS = {512: 8, 384: 6}
 # The official run's saved args -> our model field.
-_ARGS_FIELDS = {"input_size": "img_size", "num_frames": "num_frames",
-                "lg_region_size": "region_size", "mask_ratio": "mask_ratio"}  # fmt: skip
+_ARGS_FIELDS = {
+    "input_size": "img_size",
+    "num_frames": "num_frames",
+    "lg_region_size": "region_size",
+    "mask_ratio": "mask_ratio",
+}
 
 
 @dataclass(frozen=True)
@@ -98,17 +102,26 @@ def official_pretrain_config(
     """
     given = dict(overrides or {})
     if not any(k.startswith("encoder.") for k in state_dict):
-        what = ("an official fine-tuned classifier (no encoder./decoder. keys)"
-                if "head.weight" in state_dict else "no MAE-DFER state dict")  # fmt: skip
+        what = (
+            "an official fine-tuned classifier (no encoder./decoder. keys)"
+            if "head.weight" in state_dict
+            else "no MAE-DFER state dict"
+        )
         raise MaedferError(what)
-    needed = ("encoder.lg_region_tokens", "encoder.patch_embed.proj.weight",
-              "encoder.blocks.0.mlp.fc1.weight", "encoder_to_decoder.weight",
-              "decoder.head.weight")  # fmt: skip
+    needed = (
+        "encoder.lg_region_tokens",
+        "encoder.patch_embed.proj.weight",
+        "encoder.blocks.0.mlp.fc1.weight",
+        "encoder_to_decoder.weight",
+        "decoder.head.weight",
+    )
     absent = [k for k in needed if k not in state_dict]
     if absent:
-        raise MaedferError(f"not an official MAE-DFER pre-training state dict: no "
-                           f"{', '.join(absent)} (an encoder without its decoder cannot "
-                           "reconstruct)")  # fmt: skip
+        raise MaedferError(
+            f"not an official MAE-DFER pre-training state dict: no "
+            f"{', '.join(absent)} (an encoder without its decoder cannot "
+            "reconstruct)"
+        )
     width, _, tubelet, patch, _ = state_dict["encoder.patch_embed.proj.weight"].shape
     decoder_width = int(state_dict["encoder_to_decoder.weight"].shape[0])
 
@@ -117,30 +130,43 @@ def official_pretrain_config(
         return len({int(m.group(1)) for k in state_dict if (m := pattern.match(k))})
 
     config: dict[str, object] = {
-        "embed_dim": int(width), "depth": depth("encoder."), "patch_size": int(patch),
-        "tubelet_size": int(tubelet), "decoder_embed_dim": decoder_width,
+        "embed_dim": int(width),
+        "depth": depth("encoder."),
+        "patch_size": int(patch),
+        "tubelet_size": int(tubelet),
+        "decoder_embed_dim": decoder_width,
         "decoder_depth": depth("decoder."),
         "mlp_ratio": state_dict["encoder.blocks.0.mlp.fc1.weight"].shape[0] / width,
         "qkv_bias": "encoder.blocks.0.first_attn.q_bias" in state_dict,
         "official_decoder_order": True,
-    }  # fmt: skip
+    }
     for arg, name in _ARGS_FIELDS.items():
         if args and args.get(arg) is not None:
             value = args[arg]
-            config[name] = (tuple(int(v) for v in value) if name == "region_size" else
-                            float(value) if name == "mask_ratio" else int(value))  # fmt: skip
+            config[name] = (
+                tuple(int(v) for v in value)
+                if name == "region_size"
+                else float(value)
+                if name == "mask_ratio"
+                else int(value)
+            )
     for field, size in (("num_heads", int(width)), ("decoder_num_heads", decoder_width)):
         if size in _KNOWN_HEADS:
             config[field] = _KNOWN_HEADS[size]
         elif field not in given:
-            raise MaedferError(f"the weights do not tell {field} for width {size}; give it, e.g. "
-                               f"--set {field}=N")  # fmt: skip
+            raise MaedferError(
+                f"the weights do not tell {field} for width {size}; give it, e.g. --set {field}=N"
+            )
     config.update(given)
     defaults = inspect.signature(MaskedLGIFormer).parameters
-    size, frames, region = (config.get(k, defaults[k].default)
-                            for k in ("img_size", "num_frames", "region_size"))  # fmt: skip
-    grid = (int(frames) // int(config["tubelet_size"]), int(size) // int(config["patch_size"]),
-            int(size) // int(config["patch_size"]))  # fmt: skip
+    size, frames, region = (
+        config.get(k, defaults[k].default) for k in ("img_size", "num_frames", "region_size")
+    )
+    grid = (
+        int(frames) // int(config["tubelet_size"]),
+        int(size) // int(config["patch_size"]),
+        int(size) // int(config["patch_size"]),
+    )
     regions = 1
     for g, r in zip(grid, region, strict=True):
         regions *= g // int(r)
@@ -154,8 +180,9 @@ def official_pretrain_config(
     return OFFICIAL_PRETRAIN, config
 
 
-def _own(ckpt: Mapping[str, Any], path: Path, overrides: Mapping[str, Any]
-         ) -> tuple[nn.Module, PretrainSettings]:  # fmt: skip
+def _own(
+    ckpt: Mapping[str, Any], path: Path, overrides: Mapping[str, Any]
+) -> tuple[nn.Module, PretrainSettings]:
     name = ckpt.get("model_name")
     if not isinstance(name, str) or not name.startswith("mae_"):
         raise _not_pretraining(path, f"a fine-tuned classifier ({name})")
@@ -169,19 +196,21 @@ def _own(ckpt: Mapping[str, Any], path: Path, overrides: Mapping[str, Any]
     nested = isinstance(config.get("data"), Mapping)
     data = config["data"] if nested else config
     settings = PretrainSettings(
-        model=name, num_frames=int(built["num_frames"]),
+        model=name,
+        num_frames=int(built["num_frames"]),
         stride=int(data.get("stride") or input_contract(model).stride),
         size=int(built["img_size"]),
         subtract_mean=bool(data.get("subtract_mean", False)),
         mask_ratio=float(built["mask_ratio"]),
         format="weights" if ckpt_io.is_weights_only(ckpt) else "maedfer",
         model_config=ckpt_io.plain(built),
-    )  # fmt: skip
+    )
     return model, settings
 
 
-def _official(obj: Any, path: Path, overrides: Mapping[str, Any]
-              ) -> tuple[nn.Module, PretrainSettings]:  # fmt: skip
+def _official(
+    obj: Any, path: Path, overrides: Mapping[str, Any]
+) -> tuple[nn.Module, PretrainSettings]:
     state, args = official_state(obj, path)
     try:
         name, config = official_pretrain_config(state, args=args, overrides=overrides)
@@ -199,12 +228,15 @@ def _official(obj: Any, path: Path, overrides: Mapping[str, Any]
         raise MaedferError(f"{path}: {exc}") from None
     built = model.config
     settings = PretrainSettings(
-        model=name, num_frames=int(built["num_frames"]),
+        model=name,
+        num_frames=int(built["num_frames"]),
         stride=int(args.get("sampling_rate") or input_contract(model).stride),
         size=int(built["img_size"]),
-        subtract_mean=False, mask_ratio=float(built["mask_ratio"]), format="official",
+        subtract_mean=False,
+        mask_ratio=float(built["mask_ratio"]),
+        format="official",
         model_config=ckpt_io.plain(built),
-    )  # fmt: skip
+    )
     return model, settings
 
 
@@ -232,8 +264,10 @@ def load_pretrainer(
     if isinstance(obj, Mapping) and obj.get("format") == ckpt_io.FORMAT:
         allowed = {"official_decoder_order"}
         if set(overrides) - allowed:
-            raise MaedferError(f"{sorted(set(overrides) - allowed)}: a maedfer checkpoint names "
-                               "its own model; only official_decoder_order may be set")  # fmt: skip
+            raise MaedferError(
+                f"{sorted(set(overrides) - allowed)}: a maedfer checkpoint names "
+                "its own model; only official_decoder_order may be set"
+            )
         model, settings = _own(obj, path, overrides)
     else:
         model, settings = _official(obj, path, overrides)

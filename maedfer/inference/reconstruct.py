@@ -35,13 +35,14 @@ import cv2
 import numpy as np
 import torch
 from einops import rearrange
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from maedfer.constants import IMAGENET_MEAN, IMAGENET_STD
+from maedfer.devices import resolve_device
 from maedfer.errors import MaedferError
 from maedfer.inference.pretrained import PretrainSettings, load_pretrainer
 from maedfer.inference.windows import stream_windows, window_batch
 from maedfer.model import MaskedLGIFormer, TubeWindowMasking
-from maedfer.preprocess.faces import FaceAligner, NoFaceError, resolve_device
+from maedfer.preprocess.faces import FaceAligner, NoFaceError
 from maedfer.preprocess.video import VideoError, iter_video_frames, prefetched, probe_video
 
 MIN_WINDOW_FACE = 0.5  # as Predictor: a window is reconstructed when half its frames have a face
@@ -100,12 +101,19 @@ class WindowReconstruction:
     def row(self) -> dict[str, Any]:
         """The window's row of the losses table."""
         masked = math.nan if self.mask is None else float(self.mask.mean())
-        return {"window": self.window, "start_frame": self.start_frame,
-                "end_frame": self.end_frame, "start_s": self.start_s, "end_s": self.end_s,
-                "face": self.face, "face_share": round(self.face_share, 4),
-                "masked_share": masked, "loss": self.loss,
-                "loss_appearance": self.loss_appearance,
-                "loss_motion": self.loss_motion}  # fmt: skip
+        return {
+            "window": self.window,
+            "start_frame": self.start_frame,
+            "end_frame": self.end_frame,
+            "start_s": self.start_s,
+            "end_s": self.end_s,
+            "face": self.face,
+            "face_share": round(self.face_share, 4),
+            "masked_share": masked,
+            "loss": self.loss,
+            "loss_appearance": self.loss_appearance,
+            "loss_motion": self.loss_motion,
+        }
 
 
 # ---------------------------------------------------------------- the arithmetic
@@ -118,8 +126,9 @@ def _unpatch(tokens: torch.Tensor, grid: tuple[int, int, int], patch: int) -> to
 
 
 @torch.no_grad()
-def reconstruct_pixels(model: MaskedLGIFormer, video: torch.Tensor, mask: torch.Tensor,
-                       pred: torch.Tensor) -> dict[str, torch.Tensor]:  # fmt: skip
+def reconstruct_pixels(
+    model: MaskedLGIFormer, video: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Map the decoder's output back to pixels with the input patches' statistics.
 
     Args:
@@ -133,14 +142,16 @@ def reconstruct_pixels(model: MaskedLGIFormer, video: torch.Tensor, mask: torch.
         the input's [0, 1] pixel units (module docstring); visible tokens hold the input's own.
     """
     if model.tubelet_size != 2:
-        raise MaedferError(f"reconstructions show tubelets of 2 frames; this model's are "
-                           f"{model.tubelet_size}")  # fmt: skip
+        raise MaedferError(
+            f"reconstructions show tubelets of 2 frames; this model's are {model.tubelet_size}"
+        )
     video = video.float()
-    mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=video.device).view(1, 3, 1, 1, 1)
-    std = torch.tensor(IMAGENET_DEFAULT_STD, device=video.device).view(1, 3, 1, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=video.device).view(1, 3, 1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=video.device).view(1, 3, 1, 1, 1)
     p = model.patch_size
-    patches = rearrange(video * std + mean, "b c (t p0) (h p1) (w p2) -> b (t h w) p0 (p1 p2) c",
-                        p0=2, p1=p, p2=p)  # fmt: skip
+    patches = rearrange(
+        video * std + mean, "b c (t p0) (h p1) (w p2) -> b (t h w) p0 (p1 p2) c", p0=2, p1=p, p2=p
+    )
     if model.normalize_target:  # the statistics the targets were standardised with
         flat = patches.flatten(2, 3)
         mu = flat.mean(dim=2, keepdim=True).unsqueeze(2)
@@ -168,8 +179,7 @@ def reconstruct_pixels(model: MaskedLGIFormer, video: torch.Tensor, mask: torch.
     }
 
 
-def window_losses(model: MaskedLGIFormer, pred: torch.Tensor, targets: torch.Tensor
-                  ) -> np.ndarray:  # fmt: skip
+def window_losses(model: MaskedLGIFormer, pred: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
     """``(B, 3)`` per window: the pre-training loss, its appearance and its motion half."""
     pred = pred.float().unflatten(-1, (model.tubelet_size, -1))
     targets = targets.float().unflatten(-1, (model.tubelet_size, -1))
@@ -218,15 +228,17 @@ class Reconstructor:
         if hop is not None and hop < 1:
             raise MaedferError(f"window hop ({hop}) must be >= 1 sampled frame")
         self.device = resolve_device(device)
-        self.model, self.settings = load_pretrainer(checkpoint, device=self.device,
-                                                    model_overrides=model_overrides)  # fmt: skip
+        self.model, self.settings = load_pretrainer(
+            checkpoint, device=self.device, model_overrides=model_overrides
+        )
         self.mask_ratio = self.settings.mask_ratio if mask_ratio is None else float(mask_ratio)
         if not 0 < self.mask_ratio < 1:
             raise MaedferError(f"--mask-ratio ({self.mask_ratio}) must be in (0, 1)")
         encoder = self.model.encoder
         try:
-            self.masking = TubeWindowMasking(encoder.patch_embed.grid, mask_ratio=self.mask_ratio,
-                                             window=encoder.region_size[1:])  # fmt: skip
+            self.masking = TubeWindowMasking(
+                encoder.patch_embed.grid, mask_ratio=self.mask_ratio, window=encoder.region_size[1:]
+            )
         except ValueError as exc:
             raise MaedferError(f"--mask-ratio {self.mask_ratio}: {exc}") from None
         self.seed = int(seed)
@@ -237,8 +249,9 @@ class Reconstructor:
     @property
     def aligner(self) -> FaceAligner:
         if self._aligner is None:  # MTCNN only when a video needs faces found
-            self._aligner = FaceAligner(size=self.settings.size, device=self.device,
-                                        detect_every=self._detect_every)  # fmt: skip
+            self._aligner = FaceAligner(
+                size=self.settings.size, device=self.device, detect_every=self._detect_every
+            )
         return self._aligner
 
     # ------------------------------------------------------------------ inputs
@@ -268,8 +281,9 @@ class Reconstructor:
         except VideoError as exc:
             raise VideoError(f"cannot read video {path}: {exc}") from None
 
-    def iter_clip(self, path: str | Path, fps: float,
-                  crop: Sequence[int] | None = None) -> Iterator[WindowReconstruction]:  # fmt: skip
+    def iter_clip(
+        self, path: str | Path, fps: float, crop: Sequence[int] | None = None
+    ) -> Iterator[WindowReconstruction]:
         """The windows of a prepared face clip (a manifest row): no face search, every frame
         is a face; ``crop`` (x, y, w, h) is cut first, then the frames are resized to the
         model's size."""
@@ -289,8 +303,9 @@ class Reconstructor:
         except VideoError as exc:
             raise VideoError(f"cannot read clip {path}: {exc}") from None
 
-    def iter_frames(self, items: Iterable[tuple[np.ndarray, bool]], fps: float
-                    ) -> Iterator[WindowReconstruction]:  # fmt: skip
+    def iter_frames(
+        self, items: Iterable[tuple[np.ndarray, bool]], fps: float
+    ) -> Iterator[WindowReconstruction]:
         """Windows of aligned ``(crop, has face)`` items, one per video frame."""
         s = self.settings
         generator = torch.Generator().manual_seed(self.seed)
@@ -299,11 +314,16 @@ class Reconstructor:
             share = float(np.mean([has_face for _, has_face in window]))
             mask = self.masking(1, generator=generator)  # drawn for every window: seeds stay put
             result = WindowReconstruction(
-                window=number, start_frame=int(indices[0]), end_frame=int(indices[-1]),
+                window=number,
+                start_frame=int(indices[0]),
+                end_frame=int(indices[-1]),
                 start_s=round(int(indices[0]) / fps, 3),
-                end_s=round((int(indices[-1]) + 1) / fps, 3), face=False, face_share=share,
-                frame_indices=np.asarray(indices), fps=float(fps),
-            )  # fmt: skip
+                end_s=round((int(indices[-1]) + 1) / fps, 3),
+                face=False,
+                face_share=share,
+                frame_indices=np.asarray(indices),
+                fps=float(fps),
+            )
             if share >= MIN_WINDOW_FACE and share > 0:
                 self._fill(result, np.stack([crop for crop, _ in window]), mask)
             yield result
@@ -323,8 +343,7 @@ class Reconstructor:
         pixels = reconstruct_pixels(self.model, video, mask, pred)
         out = {k: v[0].cpu().numpy() for k, v in pixels.items()}
         if s.subtract_mean:  # put the clip's mean frame back: the pictures show the face
-            offset = frames.astype(np.float32).mean(0) / 255 - np.asarray(IMAGENET_DEFAULT_MEAN,
-                                                                         np.float32)  # fmt: skip
+            offset = frames.astype(np.float32).mean(0) / 255 - np.asarray(IMAGENET_MEAN, np.float32)
             out["appearance"] += offset
         out["pred"] = pred[0].float().cpu().numpy()
         out["losses"] = losses
@@ -341,12 +360,19 @@ class Reconstructor:
         result.mean_frame_added = self.settings.subtract_mean
 
 
-def reconstruct(video: str | Path, checkpoint: str | Path, **options: Any
-                ) -> list[WindowReconstruction]:  # fmt: skip
+def reconstruct(
+    video: str | Path, checkpoint: str | Path, **options: Any
+) -> list[WindowReconstruction]:
     """Every window of ``video`` reconstructed by ``checkpoint`` (options: see
     :class:`Reconstructor`)."""
     return Reconstructor(checkpoint, **options).reconstruct(video)
 
 
-__all__ = ["PretrainSettings", "Reconstructor", "WindowReconstruction", "reconstruct",
-           "reconstruct_pixels", "window_losses"]  # fmt: skip
+__all__ = [
+    "PretrainSettings",
+    "Reconstructor",
+    "WindowReconstruction",
+    "reconstruct",
+    "reconstruct_pixels",
+    "window_losses",
+]

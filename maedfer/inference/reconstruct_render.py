@@ -95,8 +95,12 @@ def render_grid(window: WindowReconstruction, title: str = "") -> np.ndarray:
     _put(canvas, title[: width // 8], (6, 16))
     for c in range(count):
         x = LABEL_W + c * (cell + GAP)
-        _put(canvas, f"frames {window.frame_indices[2 * c]},{window.frame_indices[2 * c + 1]}",
-             (x + 2, HEADER_H - 8), 0.38)  # fmt: skip
+        _put(
+            canvas,
+            f"frames {window.frame_indices[2 * c]},{window.frame_indices[2 * c + 1]}",
+            (x + 2, HEADER_H - 8),
+            0.38,
+        )
     gain = motion_gain(window)
     for r, name in enumerate(ROWS):
         y = HEADER_H + r * (cell + GAP)
@@ -116,9 +120,11 @@ def render_grid(window: WindowReconstruction, title: str = "") -> np.ndarray:
 
 
 def grid_title(name: str, window: WindowReconstruction) -> str:
-    return (f"{name} window {window.window} (frames {window.start_frame}-{window.end_frame}): "
-            f"loss {window.loss:.3f} = appearance {window.loss_appearance:.3f} / motion "
-            f"{window.loss_motion:.3f}, {window.mask.mean():.0%} masked")  # fmt: skip
+    return (
+        f"{name} window {window.window} (frames {window.start_frame}-{window.end_frame}): "
+        f"loss {window.loss:.3f} = appearance {window.loss_appearance:.3f} / motion "
+        f"{window.loss_motion:.3f}, {window.mask.mean():.0%} masked"
+    )
 
 
 def write_grid(window: WindowReconstruction, path: str | Path, title: str = "") -> Path:
@@ -153,8 +159,9 @@ def side_by_side(window: WindowReconstruction) -> list[np.ndarray]:
                 panel = cv2.resize(panel, (cell, cell), interpolation=cv2.INTER_NEAREST)
             canvas[label_h:, x : x + cell] = panel
             _put(canvas, name, (x + 3, 15), 0.4)
-        _put(canvas, f"w{window.window} f{window.frame_indices[t]}", (canvas.shape[1] - 80, 15),
-             0.4)  # fmt: skip
+        _put(
+            canvas, f"w{window.window} f{window.frame_indices[t]}", (canvas.shape[1] - 80, 15), 0.4
+        )
         out.append(canvas)
     return out
 
@@ -181,8 +188,9 @@ class ReconstructionVideo:
                 self._container = av.open(str(self._tmp), "w", format="mp4")
                 fps = window.fps if math.isfinite(window.fps) and window.fps > 0 else 25.0
                 rate = Fraction(fps / self.stride).limit_denominator(1001)
-                stream = self._container.add_stream("libx264", rate=rate,
-                                                    options={"crf": "18", "preset": "veryfast"})
+                stream = self._container.add_stream(
+                    "libx264", rate=rate, options={"crf": "18", "preset": "veryfast"}
+                )
                 height, width = image.shape[:2]
                 stream.width, stream.height = width + width % 2, height + height % 2
                 stream.pix_fmt = "yuv420p"
@@ -205,5 +213,11 @@ class ReconstructionVideo:
         return None
 
 
-__all__ = ["ReconstructionVideo", "grid_title", "render_grid", "side_by_side", "window_rows",
-           "write_grid"]  # fmt: skip
+__all__ = [
+    "ReconstructionVideo",
+    "grid_title",
+    "render_grid",
+    "side_by_side",
+    "window_rows",
+    "write_grid",
+]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +34,35 @@ from maedfer.inference.reconstruct_render import ReconstructionVideo, grid_title
 logger = logging.getLogger(__name__)
 
 TABLE = "losses.csv"
-COLUMNS = ["input", "window", "start_frame", "end_frame", "start_s", "end_s", "face",
-           "face_share", "masked_share", "loss", "loss_appearance", "loss_motion", "png",
-           "reason"]  # fmt: skip
+COLUMNS = [
+    "input",
+    "window",
+    "start_frame",
+    "end_frame",
+    "start_s",
+    "end_s",
+    "face",
+    "face_share",
+    "masked_share",
+    "loss",
+    "loss_appearance",
+    "loss_motion",
+    "png",
+    "reason",
+]
 
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "clip"
 
 
-def _inputs(rec: Reconstructor, inputs: Sequence[str | Path], fold: int | None,
-            split: str | None, limit: int | None) -> list[tuple[str, Any]]:  # fmt: skip
+def _inputs(
+    rec: Reconstructor,
+    inputs: Sequence[str | Path],
+    fold: int | None,
+    split: str | None,
+    limit: int | None,
+) -> list[tuple[str, Any]]:
     """``(name, windows thunk)`` per input, in order."""
     manifests = [i for i in inputs if str(i).endswith(".parquet")]
     if manifests:
@@ -59,8 +77,9 @@ def _inputs(rec: Reconstructor, inputs: Sequence[str | Path], fold: int | None,
     return [(v.stem, lambda v=v: rec.iter_video(v)) for v in videos]
 
 
-def _manifest_inputs(rec: Reconstructor, manifest: Path, fold: int | None, split: str | None,
-                     limit: int | None) -> list[tuple[str, Any]]:  # fmt: skip
+def _manifest_inputs(
+    rec: Reconstructor, manifest: Path, fold: int | None, split: str | None, limit: int | None
+) -> list[tuple[str, Any]]:
     import pyarrow.parquet as pq
 
     from maedfer.pipelines.select import load_clip_table
@@ -84,8 +103,9 @@ def _manifest_inputs(rec: Reconstructor, manifest: Path, fold: int | None, split
     return out
 
 
-def _reconstruct_one(name: str, windows: Iterator[WindowReconstruction], folder: Path,
-                     stride: int) -> tuple[list[dict[str, Any]], list[Path]]:  # fmt: skip
+def _reconstruct_one(
+    name: str, windows: Iterator[WindowReconstruction], folder: Path, stride: int
+) -> tuple[list[dict[str, Any]], list[Path]]:
     """Write one input's grids and MP4 as its windows come; its table rows."""
     rows, written = [], []
     movie = ReconstructionVideo(folder / "reconstruction.mp4", stride)
@@ -93,8 +113,9 @@ def _reconstruct_one(name: str, windows: Iterator[WindowReconstruction], folder:
         for window in windows:
             row = {"input": name, **window.row(), "png": None, "reason": None}
             if window.face:
-                png = write_grid(window, folder / f"window_{window.window:03d}.png",
-                                 grid_title(name, window))  # fmt: skip
+                png = write_grid(
+                    window, folder / f"window_{window.window:03d}.png", grid_title(name, window)
+                )
                 row["png"] = str(png)
                 written.append(png)
                 movie.add(window)
@@ -109,8 +130,9 @@ def _reconstruct_one(name: str, windows: Iterator[WindowReconstruction], folder:
 
 
 def format_table(table: pd.DataFrame) -> str:
-    lines = [f"{'input':<24} {'window':>6} {'frames':>11}  {'loss':>7} {'appear.':>7} "
-             f"{'motion':>7}"]  # fmt: skip
+    lines = [
+        f"{'input':<24} {'window':>6} {'frames':>11}  {'loss':>7} {'appear.':>7} {'motion':>7}"
+    ]
     for row in table.itertuples():
         span = f"{row.start_frame}-{row.end_frame}" if pd.notna(row.start_frame) else ""
         if isinstance(row.reason, str):
@@ -118,8 +140,10 @@ def format_table(table: pd.DataFrame) -> str:
         elif not row.face:
             lines.append(f"{str(row.input)[-24:]:<24} {row.window:>6} {span:>11}  (no face)")
         else:
-            lines.append(f"{str(row.input)[-24:]:<24} {row.window:>6} {span:>11}  "
-                         f"{row.loss:7.4f} {row.loss_appearance:7.4f} {row.loss_motion:7.4f}")
+            lines.append(
+                f"{str(row.input)[-24:]:<24} {row.window:>6} {span:>11}  "
+                f"{row.loss:7.4f} {row.loss_appearance:7.4f} {row.loss_motion:7.4f}"
+            )
     return "\n".join(lines)
 
 
@@ -137,8 +161,10 @@ def run(
     limit: int | None = None,
     model_overrides: Mapping[str, Any] | Sequence[str] | None = None,
     progress: bool = True,
+    show: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
-    """Reconstruct every window of every input; write the grids, the MP4s and ``losses.csv``.
+    """Reconstruct every window of every input; write the grids, the MP4s and ``losses.csv``;
+    the table and the summary go to ``show`` (the command line prints them).
 
     Args:
         inputs: videos (files, folders, globs) or one ``manifest.parquet``.
@@ -157,24 +183,30 @@ def run(
     started = time.perf_counter()
     if limit is not None and limit < 1:
         raise MaedferError(f"--limit ({limit}) must be >= 1")
-    rec = Reconstructor(checkpoint, device=device, mask_ratio=mask_ratio, seed=seed, hop=hop,
-                        model_overrides=model_overrides)  # fmt: skip
+    rec = Reconstructor(
+        checkpoint,
+        device=device,
+        mask_ratio=mask_ratio,
+        seed=seed,
+        hop=hop,
+        model_overrides=model_overrides,
+    )
     items = _inputs(rec, inputs, fold, split, limit)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     used: set[str] = set()
     written: list[Path] = []
-    for name, windows in tqdm(items, desc="reconstruct", unit="input",
-                              disable=not progress or len(items) < 2):  # fmt: skip
+    for name, windows in tqdm(
+        items, desc="reconstruct", unit="input", disable=not progress or len(items) < 2
+    ):
         folder_name, k = _safe(name), 1
         while folder_name in used:
             k += 1
             folder_name = f"{_safe(name)}-{k}"
         used.add(folder_name)
         try:
-            got, files = _reconstruct_one(name, windows(), out / folder_name,
-                                          rec.settings.stride)
+            got, files = _reconstruct_one(name, windows(), out / folder_name, rec.settings.stride)
         except MaedferError as exc:
             if len(items) == 1:
                 raise
@@ -188,12 +220,17 @@ def run(
         table[column] = table[column].astype("Int64")
     with atomic_path(out / TABLE) as tmp:
         table.to_csv(tmp, index=False)
-    print(format_table(table))
+    emit = show or (lambda _line: None)
+    emit(format_table(table))
     faces = table[table["face"] == True]  # noqa: E712 (a nullable column)
-    print(f"\nreconstruct: {len(faces)} windows of {len(items)} input(s) at mask ratio "
-          f"{rec.mask_ratio:g} (seed {rec.seed}), {time.perf_counter() - started:.1f} s")
+    emit(
+        f"\nreconstruct: {len(faces)} windows of {len(items)} input(s) at mask ratio "
+        f"{rec.mask_ratio:g} (seed {rec.seed}), {time.perf_counter() - started:.1f} s"
+    )
     if len(faces):
-        print(f"mean loss {faces['loss'].mean():.4f} (appearance "
-              f"{faces['loss_appearance'].mean():.4f}, motion {faces['loss_motion'].mean():.4f})")
-    print(f"wrote {out / TABLE}, {len(written)} pictures and videos under {out}")
+        emit(
+            f"mean loss {faces['loss'].mean():.4f} (appearance "
+            f"{faces['loss_appearance'].mean():.4f}, motion {faces['loss_motion'].mean():.4f})"
+        )
+    emit(f"wrote {out / TABLE}, {len(written)} pictures and videos under {out}")
     return table

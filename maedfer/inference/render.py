@@ -36,8 +36,9 @@ MAX_COLUMNS = 240  # merged time bins in the plot
 TOP_K = 3  # classes drawn on the overlay
 
 
-def merged_columns(prediction: Prediction, max_columns: int = MAX_COLUMNS
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def merged_columns(
+    prediction: Prediction, max_columns: int = MAX_COLUMNS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(edges (K+1,) s, probs (C, K) with NaN for faceless bins, face share (K,))``.
 
     Windows are merged into at most ``max_columns`` bins by their centre time; a bin's
@@ -64,8 +65,7 @@ def merged_columns(prediction: Prediction, max_columns: int = MAX_COLUMNS
     return edges, out, face
 
 
-def plot_timeline(prediction: Prediction, path: str | Path,
-                  max_columns: int = MAX_COLUMNS) -> Path:  # fmt: skip
+def plot_timeline(prediction: Prediction, path: str | Path, max_columns: int = MAX_COLUMNS) -> Path:
     """Save the heat-strip PNG of ``prediction`` to ``path`` (atomically)."""
     import matplotlib
 
@@ -81,8 +81,12 @@ def plot_timeline(prediction: Prediction, path: str | Path,
     strips = _explain_strips(prediction)
     timeline_h = 1.2 + 0.32 * len(names)
     fig = plt.figure(figsize=(10, timeline_h + 1.9 * len(strips)))
-    outer = fig.add_gridspec(1 + bool(strips), 1, hspace=0.35,
-                             height_ratios=[timeline_h] + ([1.9 * len(strips)] if strips else []))
+    outer = fig.add_gridspec(
+        1 + bool(strips),
+        1,
+        hspace=0.35,
+        height_ratios=[timeline_h] + ([1.9 * len(strips)] if strips else []),
+    )
     inner = outer[0].subgridspec(2, 1, height_ratios=[1, max(2, len(names))], hspace=0.05)
     top_ax = fig.add_subplot(inner[0])
     ax = fig.add_subplot(inner[1], sharex=top_ax)
@@ -90,33 +94,57 @@ def plot_timeline(prediction: Prediction, path: str | Path,
     try:
         for axis in (top_ax, ax):  # faceless time: hatched grey under the NaN cells
             axis.set_facecolor("#d9d9d9")
-            axis.fill_between([0, edges[-1]], 0, len(names), hatch="///", color="#bdbdbd",
-                              facecolor="#e8e8e8", linewidth=0)  # fmt: skip
-        best = np.where(np.isnan(probs).all(axis=0), np.nan,
-                        np.nan_to_num(probs, nan=-1).argmax(axis=0))  # fmt: skip
-        top_ax.pcolormesh(edges, [0, len(names)], best[None, :], vmin=-0.5,
-                          vmax=len(names) - 0.5, cmap=ListedColormap(colours))  # fmt: skip
+            axis.fill_between(
+                [0, edges[-1]],
+                0,
+                len(names),
+                hatch="///",
+                color="#bdbdbd",
+                facecolor="#e8e8e8",
+                linewidth=0,
+            )
+        best = np.where(
+            np.isnan(probs).all(axis=0), np.nan, np.nan_to_num(probs, nan=-1).argmax(axis=0)
+        )
+        top_ax.pcolormesh(
+            edges,
+            [0, len(names)],
+            best[None, :],
+            vmin=-0.5,
+            vmax=len(names) - 0.5,
+            cmap=ListedColormap(colours),
+        )
         top_ax.set_yticks([])
         top_ax.set_ylabel("top", rotation=0, ha="right", va="center")
-        mesh = ax.pcolormesh(edges, np.arange(len(names) + 1), probs, vmin=0, vmax=1,
-                             cmap="viridis")  # fmt: skip
+        mesh = ax.pcolormesh(
+            edges, np.arange(len(names) + 1), probs, vmin=0, vmax=1, cmap="viridis"
+        )
         ax.set_yticks(np.arange(len(names)) + 0.5, names)
         ax.set_ylim(len(names), 0)
         ax.set_xlim(0, edges[-1])
         ax.set_xlabel("time (s)")
         merged = len(prediction.windows) > len(edges) - 1
         summary = prediction.summary
-        title = (f"{Path(prediction.video).name if prediction.video else 'frames'}: "
-                 f"{summary['top_class'] or 'no face'}, face in {summary['face_ratio']:.0%} "
-                 f"of the frames, {summary['num_windows']} windows"
-                 + (f" merged into {len(edges) - 1} columns" if merged else ""))  # fmt: skip
+        title = (
+            f"{Path(prediction.video).name if prediction.video else 'frames'}: "
+            f"{summary['top_class'] or 'no face'}, face in {summary['face_ratio']:.0%} "
+            f"of the frames, {summary['num_windows']} windows"
+            + (f" merged into {len(edges) - 1} columns" if merged else "")
+        )
         top_ax.set_title(title, fontsize=10)
         fig.colorbar(mesh, ax=[top_ax, ax], fraction=0.025, pad=0.01, label="probability")
         handles = [Patch(color=c, label=n) for c, n in zip(colours, names, strict=True)]
-        handles.append(Patch(facecolor="#e8e8e8", hatch="///", edgecolor="#bdbdbd",
-                             label="no face"))  # fmt: skip
-        top_ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.25),
-                      ncol=min(len(handles), 6), fontsize=8, frameon=False)  # fmt: skip
+        handles.append(
+            Patch(facecolor="#e8e8e8", hatch="///", edgecolor="#bdbdbd", label="no face")
+        )
+        top_ax.legend(
+            handles=handles,
+            loc="lower left",
+            bbox_to_anchor=(0, 1.25),
+            ncol=min(len(handles), 6),
+            fontsize=8,
+            frameon=False,
+        )
         if strips:
             from maedfer.inference.explain_render import draw_strip
 
@@ -161,16 +189,37 @@ def _panel(image: np.ndarray, names: list[str], probs: np.ndarray | None, scale:
     box = image[y0 : y0 + line * rows + int(8 * scale), x0 : x0 + width]
     box[:] = (box * 0.35).astype(np.uint8)  # darkened backing, readable on any picture
     if probs is None:
-        cv2.putText(image, "no face", (x0 + 6, y0 + line - 6), font, 0.55 * scale,
-                    (255, 200, 0), thick, cv2.LINE_AA)  # fmt: skip
+        cv2.putText(
+            image,
+            "no face",
+            (x0 + 6, y0 + line - 6),
+            font,
+            0.55 * scale,
+            (255, 200, 0),
+            thick,
+            cv2.LINE_AA,
+        )
         return
     for r, k in enumerate(np.argsort(-probs)[:rows]):
         y = y0 + r * line
         bar = int((width - 12) * float(probs[k]))
-        cv2.rectangle(image, (x0 + 6, y + 4), (x0 + 6 + bar, y + line - 2),
-                      (40, 160, 255) if r == 0 else (90, 90, 140), -1)  # fmt: skip
-        cv2.putText(image, f"{names[k]} {probs[k]:.2f}", (x0 + 10, y + line - 7), font,
-                    0.5 * scale, (255, 255, 255), thick, cv2.LINE_AA)  # fmt: skip
+        cv2.rectangle(
+            image,
+            (x0 + 6, y + 4),
+            (x0 + 6 + bar, y + line - 2),
+            (40, 160, 255) if r == 0 else (90, 90, 140),
+            -1,
+        )
+        cv2.putText(
+            image,
+            f"{names[k]} {probs[k]:.2f}",
+            (x0 + 10, y + line - 7),
+            font,
+            0.5 * scale,
+            (255, 255, 255),
+            thick,
+            cv2.LINE_AA,
+        )
 
 
 def _heat_drawer(prediction: Prediction):
@@ -190,8 +239,7 @@ def _heat_drawer(prediction: Prediction):
             return image
         position = max(0, t - int(starts[window])) // stride  # the sampled frame at or before
         k = min(len(maps) - 1, position // explanation.tubelet)
-        return heat_on_frame(image, maps[k], prediction.faces.transforms[t],
-                             prediction.faces.size)  # fmt: skip
+        return heat_on_frame(image, maps[k], prediction.faces.transforms[t], prediction.faces.size)
 
     return draw
 
@@ -214,11 +262,16 @@ def overlay_frames(prediction: Prediction, frames):
             image = heat(image, t, int(nearest[t]))
         if valid[t]:
             quad = np.round(corners[t]).astype(np.int32).reshape(-1, 1, 2)
-            cv2.polylines(image, [quad], True, (0, 255, 0), max(1, round(2 * scale)),
-                          cv2.LINE_AA)  # fmt: skip
+            cv2.polylines(image, [quad], True, (0, 255, 0), max(1, round(2 * scale)), cv2.LINE_AA)
             for x, y in landmarks[t]:
-                cv2.circle(image, (int(round(x)), int(round(y))), max(2, round(2 * scale)),
-                           (255, 60, 60), -1, cv2.LINE_AA)  # fmt: skip
+                cv2.circle(
+                    image,
+                    (int(round(x)), int(round(y))),
+                    max(2, round(2 * scale)),
+                    (255, 60, 60),
+                    -1,
+                    cv2.LINE_AA,
+                )
         row = probs[nearest[t]]
         _panel(image, names, None if np.isnan(row).any() else row, scale)
         yield image
@@ -247,8 +300,9 @@ def render_overlay(prediction: Prediction, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         with av.open(str(tmp), "w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=rate,
-                                          options={"crf": "20", "preset": "veryfast"})
+            stream = container.add_stream(
+                "libx264", rate=rate, options={"crf": "20", "preset": "veryfast"}
+            )
             stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
             times = prediction.frame_times
             if times is not None:  # each frame at its own time, as in the input
@@ -264,6 +318,8 @@ def render_overlay(prediction: Prediction, path: str | Path) -> Path:
                 written += 1
             container.mux(stream.encode(None))
     if written != prediction.num_frames:
-        raise MaedferError(f"overlay of {prediction.video}: {written} frames written, "
-                           f"{prediction.num_frames} predicted")  # fmt: skip
+        raise MaedferError(
+            f"overlay of {prediction.video}: {written} frames written, "
+            f"{prediction.num_frames} predicted"
+        )
     return path

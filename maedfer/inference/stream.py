@@ -11,6 +11,8 @@ with ``explain`` its relevance maps.
 alignment segment at the last frame of a window instead, so a window is scored as soon as its
 last frame is in rather than when a 256-frame segment fills; landmark smoothing and the
 search for the face's size then restart every window hop, which changes the crops slightly.
+
+Documented in docs/inference.md.
 """
 
 from __future__ import annotations
@@ -69,8 +71,9 @@ def window_ends(num_frames: int, stride: int, hop: int) -> Callable[[int], bool]
     return ends
 
 
-def _aligned_low_latency(predictor: Predictor, frames: Iterator[np.ndarray]
-                         ) -> Iterator[tuple[np.ndarray, bool]]:  # fmt: skip
+def _aligned_low_latency(
+    predictor: Predictor, frames: Iterator[np.ndarray]
+) -> Iterator[tuple[np.ndarray, bool]]:
     """``(crop, has face)`` per frame, each alignment segment ending at a window's last frame
     (or at the segment limit of :meth:`Predictor._segments`)."""
     s = predictor.settings
@@ -110,15 +113,27 @@ def score_window(predictor: Predictor, clip: np.ndarray, explain: bool) -> dict[
             return {"probs": torch.softmax(logits.float(), dim=1)[0].cpu().numpy()}
 
 
-def _row(predictor: Predictor, number: int, indices: np.ndarray, share: float, fps: float,
-         scored: dict[str, Any] | None, explain: bool, offset: int) -> dict[str, Any]:  # fmt: skip
+def _row(
+    predictor: Predictor,
+    number: int,
+    indices: np.ndarray,
+    share: float,
+    fps: float,
+    scored: dict[str, Any] | None,
+    explain: bool,
+    offset: int,
+) -> dict[str, Any]:
     names = predictor.class_names
     start, end = int(indices[0]) + offset, int(indices[-1]) + offset
     row: dict[str, Any] = {
-        "window": number, "start_frame": start, "end_frame": end,
-        "start_s": round(start / fps, 3), "end_s": round((end + 1) / fps, 3),
-        "face": scored is not None, "face_share": round(share, 4),
-    }  # fmt: skip
+        "window": number,
+        "start_frame": start,
+        "end_frame": end,
+        "start_s": round(start / fps, 3),
+        "end_s": round((end + 1) / fps, 3),
+        "face": scored is not None,
+        "face_share": round(share, 4),
+    }
     probs = None if scored is None else scored["probs"].astype(np.float64)
     for name, column in zip(names, prob_columns(names), strict=True):
         row[column] = None if probs is None else float(probs[names.index(name)])
@@ -131,8 +146,9 @@ def _row(predictor: Predictor, number: int, indices: np.ndarray, share: float, f
             row["peak_frame"] = None
         else:
             tubelet = len(indices) // len(curve)
-            row["peak_frame"] = min(end, start + int(np.argmax(curve)) * tubelet
-                                    * predictor.settings.stride)  # fmt: skip
+            row["peak_frame"] = min(
+                end, start + int(np.argmax(curve)) * tubelet * predictor.settings.stride
+            )
     return row
 
 
@@ -176,11 +192,12 @@ def stream_windows_of(
             scored = score_window(predictor, np.stack([crop for crop, _ in window]), explain)
         row = _row(predictor, number, indices, share, float(fps), scored, explain, start_frame)
         yield WindowResult(
-            row=row, probabilities=None if scored is None else scored["probs"],
+            row=row,
+            probabilities=None if scored is None else scored["probs"],
             frame_indices=np.asarray(indices) + start_frame,
             gradcam=None if scored is None else scored.get("gradcam"),
             attention=None if scored is None else scored.get("attention"),
-        )  # fmt: skip
+        )
 
 
 __all__ = ["WindowResult", "score_window", "stream_windows_of", "window_ends"]

@@ -1,4 +1,5 @@
-"""Dataset protocols and the manifest: raw tree -> clips, key, subject, label, fold (DESIGN §1, §3).
+"""Dataset protocols and the manifest: raw tree -> clips, key, subject, label, fold
+(docs/design.md).
 
 One module per dataset (``voxceleb2``, ``dfew``, ``ferv39k``, ``mafw``, ``crema_d``, ``ravdess``,
 ``enterface05``, and ``folder`` for a user's own data) reads the raw tree as downloaded and
@@ -11,6 +12,8 @@ tests): the CLI, the preprocess driver and the fingerprint check read the regist
     fps = write_manifest(index.to_frame(), out / "manifest.parquet", dataset=index.dataset,
                          protocol=index.protocol, classes=index.classes,
                          num_folds=index.num_folds, raw_root=index.raw_root)
+
+Documented in docs/datasets.md.
 """
 
 from __future__ import annotations
@@ -75,8 +78,9 @@ def __getattr__(name: str):
     if name == "DATASET_NAMES":
         return tuple(list_datasets())
     if name == "PUBLISHED":
-        return {n: dict(get_dataset(n).published) for n in list_datasets()
-                if get_dataset(n).published}  # fmt: skip
+        return {
+            n: dict(get_dataset(n).published) for n in list_datasets() if get_dataset(n).published
+        }
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

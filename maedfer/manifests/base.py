@@ -1,7 +1,7 @@
-"""What every dataset protocol returns: ``ClipEntry``, ``RawIndex``, ``Protocol`` (DESIGN §1, §3).
+"""What every dataset protocol returns: ``ClipEntry``, ``RawIndex``, ``Protocol`` (docs/design.md).
 
 A protocol reads only names and folders of a raw download (never pixels) and says, for each clip,
-its key (DATASETS.md §9), where it is, its subject, label and fold or split. The preprocess driver
+its key (docs/datasets.md), where it is, its subject, label and fold or split. The preprocess driver
 turns a ``RawIndex`` into the manifest; ``RawIndex.to_frame`` gives it the manifest rows with the
 pixel fields still null (what ``--index-only`` writes).
 """
@@ -28,7 +28,7 @@ class ClipEntry:
     """One clip of a protocol, as found in the raw tree.
 
     Attributes:
-        clip_id: the dataset's key, DATASETS.md §9 (e.g. RAVDESS ``02-01-06-01-02-01-12``).
+        clip_id: the dataset's key, docs/datasets.md (e.g. RAVDESS ``02-01-06-01-02-01-12``).
         source: the video file or the frame folder, relative to the raw root, ``/``-separated.
         kind: ``"video"`` (a file to decode) or ``"frames"`` (a folder of images).
         subject: the dataset's own subject id as a decimal string (``"17"``), None where none.
@@ -50,7 +50,7 @@ class ClipEntry:
 
 @dataclass
 class RawIndex:
-    """What a protocol found under a raw root (DESIGN.md §3).
+    """What a protocol found under a raw root (docs/design.md).
 
     Attributes:
         dataset: name in ``DATASET_NAMES``.
@@ -134,7 +134,7 @@ class Protocol(abc.ABC):
     Attributes:
         name: dataset name in ``DATASET_NAMES`` (set by ``@register_dataset``).
         protocol: protocol id written to the manifest metadata.
-        classes: class names in label order (DATASETS.md), empty for unlabeled data.
+        classes: class names in label order (docs/datasets.md), empty for unlabeled data.
         num_folds: number of folds, 0 for a fixed split.
     """
 
@@ -154,8 +154,12 @@ class Protocol(abc.ABC):
         """
         given = sorted(k for k, v in options.items() if v not in (None, False))
         if given:
+            from maedfer.manifests.registry import datasets_with_option
+
             flags = ", ".join("--" + k.replace("_", "-") for k in given)
-            raise MaedferError(f"{flags}: option(s) of `prepare folder`, not of {self.name}")
+            owners = sorted({d for k in given for d in datasets_with_option(k)})
+            where = " or ".join(f"`prepare {d}`" for d in owners) or "no dataset"
+            raise MaedferError(f"{flags}: option(s) of {where}, not of {self.name}")
         return self
 
     @abc.abstractmethod

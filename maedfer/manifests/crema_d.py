@@ -1,4 +1,4 @@
-"""CREMA-D (DATASETS.md §6): 7,442 clips of 91 actors, subject-independent 5 folds.
+"""CREMA-D (docs/datasets.md): 7,442 clips of 91 actors, subject-independent 5 folds.
 
 Layout (git-LFS clone of CheyneyComputerScience/CREMA-D): ``VideoFlash/AAAA_SSS_EEE_LL.flv`` with
 actor AAAA (1001-1091), sentence SSS, emotion EEE (ANG, DIS, FEA, HAP, NEU, SAD), level LL. The
@@ -41,7 +41,7 @@ ACTORS = range(1001, 1092)
 NUM_FOLDS = 5
 ACTORS_PER_FOLD = 18
 SENTENCES = ["IEO", "TIE", "IOM", "IWW", "TAI", "MTI", "IWL", "ITH", "DFA", "ITS", "TSI", "WSI"]
-# Never recorded (DATASETS.md §6): 91 x 82 = 7,462 combinations - 20 = 7,442 clips.
+# Never recorded (docs/datasets.md): 91 x 82 = 7,462 combinations - 20 = 7,442 clips.
 ABSENT = frozenset(
     ["1002_TIE_NEU_XX", "1076_ITS_NEU_XX"]
     + [f"1008_WSI_{e}_XX" for e in EMOTION_CODES]
@@ -74,13 +74,19 @@ def _entry(stem: str, source: str) -> tuple[ClipEntry | None, str | None]:
     label = EMOTION_CODES.index(emotion.upper())
     fold = block_fold(actor - ACTORS.start, per_fold=ACTORS_PER_FOLD, num_folds=NUM_FOLDS)
     entry = ClipEntry(
-        clip_id=stem, source=source, kind="video", subject=str(actor), label=label,
-        label_name=CLASSES[label], fold=fold, split=None,
-    )  # fmt: skip
+        clip_id=stem,
+        source=source,
+        kind="video",
+        subject=str(actor),
+        label=label,
+        label_name=CLASSES[label],
+        fold=fold,
+        split=None,
+    )
     return entry, None
 
 
-#: DATASETS.md's published fingerprints of the full protocol (keys as in
+#: docs/datasets.md's published fingerprints of the full protocol (keys as in
 #: ``detailed_fingerprints``).
 PUBLISHED_FINGERPRINTS = {
     "1": "dd05b4c670f64d58",
@@ -144,9 +150,15 @@ class CremaD(Protocol):
             )
         log.info("crema-d: %d clips, %d rejects under %s", len(kept), len(rejects), root)
         return RawIndex(
-            dataset=self.name, protocol=self.protocol, raw_root=root, classes=list(CLASSES),
-            num_folds=NUM_FOLDS, entries=kept, rejects=rejects, warnings=warnings,
-        )  # fmt: skip
+            dataset=self.name,
+            protocol=self.protocol,
+            raw_root=root,
+            classes=list(CLASSES),
+            num_folds=NUM_FOLDS,
+            entries=kept,
+            rejects=rejects,
+            warnings=warnings,
+        )
 
 
 def _warnings(entries: list[ClipEntry], stubs: int) -> list[str]:

@@ -1,4 +1,4 @@
-"""DFEW (DATASETS.md §3): 11,697 single-labeled clips, official 5-fold cross-validation.
+"""DFEW (docs/datasets.md): 11,697 single-labeled clips, official 5-fold cross-validation.
 
 Layout: ``EmoLabel_DataSplit/{train,test}(single-labeled)/set_{1..5}.csv`` (the README spells
 them ``single_labeled``: both accepted) with ``video_name,label`` rows, and the official aligned
@@ -151,7 +151,7 @@ def _videos(root: Path) -> dict[int, Path]:
     return out
 
 
-#: DATASETS.md's published fingerprints of the full protocol (keys as in
+#: docs/datasets.md's published fingerprints of the full protocol (keys as in
 #: ``detailed_fingerprints``).
 PUBLISHED_FINGERPRINTS = {
     "1": "b0000e8bfb9f5f70",
@@ -204,6 +204,12 @@ class Dfew(Protocol):
             )
         log.info("dfew: %d clips, %d rejects under %s", len(entries), len(rejects), root)
         return RawIndex(
-            dataset=self.name, protocol=self.protocol, raw_root=root, classes=list(CLASSES),
-            num_folds=NUM_FOLDS, entries=entries, rejects=rejects, warnings=warnings,
-        )  # fmt: skip
+            dataset=self.name,
+            protocol=self.protocol,
+            raw_root=root,
+            classes=list(CLASSES),
+            num_folds=NUM_FOLDS,
+            entries=entries,
+            rejects=rejects,
+            warnings=warnings,
+        )

@@ -1,4 +1,4 @@
-"""eNTERFACE'05 (DATASETS.md §8): 1,287 clips of 43 subjects, subject-independent 5 folds.
+"""eNTERFACE'05 (docs/datasets.md): 1,287 clips of 43 subjects, subject-independent 5 folds.
 
 Layout (``project2_database.zip``, root folder name varies): ``subject N/<emotion>/sentence k/
 <stem>.avi`` with spaces in folder names. Everything is derived from the folders, never from
@@ -61,7 +61,7 @@ def _locate(parts: tuple[str, ...]) -> tuple[int, tuple[str, ...]] | None:
     return None
 
 
-#: DATASETS.md's published fingerprints of the full protocol (keys as in
+#: docs/datasets.md's published fingerprints of the full protocol (keys as in
 #: ``detailed_fingerprints``).
 PUBLISHED_FINGERPRINTS = {
     "1": "a15c96a5586b8c47",
@@ -140,9 +140,15 @@ class Enterface05(Protocol):
             )
         log.info("enterface05: %d clips, %d rejects under %s", len(kept), len(rejects), root)
         return RawIndex(
-            dataset=self.name, protocol=self.protocol, raw_root=root, classes=list(CLASSES),
-            num_folds=NUM_FOLDS, entries=kept, rejects=rejects, warnings=warnings,
-        )  # fmt: skip
+            dataset=self.name,
+            protocol=self.protocol,
+            raw_root=root,
+            classes=list(CLASSES),
+            num_folds=NUM_FOLDS,
+            entries=kept,
+            rejects=rejects,
+            warnings=warnings,
+        )
 
 
 def _warnings(entries: list[ClipEntry]) -> list[str]:
@@ -157,8 +163,11 @@ def _warnings(entries: list[ClipEntry]) -> list[str]:
             f"enterface05: partial download, subject(s) missing: {summarize(absent, 43)}; "
             "fingerprints will differ from the published ones"
         )
-    short = [f"{s} ({n}/{CLIPS_PER_SUBJECT[s]})" for s, n in sorted(counts.items())
-             if n < CLIPS_PER_SUBJECT[s]]  # fmt: skip
+    short = [
+        f"{s} ({n}/{CLIPS_PER_SUBJECT[s]})"
+        for s, n in sorted(counts.items())
+        if n < CLIPS_PER_SUBJECT[s]
+    ]
     if short:
         out.append(f"enterface05: subject(s) with clips missing: {summarize(short, 10)}")
     return out

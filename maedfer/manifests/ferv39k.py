@@ -1,4 +1,4 @@
-"""FERV39k (DATASETS.md §4): 31,088 train + 7,847 test clips, one fixed split, 7 classes.
+"""FERV39k (docs/datasets.md): 31,088 train + 7,847 test clips, one fixed split, 7 classes.
 
 Layout: ``4_setups/All_scenes/{train_All,test_All}.csv`` (no header, ``Action/Sad/0010 Sad``) and
 the official face crops ``2_ClipsforFaceCrop/<Scene>/<Emotion>/<clip>/*.jpg``. Downloads nest
@@ -146,7 +146,7 @@ def _videos(root: Path) -> dict[str, Path]:
     return out
 
 
-#: DATASETS.md's published fingerprints of the full protocol (keys as in
+#: docs/datasets.md's published fingerprints of the full protocol (keys as in
 #: ``detailed_fingerprints``).
 PUBLISHED_FINGERPRINTS = {
     "train": "a4446aefa2b01136",
@@ -185,10 +185,18 @@ class Ferv39k(Protocol):
             if not from_video and first_file(path, IMAGE_EXTS) is None:
                 rejects.append((key, source, "no frames: the frame folder holds no images"))
                 continue
-            entries.append(ClipEntry(
-                clip_id=key, source=source, kind="video" if from_video else "frames",
-                subject=None, label=label, label_name=CLASSES[label], fold=None, split=split,
-            ))  # fmt: skip
+            entries.append(
+                ClipEntry(
+                    clip_id=key,
+                    source=source,
+                    kind="video" if from_video else "frames",
+                    subject=None,
+                    label=label,
+                    label_name=CLASSES[label],
+                    fold=None,
+                    split=split,
+                )
+            )
         if not entries:
             raise no_clips_error(self.name, root, expected, "no split clip has media")
         if missing:
@@ -198,6 +206,12 @@ class Ferv39k(Protocol):
             )
         log.info("ferv39k: %d clips, %d rejects under %s", len(entries), len(rejects), root)
         return RawIndex(
-            dataset=self.name, protocol=self.protocol, raw_root=root, classes=list(CLASSES),
-            num_folds=0, entries=entries, rejects=rejects, warnings=warnings,
-        )  # fmt: skip
+            dataset=self.name,
+            protocol=self.protocol,
+            raw_root=root,
+            classes=list(CLASSES),
+            num_folds=0,
+            entries=entries,
+            rejects=rejects,
+            warnings=warnings,
+        )

@@ -1,10 +1,10 @@
-"""Fold fingerprints (DATASETS.md §9): compute them, compare with the published ones, print them.
+"""Fold fingerprints (docs/datasets.md): compute them, compare with the published ones, print them.
 
 ``sha16(keys) = sha256("\\n".join(sorted(keys)) + "\\n").hexdigest()[:16]``. A manifest
 stores, under ``maedfer.fingerprints``, fold -> sha16 of its test keys (``"1"``..``"K"``), or
-split -> sha16 of the split's keys for fixed-split datasets (DESIGN.md §3).
+split -> sha16 of the split's keys for fixed-split datasets (docs/design.md).
 ``detailed_fingerprints`` adds the train side of each fold (``"train:K"``) and the all-pairs hash
-of ``"<key> <label>"`` (``"all"``), which DATASETS.md also publishes; ``format_fingerprints``
+of ``"<key> <label>"`` (``"all"``), which docs/datasets.md also publishes; ``format_fingerprints``
 prints them with match/mismatch against those values.
 """
 
@@ -17,7 +17,7 @@ import pandas as pd
 
 
 def sha16(keys: Iterable[str]) -> str:
-    """``sha256("\\n".join(sorted(keys)) + "\\n")[:16]``, the hash of DATASETS.md §9."""
+    """``sha256("\\n".join(sorted(keys)) + "\\n")[:16]``, the hash of docs/datasets.md."""
     if isinstance(keys, pd.Series):
         keys = keys.tolist()  # iterating an Arrow-backed Series element-wise is slow
     text = "\n".join(sorted(keys)) + "\n"
@@ -39,7 +39,7 @@ def fold_fingerprints(df: pd.DataFrame, *, num_folds: int | None = None) -> dict
             1..K gets a value, an empty fold the hash of no keys.
 
     Returns:
-        What ``maedfer.fingerprints`` stores (DESIGN.md §3), keys in order.
+        What ``maedfer.fingerprints`` stores (docs/design.md), keys in order.
     """
     ids = df["clip_id"].astype(str)
     if _has_folds(df, num_folds):
@@ -57,7 +57,7 @@ def detailed_fingerprints(df: pd.DataFrame, *, num_folds: int | None = None) -> 
     """``fold_fingerprints`` plus ``"train:K"`` (keys outside fold K) and ``"all"``.
 
     The all-pairs hash is over ``"<clip_id> <label>"`` of every row, the 0-based label of the
-    protocol (DATASETS.md §9).
+    protocol (docs/datasets.md).
     """
     out = fold_fingerprints(df, num_folds=num_folds)
     ids = df["clip_id"].astype(str)
@@ -99,7 +99,7 @@ def format_fingerprints(
 
     Returns:
         One line per key, then a verdict line when anything was compared (a partial download
-        differs by design, DESIGN.md §3).
+        differs by design, docs/design.md).
     """
     if isinstance(published, str):
         from maedfer.manifests.registry import published_fingerprints  # imports the datasets

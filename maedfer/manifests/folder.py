@@ -23,6 +23,8 @@ one fold, class proportions as even as the subjects allow, a function of the cli
 ``--seed``) or, without subjects, ``folds.stratified_folds`` with a warning that they are not
 subject-independent. A table that cannot be right (a missing column, a path that does not
 exist, a label outside ``--classes``, a subject in two splits) is refused with one line.
+
+Documented in docs/datasets.md.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 
 import pandas as pd
 
+from maedfer.config import opt
 from maedfer.errors import MaedferError
 from maedfer.manifests.base import ClipEntry, Protocol, RawIndex
 from maedfer.manifests.folds import stratified_folds, subject_folds
@@ -84,6 +87,41 @@ class FolderOptions:
     folds: int | None = None
     seed: int = 0
     in_place: bool = False
+
+
+@dataclass
+class FolderArgs:
+    """``prepare folder``'s own options as the command line gives them (its flags: defaults
+    and help lines from here); :meth:`Folder.configure` checks them into :class:`FolderOptions`.
+    Registered with the dataset (``@register_dataset(..., options=FolderArgs)``)."""
+
+    labels: Path | None = opt(
+        None,
+        "folder: labels table (.csv/.tsv/.parquet): path (relative to --raw), label, optionally "
+        "subject, split or fold; other columns are kept.",
+    )
+    subject_from: str | None = opt(
+        None,
+        "folder: regex taking the subject from each file name (its 'subject' group, else group "
+        "1, else the match), e.g. '^(P\\d+)_'.",
+    )
+    unlabeled: bool = opt(
+        False, "folder: a pre-training corpus: every video, label -1, split pretrain."
+    )
+    classes: str | None = opt(
+        None,
+        "folder: class names in label order, comma-separated (default: the labels found, sorted).",
+    )
+    folds: int | None = opt(
+        None,
+        "folder, no split/fold column: build K subject-independent, stratified folds (default 5).",
+    )
+    seed: int | None = opt(None, "folder: seed of the built folds (default 0).")
+    in_place: bool = opt(
+        False,
+        "folder: the videos are face crops already: read them in place (centred square crop), "
+        "no face detection; --reencode writes the crops.",
+    )
 
 
 @dataclass
@@ -167,9 +205,14 @@ def read_table(path: Path) -> tuple[pd.DataFrame, str]:
     try:
         if suffix in (".csv", ".tsv"):
             sep = "\t" if suffix == ".tsv" else ","
-            df = pd.read_csv(path, sep=sep, dtype=dict.fromkeys(TABLE_COLUMNS, str),
-                             keep_default_na=False, na_values=[""],
-                             skipinitialspace=True)  # fmt: skip
+            df = pd.read_csv(
+                path,
+                sep=sep,
+                dtype=dict.fromkeys(TABLE_COLUMNS, str),
+                keep_default_na=False,
+                na_values=[""],
+                skipinitialspace=True,
+            )
             unit = "line"
         elif suffix in (".parquet", ".pq"):
             df = pd.read_parquet(path)
@@ -240,8 +283,7 @@ def _table_rows(root: Path, o: FolderOptions) -> tuple[list[_Row], bool]:
         source = under_root(value, root, what=f"{where}: path")
         if source in seen:
             same = "" if source == value else f" ({source})"
-            raise MaedferError(f"{where}: path {value}{same} is listed twice (also "
-                               f"{seen[source]})")
+            raise MaedferError(f"{where}: path {value}{same} is listed twice (also {seen[source]})")
         seen[source] = where
         if not (root / source).exists():
             raise MaedferError(f"{where}: path {value} does not exist under {root}")
@@ -290,8 +332,9 @@ def _table_rows(root: Path, o: FolderOptions) -> tuple[list[_Row], bool]:
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
 
 
-def _class_folder_rows(root: Path, warnings: list[str]
-                       ) -> tuple[list[_Row], list[tuple[str, str, str]]]:  # fmt: skip
+def _class_folder_rows(
+    root: Path, warnings: list[str]
+) -> tuple[list[_Row], list[tuple[str, str, str]]]:
     """``DIR/<label>/.../<video>``: rows, and the videos outside any class folder (rejects).
 
     One file reached twice (a symlink into another class folder, a loop back to the root) is
@@ -302,8 +345,13 @@ def _class_folder_rows(root: Path, warnings: list[str]
     folders, files = list_dir(root)
     for name in files:
         if os.path.splitext(name)[1].lower() in VIDEO_EXTS:
-            rejects.append((os.path.splitext(name)[0], name,
-                            "protocol: not in a class folder (DIR/<label>/<video>)"))  # fmt: skip
+            rejects.append(
+                (
+                    os.path.splitext(name)[0],
+                    name,
+                    "protocol: not in a class folder (DIR/<label>/<video>)",
+                )
+            )
     tables = [name for name in files if name.lower().endswith(TABLE_SUFFIXES)]
     if tables:
         warnings.append(
@@ -319,9 +367,11 @@ def _class_folder_rows(root: Path, warnings: list[str]
 
 
 def _all_videos(root: Path) -> tuple[list[_Row], list[tuple[str, str, str]]]:
-    rows = [_Row(rel(folder / fname, root), "video", "unlabeled")
-            for folder, fname in walk_files(root)
-            if os.path.splitext(fname)[1].lower() in VIDEO_EXTS]  # fmt: skip
+    rows = [
+        _Row(rel(folder / fname, root), "video", "unlabeled")
+        for folder, fname in walk_files(root)
+        if os.path.splitext(fname)[1].lower() in VIDEO_EXTS
+    ]
     rejects: list[tuple[str, str, str]] = []
     return _one_row_per_file(root, rows, rejects), rejects
 
@@ -331,6 +381,7 @@ def _one_row_per_file(root: Path, rows: list[_Row], rejects: list) -> list[_Row]
     first, else the shortest; the others are rejected as duplicates. A folder symlinked into
     another class (or a loop back to the root) would otherwise index one video under two
     classes."""
+
     def rank(row: _Row) -> tuple:
         path = root / row.source
         canonical = os.path.realpath(path) == os.path.abspath(path)
@@ -349,8 +400,9 @@ def _one_row_per_file(root: Path, rows: list[_Row], rejects: list) -> list[_Row]
         group.sort(key=rank)
         kept.append(group[0])
         for other in group[1:]:
-            rejects.append((_key(other), other.source,
-                            f"duplicate: same file as {group[0].source}"))  # fmt: skip
+            rejects.append(
+                (_key(other), other.source, f"duplicate: same file as {group[0].source}")
+            )
     return sorted(kept, key=lambda r: r.source)
 
 
@@ -358,7 +410,9 @@ def _key(row: _Row) -> str:
     return os.path.splitext(row.source)[0] if row.kind == "video" else row.source
 
 
-@register_dataset(NAME, in_place=False, crop="centre", media=("videos", "frames"))
+@register_dataset(
+    NAME, in_place=False, crop="centre", media=("videos", "frames"), options=FolderArgs
+)
 class Folder(Protocol):
     """A user's own dataset; ``configure`` sets its options (``FolderOptions``)."""
 
@@ -389,8 +443,11 @@ class Folder(Protocol):
                 classes or folds; ``--folds`` below 2).
         """
         if unlabeled:
-            given = [f for f, v in (("--labels", labels), ("--classes", classes),
-                                    ("--folds", folds)) if v is not None]  # fmt: skip
+            given = [
+                f
+                for f, v in (("--labels", labels), ("--classes", classes), ("--folds", folds))
+                if v is not None
+            ]
             if given:
                 raise MaedferError(
                     f"{', '.join(given)}: not with --unlabeled (every video, label -1, split "
@@ -399,11 +456,17 @@ class Folder(Protocol):
         if folds is not None and folds < 2:
             raise MaedferError(f"--folds {folds} must be at least 2")
         _compile(subject_from)
-        return Folder(FolderOptions(
-            labels=None if labels is None else Path(labels).expanduser(),
-            subject_from=subject_from, unlabeled=unlabeled, classes=_parse_classes(classes),
-            folds=folds, seed=0 if seed is None else int(seed), in_place=in_place,
-        ))  # fmt: skip
+        return Folder(
+            FolderOptions(
+                labels=None if labels is None else Path(labels).expanduser(),
+                subject_from=subject_from,
+                unlabeled=unlabeled,
+                classes=_parse_classes(classes),
+                folds=folds,
+                seed=0 if seed is None else int(seed),
+                in_place=in_place,
+            )
+        )
 
     def index(self, raw_root: Path, *, from_video: bool = False) -> RawIndex:
         """Index ``raw_root`` by the options (``from_video`` is ignored).
@@ -431,24 +494,33 @@ class Folder(Protocol):
         num_folds, rule = self._folds(rows, label_of, has_folds, warnings)
         entries = [
             ClipEntry(
-                clip_id=_key(r), source=r.source, kind=r.kind, subject=r.subject,
+                clip_id=_key(r),
+                source=r.source,
+                kind=r.kind,
+                subject=r.subject,
                 label=label_of.get(r.label_name, -1),
                 label_name=r.label_name if not o.unlabeled else "unlabeled",
                 fold=r.fold if num_folds else None,
                 split="pretrain" if o.unlabeled else r.split,
             )
             for r in rows
-        ]  # fmt: skip
+        ]
         entries.sort(key=lambda e: e.clip_id)
         extra: dict[str, dict[str, object]] = {}
         for r in rows:
             for col, value in r.extra.items():
                 extra.setdefault(col, {})[_key(r)] = value
         index = RawIndex(
-            dataset=NAME, protocol=f"maedfer:folder:{layout}:{rule}", raw_root=root,
-            classes=classes, num_folds=num_folds, entries=entries, rejects=rejects,
-            warnings=warnings, extra=extra,
-        )  # fmt: skip
+            dataset=NAME,
+            protocol=f"maedfer:folder:{layout}:{rule}",
+            raw_root=root,
+            classes=classes,
+            num_folds=num_folds,
+            entries=entries,
+            rejects=rejects,
+            warnings=warnings,
+            extra=extra,
+        )
         log.info("%s", index.summary())
         return index
 
@@ -461,8 +533,14 @@ class Folder(Protocol):
         for r in rows:
             subject = _subject_of(regex, Path(r.source).name)
             if subject is None:
-                rejects.append((_key(r), r.source, f"no subject: --subject-from "
-                                f"{regex.pattern!r} does not match the file name"))  # fmt: skip
+                rejects.append(
+                    (
+                        _key(r),
+                        r.source,
+                        f"no subject: --subject-from "
+                        f"{regex.pattern!r} does not match the file name",
+                    )
+                )
             else:
                 kept.append(replace(r, subject=subject))
         if not kept:
@@ -502,8 +580,9 @@ class Folder(Protocol):
             warnings.append(f"folder: no clips of class(es) {', '.join(absent)} of --classes")
         return list(o.classes)
 
-    def _folds(self, rows: list[_Row], label_of: dict[str, int], has_folds: bool,
-               warnings: list[str]) -> tuple[int, str]:  # fmt: skip
+    def _folds(
+        self, rows: list[_Row], label_of: dict[str, int], has_folds: bool, warnings: list[str]
+    ) -> tuple[int, str]:
         """Set each row's fold (or keep its split); returns (K, rule id)."""
         o = self.options
         if o.unlabeled:
@@ -528,8 +607,9 @@ class Folder(Protocol):
         if all(r.subject is not None for r in rows):
             subjects = [r.subject for r in rows]
             try:
-                fold_of = subject_folds(subjects, labels, num_folds=k,
-                                        num_classes=len(label_of), seed=o.seed)  # fmt: skip
+                fold_of = subject_folds(
+                    subjects, labels, num_folds=k, num_classes=len(label_of), seed=o.seed
+                )
             except ValueError:
                 raise MaedferError(
                     f"folder: --folds {k} needs at least {k} subjects; found "

@@ -1,4 +1,4 @@
-"""Fold rules shared by the subject-independent protocols (DATASETS.md §6-§8) and ``folder``.
+"""Fold rules shared by the subject-independent protocols (docs/datasets.md) and ``folder``.
 
 CREMA-D, RAVDESS and eNTERFACE05 deal the sorted subject ids of the full corpus into consecutive
 blocks; the last fold takes the remainder. The blocks are fixed by the full id list, not by the
@@ -52,9 +52,13 @@ def fold_sizes(folds: Sequence[int | None], num_folds: int) -> dict[int, int]:
 
 
 def subject_folds(
-    subjects: Sequence[str], labels: Sequence[int], *, num_folds: int, num_classes: int,
+    subjects: Sequence[str],
+    labels: Sequence[int],
+    *,
+    num_folds: int,
+    num_classes: int,
     seed: int = 0,
-) -> dict[str, int]:  # fmt: skip
+) -> dict[str, int]:
     """Subject-independent, stratified folds: subject -> fold (1..K), every subject in one fold.
 
     Greedy, like scikit-learn's ``StratifiedGroupKFold``: subjects are taken largest first (a

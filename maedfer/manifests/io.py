@@ -1,7 +1,7 @@
-"""Parquet IO of manifests and rejects, with the metadata of DESIGN.md §3.
+"""Parquet IO of manifests and rejects, with the metadata of docs/design.md.
 
 ``write_manifest`` casts to the exact Arrow schema, checks the rows against the protocol (unique
-keys, labels in range, folds in 1..K), computes the fold fingerprints (DATASETS.md §9) and writes
+keys, labels in range, folds in 1..K), computes the fold fingerprints (docs/datasets.md) and writes
 atomically. ``read_manifest`` accepts any Parquet file with the required columns and metadata keys
 (another tool's included) and returns the rows plus the decoded metadata.
 """
@@ -26,12 +26,12 @@ from maedfer.manifests.fingerprints import fold_fingerprints
 from maedfer.manifests.schema import (
     MANIFEST_COLUMNS,
     MANIFEST_SCHEMA,
-    META_JSON_KEYS,
     META_PREFIX,
     REJECT_COLUMNS,
     REJECTS_SCHEMA,
     REQUIRED_COLUMNS,
     check_column_types,
+    decode_metadata,
 )
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,10 @@ def _check_rows(df: pd.DataFrame, *, classes: Sequence[str], num_folds: int, dat
     climbs = df["path"].astype(str).str.contains(r"(?:^|[/\\])\.\.(?:[/\\]|$)", regex=True)
     if climbs.any():  # the one path rule (maedfer.paths): nothing outside the root
         i = int(np.flatnonzero(climbs.to_numpy())[0])
-        raise MaedferError(f"{dataset}: clip {ids.iloc[i]} has path {df['path'].iloc[i]!r}, "
-                           "which climbs out of its root with '..'")  # fmt: skip
+        raise MaedferError(
+            f"{dataset}: clip {ids.iloc[i]} has path {df['path'].iloc[i]!r}, "
+            "which climbs out of its root with '..'"
+        )
     keys = ids.tolist()
     if len(set(keys)) != len(keys):
         dup = ids[ids.duplicated()]
@@ -151,7 +153,7 @@ def write_manifest(
     raw_root: Path | str,
     extra: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, str]:
-    """Write ``manifest.parquet`` with the exact schema and metadata of DESIGN.md §3, atomically.
+    """Write ``manifest.parquet`` with the exact schema and metadata of docs/design.md, atomically.
 
     Args:
         df: rows with ``MANIFEST_COLUMNS`` (absent optional columns are written as nulls; a null
@@ -215,30 +217,6 @@ def write_manifest(
     return fingerprints
 
 
-def _decode_metadata(raw: dict[bytes, bytes] | None, path: Path) -> dict[str, Any]:
-    meta: dict[str, Any] = {}
-    for k, v in (raw or {}).items():
-        key = k.decode("utf-8", "replace")
-        if not key.startswith(META_PREFIX):
-            continue
-        name, text = key[len(META_PREFIX) :], v.decode("utf-8", "replace")
-        if name in META_JSON_KEYS:
-            try:
-                meta[name] = json.loads(text)
-            except json.JSONDecodeError:
-                raise MaedferError(
-                    f"{path}: metadata {key} is not valid JSON: {text[:60]!r}"
-                ) from None
-        elif name == "num_folds":
-            try:
-                meta[name] = int(text)
-            except ValueError:
-                raise MaedferError(f"{path}: metadata {key}={text!r} is not an integer") from None
-        else:
-            meta[name] = text
-    return meta
-
-
 def _to_pandas(table: pa.Table) -> pd.DataFrame:
     """Schema columns to stable pandas types: ints stay numpy ints, ints with nulls become Int*."""
     crop = _crop_tuples(table.column("crop")) if "crop" in table.column_names else None
@@ -297,7 +275,7 @@ def read_manifest(path: Path | str) -> tuple[pd.DataFrame, dict[str, Any]]:
         )
     # else a string label would be coerced to a null below, silently
     check_column_types(table.schema, str(path))
-    meta = _decode_metadata(table.schema.metadata, path)
+    meta = decode_metadata(table.schema.metadata, path)
     df = _to_pandas(table)
     if "num_folds" not in meta:
         has_folds = "fold" in df.columns and df["fold"].notna().any()
@@ -305,6 +283,23 @@ def read_manifest(path: Path | str) -> tuple[pd.DataFrame, dict[str, Any]]:
     if "dataset" not in meta and "dataset" in df.columns and df["dataset"].notna().any():
         meta["dataset"] = str(df["dataset"].dropna().iloc[0])
     return df, meta
+
+
+def read_metadata(path: Path | str) -> dict[str, Any]:
+    """A manifest's metadata alone (its Parquet footer; no row is read), decoded as
+    :func:`read_manifest` decodes it, plus ``num_rows``: the one reader of manifest metadata
+    (docs/design.md, "The manifest").
+
+    Raises:
+        MaedferError: a missing or unreadable file, or metadata that is not what it says.
+    """
+    path = Path(path)
+    try:
+        parquet = pq.ParquetFile(path)
+        raw = parquet.schema_arrow.metadata
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise MaedferError(f"cannot read manifest {path}: {exc}") from None
+    return {**decode_metadata(raw, path), "num_rows": parquet.metadata.num_rows}
 
 
 def with_extra(df: pd.DataFrame, meta: Mapping[str, Any]) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Finding things in a raw download by search, not fixed depth (DESIGN.md §3, DATASETS.md §3-§8).
+"""Finding things in a raw download by search, not fixed depth (docs/design.md, docs/datasets.md).
 
 Real downloads nest the dataset under folders of varying names (``FERV39k/2_ClipsforFaceCrop-002/
 2_ClipsforFaceCrop``), carry macOS debris (``__MACOSX``, ``._*``, ``.DS_Store``), use spaces and odd
@@ -156,7 +156,8 @@ def describe(folder: Path, limit: int = 8) -> str:
 
 
 def is_lfs_pointer(path: Path) -> bool:
-    """A git-LFS pointer stub instead of the media (CREMA-D's plain zip download, DATASETS §10)."""
+    """A git-LFS pointer stub instead of the media (CREMA-D's plain zip download;
+    docs/datasets.md)."""
     try:
         if path.stat().st_size > 512:
             return False
@@ -200,7 +201,7 @@ def summarize(items: list[str], limit: int = 6) -> str:
 
 
 def no_clips_error(dataset: str, root: Path, expected: str, hint: str = "") -> MaedferError:
-    """The one-line refusal of a tree without the dataset's layout (DESIGN.md §2, §3)."""
+    """The one-line refusal of a tree without the dataset's layout (docs/design.md)."""
     tail = f"; {hint}" if hint else ""
     return MaedferError(
         f"{dataset}: {root} does not look like {dataset}: expected {expected}; "
@@ -233,8 +234,16 @@ def numbered_fold_entries(
         if not from_video and first_file(media[vid], IMAGE_EXTS) is None:
             rejects.append((key, source, "no frames: the frame folder holds no images"))
             continue
-        entries.append(ClipEntry(
-            clip_id=key, source=source, kind="video" if from_video else "frames",
-            subject=None, label=label, label_name=classes[label], fold=fold, split=None,
-        ))  # fmt: skip
+        entries.append(
+            ClipEntry(
+                clip_id=key,
+                source=source,
+                kind="video" if from_video else "frames",
+                subject=None,
+                label=label,
+                label_name=classes[label],
+                fold=fold,
+                split=None,
+            )
+        )
     return entries, rejects, missing

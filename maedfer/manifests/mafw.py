@@ -1,4 +1,4 @@
-"""MAFW (DATASETS.md §5): 9,172 single-expression clips, 11 classes, official 5-fold CV.
+"""MAFW (docs/datasets.md): 9,172 single-expression clips, 11 classes, official 5-fold CV.
 
 Layout: ``Train & Test Set/single/no_caption/set_{1..5}/{train,test}.txt`` (MAE-DFER calls the top
 folder ``split``: any name works, the ``single/no_caption`` folders are found by search) with
@@ -44,9 +44,18 @@ PUBLISHED_RESULTS = {
 }
 
 CLASSES = [
-    "anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise",
-    "contempt", "anxiety", "helplessness", "disappointment",
-]  # fmt: skip
+    "anger",
+    "disgust",
+    "fear",
+    "happiness",
+    "neutral",
+    "sadness",
+    "surprise",
+    "contempt",
+    "anxiety",
+    "helplessness",
+    "disappointment",
+]
 NUM_FOLDS = 5
 _SET_DIR = re.compile(r"^set[\s_\-]*(\d+)$", re.IGNORECASE)
 _EXPECTED_SPLIT = "Train & Test Set/single/no_caption/set_1..5/{train,test}.txt"
@@ -59,8 +68,11 @@ def _parse_row(fields: list[str]) -> tuple[int, int]:
 
 def _split_sets(root: Path) -> dict[int, dict[str, Path]]:
     """fold -> {"train": path, "test": path} from the best-filled ``single/no_caption``."""
-    found = [d for d in find_dirs(root, lambda n: norm(n) == "no_caption", descend=True)
-             if norm(d.parent.name) == "single"]  # fmt: skip
+    found = [
+        d
+        for d in find_dirs(root, lambda n: norm(n) == "no_caption", descend=True)
+        if norm(d.parent.name) == "single"
+    ]
     best: dict[int, dict[str, Path]] = {}
     best_folder = root
     for folder in found:
@@ -77,8 +89,9 @@ def _split_sets(root: Path) -> dict[int, dict[str, Path]]:
             best, best_folder = sets, folder
     if not found:
         raise no_clips_error("mafw", root, _EXPECTED_SPLIT)
-    missing = [f"set_{k}/test.txt" for k in range(1, NUM_FOLDS + 1)
-               if "test" not in best.get(k, {})]  # fmt: skip
+    missing = [
+        f"set_{k}/test.txt" for k in range(1, NUM_FOLDS + 1) if "test" not in best.get(k, {})
+    ]
     if missing:
         raise MaedferError(
             f"mafw: split file(s) {', '.join(missing)} missing in {best_folder}; "
@@ -144,7 +157,7 @@ def _videos(root: Path) -> dict[int, Path]:
     return out
 
 
-#: DATASETS.md's published fingerprints of the full protocol (keys as in
+#: docs/datasets.md's published fingerprints of the full protocol (keys as in
 #: ``detailed_fingerprints``).
 PUBLISHED_FINGERPRINTS = {
     "1": "5edadc076562197a",
@@ -189,6 +202,12 @@ class Mafw(Protocol):
             )
         log.info("mafw: %d clips, %d rejects under %s", len(entries), len(rejects), root)
         return RawIndex(
-            dataset=self.name, protocol=self.protocol, raw_root=root, classes=list(CLASSES),
-            num_folds=NUM_FOLDS, entries=entries, rejects=rejects, warnings=warnings,
-        )  # fmt: skip
+            dataset=self.name,
+            protocol=self.protocol,
+            raw_root=root,
+            classes=list(CLASSES),
+            num_folds=NUM_FOLDS,
+            entries=entries,
+            rejects=rejects,
+            warnings=warnings,
+        )

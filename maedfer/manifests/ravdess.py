@@ -1,4 +1,4 @@
-"""RAVDESS (DATASETS.md §7): speech video clips, subject-independent 6 folds of 4 actors.
+"""RAVDESS (docs/datasets.md): speech video clips, subject-independent 6 folds of 4 actors.
 
 Layout (Zenodo 1188976, per-actor ``Video_Speech_Actor_XX.zip``):
 ``Actor_XX/MM-VV-EE-II-SS-RR-AA.mp4``: modality MM (01 full-AV, 02 video-only, 03 audio-only),
@@ -67,7 +67,7 @@ def _folder_actor(folder: Path, root: Path) -> int | None:
     return None
 
 
-#: DATASETS.md's published fingerprints of the full protocol (keys as in
+#: docs/datasets.md's published fingerprints of the full protocol (keys as in
 #: ``detailed_fingerprints``).
 PUBLISHED_FINGERPRINTS = {
     "1": "24875c4990b33976",
@@ -119,7 +119,8 @@ class Ravdess(Protocol):
         if reason is not None:
             return None, (stem, source, reason), modality
         entry = ClipEntry(
-            clip_id="02-" + stem[3:],  # the protocol's key is the video-only stem (DATASETS §7)
+            # the protocol's key is the video-only stem (docs/datasets.md)
+            clip_id="02-" + stem[3:],
             source=source,
             kind="video",
             subject=str(actor),
@@ -182,9 +183,15 @@ class Ravdess(Protocol):
         warnings.extend(_missing(kept))
         log.info("ravdess: %d clips, %d rejects under %s", len(kept), len(rejects), root)
         return RawIndex(
-            dataset=self.name, protocol=self.protocol, raw_root=root, classes=list(CLASSES),
-            num_folds=NUM_FOLDS, entries=kept, rejects=rejects, warnings=warnings,
-        )  # fmt: skip
+            dataset=self.name,
+            protocol=self.protocol,
+            raw_root=root,
+            classes=list(CLASSES),
+            num_folds=NUM_FOLDS,
+            entries=kept,
+            rejects=rejects,
+            warnings=warnings,
+        )
 
 
 def _missing(entries: list[ClipEntry]) -> list[str]:

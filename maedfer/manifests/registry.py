@@ -1,4 +1,4 @@
-"""The dataset registry: each protocol module declares itself (DESIGN.md §1, §3).
+"""The dataset registry: each protocol module declares itself (docs/design.md).
 
 A dataset is one module under ``maedfer/manifests/`` whose protocol class carries the
 ``@register_dataset`` decorator, as timm's models carry ``@register_model``::
@@ -36,8 +36,19 @@ Media = Literal["videos", "frames"]
 CropRule = Literal["upper-centre", "centre"]
 
 # Shared modules of the package: never dataset protocols.
-_SHARED = frozenset({"base", "fingerprints", "folds", "io", "layout", "registry", "schema",
-                     "splitfiles", "voxceleb2_excluded"})  # fmt: skip
+_SHARED = frozenset(
+    {
+        "base",
+        "fingerprints",
+        "folds",
+        "io",
+        "layout",
+        "registry",
+        "schema",
+        "splitfiles",
+        "voxceleb2_excluded",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -53,9 +64,11 @@ class DatasetInfo:
         crop: the crop rule of in-place clips.
         media: what the raw tree holds: ``videos``, ``frames`` (official face frames, resized
             without detection) or both (DFEW, FERV39k, MAFW: ``--from-video`` picks the videos).
-        published: DATASETS.md's published fingerprints (keys as in ``detailed_fingerprints``),
+        published: docs/datasets.md's published fingerprints (keys as in ``detailed_fingerprints``),
             empty where none are published.
         results: MAE-DFER's published test figures (``{"uar", "war", ...}``), None where none.
+        options: the dataclass of the dataset's own ``prepare`` options (its fields are the
+            flags, with their defaults and help lines); None for a dataset without any.
         module: the module that registered it.
     """
 
@@ -66,6 +79,7 @@ class DatasetInfo:
     media: tuple[Media, ...] = ("videos",)
     published: Mapping[str, str] = field(default_factory=dict)
     results: Mapping[str, object] | None = None
+    options: type | None = None
     module: str = ""
 
 
@@ -81,6 +95,7 @@ def register_dataset(
     media: tuple[Media, ...] = ("videos",),
     published: Mapping[str, str] | None = None,
     results: Mapping[str, object] | None = None,
+    options: type | None = None,
 ) -> Callable[[type[Protocol]], type[Protocol]]:
     """Class decorator: register a :class:`~maedfer.manifests.base.Protocol` under ``name``.
 
@@ -97,11 +112,16 @@ def register_dataset(
             raise ValueError(f"dataset {name!r} registered twice ({_REGISTRY[name].module})")
         cls.name = name
         _REGISTRY[name] = DatasetInfo(
-            name=name, protocol=cls(), in_place=in_place, crop=crop,
-            media=tuple(media), published=MappingProxyType(dict(published or {})),
+            name=name,
+            protocol=cls(),
+            in_place=in_place,
+            crop=crop,
+            media=tuple(media),
+            published=MappingProxyType(dict(published or {})),
             results=None if results is None else MappingProxyType(dict(results)),
+            options=options,
             module=cls.__module__,
-        )  # fmt: skip
+        )
         return cls
 
     return decorate
@@ -145,6 +165,18 @@ def get_dataset(name: str) -> DatasetInfo:
     return info
 
 
+def datasets_with_option(option: str) -> list[str]:
+    """The datasets whose own ``prepare`` options include ``option``, sorted."""
+    from dataclasses import fields
+
+    _load_all()
+    return sorted(
+        n
+        for n, i in _REGISTRY.items()
+        if i.options is not None and option in {f.name for f in fields(i.options)}
+    )
+
+
 def published_fingerprints(name: str) -> dict[str, str]:
     """The published fingerprints of ``name``; empty for unknown names and datasets without."""
     _load_all()
@@ -155,6 +187,7 @@ def published_fingerprints(name: str) -> dict[str, str]:
 __all__ = [
     "CropRule",
     "DatasetInfo",
+    "datasets_with_option",
     "Media",
     "get_dataset",
     "list_datasets",

@@ -1,4 +1,4 @@
-"""The manifest's columns, its exact Arrow schema and its metadata keys (DESIGN.md §3).
+"""The manifest's columns, its exact Arrow schema and its metadata keys (docs/design.md).
 
 One table per prepared dataset. The schema is the contract between ``manifests/`` (which writes
 it), ``preprocess/`` (which fills the pixel fields) and ``pipelines/`` (which reads it); a manifest
@@ -7,11 +7,16 @@ written by another tool with these columns and metadata keys is read the same wa
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 import pyarrow as pa
 
 from maedfer.errors import MaedferError
 
-#: Column order of a manifest, as in the table of DESIGN.md §3.
+#: Column order of a manifest, as in the table of docs/design.md.
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "clip_id",
     "dataset",
@@ -56,7 +61,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("clip_id", "path", "label")
 #: Filled by the preprocess driver; null in an ``--index-only`` manifest.
 PIXEL_COLUMNS: tuple[str, ...] = ("num_frames", "fps", "width", "height", "crop", "face_ratio")
 
-#: Rejected clips (DESIGN.md §3): files that cannot be used, and those the protocol leaves out.
+#: Rejected clips (docs/design.md): files that cannot be used, and those the protocol leaves out.
 REJECT_COLUMNS: tuple[str, ...] = ("clip_id", "source", "reason")
 REJECTS_SCHEMA: pa.Schema = pa.schema(
     [
@@ -131,3 +136,34 @@ def check_column_types(schema: pa.Schema, source: str) -> None:
             f"manifest {source}: column {field.name!r} holds {got} values; expected "
             f"{_PLURAL[want]} ({field.type})"
         )
+
+
+def decode_metadata(raw: Mapping[bytes, bytes] | None, path: Path | str) -> dict[str, Any]:
+    """Parquet key-value metadata -> the ``maedfer.`` keys without their prefix, decoded:
+    JSON where :data:`META_JSON_KEYS` says so, ``num_folds`` an int, the rest strings; other
+    keys are left out.
+
+    Raises:
+        MaedferError: a JSON key that is not valid JSON, a ``num_folds`` that is no integer.
+    """
+    meta: dict[str, Any] = {}
+    for k, v in (raw or {}).items():
+        key = k.decode("utf-8", "replace")
+        if not key.startswith(META_PREFIX):
+            continue
+        name, text = key[len(META_PREFIX) :], v.decode("utf-8", "replace")
+        if name in META_JSON_KEYS:
+            try:
+                meta[name] = json.loads(text)
+            except json.JSONDecodeError:
+                raise MaedferError(
+                    f"{path}: metadata {key} is not valid JSON: {text[:60]!r}"
+                ) from None
+        elif name == "num_folds":
+            try:
+                meta[name] = int(text)
+            except ValueError:
+                raise MaedferError(f"{path}: metadata {key}={text!r} is not an integer") from None
+        else:
+            meta[name] = text
+    return meta

@@ -1,4 +1,4 @@
-"""Reading official split files robustly (DFEW csvs, MAFW txts, FERV39k csvs; DATASETS.md §3-§5).
+"""Reading official split files robustly (DFEW csvs, MAFW txts, FERV39k csvs; docs/datasets.md).
 
 Split files are the protocol: a line that cannot be read is an error naming the file and line,
 never a silently dropped clip. Tolerated: a header line, a UTF-8 byte-order mark, blank lines,

@@ -1,4 +1,4 @@
-"""VoxCeleb2 (DATASETS.md §2): the unlabeled dev set for MAE pre-training, read in place.
+"""VoxCeleb2 (docs/datasets.md): the unlabeled dev set for MAE pre-training, read in place.
 
 Layout: ``dev/mp4/idXXXXX/<11-char YouTube id>/NNNNN.mp4`` (1,092,009 files, 5,994 speakers).
 The speaker folders are found by search, so ``--raw`` may be the archive root, ``dev``, or
@@ -49,7 +49,7 @@ def crop_box(size: int, frame_size: int = FRAME_SIZE) -> tuple[int, int, int, in
     """(x, y, w, h) of MAE-DFER's VoxCeleb2 crop: top rows, horizontally centred.
 
     ``crop_box(160)`` = (32, 0, 160, 160), i.e. ``frame[0:160, 32:192]``; ``crop_box(192)`` =
-    (16, 0, 192, 192) (DATASETS.md §2).
+    (16, 0, 192, 192) (docs/datasets.md).
 
     Raises:
         MaedferError: ``size`` larger than the 224-pixel frames.
@@ -106,7 +106,7 @@ def _scan(parent: Path, prefix: str) -> list[tuple[str, str]]:
     return out
 
 
-#: DATASETS.md's published fingerprints of the full protocol (keys as in
+#: docs/datasets.md's published fingerprints of the full protocol (keys as in
 #: ``detailed_fingerprints``): the hash of the 283-key exclusion list (Appendix A).
 PUBLISHED_FINGERPRINTS = {
     "excluded": "15c5d7fc0b4e1476",
@@ -145,9 +145,17 @@ class VoxCeleb2(Protocol):
                     continue
                 spk = key.split("/", 1)[0]
                 entries.append(
-                    ClipEntry(clip_id=key, source=source, kind="video", subject=str(int(spk[2:])),
-                              label=-1, label_name="unlabeled", fold=None, split="pretrain")
-                )  # fmt: skip
+                    ClipEntry(
+                        clip_id=key,
+                        source=source,
+                        kind="video",
+                        subject=str(int(spk[2:])),
+                        label=-1,
+                        label_name="unlabeled",
+                        fold=None,
+                        split="pretrain",
+                    )
+                )
         if not entries:
             raise no_clips_error(self.name, root, _EXPECTED, "no videos in the speaker folders")
         entries.sort(key=lambda e: e.clip_id)
@@ -159,6 +167,12 @@ class VoxCeleb2(Protocol):
             )
         log.info("voxceleb2: %d clips, %d rejects under %s", len(entries), len(rejects), root)
         return RawIndex(
-            dataset=self.name, protocol=self.protocol, raw_root=root, classes=[],
-            num_folds=0, entries=entries, rejects=rejects, warnings=warnings,
-        )  # fmt: skip
+            dataset=self.name,
+            protocol=self.protocol,
+            raw_root=root,
+            classes=[],
+            num_folds=0,
+            entries=entries,
+            rejects=rejects,
+            warnings=warnings,
+        )

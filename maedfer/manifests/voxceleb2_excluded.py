@@ -1,7 +1,7 @@
-"""VoxCeleb2 dev clips MAE-DFER leaves out (DATASETS.md §2, Appendix A): 283 with no video stream.
+"""VoxCeleb2 dev clips MAE-DFER leaves out (docs/datasets.md, Appendix A): 283 with no video stream.
 
 Transcribed from ``broken_info`` in MAE-DFER's ``preprocess/voxceleb2.py`` (also in HiCMAE's) via
-DATASETS.md Appendix A; one line per YouTube video (long ones wrapped onto a second line),
+docs/datasets.md Appendix A; one line per YouTube video (long ones wrapped onto a second line),
 ``idXXXXX/<youtube id>: utterances``.
 ``sha16`` of the sorted keys is ``15c5d7fc0b4e1476`` (checked by the tests).
 """

@@ -1,4 +1,4 @@
-"""Models: LGI-Former and MAE-DFER pre-training, and the encoders of its lineage (DESIGN.md §5).
+"""Models: LGI-Former and MAE-DFER pre-training, and the encoders of its lineage (docs/design.md).
 
 ``create_model(name, **overrides)`` builds any of ``list_models()``: ``lgi_former_*`` and
 ``mae_lgi_former_*`` (MAE-DFER), ``videomae_*`` (``vit_base`` is ``videomae_base``),
@@ -50,3 +50,10 @@ __all__ = [
     "models_of_kind",
     "register_model",
 ]
+
+# timm may have been imported by the modules above, before their models were registered: the
+# registration with timm (maedfer/_timm.py) happens now that they all are.
+_READY = True
+from maedfer import _timm  # noqa: E402
+
+_timm.register_pending()

@@ -1,4 +1,4 @@
-"""Parameter and MAC counts (DESIGN.md §9, MODEL.md §6).
+"""Parameter and MAC counts (docs/design.md, docs/reference.md).
 
 MACs come from ``torch.utils.flop_counter.FlopCounterMode`` (GMACs = FLOPs / 2 / 1e9). Its CPU
 count of SDPA's fused kernel is 0 (torch 2.13), so attention is counted under the MATH backend,

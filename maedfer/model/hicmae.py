@@ -20,6 +20,8 @@ authors initialise them) and the fine-tuned audio-visual classifier (the video e
 ``video_layer_weights`` are taken; the audio and fusion encoders, ``audio_layer_weights`` and the
 audio-visual ``fc_norm`` and head are dropped, so ``fc_norm`` and the head start fresh: a
 starting point for fine-tuning on video, not a classifier).
+
+Documented in docs/models.md.
 """
 
 from __future__ import annotations
@@ -32,29 +34,46 @@ from maedfer.model.layout import Layout
 from maedfer.model.lgi_former import _layer_id, init_finetune_weights
 from maedfer.model.registry import InputContract, Published, build, register_model
 
-_ENCODER = {"encoder.patch_embed.proj.": "patch_embed.proj.",
-            "encoder.blocks.{}.": "blocks.{}.", "encoder.norm.": "norm."}  # fmt: skip
+_ENCODER = {
+    "encoder.patch_embed.proj.": "patch_embed.proj.",
+    "encoder.blocks.{}.": "blocks.{}.",
+    "encoder.norm.": "norm.",
+}
 FINETUNE_AV = Layout(
     name="hicmae-finetune-av",
     description="a HiCMAE fine-tuned audio-visual classifier (AudioVisionTransformer)",
-    table={**_ENCODER, "video_layer_weights": "video_layer_weights",
-           "encoder_audio.": None, "encoder_fusion.": None, "audio_layer_weights": None,
-           "fc_norm.": None, "head.": None},
+    table={
+        **_ENCODER,
+        "video_layer_weights": "video_layer_weights",
+        "encoder_audio.": None,
+        "encoder_fusion.": None,
+        "audio_layer_weights": None,
+        "fc_norm.": None,
+        "head.": None,
+    },
     markers=("video_layer_weights", "encoder_audio.patch_embed.proj.weight"),
     fresh=("fc_norm.", "head."),
     fits="hicmae_*",
-)  # fmt: skip
+)
 PRETRAIN_AV = Layout(
     name="hicmae-pretrain-av",
     description="a HiCMAE pre-trained audio-visual MAE (PretrainAudioVisionTransformer)",
-    table={**_ENCODER, "encoder_audio.": None, "encoder_fusion.": None, "decoder.": None,
-           "decoder_audio.": None, "encoder_to_decoder.": None,
-           "encoder_to_decoder_audio.": None, "mask_token": None, "mask_token_audio": None},
+    table={
+        **_ENCODER,
+        "encoder_audio.": None,
+        "encoder_fusion.": None,
+        "decoder.": None,
+        "decoder_audio.": None,
+        "encoder_to_decoder.": None,
+        "encoder_to_decoder_audio.": None,
+        "mask_token": None,
+        "mask_token_audio": None,
+    },
     markers=("encoder_audio.patch_embed.proj.weight", "decoder.head.weight"),
     absent=("video_layer_weights",),
     fresh=("video_layer_weights", "fc_norm.", "head."),
     fits="hicmae_*",
-)  # fmt: skip
+)
 LAYOUTS = (FINETUNE_AV, PRETRAIN_AV)
 
 
@@ -91,11 +110,16 @@ class HiCMAEVisual(nn.Module):
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.patch_embed = TubeletEmbed(img_size=img_size, patch_size=patch_size,
-                                        tubelet_size=tubelet_size, num_frames=num_frames,
-                                        dim=embed_dim)  # fmt: skip
-        self.register_buffer("pos_embed", sinusoid_table(self.patch_embed.num_tokens, embed_dim),
-                             persistent=False)  # fmt: skip
+        self.patch_embed = TubeletEmbed(
+            img_size=img_size,
+            patch_size=patch_size,
+            tubelet_size=tubelet_size,
+            num_frames=num_frames,
+            dim=embed_dim,
+        )
+        self.register_buffer(
+            "pos_embed", sinusoid_table(self.patch_embed.num_tokens, embed_dim), persistent=False
+        )
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr)
             for dpr in drop_path_rates(drop_path_rate, depth)
@@ -141,17 +165,21 @@ class HiCMAEVisual(nn.Module):
         return _layer_id(param_name, "", len(self.blocks))
 
 
-_AV = ("HiCMAE (Sun et al., Information Fusion 2024), its README's per-fold mean; "
-       "audio-visual, not the visual encoder alone")  # fmt: skip
+_AV = (
+    "HiCMAE (Sun et al., Information Fusion 2024), its README's per-fold mean; "
+    "audio-visual, not the visual encoder alone"
+)
 PUBLISHED = {
     "crema-d": Published(84.94, 84.91, "mean over 5 folds, audio-visual", _AV),
     "mafw": Published(42.69, 56.21, "mean over 5 folds, audio-visual", _AV),
 }
 _INPUTS = InputContract(
-    num_frames=16, img_size=160, stride=4,
+    num_frames=16,
+    img_size=160,
+    stride=4,
     face_crop="OpenFace-aligned face frames (HiCMAE preprocess/face_and_audio/extract_face.py)",
     source="HiCMAE (sunlicai/HiCMAE): the video stream, 16 frames, sampling rate 4, 160 px",
-)  # fmt: skip
+)
 
 
 @register_model(inputs=_INPUTS, published=PUBLISHED)

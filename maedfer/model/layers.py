@@ -1,4 +1,5 @@
-"""Building blocks shared by the LGI-Former, the ViT baseline and the MAE decoder (MODEL.md §1-3).
+"""Building blocks shared by the LGI-Former, the ViT baseline and the MAE decoder
+(docs/reference.md).
 
 One concept per class, as in ``timm/layers``: the tubelet embedding, the fixed sinusoid position
 table, multi-head attention with the VideoMAE/BEiT bias convention (learnable q and v biases, no k
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from torch import nn
 
-# Every LayerNorm of the reference model uses eps 1e-6 (MODEL.md preamble).
+# Every LayerNorm of the reference model uses eps 1e-6 (docs/reference.md preamble).
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
 
@@ -95,7 +96,7 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
 class Attention(nn.Module):
     """Multi-head self- or cross-attention with separate ``q`` and ``kv`` projections.
 
-    The LGI-Former's three attentions (MODEL.md §2.3): ``q`` and ``kv`` carry no bias of their
+    The LGI-Former's three attentions (docs/reference.md): ``q`` and ``kv`` carry no bias of their
     own; with ``qkv_bias`` a learnable ``q_bias`` and ``v_bias`` are added and the key bias is
     fixed at zero. Queries come from ``x``; keys and values from ``context`` (default ``x``).
     """
@@ -194,8 +195,13 @@ class Renormalise(nn.Module):
     predictor and an exported model feed every model the same tensor.
     """
 
-    def __init__(self, source_mean: tuple[float, ...], source_std: tuple[float, ...],
-                 mean: tuple[float, ...], std: tuple[float, ...]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        source_mean: tuple[float, ...],
+        source_std: tuple[float, ...],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+    ) -> None:
         super().__init__()
         # x_model = x * scale + shift, computed in float64 and cast once
         src_mean, src_std, own_mean, own_std = (

@@ -10,6 +10,8 @@ shape agrees; anything else is one error line naming the keys.
 
 The checks run on shapes alone (:func:`plan`), so a full-size layout can be checked against a
 model built on the ``meta`` device without allocating it.
+
+Documented in docs/models.md.
 """
 
 from __future__ import annotations
@@ -142,8 +144,11 @@ def plan(
             shaped_targets.add(ours)  # reported once, as mis-shaped
             continue
         mapping[ours] = key
-    missing = [k for k in target if k not in mapping and k not in shaped_targets
-               and not k.startswith(layout.fresh)]  # fmt: skip
+    missing = [
+        k
+        for k in target
+        if k not in mapping and k not in shaped_targets and not k.startswith(layout.fresh)
+    ]
     if unexpected or missing or mis_shaped:
         parts = [
             _listing("unexpected", unexpected) if unexpected else "",
@@ -151,8 +156,7 @@ def plan(
             _listing("shape mismatch", mis_shaped) if mis_shaped else "",
         ]
         raise OfficialCheckpointError(
-            f"{layout.description} does not fit {model_name}: "
-            + "; ".join(p for p in parts if p)
+            f"{layout.description} does not fit {model_name}: " + "; ".join(p for p in parts if p)
         )
     report.loaded = sorted(mapping)
     report.fresh = sorted(k for k in target if k not in mapping)
@@ -163,12 +167,14 @@ def shapes(state: Mapping[str, torch.Tensor]) -> dict[str, Shape]:
     return {k: tuple(v.shape) for k, v in state.items()}
 
 
-def load_layout(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
-                layout: Layout) -> LoadReport:  # fmt: skip
+def load_layout(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], layout: Layout
+) -> LoadReport:
     """Load ``state_dict`` (in ``layout``) into ``model`` in place, strictly (see :func:`plan`)."""
     ours = model.state_dict()
-    mapping, report = plan(layout, shapes(state_dict), shapes(ours),
-                           getattr(model, "model_name", type(model).__name__))  # fmt: skip
+    mapping, report = plan(
+        layout, shapes(state_dict), shapes(ours), getattr(model, "model_name", type(model).__name__)
+    )
     with torch.no_grad():
         for key, theirs in mapping.items():
             ours[key].copy_(state_dict[theirs])

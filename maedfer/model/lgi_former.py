@@ -1,4 +1,4 @@
-"""LGI-Former: the local-global interaction video encoder of MAE-DFER (MODEL.md §2).
+"""LGI-Former: the local-global interaction video encoder of MAE-DFER (docs/reference.md).
 
 Sun et al., "MAE-DFER: Efficient Masked Autoencoder for Self-supervised Dynamic Facial Expression
 Recognition", ACM MM 2023; official code: https://github.com/sunlicai/MAE-DFER.
@@ -37,7 +37,7 @@ Pooling = Literal["region", "org", "all"]
 
 
 class LGIBlock(nn.Module):
-    """One LGI-Former block on ``(B * n, 1 + L, C)`` region sequences (MODEL.md §2.3).
+    """One LGI-Former block on ``(B * n, 1 + L, C)`` region sequences (docs/reference.md).
 
     One DropPath module serves all four residual branches with independent draws; as in the
     reference, its decision is per (video, region) row in steps 1 and 4 and per video in 2 and 3.
@@ -275,7 +275,7 @@ class LGIFormer(nn.Module):
                 module.requires_grad_(False)
 
     def unused_tail(self) -> list[nn.Module]:
-        """Modules that cannot reach the logits under ``region`` pooling (MODEL.md §7.13): the
+        """Modules that cannot reach the logits under ``region`` pooling (docs/reference.md): the
         last block's cross-attention and its norms. With ``skip_unused_tail`` they are skipped
         and frozen, so DDP needs no ``find_unused_parameters``."""
         last = self.encoder.blocks[-1]
@@ -299,7 +299,7 @@ class LGIFormer(nn.Module):
         return self.forward_head(self.forward_features(video))
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names exempt from weight decay besides 1-D tensors (MODEL.md §5.2)."""
+        """Parameter names exempt from weight decay besides 1-D tensors (docs/recipe.md)."""
         return {"encoder.region_tokens"}
 
     @property
@@ -313,9 +313,17 @@ class LGIFormer(nn.Module):
 
 #: Fields that fix the encoder's tensors and token grid: an init must agree on all of them.
 ENCODER_FIELDS: tuple[str, ...] = (
-    "embed_dim", "depth", "num_heads", "mlp_ratio", "img_size", "patch_size", "tubelet_size",
-    "num_frames", "region_size", "qkv_bias",
-)  # fmt: skip
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "img_size",
+    "patch_size",
+    "tubelet_size",
+    "num_frames",
+    "region_size",
+    "qkv_bias",
+)
 ENCODER_PREFIX = "encoder."
 
 

@@ -17,6 +17,8 @@ Released layout it loads (:data:`MARLIN`): the encoder file (``marlin_vit_*_ytf.
 and the full model (``.full.pt``, whose decoder and ``enc_dec_proj`` are dropped), both
 ``encoder.*`` keys as ``Marlin.from_file`` reads them (a Lightning ``.ckpt``'s
 ``discriminator.*`` is dropped as ``from_file`` drops it).
+
+Documented in docs/models.md.
 """
 
 from __future__ import annotations
@@ -24,16 +26,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from maedfer.constants import IMAGENET_MEAN, IMAGENET_STD
 from maedfer.model.layers import Block, Renormalise, TubeletEmbed, drop_path_rates, sinusoid_table
 from maedfer.model.layout import Layout
 from maedfer.model.lgi_former import _layer_id, init_finetune_weights
-from maedfer.model.registry import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    InputContract,
-    build,
-    register_model,
-)
+from maedfer.model.registry import InputContract, build, register_model
 
 MARLIN = Layout(
     name="marlin",
@@ -47,12 +44,14 @@ MARLIN = Layout(
         "encoder.blocks.{}.norm2.": "blocks.{}.norm2.",
         "encoder.blocks.{}.mlp.layers.0.linear.": "blocks.{}.mlp.fc1.",
         "encoder.blocks.{}.mlp.layers.1.linear.": "blocks.{}.mlp.fc2.",
-        "decoder.": None, "enc_dec_proj.": None, "discriminator.": None,
+        "decoder.": None,
+        "enc_dec_proj.": None,
+        "discriminator.": None,
     },
     markers=("encoder.patch_embedding.projection.weight", "encoder.pos_embedding.emb"),
     fresh=("head.",),
     fits="marlin_*",
-)  # fmt: skip
+)
 LAYOUTS = (MARLIN,)
 #: MARLIN's pixels: [0, 1], no mean or std.
 PLAIN_MEAN, PLAIN_STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
@@ -96,17 +95,27 @@ class MarlinViT(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.renormalise = Renormalise(IMAGENET_MEAN, IMAGENET_STD, PLAIN_MEAN, PLAIN_STD)
-        self.patch_embed = TubeletEmbed(img_size=img_size, patch_size=patch_size,
-                                        tubelet_size=tubelet_size, num_frames=num_frames,
-                                        dim=embed_dim)  # fmt: skip
+        self.patch_embed = TubeletEmbed(
+            img_size=img_size,
+            patch_size=patch_size,
+            tubelet_size=tubelet_size,
+            num_frames=num_frames,
+            dim=embed_dim,
+        )
         # MARLIN stores its table (a frozen parameter): a buffer here, loaded with the weights
         table = sinusoid_table(self.patch_embed.num_tokens, embed_dim)[None]
         self.register_buffer("pos_embed", table, persistent=True)
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr,
-                  norm_eps=NORM_EPS)
+            Block(
+                embed_dim,
+                num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                drop_path=dpr,
+                norm_eps=NORM_EPS,
+            )
             for dpr in drop_path_rates(drop_path_rate, depth)
-        )  # fmt: skip
+        )
         self.fc_norm = nn.LayerNorm(embed_dim, eps=NORM_EPS)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(init_finetune_weights)
@@ -145,10 +154,14 @@ class MarlinViT(nn.Module):
 
 
 _INPUTS = InputContract(
-    num_frames=16, img_size=224, stride=2, mean=PLAIN_MEAN, std=PLAIN_STD,
+    num_frames=16,
+    img_size=224,
+    stride=2,
+    mean=PLAIN_MEAN,
+    std=PLAIN_STD,
     face_crop="FaceXZoo face detection crop, 224 px (MARLIN's preprocess)",
     source="MARLIN (ControlNet/MARLIN, marlin_pytorch): 16 frames, sample rate 2",
-)  # fmt: skip
+)
 
 
 def _marlin(overrides: dict, **variant) -> MarlinViT:

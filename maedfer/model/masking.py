@@ -1,4 +1,4 @@
-"""Part-window tube masking of MAE-DFER pre-training (MODEL.md §3.1).
+"""Part-window tube masking of MAE-DFER pre-training (docs/reference.md).
 
 Each frame of the token grid is tiled by windows (by default the regions' spatial extent). In
 every window exactly ``int(mask_ratio * window_area)`` tokens are masked at random; the same

@@ -11,7 +11,9 @@ and HiCMAE layouts live in :mod:`maedfer.model.videomae`, :mod:`~maedfer.model.m
 :mod:`~maedfer.model.svfap`, :mod:`~maedfer.model.s4d` and :mod:`~maedfer.model.hicmae`.
 
 :func:`official_classifier` tells which registered classifier a released fine-tuned state dict
-belongs to (and its config), for ``evaluate --checkpoint``, ``predict`` and ``export``.
+belongs to (and its config), for ``test``, ``predict`` and ``export``;
+:func:`build_official_classifier` builds it and loads the weights (the one builder evaluation
+and inference share, docs/design.md).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from maedfer.errors import MaedferError
 from maedfer.model import hicmae, marlin, s4d, svfap, videomae
 from maedfer.model.layout import (
     Layout,
@@ -34,9 +38,18 @@ from maedfer.model.layout import (
 )
 from maedfer.model.lgi_former import LGIFormer
 from maedfer.model.pretrain import MaskedLGIFormer
+from maedfer.model.registry import create_model, model_info
 
-__all__ = ["LoadReport", "OfficialCheckpointError", "convert_key", "load_official",
-           "official_classifier", "official_classifier_config"]  # fmt: skip
+__all__ = [
+    "LoadReport",
+    "OfficialCheckpointError",
+    "build_official_classifier",
+    "convert_key",
+    "load_official",
+    "official_classifier",
+    "official_classifier_config",
+    "official_state",
+]
 
 # The LGI-Former encoder, relative to the official fine-tuning model (or to `encoder.` of the
 # pre-training model) -> relative to our `encoder.`.
@@ -81,27 +94,41 @@ PRETRAIN_TO_CLASSIFIER: dict[str, str | None] = {
 VIDEOMAE_FINETUNE_TO_VIT: dict[str, str | None] = dict(videomae.FINETUNE.table)
 
 MAE_DFER_FINETUNE = Layout(
-    name="finetune", description="an official MAE-DFER fine-tuning state dict",
-    table=FINETUNE_TO_CLASSIFIER, markers=("lg_region_tokens",), absent=("encoder.",),
+    name="finetune",
+    description="an official MAE-DFER fine-tuning state dict",
+    table=FINETUNE_TO_CLASSIFIER,
+    markers=("lg_region_tokens",),
+    absent=("encoder.",),
     fits="lgi_former_*",
-)  # fmt: skip
+)
 MAE_DFER_PRETRAIN = Layout(
-    name="pretrain", description="an official MAE-DFER pre-training state dict",
-    table=PRETRAIN_TO_MAE, markers=("encoder.lg_region_tokens",), fits="mae_lgi_former_*",
-)  # fmt: skip
+    name="pretrain",
+    description="an official MAE-DFER pre-training state dict",
+    table=PRETRAIN_TO_MAE,
+    markers=("encoder.lg_region_tokens",),
+    fits="mae_lgi_former_*",
+)
 MAE_DFER_PRETRAIN_TO_CLASSIFIER = Layout(
-    name="pretrain", description="an official MAE-DFER pre-training state dict",
-    table=PRETRAIN_TO_CLASSIFIER, markers=("encoder.lg_region_tokens",),
-    fresh=("fc_norm.", "head."), fits="lgi_former_* (fine-tuning start), mae_lgi_former_*",
-)  # fmt: skip
+    name="pretrain",
+    description="an official MAE-DFER pre-training state dict",
+    table=PRETRAIN_TO_CLASSIFIER,
+    markers=("encoder.lg_region_tokens",),
+    fresh=("fc_norm.", "head."),
+    fits="lgi_former_* (fine-tuning start), mae_lgi_former_*",
+)
 LGIFormer.official_layouts = (MAE_DFER_FINETUNE, MAE_DFER_PRETRAIN_TO_CLASSIFIER)
 MaskedLGIFormer.official_layouts = (MAE_DFER_PRETRAIN,)
 
 #: Every released layout, most specific first: how a state dict is recognised.
 ALL_LAYOUTS: tuple[Layout, ...] = (
-    MAE_DFER_FINETUNE, MAE_DFER_PRETRAIN_TO_CLASSIFIER, *hicmae.LAYOUTS, *s4d.LAYOUTS,
-    *svfap.LAYOUTS, *marlin.LAYOUTS, *videomae.LAYOUTS,
-)  # fmt: skip
+    MAE_DFER_FINETUNE,
+    MAE_DFER_PRETRAIN_TO_CLASSIFIER,
+    *hicmae.LAYOUTS,
+    *s4d.LAYOUTS,
+    *svfap.LAYOUTS,
+    *marlin.LAYOUTS,
+    *videomae.LAYOUTS,
+)
 
 
 def identify(state_dict: Mapping[str, Any]) -> Layout | None:
@@ -166,8 +193,11 @@ def load_official(model: nn.Module, state_dict: Mapping[str, torch.Tensor | Mapp
 OFFICIAL_CLASSIFIER = "lgi_former_base"
 _BASE_WIDTH, _BASE_HEADS = 512, 8
 # Run options the official checkpoint's saved ``args`` may hold -> our model field.
-_ARGS_FIELDS = {"input_size": "img_size", "num_frames": "num_frames",
-                "lg_region_size": "region_size"}  # fmt: skip
+_ARGS_FIELDS = {
+    "input_size": "img_size",
+    "num_frames": "num_frames",
+    "lg_region_size": "region_size",
+}
 
 
 def official_classifier_config(
@@ -201,8 +231,12 @@ def official_classifier_config(
             "this is an official pre-training state dict (encoder./decoder. keys); a fine-tuned "
             "classifier is needed (or fine-tune from it with finetune --init)"
         )
-    needed = ("lg_region_tokens", "patch_embed.proj.weight", "head.weight",
-              "blocks.0.mlp.fc1.weight")  # fmt: skip
+    needed = (
+        "lg_region_tokens",
+        "patch_embed.proj.weight",
+        "head.weight",
+        "blocks.0.mlp.fc1.weight",
+    )
     absent = [k for k in needed if k not in state_dict]
     if absent:
         raise OfficialCheckpointError(
@@ -212,11 +246,14 @@ def official_classifier_config(
     width, _, tubelet, patch, _ = state_dict["patch_embed.proj.weight"].shape
     blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
     config: dict[str, object] = {
-        "embed_dim": int(width), "depth": len(blocks), "patch_size": int(patch),
-        "tubelet_size": int(tubelet), "num_classes": int(state_dict["head.weight"].shape[0]),
+        "embed_dim": int(width),
+        "depth": len(blocks),
+        "patch_size": int(patch),
+        "tubelet_size": int(tubelet),
+        "num_classes": int(state_dict["head.weight"].shape[0]),
         "mlp_ratio": state_dict["blocks.0.mlp.fc1.weight"].shape[0] / width,
         "qkv_bias": "blocks.0.first_attn.q_bias" in state_dict,
-    }  # fmt: skip
+    }
     for arg, name in _ARGS_FIELDS.items():
         if args and args.get(arg) is not None:
             value = args[arg]
@@ -230,10 +267,14 @@ def official_classifier_config(
         )
     config.update(given)
     defaults = inspect.signature(LGIFormer).parameters  # what lgi_former_base leaves as is
-    size, frames, region = (config.get(k, defaults[k].default)
-                            for k in ("img_size", "num_frames", "region_size"))  # fmt: skip
-    grid = (int(frames) // int(config["tubelet_size"]), int(size) // int(config["patch_size"]),
-            int(size) // int(config["patch_size"]))  # fmt: skip
+    size, frames, region = (
+        config.get(k, defaults[k].default) for k in ("img_size", "num_frames", "region_size")
+    )
+    grid = (
+        int(frames) // int(config["tubelet_size"]),
+        int(size) // int(config["patch_size"]),
+        int(size) // int(config["patch_size"]),
+    )
     regions = 1
     for g, r in zip(grid, region, strict=True):
         regions *= g // int(r)
@@ -248,8 +289,11 @@ def official_classifier_config(
 
 
 # Released fine-tuned classifiers of the other families: each module tells its own.
-_FAMILY_CLASSIFIERS = (videomae.official_classifier, svfap.official_classifier,
-                       s4d.official_classifier)  # fmt: skip
+_FAMILY_CLASSIFIERS = (
+    videomae.official_classifier,
+    svfap.official_classifier,
+    s4d.official_classifier,
+)
 
 
 def official_classifier(
@@ -295,3 +339,57 @@ def official_classifier(
         f"this is {layout.description}, not a classifier; fine-tune from it: maedfer finetune "
         f"--set model.name={model} --init FILE"
     )
+
+
+def official_state(obj: Any, path: Path) -> tuple[Mapping[str, torch.Tensor], dict[str, Any]]:
+    """The state dict and saved run ``args`` of an official checkpoint object.
+
+    Raises:
+        MaedferError: no dict of tensors under ``model``, ``module``, ``state_dict`` or on top.
+    """
+    state, args = obj, {}
+    if isinstance(obj, Mapping):
+        for key in ("model", "module", "state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                state = obj[key]
+                break
+        raw_args = obj.get("args")
+        args = vars(raw_args) if hasattr(raw_args, "__dict__") else dict(raw_args or {})
+    if (
+        not isinstance(state, Mapping)
+        or not state
+        or not all(isinstance(v, torch.Tensor) for v in state.values())
+    ):
+        raise MaedferError(
+            f"{path} is neither a maedfer checkpoint nor an official one (expected "
+            "{'model': state_dict, ...} of tensors)"
+        )
+    return state, args
+
+
+def build_official_classifier(
+    obj: Any, path: Path, overrides: Mapping[str, Any] | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """The classifier a released fine-tuned checkpoint of the lineage fits, its weights loaded;
+    and its args.
+
+    Raises:
+        MaedferError: not a released fine-tuned state dict, or weights that do not fit.
+    """
+    state, args = official_state(obj, path)
+    try:
+        name, config = official_classifier(state, args=args, overrides=dict(overrides or {}))
+    except MaedferError as exc:
+        raise MaedferError(f"{path}: {exc}") from None
+    if model_info(name)["unused_tail"]:
+        # Region pooling never reads the last block's cross-attention: skip it (same logits).
+        config.setdefault("skip_unused_tail", config.get("pooling", "region") == "region")
+    try:
+        model = create_model(name, **config)
+    except (ValueError, TypeError) as exc:
+        raise MaedferError(f"{path}: model {name} with {config}: {exc}") from None
+    try:
+        load_official(model, state)
+    except MaedferError as exc:
+        raise MaedferError(f"{path}: {exc}") from None
+    return model, args

@@ -1,13 +1,13 @@
 """MAE-DFER pre-training model: LGI-Former on visible tokens, ViT decoder, joint targets.
 
-MODEL.md §3.
+docs/reference.md.
 
 ``forward(video, mask) -> pred``: the encoder sees only the visible tokens (equal counts per
 region, region-major order); the decoder sees them plus a mask token for every masked position,
 each with its fixed sinusoid position, and predicts, for every masked token in raster order,
 ``3 * tubelet_size * patch_size**2`` values laid out ``(p0, p1, p2, c)`` with c fastest: the
 ``p0 = 0`` half is the appearance (first frame of the tubelet) and the ``p0 = 1`` half the motion
-(frame difference). ``targets(video, mask)`` and ``loss(pred, targets)`` follow §3.5.
+(frame difference). ``targets(video, mask)`` and ``loss(pred, targets)`` follow docs/reference.md.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from torch import nn
 
+from maedfer.constants import IMAGENET_MEAN, IMAGENET_STD
 from maedfer.model.layers import Block, LayerNorm, sinusoid_table
 from maedfer.model.lgi_former import LGIFormerEncoder, _layer_id
 from maedfer.model.masking import TubeWindowMasking
@@ -37,7 +37,7 @@ def init_mae_weights(module: nn.Module) -> None:
 
 
 def _trunc_normal_one_sigma_(tensor: torch.Tensor, std: float = 0.02) -> None:
-    # The reference pre-training code truncates at +-1 std (MODEL.md §7.11).
+    # The reference pre-training code truncates at +-1 std (docs/reference.md).
     trunc_normal_(tensor, std=std, a=-std, b=std)
 
 
@@ -80,7 +80,7 @@ class MaskedLGIFormer(nn.Module):
         normalize_target: standardise each tubelet and channel of the target.
         frame_diff_target: the second frame of each tubelet becomes a frame difference.
         official_decoder_order: give the decoder the reference's mismatched positions for the
-            visible tokens (MODEL.md §3.4), to continue an official checkpoint exactly.
+            visible tokens (docs/reference.md), to continue an official checkpoint exactly.
 
     Raises:
         ValueError: ``frame_diff_target`` with ``tubelet_size`` other than 2.
@@ -165,7 +165,7 @@ class MaskedLGIFormer(nn.Module):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
-        """Part-window tube masks ``(B, N)`` bool, True = masked (MODEL.md §3.1)."""
+        """Part-window tube masks ``(B, N)`` bool, True = masked (docs/reference.md)."""
         return self.masking(batch_size, generator=generator, device=device)
 
     def visible_order(self, mask: torch.Tensor) -> torch.Tensor:
@@ -210,8 +210,9 @@ class MaskedLGIFormer(nn.Module):
         x = self.encoder.forward_regions(tokens)[:, :, 1:]
         return self.encoder_norm(x.flatten(1, 2))
 
-    def forward(self, video: torch.Tensor, mask: torch.Tensor,
-                order: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, video: torch.Tensor, mask: torch.Tensor, order: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``video (B, 3, T, H, W)``, ``mask (B, N)`` -> ``pred (B, N_masked, 3*t*p*p)``.
 
         ``order``: :meth:`visible_order` of ``mask`` if already at hand (the training loop makes
@@ -231,9 +232,11 @@ class MaskedLGIFormer(nn.Module):
         return self.decoder(x, self.num_tokens - num_visible)
 
     @torch.no_grad()
-    def targets(self, video: torch.Tensor, mask: torch.Tensor,
-                masked: torch.Tensor | None = None) -> torch.Tensor:
-        """Reconstruction targets ``(B, N_masked, 3*t*p*p)`` of the masked tokens (MODEL.md §3.5).
+    def targets(
+        self, video: torch.Tensor, mask: torch.Tensor, masked: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Reconstruction targets ``(B, N_masked, 3*t*p*p)`` of the masked tokens
+        (docs/reference.md).
 
         The input is un-normalised to [0, 1]; each tubelet and channel is standardised by its own
         mean and unbiased std (+1e-6); with the frame-difference target the tubelet's second frame
@@ -241,8 +244,8 @@ class MaskedLGIFormer(nn.Module):
         positions of each video, ascending (:meth:`token_order`), if at hand.
         """
         video = video.float()
-        mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=video.device).view(1, 3, 1, 1, 1)
-        std = torch.tensor(IMAGENET_DEFAULT_STD, device=video.device).view(1, 3, 1, 1, 1)
+        mean = torch.tensor(IMAGENET_MEAN, device=video.device).view(1, 3, 1, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=video.device).view(1, 3, 1, 1, 1)
         pixels = video * std + mean
         p, t = self.patch_size, self.tubelet_size
         patches = rearrange(
@@ -287,7 +290,7 @@ class MaskedLGIFormer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Exempt from weight decay besides 1-D tensors. The reference's pre-training exempts
-        ``mask_token`` but, by an exact-name check, not the region tokens (MODEL.md §7.6)."""
+        ``mask_token`` but, by an exact-name check, not the region tokens (docs/reference.md)."""
         return {"mask_token"}
 
     @property

@@ -4,7 +4,7 @@ several models beside LGI-Former.
 Figures per clip: parameters, GMACs (batch 1, :mod:`maedfer.model.flops`), forward and
 forward+backward seconds (median over ``batches`` timed batches after one warm-up), and peak
 memory on CUDA. The chosen model and ``vit_base`` run on the same device in the same call, so
-their ratios are the figures to quote (DESIGN.md §9).
+their ratios are the figures to quote (docs/design.md).
 
 ``--name lineage`` (or a comma-separated list of names) measures every model of the lineage
 (:data:`LINEAGE`, docs/models.md), each on its own input contract (16 frames of 160 or 224 px),
@@ -13,13 +13,13 @@ in one call beside ``lgi_former_base``: one row per model, with its ratios to LG
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from typing import Any
 
 import torch
 
+from maedfer.devices import resolve_device
 from maedfer.errors import MaedferError
 from maedfer.model.flops import clip_shape, count_gmacs, count_params
 from maedfer.model.registry import create_model, list_models
@@ -27,17 +27,16 @@ from maedfer.model.registry import create_model, list_models
 BASELINE = "vit_base"
 LINEAGE_BASELINE = "lgi_former_base"
 #: ``--name lineage``: MAE-DFER's classifier and the encoders of its lineage, at full size
-LINEAGE = ("lgi_former_base", "videomae_base", "videomae_base_224", "marlin_base",
-           "marlin_large", "svfap_base", "s4d_base", "hicmae_base")  # fmt: skip
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``None`` picks CUDA when present; asking for CUDA without it is a user error."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise MaedferError("--device cuda asked for, but torch sees no CUDA device here")
-    return torch.device(device)
+LINEAGE = (
+    "lgi_former_base",
+    "videomae_base",
+    "videomae_base_224",
+    "marlin_base",
+    "marlin_large",
+    "svfap_base",
+    "s4d_base",
+    "hicmae_base",
+)
 
 
 def _sync(device: torch.device) -> None:
@@ -106,16 +105,16 @@ def run(
     batch: int | None = None,
     batches: int | None = None,
     device: str | None = None,
-    as_json: bool = False,
 ) -> dict[str, Any]:
-    """Measure ``name`` (default ``lgi_former_base``) and ``vit_base``; print a table or JSON."""
+    """Measure ``name`` (default ``lgi_former_base``) and ``vit_base`` (:func:`format_table`);
+    with ``lineage`` or several names, :func:`run_lineage` (:func:`format_lineage`)."""
     dev = resolve_device(device)
     name = name or "lgi_former_base"
     batch = batch or (8 if dev.type == "cuda" else 1)
     batches = batches or (10 if dev.type == "cuda" else 2)
     if name == "lineage" or "," in name:
         names = list(LINEAGE) if name == "lineage" else [n.strip() for n in name.split(",")]
-        return run_lineage(names, batch=batch, batches=batches, device=dev, as_json=as_json)
+        return run_lineage(names, batch=batch, batches=batches, device=dev)
     ours = measure(name, batch=batch, batches=batches, device=dev)
     base = ours if name == BASELINE else measure(BASELINE, batch=batch, batches=batches, device=dev)
     ratios = {
@@ -133,10 +132,6 @@ def run(
         "baseline": base,
         "ratio_to_baseline": ratios,
     }
-    if as_json:
-        print(json.dumps(result))
-    else:
-        print(format_table(result))
     return result
 
 
@@ -176,8 +171,9 @@ def _row(cells: tuple[str, ...], widths: list[int]) -> str:
     )
 
 
-def run_lineage(names: list[str], *, batch: int, batches: int, device: torch.device,
-                as_json: bool = False) -> dict[str, Any]:  # fmt: skip
+def run_lineage(
+    names: list[str], *, batch: int, batches: int, device: torch.device
+) -> dict[str, Any]:
     """Measure ``names`` and ``lgi_former_base`` on one device in one call; a row per model with
     its ratios to LGI-Former (parameters, GMACs, forward and forward+backward speed)."""
     order = [LINEAGE_BASELINE, *[n for n in names if n != LINEAGE_BASELINE]]
@@ -185,28 +181,37 @@ def run_lineage(names: list[str], *, batch: int, batches: int, device: torch.dev
     base = rows[LINEAGE_BASELINE]
     for row in rows.values():
         row["ratio_to_lgi_former"] = {
-            "params": row["params"] / base["params"], "gmacs": row["gmacs"] / base["gmacs"],
+            "params": row["params"] / base["params"],
+            "gmacs": row["gmacs"] / base["gmacs"],
             "fwd_time": row["fwd_s_per_clip"] / base["fwd_s_per_clip"],
             "fwd_bwd_time": row["fwd_bwd_s_per_clip"] / base["fwd_bwd_s_per_clip"],
-        }  # fmt: skip
-    result = {"stage": "model", "device": str(device),
-              "precision": "bf16 autocast" if device.type == "cuda" else "fp32", "batch": batch,
-              "baseline": LINEAGE_BASELINE, "models": list(rows.values())}  # fmt: skip
-    print(json.dumps(result) if as_json else format_lineage(result))
+        }
+    result = {
+        "stage": "model",
+        "device": str(device),
+        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "batch": batch,
+        "baseline": LINEAGE_BASELINE,
+        "models": list(rows.values()),
+    }
     return result
 
 
 def format_lineage(result: dict[str, Any]) -> str:
     """One row per model; ratios are to LGI-Former (time: > 1 is slower)."""
-    header = (f"model profile on {result['device']} ({result['precision']}, batch "
-              f"{result['batch']}); x = ratio to {result['baseline']}")  # fmt: skip
+    header = (
+        f"model profile on {result['device']} ({result['precision']}, batch "
+        f"{result['batch']}); x = ratio to {result['baseline']}"
+    )
     titles = ("model", "input", "params (M)", "GMACs", "fwd s/clip", "fwd+bwd s/clip")
     lines = [header, f"{titles[0]:<20}{titles[1]:>11}" + "".join(f"{t:>22}" for t in titles[2:])]
     for row in result["models"]:
         r = row["ratio_to_lgi_former"]
-        cells = (f"{row['params'] / 1e6:.2f} ({r['params']:.2f}x)",
-                 f"{row['gmacs']:.2f} ({r['gmacs']:.2f}x)",
-                 f"{row['fwd_s_per_clip']:.4f} ({r['fwd_time']:.2f}x)",
-                 f"{row['fwd_bwd_s_per_clip']:.4f} ({r['fwd_bwd_time']:.2f}x)")  # fmt: skip
+        cells = (
+            f"{row['params'] / 1e6:.2f} ({r['params']:.2f}x)",
+            f"{row['gmacs']:.2f} ({r['gmacs']:.2f}x)",
+            f"{row['fwd_s_per_clip']:.4f} ({r['fwd_time']:.2f}x)",
+            f"{row['fwd_bwd_s_per_clip']:.4f} ({r['fwd_bwd_time']:.2f}x)",
+        )
         lines.append(f"{row['name']:<20}{row['input']:>11}" + "".join(f"{c:>22}" for c in cells))
     return "\n".join(lines)

@@ -8,6 +8,8 @@ Each entry also states the model's input contract (:class:`InputContract`: frame
 stride, normalisation, face crop), which the loaders, ``predict`` and ``export`` read: a model
 built without ``num_frames``/``img_size`` overrides gets the contract's. An alias
 (:func:`register_alias`) is a second name of an entry; models built by it carry the entry's name.
+
+Documented in docs/models.md.
 """
 
 from __future__ import annotations
@@ -17,20 +19,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from maedfer.constants import IMAGENET_MEAN, IMAGENET_STD
 from maedfer.errors import MaedferError
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _INFO: dict[str, dict[str, Any]] = {}
 _ALIASES: dict[str, str] = {}
 KINDS: tuple[str, ...] = ("classifier", "pretrain")
-IMAGENET_MEAN: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_MEAN)
-IMAGENET_STD: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_STD)
 #: The faces MAE-DFER was trained on (its contract's default).
-MAE_DFER_CROP = ("the datasets' face crops (MAE-DFER preprocess), VoxCeleb2's face-centred "
-                 "frames for pre-training")
+MAE_DFER_CROP = (
+    "the datasets' face crops (MAE-DFER preprocess), VoxCeleb2's face-centred "
+    "frames for pre-training"
+)
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,11 @@ class _Entry:
 
 
 def register_model(
-    builder: Callable[..., nn.Module] | None = None, *, kind: str = "classifier",
-    unused_tail: bool = False, inputs: InputContract | None = None,
+    builder: Callable[..., nn.Module] | None = None,
+    *,
+    kind: str = "classifier",
+    unused_tail: bool = False,
+    inputs: InputContract | None = None,
     published: Mapping[str, Published] | None = None,
 ) -> Any:
     """Decorator: record ``builder`` under its function name, with the model's facts.
@@ -103,8 +108,9 @@ def register_model(
 
     def record(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _BUILDERS[fn.__name__] = fn
-        _INFO[fn.__name__] = _Entry(kind, unused_tail, inputs or InputContract(),
-                                    dict(published or {}))  # fmt: skip
+        _INFO[fn.__name__] = _Entry(
+            kind, unused_tail, inputs or InputContract(), dict(published or {})
+        )
         return fn
 
     return record(builder) if builder is not None else record
@@ -137,8 +143,12 @@ def model_info(name: str) -> dict[str, Any]:
         MaedferError: unknown name (the message lists the known ones).
     """
     entry = _INFO[canonical_name(name)]
-    return {"kind": entry.kind, "unused_tail": entry.unused_tail, "inputs": entry.inputs,
-            "published": dict(entry.published)}  # fmt: skip
+    return {
+        "kind": entry.kind,
+        "unused_tail": entry.unused_tail,
+        "inputs": entry.inputs,
+        "published": dict(entry.published),
+    }
 
 
 def input_contract(model_or_name: nn.Module | str) -> InputContract:
@@ -148,8 +158,9 @@ def input_contract(model_or_name: nn.Module | str) -> InputContract:
         return model_info(model_or_name)["inputs"]
     contract = model_info(model_or_name.model_name)["inputs"]
     config = getattr(model_or_name, "config", {})
-    return InputContract(**{**asdict(contract), **{k: config[k] for k in ("num_frames", "img_size")
-                                                   if k in config}})
+    return InputContract(
+        **{**asdict(contract), **{k: config[k] for k in ("num_frames", "img_size") if k in config}}
+    )
 
 
 def models_of_kind(kind: str) -> list[str]:
@@ -187,8 +198,9 @@ def build(cls: type[nn.Module], defaults: dict[str, Any], overrides: dict[str, A
     return model
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Build a registered model, e.g. ``create_model("lgi_former_base", num_classes=7)``.
+def create_model(name: str, **overrides: Any) -> Any:
+    """Build a registered model, e.g. ``create_model("lgi_former_base", num_classes=7)``: an
+    ``nn.Module`` with the registry's API (``config``, ``model_name``, its kind's methods).
 
     Raises:
         MaedferError: unknown name (the message lists the known ones) or unknown override.

@@ -20,6 +20,8 @@ outside training), and the capacity makes a clip's output depend on the batch it
 
 Released layout it loads (:data:`FINETUNE`): the fine-tuned classifier, whose keys are ours
 but for ``head.video`` -> ``head`` and ``head.image`` -> ``image_head``.
+
+Documented in docs/models.md.
 """
 
 from __future__ import annotations
@@ -48,12 +50,17 @@ from maedfer.model.registry import InputContract, Published, build, register_mod
 FINETUNE = Layout(
     name="s4d-finetune",
     description="an S4D fine-tuned classifier (VisionTransformerMoE, moe_adapters)",
-    table={"patch_embed.proj.": "patch_embed.proj.", "blocks.{}.": "blocks.{}.",
-           "fc_norm.": "fc_norm.", "head.video.": "head.", "head.image.": "image_head."},
+    table={
+        "patch_embed.proj.": "patch_embed.proj.",
+        "blocks.{}.": "blocks.{}.",
+        "fc_norm.": "fc_norm.",
+        "head.video.": "head.",
+        "head.image.": "image_head.",
+    },
     markers=("head.video.weight", "blocks.0.attn.qkv.weight"),
     absent=("encoder.",),
     fits="s4d_*",
-)  # fmt: skip
+)
 LAYOUTS = (FINETUNE,)
 RouterNoise = Literal["always", "train"]
 
@@ -68,8 +75,9 @@ class NoisyTopKRouter(nn.Module):
         self.topkroute_linear = nn.Linear(dim, num_experts)
         self.noise_linear = nn.Linear(dim, num_experts)
 
-    def forward(self, x: torch.Tensor, *, noise: bool) -> tuple[torch.Tensor, torch.Tensor,
-                                                                   torch.Tensor]:  # fmt: skip
+    def forward(
+        self, x: torch.Tensor, *, noise: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns ``(gates, chosen, logits)``; ``logits`` (noisy when ``noise``) feed the
         load-balancing loss."""
         logits = self.topkroute_linear(x)
@@ -82,8 +90,11 @@ class NoisyTopKRouter(nn.Module):
 
 
 def _exporting() -> bool:
-    return bool(torch.compiler.is_compiling() or torch.compiler.is_exporting()
-                or torch.onnx.is_in_onnx_export())  # fmt: skip
+    return bool(
+        torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or torch.onnx.is_in_onnx_export()
+    )
 
 
 class MixtureOfAdapters(nn.Module):
@@ -94,8 +105,9 @@ class MixtureOfAdapters(nn.Module):
     are zero (same values, no data-dependent shapes).
     """
 
-    def __init__(self, dim: int, hidden: int, *, num_experts: int, top_k: int,
-                 capacity_factor: float) -> None:  # fmt: skip
+    def __init__(
+        self, dim: int, hidden: int, *, num_experts: int, top_k: int, capacity_factor: float
+    ) -> None:
         super().__init__()
         self.num_experts, self.top_k, self.capacity_factor = num_experts, top_k, capacity_factor
         self.router = NoisyTopKRouter(dim, num_experts, top_k)
@@ -107,8 +119,11 @@ class MixtureOfAdapters(nn.Module):
         gates, chosen, logits = self.router(x, noise=noise)
         if self.training and torch.is_grad_enabled():
             self.balance = self._balance(chosen, logits)
-        flat, gates, chosen = x.reshape(-1, dim), gates.reshape(-1, self.num_experts), \
-            chosen.reshape(-1, self.top_k)
+        flat, gates, chosen = (
+            x.reshape(-1, dim),
+            gates.reshape(-1, self.num_experts),
+            chosen.reshape(-1, self.top_k),
+        )
         out = torch.zeros_like(flat)
         if _exporting():
             # the capacity from the traced token count (a Python int would freeze the batch)
@@ -140,16 +155,31 @@ class MoEAdapterBlock(nn.Module):
     """A ViT block whose FFN output gains the mixture of adapters' (S4D's
     ``BlockMoEAdapters``)."""
 
-    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float, qkv_bias: bool,
-                 drop_path: float, num_experts: int, top_k: int, capacity_factor: float,
-                 expert_ratio: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop_path: float,
+        num_experts: int,
+        top_k: int,
+        capacity_factor: float,
+        expert_ratio: float,
+    ) -> None:
         super().__init__()
         self.norm1 = LayerNorm(dim)
         self.attn = FusedSelfAttention(dim, num_heads, qkv_bias=qkv_bias)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = LayerNorm(dim)
-        self.moe_layer = MixtureOfAdapters(dim, int(dim * expert_ratio), num_experts=num_experts,
-                                           top_k=top_k, capacity_factor=capacity_factor)
+        self.moe_layer = MixtureOfAdapters(
+            dim,
+            int(dim * expert_ratio),
+            num_experts=num_experts,
+            top_k=top_k,
+            capacity_factor=capacity_factor,
+        )
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, *, noise: bool) -> torch.Tensor:
@@ -214,24 +244,35 @@ class S4DViT(nn.Module):
         self.num_classes = num_classes
         self.router_noise = router_noise
         self.aux_loss_weight = aux_loss_weight
-        self.patch_embed = TubeletEmbed(img_size=img_size, patch_size=patch_size,
-                                        tubelet_size=tubelet_size, num_frames=num_frames,
-                                        dim=embed_dim)  # fmt: skip
-        self.register_buffer("pos_embed", sinusoid_table(self.patch_embed.num_tokens, embed_dim),
-                             persistent=False)  # fmt: skip
+        self.patch_embed = TubeletEmbed(
+            img_size=img_size,
+            patch_size=patch_size,
+            tubelet_size=tubelet_size,
+            num_frames=num_frames,
+            dim=embed_dim,
+        )
+        self.register_buffer(
+            "pos_embed", sinusoid_table(self.patch_embed.num_tokens, embed_dim), persistent=False
+        )
         self.blocks = nn.ModuleList()
         for i, dpr in enumerate(drop_path_rates(drop_path_rate, depth)):
             common = {"mlp_ratio": mlp_ratio, "qkv_bias": qkv_bias, "drop_path": dpr}
             self.blocks.append(
-                Block(embed_dim, num_heads, **common) if i < moe_start else
-                MoEAdapterBlock(embed_dim, num_heads, **common, num_experts=num_experts,
-                                top_k=top_k, capacity_factor=capacity_factor,
-                                expert_ratio=expert_ratio)
-            )  # fmt: skip
+                Block(embed_dim, num_heads, **common)
+                if i < moe_start
+                else MoEAdapterBlock(
+                    embed_dim,
+                    num_heads,
+                    **common,
+                    num_experts=num_experts,
+                    top_k=top_k,
+                    capacity_factor=capacity_factor,
+                    expert_ratio=expert_ratio,
+                )
+            )
         self.fc_norm = LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.image_head = (nn.Linear(embed_dim, num_image_classes) if num_image_classes > 0
-                           else None)  # fmt: skip
+        self.image_head = nn.Linear(embed_dim, num_image_classes) if num_image_classes > 0 else None
         self.apply(init_finetune_weights)
         for head in (self.head, self.image_head):
             if isinstance(head, nn.Linear):
@@ -269,8 +310,11 @@ class S4DViT(nn.Module):
     def aux_loss(self) -> torch.Tensor | None:
         """The weighted load-balancing loss of the last training forward pass (None outside
         training or with ``aux_loss_weight`` 0)."""
-        terms = [b.moe_layer.balance for b in self.blocks if isinstance(b, MoEAdapterBlock)
-                 and b.moe_layer.balance is not None]  # fmt: skip
+        terms = [
+            b.moe_layer.balance
+            for b in self.blocks
+            if isinstance(b, MoEAdapterBlock) and b.moe_layer.balance is not None
+        ]
         if not terms or not self.aux_loss_weight:
             return None
         for block in self.blocks:
@@ -309,20 +353,29 @@ def official_classifier(
     moe = [i for i in blocks if f"blocks.{i}.moe_layer.router.topkroute_linear.weight" in state]
     experts = {int(m.group(1)) for k in state if (m := _EXPERT.match(k))}
     config: dict[str, Any] = {
-        "embed_dim": int(width), "num_heads": heads_of(int(width)), "depth": len(blocks),
-        "patch_size": int(patch), "tubelet_size": int(tubelet),
+        "embed_dim": int(width),
+        "num_heads": heads_of(int(width)),
+        "depth": len(blocks),
+        "patch_size": int(patch),
+        "tubelet_size": int(tubelet),
         "num_classes": int(state["head.video.weight"].shape[0]),
         "num_image_classes": int(state["head.image.weight"].shape[0])
-        if "head.image.weight" in state else 0,
+        if "head.image.weight" in state
+        else 0,
         "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / width,
-        "moe_start": moe[0] if moe else len(blocks), "num_experts": len(experts) or 1,
+        "moe_start": moe[0] if moe else len(blocks),
+        "num_experts": len(experts) or 1,
         "qkv_bias": "blocks.0.attn.q_bias" in state,
-    }  # fmt: skip
+    }
     if moe:
         hidden = state[f"blocks.{moe[0]}.moe_layer.experts.0.fc1.weight"].shape[0]
         config["expert_ratio"] = hidden / width
-    for arg, name in (("top_k", "top_k"), ("capacity_factor", "capacity_factor"),
-                      ("input_size", "img_size"), ("num_frames", "num_frames")):  # fmt: skip
+    for arg, name in (
+        ("top_k", "top_k"),
+        ("capacity_factor", "capacity_factor"),
+        ("input_size", "img_size"),
+        ("num_frames", "num_frames"),
+    ):
         if args.get(arg) is not None:
             config[name] = args[arg] if name == "capacity_factor" else int(args[arg])
     return "s4d_base", config
@@ -335,11 +388,12 @@ PUBLISHED = {
     "mafw": Published(None, 58.44, "as published", _UNILEARN),
 }
 _INPUTS = InputContract(
-    num_frames=16, img_size=160, stride=4,
-    face_crop="the datasets' face crops (DFEW clip_224, MAFW frames_crop_align_224), as "
-    "MAE-DFER",
+    num_frames=16,
+    img_size=160,
+    stride=4,
+    face_crop="the datasets' face crops (DFEW clip_224, MAFW frames_crop_align_224), as MAE-DFER",
     source="S4D (MSA-LMC/S4D finetune/run.sh): 16 frames, sampling rate 4, 160 px",
-)  # fmt: skip
+)
 
 
 @register_model(inputs=_INPUTS, published=PUBLISHED)

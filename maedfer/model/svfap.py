@@ -23,6 +23,8 @@ the authors' loader skips tensors whose shapes differ. ``svfap_base`` is the fin
 a pre-trained file of the other width fails here in one line naming the shapes (give
 ``--set model.overrides.embed_dim=768 --set model.overrides.num_heads=12`` to fine-tune that
 width).
+
+Documented in docs/models.md.
 """
 
 from __future__ import annotations
@@ -62,12 +64,17 @@ FINETUNE = Layout(
 PRETRAIN = Layout(
     name="svfap-pretrain",
     description="an SVFAP pre-trained MAE (modeling_pretrain.PretrainVisionTransformer)",
-    table={**{"encoder." + k: k for k in _OWN}, "encoder.norm.": None,
-           "encoder_to_decoder.": None, "mask_token": None, "decoder.": None},
+    table={
+        **{"encoder." + k: k for k in _OWN},
+        "encoder.norm.": None,
+        "encoder_to_decoder.": None,
+        "mask_token": None,
+        "decoder.": None,
+    },
     markers=("encoder.temporal_downsamples.0.weight",),
     fresh=("fc_norm.", "head."),
     fits="svfap_*",
-)  # fmt: skip
+)
 LAYOUTS = (FINETUNE, PRETRAIN)
 
 
@@ -92,8 +99,9 @@ class CrossSelfBlock(nn.Module):
     """Cross-attention of ``x`` to ``context``, then self-attention and an MLP, each pre-norm
     with a residual and one shared stochastic-depth module (SVFAP's ``CSBlock``)."""
 
-    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float, qkv_bias: bool,
-                 drop_path: float) -> None:  # fmt: skip
+    def __init__(
+        self, dim: int, num_heads: int, *, mlp_ratio: float, qkv_bias: bool, drop_path: float
+    ) -> None:
         super().__init__()
         self.cross_attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
         self.cross_norm1 = LayerNorm(dim)
@@ -157,21 +165,30 @@ class TPSBT(nn.Module):
         if len(tokens) == 1:
             tokens *= len(stages) - 1
         if len(stages) < 1 or min(stages) < 1 or len(tokens) != len(stages) - 1:
-            raise ValueError(f"stage_depths {tuple(stages)} needs one bottleneck token count, "
-                             f"or one per later stage; got {tuple(tokens)}")  # fmt: skip
+            raise ValueError(
+                f"stage_depths {tuple(stages)} needs one bottleneck token count, "
+                f"or one per later stage; got {tuple(tokens)}"
+            )
         self.num_classes = num_classes
         self.stage_depths = tuple(stages)
         self.temporal_kernel_size = temporal_kernel_size
-        self.patch_embed = TubeletEmbed(img_size=img_size, patch_size=patch_size,
-                                        tubelet_size=tubelet_size, num_frames=num_frames,
-                                        dim=embed_dim)  # fmt: skip
+        self.patch_embed = TubeletEmbed(
+            img_size=img_size,
+            patch_size=patch_size,
+            tubelet_size=tubelet_size,
+            num_frames=num_frames,
+            dim=embed_dim,
+        )
         frames, height, width = self.patch_embed.grid
         if frames % temporal_kernel_size ** (len(stages) - 1):
-            raise ValueError(f"{frames} token-frames cannot be reduced by "
-                             f"{temporal_kernel_size} in each of {len(stages) - 1} stages")
+            raise ValueError(
+                f"{frames} token-frames cannot be reduced by "
+                f"{temporal_kernel_size} in each of {len(stages) - 1} stages"
+            )
         self.spatial_tokens = height * width
-        self.register_buffer("pos_embed", sinusoid_table(self.patch_embed.num_tokens, embed_dim),
-                             persistent=False)  # fmt: skip
+        self.register_buffer(
+            "pos_embed", sinusoid_table(self.patch_embed.num_tokens, embed_dim), persistent=False
+        )
         rates = iter(drop_path_rates(drop_path_rate, sum(stages)))
         self.blocks = nn.ModuleList()
         self.temporal_downsamples = nn.ModuleList()
@@ -179,20 +196,35 @@ class TPSBT(nn.Module):
         self.frames_per_stage = [frames]
         for stage, depth in enumerate(stages):
             if stage == 0:
-                self.blocks.extend(Block(embed_dim, num_heads, mlp_ratio=mlp_ratio,
-                                         qkv_bias=qkv_bias, drop_path=next(rates))
-                                   for _ in range(depth))  # fmt: skip
+                self.blocks.extend(
+                    Block(
+                        embed_dim,
+                        num_heads,
+                        mlp_ratio=mlp_ratio,
+                        qkv_bias=qkv_bias,
+                        drop_path=next(rates),
+                    )
+                    for _ in range(depth)
+                )
                 continue
             frames //= temporal_kernel_size
             self.frames_per_stage.append(frames)
-            self.temporal_downsamples.append(nn.Conv1d(embed_dim, embed_dim, temporal_kernel_size,
-                                                       stride=temporal_kernel_size))  # fmt: skip
+            self.temporal_downsamples.append(
+                nn.Conv1d(embed_dim, embed_dim, temporal_kernel_size, stride=temporal_kernel_size)
+            )
             self.spatial_downsamples.append(
                 SpatialBottleneck(embed_dim, tokens[stage - 1], frames, spatial_hidden)
             )
-            self.blocks.extend(CrossSelfBlock(embed_dim, num_heads, mlp_ratio=mlp_ratio,
-                                              qkv_bias=qkv_bias, drop_path=next(rates))
-                               for _ in range(depth))  # fmt: skip
+            self.blocks.extend(
+                CrossSelfBlock(
+                    embed_dim,
+                    num_heads,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    drop_path=next(rates),
+                )
+                for _ in range(depth)
+            )
         self.fc_norm = LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(init_finetune_weights)
@@ -266,8 +298,7 @@ def official_classifier(
     indices = sorted({int(m.group(1)) for k in state if (m := _BLOCK.match(k))})
     cross = [i for i in indices if f"blocks.{i}.cross_attn.q.weight" in state]
     later = len({int(k.split(".")[1]) for k in state if k.startswith("temporal_downsamples.")})
-    tokens = [int(state[f"spatial_downsamples.{s}.mlp.fc2.weight"].shape[0])
-              for s in range(later)]  # fmt: skip
+    tokens = [int(state[f"spatial_downsamples.{s}.mlp.fc2.weight"].shape[0]) for s in range(later)]
     stages = args.get("stage_depths")
     if stages is None and (len(indices) - len(cross), len(cross), later) == (12, 9, 2):
         stages = _RELEASED_STAGES
@@ -278,14 +309,18 @@ def official_classifier(
             "stage_depths=[12,6,3]"
         )
     config: dict[str, Any] = {
-        "embed_dim": int(width), "num_heads": heads_of(int(width)), "patch_size": int(patch),
-        "tubelet_size": int(tubelet), "num_classes": int(state["head.weight"].shape[0]),
+        "embed_dim": int(width),
+        "num_heads": heads_of(int(width)),
+        "patch_size": int(patch),
+        "tubelet_size": int(tubelet),
+        "num_classes": int(state["head.weight"].shape[0]),
         "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / width,
-        "stage_depths": [int(d) for d in stages], "num_bottleneck_tokens": tokens,
+        "stage_depths": [int(d) for d in stages],
+        "num_bottleneck_tokens": tokens,
         "temporal_kernel_size": int(state["temporal_downsamples.0.weight"].shape[-1]),
         "spatial_hidden": int(state["spatial_downsamples.0.mlp.fc1.weight"].shape[0]),
         "qkv_bias": "blocks.0.attn.q_bias" in state,
-    }  # fmt: skip
+    }
     for arg, name in (("input_size", "img_size"), ("num_frames", "num_frames")):
         if args.get(arg) is not None:
             config[name] = int(args[arg])
@@ -294,18 +329,35 @@ def official_classifier(
 
 _SOURCE = "SVFAP (Sun et al., IEEE TAC 2024), the paper's figure as its README restates it"
 PUBLISHED = {
-    "dfew": Published(62.83, 74.27, "mean over 5 folds", _SOURCE,
-                      "the README's released checkpoints reproduce 63.89 / 74.81"),
-    "ferv39k": Published(42.14, 52.29, "fixed test split", _SOURCE,
-                         "the README's released checkpoint reproduces 43.05 / 52.86"),
-    "mafw": Published(41.19, 54.28, "mean over 5 folds", _SOURCE,
-                      "the README's released checkpoints reproduce 43.51 / 56.31"),
-}  # fmt: skip
+    "dfew": Published(
+        62.83,
+        74.27,
+        "mean over 5 folds",
+        _SOURCE,
+        "the README's released checkpoints reproduce 63.89 / 74.81",
+    ),
+    "ferv39k": Published(
+        42.14,
+        52.29,
+        "fixed test split",
+        _SOURCE,
+        "the README's released checkpoint reproduces 43.05 / 52.86",
+    ),
+    "mafw": Published(
+        41.19,
+        54.28,
+        "mean over 5 folds",
+        _SOURCE,
+        "the README's released checkpoints reproduce 43.51 / 56.31",
+    ),
+}
 _INPUTS = InputContract(
-    num_frames=16, img_size=160, stride=4,
+    num_frames=16,
+    img_size=160,
+    stride=4,
     face_crop="the datasets' face crops, as MAE-DFER (SVFAP's split files are MAE-DFER's)",
     source="SVFAP (sunlicai/SVFAP): 16 frames, sampling rate 4, 160 px",
-)  # fmt: skip
+)
 
 
 @register_model(inputs=_INPUTS, published=PUBLISHED)

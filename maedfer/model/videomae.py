@@ -1,4 +1,4 @@
-"""VideoMAE ViT: the plain video ViT with joint space-time attention (MODEL.md §2.5).
+"""VideoMAE ViT: the plain video ViT with joint space-time attention (docs/reference.md).
 
 Tong et al., "VideoMAE: Masked Autoencoders are Data-Efficient Learners for Self-Supervised Video
 Pre-Training", NeurIPS 2022; code: https://github.com/MCG-NJU/VideoMAE (``modeling_finetune.py``,
@@ -36,23 +36,32 @@ from maedfer.model.registry import (
 FINETUNE = Layout(
     name="videomae-finetune",
     description="a VideoMAE fine-tuned classifier (modeling_finetune.VisionTransformer)",
-    table={"patch_embed.proj.": "patch_embed.proj.", "blocks.{}.": "blocks.{}.",
-           "fc_norm.": "fc_norm.", "head.": "head."},
+    table={
+        "patch_embed.proj.": "patch_embed.proj.",
+        "blocks.{}.": "blocks.{}.",
+        "fc_norm.": "fc_norm.",
+        "head.": "head.",
+    },
     markers=("blocks.0.attn.qkv.weight", "fc_norm.weight"),
     absent=("encoder.", "temporal_downsamples.", "lg_region_tokens", "head.video."),
     fits="videomae_*",
-)  # fmt: skip
+)
 PRETRAIN = Layout(
     name="videomae-pretrain",
     description="a VideoMAE pre-trained MAE (modeling_pretrain.PretrainVisionTransformer)",
-    table={"encoder.patch_embed.proj.": "patch_embed.proj.",
-           "encoder.blocks.{}.": "blocks.{}.", "encoder.norm.": None,
-           "encoder_to_decoder.": None, "mask_token": None, "decoder.": None},
+    table={
+        "encoder.patch_embed.proj.": "patch_embed.proj.",
+        "encoder.blocks.{}.": "blocks.{}.",
+        "encoder.norm.": None,
+        "encoder_to_decoder.": None,
+        "mask_token": None,
+        "decoder.": None,
+    },
     markers=("encoder.blocks.0.attn.qkv.weight", "encoder_to_decoder.weight"),
     absent=("encoder.temporal_downsamples.", "encoder_audio.", "encoder.lg_region_tokens"),
     fresh=("fc_norm.", "head."),
     fits="videomae_*",
-)  # fmt: skip
+)
 LAYOUTS = (FINETUNE, PRETRAIN)
 
 
@@ -159,12 +168,15 @@ def official_classifier(
         return None
     width, _, tubelet, patch, _ = state["patch_embed.proj.weight"].shape
     config: dict[str, Any] = {
-        "embed_dim": int(width), "num_heads": heads_of(int(width)), "patch_size": int(patch),
-        "tubelet_size": int(tubelet), "num_classes": int(state["head.weight"].shape[0]),
+        "embed_dim": int(width),
+        "num_heads": heads_of(int(width)),
+        "patch_size": int(patch),
+        "tubelet_size": int(tubelet),
+        "num_classes": int(state["head.weight"].shape[0]),
         "depth": len({int(m.group(1)) for k in state if (m := _BLOCK.match(k))}),
         "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / width,
         "qkv_bias": "blocks.0.attn.q_bias" in state,
-    }  # fmt: skip
+    }
     size = args.get("input_size")
     if args.get("num_frames") is not None:
         config["num_frames"] = int(args["num_frames"])
@@ -177,16 +189,20 @@ def official_classifier(
 
 # The MAE-DFER paper's baseline: VideoMAE ViT-B at MAE-DFER's 160 px, 16 frames of stride 4.
 _DFER_INPUTS = InputContract(
-    num_frames=16, img_size=160, stride=4,
+    num_frames=16,
+    img_size=160,
+    stride=4,
     face_crop="the datasets' face crops, as MAE-DFER (VoxCeleb2: its face-centred frames)",
     source="VideoMAE (MCG-NJU/VideoMAE) at MAE-DFER's 160 px",
-)  # fmt: skip
+)
 # Kinetics-400's own input: 16 frames of 224 px, stride 4 (the 16x4 schedule).
 _K400_INPUTS = InputContract(
-    num_frames=16, img_size=224, stride=4,
+    num_frames=16,
+    img_size=224,
+    stride=4,
     face_crop="none: Kinetics-400 scene frames (short side resized, 224 centre crop)",
     source="VideoMAE (MCG-NJU/VideoMAE), Kinetics-400 16x4",
-)  # fmt: skip
+)
 
 
 @register_model(inputs=_DFER_INPUTS)

@@ -1,4 +1,4 @@
-"""The stream of clips that feeds training and evaluation (DESIGN.md §1, MODEL.md §4).
+"""The stream of clips that feeds training and evaluation (docs/design.md, docs/recipe.md).
 
 ``build_loader(manifest, data, mode=...)`` (or ``build_loader(manifest, mode=...,
 batch_size=...)``) returns a :class:`ClipLoader` of :class:`ClipBatch` dicts. Modules:
@@ -23,11 +23,14 @@ import importlib
 from typing import Any
 
 _NAMES = {
-    "ClipBatch": "maedfer.pipelines.loader", "ClipLoader": "maedfer.pipelines.loader",
-    "build_loader": "maedfer.pipelines.loader", "make_mixup": "maedfer.pipelines.augment",
-    "normalise": "maedfer.pipelines.augment", "normalize": "maedfer.pipelines.augment",
+    "ClipBatch": "maedfer.pipelines.loader",
+    "ClipLoader": "maedfer.pipelines.loader",
+    "build_loader": "maedfer.pipelines.loader",
+    "make_mixup": "maedfer.pipelines.augment",
+    "normalise": "maedfer.pipelines.augment",
+    "normalize": "maedfer.pipelines.augment",
     "clip_from_frames": "maedfer.pipelines.augment",
-}  # fmt: skip
+}
 
 __all__ = sorted(_NAMES)
 

@@ -1,4 +1,4 @@
-"""Spatial augmentation and normalisation of clips (MODEL.md §4.1, §4.2, §5.2).
+"""Spatial augmentation and normalisation of clips (docs/recipe.md).
 
 Random parameters (crop boxes, flips, erasing boxes, seeds) are drawn on the CPU from a numpy
 ``Generator`` by pure functions, so the DALI pipeline and the PyAV loader apply the same
@@ -14,9 +14,9 @@ augmentation to the same sample; the pixels are then changed by whichever backen
 - :func:`normalise` — the ImageNet normalisation of every backend; :func:`clip_from_frames` —
   frames to a normalised model input (inference).
 - :func:`finish_clip` — after ImageNet normalisation: the optional clip-mean subtraction
-  (DESIGN.md §8) and random erasing (p 0.25, pixel mode, one box, the same box on every frame).
-- :func:`make_mixup` — timm Mixup/CutMix with the §5.2 defaults, for 5-D video batches; the
-  train loop applies it (the loader does not).
+  (docs/design.md) and random erasing (p 0.25, pixel mode, one box, the same box on every frame).
+- :func:`make_mixup` — timm Mixup/CutMix with the official fine-tuning defaults, for 5-D video
+  batches; the train loop applies it (the loader does not).
 """
 
 from __future__ import annotations
@@ -29,11 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from maedfer.constants import IMAGENET_MEAN, IMAGENET_STD, RAND_AUGMENT
 from maedfer.errors import MaedferError
-from maedfer.pipelines.options import RAND_AUGMENT  # noqa: F401 (re-exported: its home is options)
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "RAND_AUGMENT"]  # theirs: maedfer.constants
 MULTI_SCALES: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
 ERASE_PROB = 0.25
 FLIP_PROB = 0.5
@@ -99,7 +98,7 @@ def multi_scale_crop_box(
     scales: Sequence[float] = MULTI_SCALES,
     max_distort: int = 1,
 ) -> Box:
-    """TSN multi-scale crop (MODEL.md §4.1): a (w, h) pair of scaled sides, then a fixed offset.
+    """TSN multi-scale crop (docs/recipe.md): a (w, h) pair of scaled sides, then a fixed offset.
 
     Sides are ``int(min(height, width) * s)`` for each scale, snapped to ``out_size`` when within
     2 px; (w, h) pairs whose scale ranks differ by at most ``max_distort`` are equally likely.
@@ -172,8 +171,7 @@ def resize_frames(frames: torch.Tensor, box: Box | None, size: int) -> torch.Ten
     return frames
 
 
-def normalise(video: torch.Tensor, *, channel_dim: int = -3,
-              inplace: bool = False) -> torch.Tensor:
+def normalise(video: torch.Tensor, *, channel_dim: int = -3, inplace: bool = False) -> torch.Tensor:
     """ImageNet normalisation of values in [0, 255] → float32: ``(x - 255·mean) / (255·std)``.
 
     The one normalisation of every backend and of inference. ``channel_dim`` is the axis of
@@ -212,15 +210,15 @@ def normalised_clip(video: np.ndarray, *, flip: bool = False) -> torch.Tensor:
 _BAND_ROWS = 32  # 32 rows of a 160-wide clip of 16 frames: 1 MB, in cache
 
 
-def clip_from_frames(frames: np.ndarray | torch.Tensor, *,
-                     subtract_mean: bool = False) -> torch.Tensor:
+def clip_from_frames(
+    frames: np.ndarray | torch.Tensor, *, subtract_mean: bool = False
+) -> torch.Tensor:
     """Model input ``(3, T, H, W)`` float32 from ``(T, H, W, 3)`` uint8 RGB frames, normalised as
     the loaders' clips are (:func:`normalise`, then :func:`finish_clip`'s mean-frame subtraction).
     What inference (``predict``) feeds the model for one window."""
     clip = torch.as_tensor(np.asarray(frames) if isinstance(frames, np.ndarray) else frames)
     clip = clip.permute(3, 0, 1, 2).float()
-    return finish_clip(normalise(clip, channel_dim=-4, inplace=True),
-                       subtract_mean=subtract_mean)
+    return finish_clip(normalise(clip, channel_dim=-4, inplace=True), subtract_mean=subtract_mean)
 
 
 def finish_clip(
@@ -233,7 +231,7 @@ def finish_clip(
 ) -> torch.Tensor:
     """The last steps on a normalised clip ``(3, T, H, W)``, the same on every backend.
 
-    ``subtract_mean`` removes the clip's mean frame (over T) from every frame (DESIGN.md §8):
+    ``subtract_mean`` removes the clip's mean frame (over T) from every frame (docs/design.md):
     the result is ``(x - mean_t x) / (255 · std)``, i.e. ImageNet scaling with the clip's own
     mean in place of the ImageNet mean. ``erase`` fills that box with standard-normal noise in
     every frame (timm "pixel" mode, the same box in all frames); the noise comes from a CPU
@@ -254,8 +252,7 @@ def erase_noise(erase: Box, frames: int, seed: int) -> torch.Tensor:
     """The noise random erasing writes into ``erase`` on ``frames`` frames: standard normal
     ``(3, frames, h, w)`` float32 from a CPU generator seeded with ``seed`` (every backend, on any
     device, writes these same values)."""
-    return torch.randn((3, frames, erase.h, erase.w),
-                       generator=torch.Generator().manual_seed(seed))
+    return torch.randn((3, frames, erase.h, erase.w), generator=torch.Generator().manual_seed(seed))
 
 
 def erased(video: torch.Tensor, erase: Box, seed: int) -> torch.Tensor:
@@ -302,7 +299,7 @@ def make_mixup(
     mode: str = "batch",
     label_smoothing: float = 0.1,
 ) -> VideoMixup | None:
-    """Mixup/CutMix with MODEL.md §5.2's defaults (α 0.8 / 1.0, prob 1, switch 0.5, batch mode,
+    """Mixup/CutMix with docs/recipe.md's defaults (α 0.8 / 1.0, prob 1, switch 0.5, batch mode,
     label smoothing 0.1 folded into the soft targets); use with ``SoftTargetCrossEntropy``.
 
     Returns ``None`` when both alphas are 0 (no mixing: use plain label-smoothed cross-entropy).

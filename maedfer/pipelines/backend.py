@@ -23,6 +23,8 @@ the frames ``spec.frame_indices``; the plan's crop, RandAugment ops, box and fli
 choices and the command line's ``--backend`` choices are read from it. Adding a backend (say
 torchcodec) is one module defining ``BACKEND`` and one row here. This module imports neither
 torch nor a decoder, so the command line and the configs read the table cheaply.
+
+Documented in docs/design.md, "Decoding backends".
 """
 
 from __future__ import annotations
@@ -65,21 +67,38 @@ class BackendEntry:
 
 #: The backends, in the order ``auto`` prefers them (the first available wins).
 BACKENDS: dict[str, BackendEntry] = {
-    entry.name: entry for entry in (
-        BackendEntry("dali", "maedfer.pipelines.dali", "NVIDIA DALI: NVDEC decoding, crop, "
-                     "resize, RandAugment on the GPU (CPU: VP8/VP9/MJPEG only)",
-                     requires="nvidia.dali", extra="gpu", gpu=True, threads=True),
-        BackendEntry("hybrid", "maedfer.pipelines.hybrid", "PyAV decodes only the frames a "
-                     "sample needs in worker processes; colour conversion and augmentation "
-                     "batched on the GPU", requires="av", gpu=True),
-        BackendEntry("pyav", "maedfer.pipelines.pyav", "PyAV in DataLoader worker processes "
-                     "on the CPU, every codec", requires="av"),
+    entry.name: entry
+    for entry in (
+        BackendEntry(
+            "dali",
+            "maedfer.pipelines.dali",
+            "NVIDIA DALI: NVDEC decoding, crop, "
+            "resize, RandAugment on the GPU (CPU: VP8/VP9/MJPEG only)",
+            requires="nvidia.dali",
+            extra="gpu",
+            gpu=True,
+            threads=True,
+        ),
+        BackendEntry(
+            "hybrid",
+            "maedfer.pipelines.hybrid",
+            "PyAV decodes only the frames a "
+            "sample needs in worker processes; colour conversion and augmentation "
+            "batched on the GPU",
+            requires="av",
+            gpu=True,
+        ),
+        BackendEntry(
+            "pyav",
+            "maedfer.pipelines.pyav",
+            "PyAV in DataLoader worker processes on the CPU, every codec",
+            requires="av",
+        ),
     )
-}  # fmt: skip
-#: What ``backend=`` accepts: ``auto`` and the table's names.
-CHOICES: tuple[str, ...] = ("auto", *BACKENDS)
+}
 #: The backend the others defer to on whether a file decodes (it reads every codec).
 REFERENCE = "pyav"
+
 
 def choices() -> tuple[str, ...]:
     """``auto`` and the backends of the table as it is now."""
@@ -109,8 +128,10 @@ def load(name: str) -> Backend:
     row = entry(name)
     if not installed(name):
         hint = f" (pip install 'maedfer[{row.extra}]')" if row.extra else ""
-        raise MaedferError(f"backend {name!r} needs {row.requires}{hint}; use backend "
-                           f"{REFERENCE} (training: --set data.backend={REFERENCE})")
+        raise MaedferError(
+            f"backend {name!r} needs {row.requires}{hint}; use backend "
+            f"{REFERENCE} (training: --set data.backend={REFERENCE})"
+        )
     return importlib.import_module(row.module).BACKEND
 
 
@@ -123,9 +144,17 @@ class Backend(Protocol):
 
     def unsupported(self, config: SampleConfig) -> dict[str, str]: ...
 
-    def epoch(self, plan: EpochPlan, *, batch_size: int, drop_last: bool, workers: int,
-              device: torch.device | None, faults: Faults,
-              session: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]: ...
+    def epoch(
+        self,
+        plan: EpochPlan,
+        *,
+        batch_size: int,
+        drop_last: bool,
+        workers: int,
+        device: torch.device | None,
+        faults: Faults,
+        session: dict[str, Any] | None = None,
+    ) -> Iterator[dict[str, Any]]: ...
 
     def decodes(self, spec: SampleSpec) -> bool: ...
 
@@ -187,16 +216,22 @@ class Faults:
             self._logged.add(path)
             log.warning("faulty clip replaced by another sample: %s: %s", path, reason)
             if len(self._logged) == LOGGED_FAULTS:
-                log.warning("further faulty clips are counted, not logged one by one (a "
-                            "training run lists them all in its bad_clips.json)")
+                log.warning(
+                    "further faulty clips are counted, not logged one by one (a "
+                    "training run lists them all in its bad_clips.json)"
+                )
 
 
 T = TypeVar("T")
 
 
-def sample_with_retries(plan: EpochPlan, i: int, read: Callable[[SampleSpec], T], *,
-                        skip: set[str] | frozenset[str] = frozenset(),
-                        ) -> tuple[SampleSpec, T, list[tuple[int, str, str]]]:
+def sample_with_retries(
+    plan: EpochPlan,
+    i: int,
+    read: Callable[[SampleSpec], T],
+    *,
+    skip: set[str] | frozenset[str] = frozenset(),
+) -> tuple[SampleSpec, T, list[tuple[int, str, str]]]:
     """Sample ``i`` read by ``read(spec)``, replaced (``plan.spec(i, attempt=k)``) while faulty.
 
     A file in ``skip`` counts as faulty without being read. Returns the spec, what ``read``
@@ -215,8 +250,7 @@ def sample_with_retries(plan: EpochPlan, i: int, read: Callable[[SampleSpec], T]
         except BadClipError as exc:
             faults.append((i, exc.path, exc.reason))
     path, reason = faults[-1][1:]
-    raise MaedferError(f"{MAX_ATTEMPTS} samples in a row failed to decode, last: {path}: "
-                       f"{reason}")
+    raise MaedferError(f"{MAX_ATTEMPTS} samples in a row failed to decode, last: {path}: {reason}")
 
 
 def probe_num_frames(path: str) -> int:

@@ -17,6 +17,8 @@ The GPU backends (DALI, hybrid) augment a batch of frames where it lies. For eve
 (:mod:`maedfer.pipelines.backend`). Values equal the per-sample torch executors' (RandAugment
 exactly; the crop's bilinear resize within 1e-3/255 of ``interpolate``: one ``grid_sample``
 over the batch, whose float32 coordinates differ from the resize's by 1e-5 pixel).
+
+Documented in docs/design.md, "Decoding backends".
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from maedfer.constants import IMAGENET_MEAN, IMAGENET_STD
 from maedfer.pipelines import augment, rand_augment_batch
 
 if TYPE_CHECKING:
@@ -64,15 +67,18 @@ class Params:
     def pin(self) -> Params:
         """Move the staged buffers to pinned memory (a batch bound for CUDA; in the process
         that copies it to the device)."""
-        self._buffers = {dt: b if b.is_pinned() else b.pin_memory()
-                         for dt, b in self._buffers.items()}
+        self._buffers = {
+            dt: b if b.is_pinned() else b.pin_memory() for dt, b in self._buffers.items()
+        }
         return self
 
     def to(self, device: torch.device) -> list[torch.Tensor]:
         """The arrays on ``device``, in ``put`` order (one non-blocking copy per dtype)."""
         moved = {dt: b.to(device, non_blocking=True) for dt, b in self._buffers.items()}
-        return [moved[dt][offset : offset + int(np.prod(shape))].view(shape)
-                for dt, offset, shape in self._layout]  # fmt: skip
+        return [
+            moved[dt][offset : offset + int(np.prod(shape))].view(shape)
+            for dt, offset, shape in self._layout
+        ]
 
 
 @dataclass(frozen=True)
@@ -90,22 +96,24 @@ class Constants:
 
 
 @functools.lru_cache(maxsize=32)
-def constants(device: torch.device, height: int, width: int,
-              fill: tuple[int, ...] = (0, 0, 0)) -> Constants:
+def constants(
+    device: torch.device, height: int, width: int, fill: tuple[int, ...] = (0, 0, 0)
+) -> Constants:
     """The constants on ``device`` (made once per process and key: a few small copies)."""
     shape = (1, 3, 1, 1, 1)
     smooth = torch.ones(3, 1, 1, 3, 3)
     smooth[..., 1, 1] = 5
     made = Constants(
         # the float32 values of augment.normalise: the tuple as float32, times 255
-        mean=(torch.tensor(augment.IMAGENET_MEAN).view(shape) * 255).to(device),
-        std=(torch.tensor(augment.IMAGENET_STD).view(shape) * 255).to(device),
+        mean=(torch.tensor(IMAGENET_MEAN).view(shape) * 255).to(device),
+        std=(torch.tensor(IMAGENET_STD).view(shape) * 255).to(device),
         rows=torch.arange(height, dtype=torch.float64).view(height, 1).to(device),
         cols=torch.arange(width, dtype=torch.float64).view(1, width).to(device),
-        ramp=torch.arange(256).to(device), ramp64=torch.arange(256, dtype=torch.float64)
-        .to(device), smooth=smooth.to(device),
+        ramp=torch.arange(256).to(device),
+        ramp64=torch.arange(256, dtype=torch.float64).to(device),
+        smooth=smooth.to(device),
         fill=torch.tensor(fill, dtype=torch.float32).view(shape).to(device),
-    )  # fmt: skip
+    )
     if device.type == "cuda":  # once: any stream may read them from now on
         torch.cuda.synchronize(device)
     return made
@@ -116,8 +124,7 @@ class BatchExecutor:
     """A step's batched executor: ``pack`` on the host, ``run`` on the device."""
 
     pack: Callable[[list[SampleSpec], SampleConfig, Params], Any]
-    run: Callable[[torch.Tensor, Any, list[torch.Tensor], Constants, SampleConfig],
-                  torch.Tensor]
+    run: Callable[[torch.Tensor, Any, list[torch.Tensor], Constants, SampleConfig], torch.Tensor]
 
 
 def _subset(specs: list[SampleSpec], chosen: list[int], params: Params) -> int | None:
@@ -127,8 +134,9 @@ def _subset(specs: list[SampleSpec], chosen: list[int], params: Params) -> int |
     return params.put(np.array(chosen, dtype=np.int64))
 
 
-def _apply(x: torch.Tensor, index: torch.Tensor | None,
-           op: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def _apply(
+    x: torch.Tensor, index: torch.Tensor | None, op: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
     """``op`` on the samples ``index`` of ``x`` (all when ``None``), written back."""
     if index is None:
         return op(x)
@@ -150,38 +158,49 @@ def _sampling_points(start: int, length: int, size: int, frame: int) -> np.ndarr
     return ((2 * (start + src) + 1) / frame - 1).astype(np.float32)
 
 
-def _pack_crop(specs: list[SampleSpec], config: SampleConfig,
-               params: Params) -> tuple[int | None, int, int] | None:
+def _pack_crop(
+    specs: list[SampleSpec], config: SampleConfig, params: Params
+) -> tuple[int | None, int, int] | None:
     chosen = [i for i, s in enumerate(specs) if s.box is not None]
     if not chosen:
         return None
     size = config.size
-    cols = np.stack([_sampling_points(specs[i].box.x, specs[i].box.w, size, size)
-                     for i in chosen])  # fmt: skip
-    rows = np.stack([_sampling_points(specs[i].box.y, specs[i].box.h, size, size)
-                     for i in chosen])  # fmt: skip
+    cols = np.stack([_sampling_points(specs[i].box.x, specs[i].box.w, size, size) for i in chosen])
+    rows = np.stack([_sampling_points(specs[i].box.y, specs[i].box.h, size, size) for i in chosen])
     return _subset(specs, chosen, params), params.put(cols), params.put(rows)
 
 
-def _run_crop(x: torch.Tensor, packed: tuple[int | None, int, int] | None,
-              tensors: list[torch.Tensor], consts: Constants,
-              config: SampleConfig) -> torch.Tensor:
+def _run_crop(
+    x: torch.Tensor,
+    packed: tuple[int | None, int, int] | None,
+    tensors: list[torch.Tensor],
+    consts: Constants,
+    config: SampleConfig,
+) -> torch.Tensor:
     """Each sample's box resized to the frame size: one bilinear ``grid_sample`` with a grid
     per sample (within 1e-3/255 of ``interpolate`` on the cut box: the grid's float32
     coordinates)."""
     if packed is None:
         return x
-    index, cols, rows = (None if packed[0] is None else tensors[packed[0]],
-                         tensors[packed[1]], tensors[packed[2]])
+    index, cols, rows = (
+        None if packed[0] is None else tensors[packed[0]],
+        tensors[packed[1]],
+        tensors[packed[2]],
+    )
     s = config.size
 
     def resize(sub: torch.Tensor) -> torch.Tensor:
         g, c, t, h, w = sub.shape
-        grid = torch.stack([cols.view(g, 1, s).expand(g, s, s),
-                            rows.view(g, s, 1).expand(g, s, s)], dim=-1)
-        out = torch.nn.functional.grid_sample(sub.reshape(g, c * t, h, w), grid,
-                                              mode="bilinear", padding_mode="border",
-                                              align_corners=False)
+        grid = torch.stack(
+            [cols.view(g, 1, s).expand(g, s, s), rows.view(g, s, 1).expand(g, s, s)], dim=-1
+        )
+        out = torch.nn.functional.grid_sample(
+            sub.reshape(g, c * t, h, w),
+            grid,
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=False,
+        )
         return out.view(g, c, t, s, s)
 
     return _apply(x, index, resize)
@@ -195,8 +214,13 @@ def _pack_flip(specs: list[SampleSpec], config: SampleConfig, params: Params) ->
     return (_subset(specs, chosen, params),) if chosen else None
 
 
-def _run_flip(x: torch.Tensor, packed: Any, tensors: list[torch.Tensor], consts: Constants,
-              config: SampleConfig) -> torch.Tensor:
+def _run_flip(
+    x: torch.Tensor,
+    packed: Any,
+    tensors: list[torch.Tensor],
+    consts: Constants,
+    config: SampleConfig,
+) -> torch.Tensor:
     if packed is None:
         return x
     index = None if packed[0] is None else tensors[packed[0]]
@@ -209,22 +233,38 @@ def _pack_sign(specs: list[SampleSpec], config: SampleConfig, params: Params) ->
     return params.put(np.array([-1.0 if s.negate else 1.0 for s in specs], np.float32))
 
 
-def _run_sign(x: torch.Tensor, packed: int | None, tensors: list[torch.Tensor],
-              consts: Constants, config: SampleConfig) -> torch.Tensor:
+def _run_sign(
+    x: torch.Tensor,
+    packed: int | None,
+    tensors: list[torch.Tensor],
+    consts: Constants,
+    config: SampleConfig,
+) -> torch.Tensor:
     """``-x`` for the negated samples (times -1 or 1: the same bits as ``-x`` and ``x``)."""
     return x if packed is None else x.mul_(tensors[packed].view(-1, 1, 1, 1, 1))
 
 
-def _pack_erasing(specs: list[SampleSpec], config: SampleConfig,
-                  params: Params) -> list[tuple[int, augment.Box, int]]:
-    return [(i, s.erase, params.put(augment.erase_noise(s.erase, config.num_frames,
-                                                        s.erase_seed).numpy()))
-            for i, s in enumerate(specs) if s.erase is not None]  # fmt: skip
+def _pack_erasing(
+    specs: list[SampleSpec], config: SampleConfig, params: Params
+) -> list[tuple[int, augment.Box, int]]:
+    return [
+        (
+            i,
+            s.erase,
+            params.put(augment.erase_noise(s.erase, config.num_frames, s.erase_seed).numpy()),
+        )
+        for i, s in enumerate(specs)
+        if s.erase is not None
+    ]
 
 
-def _run_erasing(x: torch.Tensor, packed: list[tuple[int, augment.Box, int]],
-                 tensors: list[torch.Tensor], consts: Constants,
-                 config: SampleConfig) -> torch.Tensor:
+def _run_erasing(
+    x: torch.Tensor,
+    packed: list[tuple[int, augment.Box, int]],
+    tensors: list[torch.Tensor],
+    consts: Constants,
+    config: SampleConfig,
+) -> torch.Tensor:
     """The erasing noise (made on the host from each sample's seed, as every backend's) into
     each erased sample's box; boxes are host numbers, so nothing is read back."""
     for i, box, key in packed:
@@ -232,8 +272,13 @@ def _run_erasing(x: torch.Tensor, packed: list[tuple[int, augment.Box, int]],
     return x
 
 
-def _run_rand_augment(x: torch.Tensor, packed: Any, tensors: list[torch.Tensor],
-                      consts: Constants, config: SampleConfig) -> torch.Tensor:
+def _run_rand_augment(
+    x: torch.Tensor,
+    packed: Any,
+    tensors: list[torch.Tensor],
+    consts: Constants,
+    config: SampleConfig,
+) -> torch.Tensor:
     return rand_augment_batch.run(x, packed, tensors, consts, config)
 
 
@@ -262,8 +307,13 @@ class PreparedBatch:
         return self
 
 
-def prepare(specs: list[SampleSpec], config: SampleConfig, *,
-            stages: frozenset[str] | None = None, pin: bool = False) -> PreparedBatch:
+def prepare(
+    specs: list[SampleSpec],
+    config: SampleConfig,
+    *,
+    stages: frozenset[str] | None = None,
+    pin: bool = False,
+) -> PreparedBatch:
     """Pack one batch (host side: the loader's producer calls it ahead of the batch).
 
     ``stages``: the stages still to run (``None``: all; DALI without RandAugment did the crop

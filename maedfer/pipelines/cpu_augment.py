@@ -7,6 +7,8 @@ last so one OpenCV call covers every frame), the later ones on the normalised cl
 ``(3, T, H, W)``. Work later steps do not need is not done: RandAugment computes only the part
 of the frames the crop box keeps (:func:`maedfer.pipelines.rand_augment.source_region`), and the
 flip is folded into the normalisation pass (:func:`maedfer.pipelines.augment.normalised_clip`).
+
+Documented in docs/design.md, "Decoding backends".
 """
 
 from __future__ import annotations
@@ -55,11 +57,17 @@ def resize_hw(image: np.ndarray, height: int, width: int) -> np.ndarray:
     if planes.shape[2] <= 512:  # OpenCV takes at most 512 channels per call
         out = cv2.resize(planes, size, interpolation=cv2.INTER_LINEAR)
     else:
-        out = np.concatenate([
-            cv2.resize(np.ascontiguousarray(planes[:, :, i : i + 512]), size,
-                       interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
-            for i in range(0, planes.shape[2], 512)
-        ], axis=2)  # fmt: skip
+        out = np.concatenate(
+            [
+                cv2.resize(
+                    np.ascontiguousarray(planes[:, :, i : i + 512]),
+                    size,
+                    interpolation=cv2.INTER_LINEAR,
+                ).reshape(height, width, -1)
+                for i in range(0, planes.shape[2], 512)
+            ],
+            axis=2,
+        )
     return out.reshape(height, width, *image.shape[2:])
 
 
@@ -86,8 +94,9 @@ def rand_augment(frames: CpuFrames, spec: SampleSpec, config: SampleConfig) -> C
     if not spec.rand_augment:
         return frames
     policy = policy_for(config.rand_augment_policy, config.size)
-    images = policy.apply_numpy(as_images(frames.video), spec.rand_augment, keep=frames.box,
-                                source=frames.source)
+    images = policy.apply_numpy(
+        as_images(frames.video), spec.rand_augment, keep=frames.box, source=frames.source
+    )
     return replace(frames, video=as_planes(images), source=frames.box)
 
 
@@ -98,8 +107,9 @@ def crop(frames: CpuFrames, spec: SampleSpec, config: SampleConfig) -> CpuFrames
         return frames
     if frames.source is not None:  # the box, in the coordinates of the part at hand
         box = Box(box.x - frames.source.x, box.y - frames.source.y, box.w, box.h)
-    video = resize_hw(frames.video[box.y : box.y + box.h, box.x : box.x + box.w], config.size,
-                      config.size)
+    video = resize_hw(
+        frames.video[box.y : box.y + box.h, box.x : box.x + box.w], config.size, config.size
+    )
     return replace(frames, video=video, source=None, box=None)
 
 

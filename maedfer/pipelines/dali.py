@@ -2,7 +2,7 @@
 
 Imported only when this backend is chosen (``import maedfer`` works without DALI). The same
 pipeline definition runs on the GPU (``device="mixed"`` decoder: H.264, HEVC, VP9, AV1, …) and on
-the CPU (``device_id=None``: DALI 2.4 decodes only VP8, VP9 and MJPEG there, DESIGN.md §7), which
+the CPU (``device_id=None``: DALI 2.4 decodes only VP8, VP9 and MJPEG there, docs/design.md), which
 is how the CPU tests run it.
 
 A loader builds its pipeline once (:class:`DaliSession`, kept across epochs; a new one only after
@@ -63,8 +63,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "(training: --set data.backend=pyav)"
     ) from exc
 
-_OUTPUTS = ("encoded", "frames", "crop_end", "crop_start", "full", "box_start", "box_end",
-            "mirror")
+_OUTPUTS = ("encoded", "frames", "crop_end", "crop_start", "full", "box_start", "box_end", "mirror")
 
 
 def _read(path: str) -> np.ndarray:
@@ -163,8 +162,15 @@ class _OneSample:
         return [[a] for a in self.arrays]
 
 
-def _build(source: Any, *, batch_size: int, threads: int, device_id: int | None,
-           size: int, rand_augment: bool) -> Any:
+def _build(
+    source: Any,
+    *,
+    batch_size: int,
+    threads: int,
+    device_id: int | None,
+    size: int,
+    rand_augment: bool,
+) -> Any:
     """The one pipeline definition, GPU (``device_id`` set) or CPU (``None``).
 
     Output: with ``rand_augment``, uint8 ``(B, F, size, size, 3)`` frames after the manifest crop
@@ -173,30 +179,49 @@ def _build(source: Any, *, batch_size: int, threads: int, device_id: int | None,
     """
     linear = {"interp_type": types.INTERP_LINEAR, "antialias": False, "size": [size, size]}
 
-    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id,
-                  exec_dynamic=True, prefetch_queue_depth=2)
+    @pipeline_def(
+        batch_size=batch_size,
+        num_threads=threads,
+        device_id=device_id,
+        exec_dynamic=True,
+        prefetch_queue_depth=2,
+    )
     def clip_pipeline():  # noqa: ANN202 (DALI graph)
         dtypes = [types.UINT8] + [types.INT32] * 7
-        (encoded, frames, crop_end, crop_start, full, box_start, box_end,
-         mirror) = fn.external_source(source=source, num_outputs=len(_OUTPUTS), batch=True,
-                                      batch_info=True, dtype=dtypes)  # fmt: skip
-        video = fn.decoders.video(encoded, device="cpu" if device_id is None else "mixed",
-                                  frames=frames, pad_mode="edge")
+        (encoded, frames, crop_end, crop_start, full, box_start, box_end, mirror) = (
+            fn.external_source(
+                source=source, num_outputs=len(_OUTPUTS), batch=True, batch_info=True, dtype=dtypes
+            )
+        )
+        video = fn.decoders.video(
+            encoded, device="cpu" if device_id is None else "mixed", frames=frames, pad_mode="edge"
+        )
         # crop, then resize the crop alone: bilinear at the crop's border then repeats the
         # border pixel, as torch does on the PyAV path (a resize ROI would read pixels outside)
         frame_hw = video.shape(dtype=types.INT32)[1:3]  # (F, H, W, C) -> (H, W)
-        video = fn.slice(video, start=crop_start, end=crop_end + full * frame_hw,
-                         axis_names="HW", out_of_bounds_policy="trim_to_shape")
+        video = fn.slice(
+            video,
+            start=crop_start,
+            end=crop_end + full * frame_hw,
+            axis_names="HW",
+            out_of_bounds_policy="trim_to_shape",
+        )
         video = fn.resize(video, **linear)
-        if rand_augment:  # RandAugment works on these uint8 frames, before the box (§4.2)
+        if rand_augment:  # RandAugment works on these uint8 frames, before the box (docs/recipe.md)
             return video
-        video = fn.slice(video, start=box_start, end=box_end, axis_names="HW",
-                         out_of_bounds_policy="trim_to_shape")
-        # float output: the augmentation resize is not rounded (as in torch, MODEL.md §4.2)
+        video = fn.slice(
+            video,
+            start=box_start,
+            end=box_end,
+            axis_names="HW",
+            out_of_bounds_policy="trim_to_shape",
+        )
+        # float output: the augmentation resize is not rounded (as in torch, docs/recipe.md)
         video = fn.resize(video, dtype=types.FLOAT, **linear)
         # layout and flip only: the normalisation is augment.normalise, after DALI
-        return fn.crop_mirror_normalize(video, dtype=types.FLOAT, output_layout="CFHW",
-                                        mirror=mirror)
+        return fn.crop_mirror_normalize(
+            video, dtype=types.FLOAT, output_layout="CFHW", mirror=mirror
+        )
 
     return clip_pipeline()
 
@@ -204,8 +229,15 @@ def _build(source: Any, *, batch_size: int, threads: int, device_id: int | None,
 class DaliSession:
     """One loader's DALI pipeline and its feeding, kept from epoch to epoch."""
 
-    def __init__(self, config: SampleConfig, *, batch_size: int, threads: int,
-                 device: torch.device, faults: Faults) -> None:
+    def __init__(
+        self,
+        config: SampleConfig,
+        *,
+        batch_size: int,
+        threads: int,
+        device: torch.device,
+        faults: Faults,
+    ) -> None:
         self.config, self.batch_size, self.threads = config, batch_size, threads
         self.device, self.faults = device, faults
         self.device_id = (device.index or 0) if device.type == "cuda" else None
@@ -222,16 +254,24 @@ class DaliSession:
         self.pool.shutdown(wait=False)
 
     def _pipeline(self, source: Any, batch_size: int) -> Any:
-        return _build(source, batch_size=batch_size, threads=self.threads,
-                      device_id=self.device_id, size=self.config.size,
-                      rand_augment=self.rand_augment)
+        return _build(
+            source,
+            batch_size=batch_size,
+            threads=self.threads,
+            device_id=self.device_id,
+            size=self.config.size,
+            rand_augment=self.rand_augment,
+        )
 
     def _rebuild(self) -> None:
         self.source.feed(None)
-        self.iterator = DALIGenericIterator([self._pipeline(self.source, self.batch_size)],
-                                            ["video"], auto_reset=False,
-                                            prepare_first_batch=False,
-                                            last_batch_policy=LastBatchPolicy.PARTIAL)
+        self.iterator = DALIGenericIterator(
+            [self._pipeline(self.source, self.batch_size)],
+            ["video"],
+            auto_reset=False,
+            prepare_first_batch=False,
+            last_batch_policy=LastBatchPolicy.PARTIAL,
+        )
         self.builds += 1
         self.state = "new"
 
@@ -246,24 +286,33 @@ class DaliSession:
         made = list(self.pool.map(one, positions))
         specs = [spec for spec, _, _ in made]
         size = self.config.size
-        columns = [list(c) for c in zip(*(_sample_arrays(spec, data, size)
-                                          for spec, data, _ in made), strict=True)]
+        columns = [
+            list(c)
+            for c in zip(*(_sample_arrays(spec, data, size) for spec, data, _ in made), strict=True)
+        ]
         stages = None if self.rand_augment else _AFTER_DALI
         prepared = prepare(specs, self.config, stages=stages, pin=self.device.type == "cuda")
         label = torch.tensor([s.label for s in specs], dtype=torch.long)
         view = torch.tensor([s.view for s in specs], dtype=torch.long)
         if self.device.type == "cuda":  # the training step moves them without blocking
             label, view = label.pin_memory(), view.pin_memory()
-        return _Batch(specs, columns, prepared, label, view,
-                      [f for _, _, faults in made for f in faults])
+        return _Batch(
+            specs, columns, prepared, label, view, [f for _, _, faults in made for f in faults]
+        )
 
     def _feed(self, plan: EpochPlan, first: int, count: int) -> None:
         """Feed batches ``first..count-1`` of ``plan`` to the pipeline: the same pipeline when
         it ended its last epoch cleanly, a new one otherwise."""
         if self.iterator is None or self.state == "running":
             self._rebuild()
-        self.source.feed(Producer(lambda k: self._make(plan, k), range(first, count), ahead=2,
-                                  name="maedfer-dali-producer"))
+        self.source.feed(
+            Producer(
+                lambda k: self._make(plan, k),
+                range(first, count),
+                ahead=2,
+                name="maedfer-dali-producer",
+            )
+        )
         if self.state == "ended":
             self.iterator.reset()  # the next epoch of the same pipeline (DALI reads ahead now)
         self.state = "running"
@@ -339,8 +388,9 @@ class DaliSession:
         fault is DALI's (say an H.264 clip for the CPU decoder), not the files': that is an
         error, not a replacement.
         """
-        failed = {spec.position: (spec, why) for spec in specs
-                  if (why := self._decodes(spec)) is not None}
+        failed = {
+            spec.position: (spec, why) for spec in specs if (why := self._decodes(spec)) is not None
+        }
         if specs and len(failed) == len(specs):
             reference = backend.load(backend.REFERENCE)
             for spec in specs:
@@ -362,8 +412,12 @@ class DaliSession:
         if self.rand_augment:  # uint8 (B, F, S, S, 3) → (B, 3, F, S, S), a view
             video = video.permute(0, 4, 1, 2, 3)
         # else float (B, 3, F, S, S), cropped and flipped: normalised in place
-        return {"video": augment_batch(video, batch.prepared), "label": batch.label,
-                "clip_id": [s.clip_id for s in batch.specs], "view": batch.view}
+        return {
+            "video": augment_batch(video, batch.prepared),
+            "label": batch.label,
+            "clip_id": [s.clip_id for s in batch.specs],
+            "view": batch.view,
+        }
 
 
 class DaliBackend:
@@ -382,15 +436,29 @@ class DaliBackend:
         """Whether DALI decodes the sample alone, on the GPU when there is one."""
         device_id = 0 if torch.cuda.is_available() else None
         try:
-            _build(_OneSample(spec, 16), batch_size=1, threads=1, device_id=device_id, size=16,
-                   rand_augment=False).run()
+            _build(
+                _OneSample(spec, 16),
+                batch_size=1,
+                threads=1,
+                device_id=device_id,
+                size=16,
+                rand_augment=False,
+            ).run()
         except (BadClipError, RuntimeError):
             return False
         return True
 
-    def epoch(self, plan: EpochPlan, *, batch_size: int, drop_last: bool, workers: int,
-              device: torch.device | None, faults: Faults,
-              session: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    def epoch(
+        self,
+        plan: EpochPlan,
+        *,
+        batch_size: int,
+        drop_last: bool,
+        workers: int,
+        device: torch.device | None,
+        faults: Faults,
+        session: dict[str, Any] | None = None,
+    ) -> Iterator[dict[str, Any]]:
         """The epoch's batches; ``session`` (the loader's) keeps the pipeline for the next."""
         assert device is not None  # resolve_backend always gives DALI a device
         if device.type == "cuda" and nvdec.library() is None:
@@ -401,9 +469,13 @@ class DaliBackend:
             if "dali" in session:
                 session["dali"].close()
             session["key"] = key
-            session["dali"] = DaliSession(plan.config, batch_size=batch_size,
-                                          threads=max(1, workers), device=device,
-                                          faults=faults)
+            session["dali"] = DaliSession(
+                plan.config,
+                batch_size=batch_size,
+                threads=max(1, workers),
+                device=device,
+                faults=faults,
+            )
         yield from session["dali"].epoch(plan, drop_last)
 
 

@@ -10,6 +10,8 @@ device work on a side CUDA stream, one batch ahead.
   device it is a no-op.
 - :func:`one_ahead` asks for batch ``k + 1`` (which enqueues its device work) before it yields
   batch ``k``.
+
+Documented in docs/design.md, "Decoding backends".
 """
 
 from __future__ import annotations
@@ -29,8 +31,14 @@ class Producer(Generic[T]):
     """``make(k)`` for ``k`` in ``indices``, in order, in a daemon thread, at most ``ahead``
     finished items waiting; :meth:`get` returns them in order."""
 
-    def __init__(self, make: Callable[[int], T], indices: Iterable[int], *, ahead: int = 2,
-                 name: str = "maedfer-producer") -> None:
+    def __init__(
+        self,
+        make: Callable[[int], T],
+        indices: Iterable[int],
+        *,
+        ahead: int = 2,
+        name: str = "maedfer-producer",
+    ) -> None:
         self._make, self._indices = make, list(indices)
         self._remaining = len(self._indices)
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, ahead))

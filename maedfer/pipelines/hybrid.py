@@ -19,6 +19,8 @@ it). Tolerance against PyAV on the same plan: the conversion is equal; after the
 2/255 (torch's and OpenCV's bilinear weights round differently); with RandAugment, the
 whole-clip tolerance of :mod:`maedfer.pipelines.rand_augment`. Faulty files are replaced as
 PyAV's backend replaces them (every codec PyAV reads).
+
+Documented in docs/design.md, "Decoding backends".
 """
 
 from __future__ import annotations
@@ -64,8 +66,7 @@ class PlaneDataset(Dataset):
     def _read(self, i: int, spec: SampleSpec) -> Planes:
         union = self._shared(i, spec)
         if union is None:
-            have, planes = pyav.decode_planes(spec.path, np.unique(spec.frame_indices),
-                                              spec.crop)
+            have, planes = pyav.decode_planes(spec.path, np.unique(spec.frame_indices), spec.crop)
         else:
             have, planes = union
         return planes.take(pyav._positions(have, spec.frame_indices))
@@ -80,8 +81,10 @@ class PlaneDataset(Dataset):
             return None
         key = (spec.path, first)
         if self._union is None or self._union[0] != key:
-            siblings = [spec if k == spec.view else
-                        self.plan.spec(first + k, probe=probe_num_frames) for k in range(views)]
+            siblings = [
+                spec if k == spec.view else self.plan.spec(first + k, probe=probe_num_frames)
+                for k in range(views)
+            ]
             wanted = np.unique(np.concatenate([s.frame_indices for s in siblings]))
             have, planes = pyav.decode_planes(spec.path, wanted, spec.crop)
             if len(have) != len(wanted):
@@ -128,8 +131,9 @@ class PlaneBatch:
                 rgb = tensors[g.keys[0]].permute(0, 4, 1, 2, 3).float()
             else:
                 y, u, v = (tensors[k] for k in g.keys)
-                rgb = planes_to_rgb(y, u, v, oy=g.oy, ox=g.ox, full_range=g.full_range,
-                                    kr=g.kr, kb=g.kb)
+                rgb = planes_to_rgb(
+                    y, u, v, oy=g.oy, ox=g.ox, full_range=g.full_range, kr=g.kr, kb=g.kb
+                )
             parts.append(resize_rounded(rgb, size))
         clips = parts[0] if len(parts) == 1 else torch.cat(parts)
         return clips if self.order is None else clips.index_select(0, tensors[self.order])
@@ -147,16 +151,24 @@ class Collate:
         members: dict[tuple, list[int]] = {}
         for i, s in enumerate(samples):
             p: Planes = s["planes"]
-            key = (("rgb", p.rgb.shape) if p.rgb is not None else
-                   ("yuv", p.y.shape, p.u.shape, p.oy, p.ox, p.full_range, p.kr, p.kb))
+            key = (
+                ("rgb", p.rgb.shape)
+                if p.rgb is not None
+                else ("yuv", p.y.shape, p.u.shape, p.oy, p.ox, p.full_range, p.kr, p.kb)
+            )
             members.setdefault(key, []).append(i)
         for key, chosen in members.items():
             planes: list[Planes] = [samples[i]["planes"] for i in chosen]
-            keys = tuple(batch.params.put(np.stack([getattr(p, name) for p in planes]))
-                         for name in (("rgb",) if key[0] == "rgb" else ("y", "u", "v")))
+            keys = tuple(
+                batch.params.put(np.stack([getattr(p, name) for p in planes]))
+                for name in (("rgb",) if key[0] == "rgb" else ("y", "u", "v"))
+            )
             first = planes[0]
-            batch.groups.append(_Group(tuple(chosen), keys, first.oy, first.ox,
-                                       first.full_range, first.kr, first.kb))
+            batch.groups.append(
+                _Group(
+                    tuple(chosen), keys, first.oy, first.ox, first.full_range, first.kr, first.kb
+                )
+            )
         order = [i for g in batch.groups for i in g.samples]
         if order != list(range(len(samples))):
             batch.order = batch.params.put(np.argsort(np.array(order)).astype(np.int64))
@@ -186,18 +198,31 @@ class HybridBackend:
     def decodes(self, spec: SampleSpec) -> bool:
         return pyav.BACKEND.decodes(spec)
 
-    def epoch(self, plan: EpochPlan, *, batch_size: int, drop_last: bool, workers: int,
-              device: torch.device | None, faults: Faults,
-              session: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    def epoch(
+        self,
+        plan: EpochPlan,
+        *,
+        batch_size: int,
+        drop_last: bool,
+        workers: int,
+        device: torch.device | None,
+        faults: Faults,
+        session: dict[str, Any] | None = None,
+    ) -> Iterator[dict[str, Any]]:
         from torch.utils.data import DataLoader
 
         device = torch.device("cpu") if device is None else device
         loader = DataLoader(
-            PlaneDataset(plan), batch_size=batch_size, shuffle=False, drop_last=drop_last,
-            num_workers=workers, collate_fn=Collate(plan.config),
-            pin_memory=device.type == "cuda", worker_init_fn=pyav.worker_init,
+            PlaneDataset(plan),
+            batch_size=batch_size,
+            shuffle=False,
+            drop_last=drop_last,
+            num_workers=workers,
+            collate_fn=Collate(plan.config),
+            pin_memory=device.type == "cuda",
+            worker_init_fn=pyav.worker_init,
             prefetch_factor=2 if workers else None,
-        )  # fmt: skip
+        )
         side = SideStream(device)
         with pyav.fork_safe_opencv():
             batches = iter(loader)  # forks the workers

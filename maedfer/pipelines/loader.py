@@ -1,4 +1,4 @@
-"""``build_loader``: the stream of clip batches that feeds training and evaluation (DESIGN.md §1).
+"""``build_loader``: the stream of clip batches that feeds training and evaluation (docs/design.md).
 
 One call reads a manifest, selects the fold or split, and returns a :class:`ClipLoader` that
 yields :class:`ClipBatch` dicts from one backend of the table
@@ -16,21 +16,20 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, TypedDict
 
 import pandas as pd
 import torch
 
+from maedfer.config import field_default, option_names
+from maedfer.constants import Mode, TemporalRule
 from maedfer.errors import MaedferError
 from maedfer.pipelines import backend as backends
-from maedfer.pipelines.options import DataOptions, TrainDataOptions, field_default, option_names
+from maedfer.pipelines.options import DataOptions, TrainDataOptions
 from maedfer.pipelines.plan import EpochPlan, SampleConfig, describe_augment
-from maedfer.pipelines.sampling import TemporalRule
 from maedfer.pipelines.select import ClipTable, check_some_clip_exists, load_clip_table
 
 log = logging.getLogger(__name__)
-
-Mode = Literal["pretrain", "train", "test"]
 Backend = str  # "auto" or a name of maedfer.pipelines.backend.BACKENDS
 
 
@@ -56,7 +55,7 @@ def resolve_backend(backend: str, device: str | None) -> tuple[str, torch.device
     ``auto`` takes the first backend of the table that is installed and, for a GPU backend,
     has CUDA (and no CPU device asked for): DALI on a CUDA machine with the ``gpu`` extra, else
     PyAV. A GPU backend without a device takes ``cuda:$LOCAL_RANK`` (``cpu`` where CUDA is
-    absent: DALI's CPU pipeline, VP8/VP9/MJPEG only, DESIGN.md §7).
+    absent: DALI's CPU pipeline, VP8/VP9/MJPEG only, docs/design.md).
     """
     if backend not in backends.choices():
         raise backends.unknown_backend(backend)
@@ -65,10 +64,11 @@ def resolve_backend(backend: str, device: str | None) -> tuple[str, torch.device
     if backend == "auto":
         cpu_asked = device is not None and torch.device(device).type == "cpu"
         backend = next(
-            name for name, row in backends.BACKENDS.items()
+            name
+            for name, row in backends.BACKENDS.items()
             if backends.installed(name)
             and (not row.gpu or (torch.cuda.is_available() and not cpu_asked))
-        )  # fmt: skip  (the CPU reference backend is always installed)
+        )  # the CPU reference backend is always installed
     row = backends.entry(backend)
     if not backends.installed(backend):
         backends.load(backend)  # raises, naming the package and the extra
@@ -102,9 +102,20 @@ class ClipLoader:
             :meth:`set_epoch` pins it (call it every epoch, as with ``DistributedSampler``).
     """
 
-    def __init__(self, table: ClipTable, config: SampleConfig, *, backend: str,
-                 device: torch.device | None, batch_size: int, workers: int, rank: int,
-                 world_size: int, drop_last: bool, max_bad_share: float | None = None) -> None:
+    def __init__(
+        self,
+        table: ClipTable,
+        config: SampleConfig,
+        *,
+        backend: str,
+        device: torch.device | None,
+        batch_size: int,
+        workers: int,
+        rank: int,
+        world_size: int,
+        drop_last: bool,
+        max_bad_share: float | None = None,
+    ) -> None:
         self.table, self.config, self.backend, self.device = table, config, backend, device
         self.batch_size, self.workers, self.drop_last = batch_size, workers, drop_last
         self.rank, self.world_size = rank, world_size
@@ -148,17 +159,25 @@ class ClipLoader:
             raise TooManyBadClips(
                 f"{bad} of {clips} training clips are missing or undecodable ({bad / clips:.1%}, "
                 f"more than data.max_bad_share {self.max_bad_share:.1%}), e.g. {path}: {reason}",
-                self.faults.reasons, clips,
+                self.faults.reasons,
+                clips,
             )
 
     def __iter__(self) -> Iterator[ClipBatch]:
-        plan = EpochPlan(self.table, self.config, epoch=self.epoch, rank=self.rank,
-                         world_size=self.world_size)
+        plan = EpochPlan(
+            self.table, self.config, epoch=self.epoch, rank=self.rank, world_size=self.world_size
+        )
         epoch, self.epoch, self.num_bad = self.epoch, self.epoch + 1, 0
         self.faults.start_epoch()
         batches = backends.load(self.backend).epoch(
-            plan, batch_size=self.batch_size, drop_last=self.drop_last, workers=self.workers,
-            device=self.device, faults=self.faults, session=self.session)
+            plan,
+            batch_size=self.batch_size,
+            drop_last=self.drop_last,
+            workers=self.workers,
+            device=self.device,
+            faults=self.faults,
+            session=self.session,
+        )
         for batch in batches:
             self.num_bad = self.faults.count
             self._check_bad_share()
@@ -213,7 +232,7 @@ def build_loader(
     random_sign: bool | None = None,
     max_bad_share: float | None = None,
 ) -> ClipLoader:
-    """A loader of clip batches from a manifest (DESIGN.md §1, §3; MODEL.md §4).
+    """A loader of clip batches from a manifest (docs/design.md; docs/recipe.md).
 
     The options of the clip stream are a ``data`` section
     (:class:`~maedfer.pipelines.options.TrainDataOptions`, or a recipe's ``data`` section,
@@ -227,7 +246,7 @@ def build_loader(
             ``fold`` or ``split``, ``num_frames`` (probed from the file where absent) and
             ``crop`` (optional).
         data: the ``data`` section (default: :class:`TrainDataOptions`'s defaults).
-        mode: ``pretrain`` (§4.1 window, multi-scale crop), ``train`` (training window,
+        mode: ``pretrain`` (the pre-training window, multi-scale crop), ``train`` (training window,
             RandAugment, random resized crop, flip, random erasing) or ``test``
             (``test_views`` fixed windows per clip, consecutive in the batches, never augmented).
         fold: k-fold protocols: train/pretrain take the rows whose fold is not ``fold``, test
@@ -240,7 +259,7 @@ def build_loader(
         device: where batches land (PyAV default: CPU; GPU backends: ``cuda:$LOCAL_RANK``;
             DALI on ``cpu`` decodes VP8/VP9/MJPEG only).
         rank, world_size: this process's shard (torchrun); each rank gets ``1/world_size``.
-        test_views: windows per clip in test mode (MODEL.md §4.2: 2).
+        test_views: windows per clip in test mode (docs/recipe.md: 2).
         drop_last: default on for pretrain/train (equal batches), off for test.
         batch_size, workers, backend, stride, temporal_rule, augment, subtract_mean,
             num_sample, flip_only, random_sign: the section's options of those names.
@@ -257,21 +276,46 @@ def build_loader(
             DALI/CUDA where asked for, an option the backend cannot honour (named with the
             backend), or too few samples for one batch with ``drop_last``.
     """
-    given = {"batch_size": batch_size, "workers": workers, "backend": backend,
-             "stride": stride, "temporal_rule": temporal_rule, "augment": augment,
-             "subtract_mean": subtract_mean, "num_sample": num_sample,
-             "rand_augment": rand_augment, "flip_only": flip_only, "random_sign": random_sign}
+    given = {
+        "batch_size": batch_size,
+        "workers": workers,
+        "backend": backend,
+        "stride": stride,
+        "temporal_rule": temporal_rule,
+        "augment": augment,
+        "subtract_mean": subtract_mean,
+        "num_sample": num_sample,
+        "rand_augment": rand_augment,
+        "flip_only": flip_only,
+        "random_sign": random_sign,
+    }
     if mode == "test" and num_sample not in (None, 1):
-        raise MaedferError(f"num_sample ({num_sample}) must be 1 in test mode (its views are "
-                           "test_views)")
-    data = with_options(TrainDataOptions() if data is None else data,
-                        {k: v for k, v in given.items() if v is not None})
+        raise MaedferError(
+            f"num_sample ({num_sample}) must be 1 in test mode (its views are test_views)"
+        )
+    data = with_options(
+        TrainDataOptions() if data is None else data,
+        {k: v for k, v in given.items() if v is not None},
+    )
     if max_bad_share is not None and not 0 <= max_bad_share <= 1:
         raise MaedferError(f"data.max_bad_share ({max_bad_share}) must be between 0 and 1")
-    return _open_loader(manifest, data, mode=mode, fold=fold, split=split, root=root,
-                       num_frames=num_frames, size=size, seed=seed, device=device, rank=rank,
-                       world_size=world_size, test_views=test_views, drop_last=drop_last,
-                       max_bad_share=None if mode == "test" else max_bad_share)
+    return _open_loader(
+        manifest,
+        data,
+        mode=mode,
+        fold=fold,
+        split=split,
+        root=root,
+        num_frames=num_frames,
+        size=size,
+        seed=seed,
+        device=device,
+        rank=rank,
+        world_size=world_size,
+        test_views=test_views,
+        drop_last=drop_last,
+        max_bad_share=None if mode == "test" else max_bad_share,
+    )
 
 
 def with_options(data: DataOptions, options: dict[str, Any]) -> DataOptions:
@@ -284,20 +328,37 @@ def with_options(data: DataOptions, options: dict[str, Any]) -> DataOptions:
     names = option_names(data)
     for name in options:
         if name not in names:
-            raise MaedferError(f"{name} is not an option of a {type(data).__name__} section "
-                               f"(its options: {', '.join(names)})")
+            raise MaedferError(
+                f"{name} is not an option of a {type(data).__name__} section "
+                f"(its options: {', '.join(names)})"
+            )
     if isinstance(options.get("rand_augment"), bool):
         on = options["rand_augment"]
-        options = {**options, "rand_augment":
-                   field_default(TrainDataOptions, "rand_augment") if on else None}
+        options = {
+            **options,
+            "rand_augment": field_default(TrainDataOptions, "rand_augment") if on else None,
+        }
     return dataclasses.replace(data, **options)
 
 
-def _open_loader(manifest: Path | str | pd.DataFrame, data: DataOptions, *, mode: Mode,
-                fold: int | None, split: str | None, root: Path | None, num_frames: int,
-                size: int, seed: int, device: str | None, rank: int, world_size: int,
-                test_views: int, drop_last: bool | None,
-                max_bad_share: float | None = None) -> ClipLoader:
+def _open_loader(
+    manifest: Path | str | pd.DataFrame,
+    data: DataOptions,
+    *,
+    mode: Mode,
+    fold: int | None,
+    split: str | None,
+    root: Path | None,
+    num_frames: int,
+    size: int,
+    seed: int,
+    device: str | None,
+    rank: int,
+    world_size: int,
+    test_views: int,
+    drop_last: bool | None,
+    max_bad_share: float | None = None,
+) -> ClipLoader:
     """:func:`build_loader` with the section complete (see there)."""
     if data.batch_size < 1:
         raise MaedferError(f"batch_size ({data.batch_size}) must be >= 1")
@@ -306,8 +367,9 @@ def _open_loader(manifest: Path | str | pd.DataFrame, data: DataOptions, *, mode
     if world_size < 1 or not 0 <= rank < world_size:
         raise MaedferError(f"rank ({rank}) must be in 0..{world_size - 1} (world_size >= 1)")
     backend_name, dev = resolve_backend(data.backend, device)
-    config = SampleConfig.from_data(data, mode=mode, num_frames=num_frames, size=size,
-                                    seed=seed, test_views=test_views)
+    config = SampleConfig.from_data(
+        data, mode=mode, num_frames=num_frames, size=size, seed=seed, test_views=test_views
+    )
     chosen = backends.load(backend_name)
     backends.check_supported(chosen, config)
     if config.rand_augment:  # an unknown policy fails here, in one line, not in a worker
@@ -320,11 +382,17 @@ def _open_loader(manifest: Path | str | pd.DataFrame, data: DataOptions, *, mode
     if backends.entry(backend_name).threads:
         workers = max(1, workers)  # threads: at least one
     return ClipLoader(
-        table, config, backend=backend_name, device=dev, batch_size=data.batch_size,
-        workers=workers, rank=rank, world_size=world_size,
+        table,
+        config,
+        backend=backend_name,
+        device=dev,
+        batch_size=data.batch_size,
+        workers=workers,
+        rank=rank,
+        world_size=world_size,
         drop_last=mode != "test" if drop_last is None else bool(drop_last),
         max_bad_share=max_bad_share,
-    )  # fmt: skip
+    )
 
 
 def describe(loader: ClipLoader) -> dict[str, Any]:

@@ -15,6 +15,8 @@ gives ``num_sample`` consecutive samples of one temporal window with their own s
 the CPU backend decodes the window once for all of them.
 The plan is built lazily: one permutation per epoch, nothing per row, so a million-row manifest
 costs milliseconds.
+
+Documented in docs/design.md, "Decoding backends".
 """
 
 from __future__ import annotations
@@ -24,14 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from maedfer.constants import MODES, RAND_AUGMENT, TEMPORAL_RULES, TemporalRule
 from maedfer.errors import MaedferError
 from maedfer.pipelines import sampling, steps
 from maedfer.pipelines.augment import Box
-from maedfer.pipelines.options import RAND_AUGMENT, DataOptions
+from maedfer.pipelines.options import DataOptions
 from maedfer.pipelines.rand_augment import RandAugmentOp
 from maedfer.pipelines.select import ClipTable
-
-MODES: tuple[str, ...] = ("pretrain", "train", "test")
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class SampleConfig:
     augment: bool
     rand_augment: bool
     rand_augment_policy: str
-    temporal_rule: sampling.TemporalRule
+    temporal_rule: TemporalRule
     test_views: int
     num_sample: int
     subtract_mean: bool
@@ -55,8 +56,9 @@ class SampleConfig:
     seed: int
 
     @classmethod
-    def from_data(cls, data: DataOptions, *, mode: str, num_frames: int, size: int,
-                  seed: int, test_views: int) -> SampleConfig:
+    def from_data(
+        cls, data: DataOptions, *, mode: str, num_frames: int, size: int, seed: int, test_views: int
+    ) -> SampleConfig:
         """The config of ``mode`` from a ``data`` section (:mod:`maedfer.pipelines.options`).
 
         Options of train mode absent from the section (a pre-training section) are off; test
@@ -66,13 +68,21 @@ class SampleConfig:
         policy = getattr(data, "rand_augment", None)
         augment = bool(data.augment) and mode != "test"
         return cls(
-            mode=mode, num_frames=num_frames, stride=data.stride, size=size, augment=augment,
+            mode=mode,
+            num_frames=num_frames,
+            stride=data.stride,
+            size=size,
+            augment=augment,
             rand_augment=policy is not None and augment and mode == "train",
-            rand_augment_policy=policy or RAND_AUGMENT, temporal_rule=data.temporal_rule,
-            test_views=test_views, num_sample=1 if mode == "test" else data.num_sample,
-            subtract_mean=data.subtract_mean, flip_only=getattr(data, "flip_only", False),
-            random_sign=getattr(data, "random_sign", False), seed=seed,
-        )  # fmt: skip
+            rand_augment_policy=policy or RAND_AUGMENT,
+            temporal_rule=data.temporal_rule,
+            test_views=test_views,
+            num_sample=1 if mode == "test" else data.num_sample,
+            subtract_mean=data.subtract_mean,
+            flip_only=getattr(data, "flip_only", False),
+            random_sign=getattr(data, "random_sign", False),
+            seed=seed,
+        )
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -83,12 +93,13 @@ class SampleConfig:
                 f"({self.stride}) >= 1 and test_views ({self.test_views}) >= 1 are required"
             )
         if self.num_sample < 1 or (self.mode == "test" and self.num_sample != 1):
-            raise MaedferError(f"num_sample ({self.num_sample}) must be >= 1, and 1 in test "
-                               "mode (its views are test_views)")
-        if self.temporal_rule not in sampling.TEMPORAL_RULES:
             raise MaedferError(
-                f"temporal rule {self.temporal_rule!r} is unknown; expected one of "
-                f"{sampling.TEMPORAL_RULES}"
+                f"num_sample ({self.num_sample}) must be >= 1, and 1 in test "
+                "mode (its views are test_views)"
+            )
+        if self.temporal_rule not in TEMPORAL_RULES:
+            raise MaedferError(
+                f"temporal rule {self.temporal_rule!r} is unknown; expected one of {TEMPORAL_RULES}"
             )
 
 
@@ -150,8 +161,9 @@ class EpochPlan:
     def _global_position(self, i: int) -> int:
         return (i // self.views) * self.world_size + self.rank
 
-    def spec(self, i: int, *, attempt: int = 0,
-             probe: Callable[[str], int] | None = None) -> SampleSpec:
+    def spec(
+        self, i: int, *, attempt: int = 0, probe: Callable[[str], int] | None = None
+    ) -> SampleSpec:
         """Sample ``i``; ``attempt > 0`` is the ``attempt``-th replacement for a faulty one.
 
         ``probe(path) -> frame count`` is called when the manifest does not know the count.
@@ -162,17 +174,24 @@ class EpochPlan:
         key = [self.config.seed, self.epoch, self._global_position(i), view]
         rng = np.random.default_rng(key)
         # repeated samples of a row share the first one's window (its stream's first draws)
-        window_rng = rng if view == 0 or self.config.mode == "test" else \
-            np.random.default_rng([*key[:3], 0])
+        window_rng = (
+            rng if view == 0 or self.config.mode == "test" else np.random.default_rng([*key[:3], 0])
+        )
         if attempt:
             # a replacement: another row, drawn from its own stream so the others do not move
             row = int(np.random.default_rng([*key, attempt, 1]).integers(len(self.table)))
             rng = window_rng = np.random.default_rng([*key, attempt])
         return self._make(i, row, view, rng, window_rng, probe)
 
-    def _make(self, i: int, row: int, view: int, rng: np.random.Generator,
-              window_rng: np.random.Generator,
-              probe: Callable[[str], int] | None) -> SampleSpec:
+    def _make(
+        self,
+        i: int,
+        row: int,
+        view: int,
+        rng: np.random.Generator,
+        window_rng: np.random.Generator,
+        probe: Callable[[str], int] | None,
+    ) -> SampleSpec:
         cfg, table = self.config, self.table
         path = table.clip_path(row)
         count = int(table.num_frames[row])
@@ -184,14 +203,21 @@ class EpochPlan:
         if cfg.mode == "test":
             indices = sampling.test_window(count, view=view, views=cfg.test_views, **t_kw)
         else:  # pretrain and train: the configured training window (pretrain: stride)
-            indices = sampling.train_window(count, rule=cfg.temporal_rule, generator=window_rng,
-                                            **t_kw)
+            indices = sampling.train_window(
+                count, rule=cfg.temporal_rule, generator=window_rng, **t_kw
+            )
         crop = Box(*map(int, table.crop[row])) if table.crop[row][0] >= 0 else None
         return SampleSpec(
-            position=i, row=row, view=view, clip_id=table.row_clip_id(row), path=path,
-            label=int(table.label[row]), frame_indices=indices, crop=crop,
+            position=i,
+            row=row,
+            view=view,
+            clip_id=table.row_clip_id(row),
+            path=path,
+            label=int(table.label[row]),
+            frame_indices=indices,
+            crop=crop,
             **steps.draw(rng, cfg),
-        )  # fmt: skip
+        )
 
 
 def describe_augment(config: SampleConfig) -> list[dict]:

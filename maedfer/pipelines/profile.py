@@ -1,4 +1,4 @@
-"""``maedfer profile data``: how fast a manifest's clips reach the model (DESIGN.md §2).
+"""``maedfer profile data``: how fast a manifest's clips reach the model (docs/design.md).
 
 Builds the training loader (``train`` mode with its augmentation; ``pretrain`` for an unlabelled
 manifest), takes the first batch (time to first batch includes reading the manifest and starting
@@ -9,7 +9,6 @@ average over the whole run (this process and its loader workers) and clips per C
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import time
@@ -35,8 +34,9 @@ def _mode_for(data: Path) -> str:
     return "pretrain" if (labels < 0).any() else "train"
 
 
-def measure(data: Path, *, backend: str, batch: int, batches: int, workers: int | None,
-            device: str | None) -> dict[str, Any]:
+def measure(
+    data: Path, *, backend: str, batch: int, batches: int, workers: int | None, device: str | None
+) -> dict[str, Any]:
     """Profile the loader on ``data``; returns the figures (see the module docstring)."""
     if data is None:
         raise MaedferError("profile data needs --data manifest.parquet")
@@ -45,8 +45,15 @@ def measure(data: Path, *, backend: str, batch: int, batches: int, workers: int 
         raise MaedferError(f"manifest {data} does not exist; expected a manifest.parquet file")
     mode = _mode_for(data)
     cpu0, start = _cpu_seconds(), time.perf_counter()
-    loader = build_loader(data, mode=mode, batch_size=batch, backend=backend, workers=workers,
-                          device=device, drop_last=False)
+    loader = build_loader(
+        data,
+        mode=mode,
+        batch_size=batch,
+        backend=backend,
+        workers=workers,
+        device=device,
+        drop_last=False,
+    )
     batches = min(batches, max(1, len(loader) - 1))
     iterator = iter(loader)
     clips = frames = 0
@@ -90,18 +97,18 @@ def run(
     batches: int | None = None,
     workers: int | None = None,
     device: str | None = None,
-    as_json: bool = False,
 ) -> dict[str, Any]:
-    """CLI entry: measure, then print one JSON object (``as_json``) or a small table."""
+    """``maedfer profile data``: measure with the defaults of this machine (CUDA or CPU); the
+    table is :func:`format_table`'s."""
     on_gpu = torch.cuda.is_available() and device != "cpu"
     result = measure(
-        data, backend=backend, batch=batch or (32 if on_gpu else 8),
-        batches=batches or (20 if on_gpu else 5), workers=workers, device=device,
-    )  # fmt: skip
-    if as_json:
-        print(json.dumps(result))
-    else:
-        print(format_table(result))
+        data,
+        backend=backend,
+        batch=batch or (32 if on_gpu else 8),
+        batches=batches or (20 if on_gpu else 5),
+        workers=workers,
+        device=device,
+    )
     return result
 
 

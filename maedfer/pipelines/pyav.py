@@ -1,4 +1,4 @@
-"""The CPU backend: PyAV decoding in torch ``DataLoader`` workers (every codec of DESIGN.md §7).
+"""The CPU backend: PyAV decoding in torch ``DataLoader`` workers (every codec of docs/design.md).
 
 Output contract of one sample (the DALI backend honours the same): ``video`` float32
 ``(3, T, size, size)``, RGB, ImageNet-normalised (minus the clip's mean frame when asked),
@@ -81,7 +81,7 @@ def decode_window(path: str, indices: np.ndarray, crop: augment.Box | None = Non
 
     Indices past the last frame get the last frame (DALI's ``pad_mode="edge"``). Frame ``k`` is
     the ``k``-th frame in presentation order; a window deep in a long clip seeks to the preceding
-    keyframe and recovers indices from timestamps (constant frame rate, DESIGN.md §4). Values
+    keyframe and recovers indices from timestamps (constant frame rate, docs/design.md). Values
     are rounded like the uint8 frames DALI decodes, but kept as floats for the next steps;
     channels and time are the last axes, so one OpenCV call resizes every frame at once, and
     time is innermost, so per-channel arithmetic runs over contiguous memory.
@@ -108,9 +108,13 @@ def _positions(have: np.ndarray, indices: np.ndarray) -> slice | np.ndarray:
     return nearest
 
 
-def decode_found(path: str, wanted: np.ndarray, crop: augment.Box | None = None,
-                 *, within: Callable[[int, int], augment.Box | None] | None = None,
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def decode_found(
+    path: str,
+    wanted: np.ndarray,
+    crop: augment.Box | None = None,
+    *,
+    within: Callable[[int, int], augment.Box | None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Frames of sorted unique ``wanted`` that decode: their indices, ``(H, W, 3, K)`` RGB.
 
     ``within(height, width)``, told the size of the decoded frames after ``crop``, may name the
@@ -125,8 +129,11 @@ def decode_found(path: str, wanted: np.ndarray, crop: augment.Box | None = None,
         raise BadClipError(path, f"cannot decode it ({exc})") from None
 
 
-def decode_planes(path: str, wanted: np.ndarray, crop: augment.Box | None = None,
-                  ) -> tuple[np.ndarray, Planes]:
+def decode_planes(
+    path: str,
+    wanted: np.ndarray,
+    crop: augment.Box | None = None,
+) -> tuple[np.ndarray, Planes]:
     """:func:`decode_found` without the colour conversion: the frames' planes as decoded
     (:class:`Planes`), for a device to convert (the hybrid backend)."""
     try:
@@ -147,8 +154,12 @@ def _found_frames(path: str, wanted: np.ndarray) -> tuple[np.ndarray, list[av.Vi
     return have, [found[int(k)] for k in have]
 
 
-def _narrowed(crop: augment.Box | None, height: int, width: int,
-              within: Callable[[int, int], augment.Box | None]) -> augment.Box | None:
+def _narrowed(
+    crop: augment.Box | None,
+    height: int,
+    width: int,
+    within: Callable[[int, int], augment.Box | None],
+) -> augment.Box | None:
     """``crop`` (clipped to the frame) narrowed to the part ``within`` names, in frame pixels."""
     y0, y1, x0, x1 = _clipped(crop, height, width) if crop is not None else (0, height, 0, width)
     part = within(y1 - y0, x1 - x0)
@@ -160,8 +171,9 @@ class _SeekMissError(Exception):
     counting them, instead."""
 
 
-def _decode_file(path: str, wanted: np.ndarray, *, seek: bool,
-                 skip: bool = True) -> dict[int, av.VideoFrame]:
+def _decode_file(
+    path: str, wanted: np.ndarray, *, seek: bool, skip: bool = True
+) -> dict[int, av.VideoFrame]:
     with av.open(path) as container:
         stream = container.streams.video[0]
         # one decoding thread: loader workers are the parallelism, and a thread pool per
@@ -171,8 +183,9 @@ def _decode_file(path: str, wanted: np.ndarray, *, seek: bool,
         return _decode_wanted(container, stream, wanted, seek=seek, skip=skip)
 
 
-def _decode_wanted(container: Any, stream: Any, wanted: np.ndarray,
-                   *, seek: bool, skip: bool) -> dict[int, av.VideoFrame]:
+def _decode_wanted(
+    container: Any, stream: Any, wanted: np.ndarray, *, seek: bool, skip: bool
+) -> dict[int, av.VideoFrame]:
     """The wanted frames that decode, by index. With ``skip``, a packet of a frame no other
     frame references (the codec's ``NONREF``: B-frames of prepared clips, the non-reference
     B-frames of most H.264) and no index wants is not decoded at all; the frames decoded are
@@ -182,8 +195,9 @@ def _decode_wanted(container: Any, stream: Any, wanted: np.ndarray,
     seek, skip = bool(seek and index_of), bool(skip and index_of)
     if seek:
         rate, time_base = stream.average_rate, stream.time_base
-        target = (stream.start_time or 0) + int(Fraction(first) / Fraction(rate)
-                                                / Fraction(time_base))
+        target = (stream.start_time or 0) + int(
+            Fraction(first) / Fraction(rate) / Fraction(time_base)
+        )
         container.seek(target, stream=stream, backward=True, any_frame=False)
     found: dict[int, av.VideoFrame] = {}  # decoded frames hold their own buffers
     wanted_set = {int(k) for k in wanted}
@@ -211,8 +225,9 @@ def _decode_wanted(container: Any, stream: Any, wanted: np.ndarray,
     return found
 
 
-def _frames(container: Any, stream: Any, wanted: set[int],
-            index_of: Callable[[int], int] | None, skip: bool) -> Iterator[av.VideoFrame]:
+def _frames(
+    container: Any, stream: Any, wanted: set[int], index_of: Callable[[int], int] | None, skip: bool
+) -> Iterator[av.VideoFrame]:
     """The stream's decoded frames in presentation order; with ``skip``, not those of packets
     that are unwanted and that no other frame references."""
     if not skip:
@@ -246,8 +261,10 @@ def _clipped(crop: augment.Box, h: int, w: int) -> tuple[int, int, int, int]:
 
 # uint8 → float32 tables: studio-range luma ``(Y - 16) · 255/219`` (the float32 operations of
 # scaling the frame) and full-range luma; chroma centred on 0
-_LUMA = {False: (np.arange(256, dtype=np.float32) - 16) * np.float32(255 / 219),
-         True: np.arange(256, dtype=np.float32)}
+_LUMA = {
+    False: (np.arange(256, dtype=np.float32) - 16) * np.float32(255 / 219),
+    True: np.arange(256, dtype=np.float32),
+}
 _CENTRED = np.arange(256, dtype=np.float32) - 128
 
 
@@ -282,10 +299,8 @@ def frames_to_rgb(frames: list[av.VideoFrame], crop: augment.Box | None = None) 
     # edges repeated at the frame's border as for the whole frame)
     cy0, cy1 = max(0, y0 // 2 - 1), min(h // 2, (y1 + 1) // 2 + 1)
     cx0, cx1 = max(0, x0 // 2 - 1), min(w // 2, (x1 + 1) // 2 + 1)
-    y = _lookup(np.stack([_plane(f, 0)[y0:y1, x0:x1] for f in frames], axis=-1),
-                _LUMA[full])
-    chroma = np.stack([_plane(f, i)[cy0:cy1, cx0:cx1] for i in (1, 2) for f in frames],
-                      axis=-1)
+    y = _lookup(np.stack([_plane(f, 0)[y0:y1, x0:x1] for f in frames], axis=-1), _LUMA[full])
+    chroma = np.stack([_plane(f, i)[cy0:cy1, cx0:cx1] for i in (1, 2) for f in frames], axis=-1)
     # centred before upsampling: 2x bilinear weights (1/4, 3/4) on whole numbers are exact in
     # float32, so this equals upsampling first, then subtracting 128
     chroma = resize_hw(_lookup(chroma, _CENTRED), 2 * (cy1 - cy0), 2 * (cx1 - cx0))
@@ -296,8 +311,7 @@ def frames_to_rgb(frames: list[av.VideoFrame], crop: augment.Box | None = None) 
     rgb = np.empty((*y.shape[:2], 3, count), dtype=np.float32)
     for row in range(0, y.shape[0], _BAND_ROWS):  # a band of rows at a time: in cache
         band = slice(row, row + _BAND_ROWS)
-        _ycbcr_to_rgb(y[band], chroma[band, :, :count], chroma[band, :, count:], rgb[band],
-                      kr, kb)
+        _ycbcr_to_rgb(y[band], chroma[band, :, :count], chroma[band, :, count:], rgb[band], kr, kb)
     return rgb
 
 
@@ -323,8 +337,10 @@ class Planes:
 
     def take(self, positions: slice | np.ndarray) -> Planes:
         """The frames at ``positions`` (on the time axis)."""
-        picked = {k: None if a is None else a[positions]
-                  for k, a in (("y", self.y), ("u", self.u), ("v", self.v), ("rgb", self.rgb))}
+        picked = {
+            k: None if a is None else a[positions]
+            for k, a in (("y", self.y), ("u", self.u), ("v", self.v), ("rgb", self.rgb))
+        }
         return replace(self, **picked)
 
 
@@ -343,13 +359,17 @@ def frames_to_planes(frames: list[av.VideoFrame], crop: augment.Box | None = Non
         y=np.stack([_plane(f, 0)[y0:y1, x0:x1] for f in frames]),
         u=np.stack([_plane(f, 1)[cy0:cy1, cx0:cx1] for f in frames]),
         v=np.stack([_plane(f, 2)[cy0:cy1, cx0:cx1] for f in frames]),
-        oy=y0 - 2 * cy0, ox=x0 - 2 * cx0,
-        full_range=name == "yuvj420p" or int(first.color_range or 0) == 2, kr=kr, kb=kb,
-    )  # fmt: skip
+        oy=y0 - 2 * cy0,
+        ox=x0 - 2 * cx0,
+        full_range=name == "yuvj420p" or int(first.color_range or 0) == 2,
+        kr=kr,
+        kb=kb,
+    )
 
 
-def _ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, rgb: np.ndarray,
-                  kr: float, kb: float) -> None:
+def _ycbcr_to_rgb(
+    y: np.ndarray, cb: np.ndarray, cr: np.ndarray, rgb: np.ndarray, kr: float, kb: float
+) -> None:
     """``rgb`` (h, w, 3, T) ← the YCbCr matrix on planes (h, w, T), rounded, in 0..255."""
     kg = 1 - kr - kb
     # planar arithmetic, written straight into each channel (no interleaving pass), through two
@@ -375,8 +395,9 @@ def _crop_resize(video: np.ndarray, crop: augment.Box | None, size: int) -> np.n
     return np.clip(np.rint(out, out=out), 0, 255, out=out)
 
 
-def load_sample(spec: SampleSpec, config: SampleConfig,
-                video: np.ndarray | None = None) -> torch.Tensor:
+def load_sample(
+    spec: SampleSpec, config: SampleConfig, video: np.ndarray | None = None
+) -> torch.Tensor:
     """Decode and transform one sample → float32 ``(3, T, size, size)`` (module contract).
 
     ``video``: the sample's frames already decoded (``decode_window``'s output), if at hand.
@@ -400,8 +421,10 @@ def load_sample(spec: SampleSpec, config: SampleConfig,
 _CLIP_STAGES = frozenset(steps.STAGES) - steps.FRAME_STAGES
 
 
-def _decode_needed(spec: SampleSpec, config: SampleConfig,
-                   ) -> tuple[np.ndarray, augment.Box | None]:
+def _decode_needed(
+    spec: SampleSpec,
+    config: SampleConfig,
+) -> tuple[np.ndarray, augment.Box | None]:
     """The sample's frames, converted only where its augmentation box will look, when the
     decoded frames are already ``size``×``size``: the box itself, or with RandAugment the part
     of the frame its ops read to make the box (``rand_augment.source_region``: the whole frame
@@ -440,8 +463,13 @@ class ClipDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         keep_heap_memory()
         spec, video, faults = sample_with_retries(self.plan, i, lambda s: self._read(i, s))
-        return {"video": video, "label": spec.label, "clip_id": spec.clip_id,
-                "view": spec.view, "bad": faults}
+        return {
+            "video": video,
+            "label": spec.label,
+            "clip_id": spec.clip_id,
+            "view": spec.view,
+            "bad": faults,
+        }
 
     _views: tuple[tuple[str, int], np.ndarray, np.ndarray] | None = None
     _normalised: tuple[tuple[str, int], torch.Tensor] | None = None
@@ -457,8 +485,10 @@ class ClipDataset(Dataset):
         has no augmentation: each frame's values are those of the view made alone)."""
         key, have, rgb = self._views
         if self._normalised is None or self._normalised[0] != key:
-            self._normalised = (key, augment.normalised_clip(_crop_resize(rgb, None,
-                                                                          self.config.size)))
+            self._normalised = (
+                key,
+                augment.normalised_clip(_crop_resize(rgb, None, self.config.size)),
+            )
         where = _positions(have, spec.frame_indices)
         frames = self._normalised[1]
         clip = frames[:, where if isinstance(where, slice) else torch.from_numpy(where)]
@@ -481,8 +511,10 @@ class ClipDataset(Dataset):
             return None
         key = (spec.path, first)
         if self._views is None or self._views[0] != key:
-            siblings = [spec if k == spec.view else
-                        self.plan.spec(first + k, probe=probe_num_frames) for k in range(views)]
+            siblings = [
+                spec if k == spec.view else self.plan.spec(first + k, probe=probe_num_frames)
+                for k in range(views)
+            ]
             wanted = np.unique(np.concatenate([s.frame_indices for s in siblings]))
             have, rgb = decode_found(spec.path, wanted, spec.crop)
             if len(have) != len(wanted):  # the file ends early
@@ -571,17 +603,31 @@ class PyAVBackend:
             return False
         return True
 
-    def epoch(self, plan: EpochPlan, *, batch_size: int, drop_last: bool, workers: int,
-              device: torch.device | None, faults: Faults,
-              session: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    def epoch(
+        self,
+        plan: EpochPlan,
+        *,
+        batch_size: int,
+        drop_last: bool,
+        workers: int,
+        device: torch.device | None,
+        faults: Faults,
+        session: dict[str, Any] | None = None,
+    ) -> Iterator[dict[str, Any]]:
         from torch.utils.data import DataLoader
 
         on_cuda = device is not None and device.type == "cuda"
         loader = DataLoader(
-            ClipDataset(plan), batch_size=batch_size, shuffle=False, drop_last=drop_last,
-            num_workers=workers, collate_fn=collate, pin_memory=on_cuda,
-            worker_init_fn=worker_init, prefetch_factor=2 if workers else None,
-        )  # fmt: skip
+            ClipDataset(plan),
+            batch_size=batch_size,
+            shuffle=False,
+            drop_last=drop_last,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=on_cuda,
+            worker_init_fn=worker_init,
+            prefetch_factor=2 if workers else None,
+        )
         with fork_safe_opencv():
             batches = iter(loader)  # forks the workers
         for batch in batches:

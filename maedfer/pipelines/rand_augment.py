@@ -1,4 +1,4 @@
-"""Video RandAugment (timm ``rand-m7-n4-mstd0.5-inc1``, MODEL.md §4.2), drawn once, run anywhere.
+"""Video RandAugment (timm ``rand-m7-n4-mstd0.5-inc1``, docs/recipe.md), drawn once, run anywhere.
 
 The draw and the pixels are separate:
 
@@ -50,23 +50,38 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from maedfer.constants import IMAGENET_MEAN, RAND_AUGMENT
 from maedfer.errors import MaedferError
-from maedfer.pipelines.augment import IMAGENET_MEAN, Box
-from maedfer.pipelines.options import RAND_AUGMENT
+from maedfer.pipelines.augment import Box
 
 #: timm op names -> what the pixels undergo (the ``Increasing`` variants differ in their draws
 #: only, which timm's level functions make before the op runs)
 _KINDS = {
-    "AutoContrast": "autocontrast", "Equalize": "equalize", "Invert": "invert",
-    "Rotate": "affine", "ShearX": "affine", "ShearY": "affine", "TranslateX": "affine",
-    "TranslateY": "affine", "TranslateXRel": "affine", "TranslateYRel": "affine",
-    "Posterize": "posterize", "PosterizeIncreasing": "posterize",
-    "PosterizeOriginal": "posterize", "Solarize": "solarize",
-    "SolarizeIncreasing": "solarize", "SolarizeAdd": "solarize_add", "Color": "color",
-    "ColorIncreasing": "color", "Contrast": "contrast", "ContrastIncreasing": "contrast",
-    "Brightness": "brightness", "BrightnessIncreasing": "brightness",
-    "Sharpness": "sharpness", "SharpnessIncreasing": "sharpness",
-}  # fmt: skip
+    "AutoContrast": "autocontrast",
+    "Equalize": "equalize",
+    "Invert": "invert",
+    "Rotate": "affine",
+    "ShearX": "affine",
+    "ShearY": "affine",
+    "TranslateX": "affine",
+    "TranslateY": "affine",
+    "TranslateXRel": "affine",
+    "TranslateYRel": "affine",
+    "Posterize": "posterize",
+    "PosterizeIncreasing": "posterize",
+    "PosterizeOriginal": "posterize",
+    "Solarize": "solarize",
+    "SolarizeIncreasing": "solarize",
+    "SolarizeAdd": "solarize_add",
+    "Color": "color",
+    "ColorIncreasing": "color",
+    "Contrast": "contrast",
+    "ContrastIncreasing": "contrast",
+    "Brightness": "brightness",
+    "BrightnessIncreasing": "brightness",
+    "Sharpness": "sharpness",
+    "SharpnessIncreasing": "sharpness",
+}
 
 #: DALI vs PyAV with RandAugment, whole clips in 0..255 units: (mean abs, share beyond 2/255)
 CLIP_TOLERANCE: tuple[float, float] = (0.25, 0.005)
@@ -121,17 +136,23 @@ class RandAugmentPolicy:
         from timm.data.auto_augment import rand_augment_transform
 
         self.fill = tuple(min(255, round(255 * m)) for m in IMAGENET_MEAN)
-        hparams = {"translate_const": int(size * 0.45), "img_mean": self.fill,
-                   "interpolation": Image.Resampling.BICUBIC}
+        hparams = {
+            "translate_const": int(size * 0.45),
+            "img_mean": self.fill,
+            "interpolation": Image.Resampling.BICUBIC,
+        }
         try:
             self.transform = rand_augment_transform(policy, hparams)
         except (AssertionError, ValueError, KeyError) as exc:
-            raise MaedferError(f"RandAugment policy {policy!r} is not one timm reads: "
-                               f"{exc or type(exc).__name__}") from None
+            raise MaedferError(
+                f"RandAugment policy {policy!r} is not one timm reads: {exc or type(exc).__name__}"
+            ) from None
         unknown = sorted({op.name for op in self.transform.ops} - set(_KINDS))
         if unknown:
-            raise MaedferError(f"RandAugment policy {policy!r} uses op(s) {', '.join(unknown)}, "
-                               "which maedfer does not implement")
+            raise MaedferError(
+                f"RandAugment policy {policy!r} uses op(s) {', '.join(unknown)}, "
+                "which maedfer does not implement"
+            )
         self.policy, self.size = policy, size
         self._ops = {op.name: op for op in self.transform.ops}
 
@@ -149,9 +170,9 @@ class RandAugmentPolicy:
             try:
                 random.seed(seed)
                 np.random.seed(seed % 2**32)
-                chosen = np.random.choice(ra.ops, ra.num_layers,
-                                          replace=ra.choice_weights is None,
-                                          p=ra.choice_weights)  # fmt: skip
+                chosen = np.random.choice(
+                    ra.ops, ra.num_layers, replace=ra.choice_weights is None, p=ra.choice_weights
+                )
                 out = []
                 for op in chosen:
                     recorded: list[tuple] = []
@@ -174,8 +195,14 @@ class RandAugmentPolicy:
             matrix = recorder.matrix
         return RandAugmentOp(op.name, kind, tuple(args), matrix)
 
-    def apply_numpy(self, frames: np.ndarray, ops: tuple[RandAugmentOp, ...], *,
-                    keep: Box | None = None, source: Box | None = None) -> np.ndarray:
+    def apply_numpy(
+        self,
+        frames: np.ndarray,
+        ops: tuple[RandAugmentOp, ...],
+        *,
+        keep: Box | None = None,
+        source: Box | None = None,
+    ) -> np.ndarray:
         """See :func:`apply_numpy` (with this policy's timm functions, fill and size)."""
         return apply_numpy(frames, ops, self, keep=keep, source=source)
 
@@ -205,6 +232,7 @@ _RAMP = np.arange(256, dtype=np.uint8)
 def _box(x0: int, y0: int, x1: int, y1: int, frame: Box) -> Box:
     """Pixels x0..x1, y0..y1 (inclusive) clipped to ``frame``; where nothing is left, one pixel
     at the nearest frame pixel (the caller reads none of it)."""
+
     def span(lo: int, hi: int, size: int) -> tuple[int, int]:
         lo, hi = max(lo, 0), min(hi, size - 1)
         if lo > hi:
@@ -216,8 +244,12 @@ def _box(x0: int, y0: int, x1: int, y1: int, frame: Box) -> Box:
 
 
 def _contains(outer: Box, inner: Box) -> bool:
-    return (outer.x <= inner.x and outer.y <= inner.y and inner.x + inner.w <= outer.x + outer.w
-            and inner.y + inner.h <= outer.y + outer.h)  # fmt: skip
+    return (
+        outer.x <= inner.x
+        and outer.y <= inner.y
+        and inner.x + inner.w <= outer.x + outer.w
+        and inner.y + inner.h <= outer.y + outer.h
+    )
 
 
 def _crop(clip: np.ndarray, want: Box, have: Box) -> np.ndarray:
@@ -263,8 +295,9 @@ def _affine_footprint(matrix: tuple[float, ...], want: Box, frame: Box) -> Box:
     return _box(x0 - 1, y0 - 1, x1 + 2, y1 + 2, frame)
 
 
-def _warp_region(clip: np.ndarray, matrix: tuple[float, ...], fill: tuple[int, ...],
-                 have: Box, want: Box) -> np.ndarray:
+def _warp_region(
+    clip: np.ndarray, matrix: tuple[float, ...], fill: tuple[int, ...], have: Box, want: Box
+) -> np.ndarray:
     """The ``want`` part of the affine of whole frames, from frames covering ``have`` (which
     contains :func:`_affine_footprint`): byte for byte ``cv2.warpAffine`` (INTER_CUBIC, constant
     fill) on the whole frame, cropped.
@@ -281,13 +314,21 @@ def _warp_region(clip: np.ndarray, matrix: tuple[float, ...], fill: tuple[int, .
     table = ((sy & 31) << 5 | (sx & 31)).astype(np.uint16)
     out = np.empty((len(clip), want.h, want.w, clip.shape[3]), dtype=np.uint8)
     for frame, dst in zip(clip, out, strict=True):
-        cv2.remap(frame, xy, table, cv2.INTER_CUBIC, dst=dst, borderMode=cv2.BORDER_CONSTANT,
-                  borderValue=fill)  # fmt: skip
+        cv2.remap(
+            frame,
+            xy,
+            table,
+            cv2.INTER_CUBIC,
+            dst=dst,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=fill,
+        )
     return out
 
 
-def _warp_cv2(frames: list[np.ndarray], matrix: tuple[float, ...],
-              fill: tuple[int, ...]) -> list[np.ndarray]:
+def _warp_cv2(
+    frames: list[np.ndarray], matrix: tuple[float, ...], fill: tuple[int, ...]
+) -> list[np.ndarray]:
     """A PIL-style affine on every whole frame, OpenCV's bicubic (a = -0.75 where PIL's is -0.5:
     mean difference 0.5/255 from PIL on smooth images, at a third of PIL's time per frame)."""
     h, w = frames[0].shape[:2]
@@ -423,8 +464,9 @@ def _sharpness(clip: np.ndarray, factor: float) -> np.ndarray:
     frames = tall.reshape(clip.shape)
     for edge in (np.s_[:, 0], np.s_[:, -1], np.s_[:, :, 0], np.s_[:, :, -1]):
         smooth[edge] = frames[edge]
-    blended = Image.blend(Image.fromarray(smooth.reshape(tall.shape)), Image.fromarray(tall),
-                          factor)  # fmt: skip
+    blended = Image.blend(
+        Image.fromarray(smooth.reshape(tall.shape)), Image.fromarray(tall), factor
+    )
     return np.asarray(blended).reshape(clip.shape)
 
 
@@ -436,8 +478,14 @@ def _timm_on_stack(clip: np.ndarray, op: RandAugmentOp, policy: RandAugmentPolic
     return np.asarray(out).reshape(clip.shape)
 
 
-def _step(op: RandAugmentOp, clip: np.ndarray, lut: np.ndarray | None, have: Box, want: Box,
-          policy: RandAugmentPolicy) -> tuple[np.ndarray, np.ndarray | None]:
+def _step(
+    op: RandAugmentOp,
+    clip: np.ndarray,
+    lut: np.ndarray | None,
+    have: Box,
+    want: Box,
+    policy: RandAugmentPolicy,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """One op: ``clip`` covers ``have`` with ``lut`` still to apply → the same for ``want``.
 
     Tables are composed, not applied, until an op needs the pixels: a run of colour ops costs
@@ -463,8 +511,14 @@ def _step(op: RandAugmentOp, clip: np.ndarray, lut: np.ndarray | None, have: Box
     raise MaedferError(f"RandAugment op {op.name} has no numpy implementation")  # pragma: no cover
 
 
-def apply_numpy(frames: np.ndarray, ops: tuple[RandAugmentOp, ...], policy: RandAugmentPolicy,
-                *, keep: Box | None = None, source: Box | None = None) -> np.ndarray:
+def apply_numpy(
+    frames: np.ndarray,
+    ops: tuple[RandAugmentOp, ...],
+    policy: RandAugmentPolicy,
+    *,
+    keep: Box | None = None,
+    source: Box | None = None,
+) -> np.ndarray:
     """``frames`` (T, H, W, 3) uint8 RGB, the ``source`` region of the clip's frames → the
     ``keep`` region of the augmented frames, a new writeable uint8 array: the same values as
     augmenting whole frames and then cutting ``keep``.
@@ -488,8 +542,10 @@ def apply_numpy(frames: np.ndarray, ops: tuple[RandAugmentOp, ...], policy: Rand
         raise MaedferError(f"RandAugment keep box {keep} is not inside the {frame.w} px frame")
     boxes = _regions(ops, keep, frame)
     if not _contains(source, boxes[0]):
-        raise MaedferError(f"RandAugment source region {source} misses part of {boxes[0]}, "
-                           "which the kept region depends on")  # fmt: skip
+        raise MaedferError(
+            f"RandAugment source region {source} misses part of {boxes[0]}, "
+            "which the kept region depends on"
+        )
     clip, lut = _crop(clip, boxes[0], source), None
     for op, have, want in zip(ops, boxes[:-1], boxes[1:], strict=True):
         clip, lut = _step(op, clip, lut, have, want, policy)
@@ -506,7 +562,7 @@ def apply_numpy(frames: np.ndarray, ops: tuple[RandAugmentOp, ...], policy: Rand
 def _grey(x: torch.Tensor) -> torch.Tensor:
     """Pillow's RGB → L: ``(R·19595 + G·38470 + B·7471 + 2^15) >> 16``, (T, 1, H, W) int32."""
     q = x.to(torch.int32)
-    return ((q[:, 0:1] * 19595 + q[:, 1:2] * 38470 + q[:, 2:3] * 7471 + 32768) >> 16)
+    return (q[:, 0:1] * 19595 + q[:, 1:2] * 38470 + q[:, 2:3] * 7471 + 32768) >> 16
 
 
 def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: float) -> torch.Tensor:
@@ -585,13 +641,15 @@ def _smooth(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _warp_torch(x: torch.Tensor, matrix: tuple[float, ...],
-                fill: tuple[int, ...]) -> torch.Tensor:
+def _warp_torch(x: torch.Tensor, matrix: tuple[float, ...], fill: tuple[int, ...]) -> torch.Tensor:
     """The affine of :func:`_warp_cv2` with ``grid_sample`` (bicubic a = -0.75, constant fill)."""
     t, _, h, w = x.shape
     a, b, c, d, e, f = matrix
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64, device=x.device),
-                            torch.arange(w, dtype=torch.float64, device=x.device), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64, device=x.device),
+        torch.arange(w, dtype=torch.float64, device=x.device),
+        indexing="ij",
+    )
     # the source of pixel (x, y) in pixel indices: OpenCV's inverse map, as _warp_cv2 builds it,
     # in OpenCV's fixed point: the row and column terms each rounded to 1/1024 pixel, plus half
     # a step, then floored to 1/32 pixel (AB_BITS 10, INTER_BITS 5)
@@ -601,13 +659,22 @@ def _warp_torch(x: torch.Tensor, matrix: tuple[float, ...],
     sx, sy = torch.floor(sx / 32) / 32, torch.floor(sy / 32) / 32
     grid = torch.stack([(2 * sx + 1) / w - 1, (2 * sy + 1) / h - 1], dim=-1).to(x.dtype)
     colour = torch.tensor(fill, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    out = F.grid_sample(x - colour, grid.expand(t, h, w, 2), mode="bicubic",
-                        padding_mode="zeros", align_corners=False) + colour
+    out = (
+        F.grid_sample(
+            x - colour,
+            grid.expand(t, h, w, 2),
+            mode="bicubic",
+            padding_mode="zeros",
+            align_corners=False,
+        )
+        + colour
+    )
     return out.round_().clamp_(0, 255)
 
 
-def apply_torch(frames: torch.Tensor, ops: tuple[RandAugmentOp, ...],
-                fill: tuple[int, ...]) -> torch.Tensor:
+def apply_torch(
+    frames: torch.Tensor, ops: tuple[RandAugmentOp, ...], fill: tuple[int, ...]
+) -> torch.Tensor:
     """``frames`` (T, 3, H, W) float32 whole numbers in 0..255, on any device → augmented, same
     shape, dtype and device (the executor of the DALI backend; tolerance in the module notes)."""
     x = frames.float()

@@ -13,6 +13,8 @@ Values: the same as :func:`maedfer.pipelines.rand_augment.apply_torch` sample by
 same device, the same expressions written over a batch dimension (exactly equal on the CPU, as
 tests/pipelines/test_batch_augment.py checks); hence the same tolerance against the numpy
 executor: colour ops exact, the affine warp within 1/255.
+
+Documented in docs/design.md, "Decoding backends".
 """
 
 from __future__ import annotations
@@ -55,8 +57,10 @@ def _arguments(kind: str, ops: list[RandAugmentOp]) -> list[np.ndarray]:
     if kind == "solarize":
         return [np.array([op.args[0] for op in ops], np.float32)]
     if kind == "solarize_add":
-        return [np.array([op.args[0] for op in ops], np.float32),
-                np.array([op.args[1] if len(op.args) > 1 else 128 for op in ops], np.float32)]
+        return [
+            np.array([op.args[0] for op in ops], np.float32),
+            np.array([op.args[1] if len(op.args) > 1 else 128 for op in ops], np.float32),
+        ]
     if kind in ("brightness", "color", "contrast", "sharpness"):
         return [np.array([op.args[0] for op in ops], np.float32)]
     return []  # invert, autocontrast, equalize
@@ -73,15 +77,23 @@ def pack(specs: list[SampleSpec], config: SampleConfig, params: Params) -> list[
                 members.setdefault(chain[layer].kind, []).append((i, chain[layer]))
         for kind, pairs in members.items():
             index = [i for i, _ in pairs]
-            key = None if index == list(range(len(specs))) else params.put(
-                np.array(index, dtype=np.int64))
+            key = (
+                None
+                if index == list(range(len(specs)))
+                else params.put(np.array(index, dtype=np.int64))
+            )
             args = tuple(params.put(a) for a in _arguments(kind, [op for _, op in pairs]))
             groups.append(Group(kind, key, args))
     return groups
 
 
-def run(x: torch.Tensor, groups: list[Group], tensors: list[torch.Tensor], consts: Constants,
-        config: SampleConfig) -> torch.Tensor:
+def run(
+    x: torch.Tensor,
+    groups: list[Group],
+    tensors: list[torch.Tensor],
+    consts: Constants,
+    config: SampleConfig,
+) -> torch.Tensor:
     """``x`` float32 clips ``(B, 3, T, H, W)``, whole numbers 0..255 → the ops applied (in
     place where possible; the result is returned)."""
     for group in groups:
@@ -128,8 +140,12 @@ def _affine(x: torch.Tensor, args: list[torch.Tensor], consts: Constants) -> tor
     sx, sy = torch.floor(sx / 32) / 32, torch.floor(sy / 32) / 32
     grid = torch.stack([(2 * sx + 1) / w - 1, (2 * sy + 1) / h - 1], dim=-1).to(x.dtype)
     shifted = (x - consts.fill).view(g, c * t, h, w)
-    out = F.grid_sample(shifted, grid, mode="bicubic", padding_mode="zeros",
-                        align_corners=False).view(g, c, t, h, w) + consts.fill
+    out = (
+        F.grid_sample(
+            shifted, grid, mode="bicubic", padding_mode="zeros", align_corners=False
+        ).view(g, c, t, h, w)
+        + consts.fill
+    )
     return out.round_().clamp_(0, 255)
 
 
@@ -202,11 +218,18 @@ def _equalize(x: torch.Tensor, args: list[torch.Tensor], consts: Constants) -> t
 
 
 _OPS: dict[str, Any] = {
-    "affine": _affine, "invert": _invert, "posterize": _posterize, "solarize": _solarize,
-    "solarize_add": _solarize_add, "brightness": _brightness, "color": _color,
-    "contrast": _contrast, "sharpness": _sharpness, "autocontrast": _autocontrast,
+    "affine": _affine,
+    "invert": _invert,
+    "posterize": _posterize,
+    "solarize": _solarize,
+    "solarize_add": _solarize_add,
+    "brightness": _brightness,
+    "color": _color,
+    "contrast": _contrast,
+    "sharpness": _sharpness,
+    "autocontrast": _autocontrast,
     "equalize": _equalize,
-}  # fmt: skip
+}
 
 
 def fill(config: SampleConfig) -> tuple[int, ...]:

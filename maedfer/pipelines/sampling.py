@@ -1,4 +1,4 @@
-"""Which frames a clip gives: temporal sampling shared by every backend (MODEL.md §4).
+"""Which frames a clip gives: temporal sampling shared by every backend (docs/recipe.md).
 
 Pure, keyword-only functions from (frame count, frames per clip, stride, generator) to frame
 indices, arguments checked first, no decoder inside: the DALI pipeline and the PyAV loader call
@@ -8,11 +8,11 @@ Rules:
 
 - :func:`stride_window` — 16 frames at stride exactly 4, random start uniform in
   ``[0, n - num_frames * stride]``; a clip shorter than the span starts at 0 and repeats the last
-  frame the stride reaches. This is the pre-training rule of MODEL.md §4.1 and maedfer's default
+  frame the stride reaches. This is the pre-training rule of docs/recipe.md and maedfer's default
   training window.
-- :func:`reference_train_window` — the fine-tuning rule of the reference code (MODEL.md §4.2,
+- :func:`reference_train_window` — the fine-tuning rule of the reference code (docs/recipe.md,
   quirk 5): 16 indices spread by ``linspace`` over a 64-frame window (effective stride 64/15).
-- :func:`test_window` — the test views of MODEL.md §4.2: every ``stride``-th frame of the whole
+- :func:`test_window` — the test views of docs/recipe.md: every ``stride``-th frame of the whole
   clip, padded with the last to ``num_frames``, view ``k`` of ``V`` starts at
   ``int(k * (len - num_frames) / (V - 1))`` (2 views = the first and the last window).
 - :func:`sliding_windows` — inference's windows over a whole video, cut from the same padded
@@ -25,14 +25,10 @@ is ``0, 4, …, 28`` padded with ``28`` to 16, so both views are that list.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
+from maedfer.constants import TEMPORAL_RULES, TemporalRule
 from maedfer.errors import MaedferError
-
-TemporalRule = Literal["stride", "reference"]
-TEMPORAL_RULES: tuple[str, ...] = ("stride", "reference")
 
 
 def _check(num_video_frames: int, num_frames: int, stride: int) -> None:
@@ -53,7 +49,7 @@ def stride_window(
 ) -> np.ndarray:
     """A window of ``num_frames`` frames at exactly ``stride`` apart, at a random start.
 
-    The start is uniform in ``[0, n - num_frames * stride]`` (MODEL.md §4.1: the reference draws
+    The start is uniform in ``[0, n - num_frames * stride]`` (docs/recipe.md: the reference draws
     from ``n - 64 + 1`` starts). When ``n < num_frames * stride`` the window starts at 0 and the
     frames past the end are replaced by the last frame the stride reaches (``n=30`` → ``0..28``
     then ``28`` repeated), as the reference's pre-training loader does.
@@ -77,7 +73,7 @@ def reference_train_window(
     stride: int = 4,
     generator: np.random.Generator,
 ) -> np.ndarray:
-    """The reference fine-tuning window (MODEL.md §4.2; effective stride 64/15, not 4).
+    """The reference fine-tuning window (docs/recipe.md; effective stride 64/15, not 4).
 
     With ``span = num_frames * stride``: if ``n > span``, ``end`` is uniform in ``[span, n - 1]``,
     ``start = end - span`` and the indices are ``int(linspace(start, end, num_frames))`` clipped
@@ -98,11 +94,12 @@ def reference_train_window(
     return np.clip(index, 0, n - 1).astype(np.int64)
 
 
-def subsampled_frames(num_video_frames: int, *, num_frames: int = 16,
-                      stride: int = 4) -> np.ndarray:
+def subsampled_frames(
+    num_video_frames: int, *, num_frames: int = 16, stride: int = 4
+) -> np.ndarray:
     """Every ``stride``-th frame of the clip (``0, 4, 8, …``), padded with the last of those to
     at least ``num_frames`` entries: the list the test views and inference windows cut from
-    (the one window padding of MODEL.md §4.2)."""
+    (the one window padding of docs/recipe.md)."""
     _check(num_video_frames, num_frames, stride)
     every = np.arange(0, int(num_video_frames), stride, dtype=np.int64)
     if len(every) < num_frames:
@@ -118,7 +115,7 @@ def test_window(
     num_frames: int = 16,
     stride: int = 4,
 ) -> np.ndarray:
-    """View ``view`` of ``views`` deterministic test windows (MODEL.md §4.2).
+    """View ``view`` of ``views`` deterministic test windows (docs/recipe.md).
 
     Cut from :func:`subsampled_frames`; view ``k`` starts at ``int(k * (len - num_frames) /
     (views - 1))`` in that list. With one view (where the reference divides by zero, quirk 3)
@@ -134,8 +131,9 @@ def test_window(
     return every[start : start + num_frames]
 
 
-def sliding_windows(num_video_frames: int, *, num_frames: int = 16, stride: int = 4,
-                    hop: int | None = None) -> np.ndarray:
+def sliding_windows(
+    num_video_frames: int, *, num_frames: int = 16, stride: int = 4, hop: int | None = None
+) -> np.ndarray:
     """Every inference window of a video, ``(W, num_frames)`` int64 frame indices.
 
     Windows of :func:`subsampled_frames` (the test views' list) starting every ``hop``
@@ -162,7 +160,8 @@ def train_window(
     rule: TemporalRule = "stride",
     generator: np.random.Generator,
 ) -> np.ndarray:
-    """The training window by ``rule``: ``"stride"`` (default) or ``"reference"`` (§4.2)."""
+    """The training window by ``rule``: ``"stride"`` (default) or ``"reference"``
+    (docs/recipe.md)."""
     if rule == "stride":
         return stride_window(
             num_video_frames, num_frames=num_frames, stride=stride, generator=generator

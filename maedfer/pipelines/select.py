@@ -1,7 +1,7 @@
 """Manifest rows a loader reads: the columns the pipelines need, the fold or split, the root.
 
 Reads only ``clip_id``, ``path``, ``label``, ``fold``, ``split``, ``num_frames`` and ``crop``
-(DESIGN.md §3) of a Parquet manifest, or takes a DataFrame with those columns, and keeps them as
+(docs/design.md) of a Parquet manifest, or takes a DataFrame with those columns, and keeps them as
 compact arrays: a million rows load in about a second and are shared by forked workers without
 per-row Python objects. Selection rules (contract of ``build_loader``):
 
@@ -15,11 +15,11 @@ Paths are relative to the manifest's folder (prepared clips) or, when the rows a
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maedfer.errors import MaedferError
-from maedfer.manifests.schema import check_column_types
+from maedfer.manifests.schema import check_column_types, decode_metadata
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def check_some_clip_exists(table: ClipTable, *, what: str) -> None:
     )
 
 
-def _read_parquet(path: Path) -> tuple[pa.Table, dict[str, str]]:
+def _read_parquet(path: Path) -> tuple[pa.Table, dict[str, Any]]:
     if not path.is_file():
         raise MaedferError(f"manifest {path} does not exist; expected a manifest.parquet file")
     try:
@@ -105,9 +105,7 @@ def _read_parquet(path: Path) -> tuple[pa.Table, dict[str, str]]:
     check_column_types(schema, str(path))
     columns = [c for c in (*NEEDED_COLUMNS, *OPTIONAL_COLUMNS) if c in names]
     table = pq.read_table(path, columns=columns)
-    raw = schema.metadata or {}
-    meta = {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"maedfer.")}
-    return table, meta
+    return table, decode_metadata(schema.metadata, path)
 
 
 def _from_frame(df: pd.DataFrame) -> pa.Table:
@@ -164,35 +162,41 @@ def _crop_column(table: pa.Table) -> np.ndarray:
     kept = col.filter(pa.array(valid))
     lengths = np.asarray(kept.value_lengths().to_numpy(zero_copy_only=False))
     if (lengths != 4).any():
-        raise MaedferError(f"manifest column crop holds a list of {lengths[lengths != 4][0]} "
-                           "values; expected x, y, w, h")
+        raise MaedferError(
+            f"manifest column crop holds a list of {lengths[lengths != 4][0]} "
+            "values; expected x, y, w, h"
+        )
     values = np.asarray(kept.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
     out[valid] = values.reshape(-1, 4)
     return out
 
 
-def _select_mask(table: pa.Table, *, mode: str, fold: int | None, split: str | None,
-                 source: str) -> np.ndarray:
+def _select_mask(
+    table: pa.Table, *, mode: str, fold: int | None, split: str | None, source: str
+) -> np.ndarray:
     n = table.num_rows
     if n == 0:
-        raise MaedferError(f"manifest {source} holds no clips (0 rows): prepare the dataset "
-                           "again (its rejects.parquet says why clips were left out)")  # fmt: skip
+        raise MaedferError(
+            f"manifest {source} holds no clips (0 rows): prepare the dataset "
+            "again (its rejects.parquet says why clips were left out)"
+        )
     if fold is not None and split is not None:
         raise MaedferError(f"give a fold or a split, not both (fold={fold}, split={split!r})")
     if fold is not None:
         folds = _int_column(table, "fold", -1)
         present = sorted({int(f) for f in np.unique(folds) if f >= 0})
         if not present:
-            raise MaedferError(f"fold {fold} asked for, but {source} has no folds "
-                               "(a fixed-split dataset: select a split instead)")
+            raise MaedferError(
+                f"fold {fold} asked for, but {source} has no folds "
+                "(a fixed-split dataset: select a split instead)"
+            )
         if int(fold) not in present:
             raise MaedferError(f"fold ({fold}) must be one of {present} for {source}")
         return folds == int(fold) if mode == "test" else folds != int(fold)
     if split is not None:
         if "split" not in table.column_names:
             raise MaedferError(f"split {split!r} asked for, but {source} has no split column")
-        splits = table.column("split").combine_chunks().fill_null("").to_numpy(
-            zero_copy_only=False)
+        splits = table.column("split").combine_chunks().fill_null("").to_numpy(zero_copy_only=False)
         mask = splits == split
         if not mask.any():
             names = sorted({s for s in np.unique(splits) if s})
@@ -201,15 +205,17 @@ def _select_mask(table: pa.Table, *, mode: str, fold: int | None, split: str | N
     return np.ones(n, dtype=bool)
 
 
-def _resolve_root(table: pa.Table, meta: dict[str, str], manifest_dir: Path | None) -> Path:
+def _resolve_root(table: pa.Table, meta: dict[str, Any], manifest_dir: Path | None) -> Path:
     """Manifest folder, or ``maedfer.raw_root`` when the first clip is found there instead."""
     base = manifest_dir if manifest_dir is not None else Path.cwd()
-    raw_root = meta.get("maedfer.raw_root")
+    raw_root = meta.get("raw_root")
     if raw_root and table.num_rows:
         first = Path(table.column("path")[0].as_py())
-        if not first.is_absolute() and not (base / first).exists() and (
-            Path(raw_root) / first
-        ).exists():
+        if (
+            not first.is_absolute()
+            and not (base / first).exists()
+            and (Path(raw_root) / first).exists()
+        ):
             log.info("clips are read in place under raw_root %s", raw_root)
             return Path(raw_root)
     return base
@@ -272,20 +278,26 @@ def load_clip_table(
     _check_paths(table, source)
     mask = _select_mask(table, mode=mode, fold=fold, split=split, source=source)
     if not mask.any():
-        raise MaedferError(f"no rows of {source} are selected (mode={mode}, fold={fold}, "
-                           f"split={split!r}); it has {table.num_rows} rows")
+        raise MaedferError(
+            f"no rows of {source} are selected (mode={mode}, fold={fold}, "
+            f"split={split!r}); it has {table.num_rows} rows"
+        )
     table = table.filter(pa.array(mask))
     label = _int_column(table, "label", -1)
     below = np.flatnonzero(label < -1)
     if below.size:  # -1 means unlabelled; anything lower means nothing
         bad = table.column("clip_id")[int(below[0])].as_py()
-        raise MaedferError(f"manifest {source}: clip {bad} has label {int(label[below[0]])}; "
-                           "labels are class indices 0..K-1, or -1 for an unlabelled clip")
+        raise MaedferError(
+            f"manifest {source}: clip {bad} has label {int(label[below[0]])}; "
+            "labels are class indices 0..K-1, or -1 for an unlabelled clip"
+        )
     if mode != "pretrain" and (label < 0).any():
         bad = table.column("clip_id")[int(np.flatnonzero(label < 0)[0])].as_py()
-        raise MaedferError(f"{mode} mode needs labelled clips, but {bad} in {source} has label -1"
-                           " (unlabelled: use it for pre-training)")
-    classes = json.loads(meta["maedfer.classes"]) if "maedfer.classes" in meta else None
+        raise MaedferError(
+            f"{mode} mode needs labelled clips, but {bad} in {source} has label -1"
+            " (unlabelled: use it for pre-training)"
+        )
+    classes = list(meta["classes"]) if "classes" in meta else None
     if mode != "pretrain" and classes is not None:
         _check_label_range(table, label, len(classes), source)
     return ClipTable(

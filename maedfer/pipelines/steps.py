@@ -18,6 +18,8 @@ A :class:`Step` declares
 Adding an augmentation is one row here plus its two executors. The clip-mean subtraction and
 the ImageNet normalisation are not steps: they run in every mode, between the ``geometry`` and
 ``values`` stages.
+
+Documented in docs/design.md, "Decoding backends".
 """
 
 from __future__ import annotations
@@ -104,31 +106,85 @@ _TRAIN, _PRETRAIN = frozenset({"train"}), frozenset({"pretrain"})
 
 #: The steps in the order the plan draws them (the order of application is by stage).
 STEPS: tuple[Step, ...] = (
-    Step("multi_scale_crop", _PRETRAIN, "geometry", _augment, _multi_scale_crop,
-         lambda c: {"name": "multi_scale_crop", "scales": list(augment.MULTI_SCALES),
-                    "max_distort": 1, "fixed_offsets": 13, "size": c.size},
-         cpu_augment.crop, batch_augment.CROP),
-    Step("random_resized_crop", _TRAIN, "geometry", _augment, _resized_crop,
-         lambda c: {"name": "random_resized_crop", "scale": [0.08, 1.0],
-                    "ratio": [3 / 4, 4 / 3], "size": c.size},
-         cpu_augment.crop, batch_augment.CROP),
-    Step("horizontal_flip", _TRAIN, "geometry", lambda c: c.augment or c.flip_only, _flip,
-         lambda c: {"name": "horizontal_flip", "p": augment.FLIP_PROB},
-         cpu_augment.flip, batch_augment.FLIP),
-    Step("rand_augment", _TRAIN, "frames", _augment, _rand_augment,
-         lambda c: {"name": "rand_augment", "policy": c.rand_augment_policy,
-                    "interpolation": "bicubic", "same_for_all_frames": True},
-         cpu_augment.rand_augment, batch_augment.RAND_AUGMENT,
-         applied=lambda c: c.rand_augment),
-    Step("random_erasing", _TRAIN, "regions", _augment, _erasing,
-         lambda c: {"name": "random_erasing", "p": augment.ERASE_PROB, "mode": "pixel",
-                    "count": 1},
-         cpu_augment.random_erasing, batch_augment.ERASING),
+    Step(
+        "multi_scale_crop",
+        _PRETRAIN,
+        "geometry",
+        _augment,
+        _multi_scale_crop,
+        lambda c: {
+            "name": "multi_scale_crop",
+            "scales": list(augment.MULTI_SCALES),
+            "max_distort": 1,
+            "fixed_offsets": 13,
+            "size": c.size,
+        },
+        cpu_augment.crop,
+        batch_augment.CROP,
+    ),
+    Step(
+        "random_resized_crop",
+        _TRAIN,
+        "geometry",
+        _augment,
+        _resized_crop,
+        lambda c: {
+            "name": "random_resized_crop",
+            "scale": [0.08, 1.0],
+            "ratio": [3 / 4, 4 / 3],
+            "size": c.size,
+        },
+        cpu_augment.crop,
+        batch_augment.CROP,
+    ),
+    Step(
+        "horizontal_flip",
+        _TRAIN,
+        "geometry",
+        lambda c: c.augment or c.flip_only,
+        _flip,
+        lambda c: {"name": "horizontal_flip", "p": augment.FLIP_PROB},
+        cpu_augment.flip,
+        batch_augment.FLIP,
+    ),
+    Step(
+        "rand_augment",
+        _TRAIN,
+        "frames",
+        _augment,
+        _rand_augment,
+        lambda c: {
+            "name": "rand_augment",
+            "policy": c.rand_augment_policy,
+            "interpolation": "bicubic",
+            "same_for_all_frames": True,
+        },
+        cpu_augment.rand_augment,
+        batch_augment.RAND_AUGMENT,
+        applied=lambda c: c.rand_augment,
+    ),
+    Step(
+        "random_erasing",
+        _TRAIN,
+        "regions",
+        _augment,
+        _erasing,
+        lambda c: {"name": "random_erasing", "p": augment.ERASE_PROB, "mode": "pixel", "count": 1},
+        cpu_augment.random_erasing,
+        batch_augment.ERASING,
+    ),
     # drawn last, so that the draws above do not depend on the option
-    Step("random_sign", _TRAIN, "values", lambda c: c.random_sign, _sign,
-         lambda c: {"name": "random_sign", "p": 0.5},
-         cpu_augment.random_sign, batch_augment.SIGN),
-)  # fmt: skip
+    Step(
+        "random_sign",
+        _TRAIN,
+        "values",
+        lambda c: c.random_sign,
+        _sign,
+        lambda c: {"name": "random_sign", "p": 0.5},
+        cpu_augment.random_sign,
+        batch_augment.SIGN,
+    ),
+)
 
 
 #: The steps by name.

@@ -1,4 +1,4 @@
-"""Faces and clips: from a raw dataset to prepared clips and a manifest (DESIGN.md §3, §4).
+"""Faces and clips: from a raw dataset to prepared clips and a manifest (docs/design.md).
 
 Small steps on arrays and paths, one driver:
 

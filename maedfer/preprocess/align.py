@@ -1,4 +1,4 @@
-"""Five-point similarity alignment to one fixed template (DESIGN.md §4).
+"""Five-point similarity alignment to one fixed template (docs/design.md).
 
 Pure functions on arrays: the template, the least-squares similarity transform (Umeyama 1991),
 temporal smoothing of landmarks, filling frames without a face from the nearest good one, and
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 # mouth corner. Measured, not copied: facenet-pytorch MTCNN on the four committed portraits,
 # each face's landmarks expressed relative to its detection box (centre, side), averaged,
 # made left-right symmetric, then placed so the box side is FACE_SCALE of the crop around the
-# crop centre -- the role OpenFace's `-simscale 0.7` plays for the MAE-DFER family (DATASETS.md
-# §1.4). Eyes land at 38%/62% across and 41% down, the mouth at 66% down.
+# crop centre -- the role OpenFace's `-simscale 0.7` plays for the MAE-DFER family
+# (docs/datasets.md). Eyes land at 38%/62% across and 41% down, the mouth at 66% down.
 FACE_SCALE = 0.7
 _TEMPLATE_IN_BOX = np.array(
     [[-0.1736, -0.1271], [0.1736, -0.1271], [0.0, 0.0821], [-0.1686, 0.2251], [0.1686, 0.2251]]
@@ -147,9 +147,14 @@ def warp_frames(frames: np.ndarray | torch.Tensor, transforms: np.ndarray, size:
         m = matrix.copy()
         m[:, 2] += 0.5 * m[:, :2].sum(1) - 0.5
         cv2.warpAffine(
-            frame, m, (size, size), dst=out[t], flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_CONSTANT, borderValue=0,
-        )  # fmt: skip
+            frame,
+            m,
+            (size, size),
+            dst=out[t],
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
     return out
 
 

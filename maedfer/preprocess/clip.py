@@ -1,11 +1,11 @@
-"""One clip of a raw dataset -> one manifest row or one reject (DESIGN.md §3, §4).
+"""One clip of a raw dataset -> one manifest row or one reject (docs/design.md).
 
 `process_clip` decides by the entry's kind and the dataset:
 
 - a video (CREMA-D, RAVDESS, eNTERFACE05, and DFEW/FERV39k/MAFW with ``--from-video``): decode,
   find and align the face (`FaceAligner`), encode the crops;
 - a frame folder (the official faces of DFEW, FERV39k, MAFW): resize each frame to the square
-  size and encode, no detection (self-extracted faces cost MAFW ~25 UAR points, DATASETS.md §10);
+  size and encode, no detection (self-extracted faces cost MAFW ~25 UAR points, docs/datasets.md);
 - an in-place dataset (VoxCeleb2, ``folder --in-place``; the registry's ``in_place``): probe
   the file and record its crop (VoxCeleb2's upper-centre box, a folder's centred square),
   reading it in place; with ``--reencode``, decode, crop and encode instead.
@@ -233,8 +233,9 @@ def _check_length(num_frames: int, options: PrepareOptions) -> None:
         raise VideoError(f"too short: {num_frames} frames (--min-frames {options.min_frames})")
 
 
-def _align_and_write(source: Path, fps, options: PrepareOptions, aligner: FaceAligner,
-                     result: ClipResult) -> None:  # fmt: skip
+def _align_and_write(
+    source: Path, fps, options: PrepareOptions, aligner: FaceAligner, result: ClipResult
+) -> None:
     """Two decodes: locate the face in every frame, then warp and encode frame by frame."""
     track = aligner.locate_stream(prefetched(iter_video_frames(source)))
     _check_length(len(track.valid), options)
@@ -269,8 +270,10 @@ def _write(frames, fps, options: PrepareOptions, result: ClipResult) -> None:
     target = output_path(options.out, result.path, what=f"the clip of {result.clip_id}")
     source = options.raw_root / result.source
     if target.exists() and source.exists() and os.path.samefile(target, source):
-        raise MaedferError(f"{target} is the raw file {result.source} itself: --out must not "
-                           "hold the raw videos under its clips/ folder")  # fmt: skip
+        raise MaedferError(
+            f"{target} is the raw file {result.source} itself: --out must not "
+            "hold the raw videos under its clips/ folder"
+        )
     result.num_frames = write_clip(frames, target, fps=fps, codec=options.codec)
     result.fps = float(fps)
     result.height = result.width = options.size

@@ -1,4 +1,4 @@
-"""MTCNN face detection with batched crops (DESIGN.md §4).
+"""MTCNN face detection with batched crops (docs/design.md).
 
 The three networks (P-Net, R-Net, O-Net) and their weights are facenet-pytorch's (the weights ship
 in the wheel, so detection runs offline). The cascade around them is written here because

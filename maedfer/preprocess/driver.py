@@ -1,4 +1,4 @@
-"""``maedfer prepare``: the resumable driver (DESIGN.md §2-§4).
+"""``maedfer prepare``: the resumable driver (docs/design.md).
 
 It only loops, keeps state and shows progress; the work per clip is `maedfer.preprocess.clip`.
 
@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
@@ -53,6 +53,7 @@ from tqdm import tqdm
 
 from maedfer import lifeline
 from maedfer.atomic import remove_stale
+from maedfer.devices import resolve_device
 from maedfer.errors import MaedferError
 from maedfer.lifeline import die_with
 from maedfer.lock import hold
@@ -77,8 +78,8 @@ from maedfer.preprocess.clip import (
     planned_path,
     source_stamp,
 )
-from maedfer.preprocess.encode import CODECS, PARTIAL_MARK
-from maedfer.preprocess.faces import resolve_device
+from maedfer.preprocess.encode import PARTIAL_MARK
+from maedfer.preprocess.options import PrepareConfig
 from maedfer.quiet import quiet_library_warnings
 
 logger = logging.getLogger(__name__)
@@ -246,8 +247,9 @@ class Journal:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(options: PrepareOptions, aligner_kwargs: dict, threads: int | None,
-                 main_pid: int | None = None) -> None:
+def _init_worker(
+    options: PrepareOptions, aligner_kwargs: dict, threads: int | None, main_pid: int | None = None
+) -> None:
     """Per process: a lifeline on the main process (`maedfer.lifeline`: a worker never
     outlives it), options, thread limits, and a FaceAligner made on first need."""
     if main_pid is not None:
@@ -322,8 +324,9 @@ def _pool_context() -> mp.context.BaseContext:
     ctx = mp.get_context("forkserver")
     # maedfer.lifeline first: the server holds a lifeline on this process (ENV) from its start
     os.environ[lifeline.ENV] = str(os.getpid())
-    ctx.set_forkserver_preload(["maedfer.lifeline", "maedfer.preprocess.driver",
-                                "maedfer.preprocess.faces"])
+    ctx.set_forkserver_preload(
+        ["maedfer.lifeline", "maedfer.preprocess.driver", "maedfer.preprocess.faces"]
+    )
     return ctx
 
 
@@ -336,8 +339,7 @@ def _start_pool_server() -> None:
     from multiprocessing import forkserver
 
     _pool_context()
-    threading.Thread(target=forkserver.ensure_running, name="forkserver-start",
-                     daemon=True).start()
+    threading.Thread(target=forkserver.ensure_running, name="forkserver-start", daemon=True).start()
 
 
 # A worker that dies (killed, out of memory) takes the clips it held with it: they are tried
@@ -345,19 +347,26 @@ def _start_pool_server() -> None:
 MAX_WORKER_DEATHS = 2
 
 
-def _process(todo: list[ClipEntry], journal: Journal, options, aligner_kwargs, workers, done
-             ) -> list[ClipResult]:  # fmt: skip
+def _process(
+    todo: list[ClipEntry], journal: Journal, options, aligner_kwargs, workers, done
+) -> list[ClipResult]:
     """Prepare `todo`; the environmental failures that remain after one retry each."""
     with lifeline.terminate_as_interrupt():
         return _process_all(todo, journal, options, aligner_kwargs, workers, done)
 
 
-def _process_all(todo: list[ClipEntry], journal: Journal, options, aligner_kwargs, workers,
-                 done) -> list[ClipResult]:  # fmt: skip
+def _process_all(
+    todo: list[ClipEntry], journal: Journal, options, aligner_kwargs, workers, done
+) -> list[ClipResult]:
     bar = tqdm(
-        total=len(todo) + done, initial=done, unit="clip", desc=f"prepare {options.dataset}",
-        file=sys.stderr, dynamic_ncols=True, smoothing=0.05,
-    )  # fmt: skip
+        total=len(todo) + done,
+        initial=done,
+        unit="clip",
+        desc=f"prepare {options.dataset}",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        smoothing=0.05,
+    )
     counts = Counter()
     failures: dict[str, ClipResult] = {}
 
@@ -376,8 +385,9 @@ def _process_all(todo: list[ClipEntry], journal: Journal, options, aligner_kwarg
                 retry = [e for e in todo if e.clip_id in failures]
                 if not retry:
                     break
-                logger.warning("retrying %d clip(s) that failed for environmental reasons",
-                               len(retry))  # fmt: skip
+                logger.warning(
+                    "retrying %d clip(s) that failed for environmental reasons", len(retry)
+                )
                 failures.clear()
                 todo = retry
             if workers <= 1:
@@ -400,9 +410,11 @@ def _in_pool(todo, options, aligner_kwargs, workers, record, work=None) -> None:
     pending = list(reversed(todo))
     while pending:
         pool = ProcessPoolExecutor(
-            workers, mp_context=_pool_context(), initializer=_init_worker,
+            workers,
+            mp_context=_pool_context(),
+            initializer=_init_worker,
             initargs=(options, aligner_kwargs, threads, os.getpid()),
-        )  # fmt: skip
+        )
         in_flight: dict = {}
         try:
             while pending or in_flight:
@@ -418,12 +430,18 @@ def _in_pool(todo, options, aligner_kwargs, workers, record, work=None) -> None:
             for entry in in_flight.values():
                 deaths[entry.clip_id] += 1
                 if deaths[entry.clip_id] >= MAX_WORKER_DEATHS:
-                    record(ClipResult(entry.clip_id, entry.source,
-                                      failure="worker died (killed or out of memory)"))  # fmt: skip
+                    record(
+                        ClipResult(
+                            entry.clip_id,
+                            entry.source,
+                            failure="worker died (killed or out of memory)",
+                        )
+                    )
                 else:
                     pending.append(entry)
-            logger.warning("a prepare worker died; %d clip(s) it held go to a new worker",
-                           len(in_flight))  # fmt: skip
+            logger.warning(
+                "a prepare worker died; %d clip(s) it held go to a new worker", len(in_flight)
+            )
         except BaseException:  # interrupted: stop the workers rather than orphan them
             _kill(pool)
             raise
@@ -442,8 +460,9 @@ def _kill(pool: ProcessPoolExecutor) -> None:
 def _frame(results: list[ClipResult], entries: list[ClipEntry], index: RawIndex) -> pd.DataFrame:
     by_id = {r.clip_id: r for r in results}
     kept = [e for e in entries if e.clip_id in by_id and by_id[e.clip_id].ok]
-    sub = RawIndex(index.dataset, index.protocol, index.raw_root, index.classes, index.num_folds,
-                   entries=kept)  # fmt: skip
+    sub = RawIndex(
+        index.dataset, index.protocol, index.raw_root, index.classes, index.num_folds, entries=kept
+    )
     df = sub.to_frame(lambda e: by_id[e.clip_id].path)
     for col in ("num_frames", "fps", "width", "height", "crop", "face_ratio"):
         df[col] = [getattr(by_id[e.clip_id], col) for e in kept]
@@ -453,10 +472,15 @@ def _frame(results: list[ClipResult], entries: list[ClipEntry], index: RawIndex)
 def _write_outputs(df, rejects, index: RawIndex, out: Path, shard) -> dict[str, str]:
     manifest_name, rejects_name, _ = output_names(shard)
     fingerprints = write_manifest(
-        df, out / manifest_name, dataset=index.dataset, protocol=index.protocol,
-        classes=index.classes, num_folds=index.num_folds, raw_root=index.raw_root,
+        df,
+        out / manifest_name,
+        dataset=index.dataset,
+        protocol=index.protocol,
+        classes=index.classes,
+        num_folds=index.num_folds,
+        raw_root=index.raw_root,
         extra=index.extra,
-    )  # fmt: skip
+    )
     write_rejects(sorted(rejects), out / rejects_name)
     return fingerprints
 
@@ -465,8 +489,18 @@ def _reason_counts(rejects: list[tuple[str, str, str]]) -> Counter:
     return Counter(r[2].split(":", 1)[0] for r in rejects)
 
 
-def _summary(dataset, ok, rejects, seconds, out, shard, fingerprints, warnings,
-             processed: int | None = None, carried: int = 0) -> str:  # fmt: skip
+def _summary(
+    dataset,
+    ok,
+    rejects,
+    seconds,
+    out,
+    shard,
+    fingerprints,
+    warnings,
+    processed: int | None = None,
+    carried: int = 0,
+) -> str:
     """The run's summary; ``processed``: clips judged by this run (the rate counts those
     only, not the ones a resumed run found done); ``carried``: rejects an earlier run judged."""
     manifest_name, rejects_name, _ = output_names(shard)
@@ -483,14 +517,16 @@ def _summary(dataset, ok, rejects, seconds, out, shard, fingerprints, warnings,
         f"rejects:  {out / rejects_name}",
     ]
     if carried:
-        lines.append(f"  {carried} of the rejects were judged by an earlier run and carried "
-                     "over (their files are unchanged); --retry-rejects judges them again")
+        lines.append(
+            f"  {carried} of the rejects were judged by an earlier run and carried "
+            "over (their files are unchanged); --retry-rejects judges them again"
+        )
     lines += [f"warning: {w}" for w in warnings]
     lines += ["fingerprints:", format_fingerprints(fingerprints, published=dataset)]
     return "\n".join(lines)
 
 
-def _merge(index: RawIndex, out: Path) -> dict[str, Any]:
+def _merge(index: RawIndex, out: Path, emit: Callable[[str], None]) -> dict[str, Any]:
     """Combine ``manifest.shard-i-of-N.parquet`` (all N of them) into ``manifest.parquet``."""
     found: dict[int, set[int]] = {}
     for p in out.glob("manifest.shard-*-of-*.parquet") if out.is_dir() else []:
@@ -526,9 +562,17 @@ def _merge(index: RawIndex, out: Path) -> dict[str, Any]:
     warnings = [f"{len(absent)} indexed clip(s) in no shard, e.g. {absent[0]}"] if absent else []
     start = time.perf_counter()
     fingerprints = _write_outputs(df[list(MANIFEST_COLUMNS)], sorted(rejects), index, out, None)
-    text = _summary(index.dataset, len(df), sorted(rejects), time.perf_counter() - start, out,
-                    None, fingerprints, warnings)  # fmt: skip
-    print(f"merged {n} shards\n{text}")
+    text = _summary(
+        index.dataset,
+        len(df),
+        sorted(rejects),
+        time.perf_counter() - start,
+        out,
+        None,
+        fingerprints,
+        warnings,
+    )
+    emit(f"merged {n} shards\n{text}")
     return {"ok": len(df), "rejected": len(rejects), "fingerprints": fingerprints}
 
 
@@ -552,8 +596,12 @@ def run(
     min_face_ratio: float = MIN_FACE_RATIO,
     retry_rejects: bool = False,
     dataset_options: dict[str, Any] | None = None,
+    show: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Index a raw dataset, prepare its clips, write manifest and rejects (DESIGN.md §2-§4).
+    """Index a raw dataset, prepare its clips, write manifest and rejects (docs/design.md).
+
+    The options are :class:`maedfer.preprocess.options.PrepareConfig`'s (declared and checked
+    there); ``dataset_options`` are the dataset's own (its registry entry's ``options``).
 
     Args:
         dataset: a registered name (`maedfer.manifests.list_datasets()`).
@@ -571,6 +619,8 @@ def run(
             ("face_ratio"); retry_rejects: judge the rejects of an earlier run again.
         dataset_options: the dataset's own options (`Protocol.configure`; ``folder``:
             labels, subject_from, unlabeled, classes, folds, seed, in_place).
+        show: takes the summary's lines (the command line prints them); nothing is printed
+            here.
 
     Returns:
         A summary: ``ok``, ``rejected``, ``reasons`` (prefix -> count), ``seconds``,
@@ -581,35 +631,64 @@ def run(
             or clips that failed for environmental reasons (after the summary is printed).
     """
     start = time.perf_counter()
-    if min_frames < 1:
-        raise MaedferError(f"--min-frames {min_frames} must be >= 1")
-    if not 0.0 <= min_face_ratio <= 1.0:
-        raise MaedferError(f"--min-face-ratio {min_face_ratio} must be between 0 and 1")
-    if size % 2:
-        raise MaedferError(f"--size {size} must be even (H.264/VP9 4:2:0 needs even sides)")
-    if codec not in CODECS:
-        raise MaedferError(f"--codec {codec!r} must be one of {', '.join(CODECS)}")
-    if merge and shard is not None:
-        raise MaedferError("--merge combines the shards: run it without --shard")
-    if limit is not None and limit < 1:
-        raise MaedferError(f"--limit {limit} must be >= 1")
+    PrepareConfig(
+        workers=workers, size=size, index_only=index_only, codec=codec, from_video=from_video,
+        reencode=reencode, shard=shard, merge=merge, device=device, detect_every=detect_every,
+        limit=limit, min_frames=min_frames, min_face_ratio=min_face_ratio,
+        retry_rejects=retry_rejects,
+    ).validate()  # fmt: skip
     part = parse_shard(shard)
     if not index_only and not merge:
         resolve_device(device)  # a CUDA request without CUDA fails here, not once per clip
     out = Path(out).expanduser().resolve()
     with hold(out, shard=output_names(part)[2] if part is not None else None):
         return _run_held(
-            dataset=dataset, raw=raw, out=out, part=part, workers=workers, size=size,
-            index_only=index_only, codec=codec, from_video=from_video, reencode=reencode,
-            merge=merge, device=device, detect_every=detect_every, limit=limit,
-            min_frames=min_frames, min_face_ratio=min_face_ratio, retry_rejects=retry_rejects,
-            dataset_options=dataset_options, start=start,
-        )  # fmt: skip
+            dataset=dataset,
+            raw=raw,
+            out=out,
+            part=part,
+            workers=workers,
+            size=size,
+            index_only=index_only,
+            codec=codec,
+            from_video=from_video,
+            reencode=reencode,
+            merge=merge,
+            device=device,
+            detect_every=detect_every,
+            limit=limit,
+            min_frames=min_frames,
+            min_face_ratio=min_face_ratio,
+            retry_rejects=retry_rejects,
+            dataset_options=dataset_options,
+            start=start,
+            emit=show or (lambda _line: None),
+        )
 
 
-def _run_held(*, dataset, raw, out: Path, part, workers, size, index_only, codec, from_video,
-              reencode, merge, device, detect_every, limit, min_frames, min_face_ratio,
-              retry_rejects, dataset_options, start) -> dict[str, Any]:  # fmt: skip
+def _run_held(
+    *,
+    dataset,
+    raw,
+    out: Path,
+    part,
+    workers,
+    size,
+    index_only,
+    codec,
+    from_video,
+    reencode,
+    merge,
+    device,
+    detect_every,
+    limit,
+    min_frames,
+    min_face_ratio,
+    retry_rejects,
+    dataset_options,
+    start,
+    emit: Callable[[str], None],
+) -> dict[str, Any]:
     """:func:`run` once it holds ``out``'s lock."""
     remove_stale(out)  # a killed run's half-written manifest or rejects
     if workers > 1 and not index_only and not merge:
@@ -621,12 +700,19 @@ def _run_held(*, dataset, raw, out: Path, part, workers, size, index_only, codec
     for warning in index.warnings:
         logger.warning(warning)
     if merge:
-        return _merge(index, out)
+        return _merge(index, out, emit)
     _check_apart(index.raw_root, out, in_place=in_place and not reencode)
-    options = PrepareOptions(dataset=index.dataset, raw_root=index.raw_root, out=out, size=size,
-                             codec=codec, reencode=reencode, min_frames=min_frames,
-                             min_face_ratio=min_face_ratio,
-                             crop_rule=info.crop if in_place else None)  # fmt: skip
+    options = PrepareOptions(
+        dataset=index.dataset,
+        raw_root=index.raw_root,
+        out=out,
+        size=size,
+        codec=codec,
+        reencode=reencode,
+        min_frames=min_frames,
+        min_face_ratio=min_face_ratio,
+        crop_rule=info.crop if in_place else None,
+    )
     work = entry_work(index.entries, index.raw_root) if part is not None else None
     entries = shard_entries(index.entries, part, work)[:limit]
     # Files the protocol leaves out are listed once: by the unsharded run or by shard 1.
@@ -638,20 +724,38 @@ def _run_held(*, dataset, raw, out: Path, part, workers, size, index_only, codec
         ok = len(df)
     else:
         results, failures, judged = _prepare(
-            entries, options, out, part, workers=workers, device=device,
-            detect_every=detect_every, from_video=from_video, retry_rejects=retry_rejects,
-        )  # fmt: skip
+            entries,
+            options,
+            out,
+            part,
+            workers=workers,
+            device=device,
+            detect_every=detect_every,
+            from_video=from_video,
+            retry_rejects=retry_rejects,
+        )
         if failures:
-            _report_failures(index.dataset, failures, len(results), out)
+            _report_failures(index.dataset, failures, len(results), out, emit)
         rejects += [(r.clip_id, r.source, r.reason) for r in results if not r.ok]
         carried = sum(not r.ok and r.clip_id not in judged for r in results)
         df = _frame(results, entries, index)
         fingerprints = _write_outputs(df, rejects, index, out, part)
         ok = len(df)
     seconds = time.perf_counter() - start
-    print(_summary(index.dataset, ok, rejects, seconds, out, part, fingerprints, index.warnings,
-                   processed=None if index_only else len(judged),
-                   carried=0 if index_only else carried))  # fmt: skip
+    emit(
+        _summary(
+            index.dataset,
+            ok,
+            rejects,
+            seconds,
+            out,
+            part,
+            fingerprints,
+            index.warnings,
+            processed=None if index_only else len(judged),
+            carried=0 if index_only else carried,
+        )
+    )
     return {
         "ok": ok,
         "rejected": len(rejects),
@@ -666,19 +770,25 @@ def _check_apart(raw_root: Path, out: Path, *, in_place: bool) -> None:
     written over the raw videos they are made from."""
     clips = out / "clips"
     if not in_place and (raw_root == clips or clips in raw_root.parents):
-        raise MaedferError(f"--raw {raw_root} lies inside {clips}, where prepared clips are "
-                           "written: they would replace the raw videos; choose another --out")
+        raise MaedferError(
+            f"--raw {raw_root} lies inside {clips}, where prepared clips are "
+            "written: they would replace the raw videos; choose another --out"
+        )
 
 
-def _report_failures(dataset: str, failures: list[ClipResult], done: int, out: Path) -> None:
-    """Print the clips that failed for environmental reasons and end the run non-zero."""
-    print(f"prepare {dataset}: {done} clips done, {len(failures)} failed for environmental "
-          f"reasons (not rejected; the manifest in {out} is not written):")  # fmt: skip
+def _report_failures(
+    dataset: str, failures: list[ClipResult], done: int, out: Path, emit: Callable[[str], None]
+) -> None:
+    """Say which clips failed for environmental reasons and end the run non-zero."""
+    emit(
+        f"prepare {dataset}: {done} clips done, {len(failures)} failed for environmental "
+        f"reasons (not rejected; the manifest in {out} is not written):"
+    )
     failures = sorted(failures, key=lambda f: f.clip_id)
     for f in failures[:10]:
-        print(f"  {f.clip_id}: {f.failure}")
+        emit(f"  {f.clip_id}: {f.failure}")
     if len(failures) > 10:
-        print(f"  ... (+{len(failures) - 10} more)")
+        emit(f"  ... (+{len(failures) - 10} more)")
     first = failures[0]
     raise MaedferError(
         f"{len(failures)} clip(s) failed for environmental reasons (e.g. {first.clip_id}: "
@@ -686,8 +796,9 @@ def _report_failures(dataset: str, failures: list[ClipResult], done: int, out: P
     )
 
 
-def _needs_work(entry: ClipEntry, result: ClipResult | None, options: PrepareOptions,
-                retry_rejects: bool) -> bool:  # fmt: skip
+def _needs_work(
+    entry: ClipEntry, result: ClipResult | None, options: PrepareOptions, retry_rejects: bool
+) -> bool:
     """A clip to (re)do: never done, its clip file gone, its source changed since it was
     judged, or a reject to judge again."""
     if result is None:
@@ -701,9 +812,18 @@ def _needs_work(entry: ClipEntry, result: ClipResult | None, options: PrepareOpt
     return source_stamp(options.raw_root / entry.source) != result.stamp
 
 
-def _prepare(entries, options: PrepareOptions, out: Path, part, *, workers, device,
-             detect_every, from_video, retry_rejects=False
-             ) -> tuple[list[ClipResult], list[ClipResult], set[str]]:  # fmt: skip
+def _prepare(
+    entries,
+    options: PrepareOptions,
+    out: Path,
+    part,
+    *,
+    workers,
+    device,
+    detect_every,
+    from_video,
+    retry_rejects=False,
+) -> tuple[list[ClipResult], list[ClipResult], set[str]]:
     """Process the entries not finished yet; the results of all of them, from the journal,
     the environmental failures that remain, and the clips this run judged."""
     config = {k: str(v) for k, v in asdict(options).items() if k != "out"}
@@ -716,14 +836,19 @@ def _prepare(entries, options: PrepareOptions, out: Path, part, *, workers, devi
         if removed:
             logger.info("removed %d temporary file(s) of an interrupted run", removed)
         if len(todo) < len(entries):
-            logger.info("resuming: %d of %d clips already done", len(entries) - len(todo),
-                        len(entries))  # fmt: skip
+            logger.info(
+                "resuming: %d of %d clips already done", len(entries) - len(todo), len(entries)
+            )
         aligner_kwargs = dict(size=options.size, device=device, detect_every=detect_every)
-        failures = _process(todo, journal, options, aligner_kwargs, workers,
-                            len(entries) - len(todo))  # fmt: skip
+        failures = _process(
+            todo, journal, options, aligner_kwargs, workers, len(entries) - len(todo)
+        )
     finally:
         journal.close()
     failed = {f.clip_id for f in failures}
-    done = [journal.results[e.clip_id] for e in entries
-            if e.clip_id in journal.results and e.clip_id not in failed]  # fmt: skip
+    done = [
+        journal.results[e.clip_id]
+        for e in entries
+        if e.clip_id in journal.results and e.clip_id not in failed
+    ]
     return done, failures, {e.clip_id for e in todo}

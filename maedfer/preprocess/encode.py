@@ -1,7 +1,7 @@
-"""Encoding prepared clips with PyAV (DESIGN.md §4).
+"""Encoding prepared clips with PyAV (docs/design.md).
 
 H.264 in MP4 (libx264, yuv420p) by default, VP9 in WebM (libvpx-vp9) as an option -- the codec
-DALI decodes on CPU (DESIGN.md §7). Constant frame rate (frame ``i`` has timestamp ``i / fps``)
+DALI decodes on CPU (docs/design.md). Constant frame rate (frame ``i`` has timestamp ``i / fps``)
 and a keyframe at least every `KEYFRAME_INTERVAL` frames, so a 16-frame window never decodes
 more than 16 frames before its first. Files are written under a temporary name in the same
 folder and renamed when complete: a killed run never leaves a half-written clip under the
@@ -102,8 +102,9 @@ def rgb_to_yuv420p(image: np.ndarray) -> np.ndarray:
     u = ((block @ _COEFFS[1] + quarter) >> (_SHIFT + 2)) + 128
     v = ((block @ _COEFFS[2] + quarter) >> (_SHIFT + 2)) + 128
     planes = [np.clip(plane, 0, 255).astype(np.uint8) for plane in (y, u, v)]
-    return np.concatenate([planes[0].reshape(-1), planes[1].reshape(-1), planes[2].reshape(-1)]
-                          ).reshape(height * 3 // 2, width)  # fmt: skip
+    return np.concatenate(
+        [planes[0].reshape(-1), planes[1].reshape(-1), planes[2].reshape(-1)]
+    ).reshape(height * 3 // 2, width)
 
 
 def write_clip(

@@ -1,4 +1,4 @@
-"""Faces in a clip: find, track, align (DESIGN.md §4).
+"""Faces in a clip: find, track, align (docs/design.md).
 
 `FaceAligner.align_frames` turns a clip's frames into square, similarity-aligned face crops. The
 work per clip, and why it is fast enough for a million clips:
@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from maedfer.devices import resolve_device
 from maedfer.errors import MaedferError
 from maedfer.preprocess.align import clip_transforms, warp_frames
 from maedfer.preprocess.detect import THRESHOLDS, FaceDetector, Faces, best_face, square_boxes
@@ -118,16 +119,6 @@ def chunk_frames(frame_shape: tuple[int, ...], detect_every: int) -> int:
     return max(detect_every, frames // detect_every * detect_every)
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None picks CUDA when present; asking for CUDA without it is a user error."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MaedferError("device cuda asked for, but torch sees no CUDA device here")
-    return device
-
-
 @contextlib.contextmanager
 def cpu_threads(threads: int | None) -> Iterator[None]:
     """Run with `threads` torch and OpenCV CPU threads, restoring the previous counts after.
@@ -189,9 +180,18 @@ class _Frames:
                 sel = torch.as_tensor(index[start : start + batch], device=self.device)
                 x = self.gpu[sel]
                 if (h, w) != (self.height, self.width):
-                    x = F.interpolate(
-                        x.float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False
-                    ).round_().clamp_(0, 255).to(torch.uint8)  # fmt: skip
+                    x = (
+                        F.interpolate(
+                            x.float(),
+                            size=(h, w),
+                            mode="bilinear",
+                            antialias=True,
+                            align_corners=False,
+                        )
+                        .round_()
+                        .clamp_(0, 255)
+                        .to(torch.uint8)
+                    )
                 parts.append(x)
             return torch.cat(parts)
         if (h, w) == (self.height, self.width):
@@ -291,7 +291,7 @@ class _Chunk:
 
 
 class FaceAligner:
-    """MTCNN + 5-point similarity alignment of whole clips (DESIGN.md §4).
+    """MTCNN + 5-point similarity alignment of whole clips (docs/design.md).
 
     Args:
         size: side of the square output crops.
@@ -389,8 +389,9 @@ class FaceAligner:
         for frame in frames:
             chunk.add(self._check_frame(frame, chunk.first), 1)
             if chunk.full:
-                yield from self._warp_chunk(chunk.frames, transforms[done : done + chunk.count],
-                                            scale)  # fmt: skip
+                yield from self._warp_chunk(
+                    chunk.frames, transforms[done : done + chunk.count], scale
+                )
                 done += chunk.count
                 chunk.count = 0
         if chunk.count:

@@ -1,4 +1,4 @@
-"""``maedfer profile faces``: frames/s of the face pipeline on this machine (DESIGN.md §2, §4).
+"""``maedfer profile faces``: frames/s of the face pipeline on this machine (docs/design.md).
 
 The input is a committed portrait (``assets/portraits/obama.jpg``) animated into a clip at 360p
 (640x360) and 720p (1280x720), the face a third of the frame height and moving, encoded to H.264
@@ -17,7 +17,6 @@ Every figure is the median of `batches` timed repeats after one warm-up.
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
@@ -28,8 +27,9 @@ import cv2
 import numpy as np
 import torch
 
+from maedfer.devices import resolve_device
 from maedfer.preprocess.encode import write_clip
-from maedfer.preprocess.faces import FaceAligner, cpu_threads, resolve_device
+from maedfer.preprocess.faces import FaceAligner, cpu_threads
 from maedfer.preprocess.video import read_video_frames
 
 PORTRAIT = Path(__file__).resolve().parents[1] / "assets" / "portraits" / "obama.jpg"
@@ -70,14 +70,24 @@ def _timed(fn, repeats: int) -> list[float]:
 def _fps(frames: int, times: list[float]) -> dict[str, float]:
     """Median frames/s and the p25/p75 spread (high p75 of time = low fps)."""
     q = np.percentile(times, [25, 50, 75])
-    return {"fps": frames / statistics.median(times), "fps_p25": frames / q[2],
-            "fps_p75": frames / q[0]}  # fmt: skip
+    return {
+        "fps": frames / statistics.median(times),
+        "fps_p25": frames / q[2],
+        "fps_p75": frames / q[0],
+    }
 
 
 def measure_input(
-    video: Path, frames: np.ndarray, *, device: torch.device, batch: int, repeats: int,
-    workdir: Path, size: int = 160, baseline_frames: int = 8,
-) -> dict[str, Any]:  # fmt: skip
+    video: Path,
+    frames: np.ndarray,
+    *,
+    device: torch.device,
+    batch: int,
+    repeats: int,
+    workdir: Path,
+    size: int = 160,
+    baseline_frames: int = 8,
+) -> dict[str, Any]:
     """All figures for one input clip (`video` is `frames` encoded)."""
     n = len(frames)
     out_dir = workdir
@@ -126,14 +136,19 @@ def _mtcnn_baseline(frames: np.ndarray, device: torch.device, batch: int, repeat
 
     # The same thread count as the aligner's default, so the comparison is like for like.
     with cpu_threads(1 if device.type == "cpu" else None):
-        return {"batch_1": _fps(n, _timed(one_by_one, repeats)),
-                f"batch_{min(batch, n)}": _fps(n, _timed(batched, repeats))}  # fmt: skip
+        return {
+            "batch_1": _fps(n, _timed(one_by_one, repeats)),
+            f"batch_{min(batch, n)}": _fps(n, _timed(batched, repeats)),
+        }
 
 
 def measure(
-    *, device: torch.device, batch: int, repeats: int,
+    *,
+    device: torch.device,
+    batch: int,
+    repeats: int,
     inputs: dict[str, tuple[int, int]] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Figures for every input resolution (the clips are made and encoded here)."""
     by_input = {}
     with tempfile.TemporaryDirectory(prefix="maedfer-profile-") as tmp:
@@ -141,8 +156,9 @@ def measure(
             frames = portrait_video(w, h)
             video = Path(tmp) / f"{name}.mp4"
             write_clip(frames, video, fps=25)
-            by_input[name] = measure_input(video, frames, device=device, batch=batch,
-                                           repeats=repeats, workdir=Path(tmp))  # fmt: skip
+            by_input[name] = measure_input(
+                video, frames, device=device, batch=batch, repeats=repeats, workdir=Path(tmp)
+            )
     return by_input
 
 
@@ -151,9 +167,8 @@ def run(
     batch: int | None = None,
     batches: int | None = None,
     device: str | None = None,
-    as_json: bool = False,
 ) -> dict[str, Any]:
-    """Measure the face pipeline at 360p and 720p; print a table or one JSON object.
+    """Measure the face pipeline at 360p and 720p (the table is :func:`format_table`'s).
 
     Args:
         batch: network batch (frames); default 32.
@@ -175,7 +190,6 @@ def run(
         "repeats": repeats,
         "by_input": by_input,
     }
-    print(json.dumps(result) if as_json else format_table(result))
     return result
 
 

@@ -1,4 +1,4 @@
-"""Reading videos and frame folders with PyAV and OpenCV (DESIGN.md §4).
+"""Reading videos and frame folders with PyAV and OpenCV (docs/design.md).
 
 Every way a file can be unusable -- zero bytes, not a container, no video stream, a decode
 error part-way (a truncated or corrupt file), no frames at all -- raises `VideoError`, whose
@@ -295,7 +295,7 @@ def read_video_frames(
 
 def list_frame_files(folder: str | Path) -> list[Path]:
     """Image files of a frame folder in lexical order (= time order for zero-padded names, as
-    MAE-DFER's ``sorted(glob(...))`` reads them, DATASETS.md §1.1)."""
+    MAE-DFER's ``sorted(glob(...))`` reads them, docs/datasets.md)."""
     folder = Path(folder)
     return sorted(
         (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
@@ -314,7 +314,7 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def read_frame_folder(folder: str | Path, size: int | None = None) -> np.ndarray:
     """A frame folder as (T, H, W, 3) uint8 RGB, each frame resized to `size` x `size` if given
-    (aspect not kept, as MAE-DFER resizes the official faces, DATASETS.md §1.1).
+    (aspect not kept, as MAE-DFER resizes the official faces, docs/datasets.md).
 
     Raises:
         VideoError: no images, or an image that cannot be read.

@@ -17,8 +17,13 @@ def test_quick_demo_runs_every_stage_and_writes_reports(tmp_path) -> None:
 
     summary = json.loads((out / "summary.json").read_text())
     assert [s["name"] for s in summary["stages"]] == [
-        "render", "prepare (faces)", "pretrain", "finetune fold 1", "finetune fold 2", "evaluate",
-    ]  # fmt: skip
+        "render",
+        "prepare (faces)",
+        "pretrain",
+        "finetune fold 1",
+        "finetune fold 2",
+        "evaluate",
+    ]
     assert all(s["seconds"] > 0 and s["rate"] > 0 for s in summary["stages"])
     assert summary["clips"]["rendered"] == 4 * len(render.CLASSES) * 2
     assert summary["clips"]["prepared"] == summary["clips"]["rendered"]  # MTCNN found every face

@@ -50,9 +50,13 @@ def test_envelopes_start_and_end_at_rest() -> None:
 def test_render_dataset_writes_a_folder_dataset_one_fold_per_portrait(tmp_path, portraits) -> None:
     chosen = [portraits["grace_hopper"], portraits["obama"]]
     clips = render.render_dataset(
-        tmp_path, portraits=chosen, actors_per_portrait=1, clips_per_class=1, num_frames=6,
+        tmp_path,
+        portraits=chosen,
+        actors_per_portrait=1,
+        clips_per_class=1,
+        num_frames=6,
         frame_size=96,
-    )  # fmt: skip
+    )
     assert len(clips) == 2 * len(render.CLASSES)
     files = sorted(tmp_path.rglob("*.mp4"))
     assert [f.relative_to(tmp_path) for f in files] == sorted(c.path for c in clips)
@@ -71,8 +75,14 @@ def test_render_dataset_writes_a_folder_dataset_one_fold_per_portrait(tmp_path, 
     assert (frame["label"] == frame["label_name"].map(names.index)).all()
     # existing videos are kept: a second call renders nothing new
     mtimes = [f.stat().st_mtime_ns for f in files]
-    render.render_dataset(tmp_path, portraits=chosen, actors_per_portrait=1, clips_per_class=1,
-                          num_frames=6, frame_size=96)  # fmt: skip
+    render.render_dataset(
+        tmp_path,
+        portraits=chosen,
+        actors_per_portrait=1,
+        clips_per_class=1,
+        num_frames=6,
+        frame_size=96,
+    )
     assert mtimes == [f.stat().st_mtime_ns for f in files]
 
 
@@ -92,8 +102,13 @@ def test_bad_portraits_are_one_line_errors(tmp_path) -> None:
 def test_rendering_is_byte_identical_for_a_seed(tmp_path, portraits) -> None:
     """Two renders with one seed, one and two processes: the same files, byte for byte."""
     stems = sorted(portraits)[:2]
-    kwargs = dict(portraits=[portraits[s] for s in stems], actors_per_portrait=1,
-                  clips_per_class=1, num_frames=8, frame_size=64)  # fmt: skip
+    kwargs = dict(
+        portraits=[portraits[s] for s in stems],
+        actors_per_portrait=1,
+        clips_per_class=1,
+        num_frames=8,
+        frame_size=64,
+    )
     render.render_dataset(tmp_path / "a", workers=1, **kwargs)
     render.render_dataset(tmp_path / "b", workers=2, **kwargs)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.mp4"))

@@ -16,7 +16,7 @@ import torch
 
 from maedfer.model import create_model
 from maedfer.model.official import FINETUNE_TO_CLASSIFIER, convert_key
-from maedfer.train import checkpoint
+from maedfer.training import checkpoint
 from tests.preprocess.media import encode_video, load_rgb, portrait_clip
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,9 +40,17 @@ def save_tiny_checkpoint(path: Path, name: str = "lgi_former_tiny", **options) -
     config = dict(num_frames=None, size=None, stride=4, subtract_mean=False)
     classes = options.pop("classes", CLASSES)
     config.update(options)
-    state = dict(format=checkpoint.FORMAT, version=checkpoint.VERSION, model_name=name,
-                 model_config=checkpoint.plain(model.config), model=model.state_dict(),
-                 epoch=1, step=1, config=config, classes=classes)  # fmt: skip
+    state = dict(
+        format=checkpoint.FORMAT,
+        version=checkpoint.VERSION,
+        model_name=name,
+        model_config=checkpoint.plain(model.config),
+        model=model.state_dict(),
+        epoch=1,
+        step=1,
+        config=config,
+        classes=classes,
+    )
     checkpoint.save_checkpoint(path, state)
     return path
 
@@ -63,8 +71,13 @@ def save_official_pth(path: Path, model: torch.nn.Module, input_size: int = 64) 
         assert matched and official, key
         state[official] = tensor.clone()
     region = [2, 2, 2] if input_size == 64 else [2, 5, 10]  # the official base's regions
-    args = argparse.Namespace(input_size=input_size, num_frames=16, lg_region_size=region,
-                              sampling_rate=4, model="vit_base_dim512_no_depth_patch16_160")
+    args = argparse.Namespace(
+        input_size=input_size,
+        num_frames=16,
+        lg_region_size=region,
+        sampling_rate=4,
+        model="vit_base_dim512_no_depth_patch16_160",
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": state, "args": args, "epoch": 99}, path)
     return path

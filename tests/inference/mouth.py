@@ -27,11 +27,18 @@ from maedfer.demo import render
 from maedfer.inference.windows import window_batch
 from maedfer.model import create_model
 from maedfer.preprocess.faces import FaceAligner
-from maedfer.train import checkpoint
+from maedfer.training import checkpoint
 
 CLASSES = ["neutral", "mouth_open"]
-MODEL = dict(num_classes=2, img_size=64, depth=1, embed_dim=64, num_heads=2,
-             region_size=(2, 2, 2), drop_path_rate=0.0)  # fmt: skip
+MODEL = dict(
+    num_classes=2,
+    img_size=64,
+    depth=1,
+    embed_dim=64,
+    num_heads=2,
+    region_size=(2, 2, 2),
+    drop_path_rate=0.0,
+)
 FRAME = 96  # rendered frame side: the face is half of it
 FRAMES = 16
 # The mouth in the aligned 64-px crop: the template puts it 66 % down, between 38 % and 62 %
@@ -55,8 +62,14 @@ def train_mouth_model(path: Path, epochs: int = 40) -> Path:
             for label, name in enumerate(CLASSES):
                 for k in range(4):
                     rng = np.random.default_rng([index, actor, label, k])
-                    frames = render.render_clip(variant, name, render.draw_params(rng, FRAMES),
-                                                num_frames=FRAMES, frame_size=FRAME, rng=rng)
+                    frames = render.render_clip(
+                        variant,
+                        name,
+                        render.draw_params(rng, FRAMES),
+                        num_frames=FRAMES,
+                        frame_size=FRAME,
+                        rng=rng,
+                    )
                     clips.append(aligner.align_frames(frames).frames)
                     labels.append(label)
     model = create_model("lgi_former_tiny", **MODEL)
@@ -76,9 +89,17 @@ def train_mouth_model(path: Path, epochs: int = 40) -> Path:
             loss.backward()
             optimiser.step()
     config = dict(num_frames=FRAMES, size=64, stride=1, subtract_mean=True)
-    state = dict(format=checkpoint.FORMAT, version=checkpoint.VERSION, model_name=model.model_name,
-                 model_config=checkpoint.plain(model.config), model=model.state_dict(),
-                 epoch=epochs, step=epochs * 6, config=config, classes=CLASSES)  # fmt: skip
+    state = dict(
+        format=checkpoint.FORMAT,
+        version=checkpoint.VERSION,
+        model_name=model.model_name,
+        model_config=checkpoint.plain(model.config),
+        model=model.state_dict(),
+        epoch=epochs,
+        step=epochs * 6,
+        config=config,
+        classes=CLASSES,
+    )
     checkpoint.save_checkpoint(path, state)
     return path
 
@@ -87,8 +108,9 @@ def mouth_clip(kind: str = "mouth_open", seed: int = 2) -> np.ndarray:
     """``(16, 96, 96, 3)`` uint8: the fourth portrait making ``kind``, nothing else moving."""
     subject = _subjects()[3]
     rng = np.random.default_rng([99, seed])
-    params = dataclasses.replace(render.draw_params(rng, FRAMES), noise=0.0,
-                                 flicker=np.ones(FRAMES))  # fmt: skip
+    params = dataclasses.replace(
+        render.draw_params(rng, FRAMES), noise=0.0, flicker=np.ones(FRAMES)
+    )
     return render.render_clip(subject, kind, params, num_frames=FRAMES, frame_size=FRAME, rng=rng)
 
 

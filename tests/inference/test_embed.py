@@ -25,8 +25,9 @@ def test_video_features_per_window(tmp_path: Path) -> None:
     video = tmp_path / "face_then_grey.mp4"
     encode_video(np.stack([*portrait_frames(72), *grey_frames(80)]), video)
     out = tmp_path / "features.parquet"
-    result = runner.invoke(app, ["embed", str(video), "--checkpoint", str(ckpt), "--out",
-                                 str(out), "--device", "cpu"])  # fmt: skip
+    result = runner.invoke(
+        app, ["embed", str(video), "--checkpoint", str(ckpt), "--out", str(out), "--device", "cpu"]
+    )
     assert result.exit_code == 0, result.output
     table = pq.read_table(out)
     assert table.schema.field("features").type.value_type == "float"
@@ -44,13 +45,36 @@ def test_manifest_features_per_clip(tmp_path: Path) -> None:
     ckpt = save_tiny_checkpoint(tmp_path / "last.pt")
     rows = make_manifest(tmp_path, [40, 70, 30], size=64, num_classes=3)
     manifest = tmp_path / "manifest.parquet"
-    write_manifest(rows.assign(dataset="ravdess", source=rows["path"], subject="1",
-                               label_name=[["a", "b", "c"][i] for i in rows["label"]]),
-                   manifest, dataset="ravdess", protocol="test", classes=["a", "b", "c"],
-                   num_folds=2, raw_root=tmp_path)  # fmt: skip
+    write_manifest(
+        rows.assign(
+            dataset="ravdess",
+            source=rows["path"],
+            subject="1",
+            label_name=[["a", "b", "c"][i] for i in rows["label"]],
+        ),
+        manifest,
+        dataset="ravdess",
+        protocol="test",
+        classes=["a", "b", "c"],
+        num_folds=2,
+        raw_root=tmp_path,
+    )
     out = tmp_path / "clips.parquet"
-    result = runner.invoke(app, ["embed", str(manifest), "--checkpoint", str(ckpt), "--out",
-                                 str(out), "--device", "cpu", "--workers", "0"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "embed",
+            str(manifest),
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out)
     assert frame["clip_id"].tolist() == ["clip0", "clip1", "clip2"]
@@ -59,8 +83,16 @@ def test_manifest_features_per_clip(tmp_path: Path) -> None:
     from maedfer.pipelines import build_loader
 
     model, _ = load_classifier(ckpt)
-    loader = build_loader(manifest, mode="test", batch_size=8, num_frames=16, stride=4, size=64,
-                          backend="pyav", workers=0)  # fmt: skip
+    loader = build_loader(
+        manifest,
+        mode="test",
+        batch_size=8,
+        num_frames=16,
+        stride=4,
+        size=64,
+        backend="pyav",
+        workers=0,
+    )
     batch = next(iter(loader))
     with torch.no_grad():
         feats = model.forward_features(batch["video"]).numpy()

@@ -29,8 +29,11 @@ runner = CliRunner()
 def mouth(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("explain")
     encode_video(mouth_clip("mouth_open"), root / "mouth_open.mp4")
-    return {"model": train_mouth_model(root / "mouth.pt"), "video": root / "mouth_open.mp4",
-            "root": root}
+    return {
+        "model": train_mouth_model(root / "mouth.pt"),
+        "video": root / "mouth_open.mp4",
+        "root": root,
+    }
 
 
 def test_relevance_sits_on_the_mouth_when_only_the_mouth_moves(mouth: dict[str, Path]) -> None:
@@ -48,13 +51,28 @@ def test_relevance_sits_on_the_mouth_when_only_the_mouth_moves(mouth: dict[str, 
     assert "frame_relevance" not in plain.windows and plain.explain is None
 
 
-def test_the_cli_draws_heat_strips_and_the_frame_curve(mouth: dict[str, Path],
-                                                       tmp_path: Path) -> None:  # fmt: skip
+def test_the_cli_draws_heat_strips_and_the_frame_curve(
+    mouth: dict[str, Path], tmp_path: Path
+) -> None:
     out, overlay, plot = tmp_path / "w.json", tmp_path / "o.mp4", tmp_path / "p.png"
-    result = runner.invoke(app, ["predict", str(mouth["video"]), "--checkpoint",
-                                 str(mouth["model"]), "--explain", "--out", str(out),
-                                 "--overlay", str(overlay), "--plot", str(plot),
-                                 "--device", "cpu"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(mouth["video"]),
+            "--checkpoint",
+            str(mouth["model"]),
+            "--explain",
+            "--out",
+            str(out),
+            "--overlay",
+            str(overlay),
+            "--plot",
+            str(plot),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     window = json.loads(out.read_text())["windows"][0]
     curve = window["frame_relevance"]
@@ -62,8 +80,19 @@ def test_the_cli_draws_heat_strips_and_the_frame_curve(mouth: dict[str, Path],
     assert window["peak_frame"] == 2 * int(np.argmax(curve))  # tubelets of 2 frames, stride 1
     # the overlay: heat over the face (warm colours) where a plain overlay has none
     plain = tmp_path / "plain.mp4"
-    runner.invoke(app, ["predict", str(mouth["video"]), "--checkpoint", str(mouth["model"]),
-                        "--overlay", str(plain), "--device", "cpu"])  # fmt: skip
+    runner.invoke(
+        app,
+        [
+            "predict",
+            str(mouth["video"]),
+            "--checkpoint",
+            str(mouth["model"]),
+            "--overlay",
+            str(plain),
+            "--device",
+            "cpu",
+        ],
+    )
     with av.open(str(overlay)) as c, av.open(str(plain)) as d:
         hot = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
         cold = [f.to_ndarray(format="rgb24") for f in d.decode(video=0)]
@@ -76,8 +105,19 @@ def test_the_cli_draws_heat_strips_and_the_frame_curve(mouth: dict[str, Path],
     from PIL import Image
 
     plain_plot = tmp_path / "plain.png"
-    runner.invoke(app, ["predict", str(mouth["video"]), "--checkpoint", str(mouth["model"]),
-                        "--plot", str(plain_plot), "--device", "cpu"])  # fmt: skip
+    runner.invoke(
+        app,
+        [
+            "predict",
+            str(mouth["video"]),
+            "--checkpoint",
+            str(mouth["model"]),
+            "--plot",
+            str(plain_plot),
+            "--device",
+            "cpu",
+        ],
+    )
     assert Image.open(plot).size[1] > Image.open(plain_plot).size[1] + 100
 
 
@@ -105,8 +145,9 @@ def test_maps_for_every_window_and_none_without_a_face(tmp_path: Path) -> None:
 def test_gradcam_by_hand_on_a_vit() -> None:
     """A ViT has no representative tokens: Grad-CAM alone, computed as its definition says."""
     torch.manual_seed(0)
-    model = create_model("vit_base", num_classes=3, img_size=32, depth=2, embed_dim=32,
-                         num_heads=2, num_frames=4).eval()  # fmt: skip
+    model = create_model(
+        "vit_base", num_classes=3, img_size=32, depth=2, embed_dim=32, num_heads=2, num_frames=4
+    ).eval()
     video = torch.randn(2, 3, 4, 32, 32)
     found = explain_batch(model, video)
     assert found["attention"] is None and found["gradcam"].shape == (2, 2, 2, 2)

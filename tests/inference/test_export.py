@@ -53,8 +53,21 @@ def test_onnx_matches_pytorch_with_a_dynamic_batch(tmp_path: Path) -> None:
 
     pth = save_official_pth(tmp_path / "official.pth", tiny_official_model())
     out = tmp_path / "onnx"
-    result = runner.invoke(app, ["export", str(pth), "--format", "onnx", "--out", str(out),
-                                 "--dataset", "dfew", "--set", "num_heads=2"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "export",
+            str(pth),
+            "--format",
+            "onnx",
+            "--out",
+            str(out),
+            "--dataset",
+            "dfew",
+            "--set",
+            "num_heads=2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "onnxruntime matches PyTorch" in result.stdout
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -76,16 +89,31 @@ def test_onnx_example_runs_on_a_prepared_clip(tmp_path: Path) -> None:
     probabilities of the PyTorch model on the clip's two test windows."""
     ckpt = save_tiny_checkpoint(tmp_path / "last.pt")
     out = tmp_path / "onnx"
-    assert runner.invoke(app, ["export", str(ckpt), "--format", "onnx", "--out",
-                               str(out)]).exit_code == 0  # fmt: skip
+    assert (
+        runner.invoke(app, ["export", str(ckpt), "--format", "onnx", "--out", str(out)]).exit_code
+        == 0
+    )
     frames = np.random.default_rng(0).integers(0, 256, (50, 64, 64, 3), dtype=np.uint8)
     clip = tmp_path / "clip.mp4"
     encode_video(frames, clip)
-    script = ("import runpy, sys; sys.modules['torch'] = None; "  # importing torch would fail
-              "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
-    done = subprocess.run([sys.executable, "-c", script, str(REPO / "examples/onnx_predict.py"),
-                           str(out), str(clip), "--json"], capture_output=True, text=True,
-                          check=False)  # fmt: skip
+    script = (
+        "import runpy, sys; sys.modules['torch'] = None; "  # importing torch would fail
+        "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(REPO / "examples/onnx_predict.py"),
+            str(out),
+            str(clip),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)["probabilities"]
     import av
@@ -103,8 +131,9 @@ def test_onnx_example_runs_on_a_prepared_clip(tmp_path: Path) -> None:
 def test_export_refuses_bad_input(tmp_path: Path) -> None:
     ckpt = save_tiny_checkpoint(tmp_path / "last.pt")
     (tmp_path / "file").write_text("x")
-    result = runner.invoke(app, ["export", str(ckpt), "--format", "safetensors", "--out",
-                                 str(tmp_path / "file")])  # fmt: skip
+    result = runner.invoke(
+        app, ["export", str(ckpt), "--format", "safetensors", "--out", str(tmp_path / "file")]
+    )
     assert result.exit_code != 0
     with pytest.raises(Exception, match="must be one of"):
         from maedfer.inference.export import run

@@ -57,8 +57,10 @@ def _consistent(out: Path, classes: list[str]) -> None:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("bundle")
-    return (save_tiny_checkpoint(folder / "five.pt", classes=FIVE),
-            save_tiny_checkpoint(folder / "three.pt", classes=THREE))  # fmt: skip
+    return (
+        save_tiny_checkpoint(folder / "five.pt", classes=FIVE),
+        save_tiny_checkpoint(folder / "three.pt", classes=THREE),
+    )
 
 
 def test_a_killed_export_leaves_the_previous_one_whole(checkpoints, tmp_path: Path) -> None:
@@ -66,8 +68,13 @@ def test_a_killed_export_leaves_the_previous_one_whole(checkpoints, tmp_path: Pa
     out = tmp_path / "exported"
     _export(five, out)
     _consistent(out, FIVE)
-    proc = subprocess.Popen([sys.executable, "-c", STALLED, str(three), str(out)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STALLED, str(three), str(out)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "checking", proc.stderr.read()
         partial = list(tmp_path.glob(".exported.partial-*"))
@@ -80,12 +87,14 @@ def test_a_killed_export_leaves_the_previous_one_whole(checkpoints, tmp_path: Pa
     time.sleep(0.1)
     _export(three, out)  # a new export clears what the killed one left, then replaces it whole
     _consistent(out, THREE)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exported.")
-                and not p.name.endswith(".lock")]  # fmt: skip
+    assert not [
+        p
+        for p in tmp_path.iterdir()
+        if p.name.startswith(".exported.") and not p.name.endswith(".lock")
+    ]
 
 
-def test_a_failed_check_keeps_the_previous_export(checkpoints, tmp_path: Path,
-                                                  monkeypatch) -> None:  # fmt: skip
+def test_a_failed_check_keeps_the_previous_export(checkpoints, tmp_path: Path, monkeypatch) -> None:
     from maedfer.inference import export
 
     five, three = checkpoints
@@ -94,8 +103,9 @@ def test_a_failed_check_keeps_the_previous_export(checkpoints, tmp_path: Path,
 
     def differs(path, *args, **kwargs):
         assert path.parent != out  # checked where it was written, before any swap
-        raise MaedferError(f"the ONNX model's logits differ from PyTorch's by 1e-2; {path} is "
-                           "not usable")  # fmt: skip
+        raise MaedferError(
+            f"the ONNX model's logits differ from PyTorch's by 1e-2; {path} is not usable"
+        )
 
     monkeypatch.setattr(export, "check_onnx", differs)
     result = _export(three, out, code=1)
@@ -116,5 +126,8 @@ def test_an_export_folder_holds_an_export_only(checkpoints, tmp_path: Path) -> N
     (tmp_path / ".st.partial-stale").mkdir()  # what a killed export left
     _export(five, tmp_path / "st", form="safetensors")  # replaced whole, the leftover removed
     assert sorted(p.name for p in (tmp_path / "st").iterdir()) == [
-        "config.json", "inference.json", "model.safetensors"]
+        "config.json",
+        "inference.json",
+        "model.safetensors",
+    ]
     assert not (tmp_path / ".st.partial-stale").exists()

@@ -32,8 +32,19 @@ def test_predict_export_and_embed(name: str, video: Path, tmp_path: Path) -> Non
     torch.manual_seed(0)  # S4D's router noise in evaluation draws from it
     ckpt = save_run_checkpoint(tmp_path / "last.pt", tiny_model(name), CLASSES)
     # predict: the window settings are the model's contract (MARLIN: every 2nd frame)
-    result = runner.invoke(app, ["predict", str(video), "--checkpoint", str(ckpt), "--out",
-                                 str(tmp_path / "res.json"), "--device", "cpu"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(video),
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(tmp_path / "res.json"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "res.json").read_text())
     assert [v["status"] for v in doc["videos"]] == ["ok"]
@@ -44,21 +55,37 @@ def test_predict_export_and_embed(name: str, video: Path, tmp_path: Path) -> Non
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
     # export: safetensors rebuilds the model; ONNX is checked against PyTorch by export itself
     out = tmp_path / "st"
-    assert runner.invoke(app, ["export", str(ckpt), "--format", "safetensors", "--out",
-                               str(out)]).exit_code == 0  # fmt: skip
+    assert (
+        runner.invoke(
+            app, ["export", str(ckpt), "--format", "safetensors", "--out", str(out)]
+        ).exit_code
+        == 0
+    )
     from safetensors.torch import load_file
 
     rebuilt = create_model(**json.loads((out / "config.json").read_text()))
     rebuilt.load_state_dict(load_file(out / "model.safetensors"))
     info = json.loads((out / "inference.json").read_text())
     assert info["model"] == name and info["input_contract"]["stride"] == stride
-    onnx = runner.invoke(app, ["export", str(ckpt), "--format", "onnx", "--out",
-                               str(tmp_path / "onnx")])  # fmt: skip
+    onnx = runner.invoke(
+        app, ["export", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "onnx")]
+    )
     assert onnx.exit_code == 0, onnx.output
     assert "onnxruntime matches PyTorch" in onnx.stdout
     # embed: the features of each window (the head's input)
-    emb = runner.invoke(app, ["embed", str(video), "--checkpoint", str(ckpt), "--out",
-                              str(tmp_path / "f.parquet"), "--device", "cpu"])  # fmt: skip
+    emb = runner.invoke(
+        app,
+        [
+            "embed",
+            str(video),
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(tmp_path / "f.parquet"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert emb.exit_code == 0, emb.output
     frame = pd.read_parquet(tmp_path / "f.parquet")
     assert len(frame) == len(windows) and len(frame["features"].iloc[0]) == 32

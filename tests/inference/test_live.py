@@ -57,8 +57,16 @@ def test_stream_gives_predicts_values_window_by_window(work: Path) -> None:
     first = next(streamed)  # an iterator: the first window comes before the rest are read
     rows = pd.DataFrame([first.row] + [w.row for w in streamed])
     whole = predictor.predict(work / "a.mp4")  # 100 frames: one alignment segment, as stream
-    columns = ["window", "start_frame", "end_frame", "start_s", "end_s", "face", "face_share",
-               "top_class"]  # fmt: skip
+    columns = [
+        "window",
+        "start_frame",
+        "end_frame",
+        "start_s",
+        "end_s",
+        "face",
+        "face_share",
+        "top_class",
+    ]
     assert rows[columns].astype(str).equals(whole.windows[columns].astype(str))
     np.testing.assert_allclose(rows[PROBS].to_numpy(), whole.probabilities, rtol=0, atol=1e-6)
     np.testing.assert_allclose(rows["top_p"], whole.windows["top_p"], rtol=0, atol=1e-6)
@@ -68,8 +76,9 @@ def test_stream_gives_predicts_values_window_by_window(work: Path) -> None:
     batch = predictor.predict_frames(iter(longer), 30.0)
     assert rows["face"].tolist() == batch.windows["face"].tolist()
     assert rows["face"].any() and not rows["face"].all()
-    np.testing.assert_allclose(rows[PROBS].to_numpy(dtype=float), batch.probabilities,
-                               rtol=0, atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        rows[PROBS].to_numpy(dtype=float), batch.probabilities, rtol=0, atol=1e-6
+    )
 
 
 def test_low_latency_windows_end_alignment_at_their_last_frame(work: Path) -> None:
@@ -86,9 +95,22 @@ def test_low_latency_windows_end_alignment_at_their_last_frame(work: Path) -> No
 
 def test_realtime_writes_a_json_line_per_window(work: Path, tmp_path: Path) -> None:
     out = tmp_path / "live.jsonl"
-    result = runner.invoke(app, ["predict", str(work / "a.mp4"), "--checkpoint",
-                                 str(work / "last.pt"), "--realtime", "--out", str(out),
-                                 "--device", "cpu", "--max-lag", "30"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(work / "a.mp4"),
+            "--checkpoint",
+            str(work / "last.pt"),
+            "--realtime",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--max-lag",
+            "30",
+        ],
+    )
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [w["window"] for w in lines] == [0, 1, 2]
@@ -111,8 +133,9 @@ def test_too_slow_drops_frames_and_restarts_windows(work: Path, tmp_path: Path) 
         return forward(video)
 
     predictor.model.forward = slow
-    result = live.run_live(predictor, live.video_source(video), out=tmp_path / "r.jsonl",
-                           max_lag=0.3, echo=False)  # fmt: skip
+    result = live.run_live(
+        predictor, live.video_source(video), out=tmp_path / "r.jsonl", max_lag=0.3, echo=False
+    )
     assert result.dropped > 0 and result.frames_read == 250
     rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert len(rows) == len(result.rows) >= 2
@@ -131,9 +154,23 @@ def test_a_stream_url_is_read_as_it_comes(work: Path, tmp_path: Path) -> None:
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/a.mp4"
         out = tmp_path / "s.jsonl"
-        result = runner.invoke(app, ["predict", "--stream", url, "--realtime", "--checkpoint",
-                                     str(work / "last.pt"), "--out", str(out), "--device",
-                                     "cpu", "--max-lag", "30"])  # fmt: skip
+        result = runner.invoke(
+            app,
+            [
+                "predict",
+                "--stream",
+                url,
+                "--realtime",
+                "--checkpoint",
+                str(work / "last.pt"),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--max-lag",
+                "30",
+            ],
+        )
     finally:
         server.shutdown()
     assert result.exit_code == 0, result.output
@@ -145,10 +182,25 @@ def test_ctrl_c_stops_cleanly_with_the_results_so_far(work: Path, tmp_path: Path
     out = tmp_path / "live.jsonl"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
-        [sys.executable, "-m", "maedfer.cli", "predict", str(video), "--checkpoint",
-         str(work / "last.pt"), "--realtime", "--out", str(out), "--device", "cpu"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "maedfer.cli",
+            "predict",
+            str(video),
+            "--checkpoint",
+            str(work / "last.pt"),
+            "--realtime",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         if out.is_file() and out.read_text().count("\n") >= 1:
@@ -170,8 +222,18 @@ def test_sources_and_their_errors(work: Path) -> None:
     assert live.camera_source("Integrated Camera", "win32").url == "video=Integrated Camera"
     with pytest.raises(maedfer.MaedferError, match="DirectShow name"):
         live.camera_source("0", "win32")
-    missing = runner.invoke(app, ["predict", "--camera", "/dev/video97", "--checkpoint",
-                                  str(work / "last.pt"), "--device", "cpu"])  # fmt: skip
+    missing = runner.invoke(
+        app,
+        [
+            "predict",
+            "--camera",
+            "/dev/video97",
+            "--checkpoint",
+            str(work / "last.pt"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert missing.exit_code == 1
     lines = missing.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot open camera /dev/video97" in lines[0], missing.stderr

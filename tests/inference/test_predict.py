@@ -51,8 +51,9 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_official_checkpoint_predicts_load_official_probabilities(work: Path) -> None:
     """CLI and Python API on an official-layout .pth give what load_official + forward give."""
     pth, video = work / "official" / "checkpoint-best.pth", work / "videos" / "a.mp4"
-    predictor = maedfer.Predictor(pth, device="cpu", dataset="dfew",
-                                  model_overrides={"num_heads": 2})
+    predictor = maedfer.Predictor(
+        pth, device="cpu", dataset="dfew", model_overrides={"num_heads": 2}
+    )
     assert predictor.class_names == DFEW and predictor.settings.format == "official"
     result = predictor.predict(video)
     # by hand: the official state dict into our model, the aligned frames, the same windows
@@ -68,9 +69,23 @@ def test_official_checkpoint_predicts_load_official_probabilities(work: Path) ->
     np.testing.assert_allclose(result.probabilities, expected, rtol=0, atol=1e-6)
     assert expected.std(0).max() > 1e-4 or expected.max() > 0.5  # the weights do something
     out = work / "official.json"
-    cli = runner.invoke(app, ["predict", str(video), "--checkpoint", str(pth), "--dataset",
-                              "dfew", "--set", "num_heads=2", "--out", str(out),
-                              "--device", "cpu"])  # fmt: skip
+    cli = runner.invoke(
+        app,
+        [
+            "predict",
+            str(video),
+            "--checkpoint",
+            str(pth),
+            "--dataset",
+            "dfew",
+            "--set",
+            "num_heads=2",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+    )
     assert cli.exit_code == 0, cli.output
     saved = json.loads(out.read_text())
     got = np.array([[w[f"prob_{c}"] for c in DFEW] for w in saved["windows"]])
@@ -88,21 +103,32 @@ def test_official_checkpoint_class_names_are_checked(work: Path) -> None:
         (["--dataset", "dfew", "--classes", "a,b"], "give --dataset or --classes, not both"),
     ]
     for extra, message in cases:
-        result = runner.invoke(app, ["predict", video, "--checkpoint", pth, "--set",
-                                     "num_heads=2", *extra])  # fmt: skip
+        result = runner.invoke(
+            app, ["predict", video, "--checkpoint", pth, "--set", "num_heads=2", *extra]
+        )
         assert result.exit_code == 1, result.output
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], result.stderr
     names = "a,b,c,d,e,f,g"
-    predictor = maedfer.Predictor(pth, device="cpu", classes=names,
-                                  model_overrides=["num_heads=2"])  # fmt: skip
+    predictor = maedfer.Predictor(pth, device="cpu", classes=names, model_overrides=["num_heads=2"])
     assert predictor.class_names == list("abcdefg")
 
 
 def test_a_folder_gives_one_table_with_the_faceless_video_recorded(work: Path) -> None:
     out = work / "tables" / "results.parquet"
-    result = runner.invoke(app, ["predict", str(work / "videos"), "--checkpoint",
-                                 str(work / "last.pt"), "--out", str(out), "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(work / "videos"),
+            "--checkpoint",
+            str(work / "last.pt"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     videos = pd.read_parquet(out.with_name("results.videos.parquet"))
     assert [Path(v).name for v in videos["video"]] == ["a.mp4", "b.mp4", "c_grey.mp4"]
@@ -117,8 +143,19 @@ def test_a_folder_gives_one_table_with_the_faceless_video_recorded(work: Path) -
     assert "2 of 3 videos predicted, 1 failed" in result.stdout
     # a glob of the same folder, CSV: the same rows
     csv = work / "tables" / "r.csv"
-    result = runner.invoke(app, ["predict", str(work / "videos" / "*.mp4"), "--checkpoint",
-                                 str(work / "last.pt"), "--out", str(csv), "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(work / "videos" / "*.mp4"),
+            "--checkpoint",
+            str(work / "last.pt"),
+            "--out",
+            str(csv),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert len(pd.read_csv(csv)) == 5 and len(pd.read_csv(work / "tables" / "r.videos.csv")) == 3
 
@@ -139,8 +176,9 @@ def test_faceless_windows_carry_no_probabilities(work: Path) -> None:
     assert s["face_windows"] == 2 and s["num_windows"] == 4
     assert s["face_ratio"] == pytest.approx(72 / 152, abs=0.02)
     face_probs = result.probabilities[:2]
-    np.testing.assert_allclose([s["mean_probabilities"][c] for c in CLASSES],
-                               face_probs.mean(0), atol=1e-9)  # fmt: skip
+    np.testing.assert_allclose(
+        [s["mean_probabilities"][c] for c in CLASSES], face_probs.mean(0), atol=1e-9
+    )
     document = result.to_dict()  # JSON: null, not NaN
     assert document["windows"][3]["prob_smile"] is None
     json.dumps(document, allow_nan=False)
@@ -169,9 +207,21 @@ def test_long_predictions_plot_merged(work: Path, tmp_path: Path) -> None:
 def test_overlay_has_the_inputs_frames_and_size(work: Path, tmp_path: Path) -> None:
     video = work / "videos" / "b.mp4"
     overlay, plot = tmp_path / "overlay.mp4", tmp_path / "timeline.png"
-    result = runner.invoke(app, ["predict", str(video), "--checkpoint", str(work / "last.pt"),
-                                 "--overlay", str(overlay), "--plot", str(plot),
-                                 "--device", "cpu"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(video),
+            "--checkpoint",
+            str(work / "last.pt"),
+            "--overlay",
+            str(overlay),
+            "--plot",
+            str(plot),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "top class (mean probability over face windows)" in result.stdout
     with av.open(str(video)) as c:
@@ -189,21 +239,42 @@ def test_overlay_has_the_inputs_frames_and_size(work: Path, tmp_path: Path) -> N
 
 
 def test_a_single_faceless_video_is_one_line(work: Path, media_dir: Path) -> None:
-    result = runner.invoke(app, ["predict", str(media_dir / "no_face.mp4"), "--checkpoint",
-                                 str(work / "last.pt"), "--device", "cpu"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(media_dir / "no_face.mp4"),
+            "--checkpoint",
+            str(work / "last.pt"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "no face found in" in lines[0] and "no_face.mp4" in lines[0]
 
 
-def test_real_face_video_and_weights_only_file(work: Path, media_dir: Path,
-                                              tmp_path: Path) -> None:  # fmt: skip
-    from maedfer.train.checkpoint import export_weights
+def test_real_face_video_and_weights_only_file(work: Path, media_dir: Path, tmp_path: Path) -> None:
+    from maedfer.training.checkpoint import export_weights
 
     final = export_weights(work / "last.pt", tmp_path / "final.pt")
     out = tmp_path / "windows.csv"
-    result = runner.invoke(app, ["predict", str(media_dir / "single_face.mp4"), "--checkpoint",
-                                 str(final), "--out", str(out), "--device", "cpu", "--hop", "1"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(media_dir / "single_face.mp4"),
+            "--checkpoint",
+            str(final),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--hop",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = pd.read_csv(out)
     expected = window_indices(72, num_frames=16, stride=4, hop=1)  # starts 0, 4, 8
@@ -235,6 +306,7 @@ def test_bad_checkpoints_and_outputs_are_refused(tmp_path: Path) -> None:
         result = runner.invoke(app, ["predict", str(video), "--checkpoint", str(ckpt), *extra])
         assert result.exit_code == 1, result.output
         assert message in result.stderr, result.stderr
-    result = runner.invoke(app, ["predict", str(tmp_path / "nothing*.mp4"), "--checkpoint",
-                                 str(good)])  # fmt: skip
+    result = runner.invoke(
+        app, ["predict", str(tmp_path / "nothing*.mp4"), "--checkpoint", str(good)]
+    )
     assert result.exit_code == 1 and "no file, folder or matching pattern" in result.stderr

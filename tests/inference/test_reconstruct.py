@@ -22,8 +22,11 @@ from tests.inference.media import TINY, face_video, portrait_frames, save_tiny_c
 from tests.preprocess.media import encode_video
 
 runner = CliRunner()
-MAE_TINY = {k: v for k, v in TINY.items()} | {"decoder_embed_dim": 32, "decoder_depth": 1,
-                                               "decoder_num_heads": 2}  # fmt: skip
+MAE_TINY = {k: v for k, v in TINY.items()} | {
+    "decoder_embed_dim": 32,
+    "decoder_depth": 1,
+    "decoder_num_heads": 2,
+}
 TO_OFFICIAL = {ours: official for official, ours in PRETRAIN_TO_MAE.items()}
 
 
@@ -51,9 +54,14 @@ def _official_pretrain(path: Path) -> torch.nn.Module:
         matched, official = convert_key(key, TO_OFFICIAL)
         assert matched and official, key
         state[official] = tensor.clone()
-    args = argparse.Namespace(input_size=64, num_frames=16, lg_region_size=[2, 2, 2],
-                              mask_ratio=0.75, sampling_rate=4,
-                              model="pretrain_videomae_base_dim512_no_depth_patch16_160")
+    args = argparse.Namespace(
+        input_size=64,
+        num_frames=16,
+        lg_region_size=[2, 2, 2],
+        mask_ratio=0.75,
+        sampling_rate=4,
+        model="pretrain_videomae_base_dim512_no_depth_patch16_160",
+    )
     torch.save({"model": state, "args": args, "epoch": 49}, path)
     return model
 
@@ -81,8 +89,7 @@ def test_an_unmasked_token_reconstructs_to_its_input_patch(work: Path, crops: np
     assert np.abs(window.appearance[masked] - first[masked]).mean() > 0.05
     assert window.pred.shape == (int(window.mask.sum()), 3 * 2 * 16 * 16)
     assert np.isfinite([window.loss, window.loss_appearance, window.loss_motion]).all()
-    assert window.loss == pytest.approx((window.loss_appearance + window.loss_motion) / 2,
-                                        rel=1e-5)  # fmt: skip
+    assert window.loss == pytest.approx((window.loss_appearance + window.loss_motion) / 2, rel=1e-5)
 
 
 def test_official_pretraining_pth_reconstructs_as_load_official(
@@ -91,8 +98,9 @@ def test_official_pretraining_pth_reconstructs_as_load_official(
     pth = work / "official" / "checkpoint-49.pth"
     pth.parent.mkdir(exist_ok=True)
     original = _official_pretrain(pth)
-    rec = Reconstructor(pth, device="cpu", seed=1, model_overrides={"num_heads": 2,
-                                                                    "decoder_num_heads": 2})
+    rec = Reconstructor(
+        pth, device="cpu", seed=1, model_overrides={"num_heads": 2, "decoder_num_heads": 2}
+    )
     assert rec.settings.format == "official" and rec.mask_ratio == 0.75  # from its args
     windows = list(rec.iter_frames(((c, True) for c in crops), fps=25.0))
     # by hand: the official state dict into our model, the same frames and masks
@@ -111,9 +119,23 @@ def test_official_pretraining_pth_reconstructs_as_load_official(
 
 def test_cli_writes_grids_videos_and_the_table(work: Path, tmp_path: Path) -> None:
     out = tmp_path / "rec"
-    result = runner.invoke(app, ["reconstruct", str(work / "a.mp4"), "--checkpoint",
-                                 str(work / "mae.pt"), "--out", str(out), "--device", "cpu",
-                                 "--mask-ratio", "0.75", "--seed", "7"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "reconstruct",
+            str(work / "a.mp4"),
+            "--checkpoint",
+            str(work / "mae.pt"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--mask-ratio",
+            "0.75",
+            "--seed",
+            "7",
+        ],
+    )
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "losses.csv")
     assert table["window"].tolist() == [0, 1] and table["face"].all()
@@ -129,9 +151,23 @@ def test_cli_writes_grids_videos_and_the_table(work: Path, tmp_path: Path) -> No
     assert frames[0].shape[1] > 4 * 64  # four panels side by side
     # the same seed gives the same masks and losses, another seed others
     again = tmp_path / "again"
-    runner.invoke(app, ["reconstruct", str(work / "a.mp4"), "--checkpoint", str(work / "mae.pt"),
-                        "--out", str(again), "--device", "cpu", "--mask-ratio", "0.75",
-                        "--seed", "7"])  # fmt: skip
+    runner.invoke(
+        app,
+        [
+            "reconstruct",
+            str(work / "a.mp4"),
+            "--checkpoint",
+            str(work / "mae.pt"),
+            "--out",
+            str(again),
+            "--device",
+            "cpu",
+            "--mask-ratio",
+            "0.75",
+            "--seed",
+            "7",
+        ],
+    )
     assert pd.read_csv(again / "losses.csv")["loss"].tolist() == table["loss"].tolist()
     other = Reconstructor(work / "mae.pt", device="cpu", mask_ratio=0.75, seed=8)
     assert other.reconstruct(work / "a.mp4")[0].loss != table["loss"].iloc[0]
@@ -142,8 +178,17 @@ def test_a_classifier_checkpoint_is_refused_in_one_line(work: Path, tmp_path: Pa
 
     official_classifier = save_official_pth(tmp_path / "ft.pth", tiny_official_model())
     for ckpt in (work / "classifier.pt", official_classifier):
-        result = runner.invoke(app, ["reconstruct", str(work / "a.mp4"), "--checkpoint",
-                                     str(ckpt), "--out", str(tmp_path / "x")])  # fmt: skip
+        result = runner.invoke(
+            app,
+            [
+                "reconstruct",
+                str(work / "a.mp4"),
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(tmp_path / "x"),
+            ],
+        )
         assert result.exit_code == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "not a pre-training checkpoint" in lines[0], result.stderr
@@ -156,21 +201,49 @@ def test_a_manifest_of_prepared_clips(work: Path, crops: np.ndarray, tmp_path: P
     encode_video(crops[:40], clips / "c1.mp4")
     encode_video(crops[20:], clips / "c2.mp4")
     manifest = tmp_path / "manifest.parquet"
-    pd.DataFrame({
-        "clip_id": ["c1", "c2"], "path": ["clips/c1.mp4", "clips/c2.mp4"],
-        "label": np.array([-1, -1], np.int16), "split": ["pretrain", "pretrain"],
-        "num_frames": np.array([40, 52], np.int32), "fps": np.array([25, 25], np.float32),
-    }).to_parquet(manifest)  # fmt: skip
+    pd.DataFrame(
+        {
+            "clip_id": ["c1", "c2"],
+            "path": ["clips/c1.mp4", "clips/c2.mp4"],
+            "label": np.array([-1, -1], np.int16),
+            "split": ["pretrain", "pretrain"],
+            "num_frames": np.array([40, 52], np.int32),
+            "fps": np.array([25, 25], np.float32),
+        }
+    ).to_parquet(manifest)
     out = tmp_path / "out"
-    result = runner.invoke(app, ["reconstruct", str(manifest), "--checkpoint",
-                                 str(work / "mae.pt"), "--out", str(out), "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "reconstruct",
+            str(manifest),
+            "--checkpoint",
+            str(work / "mae.pt"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "losses.csv")
     assert table["input"].tolist() == ["c1", "c2"]  # 40 and 52 frames: one window each
     assert table["face"].all() and (out / "c2" / "window_000.png").is_file()
-    result = runner.invoke(app, ["reconstruct", str(manifest), "--checkpoint",
-                                 str(work / "mae.pt"), "--out", str(tmp_path / "one"),
-                                 "--limit", "1", "--device", "cpu"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "reconstruct",
+            str(manifest),
+            "--checkpoint",
+            str(work / "mae.pt"),
+            "--out",
+            str(tmp_path / "one"),
+            "--limit",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert pd.read_csv(tmp_path / "one" / "losses.csv")["input"].tolist() == ["c1"]
 
@@ -179,20 +252,23 @@ def test_the_official_codes_own_pretraining_state_dict_loads(tmp_path: Path) -> 
     """tests/model/fixtures/official_tiny.pt holds a pre-training state dict written by the
     official modules (scripts/make_official_fixture.py) and their outputs: saved as the
     official script saves it, the reconstructor's model gives those outputs."""
-    fixture = torch.load(Path(__file__).parents[1] / "model" / "fixtures" / "official_tiny.pt",
-                         weights_only=True)  # fmt: skip
+    fixture = torch.load(
+        Path(__file__).parents[1] / "model" / "fixtures" / "official_tiny.pt", weights_only=True
+    )
     pth = tmp_path / "checkpoint-49.pth"
     torch.save({"model": fixture["pretrain_state"], "epoch": 49}, pth)
-    rec = Reconstructor(pth, device="cpu", model_overrides=["num_heads=2",
-                                                            "decoder_num_heads=2"])  # fmt: skip
+    rec = Reconstructor(pth, device="cpu", model_overrides=["num_heads=2", "decoder_num_heads=2"])
     assert rec.settings.format == "official" and rec.settings.size == 160
     assert rec.model.config["official_decoder_order"] is True  # what the weights learned with
-    video = torch.randn(1, 3, 16, 160, 160,
-                        generator=torch.Generator().manual_seed(fixture["video16_seed"]))
+    video = torch.randn(
+        1, 3, 16, 160, 160, generator=torch.Generator().manual_seed(fixture["video16_seed"])
+    )
     with torch.no_grad():
         pred = rec.model(video, fixture["mask"])
-    torch.testing.assert_close(pred[:, fixture["rows"]], fixture["pretrain_pred_rows"],
-                               atol=1e-4, rtol=0)  # fmt: skip
-    widths = runner.invoke(app, ["reconstruct", str(tmp_path), "--checkpoint", str(pth),
-                                 "--out", str(tmp_path / "x")])  # fmt: skip
+    torch.testing.assert_close(
+        pred[:, fixture["rows"]], fixture["pretrain_pred_rows"], atol=1e-4, rtol=0
+    )
+    widths = runner.invoke(
+        app, ["reconstruct", str(tmp_path), "--checkpoint", str(pth), "--out", str(tmp_path / "x")]
+    )
     assert widths.exit_code == 1 and "--set num_heads=N" in widths.stderr

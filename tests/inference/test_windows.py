@@ -51,8 +51,9 @@ def test_streamed_windows_are_the_whole_video_windows(frames: int, hop: int | No
         pass
 
     got = []
-    for indices, items in stream_windows((Frame(t) for t in range(frames)), num_frames=16,
-                                         stride=4, hop=hop):  # fmt: skip
+    for indices, items in stream_windows(
+        (Frame(t) for t in range(frames)), num_frames=16, stride=4, hop=hop
+    ):
         got.append(indices)
         assert [int(i) for i in items] == indices.tolist()
         held.append(len(set(items)))

@@ -31,11 +31,16 @@ def _raw(root: Path) -> Path:
 
 
 def _labels(path: Path, **extra) -> Path:
-    table = pd.DataFrame({"path": ["P1/a.mp4", "P1/b.mp4", "P2/c.mp4", "P2/d.mp4"],
-                          "label": ["calm", "tense", "calm", "tense"],
-                          "subject": ["P1", "P1", "P2", "P2"],
-                          "session": ["morning", "evening", "morning", None],
-                          "take": [1, 2, 3, 4], **extra})  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "path": ["P1/a.mp4", "P1/b.mp4", "P2/c.mp4", "P2/d.mp4"],
+            "label": ["calm", "tense", "calm", "tense"],
+            "subject": ["P1", "P1", "P2", "P2"],
+            "session": ["morning", "evening", "morning", None],
+            "take": [1, 2, 3, 4],
+            **extra,
+        }
+    )
     table.to_csv(path, index=False)
     return path
 
@@ -78,13 +83,28 @@ def test_shards_merge_with_their_extra_columns(tmp_path: Path) -> None:
 def test_a_column_named_like_a_manifest_column_is_refused(tmp_path: Path) -> None:
     raw = _raw(tmp_path / "raw")
     labels = _labels(tmp_path / "l.csv", source=["x", "y", "z", "w"])
-    result = runner.invoke(app, ["prepare", "folder", "--raw", str(raw), "--out",
-                                 str(tmp_path / "out"), "--labels", str(labels), "--index-only",
-                                 "--folds", "2"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "prepare",
+            "folder",
+            "--raw",
+            str(raw),
+            "--out",
+            str(tmp_path / "out"),
+            "--labels",
+            str(labels),
+            "--index-only",
+            "--folds",
+            "2",
+        ],
+    )
     assert result.exit_code == 1
-    assert result.output.strip() == ("maedfer: error: l.csv: column(s) 'source' are named like "
-                                     "manifest columns; rename them (other columns are kept in "
-                                     "the manifest as they are)")  # fmt: skip
+    assert result.output.strip() == (
+        "maedfer: error: l.csv: column(s) 'source' are named like "
+        "manifest columns; rename them (other columns are kept in "
+        "the manifest as they are)"
+    )
 
 
 def test_a_manifest_with_the_former_json_blob_is_still_read(tmp_path: Path) -> None:
@@ -93,8 +113,10 @@ def test_a_manifest_with_the_former_json_blob_is_still_read(tmp_path: Path) -> N
     _prepare("--raw", str(raw), "--out", str(out), "--labels", str(_labels(tmp_path / "l.csv")))
     table = pq.read_table(out / "manifest.parquet")
     old = table.select(list(MANIFEST_COLUMNS))  # as maedfer wrote it before: values in a blob
-    blob = {"session": {"P1/a": "morning", "P1/b": "evening", "P2/c": "morning", "P2/d": None},
-            "take": {"P1/a": 1, "P1/b": 2, "P2/c": 3, "P2/d": 4}}  # fmt: skip
+    blob = {
+        "session": {"P1/a": "morning", "P1/b": "evening", "P2/c": "morning", "P2/d": None},
+        "take": {"P1/a": 1, "P1/b": 2, "P2/c": 3, "P2/d": 4},
+    }
     metadata = {**table.schema.metadata, b"maedfer.extra": json.dumps(blob).encode()}
     pq.write_table(old.replace_schema_metadata(metadata), tmp_path / "old.parquet")
     df, meta = read_manifest(tmp_path / "old.parquet")

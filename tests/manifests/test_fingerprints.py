@@ -1,4 +1,4 @@
-"""Fingerprints of DATASETS.md §9 and their printing."""
+"""Fingerprints of docs/datasets.md and their printing."""
 
 from __future__ import annotations
 

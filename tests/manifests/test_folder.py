@@ -93,15 +93,31 @@ def test_table_split_extra_columns_and_frame_folders(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     _files(raw, ["a/x1.mp4", "a/x2.avi", "b/y1.mp4", "faces/z1/000.png"])
     table = tmp_path / "t.parquet"
-    pd.DataFrame({
-        "path": ["a/x1.mp4", "a/x2.avi", "b/y1.mp4", "faces/z1"],
-        "label": ["calm", "tense", "calm", "tense"], "subject": ["a", "a", "b", "c"],
-        "split": ["train", "train", "test", "test"], "valence": [0.5, -1.0, None, 2.0],
-        "session": [1, 2, 3, 4],
-    }).to_parquet(table)  # fmt: skip
+    pd.DataFrame(
+        {
+            "path": ["a/x1.mp4", "a/x2.avi", "b/y1.mp4", "faces/z1"],
+            "label": ["calm", "tense", "calm", "tense"],
+            "subject": ["a", "a", "b", "c"],
+            "split": ["train", "train", "test", "test"],
+            "valence": [0.5, -1.0, None, 2.0],
+            "session": [1, 2, 3, 4],
+        }
+    ).to_parquet(table)
     out = tmp_path / "out"
-    result = runner.invoke(app, ["prepare", "folder", "--raw", str(raw), "--out", str(out),
-                                 "--labels", str(table), "--index-only"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "prepare",
+            "folder",
+            "--raw",
+            str(raw),
+            "--out",
+            str(out),
+            "--labels",
+            str(table),
+            "--index-only",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "test  " in result.stdout and "train  " in result.stdout  # fingerprints printed
     df, meta = read_manifest(out / "manifest.parquet")
@@ -116,17 +132,32 @@ def test_table_split_extra_columns_and_frame_folders(tmp_path: Path) -> None:
 
 BAD_TABLES = {
     "missing column": ("path,emotion\na.mp4,x\n", [], "no 'label' column (columns: path, emotion)"),
-    "no such path": ("path,label\na.mp4,x\nnope.mp4,y\n", [],
-                     "labels.csv line 3: path nope.mp4 does not exist under"),
-    "label outside classes": ("path,label\na.mp4,happy\n", ["--classes", "sad,calm"],
-                              "line 2: label 'happy' is not in --classes (sad, calm)"),
-    "subject in two splits": ("path,label,subject,split\na.mp4,x,P1,train\nb.mp4,y,P1,test\n", [],
-                              "line 3: subject 'P1' is in split test here and in split train"),
-    "subject in two folds": ("path,label,subject,fold\na.mp4,x,P1,1\nb.mp4,y,P1,2\n", [],
-                             "subject 'P1' is in fold 2 here and in fold 1"),
-    "folds and a split": ("path,label,split\na.mp4,x,train\n", ["--folds", "3"],
-                          "--folds 3: labels.csv has a 'split' column already"),
-}  # fmt: skip
+    "no such path": (
+        "path,label\na.mp4,x\nnope.mp4,y\n",
+        [],
+        "labels.csv line 3: path nope.mp4 does not exist under",
+    ),
+    "label outside classes": (
+        "path,label\na.mp4,happy\n",
+        ["--classes", "sad,calm"],
+        "line 2: label 'happy' is not in --classes (sad, calm)",
+    ),
+    "subject in two splits": (
+        "path,label,subject,split\na.mp4,x,P1,train\nb.mp4,y,P1,test\n",
+        [],
+        "line 3: subject 'P1' is in split test here and in split train",
+    ),
+    "subject in two folds": (
+        "path,label,subject,fold\na.mp4,x,P1,1\nb.mp4,y,P1,2\n",
+        [],
+        "subject 'P1' is in fold 2 here and in fold 1",
+    ),
+    "folds and a split": (
+        "path,label,split\na.mp4,x,train\n",
+        ["--folds", "3"],
+        "--folds 3: labels.csv has a 'split' column already",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", list(BAD_TABLES))
@@ -134,9 +165,21 @@ def test_bad_tables_are_one_line(case: str, tmp_path: Path) -> None:
     text, flags, message = BAD_TABLES[case]
     _files(tmp_path / "raw", ["a.mp4", "b.mp4"])
     (tmp_path / "labels.csv").write_text(text)
-    result = runner.invoke(app, ["prepare", "folder", "--raw", str(tmp_path / "raw"), "--out",
-                                 str(tmp_path / "out"), "--labels", str(tmp_path / "labels.csv"),
-                                 "--index-only", *flags])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "prepare",
+            "folder",
+            "--raw",
+            str(tmp_path / "raw"),
+            "--out",
+            str(tmp_path / "out"),
+            "--labels",
+            str(tmp_path / "labels.csv"),
+            "--index-only",
+            *flags,
+        ],
+    )
     assert result.exit_code == 1, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("maedfer: error: "), result.output

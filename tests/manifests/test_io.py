@@ -1,4 +1,4 @@
-"""Manifest schema, Parquet IO and metadata (DESIGN.md §3)."""
+"""Manifest schema, Parquet IO and metadata (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -29,17 +29,29 @@ CLASSES = ["a", "b", "c"]
 
 def _index(n: int = 6, folds: int = 3) -> RawIndex:
     entries = [
-        ClipEntry(clip_id=f"clip{i:02d}", source=f"raw/clip{i:02d}.mp4", kind="video",
-                  subject=str(i % 2 + 1), label=i % 3, label_name=CLASSES[i % 3],
-                  fold=i % folds + 1, split=None)
+        ClipEntry(
+            clip_id=f"clip{i:02d}",
+            source=f"raw/clip{i:02d}.mp4",
+            kind="video",
+            subject=str(i % 2 + 1),
+            label=i % 3,
+            label_name=CLASSES[i % 3],
+            fold=i % folds + 1,
+            split=None,
+        )
         for i in range(n)
-    ]  # fmt: skip
+    ]
     return RawIndex("ravdess", "test-protocol", Path("/raw"), CLASSES, folds, entries)
 
 
 def _write(df: pd.DataFrame, path: Path, **kw) -> dict[str, str]:
-    args = dict(dataset="ravdess", protocol="test-protocol", classes=CLASSES, num_folds=3,
-                raw_root=path.parent / "raw")  # fmt: skip
+    args = dict(
+        dataset="ravdess",
+        protocol="test-protocol",
+        classes=CLASSES,
+        num_folds=3,
+        raw_root=path.parent / "raw",
+    )
     args.update(kw)
     return write_manifest(df, path, **args)
 
@@ -84,9 +96,18 @@ def test_round_trip_and_metadata(tmp_path: Path) -> None:
     raw = pq.read_schema(path).metadata
     assert json.loads(raw[b"maedfer.classes"]) == CLASSES
     assert {k.decode() for k in raw} >= {
-        f"maedfer.{k}" for k in ("version", "dataset", "protocol", "classes", "num_folds",
-                                 "raw_root", "created", "fingerprints")
-    }  # fmt: skip
+        f"maedfer.{k}"
+        for k in (
+            "version",
+            "dataset",
+            "protocol",
+            "classes",
+            "num_folds",
+            "raw_root",
+            "created",
+            "fingerprints",
+        )
+    }
 
 
 def test_atomic_replace_leaves_no_temp(tmp_path: Path) -> None:
@@ -127,24 +148,37 @@ def test_write_refuses_bad_rows(tmp_path: Path, change, message: str) -> None:
 
 def test_reads_another_tools_manifest(tmp_path: Path) -> None:
     """Other int widths, no optional columns, no metadata: read the same way (DESIGN §3)."""
-    table = pa.table({
-        "clip_id": ["a", "b"], "path": ["a.mp4", "b.mp4"],
-        "label": pa.array([0, 1], pa.int64()), "fold": pa.array([1, 2], pa.int64()),
-        "num_frames": pa.array([10, None], pa.int64()), "extra": [1, 2],
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "clip_id": ["a", "b"],
+            "path": ["a.mp4", "b.mp4"],
+            "label": pa.array([0, 1], pa.int64()),
+            "fold": pa.array([1, 2], pa.int64()),
+            "num_frames": pa.array([10, None], pa.int64()),
+            "extra": [1, 2],
+        }
+    )
     pq.write_table(table, tmp_path / "other.parquet")
     df, meta = read_manifest(tmp_path / "other.parquet")
     assert df["label"].dtype == "int16" and df["fold"].dtype == "int8"
     assert df["num_frames"].iloc[0] == 10 and pd.isna(df["num_frames"].iloc[1])
     assert meta["num_folds"] == 2 and "classes" not in meta
-    table = table.replace_schema_metadata({
-        "maedfer.classes": '["x", "y"]', "maedfer.num_folds": "5",
-        "maedfer.fingerprints": '{"1": "abc"}', "maedfer.dataset": "dfew",
-    })  # fmt: skip
+    table = table.replace_schema_metadata(
+        {
+            "maedfer.classes": '["x", "y"]',
+            "maedfer.num_folds": "5",
+            "maedfer.fingerprints": '{"1": "abc"}',
+            "maedfer.dataset": "dfew",
+        }
+    )
     pq.write_table(table, tmp_path / "other2.parquet")
     _, meta = read_manifest(tmp_path / "other2.parquet")
-    assert meta == {"classes": ["x", "y"], "num_folds": 5, "fingerprints": {"1": "abc"},
-                    "dataset": "dfew"}  # fmt: skip
+    assert meta == {
+        "classes": ["x", "y"],
+        "num_folds": 5,
+        "fingerprints": {"1": "abc"},
+        "dataset": "dfew",
+    }
 
 
 def test_read_refuses_non_manifests(tmp_path: Path) -> None:
@@ -170,14 +204,19 @@ def test_read_refuses_a_column_of_the_wrong_kind(tmp_path: Path) -> None:
     # string labels used to come back as nulls (read_manifest) or a pyarrow type error (loaders)
     table = pa.table({"clip_id": ["a"], "path": ["a"], "label": ["angry"], "fold": [1]})
     pq.write_table(table, tmp_path / "m.parquet")
-    with pytest.raises(MaedferError, match="column 'label' holds string values; expected "
-                                           r"integers \(int16\)"):  # fmt: skip
+    with pytest.raises(
+        MaedferError,
+        match="column 'label' holds string values; expected "
+        r"integers \(int16\)",
+    ):
         read_manifest(tmp_path / "m.parquet")
 
 
 def test_rejects_round_trip(tmp_path: Path) -> None:
-    rows = [("s6_an", "subject 6/anger/s6_an.avi", "protocol: subject 6 is excluded"),
-            ("x", "x.mp4", "no face")]  # fmt: skip
+    rows = [
+        ("s6_an", "subject 6/anger/s6_an.avi", "protocol: subject 6 is excluded"),
+        ("x", "x.mp4", "no face"),
+    ]
     write_rejects(rows, tmp_path / "rejects.parquet")
     df = read_rejects(tmp_path / "rejects.parquet")
     assert list(df.columns) == ["clip_id", "source", "reason"]

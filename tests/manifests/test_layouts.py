@@ -28,11 +28,18 @@ NUM_CLASSES = {
     "crema-d": 6,
     "ravdess": 8,
     "enterface05": 6,
-}  # fmt: skip (DATASETS.md §1.1 nb_classes)
+}  # the official nb_classes (docs/datasets.md)
 # The published protocols (a fixed raw layout each); ``folder`` has its own tests.
 BUILT_IN = [name for name in DATASET_NAMES if get_dataset(name).published]
-NUM_FOLDS = {"voxceleb2": 0, "dfew": 5, "ferv39k": 0, "mafw": 5, "crema-d": 5, "ravdess": 6,
-             "enterface05": 5}  # fmt: skip
+NUM_FOLDS = {
+    "voxceleb2": 0,
+    "dfew": 5,
+    "ferv39k": 0,
+    "mafw": 5,
+    "crema-d": 5,
+    "ravdess": 6,
+    "enterface05": 5,
+}
 
 
 def test_unknown_dataset_lists_valid_names() -> None:
@@ -55,9 +62,14 @@ def test_index_only_manifest(name: str, tmp_path: Path) -> None:
     assert [e.clip_id for e in index.entries] == sorted({e.clip_id for e in index.entries})
     df = index.to_frame(lambda e: f"clips/{e.clip_id}.mp4")
     fps = write_manifest(
-        df, tmp_path / "out" / "manifest.parquet", dataset=name, protocol=index.protocol,
-        classes=index.classes, num_folds=index.num_folds, raw_root=index.raw_root,
-    )  # fmt: skip
+        df,
+        tmp_path / "out" / "manifest.parquet",
+        dataset=name,
+        protocol=index.protocol,
+        classes=index.classes,
+        num_folds=index.num_folds,
+        raw_root=index.raw_root,
+    )
     back, meta = read_manifest(tmp_path / "out" / "manifest.parquet")
     assert len(back) == len(index.entries) and meta["dataset"] == name
     assert meta["fingerprints"] == fps == fold_fingerprints(back, num_folds=index.num_folds)

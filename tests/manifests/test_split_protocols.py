@@ -49,8 +49,9 @@ def test_dfew_from_video_and_partial(tmp_path: Path) -> None:
     assert len(index.entries) == 8
     assert index.rejects == [("00007", "Clip/clip_224x224/00007", index.rejects[0][2])]
     assert index.rejects[0][2].startswith("no frames")
-    assert any("1 of 10 split clips have no frame folders" in w and "00004" in w
-               for w in index.warnings)  # fmt: skip
+    assert any(
+        "1 of 10 split clips have no frame folders" in w and "00004" in w for w in index.warnings
+    )
     (tmp_path / "EmoLabel_DataSplit" / "train(single-labeled)" / "set_2.csv").unlink()
     index = get_protocol("dfew").index(tmp_path)
     assert len(index.entries) == 8  # folds come from the test sets alone
@@ -156,8 +157,15 @@ def test_voxceleb2_manifest_with_crop(tmp_path: Path) -> None:
     index = get_protocol("voxceleb2").index(tmp_path / "raw")
     df = index.to_frame()
     df["crop"] = [crop_box(160)] * len(df)
-    fps = write_manifest(df, tmp_path / "m.parquet", dataset="voxceleb2", protocol=index.protocol,
-                         classes=[], num_folds=0, raw_root=index.raw_root)  # fmt: skip
+    fps = write_manifest(
+        df,
+        tmp_path / "m.parquet",
+        dataset="voxceleb2",
+        protocol=index.protocol,
+        classes=[],
+        num_folds=0,
+        raw_root=index.raw_root,
+    )
     back, meta = read_manifest(tmp_path / "m.parquet")
     assert list(fps) == ["pretrain"] and meta["num_folds"] == 0 and meta["classes"] == []
     assert back["crop"].iloc[0] == (32, 0, 160, 160) and (back["label"] == -1).all()

@@ -1,7 +1,7 @@
-"""RAVDESS, CREMA-D, eNTERFACE05: keys, subjects, labels and fold rules (DATASETS.md §6-§9).
+"""RAVDESS, CREMA-D, eNTERFACE05: keys, subjects, labels and fold rules (docs/datasets.md).
 
 The full-size trees carry the complete name lists, so the manifests written from them must
-reproduce every fingerprint published in DATASETS.md; the miniatures check single rules.
+reproduce every fingerprint published in docs/datasets.md; the miniatures check single rules.
 """
 
 from __future__ import annotations
@@ -26,9 +26,14 @@ FULL = {"ravdess": 1440, "crema-d": 7442, "enterface05": 1287}
 
 def _manifest(index: RawIndex, path: Path):
     fps = write_manifest(
-        index.to_frame(), path, dataset=index.dataset, protocol=index.protocol,
-        classes=index.classes, num_folds=index.num_folds, raw_root=index.raw_root,
-    )  # fmt: skip
+        index.to_frame(),
+        path,
+        dataset=index.dataset,
+        protocol=index.protocol,
+        classes=index.classes,
+        num_folds=index.num_folds,
+        raw_root=index.raw_root,
+    )
     df, meta = read_manifest(path)
     return fps, df, meta
 
@@ -96,8 +101,16 @@ def test_crema_d_rules(tmp_path: Path) -> None:
     index = get_protocol("crema-d").index(tmp_path)
     e = _by_id(index)
     folds = {x.subject: x.fold for x in e.values()}
-    assert folds == {"1001": 1, "1018": 1, "1019": 2, "1036": 2, "1037": 3, "1072": 4,
-                     "1073": 5, "1091": 5}  # fmt: skip
+    assert folds == {
+        "1001": 1,
+        "1018": 1,
+        "1019": 2,
+        "1036": 2,
+        "1037": 3,
+        "1072": 4,
+        "1073": 5,
+        "1091": 5,
+    }
     assert e["1091_IEO_HAP_HI"].label == 3 and e["1091_IEO_HAP_HI"].label_name == "happy"
     assert e["1001_DFA_SAD_XX"].label == 5 and e["1001_DFA_ANG_XX"].label == 0
     assert e["1001_DFA_ANG_XX"].source == "VideoFlash/1001_DFA_ANG_XX.flv"

@@ -1,4 +1,4 @@
-"""Exact sizes of the full models against the official code (DESIGN.md §9, reference/)."""
+"""Exact sizes of the full models against the official code (docs/design.md, reference/)."""
 
 import pytest
 
@@ -24,7 +24,7 @@ def test_encoder_parameter_count() -> None:
     assert count_params(model.encoder) + count_params(model.fc_norm) == 84_874_752
 
 
-# Official measurements at 1x3x16x160x160 (MODEL.md §6); 0.5% is the issue's tolerance.
+# Official measurements at 1x3x16x160x160 (docs/recipe.md); 0.5% is the issue's tolerance.
 @pytest.mark.parametrize(("name", "gmacs"), [("lgi_former_base", 49.65), ("vit_base", 80.69)])
 def test_gmacs_per_clip(name: str, gmacs: float) -> None:
     measured = count_gmacs(create_model(name, num_classes=7))

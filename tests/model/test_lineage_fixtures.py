@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from maedfer.constants import IMAGENET_MEAN, IMAGENET_STD
 from maedfer.model import create_model, input_contract, load_official
 from maedfer.model import s4d as s4d_module
 from maedfer.model.layout import OfficialCheckpointError
-from maedfer.model.registry import IMAGENET_MEAN, IMAGENET_STD
 
 FIXTURES = Path(__file__).parent / "fixtures" / "lineage"
 TOL = 1e-4
@@ -61,17 +61,22 @@ def test_videomae_fine_tuned_logits_match(size: int) -> None:
 
 def test_videomae_pretrained_encoder_matches_and_starts_a_classifier() -> None:
     data, pre = fixture("videomae"), fixture("videomae")["pretrain"]
-    model = create_model("videomae_base", img_size=32,
-                         **{**data["config"], "num_frames": pre["frames"]}).eval()
+    model = create_model(
+        "videomae_base", img_size=32, **{**data["config"], "num_frames": pre["frames"]}
+    ).eval()
     report = load_official(model, pre["state"])
     assert {"mask_token", "encoder.norm.weight", "encoder_to_decoder.weight"} <= set(report.dropped)
     assert report.fresh == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
     with torch.no_grad():  # their encoder ends with its norm; the classifier drops it
         tokens = model.forward_tokens(clip(pre["video_seed"], pre["frames"]))
         state = pre["state"]
-        normed = torch.nn.functional.layer_norm(tokens, tokens.shape[-1:],
-                                                state["encoder.norm.weight"],
-                                                state["encoder.norm.bias"], eps=1e-6)
+        normed = torch.nn.functional.layer_norm(
+            tokens,
+            tokens.shape[-1:],
+            state["encoder.norm.weight"],
+            state["encoder.norm.bias"],
+            eps=1e-6,
+        )
     assert_relative(normed, pre["encoder_tokens"])
 
 

@@ -33,8 +33,9 @@ def check(family: str, layout: str, model_name: str, **overrides):
     with torch.device("meta"):
         model = create_model(model_name, **overrides)
     chosen = layout_for(model, meta_state(source))
-    _, report = plan(chosen, {k: tuple(v) for k, v in source.items()},
-                     shapes(model.state_dict()), model_name)  # fmt: skip
+    _, report = plan(
+        chosen, {k: tuple(v) for k, v in source.items()}, shapes(model.state_dict()), model_name
+    )
     return model, report
 
 
@@ -50,35 +51,47 @@ def check(family: str, layout: str, model_name: str, **overrides):
         ("marlin", "large_encoder", "marlin_large", {}, ["head."]),
         ("marlin", "large_full", "marlin_large", {}, ["head."]),
         ("svfap", "finetune", "svfap_base", {}, []),
-        ("svfap", "pretrain", "svfap_base", {"embed_dim": 768, "num_heads": 12},
-         ["fc_norm.", "head."]),
+        (
+            "svfap",
+            "pretrain",
+            "svfap_base",
+            {"embed_dim": 768, "num_heads": 12},
+            ["fc_norm.", "head."],
+        ),
         ("hicmae", "finetune_av", "hicmae_base", {}, ["fc_norm.", "head."]),
         ("hicmae", "pretrain_av", "hicmae_base", {}, ["fc_norm.", "head.", "video_layer"]),
         ("s4d", "finetune", "s4d_base", {"num_image_classes": 7}, []),
     ],
-)  # fmt: skip
+)
 def test_full_size_layout_fits(family, layout, model_name, overrides, fresh) -> None:
     _, report = check(family, layout, model_name, **overrides)
     assert all(key.startswith(tuple(fresh)) for key in report.fresh) and (
-        bool(report.fresh) == bool(fresh))
+        bool(report.fresh) == bool(fresh)
+    )
     assert report.loaded
 
 
 def test_svfap_released_pretraining_width_differs_from_its_fine_tuning_model() -> None:
     """The released code pre-trains 768 wide and fine-tunes 512 wide (svfap.py docstring): the
     mismatch is one line naming both shapes."""
-    with pytest.raises(OfficialCheckpointError,
-                       match=r"shape mismatch .*patch_embed\.proj\.weight \(checkpoint \[768"):
+    with pytest.raises(
+        OfficialCheckpointError,
+        match=r"shape mismatch .*patch_embed\.proj\.weight \(checkpoint \[768",
+    ):
         check("svfap", "pretrain", "svfap_base")
 
 
 @pytest.mark.parametrize(
     ("family", "layout", "model_name", "num_classes"),
-    [("videomae", "finetune", "videomae_base", 400), ("svfap", "finetune", "svfap_base", 7),
-     ("s4d", "finetune", "s4d_base", 7)],
-)  # fmt: skip
-def test_fine_tuned_layouts_are_recognised_with_their_config(family, layout, model_name,
-                                                             num_classes) -> None:  # fmt: skip
+    [
+        ("videomae", "finetune", "videomae_base", 400),
+        ("svfap", "finetune", "svfap_base", 7),
+        ("s4d", "finetune", "s4d_base", 7),
+    ],
+)
+def test_fine_tuned_layouts_are_recognised_with_their_config(
+    family, layout, model_name, num_classes
+) -> None:
     state = meta_state(released(family, layout)["keys"])
     name, config = official_classifier(state)
     assert name == model_name and config["num_classes"] == num_classes
@@ -89,19 +102,26 @@ def test_fine_tuned_layouts_are_recognised_with_their_config(family, layout, mod
     assert count_params(model) == released(family, layout)["params"]
 
 
-@pytest.mark.parametrize(("family", "layout", "says"), [
-    ("marlin", "base_encoder", "not a classifier.*model.name=marlin_base"),
-    ("videomae", "pretrain", "not a classifier.*model.name=videomae_base"),
-    ("hicmae", "finetune_av", "audio features.*model.name=hicmae_base"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("family", "layout", "says"),
+    [
+        ("marlin", "base_encoder", "not a classifier.*model.name=marlin_base"),
+        ("videomae", "pretrain", "not a classifier.*model.name=videomae_base"),
+        ("hicmae", "finetune_av", "audio features.*model.name=hicmae_base"),
+    ],
+)
 def test_what_is_no_classifier_says_how_to_fine_tune_it(family, layout, says) -> None:
     with pytest.raises(OfficialCheckpointError, match=says):
         official_classifier(meta_state(released(family, layout)["keys"]))
 
 
-@pytest.mark.parametrize(("family", "layout", "size"), [
-    ("marlin", "base_encoder", "base"), ("marlin", "large_encoder", "large"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("family", "layout", "size"),
+    [
+        ("marlin", "base_encoder", "base"),
+        ("marlin", "large_encoder", "large"),
+    ],
+)
 def test_marlin_sizes_equal_the_released_encoders(family, layout, size) -> None:
     """MARLIN's table is a frozen parameter there, a buffer here: the counts differ by it."""
     info = released(family, layout)
@@ -115,6 +135,7 @@ def test_marlin_sizes_equal_the_released_encoders(family, layout, size) -> None:
 def test_every_released_layout_is_recognised() -> None:
     for family in ("videomae", "marlin", "svfap", "hicmae", "s4d"):
         for name, info in json.loads((FIXTURES / f"{family}_layouts.json").read_text())[
-                "layouts"].items():  # fmt: skip
+            "layouts"
+        ].items():
             found = identify(meta_state(info["keys"]))
             assert found is not None and family in found.name.replace("-", ""), (family, name)

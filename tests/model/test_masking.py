@@ -1,4 +1,4 @@
-"""Part-window tube masking invariants (MODEL.md §3.1)."""
+"""Part-window tube masking invariants (docs/recipe.md)."""
 
 import pytest
 import torch

@@ -39,11 +39,22 @@ def _video(batch: int = 2, seed: int = 0, frames: int = 4) -> torch.Tensor:
 
 def test_registry_lists_every_design_name() -> None:
     assert set(list_models()) == {
-        "lgi_former_tiny", "lgi_former_small", "lgi_former_base", "vit_base",
-        "mae_lgi_former_tiny", "mae_lgi_former_small", "mae_lgi_former_base",
-        "videomae_base", "videomae_base_224", "marlin_small", "marlin_base", "marlin_large",
-        "svfap_base", "s4d_base", "hicmae_base",
-    }  # fmt: skip
+        "lgi_former_tiny",
+        "lgi_former_small",
+        "lgi_former_base",
+        "vit_base",
+        "mae_lgi_former_tiny",
+        "mae_lgi_former_small",
+        "mae_lgi_former_base",
+        "videomae_base",
+        "videomae_base_224",
+        "marlin_small",
+        "marlin_base",
+        "marlin_large",
+        "svfap_base",
+        "s4d_base",
+        "hicmae_base",
+    }
 
 
 def test_unknown_name_and_field_are_clear_errors() -> None:
@@ -60,8 +71,12 @@ def test_overrides_win_and_none_means_default() -> None:
 
 
 # pooling applies to lgi_former_*; the others have one (their own)
-CLASSIFIER_CASES = [(n, p) for n in list_models() if not n.startswith("mae_")
-                    for p in (("region", "org", "all") if n.startswith("lgi_") else ("region",))]
+CLASSIFIER_CASES = [
+    (n, p)
+    for n in list_models()
+    if not n.startswith("mae_")
+    for p in (("region", "org", "all") if n.startswith("lgi_") else ("region",))
+]
 
 
 @pytest.mark.parametrize(("name", "pooling"), CLASSIFIER_CASES)
@@ -75,7 +90,7 @@ def test_classifier_shapes_and_gradients(name: str, pooling: str) -> None:
     logits.square().sum().backward()
     depth = TINY["depth"]
     # With region pooling the last block's cross-attention only updates local tokens, which the
-    # logits never read: those parameters rightly get no gradient (DESIGN.md §9).
+    # logits never read: those parameters rightly get no gradient (docs/design.md).
     unused = f"encoder.blocks.{depth - 1}.cross" if pooling == "region" else None
     for pname, p in model.named_parameters():
         if unused and name.startswith("lgi_") and pname.startswith(unused):

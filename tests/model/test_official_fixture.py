@@ -69,7 +69,7 @@ def test_pretrain_output_targets_and_loss_match_official(fixture: dict) -> None:
 
 
 def test_corrected_decoder_order_differs_from_official(fixture: dict) -> None:
-    """The default order fixes the reference's position quirk (MODEL.md §3.4): outputs change."""
+    """The default order fixes the reference's position quirk (docs/recipe.md): outputs change."""
     model = _mae(fixture, official_order=False)
     video = _video(fixture["video16_seed"], [1, 3, 16, 160, 160])
     with torch.no_grad():

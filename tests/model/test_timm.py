@@ -15,13 +15,15 @@ from maedfer.manifests import get_protocol
 def test_timm_creates_and_lists_lgi_former() -> None:
     import timm
 
-    assert timm.list_models("lgi_former*") == ["lgi_former_base", "lgi_former_small",
-                                               "lgi_former_tiny"]  # fmt: skip
+    assert timm.list_models("lgi_former*") == [
+        "lgi_former_base",
+        "lgi_former_small",
+        "lgi_former_tiny",
+    ]
     model = timm.create_model("lgi_former_base", num_classes=7)
     assert type(model).__name__ == "LGIFormer" and model.head.out_features == 7
     assert model.pretrained_cfg["mean"] == (0.485, 0.456, 0.406)
-    tiny = timm.create_model("lgi_former_tiny.mafw", depth=1, img_size=64,
-                             region_size=(2, 2, 2))  # fmt: skip
+    tiny = timm.create_model("lgi_former_tiny.mafw", depth=1, img_size=64, region_size=(2, 2, 2))
     assert tiny.head.out_features == 11
     assert list(tiny.pretrained_cfg["label_names"]) == get_protocol("mafw").classes
     with torch.no_grad():
@@ -33,6 +35,5 @@ def test_timm_creates_and_lists_lgi_former() -> None:
 @pytest.mark.parametrize("order", ["import maedfer, timm", "import timm, maedfer"])
 def test_registration_does_not_depend_on_import_order(order: str) -> None:
     code = f"{order}; print(timm.list_models('lgi_former*'))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True)  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "lgi_former_base" in done.stdout

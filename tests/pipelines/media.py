@@ -21,8 +21,14 @@ def marker_frames(count: int, size: int = 64, background: np.ndarray | None = No
     """``(count, size, size, 3)`` uint8 frames whose marker blocks encode 0..count-1."""
     if background is None:
         ramp = np.linspace(0, 255, size, dtype=np.float32)
-        background = np.stack([ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1),
-                               np.full((size, size), 128.0)], axis=-1)
+        background = np.stack(
+            [
+                ramp[None, :].repeat(size, 0),
+                ramp[:, None].repeat(size, 1),
+                np.full((size, size), 128.0),
+            ],
+            axis=-1,
+        )
     background = np.asarray(background, dtype=np.uint8)
     frames = np.empty((count, size, size, 3), dtype=np.uint8)
     for t in range(count):
@@ -39,18 +45,26 @@ def read_markers(frames: np.ndarray) -> np.ndarray:
     return (40 * np.round((b - 20) / 5) + np.round((a - 20) / 5)).astype(np.int64)
 
 
-def write_clip(path: Path, frames: np.ndarray, *, codec: str = "h264", fps: int = 25,
-               gop: int = 16, bframes: int = 2) -> Path:
+def write_clip(
+    path: Path,
+    frames: np.ndarray,
+    *,
+    codec: str = "h264",
+    fps: int = 25,
+    gop: int = 16,
+    bframes: int = 2,
+) -> Path:
     """Encode RGB frames, constant frame rate: ``codec`` ``h264`` (for .mp4), ``vp9`` (.webm),
     ``mpeg4`` (.avi) or ``flv1`` (.flv, the CREMA-D codec); ``bframes`` for H.264."""
     import av  # here, not at the top: bench/gpu_check.py reads markers where PyAV may be absent
 
     path.parent.mkdir(parents=True, exist_ok=True)
     name, options = {
-        "h264": ("libx264", {"crf": "8", "preset": "ultrafast", "g": str(gop),
-                             "bf": str(bframes)}),
-        "vp9": ("libvpx-vp9", {"crf": "8", "b": "0", "g": str(gop), "deadline": "realtime",
-                               "cpu-used": "8"}),
+        "h264": ("libx264", {"crf": "8", "preset": "ultrafast", "g": str(gop), "bf": str(bframes)}),
+        "vp9": (
+            "libvpx-vp9",
+            {"crf": "8", "b": "0", "g": str(gop), "deadline": "realtime", "cpu-used": "8"},
+        ),
         "mpeg4": ("mpeg4", {"g": str(gop)}),
         "flv1": ("flv", {"g": str(gop)}),
     }[codec]
@@ -69,8 +83,15 @@ def write_clip(path: Path, frames: np.ndarray, *, codec: str = "h264", fps: int 
     return path
 
 
-def make_manifest(folder: Path, counts: list[int], *, codec: str = "h264", size: int = 64,
-                  folds: int | None = 2, num_classes: int = 3) -> pd.DataFrame:
+def make_manifest(
+    folder: Path,
+    counts: list[int],
+    *,
+    codec: str = "h264",
+    size: int = 64,
+    folds: int | None = 2,
+    num_classes: int = 3,
+) -> pd.DataFrame:
     """Clips ``clip{i}`` with ``counts[i]`` frames under ``folder/clips`` and their rows.
 
     Labels cycle over ``num_classes``; folds cycle over 1..``folds`` (``None``: a ``split``
@@ -81,8 +102,7 @@ def make_manifest(folder: Path, counts: list[int], *, codec: str = "h264", size:
     for i, count in enumerate(counts):
         rel = f"clips/clip{i}.{ext}"
         write_clip(folder / rel, marker_frames(count, size), codec=codec)
-        row = {"clip_id": f"clip{i}", "path": rel, "label": i % num_classes,
-               "num_frames": count}
+        row = {"clip_id": f"clip{i}", "path": rel, "label": i % num_classes, "num_frames": count}
         if folds is None:
             row["split"] = "train" if i % 2 == 0 else "test"
         else:

@@ -1,4 +1,4 @@
-"""Augmentation parameters and ops (MODEL.md §4.1, §4.2, §5.2; DESIGN.md §8)."""
+"""Augmentation parameters and ops (docs/recipe.md; docs/design.md)."""
 
 from __future__ import annotations
 
@@ -40,9 +40,24 @@ def test_multi_scale_crop_uses_the_tsn_sizes_and_offsets() -> None:
     expected = {(sides[j], sides[i]) for i in range(4) for j in range(4) if abs(i - j) <= 1}
     assert sizes == expected and len(expected) == 10
     corners = {(x, y) for x, y, w, h in offsets if (w, h) == (120, 120)}
-    assert corners == {(i * 10, j * 10) for i, j in
-                       [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0),
-                        (1, 1), (3, 1), (1, 3), (3, 3)]}
+    assert corners == {
+        (i * 10, j * 10)
+        for i, j in [
+            (0, 0),
+            (4, 0),
+            (0, 4),
+            (4, 4),
+            (2, 2),
+            (0, 2),
+            (4, 2),
+            (2, 4),
+            (2, 0),
+            (1, 1),
+            (3, 1),
+            (1, 3),
+            (3, 3),
+        ]
+    }
 
 
 def test_random_erasing_box_area() -> None:
@@ -112,8 +127,7 @@ def test_mixup_on_video_batches() -> None:
         mixup(video[:3], target[:3])
 
 
-@pytest.mark.parametrize("name", ["Rotate", "ShearX", "ShearY", "TranslateXRel",
-                                  "TranslateYRel"])
+@pytest.mark.parametrize("name", ["Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"])
 def test_geometric_ops_match_pil(name: str) -> None:
     # the OpenCV warp stands in for PIL's bicubic affine: same geometry, another cubic kernel
     import random

@@ -13,12 +13,16 @@ from maedfer.cli import app
 from maedfer.errors import MaedferError
 from maedfer.pipelines import backend, build_loader
 from maedfer.pipelines.loader import resolve_backend
-from maedfer.train import config as config_io
-from tests.train.clipdata import TINY_FINETUNE_KEYS, cli_sets, make_dataset
+from maedfer.recipes import config as config_io
+from tests.recipes.clipdata import TINY_FINETUNE_KEYS, cli_sets, make_dataset
 
 runner = CliRunner()
-ROW = backend.BackendEntry("norand", "tests.pipelines.no_rand_augment_backend",
-                           "PyAV without RandAugment (tests)", requires="av")
+ROW = backend.BackendEntry(
+    "norand",
+    "tests.pipelines.no_rand_augment_backend",
+    "PyAV without RandAugment (tests)",
+    requires="av",
+)
 
 
 @pytest.fixture
@@ -27,7 +31,7 @@ def third_backend(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_every_row_implements_the_contract() -> None:
-    assert backend.choices() == ("auto", *backend.BACKENDS) == backend.CHOICES
+    assert backend.choices() == ("auto", *backend.BACKENDS)
     for name in backend.BACKENDS:
         if not backend.installed(name):
             continue
@@ -40,8 +44,9 @@ def test_every_row_implements_the_contract() -> None:
 def test_the_table_drives_the_config_and_cli_choices() -> None:
     with pytest.raises(MaedferError) as info:
         config_io.load(recipe="finetune", overrides=["data.backend=nonsense"])
-    assert str(info.value) == ("data.backend ('nonsense') must be one of "
-                               + ", ".join(backend.choices()))
+    assert str(info.value) == (
+        "data.backend ('nonsense') must be one of " + ", ".join(backend.choices())
+    )
     result = runner.invoke(app, ["finetune", "--set", "data.backend=nonsense"])
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
@@ -53,28 +58,61 @@ def test_the_table_drives_the_config_and_cli_choices() -> None:
         resolve_backend("nonsense", None)
 
 
-def test_a_third_backend_is_a_module_and_a_row(third_backend: None,
-                                               h264_clips: tuple[Path, pd.DataFrame]) -> None:
+def test_a_third_backend_is_a_module_and_a_row(
+    third_backend: None, h264_clips: tuple[Path, pd.DataFrame]
+) -> None:
     folder, _ = h264_clips
-    assert "norand" in config_io.load(recipe="finetune",
-                                      overrides=["data.backend=norand"]).data.backend
-    loader = build_loader(folder / "manifest.parquet", mode="train", batch_size=2, size=16,
-                          backend="norand", workers=0, rand_augment=False)
+    assert (
+        "norand"
+        in config_io.load(recipe="finetune", overrides=["data.backend=norand"]).data.backend
+    )
+    loader = build_loader(
+        folder / "manifest.parquet",
+        mode="train",
+        batch_size=2,
+        size=16,
+        backend="norand",
+        workers=0,
+        rand_augment=False,
+    )
     assert loader.backend == "norand" and len([b for b in loader]) == 3
     with pytest.raises(MaedferError) as info:
-        build_loader(folder / "manifest.parquet", mode="train", batch_size=2, size=16,
-                     backend="norand", workers=0)
+        build_loader(
+            folder / "manifest.parquet",
+            mode="train",
+            batch_size=2,
+            size=16,
+            backend="norand",
+            workers=0,
+        )
     message = str(info.value)
     assert "backend norand cannot honour rand_augment" in message and "\n" not in message
 
 
 def test_a_recipe_option_a_backend_cannot_honour_fails_in_one_line(
-        third_backend: None, tmp_path: Path) -> None:
+    third_backend: None, tmp_path: Path
+) -> None:
     manifest = make_dataset(tmp_path / "data")
-    args = ["finetune", "--data", str(manifest), "--fold", "1", "--out", str(tmp_path / "run"),
-            "--device", "cpu", "--dry-run",
-            *cli_sets({**TINY_FINETUNE_KEYS, "data.batch_size": 4, "data.workers": 0,
-                       "data.backend": "norand"})]  # fmt: skip
+    args = [
+        "finetune",
+        "--data",
+        str(manifest),
+        "--fold",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+        "--device",
+        "cpu",
+        "--dry-run",
+        *cli_sets(
+            {
+                **TINY_FINETUNE_KEYS,
+                "data.batch_size": 4,
+                "data.workers": 0,
+                "data.backend": "norand",
+            }
+        ),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output
     lines = result.output.strip().splitlines()

@@ -31,10 +31,13 @@ def smooth_clips(count: int, frames: int, size: int, seed: int = 0) -> np.ndarra
 
 def table_of(rows: int, frames: int = 40) -> ClipTable:
     return ClipTable(
-        clip_id=pa.array([f"c{i}" for i in range(rows)]), path=pa.array(["x.mp4"] * rows),
-        label=np.zeros(rows, np.int64), num_frames=np.full(rows, frames, np.int64),
-        crop=np.full((rows, 4), -1, np.int64), root=Path("/"),
-    )  # fmt: skip
+        clip_id=pa.array([f"c{i}" for i in range(rows)]),
+        path=pa.array(["x.mp4"] * rows),
+        label=np.zeros(rows, np.int64),
+        num_frames=np.full(rows, frames, np.int64),
+        crop=np.full((rows, 4), -1, np.int64),
+        root=Path("/"),
+    )
 
 
 def test_every_step_has_both_executors_and_one_stage() -> None:
@@ -64,8 +67,9 @@ def test_batched_rand_augment_equals_the_per_sample_executors() -> None:
         params.stage(pin=False)
         clips = x.transpose(0, 1).expand(len(specs), 3, *x.shape[:1], size, size).contiguous()
         got = rand_augment_batch.run(clips, groups, params.to(CPU), consts, config)
-        want = torch.stack([rand_augment.apply_torch(x, ops, policy.fill).transpose(0, 1)
-                            for ops in batch])  # fmt: skip
+        want = torch.stack(
+            [rand_augment.apply_torch(x, ops, policy.fill).transpose(0, 1) for ops in batch]
+        )
         assert torch.equal(got, want)
         if exact_to_numpy:
             kinds = set()
@@ -80,11 +84,10 @@ MODES = [
     ("train", {}),  # RandAugment, crop, flip, erasing
     ("train", {"rand_augment": None}),
     ("pretrain", {}),  # multi-scale crop
-    ("train", {"augment": False, "flip_only": True, "random_sign": True,
-               "subtract_mean": True}),
+    ("train", {"augment": False, "flip_only": True, "random_sign": True, "subtract_mean": True}),
     ("train", {"random_sign": True, "subtract_mean": True}),
     ("test", {"subtract_mean": True}),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("mode", "options"), MODES)
@@ -93,14 +96,23 @@ def test_batched_steps_equal_the_cpu_steps(mode: str, options: dict) -> None:
     executors on the same frames: 1e-2/255 without RandAugment (OpenCV's resize against one
     grid_sample over the batch), the RandAugment tolerance with it."""
     size, frames_per_clip, count = 40, 4, 24
-    config = SampleConfig.from_data(TrainDataOptions(**options), mode=mode,
-                                    num_frames=frames_per_clip, size=size, seed=3, test_views=2)
+    config = SampleConfig.from_data(
+        TrainDataOptions(**options),
+        mode=mode,
+        num_frames=frames_per_clip,
+        size=size,
+        seed=3,
+        test_views=2,
+    )
     plan = EpochPlan(table_of(count), config, epoch=0)
     specs = [plan.spec(i) for i in range(count)]
     clips = smooth_clips(count, frames_per_clip, size, seed=1)
-    cpu = torch.stack([pyav.load_sample(spec, config, clip.transpose(1, 2, 3, 0)
-                                        .astype(np.float32))
-                       for spec, clip in zip(specs, clips, strict=True)])  # fmt: skip
+    cpu = torch.stack(
+        [
+            pyav.load_sample(spec, config, clip.transpose(1, 2, 3, 0).astype(np.float32))
+            for spec, clip in zip(specs, clips, strict=True)
+        ]
+    )
     prepared = batch_augment.prepare(specs, config)
     got = batch_augment.augment_batch(torch.from_numpy(clips).permute(0, 4, 1, 2, 3), prepared)
     assert got.shape == cpu.shape == (count, 3, frames_per_clip, size, size)
@@ -118,9 +130,14 @@ def test_no_value_is_read_back_inside_a_batch(monkeypatch: pytest.MonkeyPatch) -
     """Every kind of op, the crop, flip, sign, erasing and the mean subtraction on one batch:
     no .cpu(), .item(), .tolist(), .numpy(), truth value or host-built tensor."""
     size = 24
-    config = SampleConfig.from_data(TrainDataOptions(random_sign=True, subtract_mean=True),
-                                    mode="train", num_frames=2, size=size, seed=0,
-                                    test_views=2)  # fmt: skip
+    config = SampleConfig.from_data(
+        TrainDataOptions(random_sign=True, subtract_mean=True),
+        mode="train",
+        num_frames=2,
+        size=size,
+        seed=0,
+        test_views=2,
+    )
     plan = EpochPlan(table_of(64), config, epoch=0)
     specs = [plan.spec(i) for i in range(64)]
     kinds = {op.kind for s in specs for op in s.rand_augment or ()}
@@ -134,6 +151,7 @@ def test_no_value_is_read_back_inside_a_batch(monkeypatch: pytest.MonkeyPatch) -
         def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
             calls.append(name)
             return original(*args, **kwargs)
+
         return wrapper
 
     for name in ("cpu", "item", "tolist", "numpy", "__bool__", "__int__", "__float__"):
@@ -149,9 +167,14 @@ def test_on_cuda_nothing_synchronises_and_the_values_are_the_cpu_s() -> None:
     """``torch.cuda.set_sync_debug_mode("error")`` around a batch with every kind of op: no
     synchronising call; the values within the RandAugment tolerance of the CPU's."""
     size = 32
-    config = SampleConfig.from_data(TrainDataOptions(random_sign=True, subtract_mean=True),
-                                    mode="train", num_frames=4, size=size, seed=1,
-                                    test_views=2)  # fmt: skip
+    config = SampleConfig.from_data(
+        TrainDataOptions(random_sign=True, subtract_mean=True),
+        mode="train",
+        num_frames=4,
+        size=size,
+        seed=1,
+        test_views=2,
+    )
     plan = EpochPlan(table_of(48), config, epoch=0)
     specs = [plan.spec(i) for i in range(48)]
     frames = torch.from_numpy(smooth_clips(48, 4, size)).permute(0, 4, 1, 2, 3)

@@ -30,8 +30,15 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
 
 def test_test_mode_contract(h264_clips: tuple[Path, pd.DataFrame]) -> None:
     folder, _ = h264_clips
-    loader = build_loader(folder / "manifest.parquet", mode="test", fold=1, batch_size=4,
-                          size=64, backend="pyav", workers=0)
+    loader = build_loader(
+        folder / "manifest.parquet",
+        mode="test",
+        fold=1,
+        batch_size=4,
+        size=64,
+        backend="pyav",
+        workers=0,
+    )
     assert loader.backend == "pyav" and loader.dataset_size == 3 and len(loader) == 2
     batches = list(loader)
     batch = batches[0]
@@ -55,15 +62,24 @@ def test_test_mode_contract(h264_clips: tuple[Path, pd.DataFrame]) -> None:
 def test_resize_and_crop(h264_clips: tuple[Path, pd.DataFrame]) -> None:
     folder, rows = h264_clips
     rows = rows.assign(crop=[[0, 0, 32, 32]] * len(rows))
-    loader = build_loader(rows, mode="test", fold=2, batch_size=2, size=32, backend="pyav",
-                          workers=0, root=folder)
+    loader = build_loader(
+        rows, mode="test", fold=2, batch_size=2, size=32, backend="pyav", workers=0, root=folder
+    )
     batch = next(iter(loader))
     assert batch["video"].shape == (2, 3, 16, 32, 32)
     # the 32x32 crop keeps both marker blocks at full size: frames can still be read
     expected = sampling.test_window(COUNTS[1], view=0)
     assert read_markers(to_uint8(batch["video"][0])).tolist() == expected.tolist()
-    small = build_loader(rows.drop(columns="crop"), mode="test", fold=2, batch_size=2, size=16,
-                         backend="pyav", workers=0, root=folder)
+    small = build_loader(
+        rows.drop(columns="crop"),
+        mode="test",
+        fold=2,
+        batch_size=2,
+        size=16,
+        backend="pyav",
+        workers=0,
+        root=folder,
+    )
     assert next(iter(small))["video"].shape == (2, 3, 16, 16, 16)
 
 
@@ -87,8 +103,7 @@ def test_determinism_and_reshuffling(h264_clips: tuple[Path, pd.DataFrame]) -> N
     again = list(a)
     assert all(torch.equal(x["video"], y["video"]) for x, y in zip(again, first_a, strict=True))
     other = list(build_loader(manifest, workers=0, seed=4, **kw))
-    assert not all(torch.equal(x["video"], y["video"]) for x, y in zip(other, first_a,
-                                                                       strict=True))
+    assert not all(torch.equal(x["video"], y["video"]) for x, y in zip(other, first_a, strict=True))
 
 
 def test_sharding_by_rank(h264_clips: tuple[Path, pd.DataFrame]) -> None:
@@ -97,12 +112,20 @@ def test_sharding_by_rank(h264_clips: tuple[Path, pd.DataFrame]) -> None:
     for mode, expected_len in (("pretrain", 3), ("test", 6)):
         seen = []
         for rank in range(2):
-            loader = build_loader(manifest, mode=mode, batch_size=1, size=16, backend="pyav",
-                                  workers=0, rank=rank, world_size=2, augment=False)
+            loader = build_loader(
+                manifest,
+                mode=mode,
+                batch_size=1,
+                size=16,
+                backend="pyav",
+                workers=0,
+                rank=rank,
+                world_size=2,
+                augment=False,
+            )
             assert len(loader) == expected_len
             seen.append({c for b in loader for c in b["clip_id"]})
-        assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == {f"clip{i}" for i in
-                                                                     range(6)}
+        assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == {f"clip{i}" for i in range(6)}
 
 
 def test_subtract_mean_and_missing_frame_counts(h264_clips: tuple[Path, pd.DataFrame]) -> None:
@@ -121,15 +144,35 @@ def test_faulty_files_are_replaced_and_logged_once(
 ) -> None:
     folder, rows = h264_clips
     (tmp_path / "junk.mp4").write_bytes(b"\x00not a video" * 50)
-    bad = pd.DataFrame([
-        {"clip_id": "junk", "path": str(tmp_path / "junk.mp4"), "label": 0, "fold": 1,
-         "num_frames": 30},
-        {"clip_id": "gone", "path": str(tmp_path / "gone.mp4"), "label": 1, "fold": 1,
-         "num_frames": 30},
-    ])  # fmt: skip
+    bad = pd.DataFrame(
+        [
+            {
+                "clip_id": "junk",
+                "path": str(tmp_path / "junk.mp4"),
+                "label": 0,
+                "fold": 1,
+                "num_frames": 30,
+            },
+            {
+                "clip_id": "gone",
+                "path": str(tmp_path / "gone.mp4"),
+                "label": 1,
+                "fold": 1,
+                "num_frames": 30,
+            },
+        ]
+    )
     manifest = pd.concat([rows, bad], ignore_index=True)
-    loader = build_loader(manifest, mode="train", batch_size=4, size=16, backend="pyav",
-                          workers=0, root=folder, rand_augment=False)
+    loader = build_loader(
+        manifest,
+        mode="train",
+        batch_size=4,
+        size=16,
+        backend="pyav",
+        workers=0,
+        root=folder,
+        rand_augment=False,
+    )
     with caplog.at_level(logging.WARNING, logger="maedfer.pipelines.loader"):
         for _ in range(2):
             ids = [c for b in loader for c in b["clip_id"]]
@@ -182,41 +225,55 @@ def test_workers_start_after_parallel_opencv(h264_clips: tuple[Path, pd.DataFram
 
 def test_flip_only_and_random_sign(h264_clips: tuple[Path, pd.DataFrame]) -> None:
     folder, rows = h264_clips
-    kw = dict(mode="train", fold=1, batch_size=len(rows[rows.fold != 1]), size=32,
-              backend="pyav", workers=0, root=folder, augment=False,
-              subtract_mean=True)  # fmt: skip
+    kw = dict(
+        mode="train",
+        fold=1,
+        batch_size=len(rows[rows.fold != 1]),
+        size=32,
+        backend="pyav",
+        workers=0,
+        root=folder,
+        augment=False,
+        subtract_mean=True,
+    )
     plain = next(iter(build_loader(rows, **kw)))["video"]
     flipped = next(iter(build_loader(rows, flip_only=True, **kw)))["video"]
     signed = next(iter(build_loader(rows, flip_only=True, random_sign=True, **kw)))["video"]
     same = [torch.allclose(f, p, atol=1e-6) for f, p in zip(flipped, plain, strict=True)]
-    mirrored = [torch.allclose(f, p.flip(-1), atol=1e-6)
-                for f, p in zip(flipped, plain, strict=True)]  # fmt: skip
+    mirrored = [
+        torch.allclose(f, p.flip(-1), atol=1e-6) for f, p in zip(flipped, plain, strict=True)
+    ]
     assert all(s or m for s, m in zip(same, mirrored, strict=True)) and not all(same)
-    negated = [torch.allclose(s, -f, atol=1e-6) and f.abs().max() > 0
-               for s, f in zip(signed, flipped, strict=True)]  # fmt: skip
+    negated = [
+        torch.allclose(s, -f, atol=1e-6) and f.abs().max() > 0
+        for s, f in zip(signed, flipped, strict=True)
+    ]
     kept = [torch.equal(s, f) for s, f in zip(signed, flipped, strict=True)]
     assert all(n or k for n, k in zip(negated, kept, strict=True)) and any(negated)
     # test batches are never flipped nor negated
     test_kw = {**kw, "mode": "test", "batch_size": 2}
-    assert torch.equal(next(iter(build_loader(rows, **test_kw)))["video"],
-                       next(iter(build_loader(rows, flip_only=True, random_sign=True,
-                                              **test_kw)))["video"])  # fmt: skip
+    assert torch.equal(
+        next(iter(build_loader(rows, **test_kw)))["video"],
+        next(iter(build_loader(rows, flip_only=True, random_sign=True, **test_kw)))["video"],
+    )
 
 
 @pytest.mark.parametrize("mode", ["pretrain", "train"])
 def test_repeated_sampling_shares_one_window_and_one_decode(
-        h264_clips: tuple[Path, pd.DataFrame], mode: str,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    h264_clips: tuple[Path, pd.DataFrame], mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """num_sample N: each clip N times per epoch, consecutive, one temporal window with its own
     crops; decoded once; the first of each N is the num_sample=1 sample."""
     from maedfer.pipelines import pyav
     from maedfer.pipelines.plan import EpochPlan
 
     folder, rows = h264_clips
-    once = build_loader(rows, mode=mode, batch_size=2, size=32, backend="pyav", workers=0,
-                        root=folder)
-    twice = build_loader(rows, mode=mode, batch_size=2, size=32, backend="pyav", workers=0,
-                         root=folder, num_sample=2)
+    once = build_loader(
+        rows, mode=mode, batch_size=2, size=32, backend="pyav", workers=0, root=folder
+    )
+    twice = build_loader(
+        rows, mode=mode, batch_size=2, size=32, backend="pyav", workers=0, root=folder, num_sample=2
+    )
     assert len(twice) == 2 * len(once) and twice.samples_per_epoch == 2 * len(rows)
     plan1 = EpochPlan(once.table, once.config, epoch=0)
     plan2 = EpochPlan(twice.table, twice.config, epoch=0)
@@ -232,13 +289,13 @@ def test_repeated_sampling_shares_one_window_and_one_decode(
     assert True in boxes  # the repeats have their own crops
     decoded = []
     found = pyav.decode_found
-    monkeypatch.setattr(pyav, "decode_found",
-                        lambda path, *a, **k: decoded.append(path) or found(path, *a, **k))
+    monkeypatch.setattr(
+        pyav, "decode_found", lambda path, *a, **k: decoded.append(path) or found(path, *a, **k)
+    )
     dataset = pyav.ClipDataset(plan2)
     samples = [dataset[i]["video"] for i in range(len(plan2))]
     assert len(decoded) == len(plan2) // 2
     for i, sample in enumerate(samples):  # each as decoded on its own
         assert torch.equal(sample, pyav.load_sample(plan2.spec(i), twice.config)), i
     with pytest.raises(MaedferError, match="num_sample"):
-        build_loader(rows, mode="test", batch_size=2, backend="pyav", root=folder,
-                     num_sample=2)
+        build_loader(rows, mode="test", batch_size=2, backend="pyav", root=folder, num_sample=2)

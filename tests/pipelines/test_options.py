@@ -14,31 +14,50 @@ from maedfer.errors import MaedferError
 from maedfer.pipelines import build_loader
 from maedfer.pipelines.options import DataOptions, TrainDataOptions
 from maedfer.pipelines.plan import SampleConfig
-from maedfer.train import config as config_io
+from maedfer.recipes import config as config_io
 
 
 def test_the_section_whole_equals_its_keywords(h264_clips: tuple[Path, pd.DataFrame]) -> None:
     folder, _ = h264_clips
     manifest = folder / "manifest.parquet"
-    section = TrainDataOptions(batch_size=2, backend="pyav", workers=0, random_sign=True,
-                               subtract_mean=True)
+    section = TrainDataOptions(
+        batch_size=2, backend="pyav", workers=0, random_sign=True, subtract_mean=True
+    )
     whole = build_loader(manifest, section, mode="train", size=24, seed=4)
-    words = build_loader(manifest, mode="train", size=24, seed=4, batch_size=2,
-                         backend="pyav", workers=0, random_sign=True, subtract_mean=True)
+    words = build_loader(
+        manifest,
+        mode="train",
+        size=24,
+        seed=4,
+        batch_size=2,
+        backend="pyav",
+        workers=0,
+        random_sign=True,
+        subtract_mean=True,
+    )
     assert whole.config == words.config
     for a, b in zip(whole, words, strict=True):
         assert torch.equal(a["video"], b["video"]) and a["clip_id"] == b["clip_id"]
     # a keyword beside a section overrides that option only
-    assert build_loader(manifest, section, mode="train", size=24,
-                        random_sign=False).config.random_sign is False
+    assert (
+        build_loader(manifest, section, mode="train", size=24, random_sign=False).config.random_sign
+        is False
+    )
 
 
 def test_a_recipe_section_goes_whole_and_test_mode_takes_what_it_needs(
-        h264_clips: tuple[Path, pd.DataFrame]) -> None:
+    h264_clips: tuple[Path, pd.DataFrame],
+) -> None:
     folder, _ = h264_clips
-    data = config_io.load(recipe="finetune", overrides={
-        "data.backend": "pyav", "data.workers": 0, "data.num_sample": 2,
-        "data.batch_size": 2}).data
+    data = config_io.load(
+        recipe="finetune",
+        overrides={
+            "data.backend": "pyav",
+            "data.workers": 0,
+            "data.num_sample": 2,
+            "data.batch_size": 2,
+        },
+    ).data
     train = build_loader(folder / "manifest.parquet", data, mode="train", size=24, fold=1)
     test = build_loader(folder / "manifest.parquet", data, mode="test", size=24, fold=1)
     assert train.config.rand_augment and train.config.num_sample == 2
@@ -50,14 +69,16 @@ def test_a_recipe_section_goes_whole_and_test_mode_takes_what_it_needs(
 
 
 def test_a_section_without_an_option_refuses_it_and_leaves_it_off(
-        h264_clips: tuple[Path, pd.DataFrame]) -> None:
+    h264_clips: tuple[Path, pd.DataFrame],
+) -> None:
     folder, _ = h264_clips
     pretrain = config_io.load(recipe="pretrain").data
     assert isinstance(pretrain, DataOptions) and not hasattr(pretrain, "random_sign")
     with pytest.raises(MaedferError, match="random_sign is not an option of a DataConfig"):
         build_loader(folder / "manifest.parquet", pretrain, mode="train", random_sign=True)
-    config = SampleConfig.from_data(pretrain, mode="train", num_frames=4, size=16, seed=0,
-                                    test_views=2)
+    config = SampleConfig.from_data(
+        pretrain, mode="train", num_frames=4, size=16, seed=0, test_views=2
+    )
     assert not (config.rand_augment or config.random_sign or config.flip_only)
 
 

@@ -1,4 +1,4 @@
-"""``maedfer profile data`` through the real CLI (DESIGN.md §2)."""
+"""``maedfer profile data`` through the real CLI (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,21 @@ from maedfer.cli import app
 
 def test_profile_data_json(h264_clips: tuple[Path, pd.DataFrame]) -> None:
     folder, _ = h264_clips
-    args = ["profile", "data", "--data", str(folder / "manifest.parquet"), "--backend", "pyav",
-            "--batch", "2", "--batches", "2", "--workers", "0", "--json"]
+    args = [
+        "profile",
+        "data",
+        "--data",
+        str(folder / "manifest.parquet"),
+        "--backend",
+        "pyav",
+        "--batch",
+        "2",
+        "--batches",
+        "2",
+        "--workers",
+        "0",
+        "--json",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout.strip().splitlines()[-1])
@@ -26,13 +39,28 @@ def test_profile_data_json(h264_clips: tuple[Path, pd.DataFrame]) -> None:
     assert figures["clips_per_cpu_s"] > 0  # issue 14: the rate the loader benches compare
 
 
-def test_profile_data_table_and_errors(h264_clips: tuple[Path, pd.DataFrame],
-                                       tmp_path: Path) -> None:
+def test_profile_data_table_and_errors(
+    h264_clips: tuple[Path, pd.DataFrame], tmp_path: Path
+) -> None:
     folder, _ = h264_clips
     runner = CliRunner()
-    table = runner.invoke(app, ["profile", "data", "--data", str(folder / "manifest.parquet"),
-                                "--backend", "pyav", "--batch", "2", "--batches", "1",
-                                "--workers", "0"])
+    table = runner.invoke(
+        app,
+        [
+            "profile",
+            "data",
+            "--data",
+            str(folder / "manifest.parquet"),
+            "--backend",
+            "pyav",
+            "--batch",
+            "2",
+            "--batches",
+            "1",
+            "--workers",
+            "0",
+        ],
+    )
     assert table.exit_code == 0 and "clips / s" in table.stdout
     assert "clips / CPU-second" in table.stdout
     missing = runner.invoke(app, ["profile", "data", "--data", str(tmp_path / "none.parquet")])

@@ -30,14 +30,19 @@ def long_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_decode_gives_the_frames_asked_for(long_clips: dict[str, Path], codec: str) -> None:
     path = str(long_clips[codec])
     assert pyav.probe_num_frames(path) == 130
-    for indices in ([0, 4, 8, 12], [5, 3, 3, 100], [60, 64, 68, 72, 120, 129],  # 60+: seeks
-                    [128, 129, 130, 140]):  # past the end: the last frame, as DALI pads
+    for indices in (
+        [0, 4, 8, 12],
+        [5, 3, 3, 100],
+        [60, 64, 68, 72, 120, 129],  # 60+: seeks
+        [128, 129, 130, 140],
+    ):  # past the end: the last frame, as DALI pads
         got = read_markers(pyav.decode_frames(path, np.array(indices)))
         assert got.tolist() == np.minimum(indices, 129).tolist()
 
 
-def test_seeking_matches_decoding_from_the_start(long_clips: dict[str, Path],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_seeking_matches_decoding_from_the_start(
+    long_clips: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     indices = np.arange(70, 130, 4)
     for codec, _ in CODECS:
         path = str(long_clips[codec])
@@ -48,9 +53,9 @@ def test_seeking_matches_decoding_from_the_start(long_clips: dict[str, Path],
 
 
 @pytest.mark.parametrize("start", [16, 17, 31, 32, 47, 63, 64, 100])
-def test_seeking_from_any_window_start_is_bit_equal(long_clips: dict[str, Path],
-                                                    monkeypatch: pytest.MonkeyPatch,
-                                                    start: int) -> None:
+def test_seeking_from_any_window_start_is_bit_equal(
+    long_clips: dict[str, Path], monkeypatch: pytest.MonkeyPatch, start: int
+) -> None:
     indices = np.minimum(start + 4 * np.arange(16), 140)  # past the end too
     for codec, _ in CODECS:
         path = str(long_clips[codec])
@@ -89,8 +94,9 @@ def _windows(n: int) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("kind", ["prepared", "x264 defaults", "vp9", "mpeg4"])
-def test_skipping_unused_frames_gives_the_same_frames(kind: str, tmp_path: Path,
-                                                      long_clips: dict[str, Path]) -> None:
+def test_skipping_unused_frames_gives_the_same_frames(
+    kind: str, tmp_path: Path, long_clips: dict[str, Path]
+) -> None:
     """Frames no other frame references and no index wants are not decoded; every window gets
     the values of decoding every frame (B-pyramids, VP9's hidden frames, MPEG-4 B-frames)."""
     if kind == "prepared":
@@ -101,12 +107,14 @@ def test_skipping_unused_frames_gives_the_same_frames(kind: str, tmp_path: Path,
     else:
         path = long_clips[kind]
     for indices in _windows(130):
-        assert np.array_equal(pyav.decode_window(str(path), indices),
-                              _decode_every_frame(str(path), indices)), (kind, indices)
+        assert np.array_equal(
+            pyav.decode_window(str(path), indices), _decode_every_frame(str(path), indices)
+        ), (kind, indices)
 
 
 def test_prepared_clips_decode_a_third_of_the_frames_for_a_window(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = str(tmp_path / "p.mp4")
     encode.write_clip(marker_frames(100, 48), path, fps=25)
     decoded = _counting_decoded(monkeypatch)
@@ -121,10 +129,20 @@ def test_prepared_clips_decode_a_third_of_the_frames_for_a_window(
         assert decoded[0] <= 40, indices
 
 
-@pytest.mark.parametrize("crop", [(5, 3, 30, 27), (0, 0, 48, 48), (-4, 10, 60, 20),
-                                  (32, 0, 16, 48), (1, 1, 46, 46), (47, 46, 1, 2)])
+@pytest.mark.parametrize(
+    "crop",
+    [
+        (5, 3, 30, 27),
+        (0, 0, 48, 48),
+        (-4, 10, 60, 20),
+        (32, 0, 16, 48),
+        (1, 1, 46, 46),
+        (47, 46, 1, 2),
+    ],
+)
 def test_crop_before_conversion_equals_converting_then_cropping(
-        long_clips: dict[str, Path], crop: tuple[int, int, int, int]) -> None:
+    long_clips: dict[str, Path], crop: tuple[int, int, int, int]
+) -> None:
     box = augment.Box(*crop)
     indices = np.array([0, 3, 3, 17, 70, 129])
     y0, x0 = max(0, box.y), max(0, box.x)
@@ -175,10 +193,12 @@ def test_bad_files_raise(tmp_path: Path) -> None:
             pyav.probe_num_frames(str(path))
 
 
-@pytest.mark.parametrize(("clips", "subtract_mean"),
-                         [("h264_clips", False), ("vp9_clips", False), ("h264_clips", True)])
+@pytest.mark.parametrize(
+    ("clips", "subtract_mean"), [("h264_clips", False), ("vp9_clips", False), ("h264_clips", True)]
+)
 def test_test_views_from_one_decode_equal_each_view_decoded_alone(
-        clips: str, subtract_mean: bool, request: pytest.FixtureRequest) -> None:
+    clips: str, subtract_mean: bool, request: pytest.FixtureRequest
+) -> None:
     # test mode decodes a clip once for all its views; each view must be bit-equal to the
     # view decoded on its own (the loader's output before that change)
     from maedfer.pipelines import build_loader
@@ -186,8 +206,16 @@ def test_test_views_from_one_decode_equal_each_view_decoded_alone(
 
     folder, rows = request.getfixturevalue(clips)
     rows = rows.assign(crop=[[2, 4, 40, 36]] * len(rows))
-    loader = build_loader(rows, mode="test", batch_size=3, size=32, backend="pyav", workers=0,
-                          root=folder, subtract_mean=subtract_mean)
+    loader = build_loader(
+        rows,
+        mode="test",
+        batch_size=3,
+        size=32,
+        backend="pyav",
+        workers=0,
+        root=folder,
+        subtract_mean=subtract_mean,
+    )
     plan = EpochPlan(loader.table, loader.config, epoch=0)
     dataset = pyav.ClipDataset(plan)
     shared = 0
@@ -219,8 +247,7 @@ def _rgb_as_written_first(frames: list) -> np.ndarray:
     kg = 1 - kr - kb
     rgb = np.empty((*y.shape[:2], 3, count), dtype=np.float32)
     np.add(y, 2 * (1 - kr) * cr, out=rgb[:, :, 0])
-    np.subtract(y, (2 * kb * (1 - kb) / kg) * cb + (2 * kr * (1 - kr) / kg) * cr,
-                out=rgb[:, :, 1])
+    np.subtract(y, (2 * kb * (1 - kb) / kg) * cb + (2 * kr * (1 - kr) / kg) * cr, out=rgb[:, :, 1])
     np.add(y, 2 * (1 - kb) * cb, out=rgb[:, :, 2])
     return np.clip(np.rint(rgb, out=rgb), 0, 255, out=rgb)
 
@@ -233,23 +260,39 @@ def test_colour_conversion_values_unchanged(long_clips: dict[str, Path], codec: 
     assert np.array_equal(pyav.frames_to_rgb(frames), _rgb_as_written_first(frames))
 
 
-@pytest.mark.parametrize(("mode", "crop", "size", "rand_augment", "narrowed"), [
-    ("pretrain", [8, 8, 32, 32], 32, False, True),  # the multi-scale box of the manifest crop
-    ("train", None, 64, False, True),  # the random-resized box, no RandAugment
-    ("train", None, 64, True, True),  # with RandAugment: the part its ops read
-    ("train", [2, 4, 40, 36], 32, False, False),  # frames resized first: converted whole
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("mode", "crop", "size", "rand_augment", "narrowed"),
+    [
+        ("pretrain", [8, 8, 32, 32], 32, False, True),  # the multi-scale box of the manifest crop
+        ("train", None, 64, False, True),  # the random-resized box, no RandAugment
+        ("train", None, 64, True, True),  # with RandAugment: the part its ops read
+        ("train", [2, 4, 40, 36], 32, False, False),  # frames resized first: converted whole
+    ],
+)
 def test_converting_only_the_box_gives_the_same_samples(
-        h264_clips: tuple[Path, object], mode: str, crop: list | None, size: int,
-        rand_augment: bool, narrowed: bool) -> None:
+    h264_clips: tuple[Path, object],
+    mode: str,
+    crop: list | None,
+    size: int,
+    rand_augment: bool,
+    narrowed: bool,
+) -> None:
     from maedfer.pipelines import build_loader
     from maedfer.pipelines.plan import EpochPlan
 
     folder, rows = h264_clips
     if crop is not None:
         rows = rows.assign(crop=[crop] * len(rows))
-    loader = build_loader(rows, mode=mode, batch_size=3, size=size, backend="pyav", workers=0,
-                          root=folder, rand_augment=rand_augment)
+    loader = build_loader(
+        rows,
+        mode=mode,
+        batch_size=3,
+        size=size,
+        backend="pyav",
+        workers=0,
+        root=folder,
+        rand_augment=rand_augment,
+    )
     for epoch in range(3):
         plan = EpochPlan(loader.table, loader.config, epoch=epoch)
         for i in range(len(plan)):
@@ -262,5 +305,6 @@ def test_converting_only_the_box_gives_the_same_samples(
                 needed = source_region(spec.rand_augment, spec.box, size)
                 needed = None if needed == augment.Box(0, 0, size, size) else needed
             assert source == (needed if narrowed else None)
-            assert torch.equal(pyav.load_sample(spec, loader.config),
-                               pyav.load_sample(spec, loader.config, whole)), (epoch, i)
+            assert torch.equal(
+                pyav.load_sample(spec, loader.config), pyav.load_sample(spec, loader.config, whole)
+            ), (epoch, i)

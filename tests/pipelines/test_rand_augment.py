@@ -17,22 +17,31 @@ from tests.pipelines.media import marker_frames
 # stacked clip, one cv2.warpAffine per frame): the new executor must give exactly these bytes.
 
 
-def _reference_warp(frames: list[np.ndarray], matrix: tuple[float, ...],
-                    fill: tuple[int, ...]) -> list[np.ndarray]:
+def _reference_warp(
+    frames: list[np.ndarray], matrix: tuple[float, ...], fill: tuple[int, ...]
+) -> list[np.ndarray]:
     a, b, c, d, e, f = matrix
     m = np.array([[a, b, c + 0.5 * (a + b) - 0.5], [d, e, f + 0.5 * (d + e) - 0.5]])
     h, w = frames[0].shape[:2]
     flags = cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP
-    return [cv2.warpAffine(frame, m, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT,
-                           borderValue=fill) for frame in frames]  # fmt: skip
+    return [
+        cv2.warpAffine(
+            frame, m, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=fill
+        )
+        for frame in frames
+    ]
 
 
-_REFERENCE_POINTWISE = frozenset({"invert", "posterize", "solarize", "solarize_add",
-                                  "brightness", "color"})  # fmt: skip
+_REFERENCE_POINTWISE = frozenset(
+    {"invert", "posterize", "solarize", "solarize_add", "brightness", "color"}
+)
 
 
-def _reference_apply_numpy(frames: np.ndarray, ops: tuple[rand_augment.RandAugmentOp, ...],
-                           policy: rand_augment.RandAugmentPolicy) -> np.ndarray:
+def _reference_apply_numpy(
+    frames: np.ndarray,
+    ops: tuple[rand_augment.RandAugmentOp, ...],
+    policy: rand_augment.RandAugmentPolicy,
+) -> np.ndarray:
     from PIL import Image
 
     clip = np.ascontiguousarray(frames)
@@ -47,16 +56,22 @@ def _reference_apply_numpy(frames: np.ndarray, ops: tuple[rand_augment.RandAugme
             tall = Image.fromarray(clip.reshape(t * h, w, c))
             clip = np.asarray(timm_op.aug_fn(tall, *op.args, **kwargs)).reshape(t, h, w, c)
         else:
-            clip = np.stack([np.asarray(timm_op.aug_fn(Image.fromarray(image), *op.args,
-                                                       **kwargs))
-                             for image in clip])  # fmt: skip
+            clip = np.stack(
+                [
+                    np.asarray(timm_op.aug_fn(Image.fromarray(image), *op.args, **kwargs))
+                    for image in clip
+                ]
+            )
     return clip if clip.flags.writeable else clip.copy()
 
 
 def images() -> dict[str, np.ndarray]:
     noise = np.random.default_rng(0).integers(0, 256, (4, 48, 48, 3)).astype(np.uint8)
-    return {"markers": marker_frames(4, 48), "noise": noise,
-            "smooth": np.stack([cv2.GaussianBlur(f, (0, 0), 2) for f in noise])}
+    return {
+        "markers": marker_frames(4, 48),
+        "noise": noise,
+        "smooth": np.stack([cv2.GaussianBlur(f, (0, 0), 2) for f in noise]),
+    }
 
 
 def test_torch_executor_matches_numpy_op_by_op() -> None:
@@ -83,8 +98,9 @@ def test_numpy_executor_on_the_clip_equals_frame_by_frame() -> None:
         for seed in range(60):
             ops = policy.draw(seed)
             kinds.update(op.kind for op in ops)
-            alone = np.concatenate([policy.apply_numpy(frames[k : k + 1], ops)
-                                    for k in range(len(frames))])
+            alone = np.concatenate(
+                [policy.apply_numpy(frames[k : k + 1], ops) for k in range(len(frames))]
+            )
             clip = policy.apply_numpy(frames, ops)
             assert clip.dtype == np.uint8 and clip.flags.writeable
             assert np.array_equal(clip, alone), ops
@@ -137,20 +153,29 @@ def clips(count: int, size: int) -> dict[str, np.ndarray]:
     flat[1::2, :, :, 1:] = noise[1::2, :, :, 1:]  # some frames: one flat channel only
     narrow = rng.integers(120, 123, noise.shape).astype(np.uint8)
     narrow[:, : size // 2, : size // 2] = 7  # one big bin
-    return {"noise": noise, "smooth": np.stack([cv2.GaussianBlur(f, (0, 0), 2) for f in noise]),
-            "markers": marker_frames(count, size), "flat": flat, "narrow": narrow}
+    return {
+        "noise": noise,
+        "smooth": np.stack([cv2.GaussianBlur(f, (0, 0), 2) for f in noise]),
+        "markers": marker_frames(count, size),
+        "flat": flat,
+        "narrow": narrow,
+    }
 
 
-def equal_to_reference(frames: np.ndarray, ops: tuple, policy: rand_augment.RandAugmentPolicy,
-                       ) -> None:
+def equal_to_reference(
+    frames: np.ndarray,
+    ops: tuple,
+    policy: rand_augment.RandAugmentPolicy,
+) -> None:
     want = _reference_apply_numpy(frames, ops, policy)
     got = policy.apply_numpy(frames, ops)
     assert got.dtype == np.uint8 and got.flags.writeable and got.flags.c_contiguous
     assert np.array_equal(got, want), ops
 
 
-@pytest.mark.parametrize(("size", "count", "seeds"), [(32, 1, 300), (48, 1, 300), (48, 16, 60),
-                                                      (160, 16, 12)])
+@pytest.mark.parametrize(
+    ("size", "count", "seeds"), [(32, 1, 300), (48, 1, 300), (48, 16, 60), (160, 16, 12)]
+)
 def test_fast_executor_equals_the_reference_exactly(size: int, count: int, seeds: int) -> None:
     policy = rand_augment.policy_for(rand_augment.RAND_AUGMENT, size)
     kinds: set[str] = set()
@@ -175,8 +200,16 @@ def test_fast_executor_composes_tables_exactly() -> None:
     for seed in range(200):
         for op in policy.draw(seed):
             by_kind.setdefault(op.kind, op)
-    tables = ["invert", "posterize", "solarize", "solarize_add", "brightness", "contrast",
-              "autocontrast", "equalize"]
+    tables = [
+        "invert",
+        "posterize",
+        "solarize",
+        "solarize_add",
+        "brightness",
+        "contrast",
+        "autocontrast",
+        "equalize",
+    ]
     rng = np.random.default_rng(3)
     for frames in clips(4, 48).values():
         for _ in range(40):
@@ -192,10 +225,15 @@ def test_affine_on_a_region_is_warp_affine_cropped() -> None:
     affine = [op for seed in range(400) for op in policy.draw(seed) if op.kind == "affine"]
     assert len(affine) > 250
     rng = np.random.default_rng(0)
-    edges = [rand_augment.Box(0, 0, size, size), rand_augment.Box(0, 0, 1, 1),
-             rand_augment.Box(size - 1, size - 1, 1, 1), rand_augment.Box(0, 37, 9, 50),
-             rand_augment.Box(size - 9, 37, 9, 50), rand_augment.Box(30, 0, 50, 9),
-             rand_augment.Box(30, size - 9, 50, 9)]  # fmt: skip
+    edges = [
+        rand_augment.Box(0, 0, size, size),
+        rand_augment.Box(0, 0, 1, 1),
+        rand_augment.Box(size - 1, size - 1, 1, 1),
+        rand_augment.Box(0, 37, 9, 50),
+        rand_augment.Box(size - 9, 37, 9, 50),
+        rand_augment.Box(30, 0, 50, 9),
+        rand_augment.Box(30, size - 9, 50, 9),
+    ]
     for op in affine:
         whole = _reference_warp([image], op.matrix, policy.fill)[0]
         for box in [*edges, augment.random_resized_crop_box(size, size, generator=rng)]:

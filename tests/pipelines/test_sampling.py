@@ -1,4 +1,4 @@
-"""Temporal sampling rules (MODEL.md §4.1, §4.2), table-driven, including short clips."""
+"""Temporal sampling rules (docs/recipe.md), table-driven, including short clips."""
 
 from __future__ import annotations
 

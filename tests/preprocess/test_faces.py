@@ -1,4 +1,4 @@
-"""FaceAligner on real faces: aligned output consistent with the template (DESIGN.md §4)."""
+"""FaceAligner on real faces: aligned output consistent with the template (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -85,9 +85,12 @@ def test_a_clip_without_a_face_raises() -> None:
 
 @pytest.mark.parametrize(
     "frames",
-    [np.zeros((4, 32, 32, 3), np.float32), np.zeros((32, 32, 3), np.uint8),
-     np.zeros((0, 32, 32, 3), np.uint8)],
-)  # fmt: skip
+    [
+        np.zeros((4, 32, 32, 3), np.float32),
+        np.zeros((32, 32, 3), np.uint8),
+        np.zeros((0, 32, 32, 3), np.uint8),
+    ],
+)
 def test_bad_frames_are_a_clear_error(frames: np.ndarray) -> None:
     with pytest.raises(MaedferError, match=r"\(T, H, W, 3\) uint8"):
         FaceAligner(64, "cpu").align_frames(frames)

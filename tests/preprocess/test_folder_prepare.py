@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from maedfer.cli import app
 from maedfer.manifests import fold_fingerprints, read_manifest, read_rejects, with_extra
 from tests.preprocess.media import encode_video, load_rgb, portrait_clip
-from tests.train.clipdata import TINY_PRETRAIN_KEYS, cli_sets
+from tests.recipes.clipdata import TINY_PRETRAIN_KEYS, cli_sets
 
 runner = CliRunner()
 CLASSES = ("still", "sway")
@@ -47,8 +47,20 @@ def test_table_and_class_folders_prepare_for_real(tmp_path: Path, portraits) -> 
     listed = [(p, c, s, i) for i, (p, c, s) in enumerate(rows)]
     pd.DataFrame(listed, columns=["path", "label", "subject", "take"]).to_csv(table, index=False)
     out = tmp_path / "out-table"
-    text = _prepare("--raw", str(table_raw), "--out", str(out), "--labels", str(table),
-                    "--folds", "4", "--classes", "sway,still", "--size", "64")  # fmt: skip
+    text = _prepare(
+        "--raw",
+        str(table_raw),
+        "--out",
+        str(out),
+        "--labels",
+        str(table),
+        "--folds",
+        "4",
+        "--classes",
+        "sway,still",
+        "--size",
+        "64",
+    )
     assert "prepare folder: 8 clips ok, 0 rejected" in text and "fold 4 test" in text
     df, meta = read_manifest(out / "manifest.parquet")
     assert meta["dataset"] == "folder" and meta["classes"] == ["sway", "still"]
@@ -63,8 +75,18 @@ def test_table_and_class_folders_prepare_for_real(tmp_path: Path, portraits) -> 
 
     _videos(folders_raw, portraits, lambda s, c: f"{c}/{s}_{c}.mp4")
     out2 = tmp_path / "out-folders"
-    text = _prepare("--raw", str(folders_raw), "--out", str(out2), "--subject-from",
-                    r"^([a-z_]+?)_(?:still|sway)", "--folds", "2", "--size", "64")  # fmt: skip
+    text = _prepare(
+        "--raw",
+        str(folders_raw),
+        "--out",
+        str(out2),
+        "--subject-from",
+        r"^([a-z_]+?)_(?:still|sway)",
+        "--folds",
+        "2",
+        "--size",
+        "64",
+    )
     df2, meta2 = read_manifest(out2 / "manifest.parquet")
     assert len(df2) == 8 and meta2["classes"] == ["still", "sway"]
     assert (
@@ -78,14 +100,20 @@ def test_unlabeled_corpus_prepares_and_pretrains(tmp_path: Path, portraits) -> N
     raw = tmp_path / "corpus"
     _videos(raw, portraits, lambda s, c: f"{s}/{c}.mp4", frames=16)
     out = tmp_path / "prepared"
-    text = _prepare("--raw", str(raw), "--out", str(out), "--unlabeled", "--size", "32",
-                    "--workers", "2")  # fmt: skip
+    text = _prepare(
+        "--raw", str(raw), "--out", str(out), "--unlabeled", "--size", "32", "--workers", "2"
+    )
     assert "prepare folder: 8 clips ok" in text
     df, meta = read_manifest(out / "manifest.parquet")
     assert (df["label"] == -1).all() and (df["split"] == "pretrain").all()
     assert meta["classes"] == [] and meta["num_folds"] == 0 and (df["face_ratio"] == 1.0).all()
-    sets = {**TINY_PRETRAIN_KEYS, "schedule.epochs": 1, "data.batch_size": 4,
-            "data.workers": 0, "schedule.warmup_epochs": 0}  # fmt: skip
+    sets = {
+        **TINY_PRETRAIN_KEYS,
+        "schedule.epochs": 1,
+        "data.batch_size": 4,
+        "data.workers": 0,
+        "schedule.warmup_epochs": 0,
+    }
     result = runner.invoke(
         app,
         [
@@ -115,14 +143,23 @@ def test_shard_auto_in_a_slurm_array_merges_to_the_unsharded_manifest(
     base = ["--raw", str(raw), "--in-place", "--subject-from", r"^([a-z]+)", "--folds", "2"]
     _prepare(*base, "--out", str(tmp_path / "one"))
     sharded = tmp_path / "sharded"
-    failed = runner.invoke(app, ["prepare", "folder", *base, "--out", str(sharded), "--shard",
-                                 "auto"], env={"SLURM_ARRAY_TASK_ID": ""})  # fmt: skip
+    failed = runner.invoke(
+        app,
+        ["prepare", "folder", *base, "--out", str(sharded), "--shard", "auto"],
+        env={"SLURM_ARRAY_TASK_ID": ""},
+    )
     assert failed.exit_code == 1 and "SLURM_ARRAY_TASK_ID" in failed.output
     assert len(failed.output.strip().splitlines()) == 1
     counts = []
     for task in (0, 1, 2):  # --array=0-2
-        text = _prepare(*base, "--out", str(sharded), "--shard", "auto",
-                        env={**SLURM, "SLURM_ARRAY_TASK_ID": str(task)})  # fmt: skip
+        text = _prepare(
+            *base,
+            "--out",
+            str(sharded),
+            "--shard",
+            "auto",
+            env={**SLURM, "SLURM_ARRAY_TASK_ID": str(task)},
+        )
         assert f"shard {task + 1}/3:" in text
         counts.append(int(text.split("clips ok")[0].split()[-1]))
     assert sum(counts) == 10 and min(counts) >= 2  # balanced by work: the long files apart
@@ -135,13 +172,19 @@ def test_shard_auto_in_a_slurm_array_merges_to_the_unsharded_manifest(
     assert read_rejects(sharded / "rejects.parquet").empty
 
 
-@pytest.mark.parametrize("task, low, step, want", [("1", "1", "1", (1, 3)), ("3", "1", "1", (3, 3)),
-                                                   ("4", "0", "2", (3, 3))])  # fmt: skip
+@pytest.mark.parametrize(
+    "task, low, step, want",
+    [("1", "1", "1", (1, 3)), ("3", "1", "1", (3, 3)), ("4", "0", "2", (3, 3))],
+)
 def test_slurm_shard_normalises_the_array_range(task, low, step, want) -> None:
     from maedfer.preprocess.driver import slurm_shard
 
-    env = {"SLURM_ARRAY_TASK_ID": task, "SLURM_ARRAY_TASK_MIN": low,
-           "SLURM_ARRAY_TASK_STEP": step, "SLURM_ARRAY_TASK_COUNT": "3"}  # fmt: skip
+    env = {
+        "SLURM_ARRAY_TASK_ID": task,
+        "SLURM_ARRAY_TASK_MIN": low,
+        "SLURM_ARRAY_TASK_STEP": step,
+        "SLURM_ARRAY_TASK_COUNT": "3",
+    }
     assert slurm_shard(env) == want
 
 
@@ -163,10 +206,17 @@ def test_slurm_script_submits_the_array_and_merge_and_its_steps_run(tmp_path: Pa
     (bin_dir / "sbatch").write_text('#!/bin/bash\necho "$@" >> "$SBATCH_LOG"\necho 42\n')
     (bin_dir / "sbatch").chmod(0o755)
     out = tmp_path / "out"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DATASET": "folder",
-           "RAW": str(raw), "OUT": str(out), "SHARDS": "3", "SBATCH_LOG": str(tmp_path / "log"),
-           "MAEDFER": str(Path(sys.executable).parent / "maedfer"),
-           "EXTRA": "--index-only --subject-from ^(p[0-9]+)_ --folds 3"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "DATASET": "folder",
+        "RAW": str(raw),
+        "OUT": str(out),
+        "SHARDS": "3",
+        "SBATCH_LOG": str(tmp_path / "log"),
+        "MAEDFER": str(Path(sys.executable).parent / "maedfer"),
+        "EXTRA": "--index-only --subject-from ^(p[0-9]+)_ --folds 3",
+    }
     env.pop("SLURM_JOB_ID", None)
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -174,16 +224,31 @@ def test_slurm_script_submits_the_array_and_merge_and_its_steps_run(tmp_path: Pa
     assert "--array=1-3" in submitted[0] and "STEP=shard" in submitted[0]
     assert "--dependency=afterok:42" in submitted[1] and "STEP=merge" in submitted[1]
     for task in ("1", "2", "3"):
-        step = {**env, "SLURM_JOB_ID": "42", "STEP": "shard", "SLURM_ARRAY_TASK_ID": task,
-                "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "3"}  # fmt: skip
+        step = {
+            **env,
+            "SLURM_JOB_ID": "42",
+            "STEP": "shard",
+            "SLURM_ARRAY_TASK_ID": task,
+            "SLURM_ARRAY_TASK_MIN": "1",
+            "SLURM_ARRAY_TASK_COUNT": "3",
+        }
         done = subprocess.run(["bash", str(script)], env=step, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         assert (out / f"manifest.shard-{task}-of-3.parquet").is_file()
     merge = {**env, "SLURM_JOB_ID": "43", "STEP": "merge"}
     done = subprocess.run(["bash", str(script)], env=merge, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    _prepare("--raw", str(raw), "--out", str(tmp_path / "one"), "--index-only",
-             "--subject-from", "^(p[0-9]+)_", "--folds", "3")  # fmt: skip
+    _prepare(
+        "--raw",
+        str(raw),
+        "--out",
+        str(tmp_path / "one"),
+        "--index-only",
+        "--subject-from",
+        "^(p[0-9]+)_",
+        "--folds",
+        "3",
+    )
     one, _ = read_manifest(tmp_path / "one" / "manifest.parquet")
     merged, _ = read_manifest(out / "manifest.parquet")
     pd.testing.assert_frame_equal(one, merged)

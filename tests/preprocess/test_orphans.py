@@ -52,14 +52,32 @@ def _alive(pids: set[int]) -> set[int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_prepare_leaves_no_worker_fork_server_or_tracker(how, tmp_path: Path,
-                                                                portraits) -> None:  # fmt: skip
+def test_killed_prepare_leaves_no_worker_fork_server_or_tracker(
+    how, tmp_path: Path, portraits
+) -> None:
     raw = _tree(tmp_path, portraits, STEMS, frames=40)
     out = tmp_path / "out"
     log = (tmp_path / "prepare.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "maedfer.cli", "prepare", "ravdess", "--raw",
-                             str(raw), "--out", str(out), "--size", "64", "--workers", "2"],
-                            cwd=REPO, stdout=log, stderr=log)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "maedfer.cli",
+            "prepare",
+            "ravdess",
+            "--raw",
+            str(raw),
+            "--out",
+            str(out),
+            "--size",
+            "64",
+            "--workers",
+            "2",
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=log,
+    )
     deadline = time.monotonic() + 180
     helpers: set[int] = set()
     while _journal_count(out) < 1 and proc.poll() is None and time.monotonic() < deadline:
@@ -81,4 +99,5 @@ def test_killed_prepare_leaves_no_worker_fork_server_or_tracker(how, tmp_path: P
     if how == signal.SIGTERM:  # Ctrl-C's clean-up, one line, its own exit status
         assert proc.returncode == 143 and "Traceback" not in text
         assert text.strip().splitlines()[-1].split("\r")[-1] == (
-            "maedfer: terminated; run the same command again to resume")
+            "maedfer: terminated; run the same command again to resume"
+        )

@@ -1,4 +1,4 @@
-"""``maedfer profile faces``: the figures it reports, on a small input (DESIGN.md §2)."""
+"""``maedfer profile faces``: the figures it reports, on a small input (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``prepare`` keeps its promises under faults: same bytes, nothing lost, one line (DESIGN.md §4).
+"""``prepare`` keeps its promises under faults: same bytes, nothing lost, one line (docs/design.md).
 
 Real media (the committed portraits animated into clips), real MTCNN, real encoding, real
 Parquet; faults are real files (empty, renamed JPEGs, rotated and face-leaving videos) or real
@@ -36,8 +36,14 @@ from tests.rawtrees import make_ravdess
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
-STEMS = ["02-01-01-01-01-01-01", "02-01-03-02-01-02-01", "02-01-05-01-02-01-01",
-         "02-01-08-02-02-02-01", "02-01-02-01-01-01-01", "02-01-04-01-02-01-01"]  # fmt: skip
+STEMS = [
+    "02-01-01-01-01-01-01",
+    "02-01-03-02-01-02-01",
+    "02-01-05-01-02-01-01",
+    "02-01-08-02-02-02-01",
+    "02-01-02-01-01-01-01",
+    "02-01-04-01-02-01-01",
+]
 
 
 def _tree(root: Path, portraits, stems=STEMS, frames: int = 12) -> Path:
@@ -48,8 +54,9 @@ def _tree(root: Path, portraits, stems=STEMS, frames: int = 12) -> Path:
 
 
 def _prepare(raw: Path, out: Path, *extra: str, code: int = 0):
-    result = runner.invoke(app, ["prepare", "ravdess", "--raw", str(raw), "--out", str(out),
-                                 "--size", "64", *extra])  # fmt: skip
+    result = runner.invoke(
+        app, ["prepare", "ravdess", "--raw", str(raw), "--out", str(out), "--size", "64", *extra]
+    )
     assert result.exit_code == code, result.output
     return result
 
@@ -211,8 +218,13 @@ def test_ctrl_c_exits_130_in_one_line_and_resumes(tmp_path: Path, portraits) -> 
     raw = _tree(tmp_path, portraits, STEMS, frames=40)
     out = tmp_path / "out"
     args = ["prepare", "ravdess", "--raw", str(raw), "--out", str(out), "--size", "64"]
-    proc = subprocess.Popen([sys.executable, "-m", "maedfer.cli", *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maedfer.cli", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while _journal_count(out) < 1 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -266,8 +278,10 @@ def test_a_killed_worker_loses_no_clip(work, tmp_path: Path) -> None:
     from maedfer.preprocess.driver import _in_pool
 
     options = PrepareOptions(dataset="ravdess", raw_root=tmp_path, out=tmp_path)
-    entries = [ClipEntry(k, str(tmp_path / f"{k}.marker"), "video", "1", 0, "neutral", 1, None)
-               for k in "abcde"]  # fmt: skip
+    entries = [
+        ClipEntry(k, str(tmp_path / f"{k}.marker"), "video", "1", 0, "neutral", 1, None)
+        for k in "abcde"
+    ]
     results = []
     _in_pool(entries, options, {}, 2, results.append, work=work)
     by_id = {r.clip_id: r for r in results}

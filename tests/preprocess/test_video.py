@@ -1,4 +1,4 @@
-"""Reading (every bad file is a reason, never a crash) and encoding (DESIGN.md §4)."""
+"""Reading (every bad file is a reason, never a crash) and encoding (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -54,9 +54,15 @@ def official_targets(video: torch.Tensor, mask: torch.Tensor, grid: tuple[int, i
     )
     patches = rearrange(norm, "b n p c -> b n (p c)")
     frames = rearrange(
-        patches, "b (t h w) (p0 p1 p2 c) -> b c (t p0) (h p1) (w p2)",
-        t=t, h=h, w=w, p0=2, p1=16, p2=16,
-    )  # fmt: skip
+        patches,
+        "b (t h w) (p0 p1 p2 c) -> b c (t p0) (h p1) (w p2)",
+        t=t,
+        h=h,
+        w=w,
+        p0=2,
+        p1=16,
+        p2=16,
+    )
     diff = frames - frames[:, :, ::2].repeat_interleave(2, dim=2)
     diff[:, :, ::2] = frames[:, :, ::2]
     tokens = rearrange(
@@ -94,9 +100,17 @@ def main() -> None:
     }
     for pooling in ("region", "org", "all"):
         model = modeling_finetune.VisionTransformer(
-            num_classes=7, embed_dim=DIM, depth=DEPTH, num_heads=HEADS, norm_layer=norm,
-            use_mean_pooling=True, init_scale=0.001, lg_classify_token_type=pooling, **lg, **TINY,
-        ).eval()  # fmt: skip
+            num_classes=7,
+            embed_dim=DIM,
+            depth=DEPTH,
+            num_heads=HEADS,
+            norm_layer=norm,
+            use_mean_pooling=True,
+            init_scale=0.001,
+            lg_classify_token_type=pooling,
+            **lg,
+            **TINY,
+        ).eval()
         randomize(model, seed=10)
         with torch.no_grad():
             fixture[f"logits_{pooling}"] = model(video)
@@ -108,11 +122,24 @@ def main() -> None:
     generator = masking_generator.TubeWindowMaskingGenerator((8, 10, 10), 0.9, (5, 10))
     mask = torch.from_numpy(generator()[None]).bool()
     pre = modeling_pretrain.PretrainVisionTransformer(
-        img_size=160, patch_size=16, tubelet_size=2, mlp_ratio=4, qkv_bias=True,
-        encoder_embed_dim=DIM, encoder_depth=DEPTH, encoder_num_heads=HEADS, encoder_num_classes=0,
-        decoder_num_classes=1536, decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=2,
-        norm_layer=norm, lg_first_attn_type="self", lg_third_attn_type="cross", **lg,
-    ).eval()  # fmt: skip
+        img_size=160,
+        patch_size=16,
+        tubelet_size=2,
+        mlp_ratio=4,
+        qkv_bias=True,
+        encoder_embed_dim=DIM,
+        encoder_depth=DEPTH,
+        encoder_num_heads=HEADS,
+        encoder_num_classes=0,
+        decoder_num_classes=1536,
+        decoder_embed_dim=32,
+        decoder_depth=2,
+        decoder_num_heads=2,
+        norm_layer=norm,
+        lg_first_attn_type="self",
+        lg_third_attn_type="cross",
+        **lg,
+    ).eval()
     randomize(pre, seed=20)
     with torch.no_grad():
         pred = pre(video16, mask)
@@ -120,11 +147,15 @@ def main() -> None:
     # Every 11th masked token keeps the file small; the loss covers all of them.
     rows = torch.arange(0, pred.shape[1], 11)
     fixture.update(
-        video16_seed=2, mask=mask, pretrain_state=pre.state_dict(), rows=rows,
-        pretrain_pred_rows=pred[:, rows].clone(), targets_rows=targets[:, rows].clone(),
+        video16_seed=2,
+        mask=mask,
+        pretrain_state=pre.state_dict(),
+        rows=rows,
+        pretrain_pred_rows=pred[:, rows].clone(),
+        targets_rows=targets[:, rows].clone(),
         loss=nn.MSELoss()(pred, targets).clone(),
         decoder={"decoder_embed_dim": 32, "decoder_depth": 2, "decoder_num_heads": 2},
-    )  # fmt: skip
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(fixture, args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
