@@ -3,6 +3,7 @@ one-file-per-command layout; docs/design.md, "The command line")."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Annotated
 
@@ -70,11 +71,20 @@ _THEN: list[Callable[..., None]] = [
     profile.profile,
     demo.demo,
 ]
+
+
+def _short(command: Callable[..., None]) -> str:
+    """The first paragraph of a command's docstring as one line: the list in `maedfer --help`
+    (rich markup keeps a docstring's line breaks, which wrap mid-sentence in that list)."""
+    doc = inspect.getdoc(command) or ""
+    return " ".join(doc.split("\n\n", 1)[0].split())
+
+
 for _command in _FIRST:
-    app.command(cls=Command)(_command)
+    app.command(cls=Command, short_help=_short(_command))(_command)
 app.add_typer(config.app, name="config")
 for _command in _THEN:
-    app.command(cls=Command)(_command)
+    app.command(cls=Command, short_help=_short(_command))(_command)
 for _info in config.app.registered_commands:
     if _info.cls in (None, TyperCommand):
         _info.cls = Command
