@@ -115,3 +115,16 @@ def test_config_list_gives_whole_first_sentences() -> None:
         sentence = joined[: re.search(r"[.!?](\s|$)", joined).start() + 1]
         assert f"{name} {sentence}" in text, name
         assert sentence.endswith((".", "!", "?")), sentence
+
+
+def test_the_command_list_gives_each_first_paragraph_in_full_lines() -> None:
+    """Wide enough, `maedfer --help` shows each command's summary on one line (docstring line
+    breaks are not carried into the list)."""
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    for command in ("evaluate", "test", "protocol", "predict", "reconstruct"):
+        row = next(line for line in lines if line.strip("│ ").startswith(command + " "))
+        following = lines[lines.index(row) + 1].strip("│ ")
+        names = {c.callback.__name__ for c in app.registered_commands} | {"config"}
+        assert following == "" or following.split()[0] in names, (command, following)
