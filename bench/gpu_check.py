@@ -145,6 +145,13 @@ MEASUREMENTS: tuple[Measurement, ...] = (
         (35, 0, 90),
     ),
     Measurement(
+        "recipe_step",
+        "maedfer finetune itself (official defaults, base model, its own loader): steady "
+        "clips/s over 2 log windows of 10 steps, host syncs per step of the real TrainLoop",
+        ("cuda", "clips"),
+        (60, 40, 120),
+    ),
+    Measurement(
         "syncs",
         "host syncs per batch: one DALI loader batch, one training step "
         "(torch.cuda.set_sync_debug_mode; on the CPU, calls that would sync)",

@@ -786,12 +786,18 @@ class SyncCounter:
 
         return wrapper
 
+    def so_far(self) -> int:
+        """The syncs counted since ``__enter__``, while still counting."""
+        if self.cuda:
+            return sum("synchroniz" in str(w.message) for w in self._caught)
+        return self.count
+
     def __exit__(self, *exc: object) -> None:
         import torch
 
         if self.cuda:
             torch.cuda.set_sync_debug_mode(0)
-            self.count = sum("synchroniz" in str(w.message) for w in self._caught)
+            self.count = self.so_far()
             self._warnings.__exit__(*exc)
         else:
             for name, original in self._saved.items():
@@ -846,6 +852,107 @@ def syncs(ctx: Context) -> dict:
     parts = [f"{k} {v}" for k, v in out.items() if isinstance(v, int)]
     out["headline"] = "syncs: " + ", ".join(parts)
     return out
+
+
+def recipe_step(ctx: Context) -> dict:
+    """``maedfer finetune`` itself (the official recipe's defaults, the base model on a GPU):
+    the recipe's own loader (``data.backend auto``), step and ``TrainLoop``, through its public
+    ``finetune.run``. Three log windows of ``W`` steps; the first holds the warm-up. Its figures
+    come from what the loop logs (``clips_per_s`` per window) and from the host syncs counted
+    between the later log points (each log point reads the device once, by design). The dry
+    run's count is a proxy: its CPU optimiser is not fused and reads its step counters."""
+    import pandas as pd
+
+    from maedfer.config import read_yaml
+    from maedfer.manifests.io import write_manifest
+    from maedfer.recipes import finetune
+    from maedfer.training.runtime import MetricsLog
+
+    small, cuda = dry(ctx), not dry(ctx)
+    window, batch = (2, 2) if small else (10, 32)
+    steps = 3 * window
+    base = pd.read_parquet(ctx["clips"]["prepared"])
+    train, test = steps * batch, 2 * batch
+    rows = base.iloc[[i % len(base) for i in range(train + test)]].reset_index(drop=True)
+    rows["clip_id"] = [f"s{i}" for i in range(len(rows))]
+    rows["fold"] = [2] * train + [1] * test  # fold 1 is tested once at the end: a few clips
+    rows["source"], rows["subject"] = rows["path"], rows["fold"].astype(str)
+    rows["label_name"] = [f"class{label}" for label in rows["label"]]
+    size = clip_plan(ctx)["size"]
+    rows["fps"], rows["width"], rows["height"] = 25.0, size, size
+    cache = Path(ctx["cache"])
+    manifest = cache / "recipe_step.parquet"
+    classes = [f"class{c}" for c in range(7)]
+    write_manifest(
+        rows,
+        manifest,
+        dataset="dfew",
+        protocol="gpu-check",
+        classes=classes,
+        num_folds=2,
+        raw_root=cache,
+    )
+    keys: dict[str, Any] = {
+        "data.batch_size": batch,
+        "schedule.max_steps": steps,
+        "run.log_every": window,
+        "run.device": "cuda" if cuda else "cpu",
+    }
+    if small:
+        name, overrides = models(ctx)["finetune"]
+        own = {k: overrides[k] for k in ("img_size", "num_frames")}
+        keys |= {"model.name": name, "model.img_size": own["img_size"]}
+        keys |= {"model.num_frames": own["num_frames"], "data.workers": 1}
+        keys["model.overrides"] = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items() if k not in own
+        }
+    else:
+        from maedfer.pipelines import nvdec
+
+        if nvdec.library() is None:  # auto would take DALI, which cannot decode without it
+            keys["data.backend"] = "hybrid"
+    marks: list[tuple[int, int]] = []  # (step, syncs so far) at each train log point
+    write = MetricsLog.write
+
+    def watched(self: Any, record: dict) -> None:
+        if record.get("kind") == "train":
+            marks.append((record["step"], counter.so_far()))
+        write(self, record)
+
+    out_dir = Path(ctx["result_path"]).with_suffix("") / "run"
+    MetricsLog.write = watched  # type: ignore[method-assign]
+    try:
+        with SyncCounter(cuda) as counter:
+            summary = finetune.run(
+                overrides=keys, data=manifest, fold=1, out=out_dir, overwrite=True
+            )
+    finally:
+        MetricsLog.write = write  # type: ignore[method-assign]
+    records = [
+        json.loads(line)
+        for line in (out_dir / "metrics.jsonl").read_text().splitlines()
+        if '"train"' in line
+    ]
+    steady = [r["clips_per_s"] for r in records[1:]]  # the first window holds the warm-up
+    used = read_yaml(out_dir / "config.yaml")  # what the run resolved: backend, precision
+    (first, at_first), (last, at_last) = marks[1], marks[-1]
+    per_step = (at_last - at_first) / max(1, last - first)
+    rate = sum(steady) / len(steady) if steady else float("nan")
+    return {
+        "model": keys.get("model.name", "lgi_former_base (the recipe's default)"),
+        "backend": used["data"]["backend"],
+        "precision": used["run"]["precision"],
+        "batch": batch,
+        "steps": summary["steps"],
+        "clips_per_s_per_window": [sig(r["clips_per_s"]) for r in records],
+        "steady_clips_per_s": sig(rate),
+        "syncs_per_step": sig(per_step),
+        "syncs_per_log_point_expected": 1,
+        "log_every": window,
+        "run_seconds": sig(summary["time_s"]),
+        "headline": f"{rate:.0f} clips/s steady ({used['data']['backend']}, "
+        f"{used['run']['precision']}), {per_step:.2f} host syncs per step (log every {window})",
+    }
 
 
 def step_compiled(ctx: Context) -> dict:
@@ -986,6 +1093,7 @@ STEPS: dict[str, Callable[[Context], dict]] = {
     "fed_step_pyav": fed_step_pyav,
     "fed_step_hybrid": fed_step_hybrid,
     "syncs": syncs,
+    "recipe_step": recipe_step,
     "step_compiled": step_compiled,
     "faces": faces,
     "first_batch": first_batch,

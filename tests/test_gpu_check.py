@@ -97,6 +97,10 @@ def test_dry_run_gives_every_measurement_a_status_and_survives_a_kill(tmp_path: 
     assert figures["loader_pyav"]["train"]["clips_per_s"] > 0
     assert figures["preflight"]["system"]["commit"]
     assert figures["step_compiled"]["finetune"]["graph_breaks"] >= 0
+    # the recipe itself: 3 log windows of 2 steps, each window's rate logged by its loop
+    assert figures["recipe_step"]["steps"] == 6
+    assert len(figures["recipe_step"]["clips_per_s_per_window"]) == 3
+    assert figures["recipe_step"]["backend"] == "pyav"
     assert results["summary"]["loader_train_dali_over_pyav"] > 0
     # the table at the end: one line per measurement
     table = output[output.index("measurement      status") :]
