@@ -25,6 +25,7 @@ import platform
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -217,6 +218,22 @@ def _summary_writer_class() -> Any:
     return SummaryWriter
 
 
+def _after_earlier_files(folder: Path) -> None:
+    """Wait, if need be, until this second is later than every event file's in ``folder``.
+
+    TensorBoard reads a folder's event files in name order and applies a resumed writer's purge
+    to what it read before. Names start with the writer's creation second, then host, pid and a
+    counter compared as text ("10" before "9"): a resume in the same second as the file it
+    purges (a run stopped and resumed at once) could sort first and the purge would miss."""
+    stamps = [
+        int(parts[3])
+        for p in folder.glob("events.out.tfevents.*")
+        if len(parts := p.name.split(".")) > 3 and parts[3].isdigit()
+    ]
+    if stamps and max(stamps) >= int(time.time()):
+        time.sleep(max(stamps) + 1 - time.time())
+
+
 class TensorBoardLog:
     """The scalars of metrics records as TensorBoard events under ``RUN/tb/``.
 
@@ -239,6 +256,8 @@ class TensorBoardLog:
         writer_class = _summary_writer_class() if enabled else None
         if writer_class is not None:
             self.path.mkdir(parents=True, exist_ok=True)
+            if purge_step is not None:
+                _after_earlier_files(self.path)
             self._writer = writer_class(log_dir=str(self.path), purge_step=purge_step)
 
     @property

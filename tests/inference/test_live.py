@@ -140,7 +140,12 @@ def test_too_slow_drops_frames_and_restarts_windows(work: Path, tmp_path: Path) 
     rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert len(rows) == len(result.rows) >= 2
     assert [r["window"] for r in rows] == list(range(len(rows)))
-    assert all(r["end_frame"] - r["start_frame"] == 60 for r in rows)
+    spans = [(r["start_frame"], r["end_frame"]) for r in rows]
+    assert all(end - start == 60 for start, end in spans[:-1]), spans
+    # the last window is whole, or it restarted too near the end for a whole one (fewer than 61
+    # frames left): then it is scored by the short-clip rule within those frames, as predict does
+    start, end = spans[-1]
+    assert end - start == 60 or (start + 60 > 249 and start <= end <= 249), spans
     assert rows[-1]["dropped_frames"] > 0
     starts = [r["start_frame"] for r in rows]
     assert starts == sorted(starts) and any(s % 32 != 0 for s in starts[1:])  # restarted

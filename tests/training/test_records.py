@@ -147,6 +147,30 @@ def test_metrics_log_mirrors_records_and_a_resume_purges_later_events(tmp_path: 
     assert _events(tmp_path / "tb")["train/loss"] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
 
 
+def test_a_resume_in_the_same_second_still_purges(tmp_path: Path) -> None:
+    """TensorBoard reads event files in name order (second, host, pid, then a counter compared
+    as text): a resumed writer created in the second of the file it purges, whose counter sorts
+    first ("12" before "99999"), waits for the next second instead of purging nothing."""
+    import time
+
+    log = MetricsLog(tmp_path / "metrics.jsonl", mirrors=[records.TensorBoardLog(tmp_path)])
+    for step in (1, 2, 3, 4):
+        log.write({"kind": "train", "step": step, "loss": float(step)})
+    log.close()
+    (first,) = (tmp_path / "tb").glob("events.out.tfevents.*")
+    parts = first.name.split(".")
+    parts[3], parts[-1] = str(int(time.time())), "99999"
+    first.rename(first.with_name(".".join(parts)))
+    log = MetricsLog(
+        tmp_path / "metrics.jsonl", mirrors=[records.TensorBoardLog(tmp_path, purge_step=3)]
+    )
+    log.truncate_after(2)
+    for step in (3, 4):
+        log.write({"kind": "train", "step": step, "loss": 10.0 * step})
+    log.close()
+    assert _events(tmp_path / "tb")["train/loss"] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+
+
 def test_tensorboard_is_a_no_op_without_the_package(tmp_path: Path, monkeypatch, caplog) -> None:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
     monkeypatch.setattr(records, "_said_missing", False)
