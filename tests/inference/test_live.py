@@ -143,7 +143,7 @@ def test_too_slow_drops_frames_and_restarts_windows(work: Path, tmp_path: Path) 
     spans = [(r["start_frame"], r["end_frame"]) for r in rows]
     assert all(end - start == 60 for start, end in spans[:-1]), spans
     # the last window is whole, or it restarted too near the end for a whole one (fewer than 61
-    # frames left): then it is scored by the short-clip rule within those frames, as predict does
+    # frames left): then those frames are scored as predict scores a short video (padded)
     start, end = spans[-1]
     assert end - start == 60 or (start + 60 > 249 and start <= end <= 249), spans
     assert rows[-1]["dropped_frames"] > 0
