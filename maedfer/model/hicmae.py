@@ -29,10 +29,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from maedfer.model.layers import Block, LayerNorm, TubeletEmbed, drop_path_rates, sinusoid_table
+from maedfer.model.layers import LayerNorm
 from maedfer.model.layout import Layout
-from maedfer.model.lgi_former import _layer_id, init_finetune_weights
 from maedfer.model.registry import InputContract, Published, build, register_model
+from maedfer.model.videomae import VideoMAEViT
 
 _ENCODER = {
     "encoder.patch_embed.proj.": "patch_embed.proj.",
@@ -77,9 +77,13 @@ PRETRAIN_AV = Layout(
 LAYOUTS = (FINETUNE_AV, PRETRAIN_AV)
 
 
-class HiCMAEVisual(nn.Module):
+class HiCMAEVisual(VideoMAEViT):
     """HiCMAE video encoder + layer-weighted pooling + head:
     ``forward(video (B, 3, T, H, W)) -> logits (B, num_classes)``.
+
+    VideoMAE's ViT (:class:`maedfer.model.videomae.VideoMAEViT`: the same tubelets, fixed
+    position table, blocks, ``fc_norm``, head and initialisation) with HiCMAE's own pooling:
+    the encoder's ``norm`` and the ``video_layer_weights`` over every block's tokens.
 
     Args:
         num_classes: classes of the head (0: no head, ``forward`` returns features).
@@ -108,30 +112,24 @@ class HiCMAEVisual(nn.Module):
         qkv_bias: bool = True,
         init_scale: float = 0.001,
     ) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.patch_embed = TubeletEmbed(
+        super().__init__(
+            num_classes=num_classes,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
             img_size=img_size,
             patch_size=patch_size,
             tubelet_size=tubelet_size,
             num_frames=num_frames,
-            dim=embed_dim,
+            drop_path_rate=drop_path_rate,
+            qkv_bias=qkv_bias,
+            init_scale=init_scale,
         )
-        self.register_buffer(
-            "pos_embed", sinusoid_table(self.patch_embed.num_tokens, embed_dim), persistent=False
-        )
-        self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr)
-            for dpr in drop_path_rates(drop_path_rate, depth)
-        )
+        # initialised as init_finetune_weights would (a LayerNorm: ones and zeros; no draws),
+        # the layer weights at 1/depth as the authors do
         self.norm = LayerNorm(embed_dim)
         self.video_layer_weights = nn.Parameter(torch.full((depth,), 1.0 / depth))
-        self.fc_norm = LayerNorm(embed_dim)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(init_finetune_weights)
-        if num_classes > 0:
-            self.head.weight.data.mul_(init_scale)
-            self.head.bias.data.mul_(init_scale)
 
     def pooled(self, video: torch.Tensor) -> torch.Tensor:
         """HiCMAE's ``video_feature`` ``(B, C)``: each block's normalised tokens averaged, the
@@ -147,22 +145,6 @@ class HiCMAEVisual(nn.Module):
 
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
         return self.fc_norm(self.pooled(video))
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)
-
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(video))
-
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
-    @property
-    def num_layer_ids(self) -> int:
-        return len(self.blocks) + 2
-
-    def layer_id(self, param_name: str) -> int:
-        return _layer_id(param_name, "", len(self.blocks))
 
 
 _AV = (
