@@ -18,7 +18,6 @@ A fine-tuned classifier (ours or official) has no decoder and is refused in one 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from torch import nn
 from maedfer.config import parse_model_overrides as parse_overrides
 from maedfer.errors import MaedferError
 from maedfer.model import MaskedLGIFormer, create_model, input_contract, load_official
-from maedfer.model.official import official_state
+from maedfer.model.official import check_region_tokens, official_state
 from maedfer.training import checkpoint as ckpt_io
 
 #: What the official pre-training script trains
@@ -158,25 +157,7 @@ def official_pretrain_config(
                 f"the weights do not tell {field} for width {size}; give it, e.g. --set {field}=N"
             )
     config.update(given)
-    defaults = inspect.signature(MaskedLGIFormer).parameters
-    size, frames, region = (
-        config.get(k, defaults[k].default) for k in ("img_size", "num_frames", "region_size")
-    )
-    grid = (
-        int(frames) // int(config["tubelet_size"]),
-        int(size) // int(config["patch_size"]),
-        int(size) // int(config["patch_size"]),
-    )
-    regions = 1
-    for g, r in zip(grid, region, strict=True):
-        regions *= g // int(r)
-    held = int(state_dict["encoder.lg_region_tokens"].shape[0])
-    if held != regions:
-        raise MaedferError(
-            f"the checkpoint holds {held} region tokens but img_size {size}, num_frames {frames} "
-            f"and region_size {tuple(region)} give {regions}; give the input it was trained on, "
-            "e.g. --set img_size=160 --set num_frames=16"
-        )
+    check_region_tokens(config, MaskedLGIFormer, state_dict["encoder.lg_region_tokens"])
     return OFFICIAL_PRETRAIN, config
 
 

@@ -266,10 +266,30 @@ def official_classifier_config(
             f"official width {_BASE_WIDTH} has {_BASE_HEADS}); give it, e.g. --set num_heads=N"
         )
     config.update(given)
-    defaults = inspect.signature(LGIFormer).parameters  # what lgi_former_base leaves as is
-    size, frames, region = (
-        config.get(k, defaults[k].default) for k in ("img_size", "num_frames", "region_size")
-    )
+    # what lgi_former_base leaves as is
+    check_region_tokens(config, LGIFormer, state_dict["lg_region_tokens"], OfficialCheckpointError)
+    return OFFICIAL_CLASSIFIER, config
+
+
+def check_region_tokens(
+    config: Mapping[str, Any],
+    model: type[nn.Module],
+    tokens: torch.Tensor,
+    error: type[MaedferError] = MaedferError,
+) -> None:
+    """Check that the input in ``config`` (else ``model``'s defaults) and its region size give
+    as many local-global region tokens as the checkpoint's ``tokens`` holds; the region tokens
+    are the only tensor that tells the input a checkpoint was trained on.
+
+    Raises:
+        error: the counts differ, naming both and the options to give.
+    """
+    defaults = inspect.signature(model).parameters
+
+    def given(key: str) -> Any:
+        return config.get(key, defaults[key].default)
+
+    size, frames, region = given("img_size"), given("num_frames"), given("region_size")
     grid = (
         int(frames) // int(config["tubelet_size"]),
         int(size) // int(config["patch_size"]),
@@ -278,14 +298,13 @@ def official_classifier_config(
     regions = 1
     for g, r in zip(grid, region, strict=True):
         regions *= g // int(r)
-    held = int(state_dict["lg_region_tokens"].shape[0])
+    held = int(tokens.shape[0])
     if held != regions:
-        raise OfficialCheckpointError(
+        raise error(
             f"the checkpoint holds {held} region tokens but img_size {size}, num_frames {frames} "
             f"and region_size {tuple(region)} give {regions}; give the input it was trained on, "
             "e.g. --set img_size=160 --set num_frames=16"
         )
-    return OFFICIAL_CLASSIFIER, config
 
 
 # Released fine-tuned classifiers of the other families: each module tells its own.
