@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from maedfer.pipelines import pyav
-from maedfer.pipelines.backend import Faults, probe_num_frames, sample_with_retries
+from maedfer.pipelines.backend import Faults, sample_with_retries
 from maedfer.pipelines.batch_augment import Params, PreparedBatch, augment_batch, prepare
 from maedfer.pipelines.feeding import SideStream, one_ahead
 from maedfer.pipelines.plan import EpochPlan, SampleConfig, SampleSpec
@@ -75,17 +75,11 @@ class PlaneDataset(Dataset):
         """The planes of all the samples of ``spec``'s row (test views, ``num_sample``
         repeats), decoded once and kept for the next; ``None`` for one sample per row, a
         replacement, or a file that ends before the frames asked for (decode alone then)."""
-        views = self.plan.views
-        first = i - spec.view
-        if views < 2 or spec.row != int(self.plan.rows[i // views]):
+        key = pyav.views_key(self.plan, i, spec)
+        if key is None:
             return None
-        key = (spec.path, first)
         if self._union is None or self._union[0] != key:
-            siblings = [
-                spec if k == spec.view else self.plan.spec(first + k, probe=probe_num_frames)
-                for k in range(views)
-            ]
-            wanted = np.unique(np.concatenate([s.frame_indices for s in siblings]))
+            wanted = pyav.views_frames(self.plan, i, spec)
             have, planes = pyav.decode_planes(spec.path, wanted, spec.crop)
             if len(have) != len(wanted):
                 return None

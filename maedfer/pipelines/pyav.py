@@ -505,17 +505,11 @@ class ClipDataset(Dataset):
         another frame than the union's (the values are otherwise the same: each frame decodes
         and converts the same whatever else is decoded with it; tests/pipelines/test_pyav.py).
         """
-        views = self.plan.views
-        first = i - spec.view
-        if views < 2 or spec.row != int(self.plan.rows[i // views]):
+        key = views_key(self.plan, i, spec)
+        if key is None:
             return None
-        key = (spec.path, first)
         if self._views is None or self._views[0] != key:
-            siblings = [
-                spec if k == spec.view else self.plan.spec(first + k, probe=probe_num_frames)
-                for k in range(views)
-            ]
-            wanted = np.unique(np.concatenate([s.frame_indices for s in siblings]))
+            wanted = views_frames(self.plan, i, spec)
             have, rgb = decode_found(spec.path, wanted, spec.crop)
             if len(have) != len(wanted):  # the file ends early
                 self._views = None
@@ -523,6 +517,26 @@ class ClipDataset(Dataset):
             self._views = (key, have, rgb)
         _, have, rgb = self._views
         return pick(have, rgb, spec.frame_indices)
+
+
+def views_key(plan: EpochPlan, i: int, spec: SampleSpec) -> tuple[str, int] | None:
+    """``(path, first sample)`` naming the row of sample ``i`` whose views (test views,
+    ``num_sample`` repeats) one decode can serve; ``None`` for one view per row or a replacement
+    sample (another row's clip)."""
+    views = plan.views
+    if views < 2 or spec.row != int(plan.rows[i // views]):
+        return None
+    return spec.path, i - spec.view
+
+
+def views_frames(plan: EpochPlan, i: int, spec: SampleSpec) -> np.ndarray:
+    """The sorted union of the frame indices of every view of sample ``i``'s row."""
+    first = i - spec.view
+    siblings = [
+        spec if k == spec.view else plan.spec(first + k, probe=probe_num_frames)
+        for k in range(plan.views)
+    ]
+    return np.unique(np.concatenate([s.frame_indices for s in siblings]))
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
